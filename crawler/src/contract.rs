@@ -1,0 +1,412 @@
+//! The versioned wire contract between the fanfare daemon and a crawler.
+//!
+//! The daemon sends a [`CrawlRequest`] as the Lambda event (InvocationType
+//! `Event`); the crawler answers, at least once, by POSTing a [`Report`] to
+//! `callback_url` with `Authorization: Bearer <callback_token>`. Ids are
+//! opaque to the crawler: it echoes them. The README documents both shapes
+//! with a full example so that a crawler in another language can implement
+//! them from that page alone.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// The contract version this crate speaks. A report with any other version
+/// is rejected by the daemon.
+pub const CONTRACT_VERSION: u32 = 1;
+
+/// The largest report body the daemon accepts (256 KiB); larger gets 413.
+pub const MAX_REPORT_BYTES: usize = 256 * 1024;
+
+/// One page to crawl: the Lambda event.
+///
+/// `Debug` redacts `callback_token`, so a request can be logged whole.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct CrawlRequest {
+    /// Contract version, [`CONTRACT_VERSION`].
+    pub version: u32,
+    /// The run this page belongs to (opaque; echoed in the report).
+    pub run_id: String,
+    /// The page (opaque; echoed in the report).
+    pub page_id: String,
+    /// Which dispatch of this page this is, starting at 1 (echoed).
+    pub attempt: u32,
+    /// The page to fetch.
+    pub url: String,
+    /// Fields to extract: field name -> CSS selector (text of the first match).
+    #[serde(default)]
+    pub extract: BTreeMap<String, String>,
+    /// Where to POST the report.
+    pub callback_url: String,
+    /// Bearer token for the callback, bound to this run, page and attempt.
+    pub callback_token: String,
+    /// When the daemon stops waiting for this attempt.
+    pub deadline: DateTime<Utc>,
+}
+
+impl CrawlRequest {
+    /// Checks that this request speaks [`CONTRACT_VERSION`]; a crawler must
+    /// not guess at the meaning of another version.
+    pub fn check_version(&self) -> Result<(), UnsupportedVersion> {
+        if self.version == CONTRACT_VERSION {
+            Ok(())
+        } else {
+            Err(UnsupportedVersion {
+                version: self.version,
+            })
+        }
+    }
+}
+
+// Hand-written so that the bearer token never reaches a log line.
+impl std::fmt::Debug for CrawlRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CrawlRequest")
+            .field("version", &self.version)
+            .field("run_id", &self.run_id)
+            .field("page_id", &self.page_id)
+            .field("attempt", &self.attempt)
+            .field("url", &self.url)
+            .field("extract", &self.extract)
+            .field("callback_url", &self.callback_url)
+            .field("callback_token", &"[redacted]")
+            .field("deadline", &self.deadline)
+            .finish()
+    }
+}
+
+/// A request in a contract version this crate does not speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("unsupported contract version {version}: this crawler speaks version {CONTRACT_VERSION}")]
+pub struct UnsupportedVersion {
+    /// The version the request carried.
+    pub version: u32,
+}
+
+/// What a crawler reports for one page attempt: the callback body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Contract version, [`CONTRACT_VERSION`].
+    pub version: u32,
+    /// Echoed from the request.
+    pub run_id: String,
+    /// Echoed from the request.
+    pub page_id: String,
+    /// Echoed from the request.
+    pub attempt: u32,
+    /// `succeeded` with the page's facts, or `failed` with an error.
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+impl Report {
+    /// A report for `request` with the given outcome, ids echoed and the
+    /// version set to [`CONTRACT_VERSION`].
+    pub fn for_request(request: &CrawlRequest, outcome: Outcome) -> Self {
+        Self {
+            version: CONTRACT_VERSION,
+            run_id: request.run_id.clone(),
+            page_id: request.page_id.clone(),
+            attempt: request.attempt,
+            outcome,
+        }
+    }
+}
+
+/// The result of one page attempt, tagged by the `outcome` key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The page was fetched (2xx) and the fields extracted.
+    Succeeded(PageFacts),
+    /// The page could not be crawled.
+    Failed {
+        /// What went wrong and whether retrying may help.
+        error: CrawlError,
+    },
+}
+
+/// What a successful crawl learned about a page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PageFacts {
+    /// The final HTTP status (after redirects).
+    pub http_status: u16,
+    /// Text of the page's `<title>`, trimmed; null when there is none.
+    #[serde(default)]
+    pub title: Option<String>,
+    /// Field name -> trimmed text of the first match; null when nothing matched.
+    #[serde(default)]
+    pub fields: BTreeMap<String, Option<String>>,
+    /// Size of the body in bytes.
+    pub bytes: u64,
+    /// Lowercase hex SHA-256 of the body.
+    pub content_sha256: String,
+    /// Milliseconds from request start to the end of the body.
+    pub fetch_ms: u64,
+}
+
+/// Why a crawl failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CrawlError {
+    /// The class of failure.
+    pub kind: ErrorKind,
+    /// A human-readable explanation naming the culprit.
+    pub message: String,
+    /// Whether another attempt may succeed.
+    pub retryable: bool,
+}
+
+/// Classes of crawl failure. Unknown kinds sent by other crawlers are read as
+/// [`ErrorKind::Other`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The fetch did not finish in time.
+    Timeout,
+    /// The host name did not resolve.
+    Dns,
+    /// The connection was refused or reset.
+    Connect,
+    /// The TLS handshake or certificate failed.
+    Tls,
+    /// The server answered with a non-2xx status.
+    HttpStatus,
+    /// The body was larger than the crawler's cap.
+    TooLarge,
+    /// Too many redirects, or a redirect loop.
+    Redirect,
+    /// The URL could not be fetched as given (bad scheme, bad syntax).
+    InvalidUrl,
+    /// The body could not be read or decoded.
+    Body,
+    /// A configured selector is not valid CSS.
+    InvalidSelector,
+    /// Anything else.
+    #[serde(other)]
+    Other,
+}
+
+impl CrawlError {
+    /// An error of `kind` with `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>, retryable: bool) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            retryable,
+        }
+    }
+}
+
+impl std::fmt::Display for CrawlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let retry = if self.retryable {
+            "retryable"
+        } else {
+            "not retryable"
+        };
+        write!(f, "{}: {} ({retry})", self.kind, self.message)
+    }
+}
+
+impl std::error::Error for CrawlError {}
+
+impl Outcome {
+    /// A failed outcome.
+    pub fn failed(kind: ErrorKind, message: impl Into<String>, retryable: bool) -> Self {
+        Outcome::Failed {
+            error: CrawlError::new(kind, message, retryable),
+        }
+    }
+
+    /// The error, when the crawl failed.
+    pub fn error(&self) -> Option<&CrawlError> {
+        match self {
+            Outcome::Succeeded(_) => None,
+            Outcome::Failed { error } => Some(error),
+        }
+    }
+
+    /// The page's facts, when the crawl succeeded.
+    pub fn facts(&self) -> Option<&PageFacts> {
+        match self {
+            Outcome::Succeeded(facts) => Some(facts),
+            Outcome::Failed { .. } => None,
+        }
+    }
+
+    /// `"succeeded"` or `"failed"`, as on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Succeeded(_) => "succeeded",
+            Outcome::Failed { .. } => "failed",
+        }
+    }
+}
+
+impl ErrorKind {
+    /// The snake_case name used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Dns => "dns",
+            ErrorKind::Connect => "connect",
+            ErrorKind::Tls => "tls",
+            ErrorKind::HttpStatus => "http_status",
+            ErrorKind::TooLarge => "too_large",
+            ErrorKind::Redirect => "redirect",
+            ErrorKind::InvalidUrl => "invalid_url",
+            ErrorKind::Body => "body",
+            ErrorKind::InvalidSelector => "invalid_selector",
+            ErrorKind::Other => "other",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The daemon's answer to an accepted callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallbackStatus {
+    /// This report moved the page to a terminal state.
+    Recorded,
+    /// The page was already terminal; nothing changed.
+    Duplicate,
+}
+
+/// Body of a 200 answer to `POST /v1/callbacks`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallbackAck {
+    /// Recorded or duplicate.
+    pub status: CallbackStatus,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REQUEST: &str = r#"{"version":1,"run_id":"r-1","page_id":"p-1","attempt":1,"url":"https://shop.example.com/item/1","extract":{"price":".price"},"callback_url":"https://fanfare.example.com/v1/callbacks","callback_token":"tok","deadline":"2026-11-26T03:05:00Z"}"#;
+
+    fn request() -> CrawlRequest {
+        serde_json::from_str(REQUEST).expect("the documented request parses")
+    }
+
+    #[test]
+    fn request_round_trips_to_the_documented_json() {
+        let request = request();
+        assert_eq!(request.extract["price"], ".price");
+        assert_eq!(serde_json::to_string(&request).unwrap(), REQUEST);
+    }
+
+    #[test]
+    fn request_without_extract_has_no_fields_to_extract() {
+        let json = r#"{"version":1,"run_id":"r","page_id":"p","attempt":2,"url":"https://a.example/","callback_url":"https://d.example/v1/callbacks","callback_token":"t","deadline":"2026-11-26T03:05:00Z"}"#;
+        let request: CrawlRequest = serde_json::from_str(json).unwrap();
+        assert!(request.extract.is_empty());
+        assert_eq!(request.attempt, 2);
+    }
+
+    #[test]
+    fn succeeded_report_serializes_to_the_documented_json() {
+        let facts = PageFacts {
+            http_status: 200,
+            title: Some("Item 1".into()),
+            fields: BTreeMap::from([("price".to_string(), Some("9.99".to_string()))]),
+            bytes: 18211,
+            content_sha256: "ab12".into(),
+            fetch_ms: 212,
+        };
+        let report = Report::for_request(&request(), Outcome::Succeeded(facts));
+        let json = serde_json::to_string(&report).unwrap();
+        assert_eq!(
+            json,
+            r#"{"version":1,"run_id":"r-1","page_id":"p-1","attempt":1,"outcome":"succeeded","http_status":200,"title":"Item 1","fields":{"price":"9.99"},"bytes":18211,"content_sha256":"ab12","fetch_ms":212}"#
+        );
+        assert_eq!(serde_json::from_str::<Report>(&json).unwrap(), report);
+    }
+
+    #[test]
+    fn failed_report_serializes_to_the_documented_json() {
+        let report = Report::for_request(
+            &request(),
+            Outcome::failed(ErrorKind::Timeout, "no answer in 30s", true),
+        );
+        let json = serde_json::to_string(&report).unwrap();
+        assert_eq!(
+            json,
+            r#"{"version":1,"run_id":"r-1","page_id":"p-1","attempt":1,"outcome":"failed","error":{"kind":"timeout","message":"no answer in 30s","retryable":true}}"#
+        );
+        assert_eq!(serde_json::from_str::<Report>(&json).unwrap(), report);
+    }
+
+    #[test]
+    fn unknown_error_kind_is_read_as_other() {
+        let json = r#"{"version":1,"run_id":"r","page_id":"p","attempt":1,"outcome":"failed","error":{"kind":"captcha","message":"blocked","retryable":false}}"#;
+        let report: Report = serde_json::from_str(json).unwrap();
+        let error = report.outcome.error().expect("a failed outcome");
+        assert_eq!(error.kind, ErrorKind::Other);
+        assert_eq!(error.message, "blocked");
+        assert!(!error.retryable);
+    }
+
+    #[test]
+    fn report_without_outcome_does_not_deserialize() {
+        let json = r#"{"version":1,"run_id":"r","page_id":"p","attempt":1,"http_status":200,"fields":{},"bytes":1,"content_sha256":"00","fetch_ms":1}"#;
+        assert!(serde_json::from_str::<Report>(json).is_err());
+    }
+
+    #[test]
+    fn every_error_kind_name_matches_its_wire_name() {
+        use ErrorKind::*;
+        for kind in [
+            Timeout,
+            Dns,
+            Connect,
+            Tls,
+            HttpStatus,
+            TooLarge,
+            Redirect,
+            InvalidUrl,
+            Body,
+            InvalidSelector,
+            Other,
+        ] {
+            assert_eq!(
+                serde_json::to_value(kind).unwrap(),
+                serde_json::Value::String(kind.as_str().to_string())
+            );
+        }
+    }
+
+    #[test]
+    fn request_debug_output_hides_the_callback_token() {
+        let mut request = request();
+        request.callback_token = "s3cr3t-token".into();
+        let debug = format!("{request:?}");
+        assert!(!debug.contains("s3cr3t-token"), "{debug}");
+        assert!(debug.contains("[redacted]"));
+    }
+
+    #[test]
+    fn request_in_another_contract_version_is_refused_naming_the_version() {
+        let mut request = request();
+        assert!(request.check_version().is_ok());
+        request.version = 2;
+        let error = request.check_version().unwrap_err();
+        assert_eq!(error.version, 2);
+        assert!(error.to_string().contains("version 2"), "{error}");
+    }
+
+    #[test]
+    fn callback_ack_parses_recorded_and_duplicate() {
+        let ack: CallbackAck = serde_json::from_str(r#"{"status":"recorded"}"#).unwrap();
+        assert_eq!(ack.status, CallbackStatus::Recorded);
+        let ack: CallbackAck = serde_json::from_str(r#"{"status":"duplicate"}"#).unwrap();
+        assert_eq!(ack.status, CallbackStatus::Duplicate);
+    }
+}

@@ -1,0 +1,782 @@
+//! The crawl itself: fetch one page with reqwest, extract facts with scraper.
+//!
+//! [`Crawler::crawl`] turns every failure into an [`Outcome::Failed`] with an
+//! [`ErrorKind`] and a `retryable` flag; it never panics and never returns a
+//! Rust error, because a failed page is a result to report, not a crash.
+
+use std::collections::BTreeMap;
+use std::error::Error as StdError;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use reqwest::header::CONTENT_TYPE;
+use reqwest::{redirect, StatusCode};
+use scraper::{Html, Selector};
+use sha2::{Digest, Sha256};
+use tracing::Instrument;
+use url::Url;
+
+use crate::callback::CallbackError;
+use crate::contract::{
+    CrawlError, CrawlRequest, ErrorKind, Outcome, PageFacts, Report, MAX_REPORT_BYTES,
+};
+
+/// Extracted text (a field or the title) longer than this many bytes is cut
+/// at a character boundary, so that a selector matching a whole page cannot
+/// push the report over [`MAX_REPORT_BYTES`].
+pub const MAX_TEXT_BYTES: usize = 8 * 1024;
+
+/// Environment variable for [`CrawlerConfig::timeout`], in whole seconds.
+pub const ENV_TIMEOUT_SECS: &str = "FANFARE_CRAWLER_TIMEOUT_SECS";
+/// Environment variable for [`CrawlerConfig::max_body_bytes`].
+pub const ENV_MAX_BODY_BYTES: &str = "FANFARE_CRAWLER_MAX_BODY_BYTES";
+/// Environment variable for [`CrawlerConfig::user_agent`].
+pub const ENV_USER_AGENT: &str = "FANFARE_CRAWLER_USER_AGENT";
+
+/// How a [`Crawler`] fetches pages and delivers reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrawlerConfig {
+    /// `User-Agent` sent with every request (page fetches and callbacks).
+    pub user_agent: String,
+    /// Budget for one page fetch, from connecting to the end of the body.
+    pub timeout: Duration,
+    /// Largest body accepted, after content decoding; larger fails as
+    /// [`ErrorKind::TooLarge`].
+    pub max_body_bytes: u64,
+    /// Redirects followed before failing as [`ErrorKind::Redirect`].
+    pub max_redirects: usize,
+    /// Budget for one callback POST, including reading the answer.
+    pub callback_timeout: Duration,
+    /// Callback POSTs tried in all before giving up (at least 1).
+    pub callback_attempts: u32,
+    /// Delay before the second callback attempt; it doubles for each later
+    /// attempt, with random jitter.
+    pub callback_backoff: Duration,
+}
+
+impl Default for CrawlerConfig {
+    fn default() -> Self {
+        Self {
+            user_agent: concat!(
+                "fanfare-crawler/",
+                env!("CARGO_PKG_VERSION"),
+                " (+https://github.com/fanfare)"
+            )
+            .to_string(),
+            timeout: Duration::from_secs(30),
+            max_body_bytes: 10 * 1024 * 1024,
+            max_redirects: 5,
+            callback_timeout: Duration::from_secs(10),
+            callback_attempts: 5,
+            callback_backoff: Duration::from_millis(200),
+        }
+    }
+}
+
+impl CrawlerConfig {
+    /// The defaults, overridden by [`ENV_TIMEOUT_SECS`],
+    /// [`ENV_MAX_BODY_BYTES`] and [`ENV_USER_AGENT`] where they are set.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`CrawlerConfig::from_env`], reading variables through `lookup`.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut config = Self::default();
+        if let Some(value) = lookup(ENV_TIMEOUT_SECS) {
+            let secs = parse_positive(ENV_TIMEOUT_SECS, &value)?;
+            config.timeout = Duration::from_secs(secs);
+        }
+        if let Some(value) = lookup(ENV_MAX_BODY_BYTES) {
+            config.max_body_bytes = parse_positive(ENV_MAX_BODY_BYTES, &value)?;
+        }
+        if let Some(value) = lookup(ENV_USER_AGENT) {
+            if value.trim().is_empty() {
+                return Err(ConfigError::new(
+                    ENV_USER_AGENT,
+                    &value,
+                    "must not be empty",
+                ));
+            }
+            if reqwest::header::HeaderValue::from_str(&value).is_err() {
+                return Err(ConfigError::new(
+                    ENV_USER_AGENT,
+                    &value,
+                    "is not a valid HTTP header value",
+                ));
+            }
+            config.user_agent = value;
+        }
+        Ok(config)
+    }
+}
+
+fn parse_positive(name: &'static str, value: &str) -> Result<u64, ConfigError> {
+    match value.trim().parse::<u64>() {
+        Ok(0) => Err(ConfigError::new(name, value, "must be greater than zero")),
+        Ok(n) => Ok(n),
+        Err(e) => Err(ConfigError::new(
+            name,
+            value,
+            format!("must be a positive whole number ({e})"),
+        )),
+    }
+}
+
+/// A crawler setting read from the environment has an invalid value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("environment variable {name} has invalid value {value:?}: {reason}")]
+pub struct ConfigError {
+    /// The variable's name.
+    pub name: &'static str,
+    /// The value it had.
+    pub value: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(name: &'static str, value: &str, reason: impl Into<String>) -> Self {
+        Self {
+            name,
+            value: value.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Crawls pages and reports them. Cheap to clone: clones share one
+/// connection pool.
+#[derive(Debug, Clone)]
+pub struct Crawler {
+    /// Follows redirects, decodes gzip; for the pages.
+    pub(crate) fetch: reqwest::Client,
+    /// Never follows redirects: a redirected POST would lose its body or
+    /// carry the bearer token somewhere unexpected.
+    pub(crate) callback: reqwest::Client,
+    pub(crate) config: Arc<CrawlerConfig>,
+}
+
+impl Crawler {
+    /// Builds the HTTP clients (rustls, gzip, limited redirects).
+    pub fn new(config: CrawlerConfig) -> Result<Self, reqwest::Error> {
+        let fetch = reqwest::Client::builder()
+            .use_rustls_tls()
+            .user_agent(config.user_agent.clone())
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout)
+            .redirect(redirect::Policy::limited(config.max_redirects))
+            .gzip(true)
+            .build()?;
+        let callback = reqwest::Client::builder()
+            .use_rustls_tls()
+            .user_agent(config.user_agent.clone())
+            .timeout(config.callback_timeout)
+            .redirect(redirect::Policy::none())
+            .build()?;
+        Ok(Self {
+            fetch,
+            callback,
+            config: Arc::new(config),
+        })
+    }
+
+    /// The settings this crawler was built with.
+    pub fn config(&self) -> &CrawlerConfig {
+        &self.config
+    }
+
+    /// Fetches `request.url` and extracts its facts. Every failure is an
+    /// [`Outcome::Failed`]; this never panics and never returns a Rust error.
+    pub async fn crawl(&self, request: &CrawlRequest) -> Outcome {
+        match self.fetch_and_extract(request).await {
+            Ok(facts) => Outcome::Succeeded(facts),
+            Err(error) => Outcome::Failed { error },
+        }
+    }
+
+    /// Crawls `request` and delivers the report to its callback URL; returns
+    /// the report that the daemon acknowledged.
+    pub async fn handle(&self, request: CrawlRequest) -> Result<Report, CallbackError> {
+        let span = tracing::info_span!(
+            "crawl",
+            run_id = %request.run_id,
+            page_id = %request.page_id,
+            attempt = request.attempt,
+            url = %request.url,
+        );
+        async move {
+            let outcome = self.crawl(&request).await;
+            match &outcome {
+                Outcome::Succeeded(facts) => tracing::info!(
+                    http_status = facts.http_status,
+                    bytes = facts.bytes,
+                    fetch_ms = facts.fetch_ms,
+                    "page crawled"
+                ),
+                Outcome::Failed { error } => tracing::info!(
+                    kind = %error.kind,
+                    retryable = error.retryable,
+                    message = %error.message,
+                    "page failed"
+                ),
+            }
+            let report = fit_report(Report::for_request(&request, outcome));
+            let ack = self.report(&request, &report).await?;
+            tracing::info!(status = ?ack.status, "report delivered");
+            Ok(report)
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn fetch_and_extract(&self, request: &CrawlRequest) -> Result<PageFacts, CrawlError> {
+        let url = parse_target(&request.url)?;
+        // Before fetching: a bad selector fails the same way whatever the page.
+        let fields = compile_selectors(&request.extract)?;
+        let max = self.config.max_body_bytes;
+
+        let started = Instant::now();
+        let mut response = self
+            .fetch
+            .get(url.clone())
+            .send()
+            .await
+            .map_err(|e| self.classify(&e, &url))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(status_error(status, response.url()));
+        }
+        if let Some(length) = response.content_length() {
+            if length > max {
+                return Err(too_large(response.url(), max, &format!("{length} bytes")));
+            }
+        }
+        let final_url = response.url().clone();
+        let charset = charset_of(&response);
+
+        let capacity = response.content_length().unwrap_or(0).min(max);
+        let mut body = Vec::with_capacity(usize::try_from(capacity).unwrap_or(0));
+        let mut hasher = Sha256::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| self.classify(&e, &final_url))?
+        {
+            if body.len() as u64 + chunk.len() as u64 > max {
+                return Err(too_large(&final_url, max, "more than that"));
+            }
+            hasher.update(&chunk);
+            body.extend_from_slice(&chunk);
+        }
+        let fetch_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+
+        let text = decode(&body, charset.as_deref());
+        let (title, fields) = extract(&text, &fields);
+        Ok(PageFacts {
+            http_status: status.as_u16(),
+            title,
+            fields,
+            bytes: body.len() as u64,
+            content_sha256: hex::encode(hasher.finalize()),
+            fetch_ms,
+        })
+    }
+
+    /// Sorts a reqwest error into an [`ErrorKind`] by walking its source
+    /// chain, since reqwest's own predicates do not tell DNS, refusal and TLS
+    /// apart.
+    fn classify(&self, error: &reqwest::Error, url: &Url) -> CrawlError {
+        let detail = chain_text(error);
+        if error.is_timeout() {
+            return CrawlError::new(
+                ErrorKind::Timeout,
+                format!(
+                    "{url} did not answer in full within {:?}: {detail}",
+                    self.config.timeout
+                ),
+                true,
+            );
+        }
+        if error.is_redirect() {
+            return CrawlError::new(
+                ErrorKind::Redirect,
+                format!(
+                    "{url} redirected more than {} times (or in a loop): {detail}",
+                    self.config.max_redirects
+                ),
+                false,
+            );
+        }
+        if error.is_builder() {
+            return CrawlError::new(
+                ErrorKind::InvalidUrl,
+                format!("{url} cannot be fetched: {detail}"),
+                false,
+            );
+        }
+        if let Some(kind) = kind_from_sources(error) {
+            let retryable = !matches!(kind, ErrorKind::Tls);
+            return CrawlError::new(kind, format!("{url}: {detail}"), retryable);
+        }
+        if error.is_connect() {
+            return CrawlError::new(ErrorKind::Connect, format!("{url}: {detail}"), true);
+        }
+        if error.is_decode() {
+            return CrawlError::new(
+                ErrorKind::Body,
+                format!("{url} sent a body that could not be decoded: {detail}"),
+                false,
+            );
+        }
+        if error.is_body() {
+            return CrawlError::new(
+                ErrorKind::Body,
+                format!("{url}: the body could not be read: {detail}"),
+                true,
+            );
+        }
+        CrawlError::new(ErrorKind::Other, format!("{url}: {detail}"), true)
+    }
+}
+
+/// The error and all its causes, outermost first. `io::Error::source`
+/// skips the error an `io::Error` wraps (and tokio-rustls wraps a rustls
+/// error in an `io::Error` inside another), so descend into those explicitly.
+fn causes<'a>(error: &'a (dyn StdError + 'static)) -> Vec<&'a (dyn StdError + 'static)> {
+    let mut out = Vec::new();
+    let mut current = Some(error);
+    while let Some(err) = current {
+        out.push(err);
+        current = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn StdError + 'static)),
+            None => err.source(),
+        };
+    }
+    out
+}
+
+/// Looks through the error's causes for a TLS failure (a rustls error), a
+/// DNS failure (hyper-util's connect error says "dns error"), a refused or
+/// reset connection, or an I/O timeout.
+fn kind_from_sources(error: &(dyn StdError + 'static)) -> Option<ErrorKind> {
+    let causes = causes(error);
+    if causes.iter().any(|err| err.is::<rustls::Error>()) {
+        return Some(ErrorKind::Tls);
+    }
+    if causes
+        .iter()
+        .any(|err| err.to_string().to_ascii_lowercase().contains("dns error"))
+    {
+        return Some(ErrorKind::Dns);
+    }
+    for err in &causes {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind as Io;
+            match io.kind() {
+                Io::ConnectionRefused
+                | Io::ConnectionReset
+                | Io::ConnectionAborted
+                | Io::NotConnected
+                | Io::BrokenPipe
+                | Io::AddrNotAvailable
+                | Io::UnexpectedEof => return Some(ErrorKind::Connect),
+                Io::TimedOut => return Some(ErrorKind::Timeout),
+                _ => {}
+            }
+        }
+        // hyper's IncompleteMessage: the server hung up mid-answer.
+        if err
+            .to_string()
+            .contains("connection closed before message completed")
+        {
+            return Some(ErrorKind::Connect);
+        }
+    }
+    None
+}
+
+/// The error and its causes, joined with ": ", skipping repeats (an
+/// `io::Error` displays the same text as the error it wraps).
+pub(crate) fn chain_text(error: &(dyn StdError + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for err in causes(error) {
+        let text = err.to_string();
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}
+
+fn parse_target(raw: &str) -> Result<Url, CrawlError> {
+    let url = Url::parse(raw).map_err(|e| {
+        CrawlError::new(
+            ErrorKind::InvalidUrl,
+            format!("{raw:?} is not a valid URL: {e}"),
+            false,
+        )
+    })?;
+    match url.scheme() {
+        "http" | "https" if url.host().is_some() => Ok(url),
+        "http" | "https" => Err(CrawlError::new(
+            ErrorKind::InvalidUrl,
+            format!("{raw:?} has no host"),
+            false,
+        )),
+        scheme => Err(CrawlError::new(
+            ErrorKind::InvalidUrl,
+            format!("{raw:?} has scheme {scheme:?}; only http and https can be crawled"),
+            false,
+        )),
+    }
+}
+
+fn compile_selectors(
+    extract: &BTreeMap<String, String>,
+) -> Result<Vec<(String, Selector)>, CrawlError> {
+    extract
+        .iter()
+        .map(|(field, css)| match Selector::parse(css) {
+            Ok(selector) => Ok((field.clone(), selector)),
+            Err(e) => Err(CrawlError::new(
+                ErrorKind::InvalidSelector,
+                format!("field {field:?} has an invalid CSS selector {css:?}: {e}"),
+                false,
+            )),
+        })
+        .collect()
+}
+
+/// 408, 429 and 5xx may pass on a later attempt; other statuses will not.
+fn status_error(status: StatusCode, url: &Url) -> CrawlError {
+    let retryable = status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status.is_server_error();
+    CrawlError::new(
+        ErrorKind::HttpStatus,
+        format!("{url} answered HTTP {status}"),
+        retryable,
+    )
+}
+
+fn too_large(url: &Url, max: u64, seen: &str) -> CrawlError {
+    CrawlError::new(
+        ErrorKind::TooLarge,
+        format!("{url} sent a body over the {max}-byte cap ({seen})"),
+        false,
+    )
+}
+
+fn charset_of(response: &reqwest::Response) -> Option<String> {
+    let content_type = response.headers().get(CONTENT_TYPE)?.to_str().ok()?;
+    content_type.split(';').skip(1).find_map(|param| {
+        let (key, value) = param.split_once('=')?;
+        key.trim()
+            .eq_ignore_ascii_case("charset")
+            .then(|| value.trim().trim_matches('"').to_string())
+    })
+}
+
+/// Decodes by the declared charset when it is known, else as UTF-8; a BOM
+/// wins over both, and malformed sequences become U+FFFD.
+fn decode(body: &[u8], charset: Option<&str>) -> String {
+    let encoding = charset
+        .and_then(|label| encoding_rs::Encoding::for_label(label.as_bytes()))
+        .unwrap_or(encoding_rs::UTF_8);
+    encoding.decode(body).0.into_owned()
+}
+
+static TITLE: LazyLock<Selector> =
+    LazyLock::new(|| Selector::parse("title").expect("`title` is a valid selector"));
+
+const HTML_NAMESPACE: &str = "http://www.w3.org/1999/xhtml";
+
+/// Parses and extracts synchronously: `scraper::Html` is `!Send`, so it must
+/// never live across an `.await`.
+fn extract(
+    text: &str,
+    fields: &[(String, Selector)],
+) -> (Option<String>, BTreeMap<String, Option<String>>) {
+    let document = Html::parse_document(text);
+    // An SVG <title> is a tooltip, not the page's title.
+    let title = document
+        .select(&TITLE)
+        .find(|element| &*element.value().name.ns == HTML_NAMESPACE)
+        .map(|element| collapse_whitespace(element.text()))
+        .filter(|title| !title.is_empty());
+    let fields = fields
+        .iter()
+        .map(|(name, selector)| {
+            let text = document
+                .select(selector)
+                .next()
+                .map(|element| collapse_whitespace(element.text()));
+            (name.clone(), text)
+        })
+        .collect();
+    (title, fields)
+}
+
+/// Joins the text pieces as they are (`9<b>.99</b>` is one word), collapses
+/// runs of whitespace to one space, trims, and stops at [`MAX_TEXT_BYTES`]
+/// on a character boundary.
+fn collapse_whitespace<'a>(pieces: impl Iterator<Item = &'a str>) -> String {
+    let mut out = String::new();
+    let mut pending_space = false;
+    for c in pieces.flat_map(str::chars) {
+        if c.is_whitespace() {
+            pending_space = !out.is_empty();
+            continue;
+        }
+        let needed = c.len_utf8() + usize::from(pending_space);
+        if out.len() + needed > MAX_TEXT_BYTES {
+            break;
+        }
+        if pending_space {
+            out.push(' ');
+            pending_space = false;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Replaces the outcome with a [`ErrorKind::TooLarge`] failure when the
+/// report would exceed [`MAX_REPORT_BYTES`]; the daemon would answer 413,
+/// and a report it refuses helps no one.
+pub(crate) fn fit_report(report: Report) -> Report {
+    let size = serde_json::to_vec(&report).map_or(0, |json| json.len());
+    if size <= MAX_REPORT_BYTES {
+        return report;
+    }
+    let outcome = Outcome::failed(
+        ErrorKind::TooLarge,
+        format!(
+            "the report would be {size} bytes, over the daemon's {MAX_REPORT_BYTES}-byte limit; \
+             extract fewer or smaller fields"
+        ),
+        false,
+    );
+    Report { outcome, ..report }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn default_config_has_the_documented_values() {
+        let config = CrawlerConfig::default();
+        assert_eq!(config.timeout, Duration::from_secs(30));
+        assert_eq!(config.max_body_bytes, 10 * 1024 * 1024);
+        assert_eq!(config.max_redirects, 5);
+        assert_eq!(config.callback_timeout, Duration::from_secs(10));
+        assert_eq!(config.callback_attempts, 5);
+        assert_eq!(config.callback_backoff, Duration::from_millis(200));
+        assert!(config.user_agent.starts_with("fanfare-crawler/0."));
+    }
+
+    #[test]
+    fn environment_overrides_timeout_body_cap_and_user_agent() {
+        let config = CrawlerConfig::from_lookup(lookup(&[
+            (ENV_TIMEOUT_SECS, "7"),
+            (ENV_MAX_BODY_BYTES, "1024"),
+            (ENV_USER_AGENT, "acme-bot/1"),
+        ]))
+        .unwrap();
+        assert_eq!(config.timeout, Duration::from_secs(7));
+        assert_eq!(config.max_body_bytes, 1024);
+        assert_eq!(config.user_agent, "acme-bot/1");
+        assert_eq!(
+            CrawlerConfig::from_lookup(lookup(&[])).unwrap(),
+            CrawlerConfig::default()
+        );
+    }
+
+    #[test]
+    fn bad_environment_value_fails_naming_the_variable() {
+        for (name, value) in [
+            (ENV_TIMEOUT_SECS, "soon"),
+            (ENV_TIMEOUT_SECS, "0"),
+            (ENV_MAX_BODY_BYTES, "-1"),
+            (ENV_USER_AGENT, " "),
+            (ENV_USER_AGENT, "bad\nagent"),
+        ] {
+            let error = CrawlerConfig::from_lookup(lookup(&[(name, value)])).unwrap_err();
+            assert_eq!(error.name, name);
+            assert!(error.to_string().contains(name), "{error}");
+        }
+    }
+
+    #[test]
+    fn whitespace_inside_extracted_text_is_collapsed_and_trimmed() {
+        let html = "<p class=a>\n  Hello \t\n <b> big </b>\n world  </p><p class=a>second</p>\
+                    <span class=price> 9<b>.99</b> </span>";
+        let fields = vec![
+            ("a".to_string(), Selector::parse(".a").unwrap()),
+            ("price".to_string(), Selector::parse(".price").unwrap()),
+        ];
+        let (title, fields) = extract(html, &fields);
+        assert_eq!(title, None);
+        assert_eq!(fields["a"].as_deref(), Some("Hello big world"));
+        assert_eq!(fields["price"].as_deref(), Some("9.99"));
+    }
+
+    #[test]
+    fn empty_title_is_none_and_svg_title_is_ignored() {
+        let (title, _) = extract("<title>  \n </title><p>x</p>", &[]);
+        assert_eq!(title, None);
+        let (title, _) = extract(
+            "<body><svg><title>icon</title></svg><p>no title</p></body>",
+            &[],
+        );
+        assert_eq!(title, None);
+    }
+
+    #[test]
+    fn long_extracted_text_is_cut_at_a_character_boundary() {
+        let long = "é".repeat(MAX_TEXT_BYTES);
+        let text = collapse_whitespace([long.as_str()].into_iter());
+        assert!(text.len() <= MAX_TEXT_BYTES);
+        assert!(text.len() > MAX_TEXT_BYTES - 4);
+        assert!(text.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn declared_charset_is_honoured_and_utf8_is_the_default() {
+        assert_eq!(decode(b"caf\xe9", Some("ISO-8859-1")), "café");
+        assert_eq!(decode("café".as_bytes(), None), "café");
+        assert_eq!(decode(b"caf\xff", None), "caf\u{fffd}");
+        assert_eq!(decode("café".as_bytes(), Some("no-such-charset")), "café");
+    }
+
+    #[test]
+    fn only_408_429_and_5xx_statuses_are_retryable() {
+        let url = Url::parse("https://a.example/").unwrap();
+        for (code, retryable) in [
+            (400, false),
+            (401, false),
+            (403, false),
+            (404, false),
+            (408, true),
+            (410, false),
+            (429, true),
+            (500, true),
+            (502, true),
+            (503, true),
+            (304, false),
+        ] {
+            let error = status_error(StatusCode::from_u16(code).unwrap(), &url);
+            assert_eq!(error.kind, ErrorKind::HttpStatus);
+            assert_eq!(error.retryable, retryable, "HTTP {code}");
+            assert!(
+                error.message.contains(&code.to_string()),
+                "{}",
+                error.message
+            );
+        }
+    }
+
+    /// Stands in for hyper-util's `ConnectError`: a message and a cause.
+    #[derive(Debug)]
+    struct Wrapped(&'static str, Box<dyn StdError + Send + Sync>);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl StdError for Wrapped {
+        fn source(&self) -> Option<&(dyn StdError + 'static)> {
+            Some(&*self.1)
+        }
+    }
+
+    fn io(
+        kind: std::io::ErrorKind,
+        inner: impl Into<Box<dyn StdError + Send + Sync>>,
+    ) -> std::io::Error {
+        std::io::Error::new(kind, inner)
+    }
+
+    #[test]
+    fn error_causes_are_classified_through_nested_io_errors() {
+        use std::io::ErrorKind as Io;
+        let dns = Wrapped(
+            "client error (Connect)",
+            Box::new(Wrapped(
+                "dns error",
+                Box::new(io(Io::Other, "failed to lookup address information")),
+            )),
+        );
+        assert_eq!(kind_from_sources(&dns), Some(ErrorKind::Dns));
+
+        let refused = Wrapped(
+            "client error (Connect)",
+            Box::new(io(Io::Other, io(Io::ConnectionRefused, "refused"))),
+        );
+        assert_eq!(kind_from_sources(&refused), Some(ErrorKind::Connect));
+
+        let tls = Wrapped(
+            "client error (Connect)",
+            Box::new(io(
+                Io::Other,
+                io(Io::InvalidData, rustls::Error::General("bad cert".into())),
+            )),
+        );
+        assert_eq!(kind_from_sources(&tls), Some(ErrorKind::Tls));
+        assert!(
+            chain_text(&tls).ends_with("bad cert"),
+            "{}",
+            chain_text(&tls)
+        );
+
+        let timed_out = Wrapped("read", Box::new(io(Io::TimedOut, "slow")));
+        assert_eq!(kind_from_sources(&timed_out), Some(ErrorKind::Timeout));
+
+        let unknown = Wrapped("something", Box::new(io(Io::Other, "odd")));
+        assert_eq!(kind_from_sources(&unknown), None);
+    }
+
+    #[test]
+    fn oversized_report_becomes_a_too_large_failure() {
+        let request: CrawlRequest = serde_json::from_value(serde_json::json!({
+            "version": 1, "run_id": "r", "page_id": "p", "attempt": 3,
+            "url": "https://a.example/", "callback_url": "https://d.example/v1/callbacks",
+            "callback_token": "t", "deadline": "2026-11-26T03:05:00Z"
+        }))
+        .unwrap();
+        let fields = (0..64)
+            .map(|i| (format!("f{i}"), Some("x".repeat(MAX_TEXT_BYTES))))
+            .collect();
+        let facts = PageFacts {
+            http_status: 200,
+            title: None,
+            fields,
+            bytes: 1,
+            content_sha256: "00".into(),
+            fetch_ms: 1,
+        };
+        let report = fit_report(Report::for_request(&request, Outcome::Succeeded(facts)));
+        let error = report.outcome.error().expect("replaced by a failure");
+        assert_eq!(error.kind, ErrorKind::TooLarge);
+        assert!(!error.retryable);
+        assert_eq!(report.attempt, 3);
+
+        let small = Report::for_request(&request, Outcome::failed(ErrorKind::Dns, "x", true));
+        assert_eq!(fit_report(small.clone()), small);
+    }
+}

@@ -1,0 +1,220 @@
+//! The `fanfare-crawler` binary under a stand-in for the Lambda Runtime API
+//! (`/2018-06-01/runtime/invocation/...`) on loopback: it hands the binary
+//! one event and records what the function answers.
+
+mod support;
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use fanfare_crawler::Report;
+use serde_json::{json, Value};
+use support::{serve, Receiver};
+use tokio::process::Command;
+use tokio::sync::mpsc;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_fanfare-crawler");
+
+/// What the function posted for an invocation.
+#[derive(Debug)]
+enum Answer {
+    Response(Value),
+    Error(Value),
+}
+
+#[derive(Clone)]
+struct Runtime {
+    event: Arc<Mutex<Option<Value>>>,
+    answers: mpsc::UnboundedSender<Answer>,
+}
+
+async fn next(State(runtime): State<Runtime>) -> Response {
+    let event = runtime.event.lock().unwrap().take();
+    let Some(event) = event else {
+        // No more events: hold the long poll, as Lambda does between events.
+        std::future::pending::<()>().await;
+        unreachable!()
+    };
+    let deadline = chrono::Utc::now().timestamp_millis() + 60_000;
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "lambda-runtime-aws-request-id",
+        HeaderValue::from_static("req-1"),
+    );
+    headers.insert(
+        "lambda-runtime-deadline-ms",
+        HeaderValue::from_str(&deadline.to_string()).unwrap(),
+    );
+    headers.insert(
+        "lambda-runtime-invoked-function-arn",
+        HeaderValue::from_static("arn:aws:lambda:eu-west-1:000000000000:function:fanfare-crawler"),
+    );
+    headers.insert(
+        "lambda-runtime-trace-id",
+        HeaderValue::from_static("Root=1-0-0"),
+    );
+    (headers, event.to_string()).into_response()
+}
+
+async fn response(
+    State(runtime): State<Runtime>,
+    Path(_id): Path<String>,
+    body: Bytes,
+) -> StatusCode {
+    let _ = runtime
+        .answers
+        .send(Answer::Response(serde_json::from_slice(&body).unwrap()));
+    StatusCode::ACCEPTED
+}
+
+async fn error(State(runtime): State<Runtime>, Path(_id): Path<String>, body: Bytes) -> StatusCode {
+    let _ = runtime
+        .answers
+        .send(Answer::Error(serde_json::from_slice(&body).unwrap()));
+    StatusCode::ACCEPTED
+}
+
+/// Runs the binary against a fake Runtime API serving `event`; returns the
+/// function's answer.
+async fn invoke(event: Value) -> Answer {
+    let (answers, mut received) = mpsc::unbounded_channel();
+    let runtime = Runtime {
+        event: Arc::new(Mutex::new(Some(event))),
+        answers,
+    };
+    let app = Router::new()
+        .route("/2018-06-01/runtime/invocation/next", get(next))
+        .route(
+            "/2018-06-01/runtime/invocation/{id}/response",
+            post(response),
+        )
+        .route("/2018-06-01/runtime/invocation/{id}/error", post(error))
+        .with_state(runtime);
+    let addr = serve(app).await;
+
+    let mut child = Command::new(BINARY)
+        .env("AWS_LAMBDA_RUNTIME_API", addr.to_string())
+        .env("AWS_LAMBDA_FUNCTION_NAME", "fanfare-crawler")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("FANFARE_CRAWLER_TIMEOUT_SECS", "5")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(30), received.recv())
+        .await
+        .expect("the function answers within 30s")
+        .expect("an answer");
+    child.kill().await.unwrap();
+    answer
+}
+
+fn event(url: &str, callback_url: &str) -> Value {
+    json!({
+        "version": 1,
+        "run_id": "run-9",
+        "page_id": "page-9",
+        "attempt": 1,
+        "url": url,
+        "extract": {"h": "h1"},
+        "callback_url": callback_url,
+        "callback_token": "tok-9",
+        "deadline": "2026-11-26T03:05:00Z"
+    })
+}
+
+async fn page() -> String {
+    let app = Router::new().route(
+        "/",
+        get(|| async { Html("<title>Hi</title><h1> Hello </h1>") }),
+    );
+    format!("http://{}/", serve(app).await)
+}
+
+#[tokio::test]
+async fn lambda_event_is_crawled_reported_and_answered_with_the_report() {
+    let url = page().await;
+    let (receiver, callback_url) = Receiver::start(&[]).await;
+
+    let answer = invoke(event(&url, &callback_url)).await;
+
+    let Answer::Response(body) = answer else {
+        panic!("expected a response, got {answer:?}");
+    };
+    let report: Report = serde_json::from_value(body).unwrap();
+    assert_eq!(report.run_id, "run-9");
+    let facts = report.outcome.facts().expect("crawled");
+    assert_eq!(facts.title.as_deref(), Some("Hi"));
+    assert_eq!(facts.fields["h"].as_deref(), Some("Hello"));
+    let received = receiver.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].authorization.as_deref(), Some("Bearer tok-9"));
+    assert_eq!(
+        received[0].content_type.as_deref(),
+        Some("application/json")
+    );
+    assert_eq!(
+        serde_json::from_str::<Report>(&received[0].body).unwrap(),
+        report
+    );
+}
+
+#[tokio::test]
+async fn lambda_event_in_another_contract_version_fails_naming_the_version() {
+    let url = page().await;
+    let (receiver, callback_url) = Receiver::start(&[]).await;
+    let mut event = event(&url, &callback_url);
+    event["version"] = json!(2);
+
+    let answer = invoke(event).await;
+
+    let Answer::Error(body) = answer else {
+        panic!("expected an error, got {answer:?}");
+    };
+    let message = body["errorMessage"].as_str().unwrap();
+    assert!(message.contains("version 2"), "{message}");
+    assert!(receiver.received().is_empty(), "nothing is reported");
+}
+
+#[tokio::test]
+async fn lambda_invocation_fails_when_the_callback_is_refused_so_lambda_retries_it() {
+    let url = page().await;
+    let (receiver, callback_url) =
+        Receiver::start(&[(StatusCode::UNAUTHORIZED, "invalid task token")]).await;
+
+    let answer = invoke(event(&url, &callback_url)).await;
+
+    let Answer::Error(body) = answer else {
+        panic!("expected an error, got {answer:?}");
+    };
+    let message = body["errorMessage"].as_str().unwrap();
+    assert!(message.contains("401"), "{message}");
+    assert_eq!(receiver.received().len(), 1);
+}
+
+#[tokio::test]
+async fn bad_setting_fails_the_cold_start_naming_the_variable() {
+    let output = Command::new(BINARY)
+        .env("FANFARE_CRAWLER_MAX_BODY_BYTES", "ten megs")
+        .env("RUST_LOG", "info")
+        .output()
+        .await
+        .unwrap();
+
+    assert!(!output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("FANFARE_CRAWLER_MAX_BODY_BYTES"),
+        "stdout: {stdout}"
+    );
+}
