@@ -1,0 +1,716 @@
+//! Configuration: built-in defaults, then a TOML file, then
+//! `FANFARE__SECTION__KEY` environment variables.
+//!
+//! Loading happens in two steps. The file is first read into plain "raw"
+//! structs (unknown keys rejected, so a typo is named); then [`Settings`] is
+//! built from them, collecting *every* problem with the schedule and key it
+//! concerns, so one `check-config` lists all of them at once.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use url::Url;
+
+use crate::schedule::CronSchedule;
+
+/// Every problem found in a configuration, one line each.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError(pub Vec<String>);
+
+/// The validated configuration the daemon runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// HTTP server settings.
+    pub server: ServerSettings,
+    /// Postgres settings.
+    pub database: DatabaseSettings,
+    /// Secrets for task tokens and the admin API.
+    pub security: SecuritySettings,
+    /// How to reach the Lambda API.
+    pub lambda: LambdaSettings,
+    /// How notifications are delivered.
+    pub notify: NotifySettings,
+    /// The schedules, in file order.
+    pub schedules: Vec<Schedule>,
+}
+
+/// HTTP server settings.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Address to bind; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// The base URL crawlers use to reach this service.
+    pub public_url: Url,
+    /// How long shutdown waits for in-flight work.
+    pub shutdown_grace: Duration,
+}
+
+impl ServerSettings {
+    /// The callback URL sent to crawlers.
+    pub fn callback_url(&self) -> String {
+        let mut base = self.public_url.to_string();
+        if !base.ends_with('/') {
+            base.push('/');
+        }
+        format!("{base}v1/callbacks")
+    }
+}
+
+/// Postgres settings.
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    /// Connection URL; may carry a password, so it is secret.
+    pub url: SecretString,
+    /// Pool size.
+    pub max_connections: u32,
+}
+
+/// Secrets for task tokens and the admin API.
+#[derive(Debug, Clone)]
+pub struct SecuritySettings {
+    /// Key that signs task tokens (at least 32 bytes).
+    pub callback_secret: SecretString,
+    /// Bearer token for the admin API.
+    pub admin_token: SecretString,
+    /// How long after a page's deadline its token is still accepted.
+    pub callback_grace: Duration,
+}
+
+/// How to reach the Lambda API.
+#[derive(Debug, Clone, Default)]
+pub struct LambdaSettings {
+    /// AWS region; the default provider chain decides when unset.
+    pub region: Option<String>,
+    /// A Lambda-compatible endpoint (a local emulator), instead of AWS's.
+    pub endpoint_url: Option<Url>,
+    /// Timeout of one Invoke call.
+    pub invoke_timeout: Duration,
+}
+
+/// How notifications are delivered.
+#[derive(Debug, Clone)]
+pub struct NotifySettings {
+    /// Keep retrying an undelivered notification for this long.
+    pub retry_for: Duration,
+    /// Timeout of one delivery attempt.
+    pub timeout: Duration,
+}
+
+/// Where a schedule's crawls run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvokerKind {
+    /// AWS Lambda, InvocationType `Event`.
+    Lambda,
+    /// The crawler library, in-process (development and tests).
+    Local,
+}
+
+/// Where a run's page list comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PageSource {
+    /// A fixed list of URLs.
+    Urls(Vec<String>),
+    /// A sitemap (sitemaps.org) URL.
+    Sitemap(Url),
+    /// A URL answering with a JSON array of URLs.
+    Http(Url),
+    /// A lister Lambda function, invoked synchronously with `payload`.
+    Lambda {
+        /// Function name or ARN.
+        function: String,
+        /// The event sent to it.
+        payload: serde_json::Value,
+    },
+}
+
+/// One notification target.
+#[derive(Debug, Clone)]
+pub enum NotifyTarget {
+    /// A Standard Webhooks endpoint.
+    Webhook {
+        /// Where to POST.
+        url: Url,
+        /// `whsec_<base64 key>`; the decoded key signs each delivery.
+        secret: SecretString,
+    },
+    /// A Slack incoming webhook.
+    Slack {
+        /// The incoming-webhook URL (itself a secret).
+        url: SecretString,
+    },
+    /// A line on standard output (used by `fanfare dev`).
+    Stdout,
+}
+
+impl NotifyTarget {
+    /// The kind's name as stored in the outbox.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            NotifyTarget::Webhook { .. } => "webhook",
+            NotifyTarget::Slack { .. } => "slack",
+            NotifyTarget::Stdout => "stdout",
+        }
+    }
+}
+
+/// A validated schedule.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    /// Unique name; part of every run's identity.
+    pub name: String,
+    /// When it fires; `None` for a schedule that only runs when triggered.
+    pub cron: Option<CronSchedule>,
+    /// Where its crawls run.
+    pub invoker: InvokerKind,
+    /// The crawler function (name or ARN) for the Lambda invoker.
+    pub function: Option<String>,
+    /// Where its page list comes from.
+    pub pages: PageSource,
+    /// Field name -> CSS selector.
+    pub extract: BTreeMap<String, String>,
+    /// How long one attempt of a page may take before it is retried.
+    pub page_timeout: Duration,
+    /// Dispatches of one page at most.
+    pub max_attempts: u32,
+    /// Pages of this schedule dispatched and unreported at once, at most.
+    pub max_in_flight: u32,
+    /// Where the run's notification goes.
+    pub notify: Vec<NotifyTarget>,
+}
+
+impl Settings {
+    /// The schedule called `name`.
+    pub fn schedule(&self, name: &str) -> Option<&Schedule> {
+        self.schedules.iter().find(|s| s.name == name)
+    }
+
+    /// Reads `path` (when given) over the built-in defaults, then the
+    /// `FANFARE__…` environment, and validates the result.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = path {
+            if !path.exists() {
+                return Err(ConfigError(vec![format!(
+                    "config file {} does not exist",
+                    path.display()
+                )]));
+            }
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+        }
+        Self::from_builder(builder)
+    }
+
+    /// Parses TOML text (then the environment) and validates it.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        Self::from_builder(
+            config::Config::builder()
+                .add_source(config::File::from_str(text, config::FileFormat::Toml)),
+        )
+    }
+
+    fn from_builder(
+        builder: config::ConfigBuilder<config::builder::DefaultState>,
+    ) -> Result<Self, ConfigError> {
+        let raw: RawConfig = builder
+            .add_source(
+                config::Environment::with_prefix("FANFARE")
+                    .prefix_separator("__")
+                    .separator("__"),
+            )
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError(vec![e.to_string()]))?;
+        raw.validate()
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    database: RawDatabase,
+    #[serde(default)]
+    security: RawSecurity,
+    #[serde(default)]
+    lambda: RawLambda,
+    #[serde(default)]
+    notify: RawNotify,
+    #[serde(default)]
+    schedules: Vec<RawSchedule>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    public_url: Option<String>,
+    shutdown_grace: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    url: Option<SecretString>,
+    max_connections: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSecurity {
+    callback_secret: Option<SecretString>,
+    admin_token: Option<SecretString>,
+    callback_grace: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLambda {
+    region: Option<String>,
+    endpoint_url: Option<String>,
+    invoke_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    retry_for: Option<String>,
+    timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchedule {
+    name: Option<String>,
+    cron: Option<String>,
+    timezone: Option<String>,
+    invoker: Option<String>,
+    function: Option<String>,
+    pages: Option<RawPages>,
+    #[serde(default)]
+    extract: BTreeMap<String, String>,
+    page_timeout: Option<String>,
+    max_attempts: Option<u32>,
+    max_in_flight: Option<u32>,
+    #[serde(default)]
+    notify: Vec<RawNotifyTarget>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPages {
+    urls: Option<Vec<String>>,
+    sitemap: Option<String>,
+    http: Option<String>,
+    lambda: Option<String>,
+    payload: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotifyTarget {
+    webhook: Option<RawWebhook>,
+    slack: Option<RawSlack>,
+    stdout: Option<RawStdout>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    url: String,
+    secret: SecretString,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSlack {
+    url: SecretString,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStdout {}
+
+/// Collects problems; each is prefixed with where it was found.
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn add(&mut self, at: &str, msg: impl std::fmt::Display) {
+        self.0.push(format!("{at}: {msg}"));
+    }
+}
+
+fn duration(p: &mut Problems, at: &str, raw: Option<&str>, default: Duration) -> Duration {
+    match raw {
+        None => default,
+        Some(s) => match humantime::parse_duration(s) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                p.add(at, format!("{s:?} must be longer than zero"));
+                default
+            }
+            Err(e) => {
+                p.add(
+                    at,
+                    format!("{s:?} is not a duration ({e}); write e.g. \"30s\", \"5m\", \"2h\""),
+                );
+                default
+            }
+        },
+    }
+}
+
+fn http_url(p: &mut Problems, at: &str, raw: &str) -> Option<Url> {
+    match Url::parse(raw) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(u),
+        Ok(_) => {
+            p.add(at, format!("{raw:?} must be an http or https URL"));
+            None
+        }
+        Err(e) => {
+            p.add(at, format!("{raw:?} is not a URL ({e})"));
+            None
+        }
+    }
+}
+
+const PLACEHOLDER_URL: &str = "http://invalid.invalid/";
+
+impl RawConfig {
+    fn validate(self) -> Result<Settings, ConfigError> {
+        let mut p = Problems(Vec::new());
+
+        let listen = self.server.listen.as_deref().unwrap_or("0.0.0.0:8080");
+        let listen: SocketAddr = listen.parse().unwrap_or_else(|_| {
+            p.add(
+                "server.listen",
+                format!("{listen:?} is not an address such as \"0.0.0.0:8080\""),
+            );
+            SocketAddr::from(([0, 0, 0, 0], 8080))
+        });
+        let public_url = match self.server.public_url.as_deref() {
+            Some(u) => http_url(&mut p, "server.public_url", u),
+            None => {
+                p.add(
+                    "server.public_url",
+                    "is required: the base URL crawlers call back to",
+                );
+                None
+            }
+        }
+        .unwrap_or_else(|| Url::parse(PLACEHOLDER_URL).expect("static URL"));
+        let shutdown_grace = duration(
+            &mut p,
+            "server.shutdown_grace",
+            self.server.shutdown_grace.as_deref(),
+            Duration::from_secs(20),
+        );
+
+        let db_url = self.database.url.unwrap_or_else(|| {
+            p.add("database.url", "is required (postgres://user:pass@host/db)");
+            SecretString::from("")
+        });
+        let url = db_url.expose_secret();
+        if !(url.is_empty() || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            p.add(
+                "database.url",
+                "must start with postgres:// or postgresql://",
+            );
+        }
+        let max_connections = self.database.max_connections.unwrap_or(16);
+        if max_connections == 0 {
+            p.add("database.max_connections", "must be at least 1");
+        }
+
+        let callback_secret = self.security.callback_secret.unwrap_or_else(|| {
+            p.add(
+                "security.callback_secret",
+                "is required (at least 32 bytes; it signs task tokens)",
+            );
+            SecretString::from("")
+        });
+        if !callback_secret.expose_secret().is_empty() && callback_secret.expose_secret().len() < 32
+        {
+            p.add(
+                "security.callback_secret",
+                format!(
+                    "is {} bytes; it must be at least 32",
+                    callback_secret.expose_secret().len()
+                ),
+            );
+        }
+        let admin_token = self.security.admin_token.unwrap_or_else(|| {
+            p.add(
+                "security.admin_token",
+                "is required (bearer token for the admin API)",
+            );
+            SecretString::from("")
+        });
+        if !admin_token.expose_secret().is_empty() && admin_token.expose_secret().len() < 16 {
+            p.add("security.admin_token", "must be at least 16 characters");
+        }
+        let callback_grace = duration(
+            &mut p,
+            "security.callback_grace",
+            self.security.callback_grace.as_deref(),
+            Duration::from_secs(15 * 60),
+        );
+
+        let endpoint_url = self
+            .lambda
+            .endpoint_url
+            .as_deref()
+            .and_then(|u| http_url(&mut p, "lambda.endpoint_url", u));
+        let lambda = LambdaSettings {
+            region: self.lambda.region,
+            endpoint_url,
+            invoke_timeout: duration(
+                &mut p,
+                "lambda.invoke_timeout",
+                self.lambda.invoke_timeout.as_deref(),
+                Duration::from_secs(10),
+            ),
+        };
+        let notify = NotifySettings {
+            retry_for: duration(
+                &mut p,
+                "notify.retry_for",
+                self.notify.retry_for.as_deref(),
+                Duration::from_secs(24 * 3600),
+            ),
+            timeout: duration(
+                &mut p,
+                "notify.timeout",
+                self.notify.timeout.as_deref(),
+                Duration::from_secs(10),
+            ),
+        };
+
+        let mut seen = HashSet::new();
+        let mut schedules = Vec::new();
+        for (i, raw) in self.schedules.into_iter().enumerate() {
+            if let Some(s) = raw.validate(i, &mut p) {
+                if !seen.insert(s.name.clone()) {
+                    p.add(
+                        &format!("schedule {:?}", s.name),
+                        "name is used by more than one schedule",
+                    );
+                }
+                schedules.push(s);
+            }
+        }
+
+        if !p.0.is_empty() {
+            return Err(ConfigError(p.0));
+        }
+        Ok(Settings {
+            server: ServerSettings {
+                listen,
+                public_url,
+                shutdown_grace,
+            },
+            database: DatabaseSettings {
+                url: db_url,
+                max_connections,
+            },
+            security: SecuritySettings {
+                callback_secret,
+                admin_token,
+                callback_grace,
+            },
+            lambda,
+            notify,
+            schedules,
+        })
+    }
+}
+
+impl RawSchedule {
+    fn validate(self, index: usize, p: &mut Problems) -> Option<Schedule> {
+        let name = match self.name.as_deref().map(str::trim) {
+            Some(n) if valid_name(n) => n.to_string(),
+            Some(n) => {
+                p.add(
+                    &format!("schedules[{index}] name {n:?}"),
+                    "must be 1-64 characters of letters, digits, '-', '_' or '.'",
+                );
+                return None;
+            }
+            None => {
+                p.add(&format!("schedules[{index}]"), "name is required");
+                return None;
+            }
+        };
+        let at = format!("schedule {name:?}");
+        let tz = self.timezone.as_deref().unwrap_or("UTC");
+        let cron = match self.cron.as_deref() {
+            None => None,
+            Some(expr) => match CronSchedule::new(expr, tz) {
+                Ok(c) => Some(c),
+                Err(e) if e.starts_with("unknown time zone") => {
+                    p.add(&format!("{at}: timezone"), e);
+                    None
+                }
+                Err(e) => {
+                    p.add(&format!("{at}: cron {expr:?}"), e);
+                    None
+                }
+            },
+        };
+        if self.cron.is_none() && self.timezone.is_some() {
+            if let Err(e) = tz.parse::<chrono_tz::Tz>() {
+                p.add(
+                    &format!("{at}: timezone"),
+                    format!("unknown time zone {tz:?} ({e})"),
+                );
+            }
+        }
+        let invoker = match self.invoker.as_deref().unwrap_or("lambda") {
+            "lambda" => InvokerKind::Lambda,
+            "local" => InvokerKind::Local,
+            other => {
+                p.add(
+                    &format!("{at}: invoker"),
+                    format!("{other:?} must be \"lambda\" or \"local\""),
+                );
+                InvokerKind::Local
+            }
+        };
+        if invoker == InvokerKind::Lambda && self.function.as_deref().is_none_or(str::is_empty) {
+            p.add(
+                &format!("{at}: function"),
+                "is required with invoker = \"lambda\"",
+            );
+        }
+        let pages = match self.pages {
+            None => {
+                p.add(
+                    &format!("{at}: pages"),
+                    "is required: { urls = [...] }, { sitemap = \"...\" }, { http = \"...\" } or { lambda = \"...\" }",
+                );
+                None
+            }
+            Some(raw) => raw.validate(&format!("{at}: pages"), p),
+        };
+        for (field, selector) in &self.extract {
+            if let Err(e) = scraper_selector_ok(selector) {
+                p.add(
+                    &format!("{at}: extract.{field}"),
+                    format!("{selector:?} is not a CSS selector ({e})"),
+                );
+            }
+        }
+        let page_timeout = duration(
+            p,
+            &format!("{at}: page_timeout"),
+            self.page_timeout.as_deref(),
+            Duration::from_secs(300),
+        );
+        let max_attempts = self.max_attempts.unwrap_or(3);
+        if max_attempts == 0 {
+            p.add(&format!("{at}: max_attempts"), "must be at least 1");
+        }
+        let max_in_flight = self.max_in_flight.unwrap_or(100);
+        if max_in_flight == 0 {
+            p.add(&format!("{at}: max_in_flight"), "must be at least 1");
+        }
+        let mut notify = Vec::new();
+        for (i, t) in self.notify.into_iter().enumerate() {
+            let tat = format!("{at}: notify[{i}]");
+            match (t.webhook, t.slack, t.stdout) {
+                (Some(w), None, None) => {
+                    if let Some(url) = http_url(p, &format!("{tat}.webhook.url"), &w.url) {
+                        if let Err(e) = crate::notify::webhook_key(&w.secret) {
+                            p.add(&format!("{tat}.webhook.secret"), e);
+                        }
+                        notify.push(NotifyTarget::Webhook {
+                            url,
+                            secret: w.secret,
+                        });
+                    }
+                }
+                (None, Some(s), None) => {
+                    if http_url(p, &format!("{tat}.slack.url"), s.url.expose_secret()).is_some() {
+                        notify.push(NotifyTarget::Slack { url: s.url });
+                    }
+                }
+                (None, None, Some(_)) => notify.push(NotifyTarget::Stdout),
+                _ => p.add(&tat, "must have exactly one of webhook, slack or stdout"),
+            }
+        }
+        Some(Schedule {
+            name,
+            cron,
+            invoker,
+            function: self.function.filter(|f| !f.is_empty()),
+            pages: pages.unwrap_or(PageSource::Urls(Vec::new())),
+            extract: self.extract,
+            page_timeout,
+            max_attempts,
+            max_in_flight,
+            notify,
+        })
+    }
+}
+
+impl RawPages {
+    fn validate(self, at: &str, p: &mut Problems) -> Option<PageSource> {
+        let given = [
+            self.urls.is_some(),
+            self.sitemap.is_some(),
+            self.http.is_some(),
+            self.lambda.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if given != 1 {
+            p.add(at, "must have exactly one of urls, sitemap, http or lambda");
+            return None;
+        }
+        if self.payload.is_some() && self.lambda.is_none() {
+            p.add(&format!("{at}.payload"), "only goes with lambda");
+        }
+        if let Some(urls) = self.urls {
+            for (i, u) in urls.iter().enumerate() {
+                http_url(p, &format!("{at}.urls[{i}]"), u);
+            }
+            return Some(PageSource::Urls(urls));
+        }
+        if let Some(s) = self.sitemap {
+            return http_url(p, &format!("{at}.sitemap"), &s).map(PageSource::Sitemap);
+        }
+        if let Some(h) = self.http {
+            return http_url(p, &format!("{at}.http"), &h).map(PageSource::Http);
+        }
+        let function = self.lambda.unwrap_or_default();
+        if function.is_empty() {
+            p.add(&format!("{at}.lambda"), "must name a function");
+        }
+        Some(PageSource::Lambda {
+            function,
+            payload: self
+                .payload
+                .unwrap_or(serde_json::Value::Object(Default::default())),
+        })
+    }
+}
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn scraper_selector_ok(selector: &str) -> Result<(), String> {
+    scraper::Selector::parse(selector)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}

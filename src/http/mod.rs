@@ -1,0 +1,208 @@
+//! The HTTP surface: callbacks, the admin API, health, readiness, metrics.
+
+mod api;
+mod error;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use fanfare_crawler::contract::MAX_REPORT_BYTES;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use secrecy::ExposeSecret;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tokio_util::task::TaskTracker;
+
+pub use error::ApiError;
+
+use crate::runs::Runs;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// The run lifecycle and the ledger.
+    pub runs: Arc<Runs>,
+    /// Where background work started by a request (listing) is tracked.
+    pub tracker: TaskTracker,
+    /// Readiness flags.
+    pub health: Arc<Health>,
+}
+
+/// Readiness flags set by the application.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// The schedule tickers are running.
+    pub scheduler_running: AtomicBool,
+    /// Shutdown has begun: the load balancer should stop sending traffic.
+    pub shutting_down: AtomicBool,
+}
+
+/// The router with every route.
+pub fn router(state: AppState) -> Router {
+    let admin = Router::new()
+        .route("/v1/schedules/{name}/trigger", post(api::trigger))
+        .route("/v1/runs", get(api::list_runs))
+        .route("/v1/runs/{id}", get(api::get_run))
+        .route("/v1/runs/{id}/pages", get(api::list_pages))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    Router::new()
+        .route(
+            "/v1/callbacks",
+            post(crate::callback::receive).layer(DefaultBodyLimit::max(MAX_REPORT_BYTES)),
+        )
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(admin)
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// The bearer token of a request, if any.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+async fn require_admin(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let expected = state
+        .runs
+        .settings
+        .security
+        .admin_token
+        .expose_secret()
+        .as_bytes();
+    let ok = bearer(request.headers())
+        .map(|t| bool::from(t.as_bytes().ct_eq(expected)))
+        .unwrap_or(false);
+    if !ok {
+        return Err(ApiError::Unauthorized(
+            "this endpoint needs Authorization: Bearer <admin_token>".into(),
+        ));
+    }
+    Ok(next.run(request).await)
+}
+
+async fn healthz() -> impl IntoResponse {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let not_ready = |reason: String| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "unavailable", "reason": reason })),
+        )
+            .into_response()
+    };
+    if state.health.shutting_down.load(Ordering::SeqCst) {
+        return not_ready("shutting down".into());
+    }
+    if !state.health.scheduler_running.load(Ordering::SeqCst) {
+        return not_ready("the scheduler is not running".into());
+    }
+    match tokio::time::timeout(
+        Duration::from_secs(2),
+        crate::ledger::ready(&state.runs.pool),
+    )
+    .await
+    {
+        Ok(Ok(true)) => Json(json!({ "status": "ready" })).into_response(),
+        Ok(Ok(false)) => not_ready("database migrations are not all applied".into()),
+        Ok(Err(e)) => not_ready(format!("database unreachable: {e}")),
+        Err(_) => not_ready("database did not answer within 2s".into()),
+    }
+}
+
+async fn metrics() -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        metrics_handle().render(),
+    )
+}
+
+/// The process's Prometheus recorder, installed on first use.
+pub fn metrics_handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let buckets = [
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
+        let handle = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+            .expect("bucket list is not empty")
+            .install_recorder()
+            .expect("no other metrics recorder is installed");
+        describe_metrics();
+        handle
+    })
+}
+
+fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!("fanfare_runs_started_total", "Runs created, by schedule.");
+    describe_counter!(
+        "fanfare_runs_finished_total",
+        "Runs finished, by schedule and outcome."
+    );
+    describe_counter!(
+        "fanfare_pages_dispatched_total",
+        "Page attempts handed to a crawler."
+    );
+    describe_counter!(
+        "fanfare_pages_retried_total",
+        "Page attempts put back for another dispatch, by reason."
+    );
+    describe_counter!(
+        "fanfare_invoke_errors_total",
+        "Invokes that failed, by schedule and retryability."
+    );
+    describe_histogram!(
+        "fanfare_invoke_seconds",
+        Unit::Seconds,
+        "Time to hand one page to its invoker."
+    );
+    describe_counter!("fanfare_callbacks_total", "Crawler callbacks, by answer.");
+    describe_histogram!(
+        "fanfare_callback_seconds",
+        Unit::Seconds,
+        "Time to handle one callback."
+    );
+    describe_counter!(
+        "fanfare_notifications_sent_total",
+        "Notifications delivered, by kind."
+    );
+    describe_counter!(
+        "fanfare_notification_attempts_failed_total",
+        "Delivery attempts that failed and will be retried."
+    );
+    describe_counter!(
+        "fanfare_notifications_failed_total",
+        "Notifications given up on, by kind."
+    );
+    describe_gauge!(
+        "fanfare_pages_in_flight",
+        "Pages dispatched and unreported, by schedule."
+    );
+}

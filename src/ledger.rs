@@ -1,0 +1,756 @@
+//! The Postgres ledger: every SQL statement fanfare runs lives here.
+//!
+//! Postgres is the only shared state between replicas. Each function is one
+//! short transaction; none is ever held across a network call.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
+use serde::Serialize;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::config::DatabaseSettings;
+
+/// The embedded migrations (`migrations/`).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// How many URLs one insert statement carries.
+pub const INSERT_BATCH: usize = 5_000;
+
+/// How many failed pages a notification lists at most.
+pub const FAILED_PAGES_IN_NOTIFICATION: i64 = 100;
+
+/// Opens a pool to the configured database; the connection itself is made
+/// lazily, so a database that is down at start is retried, not fatal.
+pub fn pool(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
+    let options: PgConnectOptions = settings.url.expose_secret().parse()?;
+    Ok(PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(options.application_name("fanfare")))
+}
+
+/// Applies every pending migration.
+#[tracing::instrument(skip_all)]
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}
+
+/// Whether the database answers and every embedded migration is applied.
+pub async fn ready(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    let applied: i64 = sqlx::query_scalar("select count(*) from _sqlx_migrations where success")
+        .fetch_one(pool)
+        .await?;
+    Ok(applied as usize >= MIGRATOR.iter().count())
+}
+
+/// The state of one page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PageStatus {
+    /// Listed, not yet dispatched (or waiting for a retry).
+    Pending,
+    /// Handed to a crawler; waiting for its report.
+    Dispatched,
+    /// Terminal: crawled.
+    Succeeded,
+    /// Terminal: the crawl failed.
+    Failed,
+    /// Terminal: no report within the page's attempts.
+    TimedOut,
+    /// Terminal: the run was cancelled or failed before the page ran.
+    Cancelled,
+}
+
+impl PageStatus {
+    /// The name stored in the ledger.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PageStatus::Pending => "pending",
+            PageStatus::Dispatched => "dispatched",
+            PageStatus::Succeeded => "succeeded",
+            PageStatus::Failed => "failed",
+            PageStatus::TimedOut => "timed_out",
+            PageStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses a stored or requested name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => PageStatus::Pending,
+            "dispatched" => PageStatus::Dispatched,
+            "succeeded" => PageStatus::Succeeded,
+            "failed" => PageStatus::Failed,
+            "timed_out" => PageStatus::TimedOut,
+            "cancelled" => PageStatus::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+/// What started a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// A cron fire.
+    Cron,
+    /// The API or the CLI.
+    Manual,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Cron => "cron",
+            Trigger::Manual => "manual",
+        }
+    }
+}
+
+/// One run as the ledger holds it.
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub struct Run {
+    /// The run's id.
+    pub id: Uuid,
+    /// The schedule it belongs to.
+    pub schedule: String,
+    /// Its nominal fire time.
+    pub scheduled_for: DateTime<Utc>,
+    /// `cron` or `manual`.
+    pub trigger: String,
+    /// `listing`, `running` or `finished`.
+    pub status: String,
+    /// `succeeded`, `partial`, `failed` or `cancelled` once finished.
+    pub outcome: Option<String>,
+    /// Why the run failed as a whole, when it did.
+    pub error: Option<String>,
+    /// Pages listed.
+    pub total_pages: i64,
+    /// Pages not yet terminal.
+    pub open_pages: i64,
+    /// Pages that succeeded.
+    pub succeeded_pages: i64,
+    /// Pages that failed.
+    pub failed_pages: i64,
+    /// Pages that timed out.
+    pub timed_out_pages: i64,
+    /// Pages cancelled.
+    pub cancelled_pages: i64,
+    /// When the run was created.
+    pub created_at: DateTime<Utc>,
+    /// When its page list was complete.
+    pub listed_at: Option<DateTime<Utc>>,
+    /// When its last page became terminal.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+const RUN_COLUMNS: &str =
+    "id, schedule, scheduled_for, trigger, status, outcome, error, total_pages, \
+     open_pages, succeeded_pages, failed_pages, timed_out_pages, cancelled_pages, created_at, \
+     listed_at, finished_at";
+
+/// Creates the run for (schedule, scheduled_for); `None` when it already
+/// exists (another replica, or a second fire, got there first).
+#[tracing::instrument(skip(pool))]
+pub async fn create_run(
+    pool: &PgPool,
+    schedule: &str,
+    scheduled_for: DateTime<Utc>,
+    trigger: Trigger,
+) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "insert into runs (id, schedule, scheduled_for, trigger) values ($1, $2, $3, $4)
+         on conflict (schedule, scheduled_for) do nothing
+         returning id",
+    )
+    .bind(Uuid::now_v7())
+    .bind(schedule)
+    .bind(scheduled_for)
+    .bind(trigger.as_str())
+    .fetch_optional(pool)
+    .await
+}
+
+/// Adds pages to a listing run in one statement; URLs already in the run
+/// are skipped. Returns how many were added.
+#[tracing::instrument(skip(pool, urls), fields(batch = urls.len()))]
+pub async fn insert_pages(
+    pool: &PgPool,
+    run_id: Uuid,
+    urls: &[String],
+) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let added: i64 = sqlx::query_scalar(
+        "with added as (
+             insert into pages (run_id, url)
+             select $1, u from unnest($2::text[]) as u
+             on conflict (run_id, md5(url)) do nothing
+             returning 1)
+         select count(*) from added",
+    )
+    .bind(run_id)
+    .bind(urls)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query(
+        "update runs set total_pages = total_pages + $2, open_pages = open_pages + $2, updated_at = now()
+         where id = $1",
+    )
+    .bind(run_id)
+    .bind(added)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(added as u64)
+}
+
+/// A notification target of a schedule, as the outbox records it.
+#[derive(Debug, Clone)]
+pub struct TargetRef {
+    /// Index in the schedule's `notify` list.
+    pub index: i32,
+    /// `webhook`, `slack` or `stdout`.
+    pub kind: &'static str,
+}
+
+/// Looks up a schedule's notification targets by schedule name.
+pub type Targets<'a> = &'a (dyn Fn(&str) -> Vec<TargetRef> + Sync);
+
+/// Marks a run's page list complete; finishes the run at once when every
+/// page is already terminal (or there were none).
+#[tracing::instrument(skip(pool, targets))]
+pub async fn finish_listing(
+    pool: &PgPool,
+    run_id: Uuid,
+    targets: Targets<'_>,
+) -> Result<Option<Run>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let row: Option<(i64, String)> = sqlx::query_as(
+        "update runs set status = 'running', listed_at = now(), updated_at = now()
+         where id = $1 and status = 'listing'
+         returning open_pages, schedule",
+    )
+    .bind(run_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let finished = match row {
+        Some((0, schedule)) => Some(finish_run(&mut tx, run_id, None, &targets(&schedule)).await?),
+        _ => None,
+    };
+    tx.commit().await?;
+    Ok(finished)
+}
+
+/// Fails a run as a whole (its page list could not be read, say): every page
+/// not yet terminal is cancelled, the run finishes as `failed` with `error`,
+/// and its notification is queued. `None` when it had already finished.
+#[tracing::instrument(skip(pool, targets))]
+pub async fn fail_run(
+    pool: &PgPool,
+    run_id: Uuid,
+    error: &str,
+    targets: Targets<'_>,
+) -> Result<Option<Run>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let schedule: Option<String> = sqlx::query_scalar(
+        "select schedule from runs where id = $1 and status <> 'finished' for update",
+    )
+    .bind(run_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(schedule) = schedule else {
+        return Ok(None);
+    };
+    sqlx::query(
+        "with cancelled as (
+             update pages set status = 'cancelled', finished_at = now(), updated_at = now()
+             where run_id = $1 and status in ('pending', 'dispatched')
+             returning 1)
+         update runs set cancelled_pages = cancelled_pages + (select count(*) from cancelled),
+             open_pages = open_pages - (select count(*) from cancelled), updated_at = now()
+         where id = $1",
+    )
+    .bind(run_id)
+    .execute(&mut *tx)
+    .await?;
+    let run = finish_run(&mut tx, run_id, Some(error), &targets(&schedule)).await?;
+    tx.commit().await?;
+    Ok(Some(run))
+}
+
+/// Sets a run finished with its outcome and queues one notification per
+/// target. The caller holds the run's row lock (it has just updated it), so
+/// exactly one transaction gets here per run.
+async fn finish_run(
+    tx: &mut Transaction<'_, Postgres>,
+    run_id: Uuid,
+    error: Option<&str>,
+    targets: &[TargetRef],
+) -> Result<Run, sqlx::Error> {
+    let run: Run = sqlx::query_as(&format!(
+        "update runs set status = 'finished', finished_at = now(), updated_at = now(),
+             error = coalesce($2, error),
+             outcome = case
+                 when $2::text is not null then 'failed'
+                 when failed_pages + timed_out_pages + cancelled_pages = 0 then 'succeeded'
+                 when succeeded_pages = 0 then 'failed'
+                 else 'partial' end
+         where id = $1
+         returning {RUN_COLUMNS}"
+    ))
+    .bind(run_id)
+    .bind(error)
+    .fetch_one(&mut **tx)
+    .await?;
+    let failed: Vec<FailedPage> = sqlx::query_as(
+        "select url, status, error from pages
+         where run_id = $1 and status in ('failed', 'timed_out')
+         order by id limit $2",
+    )
+    .bind(run_id)
+    .bind(FAILED_PAGES_IN_NOTIFICATION)
+    .fetch_all(&mut **tx)
+    .await?;
+    let payload = crate::notify::run_finished_payload(&run, &failed);
+    for target in targets {
+        sqlx::query(
+            "insert into notifications (run_id, event, target, kind, webhook_id, payload)
+             values ($1, 'run.finished', $2, $3, $4, $5)
+             on conflict (run_id, event, target) do nothing",
+        )
+        .bind(run_id)
+        .bind(target.index)
+        .bind(target.kind)
+        .bind(format!("msg_{}_{}", run_id.simple(), target.index))
+        .bind(&payload)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(run)
+}
+
+/// A failed or timed-out page, as listed in a notification.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct FailedPage {
+    /// The page's URL.
+    pub url: String,
+    /// `failed` or `timed_out`.
+    pub status: String,
+    /// The error recorded for it.
+    pub error: Option<serde_json::Value>,
+}
+
+/// How a report (or a deadline) changed a page.
+#[derive(Debug, Clone)]
+pub enum Completion {
+    /// The page became terminal; `finished` is set when that finished the run.
+    Recorded {
+        /// The run, when this page was its last.
+        finished: Option<Box<Run>>,
+    },
+    /// The page was already terminal; nothing changed.
+    Duplicate,
+}
+
+/// Moves a page to a terminal state, if it is not in one already, and
+/// finishes its run when it was the last open page: one transaction, so two
+/// concurrent last reports can never both finish the run, nor neither.
+#[tracing::instrument(skip(pool, result, error, targets), fields(status = status.as_str()))]
+#[allow(clippy::too_many_arguments)]
+pub async fn complete_page(
+    pool: &PgPool,
+    run_id: Uuid,
+    page_id: i64,
+    attempt: i32,
+    status: PageStatus,
+    result: Option<&serde_json::Value>,
+    error: Option<&serde_json::Value>,
+    targets: Targets<'_>,
+) -> Result<Completion, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let row: Option<(i64, String, String)> = sqlx::query_as(
+        "with page as (
+             update pages set status = $3, reported_attempt = $4, result = $5, error = $6,
+                 finished_at = now(), updated_at = now(), not_before = null
+             where id = $2 and run_id = $1 and status in ('pending', 'dispatched')
+             returning run_id, status)
+         update runs r set open_pages = r.open_pages - 1,
+             succeeded_pages = r.succeeded_pages + (page.status = 'succeeded')::int,
+             failed_pages = r.failed_pages + (page.status = 'failed')::int,
+             timed_out_pages = r.timed_out_pages + (page.status = 'timed_out')::int,
+             cancelled_pages = r.cancelled_pages + (page.status = 'cancelled')::int,
+             updated_at = now()
+         from page where r.id = page.run_id
+         returning r.open_pages, r.status, r.schedule",
+    )
+    .bind(run_id)
+    .bind(page_id)
+    .bind(status.as_str())
+    .bind(attempt)
+    .bind(result)
+    .bind(error)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let completion = match row {
+        None => Completion::Duplicate,
+        Some((0, run_status, schedule)) if run_status == "running" => Completion::Recorded {
+            finished: Some(Box::new(
+                finish_run(&mut tx, run_id, None, &targets(&schedule)).await?,
+            )),
+        },
+        Some(_) => Completion::Recorded { finished: None },
+    };
+    tx.commit().await?;
+    Ok(completion)
+}
+
+/// A page claimed for dispatch.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedPage {
+    /// The page's id.
+    pub id: i64,
+    /// Its run.
+    pub run_id: Uuid,
+    /// Where to crawl.
+    pub url: String,
+    /// This dispatch's attempt number (1 for the first).
+    pub attempt: i32,
+    /// When this attempt's report is due.
+    pub deadline: DateTime<Utc>,
+}
+
+/// Claims up to `limit` pending pages of `schedule`'s unfinished runs,
+/// keeping the schedule's dispatched-and-unreported pages at most
+/// `max_in_flight`, and marks them dispatched with a deadline. An advisory
+/// lock per schedule makes concurrent claimers (other replicas) take turns,
+/// so the in-flight cap holds across replicas; `SKIP LOCKED` keeps a claim
+/// from waiting on pages another transaction is completing.
+#[tracing::instrument(skip(pool))]
+pub async fn claim_pages(
+    pool: &PgPool,
+    schedule: &str,
+    max_in_flight: i64,
+    limit: i64,
+    page_timeout: Duration,
+) -> Result<Claim, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("select pg_advisory_xact_lock(hashtextextended('fanfare.claim:' || $1, 0))")
+        .bind(schedule)
+        .execute(&mut *tx)
+        .await?;
+    let runs: Vec<Uuid> = sqlx::query_scalar(
+        "select id from runs where schedule = $1 and status <> 'finished' order by created_at",
+    )
+    .bind(schedule)
+    .fetch_all(&mut *tx)
+    .await?;
+    if runs.is_empty() {
+        return Ok(Claim::default());
+    }
+    let in_flight: i64 = sqlx::query_scalar(
+        "select count(*) from pages where run_id = any($1) and status = 'dispatched'",
+    )
+    .bind(&runs)
+    .fetch_one(&mut *tx)
+    .await?;
+    let room = (max_in_flight - in_flight).min(limit);
+    if room <= 0 {
+        return Ok(Claim {
+            in_flight,
+            pages: Vec::new(),
+        });
+    }
+    let claimed: Vec<ClaimedPage> = sqlx::query_as(
+        "with c as (
+             select id from pages
+             where run_id = any($1) and status = 'pending'
+                 and (not_before is null or not_before <= now())
+             order by id
+             limit $2
+             for update skip locked)
+         update pages p set status = 'dispatched', attempt = p.attempt + 1, dispatched_at = now(),
+             deadline = now() + make_interval(secs => $3), not_before = null, updated_at = now()
+         from c where p.id = c.id
+         returning p.id, p.run_id, p.url, p.attempt, p.deadline",
+    )
+    .bind(&runs)
+    .bind(room)
+    .bind(page_timeout.as_secs_f64())
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Claim {
+        in_flight: in_flight + claimed.len() as i64,
+        pages: claimed,
+    })
+}
+
+/// The result of [`claim_pages`].
+#[derive(Debug, Default)]
+pub struct Claim {
+    /// The schedule's pages dispatched and unreported, these included.
+    pub in_flight: i64,
+    /// The pages claimed.
+    pub pages: Vec<ClaimedPage>,
+}
+
+/// Puts a dispatched attempt back to pending, to be dispatched again after
+/// `backoff` (its invoke failed, or its deadline passed). A no-op when the
+/// page has moved on (reported, or already requeued).
+#[tracing::instrument(skip(pool, error))]
+pub async fn requeue_page(
+    pool: &PgPool,
+    page_id: i64,
+    attempt: i32,
+    backoff: Duration,
+    error: &serde_json::Value,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "update pages set status = 'pending', not_before = now() + make_interval(secs => $3),
+             error = $4, updated_at = now()
+         where id = $1 and attempt = $2 and status = 'dispatched'",
+    )
+    .bind(page_id)
+    .bind(attempt)
+    .bind(backoff.as_secs_f64())
+    .bind(error)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// A dispatched page whose deadline has passed.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OverduePage {
+    /// The page's id.
+    pub id: i64,
+    /// Its run.
+    pub run_id: Uuid,
+    /// The overdue attempt.
+    pub attempt: i32,
+    /// The run's schedule.
+    pub schedule: String,
+}
+
+/// Dispatched pages past their deadline, oldest first.
+pub async fn overdue_pages(pool: &PgPool, limit: i64) -> Result<Vec<OverduePage>, sqlx::Error> {
+    sqlx::query_as(
+        "select p.id, p.run_id, p.attempt, r.schedule from pages p join runs r on r.id = p.run_id
+         where p.status = 'dispatched' and p.deadline < now()
+         order by p.deadline limit $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Schedules with unfinished runs.
+pub async fn busy_schedules(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("select distinct schedule from runs where status <> 'finished'")
+        .fetch_all(pool)
+        .await
+}
+
+/// Runs still listing (whose lister may have died with its replica).
+pub async fn listing_runs(pool: &PgPool) -> Result<Vec<Run>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "select {RUN_COLUMNS} from runs where status = 'listing' order by created_at"
+    ))
+    .fetch_all(pool)
+    .await
+}
+
+/// One run.
+pub async fn get_run(pool: &PgPool, id: Uuid) -> Result<Option<Run>, sqlx::Error> {
+    sqlx::query_as(&format!("select {RUN_COLUMNS} from runs where id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// The newest runs, optionally of one schedule.
+pub async fn list_runs(
+    pool: &PgPool,
+    schedule: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Run>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "select {RUN_COLUMNS} from runs where ($1::text is null or schedule = $1)
+         order by scheduled_for desc, id desc limit $2"
+    ))
+    .bind(schedule)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Pages of a run that are dispatched and unreported right now.
+pub async fn in_flight(pool: &PgPool, run_id: Uuid) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("select count(*) from pages where run_id = $1 and status = 'dispatched'")
+        .bind(run_id)
+        .fetch_one(pool)
+        .await
+}
+
+/// A page as the API shows it.
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub struct Page {
+    /// The page's id.
+    pub id: i64,
+    /// Its URL.
+    pub url: String,
+    /// Its state.
+    pub status: String,
+    /// Dispatches so far.
+    pub attempt: i32,
+    /// The report's facts, when it succeeded.
+    pub result: Option<serde_json::Value>,
+    /// The last error, when there was one.
+    pub error: Option<serde_json::Value>,
+    /// When the current attempt was dispatched.
+    pub dispatched_at: Option<DateTime<Utc>>,
+    /// When it became terminal.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A run's pages in id order, optionally of one state, after `after_id`.
+pub async fn list_pages(
+    pool: &PgPool,
+    run_id: Uuid,
+    status: Option<PageStatus>,
+    after_id: i64,
+    limit: i64,
+) -> Result<Vec<Page>, sqlx::Error> {
+    sqlx::query_as(
+        "select id, url, status, attempt, result, error, dispatched_at, finished_at from pages
+         where run_id = $1 and ($2::text is null or status = $2) and id > $3
+         order by id limit $4",
+    )
+    .bind(run_id)
+    .bind(status.map(PageStatus::as_str))
+    .bind(after_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// A notification waiting in the outbox.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Outbound {
+    /// Outbox row id.
+    pub id: i64,
+    /// The run it is about.
+    pub run_id: Uuid,
+    /// The schedule (to find the target's settings).
+    pub schedule: String,
+    /// `run.finished`.
+    pub event: String,
+    /// Index of the target in the schedule's notify list.
+    pub target: i32,
+    /// The stable idempotency key.
+    pub webhook_id: String,
+    /// The body.
+    pub payload: serde_json::Value,
+    /// Delivery attempts so far, this one included.
+    pub attempts: i32,
+    /// When the notification was queued.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Claims due notifications for delivery: each is leased for `lease` (a
+/// replica that dies mid-delivery leaves it to be retried then).
+pub async fn claim_notifications(
+    pool: &PgPool,
+    limit: i64,
+    lease: Duration,
+) -> Result<Vec<Outbound>, sqlx::Error> {
+    sqlx::query_as(
+        "with due as (
+             select id from notifications
+             where status = 'pending' and next_attempt_at <= now()
+             order by next_attempt_at limit $1
+             for update skip locked)
+         update notifications n set attempts = n.attempts + 1,
+             next_attempt_at = now() + make_interval(secs => $2), updated_at = now()
+         from due, runs r
+         where n.id = due.id and r.id = n.run_id
+         returning n.id, n.run_id, r.schedule, n.event, n.target, n.webhook_id, n.payload,
+             n.attempts, n.created_at",
+    )
+    .bind(limit)
+    .bind(lease.as_secs_f64())
+    .fetch_all(pool)
+    .await
+}
+
+/// Records a successful delivery.
+pub async fn notification_delivered(pool: &PgPool, id: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update notifications set status = 'delivered', delivered_at = now(), last_error = null,
+             updated_at = now() where id = $1",
+    )
+    .bind(id)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Records a failed delivery: retried after `retry_in`, or given up on when
+/// `retry_in` is `None`.
+pub async fn notification_failed(
+    pool: &PgPool,
+    id: i64,
+    error: &str,
+    retry_in: Option<Duration>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update notifications set last_error = $2, updated_at = now(),
+             status = case when $3::float8 is null then 'failed' else 'pending' end,
+             next_attempt_at = now() + make_interval(secs => coalesce($3, 0))
+         where id = $1",
+    )
+    .bind(id)
+    .bind(error)
+    .bind(retry_in.map(|d| d.as_secs_f64()))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// A notification's delivery state, for the API.
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub struct NotificationState {
+    /// `run.finished`.
+    pub event: String,
+    /// Target index.
+    pub target: i32,
+    /// `webhook`, `slack` or `stdout`.
+    pub kind: String,
+    /// The idempotency key.
+    pub webhook_id: String,
+    /// `pending`, `delivered` or `failed`.
+    pub status: String,
+    /// Attempts so far.
+    pub attempts: i32,
+    /// The last delivery error.
+    pub last_error: Option<String>,
+    /// When it was delivered.
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+/// A run's notifications.
+pub async fn run_notifications(
+    pool: &PgPool,
+    run_id: Uuid,
+) -> Result<Vec<NotificationState>, sqlx::Error> {
+    sqlx::query_as(
+        "select event, target, kind, webhook_id, status, attempts, last_error, delivered_at
+         from notifications where run_id = $1 order by event, target",
+    )
+    .bind(run_id)
+    .fetch_all(pool)
+    .await
+}

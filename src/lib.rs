@@ -1,0 +1,26 @@
+//! fanfare: runs scheduled scraping jobs on AWS Lambda.
+//!
+//! A schedule fires; fanfare lists the run's pages into its Postgres ledger,
+//! fans one asynchronous crawler invocation out per page, fans the crawlers'
+//! callbacks back in, and sends one notification when every page of the run
+//! has reported. See the README for the configuration, the crawler contract
+//! and the API.
+
+pub mod callback;
+pub mod config;
+pub mod demo;
+pub mod dev;
+pub mod dispatch;
+pub mod http;
+pub mod ledger;
+pub mod notify;
+pub mod runs;
+pub mod schedule;
+pub mod sources;
+pub mod startup;
+pub mod sweep;
+pub mod telemetry;
+pub mod token;
+
+pub use config::Settings;
+pub use startup::Application;

@@ -1,0 +1,328 @@
+//! Notifications: the `run.finished` payload, Standard Webhooks signing,
+//! Slack messages, and the notifier that drains the outbox.
+//!
+//! The outbox row is written in the same transaction that finishes the run,
+//! so a notification exists if and only if the run finished. Delivery is at
+//! least once: a receiver dedupes on `webhook-id`, which is stable per run
+//! and target.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use chrono::Utc;
+use hmac::{Hmac, Mac};
+use rand::Rng;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::NotifyTarget;
+use crate::ledger::{self, FailedPage, Outbound, Run};
+use crate::runs::Runs;
+
+/// How long a claimed notification is leased to the replica sending it.
+const LEASE: Duration = Duration::from_secs(60);
+
+/// The `run.finished` body (also stored in the outbox, so every retry sends
+/// the same bytes).
+pub fn run_finished_payload(run: &Run, failed: &[FailedPage]) -> Value {
+    json!({
+        "type": "run.finished",
+        "run_id": run.id,
+        "schedule": run.schedule,
+        "trigger": run.trigger,
+        "outcome": run.outcome,
+        "error": run.error,
+        "scheduled_for": run.scheduled_for,
+        "started_at": run.created_at,
+        "finished_at": run.finished_at,
+        "pages": {
+            "total": run.total_pages,
+            "succeeded": run.succeeded_pages,
+            "failed": run.failed_pages,
+            "timed_out": run.timed_out_pages,
+            "cancelled": run.cancelled_pages,
+        },
+        "failed_pages": failed.iter().map(|p| json!({
+            "url": p.url,
+            "status": p.status,
+            "error": p.error.as_ref()
+                .and_then(|e| e.get("message").and_then(Value::as_str).map(str::to_string))
+                .unwrap_or_else(|| p.status.replace('_', " ")),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Decodes a `whsec_<base64>` secret into the HMAC key.
+pub fn webhook_key(secret: &SecretString) -> Result<Vec<u8>, String> {
+    let s = secret.expose_secret();
+    let b64 = s
+        .strip_prefix("whsec_")
+        .ok_or("must start with \"whsec_\"")?;
+    let key = STANDARD
+        .decode(b64)
+        .map_err(|e| format!("the part after \"whsec_\" is not base64 ({e})"))?;
+    if key.len() < 16 {
+        return Err("the decoded key must be at least 16 bytes".into());
+    }
+    Ok(key)
+}
+
+/// The `webhook-signature` value: `v1,<base64 HMAC-SHA256 of "{id}.{ts}.{body}">`.
+pub fn sign_webhook(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts keys of any length");
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+}
+
+/// The Slack incoming-webhook message for a notification payload.
+pub fn slack_message(payload: &Value) -> Value {
+    let s = |k: &str| {
+        payload
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_string()
+    };
+    let n = |k: &str| payload["pages"].get(k).and_then(Value::as_i64).unwrap_or(0);
+    let outcome = s("outcome");
+    let icon = match outcome.as_str() {
+        "succeeded" => ":white_check_mark:",
+        "partial" => ":warning:",
+        _ => ":x:",
+    };
+    let mut text = format!(
+        "{icon} fanfare run of *{}* {outcome}: {} of {} pages succeeded, {} failed, {} timed out (run {}, scheduled for {}).",
+        s("schedule"),
+        n("succeeded"),
+        n("total"),
+        n("failed"),
+        n("timed_out"),
+        s("run_id"),
+        s("scheduled_for"),
+    );
+    if let Some(err) = payload.get("error").and_then(Value::as_str) {
+        text.push_str(&format!("\nError: {err}"));
+    }
+    if let Some(failed) = payload.get("failed_pages").and_then(Value::as_array) {
+        for p in failed.iter().take(10) {
+            text.push_str(&format!(
+                "\n• {}: {}",
+                p["url"].as_str().unwrap_or("?"),
+                p["error"].as_str().unwrap_or("?")
+            ));
+        }
+        if failed.len() > 10 {
+            text.push_str(&format!("\n… and {} more", failed.len() - 10));
+        }
+    }
+    json!({ "text": text })
+}
+
+/// Delivers outbox rows; any number of replicas may run one.
+pub struct Notifier {
+    runs: Arc<Runs>,
+    http: reqwest::Client,
+}
+
+impl Notifier {
+    /// A notifier, woken by `runs.wake_notify` when a run finishes.
+    pub fn new(runs: Arc<Runs>) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(runs.settings.notify.timeout)
+            .user_agent(concat!("fanfare/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("a client with a timeout and user agent builds");
+        Self { runs, http }
+    }
+
+    /// Drains the outbox until `cancel` fires.
+    pub async fn run(self, cancel: CancellationToken) {
+        loop {
+            let claimed = match ledger::claim_notifications(&self.runs.pool, 16, LEASE).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the notification outbox; retrying");
+                    Vec::new()
+                }
+            };
+            let busy = !claimed.is_empty();
+            for n in claimed {
+                self.deliver_one(n).await;
+            }
+            if busy {
+                continue;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = self.runs.wake_notify.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(run_id = %n.run_id, schedule = %n.schedule, webhook_id = %n.webhook_id, attempt = n.attempts))]
+    async fn deliver_one(&self, n: Outbound) {
+        let target = self
+            .runs
+            .settings
+            .schedule(&n.schedule)
+            .and_then(|s| s.notify.get(n.target as usize));
+        let result = match target {
+            Some(t) => self.send(t, &n).await,
+            None => Err(format!(
+                "schedule {:?} no longer has notify target {}",
+                n.schedule, n.target
+            )),
+        };
+        let kind = target.map(NotifyTarget::kind).unwrap_or("unknown");
+        let stored = match result {
+            Ok(()) => {
+                metrics::counter!("fanfare_notifications_sent_total", "kind" => kind).increment(1);
+                tracing::info!(kind, "notification delivered");
+                ledger::notification_delivered(&self.runs.pool, n.id).await
+            }
+            Err(error) => {
+                let age = (Utc::now() - n.created_at).to_std().unwrap_or_default();
+                let retry_in = (target.is_some() && age < self.runs.settings.notify.retry_for)
+                    .then(|| backoff(n.attempts));
+                match retry_in {
+                    Some(wait) => {
+                        metrics::counter!("fanfare_notification_attempts_failed_total", "kind" => kind).increment(1);
+                        tracing::warn!(kind, %error, retry_in = ?wait, "notification delivery failed; will retry");
+                    }
+                    None => {
+                        metrics::counter!("fanfare_notifications_failed_total", "kind" => kind)
+                            .increment(1);
+                        tracing::error!(kind, %error, "notification delivery failed; giving up");
+                    }
+                }
+                ledger::notification_failed(&self.runs.pool, n.id, &error, retry_in).await
+            }
+        };
+        if let Err(e) = stored {
+            // The lease expires and the row is tried again; a receiver sees
+            // the same webhook-id and dedupes.
+            tracing::warn!(error = %e, "could not record the notification's delivery state");
+        }
+    }
+
+    async fn send(&self, target: &NotifyTarget, n: &Outbound) -> Result<(), String> {
+        match target {
+            NotifyTarget::Webhook { url, secret } => {
+                let key = webhook_key(secret)?;
+                let body = serde_json::to_vec(&n.payload).map_err(|e| e.to_string())?;
+                let ts = Utc::now().timestamp();
+                let sig = sign_webhook(&key, &n.webhook_id, ts, &body);
+                let resp = self
+                    .http
+                    .post(url.clone())
+                    .header("content-type", "application/json")
+                    .header("webhook-id", &n.webhook_id)
+                    .header("webhook-timestamp", ts.to_string())
+                    .header("webhook-signature", sig)
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|e| format!("POST {url}: {}", error_chain(&e)))?;
+                check_status(resp, url.as_str()).await
+            }
+            NotifyTarget::Slack { url } => {
+                let resp = self
+                    .http
+                    .post(url.expose_secret())
+                    .json(&slack_message(&n.payload))
+                    .send()
+                    .await
+                    // The Slack URL is a secret: name only its host.
+                    .map_err(|e| format!("POST to Slack: {}", error_chain(&e.without_url())))?;
+                check_status(resp, "Slack").await
+            }
+            NotifyTarget::Stdout => {
+                let p = &n.payload;
+                println!(
+                    "\n🎺 {} {} — run {} of {:?}: {}/{} pages succeeded, {} failed, {} timed out\n",
+                    p["type"].as_str().unwrap_or("?"),
+                    p["outcome"].as_str().unwrap_or("?"),
+                    p["run_id"].as_str().unwrap_or("?"),
+                    p["schedule"].as_str().unwrap_or("?"),
+                    p["pages"]["succeeded"],
+                    p["pages"]["total"],
+                    p["pages"]["failed"],
+                    p["pages"]["timed_out"],
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn check_status(resp: reqwest::Response, what: &str) -> Result<(), String> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let body = resp.text().await.unwrap_or_default();
+    let body: String = body.chars().take(200).collect();
+    Err(format!("{what} answered {status}: {body}"))
+}
+
+/// The error and its causes on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
+
+/// Exponential backoff with full jitter: about 1 s, 2 s, 4 s … capped at 15 min.
+pub fn backoff(attempt: i32) -> Duration {
+    let exp = 2f64.powi(attempt.clamp(0, 20) - 1).min(900.0);
+    let jitter = rand::rng().random_range(0.5..1.0);
+    Duration::from_secs_f64((exp * jitter).max(0.5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webhook_signatures_match_the_standard_webhooks_reference() {
+        // The example from the Standard Webhooks specification's test vectors.
+        let key = webhook_key(&SecretString::from(
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_string(),
+        ))
+        .unwrap();
+        let sig = sign_webhook(
+            &key,
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            br#"{"test": 2432232314}"#,
+        );
+        assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+
+    #[test]
+    fn secrets_without_the_whsec_prefix_are_refused() {
+        assert!(webhook_key(&SecretString::from("abc".to_string())).is_err());
+        assert!(webhook_key(&SecretString::from("whsec_!!".to_string())).is_err());
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert!(backoff(1) <= Duration::from_secs(1));
+        assert!(backoff(5) >= Duration::from_secs(8));
+        assert!(backoff(100) <= Duration::from_secs(900));
+    }
+}

@@ -1,0 +1,265 @@
+//! Building and running the application: the listener, the ledger, the
+//! workers (tickers, dispatcher, sweeper, notifier) and graceful shutdown.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use fanfare_crawler::crawl::{Crawler, CrawlerConfig};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{InvokerKind, PageSource, Settings};
+use crate::dispatch::{AwsLambda, Dispatcher, LambdaApi, LocalInvoker};
+use crate::http::{AppState, Health};
+use crate::ledger::Trigger;
+use crate::notify::Notifier;
+use crate::runs::Runs;
+use crate::schedule::FireHandler;
+use crate::sources::Lister;
+use crate::token::TokenSigner;
+
+/// A built application, bound to its port, not yet running.
+pub struct Application {
+    listener: TcpListener,
+    port: u16,
+    state: AppState,
+    lambda: Option<Arc<dyn LambdaApi>>,
+    local: Arc<LocalInvoker>,
+    cancel: CancellationToken,
+}
+
+/// Options for [`Application::build_with`].
+#[derive(Default)]
+pub struct Overrides {
+    /// Use this Lambda API instead of one built from the settings.
+    pub lambda: Option<Arc<dyn LambdaApi>>,
+    /// Crawler settings for the local invoker.
+    pub crawler: Option<CrawlerConfig>,
+}
+
+impl Application {
+    /// Binds the listener, connects to the ledger and applies migrations.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with(settings, Overrides::default()).await
+    }
+
+    /// [`Application::build`] with parts replaced (tests, `fanfare dev`).
+    pub async fn build_with(mut settings: Settings, overrides: Overrides) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(settings.server.listen)
+            .await
+            .with_context(|| format!("binding server.listen {}", settings.server.listen))?;
+        let port = listener.local_addr()?.port();
+        // A public_url with port 0 means "the port actually bound" (tests, dev).
+        if settings.server.public_url.port() == Some(0) {
+            let _ = settings.server.public_url.set_port(Some(port));
+        }
+        let settings = Arc::new(settings);
+
+        let pool = crate::ledger::pool(&settings.database).context("database.url")?;
+        crate::ledger::migrate(&pool)
+            .await
+            .context("applying database migrations (is database.url reachable?)")?;
+
+        let needs_lambda = settings.schedules.iter().any(|s| {
+            s.invoker == InvokerKind::Lambda || matches!(s.pages, PageSource::Lambda { .. })
+        });
+        let lambda = match overrides.lambda {
+            Some(l) => Some(l),
+            None if needs_lambda => {
+                Some(Arc::new(AwsLambda::from_settings(&settings.lambda).await)
+                    as Arc<dyn LambdaApi>)
+            }
+            None => None,
+        };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .user_agent(concat!("fanfare/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("building the HTTP client")?;
+        let runs = Arc::new(Runs {
+            pool,
+            signer: TokenSigner::new(settings.security.callback_secret.clone()),
+            lister: Lister::new(http, lambda.clone()),
+            settings,
+            wake_dispatch: Notify::new(),
+            wake_notify: Notify::new(),
+        });
+        let tracker = TaskTracker::new();
+        let crawler = Crawler::new(overrides.crawler.unwrap_or_default())
+            .context("building the local crawler's HTTP client")?;
+        let local = Arc::new(LocalInvoker::new(crawler, tracker.clone()));
+        crate::http::metrics_handle();
+        Ok(Self {
+            listener,
+            port,
+            state: AppState {
+                runs,
+                tracker,
+                health: Arc::new(Health::default()),
+            },
+            lambda,
+            local,
+            cancel: CancellationToken::new(),
+        })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The run lifecycle (for tests and `fanfare dev`).
+    pub fn runs(&self) -> Arc<Runs> {
+        self.state.runs.clone()
+    }
+
+    /// Cancelling this token stops the application gracefully.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Starts a run of `schedule` now, as the trigger API does.
+    pub async fn trigger(&self, schedule: &str) -> anyhow::Result<Option<uuid::Uuid>> {
+        let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
+        Ok(self
+            .state
+            .runs
+            .start(schedule, now, Trigger::Manual, &self.state.tracker)
+            .await?)
+    }
+
+    /// Serves and works until the shutdown token is cancelled, then drains:
+    /// readiness fails at once, tickers and dispatch stop, background work
+    /// gets up to `shutdown_grace` while callbacks are still served, then
+    /// the server closes.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Application {
+            listener,
+            state,
+            lambda,
+            local,
+            cancel,
+            ..
+        } = self;
+        let runs = state.runs.clone();
+        let grace = runs.settings.server.shutdown_grace;
+        let workers = TaskTracker::new();
+
+        let http_stop = CancellationToken::new();
+        let server = {
+            let stop = http_stop.clone();
+            let app = crate::http::router(state.clone());
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+            })
+        };
+
+        workers.spawn(Dispatcher::new(runs.clone(), lambda, local).run(cancel.clone()));
+        workers.spawn(crate::sweep::run(runs.clone(), cancel.clone()));
+        workers.spawn(Notifier::new(runs.clone()).run(cancel.clone()));
+        let fire = Arc::new(Fire {
+            runs: runs.clone(),
+            tracker: state.tracker.clone(),
+        });
+        for schedule in &runs.settings.schedules {
+            if let Some(cron) = &schedule.cron {
+                workers.spawn(crate::schedule::run_schedule(
+                    schedule.name.clone(),
+                    cron.clone(),
+                    fire.clone(),
+                    cancel.clone(),
+                ));
+            }
+        }
+        state.health.scheduler_running.store(true, Ordering::SeqCst);
+        tracing::info!(
+            port = state_port(&runs),
+            schedules = runs.settings.schedules.len(),
+            "fanfare is serving"
+        );
+
+        cancel.cancelled().await;
+        state.health.shutting_down.store(true, Ordering::SeqCst);
+        tracing::info!(grace = ?grace, "shutting down");
+        let deadline = tokio::time::Instant::now() + grace;
+        workers.close();
+        state.tracker.close();
+        if tokio::time::timeout_at(deadline, async {
+            workers.wait().await;
+            state.tracker.wait().await;
+        })
+        .await
+        .is_err()
+        {
+            tracing::warn!("background work did not finish within the shutdown grace; the sweeper of a later start will retry it");
+        }
+        state
+            .health
+            .scheduler_running
+            .store(false, Ordering::SeqCst);
+        http_stop.cancel();
+        match tokio::time::timeout_at(deadline + Duration::from_secs(1), server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => return Err(e).context("serving HTTP"),
+            Ok(Err(e)) => return Err(e).context("the HTTP server task"),
+            Err(_) => tracing::warn!("open connections did not close within the shutdown grace"),
+        }
+        runs.pool.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+fn state_port(runs: &Runs) -> u16 {
+    runs.settings
+        .server
+        .public_url
+        .port_or_known_default()
+        .unwrap_or(0)
+}
+
+struct Fire {
+    runs: Arc<Runs>,
+    tracker: TaskTracker,
+}
+
+impl FireHandler for Fire {
+    async fn fire(&self, schedule: &str, scheduled_for: DateTime<Utc>) {
+        if let Err(e) = self
+            .runs
+            .start(schedule, scheduled_for, Trigger::Cron, &self.tracker)
+            .await
+        {
+            tracing::error!(schedule, %scheduled_for, error = %e, "could not start the run for this fire");
+        }
+    }
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

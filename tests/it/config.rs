@@ -1,0 +1,144 @@
+//! Configuration errors name the schedule and the key; the CLI lists them all.
+
+use std::process::Command;
+
+use fanfare::Settings;
+
+use crate::helpers::config_toml;
+
+fn problems(schedules: &str) -> Vec<String> {
+    match Settings::from_toml(&config_toml("postgres://x@127.0.0.1/db", schedules)) {
+        Ok(_) => panic!("configuration should be invalid"),
+        Err(e) => e.0,
+    }
+}
+
+#[test]
+fn every_problem_is_listed_with_its_schedule_and_key() {
+    let found = problems(
+        r#"
+[[schedules]]
+name = "nightly"
+cron = "61 * * * * *"
+invoker = "lambda"
+pages = { urls = ["https://ok.example/a", "ftp://nope"] }
+extract = { price = "..bad" }
+page_timeout = "soon"
+
+[[schedules]]
+name = "tz"
+cron = "0 0 3 * * *"
+timezone = "Mars/Base"
+invoker = "sideways"
+pages = { sitemap = "https://ok.example/sitemap.xml", http = "https://ok.example/x" }
+
+[[schedules.notify]]
+webhook = { url = "https://hooks.example/x", secret = "no-prefix" }
+
+[[schedules]]
+name = "nightly"
+invoker = "local"
+pages = { urls = [] }
+"#,
+    );
+    let expect = [
+        r#"schedule "nightly": cron "61 * * * * *": seconds must be 0-59"#,
+        r#"schedule "nightly": function: is required with invoker = "lambda""#,
+        r#"schedule "nightly": pages.urls[1]: "ftp://nope" must be an http or https URL"#,
+        r#"schedule "nightly": extract.price: "..bad" is not a CSS selector"#,
+        r#"schedule "nightly": page_timeout: "soon" is not a duration"#,
+        r#"schedule "tz": timezone: unknown time zone "Mars/Base""#,
+        r#"schedule "tz": invoker: "sideways" must be "lambda" or "local""#,
+        r#"schedule "tz": pages: must have exactly one of urls, sitemap, http or lambda"#,
+        r#"schedule "tz": notify[0].webhook.secret: must start with "whsec_""#,
+        r#"schedule "nightly": name is used by more than one schedule"#,
+    ];
+    for e in expect {
+        assert!(
+            found.iter().any(|f| f.starts_with(e)),
+            "missing {e:?} in {found:#?}"
+        );
+    }
+    assert_eq!(found.len(), expect.len(), "{found:#?}");
+}
+
+#[test]
+fn unknown_keys_and_missing_secrets_are_named() {
+    let err = Settings::from_toml("[server]\nlisten = \"127.0.0.1:0\"\npublik_url = \"x\"\n")
+        .unwrap_err();
+    assert!(err.to_string().contains("publik_url"), "{err}");
+
+    let err = Settings::from_toml(
+        "[server]\npublic_url = \"http://a.example\"\n[database]\nurl = \"postgres://x@h/d\"\n[security]\ncallback_secret = \"short\"\n",
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("security.callback_secret: is 5 bytes; it must be at least 32"),
+        "{text}"
+    );
+    assert!(text.contains("security.admin_token: is required"), "{text}");
+}
+
+#[test]
+fn check_config_exits_nonzero_listing_every_problem_and_zero_when_valid() {
+    let dir = std::env::temp_dir().join(format!("fanfare-config-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        config_toml(
+            "postgres://x@127.0.0.1/db",
+            "[[schedules]]\nname = \"nightly\"\ncron = \"61 * * * * *\"\ninvoker = \"local\"\npages = { urls = [] }\nmax_attempts = 0\n",
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fanfare"))
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(r#"schedule "nightly": cron "61 * * * * *": seconds must be 0-59"#),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(r#"schedule "nightly": max_attempts: must be at least 1"#),
+        "{stderr}"
+    );
+
+    let good = dir.join("good.toml");
+    std::fs::write(
+        &good,
+        config_toml(
+            "postgres://x@127.0.0.1/db",
+            "[[schedules]]\nname = \"nightly\"\ncron = \"0 0 3 * * *\"\ntimezone = \"America/Chicago\"\ninvoker = \"local\"\npages = { urls = [\"https://a.example/\"] }\n",
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fanfare"))
+        .args(["check-config", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A secret given through the environment never shows up in the output.
+    let out = Command::new(env!("CARGO_BIN_EXE_fanfare"))
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .env(
+            "FANFARE__SECURITY__ADMIN_TOKEN",
+            "super-secret-admin-token-value",
+        )
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("super-secret-admin-token-value"));
+    std::fs::remove_dir_all(&dir).ok();
+}

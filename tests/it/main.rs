@@ -1,0 +1,8 @@
+//! Integration tests: the real application, on port 0, against a real
+//! Postgres (one fresh database per test).
+
+mod api;
+mod callbacks;
+mod config;
+mod helpers;
+mod runs;
