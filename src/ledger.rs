@@ -175,14 +175,25 @@ pub async fn create_run(
 }
 
 /// Adds pages to a listing run in one statement; URLs already in the run
-/// are skipped. Returns how many were added.
+/// are skipped. Returns how many were added, or `None` when the run is no
+/// longer listing (it was failed, or another replica finished listing it):
+/// pages are never added to a run whose page list is closed.
 #[tracing::instrument(skip(pool, urls), fields(batch = urls.len()))]
 pub async fn insert_pages(
     pool: &PgPool,
     run_id: Uuid,
     urls: &[String],
-) -> Result<u64, sqlx::Error> {
+) -> Result<Option<u64>, sqlx::Error> {
     let mut tx = pool.begin().await?;
+    // Locks the run first: finishing the listing waits for this batch.
+    let listing: Option<Uuid> =
+        sqlx::query_scalar("select id from runs where id = $1 and status = 'listing' for update")
+            .bind(run_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if listing.is_none() {
+        return Ok(None);
+    }
     let added: i64 = sqlx::query_scalar(
         "with added as (
              insert into pages (run_id, url)
@@ -204,7 +215,7 @@ pub async fn insert_pages(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(added as u64)
+    Ok(Some(added as u64))
 }
 
 /// A notification target of a schedule, as the outbox records it.

@@ -103,9 +103,15 @@ impl Runs {
         let mut failure: Option<String> = None;
         while let Some(batch) = rx.recv().await {
             match ledger::insert_pages(&self.pool, run_id, &batch).await {
-                Ok(n) => {
+                Ok(Some(n)) => {
                     inserted += n;
                     self.wake_dispatch.notify_one();
+                }
+                Ok(None) => {
+                    tracing::warn!(%run_id, "the run's page list was closed by someone else; listing stops");
+                    drop(rx);
+                    let _ = reader.await;
+                    return;
                 }
                 Err(e) => {
                     failure = Some(format!("storing the page list: {e}"));

@@ -15,7 +15,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
@@ -96,6 +96,9 @@ impl CronSchedule {
 
     /// The first nominal fire time strictly after `after`.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        // croner carries the start's fraction of a second into its answer;
+        // a nominal fire time is a whole second.
+        let after = after.trunc_subsecs(0);
         self.cron
             .find_next_occurrence(&after.with_timezone(&self.tz), false)
             .ok()
@@ -185,6 +188,16 @@ mod tests {
         assert_eq!(
             s.next_after(t0).unwrap(),
             "2026-11-26T10:05:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+    }
+
+    #[test]
+    fn fire_times_are_whole_seconds() {
+        let s = CronSchedule::new("* * * * * *", "UTC").unwrap();
+        let t0: DateTime<Utc> = "2026-11-26T10:02:30.967Z".parse().unwrap();
+        assert_eq!(
+            s.next_after(t0).unwrap(),
+            "2026-11-26T10:02:31Z".parse::<DateTime<Utc>>().unwrap()
         );
     }
 

@@ -182,3 +182,46 @@ async fn readiness_fails_while_the_database_is_unreachable() {
     };
     assert!(err.contains("database"), "{err}");
 }
+
+#[tokio::test]
+async fn the_trigger_command_starts_a_run_through_the_api() {
+    let lambda = Arc::new(RecordingLambda::default());
+    let app = TestApp::spawn(&lambda_schedule("cli", 1, None, ""), Some(lambda.clone())).await;
+    let dir = std::env::temp_dir().join(format!("fanfare-trigger-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("fanfare.toml");
+    std::fs::write(
+        &config,
+        config_toml(
+            "postgres://unused@127.0.0.1/db",
+            &lambda_schedule("cli", 1, None, ""),
+        ),
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fanfare"))
+        .args(["trigger", "cli", "--url", &app.address, "--config"])
+        .arg(&config)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let run_id = printed["run_id"].as_str().unwrap().to_string();
+    let reqs = lambda.wait_for(1).await;
+    assert_eq!(reqs[0].run_id, run_id);
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fanfare"))
+        .args(["trigger", "nope", "--url", &app.address, "--config"])
+        .arg(&config)
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
+    std::fs::remove_dir_all(&dir).ok();
+    app.stop().await;
+}

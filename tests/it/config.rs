@@ -142,3 +142,14 @@ fn check_config_exits_nonzero_listing_every_problem_and_zero_when_valid() {
     assert!(!String::from_utf8_lossy(&out.stderr).contains("super-secret-admin-token-value"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn the_example_configuration_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fanfare.toml");
+    let settings = Settings::load(Some(&path)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(settings.schedules.len(), 2);
+    assert_eq!(
+        settings.server.callback_url(),
+        "https://fanfare.example.com/v1/callbacks"
+    );
+}

@@ -318,3 +318,67 @@ webhook = {{ url = "{}", secret = "{WEBHOOK_SECRET}" }}
     assert_eq!(r["notifications"][0]["attempts"], 3);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn slack_gets_a_message_with_the_runs_facts() {
+    let slack = Receiver::start(0).await;
+    let schedule = format!(
+        r#"
+[[schedules]]
+name = "to-slack"
+invoker = "local"
+pages = {{ urls = [] }}
+
+[[schedules.notify]]
+slack = {{ url = "{}" }}
+"#,
+        slack.url
+    );
+    let app = TestApp::spawn(&schedule, None).await;
+    let run = app.trigger("to-slack").await;
+    let d = slack.wait_for(1, Duration::from_secs(10)).await;
+    let text = d[0].json()["text"].as_str().unwrap().to_string();
+    assert!(text.contains("*to-slack*"), "{text}");
+    assert!(text.contains("succeeded"), "{text}");
+    assert!(text.contains(&run.to_string()), "{text}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn two_replicas_ticking_the_same_cron_create_one_run_per_fire() {
+    let db = fresh_database().await;
+    let schedule = r#"
+[[schedules]]
+name = "every-second"
+cron = "* * * * * *"
+invoker = "local"
+pages = { urls = [] }
+"#;
+    let a = TestApp::spawn_on(&db, schedule, None).await;
+    let b = TestApp::spawn_on(&db, schedule, None).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    a.stop().await;
+    b.stop().await;
+    let pool = sqlx::PgPool::connect(&db).await.unwrap();
+    let fires: Vec<(chrono::DateTime<chrono::Utc>, String)> =
+        sqlx::query_as("select scheduled_for, trigger from runs order by scheduled_for")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(fires.len() >= 3, "a fire per second: {fires:?}");
+    for (t, trigger) in &fires {
+        assert_eq!(trigger, "cron");
+        assert_eq!(
+            t.timestamp_subsec_nanos(),
+            0,
+            "nominal fire times are whole seconds"
+        );
+    }
+    for pair in fires.windows(2) {
+        assert_eq!(
+            (pair[1].0 - pair[0].0).num_seconds(),
+            1,
+            "one run per fire: {fires:?}"
+        );
+    }
+}
