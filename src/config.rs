@@ -179,6 +179,8 @@ pub struct Schedule {
     pub max_attempts: u32,
     /// Pages of this schedule dispatched and unreported at once, at most.
     pub max_in_flight: u32,
+    /// Invokes per second at most (token bucket); unlimited when unset.
+    pub max_invokes_per_second: Option<u32>,
     /// Where the run's notification goes.
     pub notify: Vec<NotifyTarget>,
 }
@@ -298,6 +300,7 @@ struct RawSchedule {
     page_timeout: Option<String>,
     max_attempts: Option<u32>,
     max_in_flight: Option<u32>,
+    max_invokes_per_second: Option<u32>,
     #[serde(default)]
     notify: Vec<RawNotifyTarget>,
 }
@@ -620,6 +623,12 @@ impl RawSchedule {
         if max_in_flight == 0 {
             p.add(&format!("{at}: max_in_flight"), "must be at least 1");
         }
+        if self.max_invokes_per_second == Some(0) {
+            p.add(
+                &format!("{at}: max_invokes_per_second"),
+                "must be at least 1 (leave it out for no limit)",
+            );
+        }
         let mut notify = Vec::new();
         for (i, t) in self.notify.into_iter().enumerate() {
             let tat = format!("{at}: notify[{i}]");
@@ -654,6 +663,7 @@ impl RawSchedule {
             page_timeout,
             max_attempts,
             max_in_flight,
+            max_invokes_per_second: self.max_invokes_per_second,
             notify,
         })
     }

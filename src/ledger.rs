@@ -509,8 +509,9 @@ pub struct Claim {
 }
 
 /// Puts a dispatched attempt back to pending, to be dispatched again after
-/// `backoff` (its invoke failed, or its deadline passed). A no-op when the
-/// page has moved on (reported, or already requeued).
+/// `backoff` (its invoke failed, or its deadline passed). With `refund`, the
+/// attempt does not count (the invoke was throttled: the page never ran).
+/// A no-op when the page has moved on (reported, or already requeued).
 #[tracing::instrument(skip(pool, error))]
 pub async fn requeue_page(
     pool: &PgPool,
@@ -518,16 +519,18 @@ pub async fn requeue_page(
     attempt: i32,
     backoff: Duration,
     error: &serde_json::Value,
+    refund: bool,
 ) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "update pages set status = 'pending', not_before = now() + make_interval(secs => $3),
-             error = $4, updated_at = now()
+             error = $4, updated_at = now(), attempt = attempt - $5::int
          where id = $1 and attempt = $2 and status = 'dispatched'",
     )
     .bind(page_id)
     .bind(attempt)
     .bind(backoff.as_secs_f64())
     .bind(error)
+    .bind(i32::from(refund))
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)

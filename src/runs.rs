@@ -132,7 +132,12 @@ impl Runs {
         let finished = match &failure {
             Some(error) => {
                 tracing::error!(%run_id, %error, "could not list the run's pages; the run fails");
-                ledger::fail_run(&self.pool, run_id, error, &targets).await
+                // fail_run announces the run itself.
+                if let Err(e) = self.fail_run(run_id, error).await {
+                    tracing::error!(%run_id, error = %e, "could not record the failed listing");
+                }
+                self.wake_dispatch.notify_one();
+                return;
             }
             None => {
                 let stats = listed.unwrap_or_default();
@@ -172,6 +177,17 @@ impl Runs {
             }
         }
         Ok(completion)
+    }
+
+    /// Fails a run as a whole with `error` (see [`ledger::fail_run`]) and
+    /// announces it; `None` when it had already finished.
+    pub async fn fail_run(&self, run_id: Uuid, error: &str) -> Result<Option<Run>, sqlx::Error> {
+        let targets = |s: &str| self.targets(s);
+        let failed = ledger::fail_run(&self.pool, run_id, error, &targets).await?;
+        if let Some(run) = &failed {
+            self.announce(run);
+        }
+        Ok(failed)
     }
 
     /// Logs and counts a finished run and wakes the notifier.

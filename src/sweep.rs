@@ -46,7 +46,8 @@ pub async fn sweep_once(runs: &Runs) -> Result<usize, sqlx::Error> {
         });
         if (page.attempt as u32) < max_attempts {
             let wait = crate::notify::backoff(page.attempt);
-            if ledger::requeue_page(&runs.pool, page.id, page.attempt, wait, &detail).await? {
+            if ledger::requeue_page(&runs.pool, page.id, page.attempt, wait, &detail, false).await?
+            {
                 metrics::counter!("fanfare_pages_retried_total", "reason" => "deadline")
                     .increment(1);
                 tracing::warn!(run_id = %page.run_id, page_id = page.id, attempt = page.attempt, retry_in = ?wait, "no report by the deadline; the page will be dispatched again");

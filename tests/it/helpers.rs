@@ -92,7 +92,7 @@ impl LambdaApi for RecordingLambda {
         &self,
         function: &str,
         payload: Vec<u8>,
-    ) -> BoxFuture<'_, Result<(), InvokeError>> {
+    ) -> BoxFuture<'_, Result<Option<String>, InvokeError>> {
         let function = function.to_string();
         Box::pin(async move {
             if let Some(e) = self.fail_next.lock().unwrap().pop_front() {
@@ -102,7 +102,7 @@ impl LambdaApi for RecordingLambda {
                 serde_json::from_slice(&payload).expect("the event is a contract request");
             self.events.lock().unwrap().push((function, request));
             self.invoked.notify_waiters();
-            Ok(())
+            Ok(None)
         })
     }
 
@@ -264,10 +264,19 @@ impl TestApp {
 
     /// Starts the application on an existing database.
     pub async fn spawn_on(db: &str, schedules: &str, lambda: Option<Arc<RecordingLambda>>) -> Self {
+        Self::spawn_with_api(db, schedules, lambda.map(|l| l as Arc<dyn LambdaApi>)).await
+    }
+
+    /// Starts the application on an existing database with any Lambda API.
+    pub async fn spawn_with_api(
+        db: &str,
+        schedules: &str,
+        lambda: Option<Arc<dyn LambdaApi>>,
+    ) -> Self {
         let settings = Settings::from_toml(&config_toml(db, schedules))
             .unwrap_or_else(|e| panic!("test configuration is valid: {e}"));
         let overrides = fanfare::startup::Overrides {
-            lambda: lambda.map(|l| l as Arc<dyn LambdaApi>),
+            lambda,
             ..Default::default()
         };
         let app = Application::build_with(settings, overrides)

@@ -5,4 +5,5 @@ mod api;
 mod callbacks;
 mod config;
 mod helpers;
+mod lambda_errors;
 mod runs;

@@ -203,7 +203,7 @@ async fn dispatch_keeps_at_most_max_in_flight_pages_unreported() {
 }
 
 #[tokio::test]
-async fn a_failed_invoke_is_retried_and_a_permanent_one_fails_the_page() {
+async fn a_failed_invoke_is_retried_and_an_unusable_function_fails_the_run() {
     let lambda = Arc::new(RecordingLambda::default());
     lambda
         .fail_next
@@ -234,19 +234,17 @@ async fn a_failed_invoke_is_retried_and_a_permanent_one_fails_the_page() {
         .fail_next
         .lock()
         .unwrap()
-        .push_back(InvokeError::Permanent(
+        .push_back(InvokeError::FunctionUnusable(
             "ResourceNotFoundException: Function not found".into(),
         ));
     let run = app.trigger("flaky").await;
     let finished = app.wait_finished(run, Duration::from_secs(5)).await;
     assert_eq!(finished["outcome"], "failed");
-    let (_, pages) = app
-        .get(&format!("/v1/runs/{run}/pages?status=failed"))
-        .await;
-    assert!(pages["pages"][0]["error"]["message"]
+    assert!(finished["error"]
         .as_str()
         .unwrap()
         .contains("ResourceNotFound"));
+    assert_eq!(finished["pages"]["cancelled"], 1);
     app.stop().await;
 }
 

@@ -1,0 +1,860 @@
+//! Callback (fan-in) benchmark: how close does `POST /v1/callbacks` come to
+//! what Postgres itself can do for the same transaction?
+//!
+//! For each client count N (default 8 and 32), on a fresh database:
+//!
+//! 1. **Fan-out** (set-up, timed but not the point): the real
+//!    [`fanfare::Application`] runs one schedule of `--pages` pages (default
+//!    100,000) read from a loopback JSON list, dispatched to a recording
+//!    stand-in for the Lambda API, which keeps every `CrawlRequest` with its
+//!    task token.
+//! 2. **Callbacks**: N concurrent clients, each with its own keep-alive
+//!    `reqwest::Client`, POST a valid `succeeded` report for every page
+//!    (each page exactly once) and check that every answer is 200
+//!    `{"status":"recorded"}`; anything else is counted and printed. Figures:
+//!    callbacks/s over the wall time of the whole phase, p50/p99/max
+//!    acknowledgement latency (request sent to answer read). Then the run
+//!    must read `finished` with every page succeeded in the admin API.
+//! 3. **pgbench**: the application is stopped; in the same database a second
+//!    run with as many `dispatched` pages is made with SQL, and pgbench runs
+//!    the transaction the daemon runs per callback (`BEGIN`, the statement
+//!    of `ledger::complete_page`, `COMMIT`) at the same concurrency, each
+//!    transaction completing a distinct page. Figures: its tps (without
+//!    initial connection time) and average latency.
+//!
+//! It prints one row per N with ratio = callbacks/s ÷ pgbench tps (the
+//! issue's first target: >= 0.8 at 8 and 32 clients). It asserts nothing
+//! about speed, and drops its databases at the end.
+//!
+//! Run it (release build) with
+//!
+//! ```sh
+//! cargo bench --bench callbacks                                   # 100,000 pages, 8 and 32 clients
+//! cargo bench --bench callbacks -- --pages 2000 --clients 4       # smoke run, seconds
+//! ```
+//!
+//! It needs a Postgres it may create databases on: `DATABASE_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`) and `pgbench` on `PATH`
+//! (or `--pgbench PATH`). Logs are off unless `RUST_LOG` is set. Options:
+//! `--pool` (the daemon's `database.max_connections`, default N + 4),
+//! `--load-threads` (OS threads running the clients, each a current-thread
+//! runtime; 0 runs them on the application's runtime), `--app-threads`
+//! (worker threads of the application's runtime, default one per core),
+//! `--skip-pgbench`, `--keep-databases`.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, ensure, Context};
+use axum::body::Bytes;
+use axum::routing::get;
+use axum::Router;
+use clap::Parser;
+use fanfare::dispatch::{InvokeError, LambdaApi};
+use fanfare::startup::Overrides;
+use fanfare::{Application, Settings};
+use fanfare_crawler::contract::{CallbackAck, CallbackStatus, CrawlRequest};
+use futures::future::BoxFuture;
+use sqlx::{Connection, Executor, PgConnection};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
+const CALLBACK_SECRET: &str = "bench-callback-secret-0123456789abcdef";
+
+/// What the daemon stores as `pages.result` for the report the clients send
+/// (`serde_json::to_value(&PageFacts)`); the pgbench script stores the same.
+const RESULT_JSON: &str = r#"{"bytes":1234,"content_sha256":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","fetch_ms":12,"fields":{"price":"9.99"},"http_status":200,"title":"A page"}"#;
+
+/// The statement of `ledger::complete_page`, parameters inline: each
+/// transaction takes the next page of the run from a sequence.
+const PGBENCH_SCRIPT: &str = r#"BEGIN;
+with page as (
+    update pages set status = 'succeeded', reported_attempt = 1, result = '{RESULT}', error = null,
+        finished_at = now(), updated_at = now(), not_before = null
+    where id = (select :min_id + nextval('bench_page_seq') - 1) and run_id = :run_id
+        and status in ('pending', 'dispatched')
+    returning run_id, status)
+update runs r set open_pages = r.open_pages - 1,
+    succeeded_pages = r.succeeded_pages + (page.status = 'succeeded')::int,
+    failed_pages = r.failed_pages + (page.status = 'failed')::int,
+    timed_out_pages = r.timed_out_pages + (page.status = 'timed_out')::int,
+    cancelled_pages = r.cancelled_pages + (page.status = 'cancelled')::int,
+    updated_at = now()
+from page where r.id = page.run_id
+returning r.open_pages, r.status, r.schedule;
+COMMIT;
+"#;
+
+#[derive(Debug, Parser)]
+#[command(about = "fanfare callback throughput vs pgbench for the same transaction")]
+struct Args {
+    /// Pages per run.
+    #[arg(long, default_value_t = 100_000)]
+    pages: usize,
+    /// Concurrent clients, one measurement each (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [8usize, 32])]
+    clients: Vec<usize>,
+    /// The daemon's database.max_connections (default: clients + 4).
+    #[arg(long)]
+    pool: Option<u32>,
+    /// OS threads running the HTTP clients (each a current-thread runtime);
+    /// 0 runs them as tasks on the application's runtime.
+    #[arg(long, default_value_t = 1)]
+    load_threads: usize,
+    /// Worker threads of the application's runtime (default: one per core).
+    #[arg(long)]
+    app_threads: Option<usize>,
+    /// The pgbench binary.
+    #[arg(long, default_value = "pgbench")]
+    pgbench: String,
+    /// Measure the daemon only.
+    #[arg(long)]
+    skip_pgbench: bool,
+    /// Leave the bench databases in place.
+    #[arg(long)]
+    keep_databases: bool,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    ensure!(args.pages > 0, "--pages must be at least 1");
+    ensure!(
+        !args.clients.is_empty() && args.clients.iter().all(|&n| n > 0),
+        "--clients must list client counts of at least 1"
+    );
+    if std::env::var_os("RUST_LOG").is_some() {
+        fanfare::telemetry::init();
+    }
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = args.app_threads {
+        builder.worker_threads(n.max(1));
+    }
+    let runtime = builder.build()?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let admin_url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
+    let mut admin = PgConnection::connect(&admin_url)
+        .await
+        .with_context(|| format!("connecting to DATABASE_URL ({admin_url})"))?;
+    let server: String = sqlx::query_scalar("select current_setting('server_version')")
+        .fetch_one(&mut admin)
+        .await?;
+    let sync_commit: String = sqlx::query_scalar("select current_setting('synchronous_commit')")
+        .fetch_one(&mut admin)
+        .await?;
+
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!("fanfare callback benchmark");
+    println!(
+        "  machine: {cores} cores; commit {}; Postgres {server} (synchronous_commit = {sync_commit})",
+        git_commit()
+    );
+    println!("  reproduce: {}", reproduce(&args));
+
+    let pages_url = serve_page_list(args.pages).await?;
+    let mut rows = Vec::new();
+    for &clients in &args.clients {
+        let name = format!("fanfare_bench_{}", Uuid::new_v4().simple());
+        admin
+            .execute(format!(r#"create database "{name}""#).as_str())
+            .await
+            .context("creating the bench database")?;
+        let mut url = url::Url::parse(&admin_url).context("DATABASE_URL is not a URL")?;
+        url.set_path(&name);
+        println!(
+            "\n== {} pages, {clients} clients (database {name})",
+            args.pages
+        );
+        let result = measure(&args, clients, url.as_str(), &pages_url).await;
+        if args.keep_databases {
+            println!("  kept database {name}");
+        } else {
+            admin
+                .execute(format!(r#"drop database if exists "{name}" with (force)"#).as_str())
+                .await
+                .context("dropping the bench database")?;
+        }
+        rows.push(result?);
+    }
+    print_table(&rows);
+    Ok(())
+}
+
+/// One row of the result table.
+struct Row {
+    pages: usize,
+    clients: usize,
+    pool: u32,
+    callbacks: Callbacks,
+    pgbench: Option<PgbenchResult>,
+}
+
+async fn measure(
+    args: &Args,
+    clients: usize,
+    database_url: &str,
+    pages_url: &str,
+) -> anyhow::Result<Row> {
+    let pool = args.pool.unwrap_or(clients as u32 + 4);
+    let lambda = Arc::new(Recorder::default());
+    let settings = Settings::from_toml(&config_toml(database_url, pool, args.pages, pages_url))
+        .map_err(|e| anyhow!("the bench configuration: {e}"))?;
+    let app = Application::build_with(
+        settings,
+        Overrides {
+            lambda: Some(lambda.clone() as Arc<dyn LambdaApi>),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let stop = app.shutdown_token();
+    let handle = tokio::spawn(app.run_until_stopped());
+    let http = reqwest::Client::new();
+    wait_ready(&http, &address).await?;
+
+    // Fan-out: list and dispatch every page to the recorder.
+    let started = Instant::now();
+    let run_id = trigger(&http, &address).await?;
+    let requests = lambda.wait_for(args.pages).await?;
+    println!(
+        "  fan-out: {} pages listed and dispatched in {:.1} s",
+        requests.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let mut db = PgConnection::connect(database_url).await?;
+    settle(&mut db).await?;
+
+    // Fan-in: the measured phase.
+    let callbacks = post_callbacks(requests, clients, args.load_threads).await?;
+    println!(
+        "  callbacks: {} in {:.2} s = {:.0}/s; p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {} anomalies",
+        callbacks.recorded,
+        callbacks.wall.as_secs_f64(),
+        callbacks.per_second(),
+        callbacks.p50_ms,
+        callbacks.p99_ms,
+        callbacks.max_ms,
+        callbacks.anomalies.values().sum::<usize>()
+    );
+    for (what, n) in &callbacks.anomalies {
+        println!("    ANOMALY x{n}: {what}");
+    }
+    let run = get_run(&http, &address, run_id).await?;
+    let finished = run["status"] == "finished";
+    let succeeded = run["pages"]["succeeded"].as_u64().unwrap_or(0);
+    if !finished || succeeded != args.pages as u64 {
+        println!(
+            "  ANOMALY: run {run_id} is {} with {succeeded} of {} pages succeeded",
+            run["status"], args.pages
+        );
+    }
+    stop.cancel();
+    handle.await??;
+
+    let pgbench = if args.skip_pgbench {
+        None
+    } else {
+        let result = pgbench(args, &mut db, database_url, clients).await?;
+        println!(
+            "  pgbench: {} transactions, {:.0} tps, latency average {:.3} ms",
+            result.transactions, result.tps, result.latency_ms
+        );
+        Some(result)
+    };
+    db.close().await?;
+    Ok(Row {
+        pages: args.pages,
+        clients,
+        pool,
+        callbacks,
+        pgbench,
+    })
+}
+
+fn config_toml(database_url: &str, pool: u32, pages: usize, pages_url: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+public_url = "http://127.0.0.1:0"
+shutdown_grace = "10s"
+
+[database]
+url = "{database_url}"
+max_connections = {pool}
+
+[security]
+callback_secret = "{CALLBACK_SECRET}"
+admin_token = "{ADMIN_TOKEN}"
+
+[[schedules]]
+name = "bench"
+invoker = "lambda"
+function = "bench"
+pages = {{ http = "{pages_url}" }}
+extract = {{ price = ".price" }}
+page_timeout = "1h"
+max_in_flight = {pages}
+"#
+    )
+}
+
+/// Serves `http://127.0.0.1:PORT/pages.json`: a JSON array of `pages`
+/// distinct URLs.
+async fn serve_page_list(pages: usize) -> anyhow::Result<String> {
+    let urls: Vec<String> = (1..=pages)
+        .map(|i| format!("http://127.0.0.1:9/p/{i}"))
+        .collect();
+    let body = Bytes::from(serde_json::to_vec(&urls)?);
+    let app = Router::new().route(
+        "/pages.json",
+        get(move || {
+            let body = body.clone();
+            async move { ([("content-type", "application/json")], body) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/pages.json", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(url)
+}
+
+/// A Lambda API stand-in that keeps every Event invoke's request.
+#[derive(Default)]
+struct Recorder {
+    requests: Mutex<Vec<CrawlRequest>>,
+    count: AtomicUsize,
+    invoked: Notify,
+}
+
+impl Recorder {
+    /// Waits until `n` requests were recorded (giving up after a minute
+    /// without progress) and takes them.
+    async fn wait_for(&self, n: usize) -> anyhow::Result<Vec<CrawlRequest>> {
+        let mut seen = 0;
+        loop {
+            let notified = self.invoked.notified();
+            let now = self.count.load(Ordering::SeqCst);
+            if now >= n {
+                return Ok(std::mem::take(&mut *self.requests.lock().unwrap()));
+            }
+            if now > seen {
+                seen = now;
+            } else if tokio::time::timeout(Duration::from_secs(60), notified)
+                .await
+                .is_err()
+            {
+                bail!("fan-out stalled: {now} of {n} pages dispatched after a minute without progress");
+            }
+        }
+    }
+}
+
+impl LambdaApi for Recorder {
+    fn invoke_event(
+        &self,
+        _function: &str,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'_, Result<Option<String>, InvokeError>> {
+        Box::pin(async move {
+            let request: CrawlRequest = serde_json::from_slice(&payload)
+                .map_err(|e| InvokeError::PageRejected(format!("not a contract request: {e}")))?;
+            self.requests.lock().unwrap().push(request);
+            self.count.fetch_add(1, Ordering::SeqCst);
+            self.invoked.notify_waiters();
+            Ok(None)
+        })
+    }
+
+    fn invoke_sync(
+        &self,
+        function: &str,
+        _payload: Vec<u8>,
+    ) -> BoxFuture<'_, Result<Vec<u8>, String>> {
+        let message = format!("{function}: no lister in the benchmark");
+        Box::pin(async move { Err(message) })
+    }
+}
+
+async fn wait_ready(http: &reqwest::Client, address: &str) -> anyhow::Result<()> {
+    for _ in 0..400 {
+        if let Ok(r) = http.get(format!("{address}/readyz")).send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    bail!("the application did not become ready in 10 s")
+}
+
+async fn trigger(http: &reqwest::Client, address: &str) -> anyhow::Result<Uuid> {
+    let resp = http
+        .post(format!("{address}/v1/schedules/bench/trigger"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    ensure!(status == 202, "trigger answered {status}: {body}");
+    body["run_id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("trigger answered without a run_id: {body}"))
+}
+
+async fn get_run(
+    http: &reqwest::Client,
+    address: &str,
+    run_id: Uuid,
+) -> anyhow::Result<serde_json::Value> {
+    let resp = http
+        .get(format!("{address}/v1/runs/{run_id}"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await?;
+    ensure!(resp.status() == 200, "GET run answered {}", resp.status());
+    Ok(resp.json().await?)
+}
+
+/// Vacuums, analyzes and checkpoints, so that both measured phases start
+/// from the same kind of state (and autovacuum has nothing pressing).
+async fn settle(db: &mut PgConnection) -> anyhow::Result<()> {
+    sqlx::raw_sql("vacuum analyze pages, runs")
+        .execute(&mut *db)
+        .await?;
+    sqlx::raw_sql("checkpoint").execute(&mut *db).await?;
+    Ok(())
+}
+
+/// One report to post.
+struct Job {
+    token: String,
+    body: Bytes,
+}
+
+/// The figures of the callback phase.
+struct Callbacks {
+    recorded: usize,
+    wall: Duration,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    anomalies: BTreeMap<String, usize>,
+}
+
+impl Callbacks {
+    fn per_second(&self) -> f64 {
+        self.recorded as f64 / self.wall.as_secs_f64()
+    }
+}
+
+/// What one client saw: latencies (µs) of recorded answers, and anomalies.
+#[derive(Default)]
+struct Seen {
+    latencies_us: Vec<u32>,
+    anomalies: BTreeMap<String, usize>,
+}
+
+async fn post_callbacks(
+    requests: Vec<CrawlRequest>,
+    clients: usize,
+    load_threads: usize,
+) -> anyhow::Result<Callbacks> {
+    let callback_url: reqwest::Url = requests
+        .first()
+        .ok_or_else(|| anyhow!("no requests"))?
+        .callback_url
+        .parse()?;
+    let jobs: Vec<Job> = requests
+        .iter()
+        .map(|r| {
+            let body = succeeded(r);
+            Ok(Job {
+                token: format!("Bearer {}", r.callback_token),
+                body: Bytes::from(serde_json::to_vec(&body)?),
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let work = Arc::new(Work {
+        url: callback_url,
+        jobs,
+        next: AtomicUsize::new(0),
+    });
+
+    let (seen, wall) = if load_threads == 0 {
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..clients)
+            .map(|_| tokio::spawn(client(work.clone())))
+            .collect();
+        let mut seen = Vec::new();
+        for t in tasks {
+            seen.push(t.await?);
+        }
+        (seen, started.elapsed())
+    } else {
+        let threads = load_threads.min(clients);
+        let go = Arc::new(Barrier::new(threads + 1));
+        let mut handles = Vec::new();
+        for t in 0..threads {
+            let share = clients / threads + usize::from(t < clients % threads);
+            let work = work.clone();
+            let go = go.clone();
+            handles.push(std::thread::spawn(move || -> anyhow::Result<Vec<Seen>> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                go.wait();
+                rt.block_on(async move {
+                    let tasks: Vec<_> = (0..share)
+                        .map(|_| tokio::spawn(client(work.clone())))
+                        .collect();
+                    let mut seen = Vec::new();
+                    for t in tasks {
+                        seen.push(t.await?);
+                    }
+                    Ok(seen)
+                })
+            }));
+        }
+        let joined = tokio::task::spawn_blocking(move || {
+            go.wait();
+            let started = Instant::now();
+            let mut seen = Vec::new();
+            for h in handles {
+                seen.extend(h.join().map_err(|_| anyhow!("a load thread panicked"))??);
+            }
+            Ok::<_, anyhow::Error>((seen, started.elapsed()))
+        })
+        .await??;
+        joined
+    };
+
+    let mut latencies: Vec<u32> = Vec::with_capacity(work.jobs.len());
+    let mut anomalies = BTreeMap::new();
+    for s in seen {
+        latencies.extend(s.latencies_us);
+        for (k, v) in s.anomalies {
+            *anomalies.entry(k).or_insert(0) += v;
+        }
+    }
+    latencies.sort_unstable();
+    let quantile = |q: f64| -> f64 {
+        if latencies.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((q * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len());
+        f64::from(latencies[rank - 1]) / 1000.0
+    };
+    Ok(Callbacks {
+        recorded: latencies.len(),
+        wall,
+        p50_ms: quantile(0.50),
+        p99_ms: quantile(0.99),
+        max_ms: quantile(1.0),
+        anomalies,
+    })
+}
+
+/// The reports, shared by the clients: each takes the next one.
+struct Work {
+    url: reqwest::Url,
+    jobs: Vec<Job>,
+    next: AtomicUsize,
+}
+
+/// One client: its own connection, posting reports until none is left.
+async fn client(work: Arc<Work>) -> Seen {
+    let mut seen = Seen::default();
+    let http = match reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .timeout(Duration::from_secs(60))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            seen.anomalies.insert(format!("building a client: {e}"), 1);
+            return seen;
+        }
+    };
+    loop {
+        let i = work.next.fetch_add(1, Ordering::Relaxed);
+        let Some(job) = work.jobs.get(i) else {
+            return seen;
+        };
+        let started = Instant::now();
+        let answer = async {
+            let resp = http
+                .post(work.url.clone())
+                .header("authorization", &job.token)
+                .header("content-type", "application/json")
+                .body(job.body.clone())
+                .send()
+                .await?;
+            let status = resp.status();
+            let body = resp.bytes().await?;
+            Ok::<_, reqwest::Error>((status, body))
+        }
+        .await;
+        let elapsed = started.elapsed();
+        let anomaly = match answer {
+            Ok((status, body)) => {
+                let ack: Option<CallbackAck> = serde_json::from_slice(&body).ok();
+                match ack {
+                    Some(CallbackAck {
+                        status: CallbackStatus::Recorded,
+                    }) if status == 200 => None,
+                    _ => Some(format!(
+                        "HTTP {status}: {}",
+                        String::from_utf8_lossy(&body[..body.len().min(200)])
+                    )),
+                }
+            }
+            Err(e) => Some(format!("request failed: {e}")),
+        };
+        match anomaly {
+            None => seen
+                .latencies_us
+                .push(u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX)),
+            Some(what) => *seen.anomalies.entry(what).or_insert(0) += 1,
+        }
+    }
+}
+
+/// The contract's `succeeded` report for `request`.
+fn succeeded(request: &CrawlRequest) -> serde_json::Value {
+    serde_json::json!({
+        "version": 1,
+        "run_id": request.run_id,
+        "page_id": request.page_id,
+        "attempt": request.attempt,
+        "outcome": "succeeded",
+        "http_status": 200,
+        "title": "A page",
+        "fields": {"price": "9.99"},
+        "bytes": 1234,
+        "content_sha256": "a".repeat(64),
+        "fetch_ms": 12
+    })
+}
+
+/// pgbench's figures.
+struct PgbenchResult {
+    transactions: u64,
+    tps: f64,
+    latency_ms: f64,
+}
+
+/// Makes a second run of `--pages` dispatched pages with SQL and has
+/// pgbench complete them with the daemon's transaction.
+async fn pgbench(
+    args: &Args,
+    db: &mut PgConnection,
+    database_url: &str,
+    clients: usize,
+) -> anyhow::Result<PgbenchResult> {
+    let run_id = Uuid::now_v7();
+    let pages = args.pages as i64;
+    sqlx::raw_sql("create sequence bench_page_seq")
+        .execute(&mut *db)
+        .await?;
+    sqlx::query(
+        "insert into runs (id, schedule, scheduled_for, trigger, status, total_pages, open_pages, listed_at)
+         values ($1, 'pgbench', now(), 'manual', 'running', $2, $2, now())",
+    )
+    .bind(run_id)
+    .bind(pages)
+    .execute(&mut *db)
+    .await?;
+    sqlx::query(
+        "insert into pages (run_id, url, status, attempt, dispatched_at, deadline)
+         select $1, 'http://127.0.0.1:9/pgbench/' || g, 'dispatched', 1, now(), now() + interval '1 hour'
+         from generate_series(1, $2) g",
+    )
+    .bind(run_id)
+    .bind(pages)
+    .execute(&mut *db)
+    .await?;
+    let (min_id, max_id): (i64, i64) =
+        sqlx::query_as("select min(id), max(id) from pages where run_id = $1")
+            .bind(run_id)
+            .fetch_one(&mut *db)
+            .await?;
+    ensure!(
+        max_id - min_id + 1 == pages,
+        "the pgbench run's page ids are not contiguous ({min_id}..={max_id})"
+    );
+    settle(db).await?;
+
+    let script = std::env::temp_dir().join(format!("fanfare-bench-{}.sql", Uuid::new_v4()));
+    std::fs::write(&script, PGBENCH_SCRIPT.replace("{RESULT}", RESULT_JSON))?;
+    let url = url::Url::parse(database_url)?;
+    let per_client = args.pages / clients;
+    let mut cmd = Command::new(&args.pgbench);
+    cmd.args(["-n", "-M", "prepared"])
+        .args(["-c", &clients.to_string()])
+        .args(["-j", &clients.min(2).to_string()])
+        .args(["-t", &per_client.to_string()])
+        .arg("-f")
+        .arg(&script)
+        .args(["-D", &format!("run_id={run_id}")])
+        .args(["-D", &format!("min_id={min_id}")])
+        .args(["-h", url.host_str().unwrap_or("localhost")])
+        .args(["-p", &url.port().unwrap_or(5432).to_string()])
+        .args([
+            "-U",
+            if url.username().is_empty() {
+                "postgres"
+            } else {
+                url.username()
+            },
+        ])
+        .arg(url.path().trim_start_matches('/'));
+    if let Some(password) = url.password() {
+        cmd.env("PGPASSWORD", password);
+    }
+    let output = tokio::task::spawn_blocking(move || cmd.output())
+        .await?
+        .with_context(|| format!("running {}", args.pgbench))?;
+    let _ = std::fs::remove_file(&script);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        output.status.success(),
+        "pgbench failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    let field = |prefix: &str| -> anyhow::Result<f64> {
+        stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| anyhow!("no {prefix:?} line in pgbench's output:\n{stdout}"))
+    };
+    let transactions = field("number of transactions actually processed:")? as u64;
+    let failed = field("number of failed transactions:").unwrap_or(0.0) as u64;
+    let tps = field("tps =")?;
+    let latency_ms = field("latency average =")?;
+
+    let (open, succeeded): (i64, i64) =
+        sqlx::query_as("select open_pages, succeeded_pages from runs where id = $1")
+            .bind(run_id)
+            .fetch_one(&mut *db)
+            .await?;
+    let expected = (per_client * clients) as i64;
+    if failed > 0 || succeeded != expected || open != pages - expected {
+        println!(
+            "  ANOMALY: pgbench reported {failed} failed transactions; its run has {succeeded} \
+             pages succeeded (expected {expected}) and {open} open"
+        );
+    }
+    Ok(PgbenchResult {
+        transactions,
+        tps,
+        latency_ms,
+    })
+}
+
+fn print_table(rows: &[Row]) {
+    println!();
+    println!(
+        "{:>7} {:>7} {:>4} {:>11} {:>7} {:>7} {:>8} {:>6} {:>11} {:>8} {:>6}",
+        "pages",
+        "clients",
+        "pool",
+        "callbacks/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "errors",
+        "pgbench tps",
+        "pgb ms",
+        "ratio"
+    );
+    for r in rows {
+        let c = &r.callbacks;
+        let (tps, lat, ratio) = match &r.pgbench {
+            Some(p) => (
+                format!("{:.0}", p.tps),
+                format!("{:.2}", p.latency_ms),
+                format!("{:.2}", c.per_second() / p.tps),
+            ),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        println!(
+            "{:>7} {:>7} {:>4} {:>11.0} {:>7.2} {:>7.2} {:>8.2} {:>6} {:>11} {:>8} {:>6}",
+            r.pages,
+            r.clients,
+            r.pool,
+            c.per_second(),
+            c.p50_ms,
+            c.p99_ms,
+            c.max_ms,
+            c.anomalies.values().sum::<usize>(),
+            tps,
+            lat,
+            ratio
+        );
+    }
+}
+
+fn git_commit() -> String {
+    let run = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            // Read-only: `git status` must not refresh the index.
+            .env("GIT_OPTIONAL_LOCKS", "0")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match run(&["rev-parse", "--short", "HEAD"]) {
+        Some(head) => {
+            let dirty = run(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty());
+            if dirty {
+                format!("{head} (with uncommitted changes)")
+            } else {
+                head
+            }
+        }
+        None => "unknown".into(),
+    }
+}
+
+fn reproduce(args: &Args) -> String {
+    let clients: Vec<String> = args.clients.iter().map(|n| n.to_string()).collect();
+    let mut cmd = format!(
+        "cargo bench --bench callbacks -- --pages {} --clients {}",
+        args.pages,
+        clients.join(",")
+    );
+    if let Some(p) = args.pool {
+        cmd.push_str(&format!(" --pool {p}"));
+    }
+    if args.load_threads != 1 {
+        cmd.push_str(&format!(" --load-threads {}", args.load_threads));
+    }
+    if let Some(n) = args.app_threads {
+        cmd.push_str(&format!(" --app-threads {n}"));
+    }
+    if args.skip_pgbench {
+        cmd.push_str(" --skip-pgbench");
+    }
+    cmd
+}

@@ -1,0 +1,323 @@
+//! Fan-out: claiming pending pages and handing each to a crawler.
+//!
+//! Pages are claimed in a short transaction that marks them dispatched with a
+//! deadline; the invoke happens after it commits (the crawler's callback can
+//! arrive before the invoke returns). What happens when an invoke fails
+//! depends on why:
+//!
+//! - throttled (429): the schedule's pace is lowered, and the page goes back
+//!   to pending after Lambda's `retryAfterSeconds` without using up an
+//!   attempt: throttling alone never fails a page;
+//! - a transient error (5xx, network): the page goes back to pending after a
+//!   backoff with jitter, using up the attempt, or fails with its last one;
+//! - the page can never be sent (its event is over 256 KiB): the page fails;
+//! - the function cannot be invoked at all (not found, access denied): the
+//!   run fails at once with that reason, instead of retrying every page.
+//!
+//! A page whose report never comes is the sweeper's.
+
+mod lambda;
+mod local;
+mod pace;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fanfare_crawler::contract::{CrawlRequest, CONTRACT_VERSION};
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub use lambda::{classify, AwsLambda, LambdaApi, LambdaInvoker, MAX_EVENT_BYTES};
+pub use local::LocalInvoker;
+pub use pace::Pace;
+
+use crate::config::{InvokerKind, Schedule};
+use crate::ledger::{self, ClaimedPage, PageStatus};
+use crate::runs::Runs;
+use crate::token::Claims;
+
+/// How many pages one claim takes at most.
+const CLAIM_BATCH: i64 = 500;
+/// How many invokes run at once per replica.
+const INVOKE_CONCURRENCY: usize = 64;
+
+/// Why an invoke did not go through, sorted by what fanfare does about it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum InvokeError {
+    /// Throttled (429): retried after `retry_after` at a lower pace, without
+    /// using up an attempt.
+    #[error("{message}")]
+    Throttled {
+        /// What Lambda said.
+        message: String,
+        /// Lambda's `retryAfterSeconds`, when it gave one.
+        retry_after: Option<Duration>,
+    },
+    /// Worth another attempt (5xx, network, timeout).
+    #[error("{0}")]
+    Retryable(String),
+    /// This page can never be sent (its event is too large): the page fails.
+    #[error("{0}")]
+    PageRejected(String),
+    /// The function cannot be invoked at all (not found, access denied, an
+    /// invalid name): the run fails.
+    #[error("{0}")]
+    FunctionUnusable(String),
+}
+
+impl InvokeError {
+    fn outcome(&self) -> &'static str {
+        match self {
+            InvokeError::Throttled { .. } => "throttled",
+            InvokeError::Retryable(_) => "retryable_error",
+            InvokeError::PageRejected(_) => "page_rejected",
+            InvokeError::FunctionUnusable(_) => "function_unusable",
+        }
+    }
+}
+
+/// Hands one page to a crawler, asynchronously: `Ok` means the crawler has
+/// it and will report to the callback URL; it carries the invocation's
+/// request id when there is one.
+pub trait Invoker: Send + Sync {
+    /// Starts the crawl of `request`.
+    fn invoke(&self, request: CrawlRequest) -> BoxFuture<'_, Result<Option<String>, InvokeError>>;
+}
+
+/// Claims and dispatches pages for every schedule with unfinished runs.
+pub struct Dispatcher {
+    runs: Arc<Runs>,
+    lambda: Option<Arc<dyn LambdaApi>>,
+    local: Arc<LocalInvoker>,
+    paces: HashMap<String, Pace>,
+}
+
+impl Dispatcher {
+    /// A dispatcher; `runs.wake_dispatch` is notified when pages become
+    /// dispatchable.
+    pub fn new(
+        runs: Arc<Runs>,
+        lambda: Option<Arc<dyn LambdaApi>>,
+        local: Arc<LocalInvoker>,
+    ) -> Self {
+        let paces = runs
+            .settings
+            .schedules
+            .iter()
+            .map(|s| (s.name.clone(), Pace::new(s.max_invokes_per_second)))
+            .collect();
+        Self {
+            runs,
+            lambda,
+            local,
+            paces,
+        }
+    }
+
+    fn invoker_for(&self, schedule: &Schedule) -> Option<Box<dyn Invoker + '_>> {
+        match schedule.invoker {
+            InvokerKind::Local => Some(Box::new(LocalRef(&self.local))),
+            InvokerKind::Lambda => self.lambda.as_ref().map(|api| {
+                Box::new(LambdaInvoker::new(
+                    api.clone(),
+                    schedule.function.clone().unwrap_or_default(),
+                )) as Box<dyn Invoker>
+            }),
+        }
+    }
+
+    /// Dispatches until `cancel` fires.
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut failures = 0;
+        loop {
+            let dispatched = match self.pass(&cancel).await {
+                Ok(n) => {
+                    failures = 0;
+                    n
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(error = %e, "dispatch pass failed; backing off");
+                    0
+                }
+            };
+            if dispatched > 0 && !cancel.is_cancelled() {
+                continue;
+            }
+            let idle = if failures > 0 {
+                crate::notify::backoff(failures.min(5))
+            } else {
+                Duration::from_millis(500)
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = self.runs.wake_dispatch.notified() => {}
+                _ = tokio::time::sleep(idle) => {}
+            }
+        }
+    }
+
+    async fn pass(&self, cancel: &CancellationToken) -> Result<usize, sqlx::Error> {
+        let busy = ledger::busy_schedules(&self.runs.pool).await?;
+        for name in &busy {
+            if self.runs.settings.schedule(name).is_none() {
+                tracing::warn!(schedule = %name, "unfinished run of a schedule that is no longer configured");
+            }
+        }
+        let mut total = 0;
+        for schedule in &self.runs.settings.schedules {
+            if cancel.is_cancelled() {
+                break;
+            }
+            if self.paces[&schedule.name].is_paused() {
+                continue;
+            }
+            if !busy.contains(&schedule.name) {
+                metrics::gauge!("fanfare_pages_in_flight", "schedule" => schedule.name.clone())
+                    .set(0.0);
+                continue;
+            }
+            let claimed = ledger::claim_pages(
+                &self.runs.pool,
+                &schedule.name,
+                schedule.max_in_flight as i64,
+                self.paces[&schedule.name].claim_hint(CLAIM_BATCH),
+                schedule.page_timeout,
+            )
+            .await?;
+            metrics::gauge!("fanfare_pages_in_flight", "schedule" => schedule.name.clone())
+                .set(claimed.in_flight as f64);
+            total += claimed.pages.len();
+            if !claimed.pages.is_empty() {
+                self.dispatch(schedule, claimed.pages).await;
+            }
+        }
+        Ok(total)
+    }
+
+    async fn dispatch(&self, schedule: &Schedule, pages: Vec<ClaimedPage>) {
+        let pace = &self.paces[&schedule.name];
+        let Some(invoker) = self.invoker_for(schedule) else {
+            let error = InvokeError::FunctionUnusable("no Lambda client is configured".into());
+            for page in pages {
+                self.invoke_failed(schedule, &page, error.clone()).await;
+            }
+            return;
+        };
+        let invoker = &invoker;
+        // Runs failed during this batch: their other pages are not sent.
+        let failed_runs = &Mutex::new(HashSet::<Uuid>::new());
+        futures::stream::iter(pages)
+            .for_each_concurrent(INVOKE_CONCURRENCY, |page| async move {
+                if failed_runs.lock().expect("lock").contains(&page.run_id) {
+                    return;
+                }
+                pace.until_ready().await;
+                let request = self.request_for(schedule, &page);
+                let started = std::time::Instant::now();
+                let result = invoker.invoke(request).await;
+                metrics::histogram!("fanfare_invoke_seconds").record(started.elapsed().as_secs_f64());
+                let outcome = match &result {
+                    Ok(_) => "accepted",
+                    Err(e) => e.outcome(),
+                };
+                metrics::counter!("fanfare_invokes_total", "schedule" => schedule.name.clone(), "outcome" => outcome).increment(1);
+                match result {
+                    Ok(request_id) => {
+                        pace.on_success();
+                        metrics::counter!("fanfare_pages_dispatched_total", "schedule" => schedule.name.clone()).increment(1);
+                        tracing::debug!(run_id = %page.run_id, page_id = page.id, attempt = page.attempt, request_id = request_id.as_deref().unwrap_or("-"), "page dispatched");
+                    }
+                    Err(e) => {
+                        if matches!(e, InvokeError::FunctionUnusable(_)) {
+                            failed_runs.lock().expect("lock").insert(page.run_id);
+                        }
+                        self.invoke_failed(schedule, &page, e).await;
+                    }
+                }
+            })
+            .await;
+    }
+
+    /// The Lambda event for one claimed page.
+    pub fn request_for(&self, schedule: &Schedule, page: &ClaimedPage) -> CrawlRequest {
+        let expires = page.deadline
+            + chrono::Duration::from_std(self.runs.settings.security.callback_grace)
+                .unwrap_or_else(|_| chrono::Duration::minutes(15));
+        CrawlRequest {
+            version: CONTRACT_VERSION,
+            run_id: page.run_id.to_string(),
+            page_id: page.id.to_string(),
+            attempt: page.attempt as u32,
+            url: page.url.clone(),
+            extract: schedule.extract.clone(),
+            callback_url: self.runs.settings.server.callback_url(),
+            callback_token: self.runs.signer.sign(&Claims {
+                run_id: page.run_id,
+                page_id: page.id,
+                attempt: page.attempt,
+                expires,
+            }),
+            deadline: page.deadline,
+        }
+    }
+
+    async fn invoke_failed(&self, schedule: &Schedule, page: &ClaimedPage, error: InvokeError) {
+        let pool = &self.runs.pool;
+        let (run_id, page_id, attempt) = (page.run_id, page.id, page.attempt);
+        let detail = |retryable: bool| json!({ "kind": "invoke", "message": error.to_string(), "retryable": retryable });
+        let result = match &error {
+            InvokeError::Throttled { retry_after, .. } => {
+                let rate = self.paces[&schedule.name].on_throttle(*retry_after);
+                let wait = retry_after.unwrap_or(Duration::from_secs(1));
+                tracing::warn!(%run_id, page_id, attempt, %error, retry_in = ?wait, invokes_per_second = rate, "Lambda throttled the invoke; slowing down and retrying without using up an attempt");
+                ledger::requeue_page(pool, page_id, attempt, wait, &detail(true), true)
+                    .await
+                    .map(|_| ())
+            }
+            InvokeError::Retryable(_) if (page.attempt as u32) < schedule.max_attempts => {
+                let wait = crate::notify::backoff(page.attempt);
+                tracing::warn!(%run_id, page_id, attempt, %error, retry_in = ?wait, "invoke failed; will retry");
+                ledger::requeue_page(pool, page_id, attempt, wait, &detail(true), false)
+                    .await
+                    .map(|_| ())
+            }
+            InvokeError::Retryable(_) | InvokeError::PageRejected(_) => {
+                tracing::error!(%run_id, page_id, attempt, %error, "invoke failed; the page fails");
+                self.runs
+                    .complete_page(
+                        run_id,
+                        page_id,
+                        attempt,
+                        PageStatus::Failed,
+                        None,
+                        Some(&detail(false)),
+                    )
+                    .await
+                    .map(|_| ())
+            }
+            InvokeError::FunctionUnusable(reason) => {
+                let function = schedule.function.as_deref().unwrap_or("(none)");
+                let reason = format!("the crawler function {function} cannot be invoked: {reason}");
+                tracing::error!(%run_id, page_id, %reason, "the run fails");
+                self.runs.fail_run(run_id, &reason).await.map(|_| ())
+            }
+        };
+        if let Err(e) = result {
+            // The page stays dispatched; the sweeper retries it at its deadline.
+            tracing::warn!(page_id, error = %e, "could not record the invoke failure");
+        }
+    }
+}
+
+struct LocalRef<'a>(&'a Arc<LocalInvoker>);
+
+impl Invoker for LocalRef<'_> {
+    fn invoke(&self, request: CrawlRequest) -> BoxFuture<'_, Result<Option<String>, InvokeError>> {
+        self.0.invoke(request)
+    }
+}
