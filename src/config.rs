@@ -181,6 +181,8 @@ pub struct Schedule {
     pub max_in_flight: u32,
     /// Invokes per second at most (token bucket); unlimited when unset.
     pub max_invokes_per_second: Option<u32>,
+    /// The most pages one run may list; a longer list fails the run.
+    pub max_pages: usize,
     /// Where the run's notification goes.
     pub notify: Vec<NotifyTarget>,
 }
@@ -301,6 +303,7 @@ struct RawSchedule {
     max_attempts: Option<u32>,
     max_in_flight: Option<u32>,
     max_invokes_per_second: Option<u32>,
+    max_pages: Option<usize>,
     #[serde(default)]
     notify: Vec<RawNotifyTarget>,
 }
@@ -384,6 +387,9 @@ fn http_url(p: &mut Problems, at: &str, raw: &str) -> Option<Url> {
 }
 
 const PLACEHOLDER_URL: &str = "http://invalid.invalid/";
+
+/// The default of a schedule's `max_pages`.
+pub const DEFAULT_MAX_PAGES: usize = 1_000_000;
 
 impl RawConfig {
     fn validate(self) -> Result<Settings, ConfigError> {
@@ -623,6 +629,9 @@ impl RawSchedule {
         if max_in_flight == 0 {
             p.add(&format!("{at}: max_in_flight"), "must be at least 1");
         }
+        if self.max_pages == Some(0) {
+            p.add(&format!("{at}: max_pages"), "must be at least 1");
+        }
         if self.max_invokes_per_second == Some(0) {
             p.add(
                 &format!("{at}: max_invokes_per_second"),
@@ -664,6 +673,7 @@ impl RawSchedule {
             max_attempts,
             max_in_flight,
             max_invokes_per_second: self.max_invokes_per_second,
+            max_pages: self.max_pages.unwrap_or(DEFAULT_MAX_PAGES),
             notify,
         })
     }

@@ -145,12 +145,14 @@ pub struct Run {
     pub listed_at: Option<DateTime<Utc>>,
     /// When its last page became terminal.
     pub finished_at: Option<DateTime<Utc>>,
+    /// What reading its page source found (counts, invalid examples).
+    pub listing: Option<serde_json::Value>,
 }
 
 const RUN_COLUMNS: &str =
     "id, schedule, scheduled_for, trigger, status, outcome, error, total_pages, \
      open_pages, succeeded_pages, failed_pages, timed_out_pages, cancelled_pages, created_at, \
-     listed_at, finished_at";
+     listed_at, finished_at, listing";
 
 /// Creates the run for (schedule, scheduled_for); `None` when it already
 /// exists (another replica, or a second fire, got there first).
@@ -230,21 +232,24 @@ pub struct TargetRef {
 /// Looks up a schedule's notification targets by schedule name.
 pub type Targets<'a> = &'a (dyn Fn(&str) -> Vec<TargetRef> + Sync);
 
-/// Marks a run's page list complete; finishes the run at once when every
-/// page is already terminal (or there were none).
+/// Marks a run's page list complete, recording what reading it found;
+/// finishes the run at once when every page is already terminal (or there
+/// were none).
 #[tracing::instrument(skip(pool, targets))]
 pub async fn finish_listing(
     pool: &PgPool,
     run_id: Uuid,
+    listing: &serde_json::Value,
     targets: Targets<'_>,
 ) -> Result<Option<Run>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let row: Option<(i64, String)> = sqlx::query_as(
-        "update runs set status = 'running', listed_at = now(), updated_at = now()
+        "update runs set status = 'running', listed_at = now(), updated_at = now(), listing = $2
          where id = $1 and status = 'listing'
          returning open_pages, schedule",
     )
     .bind(run_id)
+    .bind(listing)
     .fetch_optional(&mut *tx)
     .await?;
     let finished = match row {

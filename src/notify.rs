@@ -46,6 +46,7 @@ pub fn run_finished_payload(run: &Run, failed: &[FailedPage]) -> Value {
             "timed_out": run.timed_out_pages,
             "cancelled": run.cancelled_pages,
         },
+        "listing": run.listing,
         "failed_pages": failed.iter().map(|p| json!({
             "url": p.url,
             "status": p.status,

@@ -98,7 +98,8 @@ impl Runs {
         let (tx, mut rx) = mpsc::channel::<Vec<String>>(4);
         let lister = self.lister.clone();
         let source = schedule.pages.clone();
-        let reader = tokio::spawn(async move { lister.list(&source, tx).await });
+        let max_pages = schedule.max_pages;
+        let reader = tokio::spawn(async move { lister.list(&source, max_pages, tx).await });
         let mut inserted = 0u64;
         let mut failure: Option<String> = None;
         while let Some(batch) = rx.recv().await {
@@ -141,8 +142,17 @@ impl Runs {
             }
             None => {
                 let stats = listed.unwrap_or_default();
-                tracing::info!(%run_id, pages = inserted, duplicates = stats.urls as u64 - inserted.min(stats.urls as u64), invalid = stats.invalid, "page list read");
-                ledger::finish_listing(&self.pool, run_id, &targets).await
+                let duplicates = (stats.urls as u64).saturating_sub(inserted);
+                tracing::info!(%run_id, pages = inserted, duplicates, invalid = stats.invalid, "page list read");
+                let listing = serde_json::json!({
+                    "urls_read": stats.urls,
+                    "pages": inserted,
+                    "duplicates": duplicates,
+                    "invalid": stats.invalid,
+                    "invalid_examples": stats.invalid_examples,
+                    "oversized_sitemaps": stats.oversized_sitemaps,
+                });
+                ledger::finish_listing(&self.pool, run_id, &listing, &targets).await
             }
         };
         match finished {

@@ -61,6 +61,7 @@ fn run_json(run: &Run) -> Value {
             "timed_out": run.timed_out_pages,
             "cancelled": run.cancelled_pages,
         },
+        "listing": run.listing,
         "created_at": run.created_at,
         "listed_at": run.listed_at,
         "finished_at": run.finished_at,

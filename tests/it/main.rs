@@ -7,3 +7,4 @@ mod config;
 mod helpers;
 mod lambda_errors;
 mod runs;
+mod sources;
