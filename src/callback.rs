@@ -1,7 +1,8 @@
 //! `POST /v1/callbacks`: the fan-in. A crawler reports one page attempt,
 //! with the attempt's task token as bearer credentials.
 //!
-//! Answers: 200 `recorded` when the report made the page terminal, 200
+//! Answers: 200 `recorded` when the report made the page terminal (or, for a
+//! retryable failure with attempts left, scheduled its next attempt), 200
 //! `duplicate` for every later report of that page (Lambda delivers at least
 //! once); 401 for a missing, forged, expired or mismatched token; 400 for
 //! unreadable JSON; 422 for a contract violation; 413 over 256 KiB; 503 while
@@ -22,6 +23,7 @@ use fanfare_crawler::contract::{
 
 use crate::http::{bearer, ApiError, AppState};
 use crate::ledger::{Completion, PageStatus};
+use crate::runs::RetryOutcome;
 use crate::token::Claims;
 
 /// Handles one report.
@@ -84,6 +86,25 @@ async fn handle(
     let report = parse(&body)?;
     check_matches(&report, &claims)?;
     let (status, result, error) = outcome(report)?;
+
+    let retryable = error
+        .as_ref()
+        .and_then(|e| e.get("retryable"))
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false);
+    if status == PageStatus::Failed && retryable {
+        let error = error.unwrap_or_default();
+        let retried = state
+            .runs
+            .retry_reported_failure(claims.run_id, claims.page_id, claims.attempt, &error)
+            .await?;
+        return Ok(CallbackAck {
+            status: match retried {
+                RetryOutcome::Retrying | RetryOutcome::Failed => CallbackStatus::Recorded,
+                RetryOutcome::Stale => CallbackStatus::Duplicate,
+            },
+        });
+    }
 
     let completion = state
         .runs

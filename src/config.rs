@@ -158,6 +158,31 @@ impl NotifyTarget {
     }
 }
 
+/// What to do with fires missed while no replica was running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Catchup {
+    /// Skip them (counted in `fanfare_fires_missed_total`).
+    Skip,
+    /// Run the latest one inside the window.
+    Once,
+    /// Run every one inside the window.
+    All,
+}
+
+/// What to do with a fire that comes while the schedule's previous run is
+/// unfinished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overlap {
+    /// Skip the fire (counted and logged).
+    Skip,
+    /// Start it anyway.
+    Allow,
+    /// Keep the latest such fire and start it when the running run finishes.
+    BufferOne,
+    /// Cancel the unfinished runs, then start it.
+    CancelPrevious,
+}
+
 /// A validated schedule.
 #[derive(Debug, Clone)]
 pub struct Schedule {
@@ -183,6 +208,18 @@ pub struct Schedule {
     pub max_invokes_per_second: Option<u32>,
     /// The most pages one run may list; a longer list fails the run.
     pub max_pages: usize,
+    /// Past this, a run's open pages time out and the run finishes.
+    pub run_timeout: Duration,
+    /// How many failed or timed-out pages still make the run `succeeded`.
+    pub tolerated_failures: crate::ledger::Tolerance,
+    /// A run with no progress for this long is reported stuck (once).
+    pub stuck_after: Duration,
+    /// What to do with fires missed while no replica was running.
+    pub catchup: Catchup,
+    /// Missed fires older than this are skipped (and counted).
+    pub catchup_window: Duration,
+    /// What to do with a fire while the previous run is unfinished.
+    pub overlap: Overlap,
     /// Where the run's notification goes.
     pub notify: Vec<NotifyTarget>,
 }
@@ -304,8 +341,51 @@ struct RawSchedule {
     max_in_flight: Option<u32>,
     max_invokes_per_second: Option<u32>,
     max_pages: Option<usize>,
+    run_timeout: Option<String>,
+    tolerated_failures: Option<RawTolerance>,
+    stuck_after: Option<String>,
+    catchup: Option<String>,
+    catchup_window: Option<String>,
+    overlap: Option<String>,
     #[serde(default)]
     notify: Vec<RawNotifyTarget>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawTolerance {
+    Count(i64),
+    Text(String),
+}
+
+fn tolerance(p: &mut Problems, at: &str, raw: Option<RawTolerance>) -> crate::ledger::Tolerance {
+    use crate::ledger::Tolerance;
+    let bad = |p: &mut Problems, v: &str| {
+        p.add(
+            at,
+            format!("{v:?} must be a count (\"5\") or a percentage (\"2%\")"),
+        );
+        Tolerance::Count(0)
+    };
+    match raw {
+        None => Tolerance::Count(0),
+        Some(RawTolerance::Count(n)) if n >= 0 => Tolerance::Count(n),
+        Some(RawTolerance::Count(n)) => bad(p, &n.to_string()),
+        Some(RawTolerance::Text(t)) => {
+            let text = t.trim();
+            if let Some(pct) = text.strip_suffix('%') {
+                match pct.trim().parse::<f64>() {
+                    Ok(v) if (0.0..=100.0).contains(&v) => Tolerance::Percent(v),
+                    _ => bad(p, &t),
+                }
+            } else {
+                match text.parse::<i64>() {
+                    Ok(n) if n >= 0 => Tolerance::Count(n),
+                    _ => bad(p, &t),
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -629,6 +709,54 @@ impl RawSchedule {
         if max_in_flight == 0 {
             p.add(&format!("{at}: max_in_flight"), "must be at least 1");
         }
+        let run_timeout = duration(
+            p,
+            &format!("{at}: run_timeout"),
+            self.run_timeout.as_deref(),
+            Duration::from_secs(12 * 3600),
+        );
+        let stuck_after = duration(
+            p,
+            &format!("{at}: stuck_after"),
+            self.stuck_after.as_deref(),
+            Duration::from_secs(3600),
+        );
+        let catchup_window = duration(
+            p,
+            &format!("{at}: catchup_window"),
+            self.catchup_window.as_deref(),
+            Duration::from_secs(3600),
+        );
+        let tolerated_failures = tolerance(
+            p,
+            &format!("{at}: tolerated_failures"),
+            self.tolerated_failures,
+        );
+        let catchup = match self.catchup.as_deref().unwrap_or("once") {
+            "skip" => Catchup::Skip,
+            "once" => Catchup::Once,
+            "all" => Catchup::All,
+            other => {
+                p.add(
+                    &format!("{at}: catchup"),
+                    format!("{other:?} must be \"skip\", \"once\" or \"all\""),
+                );
+                Catchup::Skip
+            }
+        };
+        let overlap = match self.overlap.as_deref().unwrap_or("skip") {
+            "skip" => Overlap::Skip,
+            "allow" => Overlap::Allow,
+            "buffer_one" => Overlap::BufferOne,
+            "cancel_previous" => Overlap::CancelPrevious,
+            other => {
+                p.add(
+                    &format!("{at}: overlap"),
+                    format!("{other:?} must be \"skip\", \"allow\", \"buffer_one\" or \"cancel_previous\""),
+                );
+                Overlap::Skip
+            }
+        };
         if self.max_pages == Some(0) {
             p.add(&format!("{at}: max_pages"), "must be at least 1");
         }
@@ -674,6 +802,12 @@ impl RawSchedule {
             max_in_flight,
             max_invokes_per_second: self.max_invokes_per_second,
             max_pages: self.max_pages.unwrap_or(DEFAULT_MAX_PAGES),
+            run_timeout,
+            tolerated_failures,
+            stuck_after,
+            catchup,
+            catchup_window,
+            overlap,
             notify,
         })
     }

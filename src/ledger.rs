@@ -97,15 +97,28 @@ impl PageStatus {
 pub enum Trigger {
     /// A cron fire.
     Cron,
+    /// A fire missed while no replica ran, started afterwards.
+    Catchup,
     /// The API or the CLI.
     Manual,
+    /// A new run of another run's failed and timed-out pages.
+    Redrive(Uuid),
 }
 
 impl Trigger {
     fn as_str(self) -> &'static str {
         match self {
             Trigger::Cron => "cron",
+            Trigger::Catchup => "catchup",
             Trigger::Manual => "manual",
+            Trigger::Redrive(_) => "redrive",
+        }
+    }
+
+    fn parent(self) -> Option<Uuid> {
+        match self {
+            Trigger::Redrive(parent) => Some(parent),
+            _ => None,
         }
     }
 }
@@ -147,12 +160,18 @@ pub struct Run {
     pub finished_at: Option<DateTime<Utc>>,
     /// What reading its page source found (counts, invalid examples).
     pub listing: Option<serde_json::Value>,
+    /// The run a redrive run crawls the failures of.
+    pub parent_run_id: Option<Uuid>,
+    /// When the run was reported stuck.
+    pub stuck_at: Option<DateTime<Utc>>,
+    /// Its last progress.
+    pub updated_at: DateTime<Utc>,
 }
 
 const RUN_COLUMNS: &str =
     "id, schedule, scheduled_for, trigger, status, outcome, error, total_pages, \
      open_pages, succeeded_pages, failed_pages, timed_out_pages, cancelled_pages, created_at, \
-     listed_at, finished_at, listing";
+     listed_at, finished_at, listing, parent_run_id, stuck_at, updated_at";
 
 /// Creates the run for (schedule, scheduled_for); `None` when it already
 /// exists (another replica, or a second fire, got there first).
@@ -164,7 +183,8 @@ pub async fn create_run(
     trigger: Trigger,
 ) -> Result<Option<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
-        "insert into runs (id, schedule, scheduled_for, trigger) values ($1, $2, $3, $4)
+        "insert into runs (id, schedule, scheduled_for, trigger, parent_run_id, listing_lease_until)
+         values ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))
          on conflict (schedule, scheduled_for) do nothing
          returning id",
     )
@@ -172,7 +192,42 @@ pub async fn create_run(
     .bind(schedule)
     .bind(scheduled_for)
     .bind(trigger.as_str())
+    .bind(trigger.parent())
+    .bind(LISTING_LEASE.as_secs_f64())
     .fetch_optional(pool)
+    .await
+}
+
+/// How long a replica holds a run's listing without renewing it.
+pub const LISTING_LEASE: Duration = Duration::from_secs(30);
+
+/// Renews the listing lease of a run this replica is listing; `false` when
+/// the run is no longer listing.
+pub async fn renew_listing_lease(pool: &PgPool, run_id: Uuid) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "update runs set listing_lease_until = now() + make_interval(secs => $2)
+         where id = $1 and status = 'listing'",
+    )
+    .bind(run_id)
+    .bind(LISTING_LEASE.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Takes over the listing of runs whose lister stopped renewing its lease
+/// (its replica died): each returned run is now leased to the caller.
+pub async fn claim_abandoned_listings(pool: &PgPool) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "update runs set listing_lease_until = now() + make_interval(secs => $1), updated_at = now()
+         where id in (
+             select id from runs
+             where status = 'listing' and listing_lease_until < now()
+             for update skip locked)
+         returning id, schedule",
+    )
+    .bind(LISTING_LEASE.as_secs_f64())
+    .fetch_all(pool)
     .await
 }
 
@@ -209,13 +264,18 @@ pub async fn insert_pages(
     .fetch_one(&mut *tx)
     .await?;
     sqlx::query(
-        "update runs set total_pages = total_pages + $2, open_pages = open_pages + $2, updated_at = now()
+        "update runs set total_pages = total_pages + $2, open_pages = open_pages + $2, updated_at = now(),
+             listing_lease_until = now() + make_interval(secs => $3)
          where id = $1",
     )
     .bind(run_id)
     .bind(added)
+    .bind(LISTING_LEASE.as_secs_f64())
     .execute(&mut *tx)
     .await?;
+    if added > 0 {
+        wake(&mut *tx, WAKE_DISPATCH).await?;
+    }
     tx.commit().await?;
     Ok(Some(added as u64))
 }
@@ -229,18 +289,58 @@ pub struct TargetRef {
     pub kind: &'static str,
 }
 
-/// Looks up a schedule's notification targets by schedule name.
-pub type Targets<'a> = &'a (dyn Fn(&str) -> Vec<TargetRef> + Sync);
+/// How many failed pages a run may have and still be `succeeded`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Tolerance {
+    /// At most this many failed or timed-out pages.
+    Count(i64),
+    /// At most this percentage of the run's pages.
+    Percent(f64),
+}
+
+/// What finishing a run of a schedule needs to know about the schedule.
+#[derive(Debug, Clone)]
+pub struct RunPolicy {
+    /// Where its notifications go.
+    pub targets: Vec<TargetRef>,
+    /// How many failures still count as success.
+    pub tolerated: Tolerance,
+}
+
+impl Default for RunPolicy {
+    fn default() -> Self {
+        Self {
+            targets: Vec::new(),
+            tolerated: Tolerance::Count(0),
+        }
+    }
+}
+
+/// Looks up a schedule's [`RunPolicy`] by schedule name.
+pub type Policies<'a> = &'a (dyn Fn(&str) -> RunPolicy + Sync);
+
+/// Why a run is closed before all its pages reported.
+#[derive(Debug, Clone, Copy)]
+pub enum Closing<'a> {
+    /// The run fails as a whole with this reason (source unreadable,
+    /// function unusable): open pages are cancelled.
+    Failed(&'a str),
+    /// An operator cancelled it: open pages are cancelled.
+    Cancelled,
+    /// Its run_timeout passed: open pages time out; the outcome follows
+    /// from the counts.
+    TimedOut(&'a str),
+}
 
 /// Marks a run's page list complete, recording what reading it found;
 /// finishes the run at once when every page is already terminal (or there
 /// were none).
-#[tracing::instrument(skip(pool, targets))]
+#[tracing::instrument(skip(pool, policies))]
 pub async fn finish_listing(
     pool: &PgPool,
     run_id: Uuid,
     listing: &serde_json::Value,
-    targets: Targets<'_>,
+    policies: Policies<'_>,
 ) -> Result<Option<Run>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let row: Option<(i64, String)> = sqlx::query_as(
@@ -253,22 +353,24 @@ pub async fn finish_listing(
     .fetch_optional(&mut *tx)
     .await?;
     let finished = match row {
-        Some((0, schedule)) => Some(finish_run(&mut tx, run_id, None, &targets(&schedule)).await?),
+        Some((0, schedule)) => {
+            Some(finish_run(&mut tx, run_id, None, None, &policies(&schedule)).await?)
+        }
         _ => None,
     };
     tx.commit().await?;
     Ok(finished)
 }
 
-/// Fails a run as a whole (its page list could not be read, say): every page
-/// not yet terminal is cancelled, the run finishes as `failed` with `error`,
-/// and its notification is queued. `None` when it had already finished.
-#[tracing::instrument(skip(pool, targets))]
-pub async fn fail_run(
+/// Closes a run before all its pages reported (see [`Closing`]): every
+/// page not yet terminal is cancelled (or timed out), the run finishes and
+/// its notification is queued. `None` when it had already finished.
+#[tracing::instrument(skip(pool, policies))]
+pub async fn close_run(
     pool: &PgPool,
     run_id: Uuid,
-    error: &str,
-    targets: Targets<'_>,
+    closing: Closing<'_>,
+    policies: Policies<'_>,
 ) -> Result<Option<Run>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let schedule: Option<String> = sqlx::query_scalar(
@@ -280,45 +382,68 @@ pub async fn fail_run(
     let Some(schedule) = schedule else {
         return Ok(None);
     };
+    let (page_status, error, outcome) = match closing {
+        Closing::Failed(reason) => ("cancelled", Some(reason), Some("failed")),
+        Closing::Cancelled => ("cancelled", None, Some("cancelled")),
+        Closing::TimedOut(note) => ("timed_out", Some(note), None),
+    };
     sqlx::query(
-        "with cancelled as (
-             update pages set status = 'cancelled', finished_at = now(), updated_at = now()
+        "with closed as (
+             update pages set status = $2, finished_at = now(), updated_at = now(),
+                 error = case when $2 = 'timed_out'
+                     then jsonb_build_object('kind', 'run_timeout', 'message', $3::text, 'retryable', false)
+                     else error end
              where run_id = $1 and status in ('pending', 'dispatched')
              returning 1)
-         update runs set cancelled_pages = cancelled_pages + (select count(*) from cancelled),
-             open_pages = open_pages - (select count(*) from cancelled), updated_at = now()
+         update runs set
+             cancelled_pages = cancelled_pages + case when $2 = 'cancelled' then (select count(*) from closed) else 0 end,
+             timed_out_pages = timed_out_pages + case when $2 = 'timed_out' then (select count(*) from closed) else 0 end,
+             open_pages = open_pages - (select count(*) from closed), updated_at = now()
          where id = $1",
     )
     .bind(run_id)
+    .bind(page_status)
+    .bind(error.unwrap_or(""))
     .execute(&mut *tx)
     .await?;
-    let run = finish_run(&mut tx, run_id, Some(error), &targets(&schedule)).await?;
+    let run = finish_run(&mut tx, run_id, error, outcome, &policies(&schedule)).await?;
     tx.commit().await?;
     Ok(Some(run))
 }
 
 /// Sets a run finished with its outcome and queues one notification per
 /// target. The caller holds the run's row lock (it has just updated it), so
-/// exactly one transaction gets here per run.
+/// exactly one transaction gets here per run. `outcome` forces the outcome
+/// (`failed`, `cancelled`); otherwise it follows from the counts and the
+/// schedule's tolerance.
 async fn finish_run(
     tx: &mut Transaction<'_, Postgres>,
     run_id: Uuid,
     error: Option<&str>,
-    targets: &[TargetRef],
+    outcome: Option<&str>,
+    policy: &RunPolicy,
 ) -> Result<Run, sqlx::Error> {
+    let (count, percent) = match policy.tolerated {
+        Tolerance::Count(n) => (Some(n), None),
+        Tolerance::Percent(p) => (None, Some(p)),
+    };
     let run: Run = sqlx::query_as(&format!(
         "update runs set status = 'finished', finished_at = now(), updated_at = now(),
+             listing_lease_until = null,
              error = coalesce($2, error),
-             outcome = case
-                 when $2::text is not null then 'failed'
-                 when failed_pages + timed_out_pages + cancelled_pages = 0 then 'succeeded'
+             outcome = coalesce($3, case
+                 when failed_pages + timed_out_pages + cancelled_pages
+                     <= coalesce($4, floor(total_pages * $5::float8 / 100)::bigint, 0) then 'succeeded'
                  when succeeded_pages = 0 then 'failed'
-                 else 'partial' end
+                 else 'partial' end)
          where id = $1
          returning {RUN_COLUMNS}"
     ))
     .bind(run_id)
     .bind(error)
+    .bind(outcome)
+    .bind(count)
+    .bind(percent)
     .fetch_one(&mut **tx)
     .await?;
     let failed: Vec<FailedPage> = sqlx::query_as(
@@ -331,21 +456,59 @@ async fn finish_run(
     .fetch_all(&mut **tx)
     .await?;
     let payload = crate::notify::run_finished_payload(&run, &failed);
+    queue_notifications(tx, run_id, "run.finished", &payload, &policy.targets).await?;
+    Ok(run)
+}
+
+/// Writes one outbox row per target for `event` (once per run, event and
+/// target) and wakes every replica's notifier when the transaction commits.
+async fn queue_notifications(
+    tx: &mut Transaction<'_, Postgres>,
+    run_id: Uuid,
+    event: &str,
+    payload: &serde_json::Value,
+    targets: &[TargetRef],
+) -> Result<(), sqlx::Error> {
     for target in targets {
+        let suffix = match event {
+            "run.finished" => String::new(),
+            other => format!("_{}", other.trim_start_matches("run.")),
+        };
         sqlx::query(
             "insert into notifications (run_id, event, target, kind, webhook_id, payload)
-             values ($1, 'run.finished', $2, $3, $4, $5)
+             values ($1, $2, $3, $4, $5, $6)
              on conflict (run_id, event, target) do nothing",
         )
         .bind(run_id)
+        .bind(event)
         .bind(target.index)
         .bind(target.kind)
-        .bind(format!("msg_{}_{}", run_id.simple(), target.index))
-        .bind(&payload)
+        .bind(format!("msg_{}{suffix}_{}", run_id.simple(), target.index))
+        .bind(payload)
         .execute(&mut **tx)
         .await?;
     }
-    Ok(run)
+    if !targets.is_empty() {
+        wake(&mut **tx, WAKE_NOTIFY).await?;
+    }
+    Ok(())
+}
+
+/// The channel replicas LISTEN on to wake each other.
+pub const WAKE_CHANNEL: &str = "fanfare_wake";
+/// Payload: pages may be dispatchable.
+pub const WAKE_DISPATCH: &str = "dispatch";
+/// Payload: a notification is queued.
+pub const WAKE_NOTIFY: &str = "notify";
+
+/// Queues a NOTIFY, delivered to every listening replica on commit.
+async fn wake<'e, E: sqlx::PgExecutor<'e>>(executor: E, what: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("select pg_notify($1, $2)")
+        .bind(WAKE_CHANNEL)
+        .bind(what)
+        .execute(executor)
+        .await?;
+    Ok(())
 }
 
 /// A failed or timed-out page, as listed in a notification.
@@ -374,7 +537,7 @@ pub enum Completion {
 /// Moves a page to a terminal state, if it is not in one already, and
 /// finishes its run when it was the last open page: one transaction, so two
 /// concurrent last reports can never both finish the run, nor neither.
-#[tracing::instrument(skip(pool, result, error, targets), fields(status = status.as_str()))]
+#[tracing::instrument(skip(pool, result, error, policies), fields(status = status.as_str()))]
 #[allow(clippy::too_many_arguments)]
 pub async fn complete_page(
     pool: &PgPool,
@@ -384,7 +547,7 @@ pub async fn complete_page(
     status: PageStatus,
     result: Option<&serde_json::Value>,
     error: Option<&serde_json::Value>,
-    targets: Targets<'_>,
+    policies: Policies<'_>,
 ) -> Result<Completion, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let row: Option<(i64, String, String)> = sqlx::query_as(
@@ -414,7 +577,7 @@ pub async fn complete_page(
         None => Completion::Duplicate,
         Some((0, run_status, schedule)) if run_status == "running" => Completion::Recorded {
             finished: Some(Box::new(
-                finish_run(&mut tx, run_id, None, &targets(&schedule)).await?,
+                finish_run(&mut tx, run_id, None, None, &policies(&schedule)).await?,
             )),
         },
         Some(_) => Completion::Recorded { finished: None },
@@ -772,4 +935,207 @@ pub async fn run_notifications(
     .bind(run_id)
     .fetch_all(pool)
     .await
+}
+
+/// The schedule of a run.
+pub async fn run_schedule(pool: &PgPool, run_id: Uuid) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("select schedule from runs where id = $1")
+        .bind(run_id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// An unfinished run, as the sweeper checks it for timeouts and stalls.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OpenRun {
+    /// The run.
+    pub id: Uuid,
+    /// Its schedule.
+    pub schedule: String,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// Its last progress (a page listed or finished).
+    pub updated_at: DateTime<Utc>,
+    /// When it was reported stuck, if it was.
+    pub stuck_at: Option<DateTime<Utc>>,
+}
+
+/// Every unfinished run.
+pub async fn open_runs(pool: &PgPool) -> Result<Vec<OpenRun>, sqlx::Error> {
+    sqlx::query_as(
+        "select id, schedule, created_at, updated_at, stuck_at from runs
+         where status <> 'finished' order by created_at",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// The unfinished runs of a schedule, oldest first.
+pub async fn open_runs_of(pool: &PgPool, schedule: &str) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "select id from runs where schedule = $1 and status <> 'finished' order by created_at",
+    )
+    .bind(schedule)
+    .fetch_all(pool)
+    .await
+}
+
+/// Marks a run stuck (no progress since `since`) and queues its one
+/// `run.stuck` notification; `false` when it was marked already or has
+/// progressed or finished meanwhile.
+pub async fn mark_stuck(
+    pool: &PgPool,
+    run_id: Uuid,
+    since: DateTime<Utc>,
+    policies: Policies<'_>,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let run: Option<Run> = sqlx::query_as(&format!(
+        "update runs set stuck_at = now()
+         where id = $1 and status <> 'finished' and stuck_at is null and updated_at <= $2
+         returning {RUN_COLUMNS}"
+    ))
+    .bind(run_id)
+    .bind(since)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(run) = run else {
+        return Ok(false);
+    };
+    let payload = crate::notify::run_stuck_payload(&run);
+    queue_notifications(
+        &mut tx,
+        run_id,
+        "run.stuck",
+        &payload,
+        &policies(&run.schedule).targets,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Whether fires of `schedule` are paused.
+pub async fn is_paused(pool: &PgPool, schedule: &str) -> Result<bool, sqlx::Error> {
+    let paused: Option<bool> =
+        sqlx::query_scalar("select paused from schedule_state where schedule = $1")
+            .bind(schedule)
+            .fetch_optional(pool)
+            .await?;
+    Ok(paused.unwrap_or(false))
+}
+
+/// Pauses or resumes `schedule`.
+pub async fn set_paused(pool: &PgPool, schedule: &str, paused: bool) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "insert into schedule_state (schedule, paused) values ($1, $2)
+         on conflict (schedule) do update set paused = $2, updated_at = now()",
+    )
+    .bind(schedule)
+    .bind(paused)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Keeps `fire` as the schedule's one buffered fire (a later one replaces
+/// an earlier one).
+pub async fn buffer_fire(
+    pool: &PgPool,
+    schedule: &str,
+    fire: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "insert into schedule_state (schedule, buffered_fire) values ($1, $2)
+         on conflict (schedule) do update set
+             buffered_fire = greatest(schedule_state.buffered_fire, $2), updated_at = now()",
+    )
+    .bind(schedule)
+    .bind(fire)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Takes the schedule's buffered fire, if any (exactly one caller gets it).
+pub async fn take_buffered_fire(
+    pool: &PgPool,
+    schedule: &str,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    let fire: Option<Option<DateTime<Utc>>> = sqlx::query_scalar(
+        "update schedule_state s set buffered_fire = null, updated_at = now()
+         from (select schedule, buffered_fire from schedule_state
+               where schedule = $1 and buffered_fire is not null for update) old
+         where s.schedule = old.schedule
+         returning old.buffered_fire",
+    )
+    .bind(schedule)
+    .fetch_optional(pool)
+    .await?;
+    Ok(fire.flatten())
+}
+
+/// The latest nominal fire time of a schedule that produced a run.
+pub async fn last_fire(
+    pool: &PgPool,
+    schedule: &str,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar(
+        "select max(scheduled_for) from runs where schedule = $1 and trigger in ('cron', 'catchup')",
+    )
+    .bind(schedule)
+    .fetch_one(pool)
+    .await
+}
+
+/// Creates a run of `parent`'s failed and timed-out pages, already listed:
+/// `None` when the parent has no such pages (or does not exist).
+pub async fn create_redrive(
+    pool: &PgPool,
+    parent: Uuid,
+    now: DateTime<Utc>,
+) -> Result<Option<Uuid>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let id = Uuid::now_v7();
+    let created: Option<Uuid> = sqlx::query_scalar(
+        "insert into runs (id, schedule, scheduled_for, trigger, parent_run_id, status, listed_at)
+         select $1, schedule, $3, 'redrive', id, 'running', now() from runs
+         where id = $2 and exists (
+             select 1 from pages where run_id = $2 and status in ('failed', 'timed_out'))
+         returning id",
+    )
+    .bind(id)
+    .bind(parent)
+    .bind(now)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if created.is_none() {
+        return Ok(None);
+    }
+    let added: i64 = sqlx::query_scalar(
+        "with added as (
+             insert into pages (run_id, url)
+             select $1, url from pages where run_id = $2 and status in ('failed', 'timed_out')
+             order by id
+             on conflict (run_id, md5(url)) do nothing
+             returning 1)
+         select count(*) from added",
+    )
+    .bind(id)
+    .bind(parent)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query(
+        "update runs set total_pages = $2, open_pages = $2,
+             listing = jsonb_build_object('redrive_of', $3::text, 'pages', $2)
+         where id = $1",
+    )
+    .bind(id)
+    .bind(added)
+    .bind(parent.to_string())
+    .execute(&mut *tx)
+    .await?;
+    wake(&mut *tx, WAKE_DISPATCH).await?;
+    tx.commit().await?;
+    Ok(Some(id))
 }

@@ -57,6 +57,27 @@ pub fn run_finished_payload(run: &Run, failed: &[FailedPage]) -> Value {
     })
 }
 
+/// The `run.stuck` body: the run made no progress for its `stuck_after`.
+pub fn run_stuck_payload(run: &Run) -> Value {
+    json!({
+        "type": "run.stuck",
+        "run_id": run.id,
+        "schedule": run.schedule,
+        "trigger": run.trigger,
+        "scheduled_for": run.scheduled_for,
+        "started_at": run.created_at,
+        "last_progress_at": run.updated_at,
+        "pages": {
+            "total": run.total_pages,
+            "open": run.open_pages,
+            "succeeded": run.succeeded_pages,
+            "failed": run.failed_pages,
+            "timed_out": run.timed_out_pages,
+            "cancelled": run.cancelled_pages,
+        },
+    })
+}
+
 /// Decodes a `whsec_<base64>` secret into the HMAC key.
 pub fn webhook_key(secret: &SecretString) -> Result<Vec<u8>, String> {
     let s = secret.expose_secret();
@@ -93,6 +114,16 @@ pub fn slack_message(payload: &Value) -> Value {
             .to_string()
     };
     let n = |k: &str| payload["pages"].get(k).and_then(Value::as_i64).unwrap_or(0);
+    if payload.get("type").and_then(Value::as_str) == Some("run.stuck") {
+        return json!({ "text": format!(
+            ":hourglass: fanfare run of *{}* is stuck: no progress since {} ({} of {} pages still open; run {}).",
+            s("schedule"),
+            s("last_progress_at"),
+            n("open"),
+            n("total"),
+            s("run_id"),
+        ) });
+    }
     let outcome = s("outcome");
     let icon = match outcome.as_str() {
         "succeeded" => ":white_check_mark:",
@@ -245,6 +276,16 @@ impl Notifier {
                     // The Slack URL is a secret: name only its host.
                     .map_err(|e| format!("POST to Slack: {}", error_chain(&e.without_url())))?;
                 check_status(resp, "Slack").await
+            }
+            NotifyTarget::Stdout if n.event == "run.stuck" => {
+                let p = &n.payload;
+                println!(
+                    "\n⏳ run.stuck — run {} of {:?}: no progress since {}\n",
+                    p["run_id"].as_str().unwrap_or("?"),
+                    p["schedule"].as_str().unwrap_or("?"),
+                    p["last_progress_at"].as_str().unwrap_or("?"),
+                );
+                Ok(())
             }
             NotifyTarget::Stdout => {
                 let p = &n.payload;

@@ -1,18 +1,26 @@
-//! The run lifecycle shared by every worker: starting a run (listing its
-//! pages into the ledger), recording that a page became terminal, and
-//! announcing finished runs.
+//! The run lifecycle shared by every worker: firing (pause, overlap and
+//! catch-up policies), starting a run (listing its pages into the ledger,
+//! under a lease another replica takes over if this one dies), recording
+//! page results, closing runs early (cancel, failure, timeout), redriving
+//! failures, and announcing finished runs.
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, Notify};
+use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::config::{Schedule, Settings};
-use crate::ledger::{self, Completion, PageStatus, Run, TargetRef, Trigger};
+use crate::config::{Catchup, Overlap, Schedule, Settings};
+use crate::ledger::{self, Closing, Completion, PageStatus, Run, RunPolicy, TargetRef, Trigger};
+use crate::schedule::CronSchedule;
 use crate::sources::{self, Lister};
 use crate::token::TokenSigner;
+
+/// How many missed fires catch-up looks at, at most.
+const CATCHUP_SCAN_LIMIT: usize = 100_000;
 
 /// What every worker of one replica shares.
 pub struct Runs {
@@ -24,11 +32,16 @@ pub struct Runs {
     pub signer: TokenSigner,
     /// Reads page sources.
     pub lister: Lister,
+    /// Background work (listing, local crawls), drained at shutdown.
+    pub tracker: TaskTracker,
     /// Notified when pages may be dispatchable (a run listed pages, a page
     /// finished and freed an in-flight slot).
     pub wake_dispatch: Notify,
-    /// Notified when a run finished (its notification is queued).
+    /// Notified when a notification was queued.
     pub wake_notify: Notify,
+    /// This value's own `Arc` (built with `Arc::new_cyclic`), for work that
+    /// outlives a borrow.
+    pub me: std::sync::Weak<Runs>,
 }
 
 /// Why a run could not be started.
@@ -40,6 +53,17 @@ pub enum StartError {
     /// The ledger failed.
     #[error(transparent)]
     Ledger(#[from] sqlx::Error),
+}
+
+/// What a retryable failure report did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryOutcome {
+    /// The page will be dispatched again.
+    Retrying,
+    /// That was the last attempt: the page failed.
+    Failed,
+    /// The page had moved on (terminal, or already requeued): nothing changed.
+    Stale,
 }
 
 impl Runs {
@@ -60,16 +84,121 @@ impl Runs {
             .unwrap_or_default()
     }
 
+    /// What finishing a run of `schedule` needs: targets and tolerance.
+    pub fn policy(&self, schedule: &str) -> RunPolicy {
+        RunPolicy {
+            targets: self.targets(schedule),
+            tolerated: self
+                .settings
+                .schedule(schedule)
+                .map(|s| s.tolerated_failures)
+                .unwrap_or(ledger::Tolerance::Count(0)),
+        }
+    }
+
+    /// A cron fire of `schedule` at its nominal time, under the schedule's
+    /// pause and overlap policies.
+    #[tracing::instrument(skip(self), fields(schedule = %schedule.name))]
+    pub async fn fire(
+        self: &Arc<Self>,
+        schedule: &Schedule,
+        scheduled_for: DateTime<Utc>,
+        trigger: Trigger,
+    ) -> Result<Option<Uuid>, StartError> {
+        let name = schedule.name.as_str();
+        if ledger::is_paused(&self.pool, name).await? {
+            metrics::counter!("fanfare_fires_skipped_total", "schedule" => name.to_string(), "reason" => "paused").increment(1);
+            tracing::info!(%scheduled_for, "the schedule is paused; this fire is skipped");
+            return Ok(None);
+        }
+        let open = ledger::open_runs_of(&self.pool, name).await?;
+        if !open.is_empty() {
+            match schedule.overlap {
+                Overlap::Allow => {}
+                Overlap::Skip => {
+                    metrics::counter!("fanfare_fires_skipped_total", "schedule" => name.to_string(), "reason" => "overlap").increment(1);
+                    tracing::warn!(%scheduled_for, unfinished = open.len(), "the previous run is unfinished; this fire is skipped (overlap = \"skip\")");
+                    return Ok(None);
+                }
+                Overlap::BufferOne => {
+                    ledger::buffer_fire(&self.pool, name, scheduled_for).await?;
+                    tracing::info!(%scheduled_for, "the previous run is unfinished; this fire waits for it (overlap = \"buffer_one\")");
+                    // The run may have finished meanwhile, with no one left to
+                    // start the buffered fire.
+                    if ledger::open_runs_of(&self.pool, name).await?.is_empty() {
+                        self.start_buffered(name).await;
+                    }
+                    return Ok(None);
+                }
+                Overlap::CancelPrevious => {
+                    for run_id in open {
+                        tracing::warn!(%run_id, %scheduled_for, "cancelling the unfinished run for a new fire (overlap = \"cancel_previous\")");
+                        self.close_run(run_id, Closing::Cancelled).await?;
+                    }
+                }
+            }
+        }
+        self.start(name, scheduled_for, trigger).await
+    }
+
+    /// Starts the runs of fires missed while no replica was running, per
+    /// the schedule's catch-up policy; older ones are counted as missed.
+    pub async fn catch_up(
+        self: &Arc<Self>,
+        schedule: &Schedule,
+        cron: &CronSchedule,
+        now: DateTime<Utc>,
+    ) {
+        let name = schedule.name.as_str();
+        let last = match ledger::last_fire(&self.pool, name).await {
+            Ok(Some(last)) => last,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(schedule = name, error = %e, "could not read the last fire; no catch-up");
+                return;
+            }
+        };
+        let window_start =
+            now - chrono::Duration::from_std(schedule.catchup_window).unwrap_or_default();
+        let mut missed = Vec::new();
+        let mut t = last;
+        while let Some(next) = cron.next_after(t) {
+            if next > now || missed.len() >= CATCHUP_SCAN_LIMIT {
+                break;
+            }
+            missed.push(next);
+            t = next;
+        }
+        let (inside, outside): (Vec<_>, Vec<_>) =
+            missed.into_iter().partition(|t| *t >= window_start);
+        let run: Vec<DateTime<Utc>> = match schedule.catchup {
+            Catchup::Skip => Vec::new(),
+            Catchup::Once => inside.last().copied().into_iter().collect(),
+            Catchup::All => inside.clone(),
+        };
+        let skipped = outside.len() + inside.len() - run.len();
+        if skipped > 0 {
+            metrics::counter!("fanfare_fires_missed_total", "schedule" => name.to_string())
+                .increment(skipped as u64);
+            tracing::warn!(schedule = name, skipped, since = %last, "fires were missed while no replica was running; skipped per catchup policy");
+        }
+        for fire in run {
+            tracing::info!(schedule = name, scheduled_for = %fire, "catching up a missed fire");
+            if let Err(e) = self.fire(schedule, fire, Trigger::Catchup).await {
+                tracing::error!(schedule = name, scheduled_for = %fire, error = %e, "could not catch up this fire");
+            }
+        }
+    }
+
     /// Creates the run of `schedule` for `scheduled_for` and starts listing
     /// its pages in the background. `Ok(None)` when that run already exists
     /// (another replica created it).
-    #[tracing::instrument(skip(self, tracker), fields(run_id))]
+    #[tracing::instrument(skip(self), fields(run_id))]
     pub async fn start(
         self: &Arc<Self>,
         schedule: &str,
         scheduled_for: DateTime<Utc>,
         trigger: Trigger,
-        tracker: &tokio_util::task::TaskTracker,
     ) -> Result<Option<Uuid>, StartError> {
         let sched = self
             .settings
@@ -86,23 +215,69 @@ impl Runs {
             .increment(1);
         tracing::info!(%run_id, schedule, %scheduled_for, source = %sources::describe(&sched.pages), "run started");
         let this = self.clone();
-        tracker.spawn(async move { this.list(run_id, sched).await });
+        self.tracker
+            .spawn(async move { this.list(run_id, sched).await });
         Ok(Some(run_id))
     }
 
-    /// Reads the run's page source into the ledger in batches, then marks
-    /// the run listed (finishing it at once if it has no pages). A source
-    /// that cannot be read fails the run with the reason.
-    #[tracing::instrument(skip(self, schedule), fields(schedule = %schedule.name))]
-    async fn list(self: Arc<Self>, run_id: Uuid, schedule: Schedule) {
+    /// Takes over the listing of runs whose lister died; returns how many.
+    pub async fn recover_listings(self: &Arc<Self>) -> Result<usize, sqlx::Error> {
+        let abandoned = ledger::claim_abandoned_listings(&self.pool).await?;
+        for (run_id, schedule) in &abandoned {
+            match self.settings.schedule(schedule) {
+                Some(s) => {
+                    tracing::warn!(%run_id, schedule, "taking over the listing of a run whose lister stopped");
+                    let (this, s) = (self.clone(), s.clone());
+                    let run_id = *run_id;
+                    self.tracker
+                        .spawn(async move { this.list(run_id, s).await });
+                }
+                None => {
+                    let reason = format!("schedule {schedule:?} is no longer configured");
+                    self.close_run(*run_id, Closing::Failed(&reason)).await?;
+                }
+            }
+        }
+        Ok(abandoned.len())
+    }
+
+    /// Reads the run's page source into the ledger in batches, renewing the
+    /// listing lease, then marks the run listed (finishing it at once if it
+    /// has no pages). A source that cannot be read fails the run.
+    ///
+    /// Boxed: listing can finish a run, whose buffered fire starts another
+    /// listing.
+    fn list(self: Arc<Self>, run_id: Uuid, schedule: Schedule) -> BoxFuture<'static, ()> {
+        let span = tracing::info_span!("list", %run_id, schedule = %schedule.name);
+        Box::pin(tracing::Instrument::instrument(
+            self.list_inner(run_id, schedule),
+            span,
+        ))
+    }
+
+    async fn list_inner(self: Arc<Self>, run_id: Uuid, schedule: Schedule) {
         let (tx, mut rx) = mpsc::channel::<Vec<String>>(4);
         let lister = self.lister.clone();
         let source = schedule.pages.clone();
         let max_pages = schedule.max_pages;
         let reader = tokio::spawn(async move { lister.list(&source, max_pages, tx).await });
+        let mut renew = tokio::time::interval(ledger::LISTING_LEASE / 3);
+        renew.tick().await;
         let mut inserted = 0u64;
         let mut failure: Option<String> = None;
-        while let Some(batch) = rx.recv().await {
+        loop {
+            let batch = tokio::select! {
+                batch = rx.recv() => batch,
+                _ = renew.tick() => {
+                    if let Ok(false) = ledger::renew_listing_lease(&self.pool, run_id).await {
+                        tracing::warn!(%run_id, "the run is no longer listing; listing stops");
+                        reader.abort();
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let Some(batch) = batch else { break };
             match ledger::insert_pages(&self.pool, run_id, &batch).await {
                 Ok(Some(n)) => {
                     inserted += n;
@@ -110,8 +285,7 @@ impl Runs {
                 }
                 Ok(None) => {
                     tracing::warn!(%run_id, "the run's page list was closed by someone else; listing stops");
-                    drop(rx);
-                    let _ = reader.await;
+                    reader.abort();
                     return;
                 }
                 Err(e) => {
@@ -129,36 +303,31 @@ impl Runs {
             }),
         };
         let failure = failure.or_else(|| listed.as_ref().err().map(|e| e.to_string()));
-        let targets = |s: &str| self.targets(s);
-        let finished = match &failure {
-            Some(error) => {
-                tracing::error!(%run_id, %error, "could not list the run's pages; the run fails");
-                // fail_run announces the run itself.
-                if let Err(e) = self.fail_run(run_id, error).await {
-                    tracing::error!(%run_id, error = %e, "could not record the failed listing");
-                }
-                self.wake_dispatch.notify_one();
-                return;
+        if let Some(error) = failure {
+            tracing::error!(%run_id, %error, "could not list the run's pages; the run fails");
+            if let Err(e) = self.close_run(run_id, Closing::Failed(&error)).await {
+                // The lease expires and another attempt lists the run again.
+                tracing::error!(%run_id, error = %e, "could not record the failed listing");
             }
-            None => {
-                let stats = listed.unwrap_or_default();
-                let duplicates = (stats.urls as u64).saturating_sub(inserted);
-                tracing::info!(%run_id, pages = inserted, duplicates, invalid = stats.invalid, "page list read");
-                let listing = serde_json::json!({
-                    "urls_read": stats.urls,
-                    "pages": inserted,
-                    "duplicates": duplicates,
-                    "invalid": stats.invalid,
-                    "invalid_examples": stats.invalid_examples,
-                    "oversized_sitemaps": stats.oversized_sitemaps,
-                });
-                ledger::finish_listing(&self.pool, run_id, &listing, &targets).await
-            }
-        };
-        match finished {
-            Ok(Some(run)) => self.announce(&run),
+            return;
+        }
+        let stats = listed.unwrap_or_default();
+        // Pages inserted by an earlier lister of this run count as duplicates here.
+        let duplicates = (stats.urls as u64).saturating_sub(inserted);
+        tracing::info!(%run_id, pages = inserted, duplicates, invalid = stats.invalid, "page list read");
+        let listing = serde_json::json!({
+            "urls_read": stats.urls,
+            "pages": inserted,
+            "duplicates": duplicates,
+            "invalid": stats.invalid,
+            "invalid_examples": stats.invalid_examples,
+            "oversized_sitemaps": stats.oversized_sitemaps,
+        });
+        let policies = |s: &str| self.policy(s);
+        match ledger::finish_listing(&self.pool, run_id, &listing, &policies).await {
+            Ok(Some(run)) => self.announce(&run).await,
             Ok(None) => {}
-            // Left in `listing`: a later start-up recovery can pick it up.
+            // Left in `listing`: the lease expires and the run is listed again.
             Err(e) => tracing::error!(%run_id, error = %e, "could not record the end of listing"),
         }
         self.wake_dispatch.notify_one();
@@ -175,33 +344,96 @@ impl Runs {
         result: Option<&serde_json::Value>,
         error: Option<&serde_json::Value>,
     ) -> Result<Completion, sqlx::Error> {
-        let targets = |s: &str| self.targets(s);
+        let policies = |s: &str| self.policy(s);
         let completion = ledger::complete_page(
-            &self.pool, run_id, page_id, attempt, status, result, error, &targets,
+            &self.pool, run_id, page_id, attempt, status, result, error, &policies,
         )
         .await?;
         if let Completion::Recorded { finished } = &completion {
             self.wake_dispatch.notify_one();
             if let Some(run) = finished {
-                self.announce(run);
+                self.announce(run).await;
             }
         }
         Ok(completion)
     }
 
-    /// Fails a run as a whole with `error` (see [`ledger::fail_run`]) and
-    /// announces it; `None` when it had already finished.
-    pub async fn fail_run(&self, run_id: Uuid, error: &str) -> Result<Option<Run>, sqlx::Error> {
-        let targets = |s: &str| self.targets(s);
-        let failed = ledger::fail_run(&self.pool, run_id, error, &targets).await?;
-        if let Some(run) = &failed {
-            self.announce(run);
+    /// A crawler reported a failure that another attempt may fix: the page is
+    /// dispatched again after a backoff while it has attempts left, and fails
+    /// with its last.
+    pub async fn retry_reported_failure(
+        &self,
+        run_id: Uuid,
+        page_id: i64,
+        attempt: i32,
+        error: &serde_json::Value,
+    ) -> Result<RetryOutcome, sqlx::Error> {
+        let max_attempts = ledger::run_schedule(&self.pool, run_id)
+            .await?
+            .and_then(|s| self.settings.schedule(&s).map(|s| s.max_attempts))
+            .unwrap_or(1);
+        if (attempt as u32) < max_attempts {
+            let wait = crate::notify::backoff(attempt);
+            return Ok(
+                if ledger::requeue_page(&self.pool, page_id, attempt, wait, error, false).await? {
+                    metrics::counter!("fanfare_pages_retried_total", "reason" => "reported")
+                        .increment(1);
+                    tracing::info!(%run_id, page_id, attempt, retry_in = ?wait, "the crawler reported a retryable failure; the page will be dispatched again");
+                    RetryOutcome::Retrying
+                } else {
+                    RetryOutcome::Stale
+                },
+            );
         }
-        Ok(failed)
+        Ok(
+            match self
+                .complete_page(
+                    run_id,
+                    page_id,
+                    attempt,
+                    PageStatus::Failed,
+                    None,
+                    Some(error),
+                )
+                .await?
+            {
+                Completion::Recorded { .. } => RetryOutcome::Failed,
+                Completion::Duplicate => RetryOutcome::Stale,
+            },
+        )
     }
 
-    /// Logs and counts a finished run and wakes the notifier.
-    pub fn announce(&self, run: &Run) {
+    /// Closes a run early (see [`ledger::close_run`]) and announces it;
+    /// `None` when it had already finished.
+    pub async fn close_run(
+        &self,
+        run_id: Uuid,
+        closing: Closing<'_>,
+    ) -> Result<Option<Run>, sqlx::Error> {
+        let policies = |s: &str| self.policy(s);
+        let closed = ledger::close_run(&self.pool, run_id, closing, &policies).await?;
+        if let Some(run) = &closed {
+            self.announce(run).await;
+        }
+        Ok(closed)
+    }
+
+    /// Starts a new run of `parent`'s failed and timed-out pages; `None`
+    /// when it has none.
+    pub async fn redrive(&self, parent: Uuid) -> Result<Option<Uuid>, sqlx::Error> {
+        let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
+        let created = ledger::create_redrive(&self.pool, parent, now).await?;
+        if let Some(run_id) = created {
+            metrics::counter!("fanfare_runs_started_total", "schedule" => "redrive").increment(1);
+            tracing::info!(%run_id, parent = %parent, "redrive run started");
+            self.wake_dispatch.notify_one();
+        }
+        Ok(created)
+    }
+
+    /// Logs and counts a finished run, wakes the notifier, and starts the
+    /// schedule's buffered fire if it has one.
+    pub async fn announce(&self, run: &Run) {
         let outcome = run.outcome.clone().unwrap_or_default();
         metrics::counter!("fanfare_runs_finished_total", "schedule" => run.schedule.clone(), "outcome" => outcome.clone())
             .increment(1);
@@ -213,8 +445,32 @@ impl Runs {
             succeeded = run.succeeded_pages,
             failed = run.failed_pages,
             timed_out = run.timed_out_pages,
+            cancelled = run.cancelled_pages,
             "run finished"
         );
         self.wake_notify.notify_one();
+        if self
+            .settings
+            .schedule(&run.schedule)
+            .is_some_and(|s| s.overlap == Overlap::BufferOne)
+        {
+            self.start_buffered(&run.schedule).await;
+        }
+    }
+
+    async fn start_buffered(&self, schedule: &str) {
+        let Some(this) = self.me.upgrade() else {
+            return;
+        };
+        match ledger::take_buffered_fire(&self.pool, schedule).await {
+            Ok(Some(fire)) => {
+                tracing::info!(schedule, scheduled_for = %fire, "starting the buffered fire");
+                if let Err(e) = this.start(schedule, fire, Trigger::Cron).await {
+                    tracing::error!(schedule, error = %e, "could not start the buffered fire");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(schedule, error = %e, "could not read the buffered fire"),
+        }
     }
 }

@@ -81,15 +81,17 @@ impl Application {
             .user_agent(concat!("fanfare/", env!("CARGO_PKG_VERSION")))
             .build()
             .context("building the HTTP client")?;
-        let runs = Arc::new(Runs {
+        let tracker = TaskTracker::new();
+        let runs = Arc::new_cyclic(|me| Runs {
             pool,
             signer: TokenSigner::new(settings.security.callback_secret.clone()),
             lister: Lister::new(http, lambda.clone()),
             settings,
+            tracker: tracker.clone(),
             wake_dispatch: Notify::new(),
             wake_notify: Notify::new(),
+            me: me.clone(),
         });
-        let tracker = TaskTracker::new();
         let crawler = Crawler::new(overrides.crawler.unwrap_or_default())
             .context("building the local crawler's HTTP client")?;
         let local = Arc::new(LocalInvoker::new(crawler, tracker.clone()));
@@ -99,7 +101,6 @@ impl Application {
             port,
             state: AppState {
                 runs,
-                tracker,
                 health: Arc::new(Health::default()),
             },
             lambda,
@@ -129,7 +130,7 @@ impl Application {
         Ok(self
             .state
             .runs
-            .start(schedule, now, Trigger::Manual, &self.state.tracker)
+            .start(schedule, now, Trigger::Manual)
             .await?)
     }
 
@@ -164,18 +165,16 @@ impl Application {
         workers.spawn(Dispatcher::new(runs.clone(), lambda, local).run(cancel.clone()));
         workers.spawn(crate::sweep::run(runs.clone(), cancel.clone()));
         workers.spawn(Notifier::new(runs.clone()).run(cancel.clone()));
-        let fire = Arc::new(Fire {
-            runs: runs.clone(),
-            tracker: state.tracker.clone(),
-        });
+        workers.spawn(wake_on_notify(runs.clone(), cancel.clone()));
+        let fire = Arc::new(Fire { runs: runs.clone() });
         for schedule in &runs.settings.schedules {
             if let Some(cron) = &schedule.cron {
-                workers.spawn(crate::schedule::run_schedule(
-                    schedule.name.clone(),
-                    cron.clone(),
-                    fire.clone(),
-                    cancel.clone(),
-                ));
+                let (runs, schedule, cron) = (runs.clone(), schedule.clone(), cron.clone());
+                let (fire, cancel) = (fire.clone(), cancel.clone());
+                workers.spawn(async move {
+                    runs.catch_up(&schedule, &cron, Utc::now()).await;
+                    crate::schedule::run_schedule(schedule.name.clone(), cron, fire, cancel).await
+                });
             }
         }
         state.health.scheduler_running.store(true, Ordering::SeqCst);
@@ -190,10 +189,10 @@ impl Application {
         tracing::info!(grace = ?grace, "shutting down");
         let deadline = tokio::time::Instant::now() + grace;
         workers.close();
-        state.tracker.close();
+        runs.tracker.close();
         if tokio::time::timeout_at(deadline, async {
             workers.wait().await;
-            state.tracker.wait().await;
+            runs.tracker.wait().await;
         })
         .await
         .is_err()
@@ -227,17 +226,50 @@ fn state_port(runs: &Runs) -> u16 {
 
 struct Fire {
     runs: Arc<Runs>,
-    tracker: TaskTracker,
 }
 
 impl FireHandler for Fire {
     async fn fire(&self, schedule: &str, scheduled_for: DateTime<Utc>) {
-        if let Err(e) = self
-            .runs
-            .start(schedule, scheduled_for, Trigger::Cron, &self.tracker)
-            .await
-        {
+        let Some(config) = self.runs.settings.schedule(schedule) else {
+            return;
+        };
+        if let Err(e) = self.runs.fire(config, scheduled_for, Trigger::Cron).await {
             tracing::error!(schedule, %scheduled_for, error = %e, "could not start the run for this fire");
+        }
+    }
+}
+
+/// Wakes this replica's dispatcher and notifier when another replica's
+/// transaction NOTIFYs (pages listed, a notification queued), so replicas
+/// need not wait for their polling interval; polling stays the fallback.
+async fn wake_on_notify(runs: Arc<Runs>, cancel: CancellationToken) {
+    let mut failures = 0;
+    loop {
+        let listener = async {
+            let mut listener = sqlx::postgres::PgListener::connect_with(&runs.pool).await?;
+            listener.listen(crate::ledger::WAKE_CHANNEL).await?;
+            loop {
+                let n = listener.recv().await?;
+                match n.payload() {
+                    crate::ledger::WAKE_NOTIFY => runs.wake_notify.notify_one(),
+                    _ => runs.wake_dispatch.notify_one(),
+                }
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), sqlx::Error>(())
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            result = listener => {
+                failures += 1;
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "lost the wake-up listener; polling meanwhile");
+                }
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(crate::notify::backoff(failures.min(5))) => {}
         }
     }
 }

@@ -1,6 +1,8 @@
-//! The sweeper: dispatched pages whose report did not come by their deadline
-//! are dispatched again (attempt + 1) after a backoff, or, with their attempts
-//! spent, become `timed_out`.
+//! The sweeper, run by every replica: dispatched pages whose report did not
+//! come by their deadline are dispatched again (attempt + 1) after a backoff,
+//! or, with their attempts spent, become `timed_out`; runs past their
+//! `run_timeout` are closed; runs with no progress for `stuck_after` are
+//! reported stuck (once); listings whose replica died are taken over.
 //!
 //! A report from an earlier attempt that arrives later is still accepted
 //! while the page is not terminal: the work was done.
@@ -22,6 +24,12 @@ pub async fn run(runs: Arc<Runs>, cancel: CancellationToken) {
     loop {
         if let Err(e) = sweep_once(&runs).await {
             tracing::warn!(error = %e, "sweep failed; will try again");
+        }
+        if let Err(e) = sweep_runs(&runs).await {
+            tracing::warn!(error = %e, "run sweep failed; will try again");
+        }
+        if let Err(e) = runs.recover_listings().await {
+            tracing::warn!(error = %e, "could not look for abandoned listings; will try again");
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -69,4 +77,44 @@ pub async fn sweep_once(runs: &Runs) -> Result<usize, sqlx::Error> {
         runs.wake_dispatch.notify_one();
     }
     Ok(overdue.len())
+}
+
+/// Closes runs past their `run_timeout` and reports runs with no progress
+/// for `stuck_after`; sets the `fanfare_runs_stuck` gauge.
+pub async fn sweep_runs(runs: &Runs) -> Result<(), sqlx::Error> {
+    let now = chrono::Utc::now();
+    let mut stuck = 0u64;
+    for run in ledger::open_runs(&runs.pool).await? {
+        let Some(schedule) = runs.settings.schedule(&run.schedule) else {
+            continue;
+        };
+        let age = (now - run.created_at).to_std().unwrap_or_default();
+        if age > schedule.run_timeout {
+            let note = format!(
+                "the run's run_timeout of {} passed",
+                humantime::format_duration(schedule.run_timeout)
+            );
+            if let Some(closed) = runs
+                .close_run(run.id, ledger::Closing::TimedOut(&note))
+                .await?
+            {
+                tracing::warn!(run_id = %run.id, schedule = %run.schedule, timed_out = closed.timed_out_pages, "{note}; its open pages timed out");
+            }
+            continue;
+        }
+        let idle = (now - run.updated_at).to_std().unwrap_or_default();
+        if idle > schedule.stuck_after {
+            stuck += 1;
+            let since = now - chrono::Duration::from_std(schedule.stuck_after).unwrap_or_default();
+            let policies = |s: &str| runs.policy(s);
+            if run.stuck_at.is_none()
+                && ledger::mark_stuck(&runs.pool, run.id, since, &policies).await?
+            {
+                runs.wake_notify.notify_one();
+                tracing::warn!(run_id = %run.id, schedule = %run.schedule, last_progress = %run.updated_at, "run stuck: no progress for stuck_after");
+            }
+        }
+    }
+    metrics::gauge!("fanfare_runs_stuck").set(stuck as f64);
+    Ok(())
 }

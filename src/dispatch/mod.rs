@@ -304,7 +304,10 @@ impl Dispatcher {
                 let function = schedule.function.as_deref().unwrap_or("(none)");
                 let reason = format!("the crawler function {function} cannot be invoked: {reason}");
                 tracing::error!(%run_id, page_id, %reason, "the run fails");
-                self.runs.fail_run(run_id, &reason).await.map(|_| ())
+                self.runs
+                    .close_run(run_id, crate::ledger::Closing::Failed(&reason))
+                    .await
+                    .map(|_| ())
             }
         };
         if let Err(e) = result {

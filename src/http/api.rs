@@ -19,11 +19,7 @@ pub async fn trigger(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     // Microseconds: the precision Postgres keeps, so the stored key equals this one.
     let now = Utc::now().trunc_subsecs(6);
-    match state
-        .runs
-        .start(&name, now, Trigger::Manual, &state.tracker)
-        .await
-    {
+    match state.runs.start(&name, now, Trigger::Manual).await {
         Ok(Some(run_id)) => Ok((StatusCode::ACCEPTED, Json(json!({ "run_id": run_id })))),
         Ok(None) => Err(ApiError::Conflict(format!(
             "a run of {name:?} for {now} exists already"
@@ -62,6 +58,8 @@ fn run_json(run: &Run) -> Value {
             "cancelled": run.cancelled_pages,
         },
         "listing": run.listing,
+        "redrive_of": run.parent_run_id,
+        "stuck_at": run.stuck_at,
         "created_at": run.created_at,
         "listed_at": run.listed_at,
         "finished_at": run.finished_at,
@@ -144,4 +142,74 @@ pub async fn list_pages(
         .then(|| pages.last().map(|p| p.id))
         .flatten();
     Ok(Json(json!({ "pages": pages, "next_after": next_after })))
+}
+
+/// `POST /v1/runs/{id}/cancel`: open pages are cancelled, later reports are
+/// duplicates, the run finishes as `cancelled` and notifies.
+pub async fn cancel_run(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_run_id(&id)?;
+    match state.runs.close_run(id, ledger::Closing::Cancelled).await? {
+        Some(run) => Ok(Json(run_json(&run))),
+        None => match ledger::get_run(&state.runs.pool, id).await? {
+            Some(_) => Err(ApiError::Conflict(format!("run {id} has finished already"))),
+            None => Err(ApiError::NotFound(format!("no run has the id {id}"))),
+        },
+    }
+}
+
+/// `POST /v1/runs/{id}/redrive`: a new run of the run's failed and
+/// timed-out pages, linked to it.
+pub async fn redrive_run(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let id = parse_run_id(&id)?;
+    match state.runs.redrive(id).await? {
+        Some(run_id) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "run_id": run_id, "redrive_of": id })),
+        )),
+        None => match ledger::get_run(&state.runs.pool, id).await? {
+            Some(_) => Err(ApiError::Conflict(format!(
+                "run {id} has no failed or timed-out pages to redrive"
+            ))),
+            None => Err(ApiError::NotFound(format!("no run has the id {id}"))),
+        },
+    }
+}
+
+async fn set_paused(state: &AppState, name: &str, paused: bool) -> Result<Json<Value>, ApiError> {
+    if state.runs.settings.schedule(name).is_none() {
+        return Err(ApiError::NotFound(format!(
+            "no schedule is called {name:?}"
+        )));
+    }
+    ledger::set_paused(&state.runs.pool, name, paused).await?;
+    tracing::info!(
+        schedule = name,
+        paused,
+        "schedule {}",
+        if paused { "paused" } else { "resumed" }
+    );
+    Ok(Json(json!({ "schedule": name, "paused": paused })))
+}
+
+/// `POST /v1/schedules/{name}/pause`: its fires are skipped (and counted)
+/// until resumed; manual triggers still run.
+pub async fn pause(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    set_paused(&state, &name, true).await
+}
+
+/// `POST /v1/schedules/{name}/resume`.
+pub async fn resume(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    set_paused(&state, &name, false).await
 }

@@ -18,7 +18,6 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use secrecy::ExposeSecret;
 use serde_json::json;
 use subtle::ConstantTimeEq;
-use tokio_util::task::TaskTracker;
 
 pub use error::ApiError;
 
@@ -29,8 +28,6 @@ use crate::runs::Runs;
 pub struct AppState {
     /// The run lifecycle and the ledger.
     pub runs: Arc<Runs>,
-    /// Where background work started by a request (listing) is tracked.
-    pub tracker: TaskTracker,
     /// Readiness flags.
     pub health: Arc<Health>,
 }
@@ -51,6 +48,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/runs", get(api::list_runs))
         .route("/v1/runs/{id}", get(api::get_run))
         .route("/v1/runs/{id}/pages", get(api::list_pages))
+        .route("/v1/runs/{id}/cancel", post(api::cancel_run))
+        .route("/v1/runs/{id}/redrive", post(api::redrive_run))
+        .route("/v1/schedules/{name}/pause", post(api::pause))
+        .route("/v1/schedules/{name}/resume", post(api::resume))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .route(
