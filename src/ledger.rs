@@ -39,6 +39,25 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
 }
 
+/// Whether an error means the database could not be reached or dropped the
+/// connection (retry later), rather than a fault of the statement.
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        // 08xxx: connection exceptions; 57P01-57P03: the server is shutting
+        // down, was restarted, or terminated this backend.
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
+    }
+}
+
 /// Whether the database answers and every embedded migration is applied.
 pub async fn ready(pool: &PgPool) -> Result<bool, sqlx::Error> {
     let applied: i64 = sqlx::query_scalar("select count(*) from _sqlx_migrations where success")

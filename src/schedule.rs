@@ -225,3 +225,80 @@ mod tests {
             .contains("hours must be 0-23"));
     }
 }
+
+#[cfg(test)]
+mod dst {
+    use super::*;
+
+    fn fires(expr: &str, tz: &str, from: &str, to: &str) -> Vec<DateTime<Utc>> {
+        let s = CronSchedule::new(expr, tz).unwrap();
+        let (mut t, end): (DateTime<Utc>, DateTime<Utc>) =
+            (from.parse().unwrap(), to.parse().unwrap());
+        let mut out = Vec::new();
+        while let Some(next) = s.next_after(t) {
+            if next > end {
+                break;
+            }
+            out.push(next);
+            t = next;
+        }
+        out
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_repeated_hour_of_the_fall_back_day_fires_once() {
+        // 2026-11-01 in Chicago: 01:00-01:59 happens twice (CDT, then CST).
+        let daily = fires(
+            "0 30 1 * * *",
+            "America/Chicago",
+            "2026-10-31T00:00:00Z",
+            "2026-11-03T00:00:00Z",
+        );
+        assert_eq!(
+            daily,
+            vec![
+                at("2026-10-31T06:30:00Z"),
+                at("2026-11-01T06:30:00Z"),
+                at("2026-11-02T07:30:00Z")
+            ]
+        );
+        let hourly = fires(
+            "0 30 * * * *",
+            "America/Chicago",
+            "2026-11-01T05:00:00Z",
+            "2026-11-01T09:00:00Z",
+        );
+        // 00:30 CDT, 01:30 CDT, (01:30 CST is not fired again), 02:30 CST.
+        assert_eq!(
+            hourly,
+            vec![
+                at("2026-11-01T05:30:00Z"),
+                at("2026-11-01T06:30:00Z"),
+                at("2026-11-01T08:30:00Z")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_time_missing_on_the_spring_forward_day_fires_when_the_gap_ends() {
+        // 2026-03-08 in Chicago: 02:00-02:59 does not exist; 02:30 fires at 03:00 CDT.
+        let daily = fires(
+            "0 30 2 * * *",
+            "America/Chicago",
+            "2026-03-07T00:00:00Z",
+            "2026-03-10T00:00:00Z",
+        );
+        assert_eq!(
+            daily,
+            vec![
+                at("2026-03-07T08:30:00Z"),
+                at("2026-03-08T08:00:00Z"),
+                at("2026-03-09T07:30:00Z")
+            ]
+        );
+    }
+}

@@ -6,5 +6,6 @@ mod callbacks;
 mod config;
 mod helpers;
 mod lambda_errors;
+mod lifecycle;
 mod runs;
 mod sources;

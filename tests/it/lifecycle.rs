@@ -1,0 +1,729 @@
+//! The run lifecycle under retries, deadlines, timeouts, stalls, admin
+//! actions, overlapping and missed fires, shutdown and database outages.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fanfare::schedule::CronSchedule;
+use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::task::TaskTracker;
+
+use crate::helpers::*;
+
+fn retryable_failure(r: &fanfare_crawler::contract::CrawlRequest) -> serde_json::Value {
+    let mut body = failed(r, true);
+    body["error"]["kind"] = json!("timeout");
+    body
+}
+
+async fn metric(app: &TestApp, line_start: &str) -> Option<f64> {
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+async fn runs_of(app: &TestApp, schedule: &str) -> Vec<serde_json::Value> {
+    let (_, body) = app
+        .get(&format!("/v1/runs?schedule={schedule}&limit=100"))
+        .await;
+    body["runs"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_retryable_failure_is_dispatched_again_and_fails_only_with_its_last_attempt() {
+    let lambda = Arc::new(RecordingLambda::default());
+    let app = TestApp::spawn(
+        &lambda_schedule("retry", 2, None, "max_attempts = 2"),
+        Some(lambda.clone()),
+    )
+    .await;
+    let run = app.trigger("retry").await;
+    let first = lambda.wait_for(2).await;
+    for r in &first {
+        let (status, body) = app
+            .post_report(Some(&r.callback_token), &retryable_failure(r))
+            .await;
+        assert_eq!((status, body["status"].as_str()), (200, Some("recorded")));
+        // The same report again (Lambda redelivers): nothing more happens.
+        let (_, body) = app
+            .post_report(Some(&r.callback_token), &retryable_failure(r))
+            .await;
+        assert_eq!(body["status"], "duplicate");
+    }
+    let second = lambda.wait_for(4).await;
+    assert_eq!((second[2].attempt, second[3].attempt), (2, 2));
+    // Page A succeeds on its second attempt; page B fails again, with no attempts left.
+    let (a, b) = (&second[2], &second[3]);
+    app.post_report(Some(&a.callback_token), &succeeded(a))
+        .await;
+    let (_, body) = app
+        .post_report(Some(&b.callback_token), &retryable_failure(b))
+        .await;
+    assert_eq!(body["status"], "recorded");
+    let finished = app.wait_finished(run, Duration::from_secs(5)).await;
+    assert_eq!(finished["outcome"], "partial");
+    assert_eq!(
+        (
+            finished["pages"]["succeeded"].as_i64(),
+            finished["pages"]["failed"].as_i64()
+        ),
+        (Some(1), Some(1))
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(lambda.requests().len(), 4, "no third attempt");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_late_report_of_an_earlier_attempt_is_accepted_while_the_page_is_open() {
+    let lambda = Arc::new(RecordingLambda::default());
+    let app = TestApp::spawn(
+        &lambda_schedule("late", 1, None, "page_timeout = \"1s\"\nmax_attempts = 3"),
+        Some(lambda.clone()),
+    )
+    .await;
+    let run = app.trigger("late").await;
+    let reqs = lambda.wait_for(2).await;
+    assert_eq!(
+        (reqs[0].attempt, reqs[1].attempt),
+        (1, 2),
+        "re-dispatched after the deadline"
+    );
+    // Attempt 1 reports now, while attempt 2 is in flight: the work is done.
+    let (_, body) = app
+        .post_report(Some(&reqs[0].callback_token), &succeeded(&reqs[0]))
+        .await;
+    assert_eq!(body["status"], "recorded");
+    let (_, body) = app
+        .post_report(Some(&reqs[1].callback_token), &succeeded(&reqs[1]))
+        .await;
+    assert_eq!(body["status"], "duplicate");
+    assert_eq!(
+        app.wait_finished(run, Duration::from_secs(5)).await["outcome"],
+        "succeeded"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn past_its_run_timeout_a_run_times_out_its_open_pages_and_notifies() {
+    let lambda = Arc::new(RecordingLambda::default());
+    let receiver = Receiver::start(0).await;
+    let app = TestApp::spawn(
+        &lambda_schedule(
+            "slow",
+            3,
+            Some(&receiver),
+            "run_timeout = \"2s\"\npage_timeout = \"1h\"",
+        ),
+        Some(lambda.clone()),
+    )
+    .await;
+    let run = app.trigger("slow").await;
+    let reqs = lambda.wait_for(3).await;
+    app.post_report(Some(&reqs[0].callback_token), &succeeded(&reqs[0]))
+        .await;
+    let finished = app.wait_finished(run, Duration::from_secs(10)).await;
+    assert_eq!(finished["outcome"], "partial");
+    assert_eq!(finished["pages"]["timed_out"], 2);
+    assert!(finished["error"]
+        .as_str()
+        .unwrap()
+        .contains("run_timeout of 2s"));
+    let d = receiver.wait_for(1, Duration::from_secs(5)).await;
+    assert_eq!(d[0].json()["pages"]["timed_out"], 2);
+    // A report arriving afterwards is a duplicate.
+    let (_, body) = app
+        .post_report(Some(&reqs[1].callback_token), &succeeded(&reqs[1]))
+        .await;
+    assert_eq!(body["status"], "duplicate");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn tolerated_failures_keep_the_outcome_succeeded_up_to_the_limit() {
+    for (tolerance, failures, expect) in [
+        ("\"1\"", 1, "succeeded"),
+        ("\"1\"", 2, "partial"),
+        ("\"50%\"", 2, "succeeded"),
+        ("1", 2, "partial"),
+    ] {
+        let lambda = Arc::new(RecordingLambda::default());
+        let app = TestApp::spawn(
+            &lambda_schedule("tol", 4, None, &format!("tolerated_failures = {tolerance}")),
+            Some(lambda.clone()),
+        )
+        .await;
+        let run = app.trigger("tol").await;
+        for (i, r) in lambda.wait_for(4).await.iter().enumerate() {
+            let body = if i < failures {
+                failed(r, false)
+            } else {
+                succeeded(r)
+            };
+            app.post_report(Some(&r.callback_token), &body).await;
+        }
+        let finished = app.wait_finished(run, Duration::from_secs(5)).await;
+        assert_eq!(
+            finished["outcome"], expect,
+            "tolerance {tolerance} with {failures} failures"
+        );
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_run_without_progress_is_reported_stuck_once() {
+    let lambda = Arc::new(RecordingLambda::default());
+    let receiver = Receiver::start(0).await;
+    let app = TestApp::spawn(
+        &lambda_schedule(
+            "stall",
+            2,
+            Some(&receiver),
+            "stuck_after = \"1s\"\npage_timeout = \"1h\"",
+        ),
+        Some(lambda.clone()),
+    )
+    .await;
+    let run = app.trigger("stall").await;
+    let reqs = lambda.wait_for(2).await;
+    let d = receiver.wait_for(1, Duration::from_secs(10)).await;
+    let stuck = d[0].json();
+    assert_eq!(stuck["type"], "run.stuck");
+    assert_eq!(stuck["run_id"], run.to_string());
+    assert_eq!(
+        d[0].header("webhook-id"),
+        format!("msg_{}_stuck_0", run.simple())
+    );
+    assert_eq!(metric(&app, "fanfare_runs_stuck").await, Some(1.0));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(receiver.deliveries().len(), 1, "reported once");
+    for r in &reqs {
+        app.post_report(Some(&r.callback_token), &succeeded(r))
+            .await;
+    }
+    app.wait_finished(run, Duration::from_secs(5)).await;
+    let d = receiver.wait_for(2, Duration::from_secs(5)).await;
+    assert_eq!(d[1].json()["type"], "run.finished");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_cancelled_run_cancels_its_open_pages_and_later_reports_are_duplicates() {
+    let lambda = Arc::new(RecordingLambda::default());
+    let receiver = Receiver::start(0).await;
+    let app = TestApp::spawn(
+        &lambda_schedule("stop", 5, Some(&receiver), "")
+            .replace("max_in_flight = 10000", "max_in_flight = 2"),
+        Some(lambda.clone()),
+    )
+    .await;
+    let run = app.trigger("stop").await;
+    let reqs = lambda.wait_for(2).await;
+    app.post_report(Some(&reqs[0].callback_token), &succeeded(&reqs[0]))
+        .await;
+    let cancel = |id: uuid::Uuid| {
+        app.client
+            .post(format!("{}/v1/runs/{id}/cancel", app.address))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+    };
+    let resp = cancel(run).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let dispatched_before_cancel = lambda.requests().len();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["outcome"], "cancelled");
+    assert_eq!(body["pages"]["cancelled"], 4);
+    assert_eq!(body["pages"]["succeeded"], 1);
+    let (_, b) = app
+        .post_report(Some(&reqs[1].callback_token), &succeeded(&reqs[1]))
+        .await;
+    assert_eq!(b["status"], "duplicate");
+    assert_eq!(cancel(run).await.unwrap().status(), 409, "already finished");
+    let d = receiver.wait_for(1, Duration::from_secs(5)).await;
+    assert_eq!(d[0].json()["outcome"], "cancelled");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        lambda.requests().len(),
+        dispatched_before_cancel,
+        "no page of a cancelled run is dispatched"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_redrive_crawls_the_failed_and_timed_out_pages_again_in_a_linked_run() {
+    let lambda = Arc::new(RecordingLambda::default());
+    let app = TestApp::spawn(&lambda_schedule("again", 4, None, ""), Some(lambda.clone())).await;
+    let run = app.trigger("again").await;
+    let reqs = lambda.wait_for(4).await;
+    for (i, r) in reqs.iter().enumerate() {
+        let body = if i % 2 == 0 {
+            failed(r, false)
+        } else {
+            succeeded(r)
+        };
+        app.post_report(Some(&r.callback_token), &body).await;
+    }
+    app.wait_finished(run, Duration::from_secs(5)).await;
+    let redrive = |id: uuid::Uuid| {
+        app.client
+            .post(format!("{}/v1/runs/{id}/redrive", app.address))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+    };
+    let resp = redrive(run).await.unwrap();
+    assert_eq!(resp.status(), 202);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let new_run: uuid::Uuid = body["run_id"].as_str().unwrap().parse().unwrap();
+    let all = lambda.wait_for(6).await;
+    let mut redriven: Vec<&str> = all[4..].iter().map(|r| r.url.as_str()).collect();
+    redriven.sort();
+    let mut failed_urls: Vec<&str> = reqs.iter().step_by(2).map(|r| r.url.as_str()).collect();
+    failed_urls.sort();
+    assert_eq!(redriven, failed_urls);
+    for r in &all[4..] {
+        app.post_report(Some(&r.callback_token), &succeeded(r))
+            .await;
+    }
+    let finished = app.wait_finished(new_run, Duration::from_secs(5)).await;
+    assert_eq!(finished["trigger"], "redrive");
+    assert_eq!(finished["redrive_of"], run.to_string());
+    assert_eq!(finished["outcome"], "succeeded");
+    assert_eq!(
+        redrive(new_run).await.unwrap().status(),
+        409,
+        "nothing left to redrive"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_paused_schedule_skips_its_fires_until_resumed() {
+    let schedule = "[[schedules]]\nname = \"tick\"\ncron = \"* * * * * *\"\ninvoker = \"local\"\npages = { urls = [] }\n";
+    let app = TestApp::spawn(schedule, None).await;
+    let post = |path: &str| {
+        app.client
+            .post(format!("{}{path}", app.address))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+    };
+    assert_eq!(
+        post("/v1/schedules/tick/pause").await.unwrap().status(),
+        200
+    );
+    let paused_at = runs_of(&app, "tick").await.len();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let during = runs_of(&app, "tick").await.len();
+    assert!(
+        during <= paused_at + 1,
+        "fires skipped while paused ({paused_at} -> {during})"
+    );
+    assert!(
+        metric(
+            &app,
+            "fanfare_fires_skipped_total{schedule=\"tick\",reason=\"paused\"}"
+        )
+        .await
+        .unwrap_or(0.0)
+            >= 2.0
+    );
+    assert_eq!(
+        post("/v1/schedules/tick/resume").await.unwrap().status(),
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        runs_of(&app, "tick").await.len() >= during + 2,
+        "fires run again once resumed"
+    );
+    assert_eq!(
+        post("/v1/schedules/nope/pause").await.unwrap().status(),
+        404
+    );
+    app.stop().await;
+}
+
+fn every_second(name: &str, overlap: &str) -> String {
+    format!(
+        "[[schedules]]\nname = \"{name}\"\ncron = \"* * * * * *\"\ninvoker = \"lambda\"\nfunction = \"f\"\npages = {{ urls = [\"http://127.0.0.1:9/x\"] }}\noverlap = \"{overlap}\"\npage_timeout = \"1h\"\n"
+    )
+}
+
+#[tokio::test]
+async fn with_overlap_skip_a_fire_during_an_unfinished_run_is_skipped() {
+    let lambda = Arc::new(RecordingLambda::default());
+    let app = TestApp::spawn(&every_second("o", "skip"), Some(lambda.clone())).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let runs = runs_of(&app, "o").await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert!(
+        metric(
+            &app,
+            "fanfare_fires_skipped_total{schedule=\"o\",reason=\"overlap\"}"
+        )
+        .await
+        .unwrap_or(0.0)
+            >= 2.0
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn with_overlap_buffer_one_the_latest_fire_starts_when_the_run_finishes() {
+    let lambda = Arc::new(RecordingLambda::default());
+    let app = TestApp::spawn(&every_second("b", "buffer_one"), Some(lambda.clone())).await;
+    let first = lambda.wait_for(1).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(runs_of(&app, "b").await.len(), 1, "later fires wait");
+    let before = chrono::Utc::now();
+    app.post_report(Some(&first[0].callback_token), &succeeded(&first[0]))
+        .await;
+    let second = lambda.wait_for(2).await;
+    let runs = runs_of(&app, "b").await;
+    assert_eq!(
+        runs.len(),
+        2,
+        "one buffered fire, not one per skipped second"
+    );
+    let nominal: chrono::DateTime<chrono::Utc> =
+        runs[0]["scheduled_for"].as_str().unwrap().parse().unwrap();
+    assert!(
+        nominal <= before,
+        "the buffered fire keeps its nominal time"
+    );
+    assert_ne!(second[1].run_id, first[0].run_id);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn with_overlap_cancel_previous_a_new_fire_cancels_the_unfinished_run() {
+    let lambda = Arc::new(RecordingLambda::default());
+    let app = TestApp::spawn(&every_second("c", "cancel_previous"), Some(lambda.clone())).await;
+    lambda.wait_for(2).await;
+    let runs = runs_of(&app, "c").await;
+    assert!(runs.len() >= 2);
+    let oldest = runs.last().unwrap();
+    let finished = app
+        .wait_finished(
+            oldest["id"].as_str().unwrap().parse().unwrap(),
+            Duration::from_secs(5),
+        )
+        .await;
+    assert_eq!(finished["outcome"], "cancelled");
+    let open = runs_of(&app, "c")
+        .await
+        .iter()
+        .filter(|r| r["status"] != "finished")
+        .count();
+    assert!(open <= 1, "at most one run open at a time");
+    app.stop().await;
+}
+
+async fn seed_past_fire(
+    db: &str,
+    schedule: &str,
+    minutes_ago: i64,
+) -> chrono::DateTime<chrono::Utc> {
+    let pool = sqlx::PgPool::connect(db).await.unwrap();
+    fanfare::ledger::migrate(&pool).await.unwrap();
+    let last: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+        "insert into runs (id, schedule, scheduled_for, trigger, status, outcome, finished_at)
+         values (gen_random_uuid(), $1, date_trunc('minute', now()) - make_interval(mins => $2::int), 'cron', 'finished', 'succeeded', now())
+         returning scheduled_for",
+    )
+    .bind(schedule)
+    .bind(minutes_ago as i32)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    last
+}
+
+async fn catchup_runs(app: &TestApp) -> Vec<chrono::DateTime<chrono::Utc>> {
+    sqlx::query_scalar(
+        "select scheduled_for from runs where trigger = 'catchup' order by scheduled_for",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap()
+}
+
+fn minutely(catchup: &str, window: &str) -> String {
+    // Catch-up fires go through the overlap policy like any fire: "all"
+    // needs overlap = "allow" to run them side by side.
+    format!(
+        "[[schedules]]\nname = \"m\"\ncron = \"0 * * * * *\"\ninvoker = \"local\"\npages = {{ urls = [] }}\ncatchup = \"{catchup}\"\ncatchup_window = \"{window}\"\noverlap = \"allow\"\n"
+    )
+}
+
+#[tokio::test]
+async fn missed_fires_are_caught_up_per_policy_with_their_nominal_times() {
+    // all: every missed minute, in order, from the one after the last fire.
+    let db = fresh_database().await;
+    let last = seed_past_fire(&db, "m", 10).await;
+    let app = TestApp::spawn_on(&db, &minutely("all", "1h"), None).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let caught = catchup_runs(&app).await;
+    assert!((10..=11).contains(&caught.len()), "{caught:?}");
+    assert_eq!(caught[0], last + chrono::Duration::minutes(1));
+    for pair in caught.windows(2) {
+        assert_eq!(pair[1] - pair[0], chrono::Duration::minutes(1));
+    }
+    app.stop().await;
+
+    // once: only the latest missed minute.
+    let db = fresh_database().await;
+    seed_past_fire(&db, "m", 10).await;
+    let app = TestApp::spawn_on(&db, &minutely("once", "1h"), None).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let caught = catchup_runs(&app).await;
+    assert_eq!(caught.len(), 1, "{caught:?}");
+    assert!(chrono::Utc::now() - caught[0] < chrono::Duration::minutes(1));
+    app.stop().await;
+
+    // skip, or outside the window: none run, all counted as missed.
+    let db = fresh_database().await;
+    seed_past_fire(&db, "m", 10).await;
+    let app = TestApp::spawn_on(&db, &minutely("all", "3m"), None).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let caught = catchup_runs(&app).await;
+    assert!(
+        (3..=4).contains(&caught.len()),
+        "only inside the window: {caught:?}"
+    );
+    let missed = metric(&app, "fanfare_fires_missed_total{schedule=\"m\"}")
+        .await
+        .unwrap_or(0.0);
+    assert!(missed >= 6.0, "older fires counted as missed: {missed}");
+    app.stop().await;
+}
+
+#[test]
+fn nominal_fire_times_survive_a_dst_change_in_the_ledger_key() {
+    // The same fire computed by two replicas gives the same key.
+    let s = CronSchedule::new("0 30 1 * * *", "America/Chicago").unwrap();
+    let t: chrono::DateTime<chrono::Utc> = "2026-11-01T06:00:00Z".parse().unwrap();
+    assert_eq!(
+        s.next_after(t),
+        s.next_after(t + chrono::Duration::milliseconds(1))
+    );
+}
+
+/// A loopback TCP proxy to Postgres that can be cut and restored.
+struct Proxy {
+    port: u16,
+    up: Arc<AtomicBool>,
+    conns: TaskTracker,
+    cut: Arc<tokio::sync::Notify>,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let cut = Arc::new(tokio::sync::Notify::new());
+        let conns = TaskTracker::new();
+        let (u, c, t) = (up.clone(), cut.clone(), conns.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if !u.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection is refused
+                }
+                let (upstream, cut) = (upstream.clone(), c.clone());
+                t.spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.notified() => {}
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            up,
+            conns,
+            cut,
+        }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for _ in 0..64 {
+            self.cut.notify_waiters();
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn while_postgres_is_unreachable_readiness_and_callbacks_answer_503_and_everything_resumes() {
+    let db = fresh_database().await;
+    let url = url::Url::parse(&db).unwrap();
+    let upstream = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
+    let proxy = Proxy::start(upstream).await;
+    let mut proxied = url.clone();
+    proxied.set_port(Some(proxy.port)).unwrap();
+    let lambda = Arc::new(RecordingLambda::default());
+    let app = TestApp::spawn_on(
+        proxied.as_str(),
+        &lambda_schedule("pg", 2, None, ""),
+        Some(lambda.clone()),
+    )
+    .await;
+    let run = app.trigger("pg").await;
+    let reqs = lambda.wait_for(2).await;
+
+    proxy.cut();
+    let readyz = || app.client.get(format!("{}/readyz", app.address)).send();
+    let started = Instant::now();
+    loop {
+        if readyz().await.unwrap().status() == 503 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "readyz should turn 503"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, body) = app
+        .post_report(Some(&reqs[0].callback_token), &succeeded(&reqs[0]))
+        .await;
+    assert_eq!(status, 503, "{body}");
+
+    proxy.restore();
+    let started = Instant::now();
+    loop {
+        if readyz().await.unwrap().status() == 200 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "readyz should recover without a restart"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for r in &reqs {
+        let (status, body) = app
+            .post_report(Some(&r.callback_token), &succeeded(r))
+            .await;
+        assert_eq!((status, body["status"].as_str()), (200, Some("recorded")));
+    }
+    assert_eq!(
+        app.wait_finished(run, Duration::from_secs(10)).await["outcome"],
+        "succeeded"
+    );
+    drop(proxy.conns);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn sigterm_turns_readiness_off_at_once_and_exits_within_the_shutdown_grace() {
+    let site = fanfare::demo::DemoSite::start(1).await.unwrap();
+    let db = fresh_database().await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let slow: Vec<String> = (0..4)
+        .map(|i| format!("\"{}/slow/{}\"", site.base_url(), 8000 + i))
+        .collect();
+    let config = config_toml(
+        &db,
+        &format!(
+            "[[schedules]]\nname = \"slow\"\ninvoker = \"local\"\npages = {{ urls = [{}] }}\n",
+            slow.join(", ")
+        ),
+    )
+    .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
+    .replace("shutdown_grace = \"5s\"", "shutdown_grace = \"2s\"");
+    let dir = std::env::temp_dir().join(format!("fanfare-sigterm-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("fanfare.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_fanfare"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    while client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the daemon did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let resp = client
+        .post(format!("{base}/v1/schedules/slow/trigger"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    tokio::time::sleep(Duration::from_millis(1500)).await; // the slow crawls are in flight
+
+    let pid = child.id().unwrap();
+    let term = Instant::now();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let mut saw_503 = false;
+    for _ in 0..20 {
+        match client.get(format!("{base}/readyz")).send().await {
+            Ok(r) if r.status() == 503 => {
+                saw_503 = true;
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(25)).await,
+        }
+    }
+    assert!(saw_503, "readyz answers 503 while draining");
+    let status = tokio::time::timeout(Duration::from_secs(6), child.wait())
+        .await
+        .expect("exits")
+        .unwrap();
+    let took = term.elapsed();
+    assert!(status.success(), "clean exit: {status:?}");
+    assert!(
+        took < Duration::from_millis(3500),
+        "exited within shutdown_grace (2s) + 1.5s: {took:?}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
