@@ -176,8 +176,8 @@ fn describe_metrics() {
         "Page attempts put back for another dispatch, by reason."
     );
     describe_counter!(
-        "fanfare_invoke_errors_total",
-        "Invokes that failed, by schedule and retryability."
+        "fanfare_invokes_total",
+        "Invoke attempts by schedule and outcome (accepted, throttled, retryable_error, page_rejected, function_unusable)."
     );
     describe_histogram!(
         "fanfare_invoke_seconds",
