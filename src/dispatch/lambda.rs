@@ -140,6 +140,25 @@ pub fn classify(err: &SdkError<SdkInvokeError>) -> InvokeError {
     }
 }
 
+impl AwsLambda {
+    /// One Invoke call (one attempt: SDK retries are off).
+    async fn invoke(
+        &self,
+        function: &str,
+        kind: InvocationType,
+        payload: Vec<u8>,
+    ) -> Result<aws_sdk_lambda::operation::invoke::InvokeOutput, InvokeError> {
+        self.client
+            .invoke()
+            .function_name(function)
+            .invocation_type(kind)
+            .payload(Blob::new(payload))
+            .send()
+            .await
+            .map_err(|e| classify(&e))
+    }
+}
+
 impl LambdaApi for AwsLambda {
     fn invoke_event(
         &self,
@@ -149,14 +168,8 @@ impl LambdaApi for AwsLambda {
         let function = function.to_string();
         Box::pin(async move {
             let out = self
-                .client
-                .invoke()
-                .function_name(&function)
-                .invocation_type(InvocationType::Event)
-                .payload(Blob::new(payload))
-                .send()
-                .await
-                .map_err(|e| classify(&e))?;
+                .invoke(&function, InvocationType::Event, payload)
+                .await?;
             let request_id = out.request_id().map(str::to_string);
             if out.status_code() != 202 {
                 return Err(InvokeError::Retryable(format!(
@@ -177,14 +190,9 @@ impl LambdaApi for AwsLambda {
         let function = function.to_string();
         Box::pin(async move {
             let out = self
-                .client
-                .invoke()
-                .function_name(&function)
-                .invocation_type(InvocationType::RequestResponse)
-                .payload(Blob::new(payload))
-                .send()
+                .invoke(&function, InvocationType::RequestResponse, payload)
                 .await
-                .map_err(|e| classify(&e).to_string())?;
+                .map_err(|e| e.to_string())?;
             let body = out
                 .payload()
                 .map(|b| b.as_ref().to_vec())
