@@ -570,10 +570,14 @@ pub async fn complete_page(
 ) -> Result<Completion, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let row: Option<(i64, String, String)> = sqlx::query_as(
-        "with page as (
+        "with run as (
+             -- Lock order: the run's row before its page's, as insert_pages
+             -- and close_run take them (the initplan runs first).
+             select id from runs where id = $1 for no key update),
+         page as (
              update pages set status = $3, reported_attempt = $4, result = $5, error = $6,
                  finished_at = now(), updated_at = now(), not_before = null
-             where id = $2 and run_id = $1 and status in ('pending', 'dispatched')
+             where id = $2 and run_id = (select id from run) and status in ('pending', 'dispatched')
              returning run_id, status)
          update runs r set open_pages = r.open_pages - 1,
              succeeded_pages = r.succeeded_pages + (page.status = 'succeeded')::int,

@@ -1,0 +1,149 @@
+//! Lock-order cases the race property found, made deterministic: a third
+//! session holds the run's row lock while the two calls queue up behind it
+//! in the order that matters, then lets go.
+//!
+//! `ledger::complete_page` locks the page's row, then the run's; every
+//! other writer that touches both (`insert_pages`, `close_run`) locks the
+//! run's first. Both calls must succeed (one waits for the other); a
+//! deadlock aborts one of them, which for `insert_pages` fails the whole
+//! run (`Runs::list_inner` closes the run as failed on an insert error).
+
+use std::time::Duration;
+
+use fanfare::ledger::{self, Closing, Completion, PageStatus, Tolerance};
+use serde_json::json;
+use sqlx::Acquire;
+use uuid::Uuid;
+
+use crate::harness::{check_invariants, Database, Policy, PAGE_TIMEOUT, SCHEDULE};
+
+fn policy() -> Policy {
+    Policy {
+        max_attempts: 2,
+        max_in_flight: 8,
+        tolerated: Tolerance::Count(0),
+        targets: 1,
+    }
+}
+
+/// A run still listing, with one page dispatched (attempt 1).
+async fn run_with_a_dispatched_page(db: &Database, url: &str) -> (Uuid, i64) {
+    let run_id = db.new_run(&[url.to_string()]).await;
+    let claim = ledger::claim_pages(&db.observer, SCHEDULE, 8, 8, PAGE_TIMEOUT)
+        .await
+        .expect("claim_pages");
+    assert_eq!(claim.pages.len(), 1);
+    (run_id, claim.pages[0].id)
+}
+
+/// Runs `first` and `second` (each a future on its own replica) so that
+/// `first` gets the run's row lock before `second`, with `second` already
+/// holding whatever it locks before the run's row.
+macro_rules! queue_behind_a_run_lock {
+    ($db:expr, $run_id:expr, ($first_replica:expr, $first:expr), ($second_replica:expr, $second:expr)) => {{
+        let mut holder = $db.observer.acquire().await.expect("a connection");
+        let mut tx = holder.begin().await.expect("begin");
+        sqlx::query("select id from runs where id = $1 for update")
+            .bind($run_id)
+            .execute(&mut *tx)
+            .await
+            .expect("lock the run");
+        let first = tokio::spawn($first);
+        $db.wait_until_blocked(&$first_replica).await;
+        let second = tokio::spawn($second);
+        $db.wait_until_blocked(&$second_replica).await;
+        tx.commit().await.expect("release the run");
+        let both = tokio::time::timeout(Duration::from_secs(30), async {
+            (first.await.expect("first"), second.await.expect("second"))
+        })
+        .await
+        .expect("both calls return");
+        both
+    }};
+}
+
+#[test]
+fn a_report_racing_a_relisting_of_its_url_does_not_deadlock() {
+    crate::runtime().block_on(async {
+        let db = Database::fresh().await;
+        let url = "https://example.test/p/0";
+        let (run_id, page_id) = run_with_a_dispatched_page(&db, url).await;
+        let settings = policy().settings(&db.url);
+        let lister = db.replica(settings.clone()).await;
+        let callback = db.replica(settings).await;
+        let (pool, runs) = (lister.pool().clone(), callback.runs.clone());
+        // The lister (a takeover, or a source listing the URL twice)
+        // inserts the URL again while the page's report is being recorded.
+        let (inserted, completed) = queue_behind_a_run_lock!(
+            db,
+            run_id,
+            (lister, async move {
+                ledger::insert_pages(&pool, run_id, &[url.to_string()]).await
+            }),
+            (callback, async move {
+                runs.complete_page(
+                    run_id,
+                    page_id,
+                    1,
+                    PageStatus::Succeeded,
+                    Some(&json!({"report": 1})),
+                    None,
+                )
+                .await
+            })
+        );
+        let inserted = inserted.map_err(|e| e.to_string());
+        let completed = completed.map_err(|e| e.to_string());
+        assert!(
+            matches!(inserted, Ok(Some(0))) && matches!(completed, Ok(Completion::Recorded { .. })),
+            "insert_pages answered {inserted:?} and complete_page answered {:?}",
+            completed.map(|c| format!("{c:?}").chars().take(40).collect::<String>())
+        );
+        let snap = db.snapshot(run_id).await;
+        check_invariants(&snap, &policy()).unwrap();
+    });
+}
+
+#[test]
+fn a_report_racing_the_closing_of_its_run_does_not_deadlock() {
+    crate::runtime().block_on(async {
+        let db = Database::fresh().await;
+        let (run_id, page_id) = run_with_a_dispatched_page(&db, "https://example.test/p/0").await;
+        let settings = policy().settings(&db.url);
+        let closer = db.replica(settings.clone()).await;
+        let callback = db.replica(settings).await;
+        let (closing, runs) = (closer.runs.clone(), callback.runs.clone());
+        // The run's timeout (or an operator's cancel) closes it while its
+        // page's report is being recorded.
+        let (closed, completed) = queue_behind_a_run_lock!(
+            db,
+            run_id,
+            (closer, async move {
+                closing
+                    .close_run(run_id, Closing::TimedOut("run_timeout"))
+                    .await
+                    .map(|r| r.is_some())
+            }),
+            (callback, async move {
+                runs.complete_page(
+                    run_id,
+                    page_id,
+                    1,
+                    PageStatus::Succeeded,
+                    Some(&json!({"report": 1})),
+                    None,
+                )
+                .await
+                .map(|c| matches!(c, Completion::Duplicate))
+            })
+        );
+        let closed = closed.map_err(|e| e.to_string());
+        let duplicate = completed.map_err(|e| e.to_string());
+        assert!(
+            matches!(closed, Ok(true)) && matches!(duplicate, Ok(true)),
+            "close_run answered {closed:?} and complete_page answered (duplicate) {duplicate:?}"
+        );
+        let snap = db.snapshot(run_id).await;
+        check_invariants(&snap, &policy()).unwrap();
+    });
+}
