@@ -111,7 +111,7 @@ pub async fn sweep_runs(runs: &Runs) -> Result<(), sqlx::Error> {
                 && ledger::mark_stuck(&runs.pool, run.id, since, &policies).await?
             {
                 runs.wake_notify.notify_one();
-                tracing::warn!(run_id = %run.id, schedule = %run.schedule, last_progress = %run.updated_at, "run stuck: no progress for stuck_after");
+                tracing::warn!(run_id = %run.id, schedule = %run.schedule, last_progress = %run.updated_at, "run stuck");
             }
         }
     }
