@@ -23,8 +23,10 @@ use crate::config::NotifyTarget;
 use crate::ledger::{self, FailedPage, Outbound, Run};
 use crate::runs::Runs;
 
-/// How long a claimed notification is leased to the replica sending it.
-const LEASE: Duration = Duration::from_secs(60);
+/// How long a claimed notification is leased to the replica sending it,
+/// beyond the delivery timeout: a replica that dies mid-delivery delays the
+/// notification by about this much.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
 
 /// The `run.finished` body (also stored in the outbox, so every retry sends
 /// the same bytes).
@@ -175,10 +177,17 @@ impl Notifier {
         Self { runs, http }
     }
 
+    /// A claimed batch is delivered concurrently, so one delivery's timeout
+    /// bounds it.
+    fn lease(&self) -> Duration {
+        self.runs.settings.notify.timeout + LEASE_MARGIN
+    }
+
     /// Drains the outbox until `cancel` fires.
     pub async fn run(self, cancel: CancellationToken) {
         loop {
-            let claimed = match ledger::claim_notifications(&self.runs.pool, 16, LEASE).await {
+            let claimed = match ledger::claim_notifications(&self.runs.pool, 16, self.lease()).await
+            {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "could not read the notification outbox; retrying");
@@ -186,9 +195,7 @@ impl Notifier {
                 }
             };
             let busy = !claimed.is_empty();
-            for n in claimed {
-                self.deliver_one(n).await;
-            }
+            futures::future::join_all(claimed.into_iter().map(|n| self.deliver_one(n))).await;
             if busy {
                 continue;
             }

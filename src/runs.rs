@@ -278,13 +278,30 @@ impl Runs {
                 }
             };
             let Some(batch) = batch else { break };
-            match ledger::insert_pages(&self.pool, run_id, &batch).await {
+            let mut tries = 0;
+            let stored = loop {
+                match ledger::insert_pages(&self.pool, run_id, &batch).await {
+                    Err(e) if ledger::is_unavailable(&e) && tries < 4 => {
+                        tries += 1;
+                        tracing::warn!(%run_id, error = %e, "could not store a batch of the page list; retrying");
+                        tokio::time::sleep(crate::notify::backoff(tries)).await;
+                    }
+                    other => break other,
+                }
+            };
+            match stored {
                 Ok(Some(n)) => {
                     inserted += n;
                     self.wake_dispatch.notify_one();
                 }
                 Ok(None) => {
                     tracing::warn!(%run_id, "the run's page list was closed by someone else; listing stops");
+                    reader.abort();
+                    return;
+                }
+                Err(e) if ledger::is_unavailable(&e) => {
+                    // Left listing: its lease runs out and the run is listed again.
+                    tracing::error!(%run_id, error = %e, "could not store the page list; the listing will be taken over");
                     reader.abort();
                     return;
                 }
