@@ -72,10 +72,12 @@ const RESULT_JSON: &str = r#"{"bytes":1234,"content_sha256":"aaaaaaaaaaaaaaaaaaa
 /// The statement of `ledger::complete_page`, parameters inline: each
 /// transaction takes the next page of the run from a sequence.
 const PGBENCH_SCRIPT: &str = r#"BEGIN;
-with page as (
+with run as (
+    select id from runs where id = :run_id for no key update),
+page as (
     update pages set status = 'succeeded', reported_attempt = 1, result = '{RESULT}', error = null,
         finished_at = now(), updated_at = now(), not_before = null
-    where id = (select :min_id + nextval('bench_page_seq') - 1) and run_id = :run_id
+    where id = (select :min_id + nextval('bench_page_seq') - 1) and run_id = (select id from run)
         and status in ('pending', 'dispatched')
     returning run_id, status)
 update runs r set open_pages = r.open_pages - 1,
@@ -741,7 +743,8 @@ async fn pgbench(
             .lines()
             .find_map(|l| l.trim().strip_prefix(prefix))
             .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
+            // "2000/2000" for the transactions processed: the first number.
+            .and_then(|n| n.split('/').next()?.parse().ok())
             .ok_or_else(|| anyhow!("no {prefix:?} line in pgbench's output:\n{stdout}"))
     };
     let transactions = field("number of transactions actually processed:")? as u64;
