@@ -17,9 +17,9 @@
 //!    must read `finished` with every page succeeded in the admin API.
 //! 3. **pgbench**: the application is stopped; in the same database a second
 //!    run with as many `dispatched` pages is made with SQL, and pgbench runs
-//!    the transaction the daemon runs per callback (`BEGIN`, the statement
-//!    of `ledger::complete_page`, `COMMIT`) at the same concurrency, each
-//!    transaction completing a distinct page. Figures: its tps (without
+//!    the transaction the daemon runs per callback (the statement of
+//!    `ledger::complete_page`, `ledger::COMPLETE_PAGE`, committed on its own)
+//!    at the same concurrency, each transaction completing a distinct page. Figures: its tps (without
 //!    initial connection time) and average latency.
 //!
 //! It prints one row per N with ratio = callbacks/s ÷ pgbench tps (the
@@ -69,27 +69,22 @@ const CALLBACK_SECRET: &str = "bench-callback-secret-0123456789abcdef";
 /// (`serde_json::to_value(&PageFacts)`); the pgbench script stores the same.
 const RESULT_JSON: &str = r#"{"bytes":1234,"content_sha256":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","fetch_ms":12,"fields":{"price":"9.99"},"http_status":200,"title":"A page"}"#;
 
-/// The statement of `ledger::complete_page`, parameters inline: each
-/// transaction takes the next page of the run from a sequence.
-const PGBENCH_SCRIPT: &str = r#"BEGIN;
-with run as (
-    select id from runs where id = :run_id for no key update),
-page as (
-    update pages set status = 'succeeded', reported_attempt = 1, result = '{RESULT}', error = null,
-        finished_at = now(), updated_at = now(), not_before = null
-    where id = (select :min_id + nextval('bench_page_seq') - 1) and run_id = (select id from run)
-        and status in ('pending', 'dispatched')
-    returning run_id, status)
-update runs r set open_pages = r.open_pages - 1,
-    succeeded_pages = r.succeeded_pages + (page.status = 'succeeded')::int,
-    failed_pages = r.failed_pages + (page.status = 'failed')::int,
-    timed_out_pages = r.timed_out_pages + (page.status = 'timed_out')::int,
-    cancelled_pages = r.cancelled_pages + (page.status = 'cancelled')::int,
-    updated_at = now()
-from page where r.id = page.run_id
-returning r.open_pages, r.status, r.schedule;
-COMMIT;
-"#;
+/// The pgbench script: the statement the daemon runs per callback
+/// (`ledger::COMPLETE_PAGE`, committed on its own as the daemon commits it),
+/// with its parameters bound to pgbench variables and constants: each
+/// transaction takes the next page of the run from a sequence. The run's
+/// last page also moves it to `finishing`, as in the daemon; the second,
+/// once-per-run transaction that finishes it is not part of the figure.
+fn pgbench_script() -> String {
+    let statement = fanfare::ledger::COMPLETE_PAGE
+        .replace("$1", ":run_id")
+        .replace("$2", "(select :min_id + nextval('bench_page_seq') - 1)")
+        .replace("$3", "'succeeded'")
+        .replace("$4", "1")
+        .replace("$5", &format!("'{RESULT_JSON}'"))
+        .replace("$6", "null");
+    format!("{statement};\n")
+}
 
 #[derive(Debug, Parser)]
 #[command(about = "fanfare callback throughput vs pgbench for the same transaction")]
@@ -701,7 +696,7 @@ async fn pgbench(
     settle(db).await?;
 
     let script = std::env::temp_dir().join(format!("fanfare-bench-{}.sql", Uuid::new_v4()));
-    std::fs::write(&script, PGBENCH_SCRIPT.replace("{RESULT}", RESULT_JSON))?;
+    std::fs::write(&script, pgbench_script())?;
     let url = url::Url::parse(database_url)?;
     let per_client = args.pages / clients;
     let mut cmd = Command::new(&args.pgbench);

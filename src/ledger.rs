@@ -383,7 +383,8 @@ pub async fn finish_listing(
 
 /// Closes a run before all its pages reported (see [`Closing`]): every
 /// page not yet terminal is cancelled (or timed out), the run finishes and
-/// its notification is queued. `None` when it had already finished.
+/// its notification is queued. `None` when it had already finished, or is
+/// `finishing` (every page was recorded: it finishes with its own outcome).
 #[tracing::instrument(skip(pool, policies))]
 pub async fn close_run(
     pool: &PgPool,
@@ -393,7 +394,7 @@ pub async fn close_run(
 ) -> Result<Option<Run>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let schedule: Option<String> = sqlx::query_scalar(
-        "select schedule from runs where id = $1 and status <> 'finished' for update",
+        "select schedule from runs where id = $1 and status in ('listing', 'running') for update",
     )
     .bind(run_id)
     .fetch_optional(&mut *tx)
@@ -554,8 +555,16 @@ pub enum Completion {
 }
 
 /// Moves a page to a terminal state, if it is not in one already, and
-/// finishes its run when it was the last open page: one transaction, so two
-/// concurrent last reports can never both finish the run, nor neither.
+/// finishes its run when it was the last open page.
+///
+/// The page update and the run's counters change in one statement,
+/// committed on its own: the run's row lock, which every report of the run
+/// queues on, is held only while the server runs it, not across a round
+/// trip to the daemon. The statement that takes `open_pages` to zero also
+/// moves the run from `running` to `finishing`, so exactly one report sees
+/// it happen; that report then finishes the run in a second transaction
+/// ([`finish_finishing`]: outcome and outbox rows). Should the daemon die
+/// between the two, the sweeper finishes the run ([`finishing_runs`]).
 #[tracing::instrument(skip(pool, result, error, policies), fields(status = status.as_str()))]
 #[allow(clippy::too_many_arguments)]
 pub async fn complete_page(
@@ -568,45 +577,90 @@ pub async fn complete_page(
     error: Option<&serde_json::Value>,
     policies: Policies<'_>,
 ) -> Result<Completion, sqlx::Error> {
+    let row: Option<(i64, String)> = sqlx::query_as(COMPLETE_PAGE)
+        .bind(run_id)
+        .bind(page_id)
+        .bind(status.as_str())
+        .bind(attempt)
+        .bind(result)
+        .bind(error)
+        .fetch_optional(pool)
+        .await?;
+    Ok(match row {
+        None => Completion::Duplicate,
+        Some((_, run_status)) if run_status == "finishing" => {
+            // The page is recorded whatever happens now: a failure to
+            // finish leaves the run to the sweeper, not the report to a retry.
+            let finished = match finish_finishing(pool, run_id, policies).await {
+                Ok(run) => run,
+                Err(e) => {
+                    tracing::warn!(%run_id, error = %e, "recorded the run's last page but could not finish the run; the sweeper will");
+                    None
+                }
+            };
+            Completion::Recorded {
+                finished: finished.map(Box::new),
+            }
+        }
+        Some(_) => Completion::Recorded { finished: None },
+    })
+}
+
+/// The statement of [`complete_page`] (the benchmark's pgbench script runs
+/// it too): $1 run, $2 page, $3 status, $4 attempt, $5 result, $6 error.
+/// Lock order: the run's row before its page's, as insert_pages and
+/// close_run take them (the `run` initplan runs first).
+pub const COMPLETE_PAGE: &str = "with run as (
+        select id from runs where id = $1 for no key update),
+    page as (
+        update pages set status = $3, reported_attempt = $4, result = $5, error = $6,
+            finished_at = now(), updated_at = now(), not_before = null
+        where id = $2 and run_id = (select id from run) and status in ('pending', 'dispatched')
+        returning run_id, status)
+    update runs r set open_pages = r.open_pages - 1,
+        succeeded_pages = r.succeeded_pages + (page.status = 'succeeded')::int,
+        failed_pages = r.failed_pages + (page.status = 'failed')::int,
+        timed_out_pages = r.timed_out_pages + (page.status = 'timed_out')::int,
+        cancelled_pages = r.cancelled_pages + (page.status = 'cancelled')::int,
+        status = case when r.status = 'running' and r.open_pages = 1 then 'finishing' else r.status end,
+        updated_at = now()
+    from page where r.id = page.run_id
+    returning r.open_pages, r.status";
+
+/// Finishes a run that is `finishing` (its last page was recorded): sets
+/// its outcome and queues its notifications. `None` when it is not
+/// `finishing` (any more): whoever takes the row lock first finishes it.
+pub async fn finish_finishing(
+    pool: &PgPool,
+    run_id: Uuid,
+    policies: Policies<'_>,
+) -> Result<Option<Run>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let row: Option<(i64, String, String)> = sqlx::query_as(
-        "with run as (
-             -- Lock order: the run's row before its page's, as insert_pages
-             -- and close_run take them (the initplan runs first).
-             select id from runs where id = $1 for no key update),
-         page as (
-             update pages set status = $3, reported_attempt = $4, result = $5, error = $6,
-                 finished_at = now(), updated_at = now(), not_before = null
-             where id = $2 and run_id = (select id from run) and status in ('pending', 'dispatched')
-             returning run_id, status)
-         update runs r set open_pages = r.open_pages - 1,
-             succeeded_pages = r.succeeded_pages + (page.status = 'succeeded')::int,
-             failed_pages = r.failed_pages + (page.status = 'failed')::int,
-             timed_out_pages = r.timed_out_pages + (page.status = 'timed_out')::int,
-             cancelled_pages = r.cancelled_pages + (page.status = 'cancelled')::int,
-             updated_at = now()
-         from page where r.id = page.run_id
-         returning r.open_pages, r.status, r.schedule",
+    let schedule: Option<String> = sqlx::query_scalar(
+        "select schedule from runs where id = $1 and status = 'finishing' for update",
     )
     .bind(run_id)
-    .bind(page_id)
-    .bind(status.as_str())
-    .bind(attempt)
-    .bind(result)
-    .bind(error)
     .fetch_optional(&mut *tx)
     .await?;
-    let completion = match row {
-        None => Completion::Duplicate,
-        Some((0, run_status, schedule)) if run_status == "running" => Completion::Recorded {
-            finished: Some(Box::new(
-                finish_run(&mut tx, run_id, None, None, &policies(&schedule)).await?,
-            )),
-        },
-        Some(_) => Completion::Recorded { finished: None },
+    let Some(schedule) = schedule else {
+        return Ok(None);
     };
+    let run = finish_run(&mut tx, run_id, None, None, &policies(&schedule)).await?;
     tx.commit().await?;
-    Ok(completion)
+    Ok(Some(run))
+}
+
+/// Runs left `finishing` for longer than `grace` (the daemon that recorded
+/// their last page died before finishing them), oldest first.
+pub async fn finishing_runs(pool: &PgPool, grace: Duration) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "select id from runs where status = 'finishing'
+             and updated_at < now() - make_interval(secs => $1)
+         order by updated_at",
+    )
+    .bind(grace.as_secs_f64())
+    .fetch_all(pool)
+    .await
 }
 
 /// A page claimed for dispatch.
@@ -622,6 +676,36 @@ pub struct ClaimedPage {
     pub attempt: i32,
     /// When this attempt's report is due.
     pub deadline: DateTime<Utc>,
+}
+
+/// Whether `schedule`'s unfinished runs have a page to dispatch now (pending,
+/// its backoff over): a cheap look that spares a dispatcher pass the claim
+/// (and its count of in-flight pages) when there is nothing to claim.
+pub async fn has_ready_pages(pool: &PgPool, schedule: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "select exists (
+             select 1 from pages
+             where run_id = any(array(
+                     select id from runs where schedule = $1 and status <> 'finished'))
+                 and status = 'pending' and (not_before is null or not_before <= now()))",
+    )
+    .bind(schedule)
+    .fetch_one(pool)
+    .await
+}
+
+/// How many pages of `schedule`'s unfinished runs are dispatched and
+/// unreported.
+pub async fn schedule_in_flight(pool: &PgPool, schedule: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "select count(*) from pages
+         where run_id = any(array(
+                 select id from runs where schedule = $1 and status <> 'finished'))
+             and status = 'dispatched'",
+    )
+    .bind(schedule)
+    .fetch_one(pool)
+    .await
 }
 
 /// Claims up to `limit` pending pages of `schedule`'s unfinished runs,

@@ -1,7 +1,7 @@
 //! Building and running the application: the listener, the ledger, the
 //! workers (tickers, dispatcher, sweeper, notifier) and graceful shutdown.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use crate::dispatch::{AwsLambda, Dispatcher, LambdaApi, LocalInvoker};
 use crate::http::{AppState, Health};
 use crate::ledger::Trigger;
 use crate::notify::Notifier;
-use crate::runs::Runs;
+use crate::runs::{ReportGates, Runs};
 use crate::schedule::FireHandler;
 use crate::sources::Lister;
 use crate::token::TokenSigner;
@@ -89,6 +89,8 @@ impl Application {
             settings,
             tracker: tracker.clone(),
             wake_dispatch: Notify::new(),
+            dispatch_capped: AtomicBool::new(false),
+            report_gates: ReportGates::default(),
             wake_notify: Notify::new(),
             me: me.clone(),
         });

@@ -2,7 +2,9 @@
 //! come by their deadline are dispatched again (attempt + 1) after a backoff,
 //! or, with their attempts spent, become `timed_out`; runs past their
 //! `run_timeout` are closed; runs with no progress for `stuck_after` are
-//! reported stuck (once); listings whose replica died are taken over.
+//! reported stuck (once); listings whose replica died are taken over; runs
+//! whose last page was recorded by a daemon that died before finishing them
+//! are finished.
 //!
 //! A report from an earlier attempt that arrives later is still accepted
 //! while the page is not terminal: the work was done.
@@ -18,12 +20,18 @@ use crate::runs::Runs;
 
 /// How often the sweeper looks for overdue pages.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How long a run may stay `finishing` before the sweeper finishes it (the
+/// report that recorded its last page normally does within milliseconds).
+pub const FINISHING_GRACE: Duration = Duration::from_secs(5);
 
 /// Sweeps until `cancel` fires.
 pub async fn run(runs: Arc<Runs>, cancel: CancellationToken) {
     loop {
         if let Err(e) = sweep_once(&runs).await {
             tracing::warn!(error = %e, "sweep failed; will try again");
+        }
+        if let Err(e) = runs.finish_stranded(FINISHING_GRACE).await {
+            tracing::warn!(error = %e, "could not finish runs left finishing; will try again");
         }
         if let Err(e) = sweep_runs(&runs).await {
             tracing::warn!(error = %e, "run sweep failed; will try again");

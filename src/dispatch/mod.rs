@@ -21,8 +21,9 @@ mod local;
 mod pace;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fanfare_crawler::contract::{CrawlRequest, CONTRACT_VERSION};
 use futures::future::BoxFuture;
@@ -44,6 +45,9 @@ use crate::token::Claims;
 const CLAIM_BATCH: i64 = 500;
 /// How many invokes run at once per replica.
 const INVOKE_CONCURRENCY: usize = 64;
+/// How often an idle dispatcher recounts a busy schedule's in-flight pages
+/// for `fanfare_pages_in_flight` (a pass that claims counts them anyway).
+const GAUGE_EVERY: Duration = Duration::from_secs(5);
 
 /// Why an invoke did not go through, sorted by what fanfare does about it.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -94,6 +98,8 @@ pub struct Dispatcher {
     lambda: Option<Arc<dyn LambdaApi>>,
     local: Arc<LocalInvoker>,
     paces: HashMap<String, Pace>,
+    /// When each schedule's in-flight gauge was last set.
+    gauged: Mutex<HashMap<String, Instant>>,
 }
 
 impl Dispatcher {
@@ -115,6 +121,7 @@ impl Dispatcher {
             lambda,
             local,
             paces,
+            gauged: Mutex::new(HashMap::new()),
         }
     }
 
@@ -179,6 +186,18 @@ impl Dispatcher {
             if !busy.contains(&schedule.name) {
                 metrics::gauge!("fanfare_pages_in_flight", "schedule" => schedule.name.clone())
                     .set(0.0);
+                self.gauged(&schedule.name);
+                continue;
+            }
+            if !ledger::has_ready_pages(&self.runs.pool, &schedule.name).await? {
+                // Nothing to claim; the in-flight gauge is refreshed now and then.
+                if self.gauge_due(&schedule.name) {
+                    let in_flight =
+                        ledger::schedule_in_flight(&self.runs.pool, &schedule.name).await?;
+                    metrics::gauge!("fanfare_pages_in_flight", "schedule" => schedule.name.clone())
+                        .set(in_flight as f64);
+                    self.gauged(&schedule.name);
+                }
                 continue;
             }
             let claimed = ledger::claim_pages(
@@ -191,12 +210,32 @@ impl Dispatcher {
             .await?;
             metrics::gauge!("fanfare_pages_in_flight", "schedule" => schedule.name.clone())
                 .set(claimed.in_flight as f64);
+            self.gauged(&schedule.name);
+            if claimed.in_flight >= schedule.max_in_flight as i64 {
+                // Full: the next recorded page frees a slot and wakes us.
+                self.runs.dispatch_capped.store(true, Ordering::Release);
+            }
             total += claimed.pages.len();
             if !claimed.pages.is_empty() {
                 self.dispatch(schedule, claimed.pages).await;
             }
         }
         Ok(total)
+    }
+
+    /// Whether the schedule's in-flight gauge was last set more than
+    /// [`GAUGE_EVERY`] ago.
+    fn gauge_due(&self, schedule: &str) -> bool {
+        let gauged = self.gauged.lock().unwrap_or_else(|e| e.into_inner());
+        gauged
+            .get(schedule)
+            .is_none_or(|at| at.elapsed() >= GAUGE_EVERY)
+    }
+
+    /// The schedule's in-flight gauge was just set.
+    fn gauged(&self, schedule: &str) {
+        let mut gauged = self.gauged.lock().unwrap_or_else(|e| e.into_inner());
+        gauged.insert(schedule.to_owned(), Instant::now());
     }
 
     async fn dispatch(&self, schedule: &Schedule, pages: Vec<ClaimedPage>) {

@@ -154,6 +154,9 @@ pub async fn cancel_run(
     match state.runs.close_run(id, ledger::Closing::Cancelled).await? {
         Some(run) => Ok(Json(run_json(&run))),
         None => match ledger::get_run(&state.runs.pool, id).await? {
+            Some(run) if run.status == "finishing" => Err(ApiError::Conflict(format!(
+                "every page of run {id} has reported; it is finishing"
+            ))),
             Some(_) => Err(ApiError::Conflict(format!("run {id} has finished already"))),
             None => Err(ApiError::NotFound(format!("no run has the id {id}"))),
         },

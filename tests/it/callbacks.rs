@@ -257,3 +257,56 @@ async fn concurrent_last_reports_finish_the_run_exactly_once() {
     assert_eq!(receiver.deliveries().len(), trials);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_run_left_finishing_by_a_daemon_that_died_is_finished_by_the_sweeper_once() {
+    let (app, lambda, receiver, run) = app_with_run(2).await;
+    let requests = lambda.requests();
+    let (s, b) = app
+        .post_report(Some(&requests[0].callback_token), &succeeded(&requests[0]))
+        .await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("recorded")));
+    // The last page is recorded by a daemon that dies before finishing the
+    // run: the statement it runs commits on its own, and nothing follows.
+    let last = &requests[1];
+    let (open, status): (i64, String) = sqlx::query_as(fanfare::ledger::COMPLETE_PAGE)
+        .bind(run)
+        .bind(last.page_id.parse::<i64>().unwrap())
+        .bind("succeeded")
+        .bind(last.attempt as i32)
+        .bind(Some(succeeded(last)["result"].clone()))
+        .bind(None::<serde_json::Value>)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!((open, status.as_str()), (0, "finishing"));
+    let (_, shown) = app.get(&format!("/v1/runs/{run}")).await;
+    assert_eq!(shown["status"], "finishing");
+    assert_eq!(shown["pages"]["open"], 0);
+    // The crawler's retry of that report is a duplicate; a cancel is refused.
+    let (s, b) = app
+        .post_report(Some(&last.callback_token), &succeeded(last))
+        .await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("duplicate")));
+    let cancel = reqwest::Client::new()
+        .post(format!("{}/v1/runs/{run}/cancel", app.address))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), 409);
+    // The crash was a while ago: past the grace, the sweeper finishes it.
+    sqlx::query("update runs set updated_at = now() - interval '1 minute' where id = $1")
+        .bind(run)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let finished = app.wait_finished(run, Duration::from_secs(10)).await;
+    assert_eq!(finished["outcome"], "succeeded");
+    assert_eq!(finished["pages"]["succeeded"], 2);
+    let deliveries = receiver.wait_for(1, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(receiver.deliveries().len(), 1, "exactly one notification");
+    assert_eq!(deliveries[0].json()["outcome"], "succeeded");
+    app.stop().await;
+}

@@ -2,11 +2,12 @@
 //! session holds the run's row lock while the two calls queue up behind it
 //! in the order that matters, then lets go.
 //!
-//! `ledger::complete_page` locks the page's row, then the run's; every
-//! other writer that touches both (`insert_pages`, `close_run`) locks the
-//! run's first. Both calls must succeed (one waits for the other); a
-//! deadlock aborts one of them, which for `insert_pages` fails the whole
-//! run (`Runs::list_inner` closes the run as failed on an insert error).
+//! `ledger::complete_page` once locked the page's row, then the run's,
+//! while every other writer that touches both (`insert_pages`, `close_run`)
+//! locks the run's first; it now locks the run's first too. Both calls must
+//! succeed (one waits for the other); a deadlock aborts one of them, which
+//! for `insert_pages` fails the whole run (`Runs::list_inner` closes the run
+//! as failed on an insert error).
 
 use std::time::Duration;
 

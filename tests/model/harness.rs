@@ -4,13 +4,13 @@
 //! invariants every snapshot must satisfy, whatever the interleaving.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use fanfare::ledger::{self, Tolerance};
-use fanfare::runs::Runs;
+use fanfare::runs::{ReportGates, Runs};
 use fanfare::sources::Lister;
 use fanfare::token::TokenSigner;
 use fanfare::Settings;
@@ -229,6 +229,8 @@ impl Database {
             settings,
             tracker: TaskTracker::new(),
             wake_dispatch: Notify::new(),
+            dispatch_capped: AtomicBool::new(false),
+            report_gates: ReportGates::default(),
             wake_notify: Notify::new(),
             me: me.clone(),
         });
@@ -455,6 +457,14 @@ pub fn check_invariants(snap: &Snapshot, policy: &Policy) -> Result<(), String> 
             return Err("the run is listed, every page is terminal, yet it is not finished".into())
         }
         "running" => {}
+        // Between the statement that recorded the last page and the
+        // transaction that finishes the run.
+        "finishing" if open > 0 => {
+            return Err(format!(
+                "the run is finishing with {open} pages not terminal"
+            ))
+        }
+        "finishing" => {}
         "finished" if open > 0 => {
             return Err(format!(
                 "the run is finished with {open} pages not terminal"

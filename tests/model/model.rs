@@ -1144,7 +1144,15 @@ impl<'a> World<'a> {
     async fn restart_after_crash(&mut self, candidates: &[Model]) -> Result<usize, String> {
         let old = self.replica.take().expect("a live replica");
         self.db.kill(old).await;
-        self.replica = Some(self.db.replica(self.settings.clone()).await);
+        let replica = self.db.replica(self.settings.clone()).await;
+        // What the sweeper of any replica does first: finish a run whose last
+        // page the dead replica recorded without finishing the run.
+        replica
+            .runs
+            .finish_stranded(Duration::ZERO)
+            .await
+            .map_err(|e| format!("finishing stranded runs: {e}"))?;
+        self.replica = Some(replica);
         let snap = self.db.snapshot(self.run_id).await;
         let mut mismatches = Vec::new();
         for (n, candidate) in candidates.iter().enumerate() {
