@@ -18,13 +18,15 @@
 //! 3. **pgbench**: the application is stopped; in the same database a second
 //!    run with as many `dispatched` pages is made with SQL, and pgbench runs
 //!    the transaction the daemon runs per callback (the statement of
-//!    `ledger::complete_page`, `ledger::COMPLETE_PAGE`, committed on its own)
-//!    at the same concurrency, each transaction completing a distinct page. Figures: its tps (without
-//!    initial connection time) and average latency.
+//!    `ledger::complete_page`, `ledger::COMPLETE_PAGE`, committed on its
+//!    own) at the same concurrency, each transaction completing a distinct
+//!    page. Figures: its tps (without initial connection time) and average
+//!    latency.
 //!
-//! It prints one row per N with ratio = callbacks/s ÷ pgbench tps (the
-//! issue's first target: >= 0.8 at 8 and 32 clients). It asserts nothing
-//! about speed, and drops its databases at the end.
+//! It prints one row per measurement with ratio = callbacks/s ÷ pgbench tps
+//! (the issue's first target: >= 0.8 at 8 and 32 clients) and, with
+//! `--repeat`, the medians per client count. It asserts nothing about speed,
+//! and drops its databases at the end.
 //!
 //! Run it (release build) with
 //!
@@ -36,13 +38,14 @@
 //! It needs a Postgres it may create databases on: `DATABASE_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`) and `pgbench` on `PATH`
 //! (or `--pgbench PATH`). Logs are off unless `RUST_LOG` is set. Options:
-//! `--pool` (the daemon's `database.max_connections`, default N + 4),
+//! `--repeat` (measurements per client count, default 1), `--pool` (the
+//! daemon's `database.max_connections`, default N + 4),
 //! `--load-threads` (OS threads running the clients, each a current-thread
 //! runtime; 0 runs them on the application's runtime), `--app-threads`
 //! (worker threads of the application's runtime, default one per core),
 //! `--skip-pgbench`, `--keep-databases`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
@@ -108,6 +111,11 @@ struct Args {
     /// The pgbench binary.
     #[arg(long, default_value = "pgbench")]
     pgbench: String,
+    /// Measurements per client count, each on a fresh database; with more
+    /// than one, the medians are printed too (the machine's noise shows in
+    /// the spread).
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
     /// Measure the daemon only.
     #[arg(long)]
     skip_pgbench: bool,
@@ -122,6 +130,7 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     ensure!(args.pages > 0, "--pages must be at least 1");
+    ensure!(args.repeat > 0, "--repeat must be at least 1");
     ensure!(
         !args.clients.is_empty() && args.clients.iter().all(|&n| n > 0),
         "--clients must list client counts of at least 1"
@@ -161,7 +170,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let pages_url = serve_page_list(args.pages).await?;
     let mut rows = Vec::new();
-    for &clients in &args.clients {
+    let measurements = args
+        .clients
+        .iter()
+        .flat_map(|&clients| (1..=args.repeat).map(move |_| clients));
+    for clients in measurements {
         let name = format!("fanfare_bench_{}", Uuid::new_v4().simple());
         admin
             .execute(format!(r#"create database "{name}""#).as_str())
@@ -807,6 +820,55 @@ fn print_table(rows: &[Row]) {
             ratio
         );
     }
+    if rows.len()
+        > rows
+            .iter()
+            .map(|r| r.clients)
+            .collect::<BTreeSet<_>>()
+            .len()
+    {
+        println!("\nmedians over the measurements of each client count:");
+        println!(
+            "{:>7} {:>7} {:>11} {:>11} {:>12}",
+            "clients", "runs", "callbacks/s", "pgbench tps", "median ratio"
+        );
+        for clients in rows.iter().map(|r| r.clients).collect::<BTreeSet<_>>() {
+            let of: Vec<&Row> = rows.iter().filter(|r| r.clients == clients).collect();
+            let rate = median(of.iter().map(|r| r.callbacks.per_second()).collect());
+            let tps = median(
+                of.iter()
+                    .filter_map(|r| Some(r.pgbench.as_ref()?.tps))
+                    .collect(),
+            );
+            let ratio = median(
+                of.iter()
+                    .filter_map(|r| Some(r.callbacks.per_second() / r.pgbench.as_ref()?.tps))
+                    .collect(),
+            );
+            let show = |v: Option<f64>, digits: usize| {
+                v.map_or_else(|| "-".to_string(), |v| format!("{v:.digits$}"))
+            };
+            println!(
+                "{:>7} {:>7} {:>11} {:>11} {:>12}",
+                clients,
+                of.len(),
+                show(rate, 0),
+                show(tps, 0),
+                show(ratio, 2)
+            );
+        }
+    }
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
 }
 
 fn git_commit() -> String {
@@ -850,6 +912,9 @@ fn reproduce(args: &Args) -> String {
     }
     if let Some(n) = args.app_threads {
         cmd.push_str(&format!(" --app-threads {n}"));
+    }
+    if args.repeat != 1 {
+        cmd.push_str(&format!(" --repeat {}", args.repeat));
     }
     if args.skip_pgbench {
         cmd.push_str(" --skip-pgbench");
