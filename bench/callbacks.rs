@@ -65,6 +65,11 @@ use sqlx::{Connection, Executor, PgConnection};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{admin_database_url, succeeded};
+
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
 const CALLBACK_SECRET: &str = "bench-callback-secret-0123456789abcdef";
 
@@ -148,8 +153,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let admin_url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
+    let admin_url = admin_database_url();
     let mut admin = PgConnection::connect(&admin_url)
         .await
         .with_context(|| format!("connecting to DATABASE_URL ({admin_url})"))?;
@@ -641,23 +645,6 @@ async fn client(work: Arc<Work>) -> Seen {
             Some(what) => *seen.anomalies.entry(what).or_insert(0) += 1,
         }
     }
-}
-
-/// The contract's `succeeded` report for `request`.
-fn succeeded(request: &CrawlRequest) -> serde_json::Value {
-    serde_json::json!({
-        "version": 1,
-        "run_id": request.run_id,
-        "page_id": request.page_id,
-        "attempt": request.attempt,
-        "outcome": "succeeded",
-        "http_status": 200,
-        "title": "A page",
-        "fields": {"price": "9.99"},
-        "bytes": 1234,
-        "content_sha256": "a".repeat(64),
-        "fetch_ms": 12
-    })
 }
 
 /// pgbench's figures.

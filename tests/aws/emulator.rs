@@ -171,7 +171,7 @@ async fn the_real_crawler_under_cargo_lambdas_emulator_crawls_twenty_demo_pages_
     let first_invoke = emulator.first_invoke().await;
     eprintln!("cargo lambda watch: first invoke answered after {first_invoke:?}");
 
-    let receiver = Receiver::start().await;
+    let receiver = Receiver::start(0).await;
     let schedule = format!(
         "[[schedules]]\nname = \"emulated\"\ninvoker = \"lambda\"\nfunction = \"{FUNCTION}\"\n\
          pages = {{ sitemap = \"{}\" }}\nextract = {{ name = \"h1.name\", price = \".price\" }}\n{}",

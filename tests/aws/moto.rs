@@ -340,7 +340,7 @@ async fn a_run_of_fifty_pages_makes_exactly_fifty_event_invokes_of_the_configure
     let mut moto = Moto::start().await;
     moto.create_function("crawler").await;
     moto.start_recording().await;
-    let receiver = Receiver::start().await;
+    let receiver = Receiver::start(0).await;
     let urls: Vec<String> = (1..=N)
         .map(|i| format!("http://127.0.0.1:9/products/{i}"))
         .collect();
@@ -439,7 +439,7 @@ async fn a_lister_function_is_invoked_request_response_with_its_payload_and_its_
     )
     .await;
     moto.start_recording().await;
-    let receiver = Receiver::start().await;
+    let receiver = Receiver::start(0).await;
     let app = TestApp::spawn(
         &lambda_section(&moto.url, "10s"),
         &crawler_schedule(
@@ -509,7 +509,7 @@ async fn a_lister_answering_with_a_function_error_fails_the_run_with_that_error_
     // {"errorType": "Function.ResponseSizeTooLarge", "errorMessage": ...}.
     moto.queue_result(&"x".repeat(6_000_001)).await;
     moto.start_recording().await;
-    let receiver = Receiver::start().await;
+    let receiver = Receiver::start(0).await;
     let app = TestApp::spawn(
         &lambda_section(&moto.url, "10s"),
         &crawler_schedule(

@@ -1,7 +1,7 @@
-//! Shared harness of the fault suite (adapted from tests/it/helpers.rs): a
-//! fresh database per test, the real application in-process on port 0, a
-//! recording stand-in for the Lambda API, a loopback webhook receiver that
-//! can be told to fail, figures.
+//! Shared harness of the fault suite (on top of `tests/common`, which
+//! `tests/it` uses too): a fresh database per test, the real application
+//! in-process on port 0, a recording stand-in for the Lambda API, a loopback
+//! webhook receiver that can be told to fail, figures.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -12,24 +12,18 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
-use base64::Engine;
-use fanfare::dispatch::{InvokeError, LambdaApi};
-use fanfare::{Application, Settings};
-use fanfare_crawler::contract::CrawlRequest;
-use futures::future::BoxFuture;
-use hmac::Mac;
+use fanfare::dispatch::LambdaApi;
+use fanfare::Settings;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, Executor, PgConnection, PgPool};
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// The secret every test configuration signs task tokens with.
-pub const CALLBACK_SECRET: &str = "test-callback-secret-0123456789abcdef";
-/// The admin token of every test configuration.
-pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
-/// The webhook secret (`whsec_` + base64 of 24 bytes).
-pub const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+use crate::common::{self, AppTask};
+pub use crate::common::{
+    admin_database_url, failed, fresh_database, succeeded, wait_ready, RecordingLambda,
+    ADMIN_TOKEN, CALLBACK_SECRET,
+};
 
 /// How many SIGKILL trials to run: `FANFARE_FAULT_TRIALS`, default 20.
 pub fn trials() -> usize {
@@ -46,27 +40,6 @@ pub fn seed() -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(rand::random)
-}
-
-/// The server every test database is created on.
-pub fn admin_database_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
-}
-
-/// Creates an empty database and returns its URL.
-pub async fn fresh_database() -> String {
-    let admin = admin_database_url();
-    let mut conn = PgConnection::connect(&admin)
-        .await
-        .unwrap_or_else(|e| panic!("tests need a Postgres at DATABASE_URL ({admin}): {e}"));
-    let name = format!("fanfare_test_{}", Uuid::new_v4().simple());
-    conn.execute(format!(r#"create database "{name}""#).as_str())
-        .await
-        .expect("create the test database");
-    let mut url = url::Url::parse(&admin).expect("DATABASE_URL is a URL");
-    url.set_path(&name);
-    url.to_string()
 }
 
 /// The database name of a URL made by [`fresh_database`].
@@ -110,120 +83,25 @@ pub fn config_toml_on(
     max_connections: u32,
     schedules: &str,
 ) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:{listen_port}"
-public_url = "http://127.0.0.1:{listen_port}"
-shutdown_grace = "5s"
-
-[database]
-url = "{database_url}"
-max_connections = {max_connections}
-
-[security]
-callback_secret = "{CALLBACK_SECRET}"
-admin_token = "{ADMIN_TOKEN}"
-
-[notify]
-timeout = "2s"
-
-{schedules}
-"#
+    common::config_toml_with(
+        database_url,
+        listen_port,
+        max_connections,
+        CALLBACK_SECRET,
+        ADMIN_TOKEN,
+        schedules,
     )
 }
 
 /// A `[[schedules.notify]]` block for a webhook to `receiver`.
 pub fn webhook_to(receiver: &Receiver) -> String {
-    format!(
-        "[[schedules.notify]]\nwebhook = {{ url = \"{}\", secret = \"{WEBHOOK_SECRET}\" }}\n",
-        receiver.url
-    )
+    common::webhook_block(&receiver.url)
 }
 
 /// A schedule block using a Lambda stand-in, with URLs
 /// `http://127.0.0.1:9/p/1..=pages` and a webhook to `receiver`.
 pub fn lambda_schedule(name: &str, pages: usize, receiver: &Receiver, extra: &str) -> String {
-    let urls: Vec<String> = (1..=pages)
-        .map(|i| format!("\"http://127.0.0.1:9/p/{i}\""))
-        .collect();
-    format!(
-        r#"
-[[schedules]]
-name = "{name}"
-invoker = "lambda"
-function = "crawler-fn"
-pages = {{ urls = [{}] }}
-extract = {{ price = ".price" }}
-max_in_flight = 10000
-{extra}
-{}
-"#,
-        urls.join(", "),
-        webhook_to(receiver)
-    )
-}
-
-/// A Lambda API stand-in that records every Event invoke and does nothing
-/// else: the test plays the crawler.
-#[derive(Default)]
-pub struct RecordingLambda {
-    /// Events in the order invoked.
-    pub events: Mutex<Vec<CrawlRequest>>,
-    /// Notified on every invoke.
-    pub invoked: Notify,
-}
-
-impl RecordingLambda {
-    /// The recorded events.
-    pub fn requests(&self) -> Vec<CrawlRequest> {
-        self.events.lock().unwrap().clone()
-    }
-
-    /// Waits until `done` holds for the recorded events.
-    pub async fn wait_until(
-        &self,
-        within: Duration,
-        what: &str,
-        done: impl Fn(&[CrawlRequest]) -> bool,
-    ) -> Vec<CrawlRequest> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let notified = self.invoked.notified();
-            let got = self.requests();
-            if done(&got) {
-                return got;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                panic!("{what}: not within {within:?} ({} invokes seen)", got.len());
-            }
-        }
-    }
-}
-
-impl LambdaApi for RecordingLambda {
-    fn invoke_event(
-        &self,
-        _function: &str,
-        payload: Vec<u8>,
-    ) -> BoxFuture<'_, Result<Option<String>, InvokeError>> {
-        Box::pin(async move {
-            let request: CrawlRequest =
-                serde_json::from_slice(&payload).expect("the event is a contract request");
-            self.events.lock().unwrap().push(request);
-            self.invoked.notify_waiters();
-            Ok(None)
-        })
-    }
-
-    fn invoke_sync(
-        &self,
-        function: &str,
-        _payload: Vec<u8>,
-    ) -> BoxFuture<'_, Result<Vec<u8>, String>> {
-        let function = function.to_string();
-        Box::pin(async move { Err(format!("{function}: no lister in this test")) })
-    }
+    common::lambda_schedule_block(name, pages, extra, &webhook_to(receiver))
 }
 
 /// One webhook delivery as the receiver saw it.
@@ -272,27 +150,7 @@ struct ReceiverState {
 }
 
 fn signature_ok(headers: &HeaderMap, body: &[u8]) -> bool {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string()
-    };
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(WEBHOOK_SECRET.strip_prefix("whsec_").unwrap())
-        .unwrap();
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
-    mac.update(header("webhook-id").as_bytes());
-    mac.update(b".");
-    mac.update(header("webhook-timestamp").as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    let expected = format!(
-        "v1,{}",
-        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-    );
-    header("webhook-signature") == expected
+    common::header(headers, "webhook-signature") == common::expected_signature(headers, body)
 }
 
 impl Receiver {
@@ -322,11 +180,7 @@ impl Receiver {
             let mut hits = s.hits.lock().unwrap();
             let answered = (s.policy)(hits.len(), since_first);
             hits.push(Hit {
-                webhook_id: headers
-                    .get("webhook-id")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_string(),
+                webhook_id: common::header(&headers, "webhook-id").to_string(),
                 run_id: json["run_id"].as_str().unwrap_or_default().to_string(),
                 event: json["type"].as_str().unwrap_or_default().to_string(),
                 signature_ok: signature_ok(&headers, &body),
@@ -394,8 +248,7 @@ pub struct TestApp {
     pub database: String,
     /// An HTTP client.
     pub client: reqwest::Client,
-    stop: CancellationToken,
-    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+    app: AppTask,
 }
 
 impl TestApp {
@@ -409,20 +262,14 @@ impl TestApp {
             lambda,
             ..Default::default()
         };
-        let app = Application::build_with(settings, overrides)
-            .await
-            .expect("the application builds");
-        let address = format!("http://127.0.0.1:{}", app.port());
-        let stop = app.shutdown_token();
-        let handle = tokio::spawn(app.run_until_stopped());
+        let (address, app) = AppTask::start(settings, overrides).await;
         let pool = test_pool(&db).await;
         let this = Self {
             address,
             pool,
             database: db,
             client: reqwest::Client::new(),
-            stop,
-            handle,
+            app,
         };
         assert!(
             wait_ready(&this.client, &this.address, Duration::from_secs(10)).await,
@@ -433,11 +280,7 @@ impl TestApp {
 
     /// Stops the application gracefully, waits for it, drops its database.
     pub async fn stop(self) {
-        self.stop.cancel();
-        self.handle
-            .await
-            .expect("the app task does not panic")
-            .expect("the app stops cleanly");
+        self.app.stop().await;
         self.pool.close().await;
         drop_database(&self.database).await;
     }
@@ -497,15 +340,7 @@ impl TestApp {
     /// A counter or gauge from `/metrics` (the sum over label sets that
     /// contain `labels`); 0 when absent.
     pub async fn metric(&self, name: &str, labels: &str) -> f64 {
-        let text = self
-            .client
-            .get(format!("{}/metrics", self.address))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = common::metrics_text(&self.client, &self.address).await;
         metric_in(&text, name, labels)
     }
 }
@@ -526,52 +361,16 @@ pub fn metric_in(text: &str, name: &str, labels: &str) -> f64 {
         .fold(0.0, |sum, v| sum + v)
 }
 
-/// Polls `/readyz` until it answers 200.
-pub async fn wait_ready(client: &reqwest::Client, address: &str, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if let Ok(r) = client.get(format!("{address}/readyz")).send().await {
-            if r.status().is_success() {
-                return true;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    false
-}
-
 /// POSTs a trigger for `schedule` to a daemon; returns the run id.
 pub async fn trigger(client: &reqwest::Client, address: &str, schedule: &str) -> Uuid {
-    let resp = client
-        .post(format!("{address}/v1/schedules/{schedule}/trigger"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        resp.status(),
-        202,
-        "trigger answered {:?}",
-        resp.text().await
-    );
-    let body: serde_json::Value = resp.json().await.unwrap();
-    body["run_id"].as_str().unwrap().parse().unwrap()
+    common::trigger(client, address, ADMIN_TOKEN, schedule).await
 }
 
 /// GETs an admin endpoint as JSON; status 0 when the request failed.
 pub async fn get(client: &reqwest::Client, address: &str, path: &str) -> (u16, serde_json::Value) {
-    match client
-        .get(format!("{address}{path}"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
+    common::get(client, address, ADMIN_TOKEN, path)
         .await
-    {
-        Ok(resp) => {
-            let status = resp.status().as_u16();
-            (status, resp.json().await.unwrap_or(serde_json::Value::Null))
-        }
-        Err(_) => (0, serde_json::Value::Null),
-    }
+        .unwrap_or((0, serde_json::Value::Null))
 }
 
 /// POSTs a report; status 0 when the request failed.
@@ -581,49 +380,10 @@ pub async fn post_report(
     token: &str,
     body: &serde_json::Value,
 ) -> (u16, serde_json::Value) {
-    match client
-        .post(format!("{address}/v1/callbacks"))
-        .header("content-type", "application/json")
-        .bearer_auth(token)
-        .body(serde_json::to_vec(body).unwrap())
-        .send()
+    let body = serde_json::to_vec(body).unwrap();
+    common::post_callback(client, address, Some(token), body)
         .await
-    {
-        Ok(resp) => {
-            let status = resp.status().as_u16();
-            (status, resp.json().await.unwrap_or(serde_json::Value::Null))
-        }
-        Err(_) => (0, serde_json::Value::Null),
-    }
-}
-
-/// A succeeded report for `request`.
-pub fn succeeded(request: &CrawlRequest) -> serde_json::Value {
-    serde_json::json!({
-        "version": 1,
-        "run_id": request.run_id,
-        "page_id": request.page_id,
-        "attempt": request.attempt,
-        "outcome": "succeeded",
-        "http_status": 200,
-        "title": "A page",
-        "fields": {"price": "9.99"},
-        "bytes": 1234,
-        "content_sha256": "a".repeat(64),
-        "fetch_ms": 12
-    })
-}
-
-/// A failed report for `request`.
-pub fn failed(request: &CrawlRequest, retryable: bool) -> serde_json::Value {
-    serde_json::json!({
-        "version": 1,
-        "run_id": request.run_id,
-        "page_id": request.page_id,
-        "attempt": request.attempt,
-        "outcome": "failed",
-        "error": {"kind": "http_status", "message": "HTTP 404 Not Found", "retryable": retryable}
-    })
+        .unwrap_or((0, serde_json::Value::Null))
 }
 
 /// What the ledger holds about one run: its counters, and its pages counted

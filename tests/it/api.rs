@@ -146,15 +146,7 @@ async fn health_readiness_and_metrics_answer() {
             .await;
     }
     app.wait_finished(run, Duration::from_secs(5)).await;
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     for name in [
         "fanfare_runs_started_total",
         "fanfare_runs_finished_total",

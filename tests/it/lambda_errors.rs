@@ -103,15 +103,7 @@ async fn throttling_backs_off_for_retry_after_and_never_uses_up_an_attempt() {
         app.wait_finished(run, Duration::from_secs(5)).await["outcome"],
         "succeeded"
     );
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains(r#"fanfare_invokes_total{schedule="t",outcome="throttled"} 3"#),
         "{metrics}"

@@ -19,15 +19,7 @@ fn retryable_failure(r: &fanfare_crawler::contract::CrawlRequest) -> serde_json:
 }
 
 async fn metric(app: &TestApp, line_start: &str) -> Option<f64> {
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     text.lines()
         .find(|l| l.starts_with(line_start))
         .and_then(|l| l.rsplit(' ').next())

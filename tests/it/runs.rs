@@ -3,30 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
 use fanfare::demo::DemoSite;
 use fanfare::dispatch::InvokeError;
-use hmac::Mac;
 
 use crate::helpers::*;
 
 /// Verifies a Standard Webhooks signature independently of fanfare's code.
 fn verify_signature(d: &Delivery) {
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(WEBHOOK_SECRET.strip_prefix("whsec_").unwrap())
-        .unwrap();
-    let signed = format!(
-        "{}.{}.{}",
-        d.header("webhook-id"),
-        d.header("webhook-timestamp"),
-        std::str::from_utf8(&d.body).unwrap()
-    );
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
-    mac.update(signed.as_bytes());
-    let expected = format!(
-        "v1,{}",
-        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-    );
+    let expected = d.expected_signature();
     assert_eq!(
         d.header("webhook-signature"),
         expected,
