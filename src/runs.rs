@@ -115,6 +115,28 @@ pub enum RetryOutcome {
 }
 
 impl Runs {
+    /// The run lifecycle over `pool`; `tracker` holds its background work
+    /// (listing, local crawls) so that shutdown can drain it.
+    pub fn new(
+        pool: PgPool,
+        settings: Arc<Settings>,
+        lister: Lister,
+        tracker: TaskTracker,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| Runs {
+            pool,
+            signer: TokenSigner::new(settings.security.callback_secret.clone()),
+            lister,
+            settings,
+            tracker,
+            wake_dispatch: Notify::new(),
+            dispatch_capped: AtomicBool::new(false),
+            wake_notify: Notify::new(),
+            report_gates: ReportGates::default(),
+            me: me.clone(),
+        })
+    }
+
     /// The notification targets of `schedule`, as the outbox records them.
     pub fn targets(&self, schedule: &str) -> Vec<TargetRef> {
         self.settings

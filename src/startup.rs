@@ -1,7 +1,7 @@
 //! Building and running the application: the listener, the ledger, the
 //! workers (tickers, dispatcher, sweeper, notifier) and graceful shutdown.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +9,6 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use fanfare_crawler::crawl::{Crawler, CrawlerConfig};
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -18,10 +17,9 @@ use crate::dispatch::{AwsLambda, Dispatcher, LambdaApi, LocalInvoker};
 use crate::http::{AppState, Health};
 use crate::ledger::Trigger;
 use crate::notify::Notifier;
-use crate::runs::{ReportGates, Runs};
+use crate::runs::Runs;
 use crate::schedule::FireHandler;
 use crate::sources::Lister;
-use crate::token::TokenSigner;
 
 /// A built application, bound to its port, not yet running.
 pub struct Application {
@@ -82,18 +80,12 @@ impl Application {
             .build()
             .context("building the HTTP client")?;
         let tracker = TaskTracker::new();
-        let runs = Arc::new_cyclic(|me| Runs {
+        let runs = Runs::new(
             pool,
-            signer: TokenSigner::new(settings.security.callback_secret.clone()),
-            lister: Lister::new(http, lambda.clone()),
             settings,
-            tracker: tracker.clone(),
-            wake_dispatch: Notify::new(),
-            dispatch_capped: AtomicBool::new(false),
-            report_gates: ReportGates::default(),
-            wake_notify: Notify::new(),
-            me: me.clone(),
-        });
+            Lister::new(http, lambda.clone()),
+            tracker.clone(),
+        );
         let crawler = Crawler::new(overrides.crawler.unwrap_or_default())
             .context("building the local crawler's HTTP client")?;
         let local = Arc::new(LocalInvoker::new(crawler, tracker.clone()));

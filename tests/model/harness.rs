@@ -4,19 +4,17 @@
 //! invariants every snapshot must satisfy, whatever the interleaving.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use fanfare::ledger::{self, Tolerance};
-use fanfare::runs::{ReportGates, Runs};
+use fanfare::runs::Runs;
 use fanfare::sources::Lister;
-use fanfare::token::TokenSigner;
 use fanfare::Settings;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, Executor, PgConnection, PgPool};
-use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
@@ -222,18 +220,12 @@ impl Database {
             .connect_with(options.application_name(&name))
             .await
             .expect("a replica connects");
-        let runs = Arc::new_cyclic(|me| Runs {
+        let runs = Runs::new(
             pool,
-            signer: TokenSigner::new(settings.security.callback_secret.clone()),
-            lister: Lister::new(reqwest::Client::new(), None),
             settings,
-            tracker: TaskTracker::new(),
-            wake_dispatch: Notify::new(),
-            dispatch_capped: AtomicBool::new(false),
-            report_gates: ReportGates::default(),
-            wake_notify: Notify::new(),
-            me: me.clone(),
-        });
+            Lister::new(reqwest::Client::new(), None),
+            TaskTracker::new(),
+        );
         Replica { runs, name }
     }
 
