@@ -70,7 +70,7 @@ mod common;
 
 use common::{admin_database_url, succeeded};
 
-const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
+const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdefghij";
 const CALLBACK_SECRET: &str = "bench-callback-secret-0123456789abcdef";
 
 /// What the daemon stores as `pages.result` for the report the clients send

@@ -35,6 +35,8 @@ pub struct Settings {
     pub lambda: LambdaSettings,
     /// How notifications are delivered.
     pub notify: NotifySettings,
+    /// The in-process crawler (`invoker = "local"`).
+    pub local: LocalSettings,
     /// The schedules, in file order.
     pub schedules: Vec<Schedule>,
 }
@@ -48,6 +50,15 @@ pub struct ServerSettings {
     pub public_url: Url,
     /// How long shutdown waits for in-flight work.
     pub shutdown_grace: Duration,
+    /// A connection must deliver a request's headers within this.
+    pub header_timeout: Duration,
+    /// A request's body must arrive within this.
+    pub body_timeout: Duration,
+    /// A keep-alive connection with no request for this long is closed
+    /// (longer than the AWS load balancer's 60 s, so the balancer closes first).
+    pub idle_timeout: Duration,
+    /// Connections served at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 impl ServerSettings {
@@ -77,8 +88,21 @@ pub struct SecuritySettings {
     pub callback_secret: SecretString,
     /// Bearer token for the admin API.
     pub admin_token: SecretString,
+    /// Earlier callback secrets, still accepted when verifying task tokens
+    /// (never used to sign), so rotating the secret refuses no crawler.
+    pub previous_callback_secrets: Vec<SecretString>,
     /// How long after a page's deadline its token is still accepted.
     pub callback_grace: Duration,
+    /// Let page-list fetches and in-process crawls reach loopback, private,
+    /// link-local and other non-public addresses (off by default).
+    pub allow_private_networks: bool,
+}
+
+/// The in-process crawler.
+#[derive(Debug, Clone)]
+pub struct LocalSettings {
+    /// In-process crawls running at once in this daemon.
+    pub concurrency: usize,
 }
 
 /// How to reach the Lambda API.
@@ -208,6 +232,11 @@ pub struct Schedule {
     pub max_invokes_per_second: Option<u32>,
     /// The most pages one run may list; a longer list fails the run.
     pub max_pages: usize,
+    /// The largest page-list document (after decompression) read.
+    pub max_document_bytes: usize,
+    /// Child sitemaps of an index may be on another host than the root
+    /// sitemap (sitemaps.org only allows the same host).
+    pub sitemap_any_host: bool,
     /// Past this, a run's open pages time out and the run finishes.
     pub run_timeout: Duration,
     /// How many failed or timed-out pages still make the run `succeeded`.
@@ -284,6 +313,8 @@ struct RawConfig {
     #[serde(default)]
     notify: RawNotify,
     #[serde(default)]
+    local: RawLocal,
+    #[serde(default)]
     schedules: Vec<RawSchedule>,
 }
 
@@ -293,6 +324,10 @@ struct RawServer {
     listen: Option<String>,
     public_url: Option<String>,
     shutdown_grace: Option<String>,
+    header_timeout: Option<String>,
+    body_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    max_connections: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -307,7 +342,16 @@ struct RawDatabase {
 struct RawSecurity {
     callback_secret: Option<SecretString>,
     admin_token: Option<SecretString>,
+    #[serde(default)]
+    previous_callback_secrets: Vec<SecretString>,
     callback_grace: Option<String>,
+    allow_private_networks: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLocal {
+    concurrency: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -341,6 +385,8 @@ struct RawSchedule {
     max_in_flight: Option<u32>,
     max_invokes_per_second: Option<u32>,
     max_pages: Option<usize>,
+    max_document_bytes: Option<usize>,
+    sitemap_any_host: Option<bool>,
     run_timeout: Option<String>,
     tolerated_failures: Option<RawTolerance>,
     stuck_after: Option<String>,
@@ -470,6 +516,11 @@ const PLACEHOLDER_URL: &str = "http://invalid.invalid/";
 
 /// The default of a schedule's `max_pages`.
 pub const DEFAULT_MAX_PAGES: usize = 1_000_000;
+/// The default of a schedule's `max_document_bytes`: 50 MiB, the
+/// sitemaps.org limit of one sitemap file.
+pub const DEFAULT_MAX_DOCUMENT_BYTES: usize = 50 * 1024 * 1024;
+/// The shortest admin token accepted.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
 
 impl RawConfig {
     fn validate(self) -> Result<Settings, ConfigError> {
@@ -500,6 +551,28 @@ impl RawConfig {
             self.server.shutdown_grace.as_deref(),
             Duration::from_secs(20),
         );
+        let header_timeout = duration(
+            &mut p,
+            "server.header_timeout",
+            self.server.header_timeout.as_deref(),
+            Duration::from_secs(10),
+        );
+        let body_timeout = duration(
+            &mut p,
+            "server.body_timeout",
+            self.server.body_timeout.as_deref(),
+            Duration::from_secs(30),
+        );
+        let idle_timeout = duration(
+            &mut p,
+            "server.idle_timeout",
+            self.server.idle_timeout.as_deref(),
+            Duration::from_secs(75),
+        );
+        let server_max_connections = self.server.max_connections.unwrap_or(4096);
+        if server_max_connections == 0 {
+            p.add("server.max_connections", "must be at least 1");
+        }
 
         let db_url = self.database.url.unwrap_or_else(|| {
             p.add("database.url", "is required (postgres://user:pass@host/db)");
@@ -541,8 +614,27 @@ impl RawConfig {
             );
             SecretString::from("")
         });
-        if !admin_token.expose_secret().is_empty() && admin_token.expose_secret().len() < 16 {
-            p.add("security.admin_token", "must be at least 16 characters");
+        let token_chars = admin_token.expose_secret().chars().count();
+        if token_chars > 0 && token_chars < MIN_ADMIN_TOKEN_CHARS {
+            p.add(
+                "security.admin_token",
+                format!("is {token_chars} characters; it must be at least {MIN_ADMIN_TOKEN_CHARS} (e.g. `openssl rand -hex 32`)"),
+            );
+        }
+        for (i, old) in self.security.previous_callback_secrets.iter().enumerate() {
+            if old.expose_secret().len() < 32 {
+                p.add(
+                    &format!("security.previous_callback_secrets[{i}]"),
+                    format!(
+                        "is {} bytes; it must be at least 32",
+                        old.expose_secret().len()
+                    ),
+                );
+            }
+        }
+        let local_concurrency = self.local.concurrency.unwrap_or(16);
+        if local_concurrency == 0 {
+            p.add("local.concurrency", "must be at least 1");
         }
         let callback_grace = duration(
             &mut p,
@@ -603,6 +695,10 @@ impl RawConfig {
                 listen,
                 public_url,
                 shutdown_grace,
+                header_timeout,
+                body_timeout,
+                idle_timeout,
+                max_connections: server_max_connections,
             },
             database: DatabaseSettings {
                 url: db_url,
@@ -611,10 +707,15 @@ impl RawConfig {
             security: SecuritySettings {
                 callback_secret,
                 admin_token,
+                previous_callback_secrets: self.security.previous_callback_secrets,
                 callback_grace,
+                allow_private_networks: self.security.allow_private_networks.unwrap_or(false),
             },
             lambda,
             notify,
+            local: LocalSettings {
+                concurrency: local_concurrency,
+            },
             schedules,
         })
     }
@@ -757,6 +858,12 @@ impl RawSchedule {
                 Overlap::Skip
             }
         };
+        if self.max_document_bytes.is_some_and(|b| b < 1024) {
+            p.add(
+                &format!("{at}: max_document_bytes"),
+                "must be at least 1024",
+            );
+        }
         if self.max_pages == Some(0) {
             p.add(&format!("{at}: max_pages"), "must be at least 1");
         }
@@ -802,6 +909,10 @@ impl RawSchedule {
             max_in_flight,
             max_invokes_per_second: self.max_invokes_per_second,
             max_pages: self.max_pages.unwrap_or(DEFAULT_MAX_PAGES),
+            max_document_bytes: self
+                .max_document_bytes
+                .unwrap_or(DEFAULT_MAX_DOCUMENT_BYTES),
+            sitemap_any_host: self.sitemap_any_host.unwrap_or(false),
             run_timeout,
             tolerated_failures,
             stuck_after,

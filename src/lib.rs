@@ -14,6 +14,7 @@ pub mod dispatch;
 pub mod http;
 pub mod ledger;
 pub mod notify;
+pub mod redact;
 pub mod runs;
 pub mod schedule;
 pub mod sources;

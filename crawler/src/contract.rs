@@ -182,6 +182,9 @@ pub enum ErrorKind {
     Body,
     /// A configured selector is not valid CSS.
     InvalidSelector,
+    /// The URL (or a redirect hop) leads to a loopback, private, link-local
+    /// or otherwise non-public address, and private networks are closed.
+    Blocked,
     /// Anything else.
     #[serde(other)]
     Other,
@@ -258,6 +261,7 @@ impl ErrorKind {
             ErrorKind::InvalidUrl => "invalid_url",
             ErrorKind::Body => "body",
             ErrorKind::InvalidSelector => "invalid_selector",
+            ErrorKind::Blocked => "blocked",
             ErrorKind::Other => "other",
         }
     }
@@ -374,6 +378,7 @@ mod tests {
             InvalidUrl,
             Body,
             InvalidSelector,
+            Blocked,
             Other,
         ] {
             assert_eq!(

@@ -26,6 +26,7 @@
 pub mod callback;
 pub mod contract;
 pub mod crawl;
+pub mod netguard;
 
 pub use callback::CallbackError;
 pub use contract::{

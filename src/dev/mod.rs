@@ -17,7 +17,7 @@ use crate::{Application, Settings};
 /// Pages in the demo shop.
 pub const DEMO_PAGES: usize = 36;
 /// The admin token `fanfare dev` uses.
-pub const DEV_ADMIN_TOKEN: &str = "fanfare-dev-admin-token";
+pub const DEV_ADMIN_TOKEN: &str = "fanfare-dev-admin-token-0123456789abcdef";
 
 /// The configuration `fanfare dev` runs with, as TOML.
 pub fn dev_config(database_url: &str, port: u16, sitemap: &str) -> String {
@@ -41,6 +41,8 @@ max_connections = 8
 [security]
 callback_secret = "{secret}"
 admin_token = "{DEV_ADMIN_TOKEN}"
+# The demo shop is on loopback, which production keeps closed.
+allow_private_networks = true
 
 [[schedules]]
 name = "demo"

@@ -14,7 +14,7 @@ pub use crate::common::{fresh_database, Receiver};
 /// The secret every test configuration signs task tokens with.
 pub const CALLBACK_SECRET: &str = "aws-test-callback-secret-0123456789abcdef";
 /// The admin token of every test configuration.
-pub const ADMIN_TOKEN: &str = "aws-test-admin-token-0123456789";
+pub const ADMIN_TOKEN: &str = "aws-test-admin-token-0123456789abcdefghij";
 /// The region of every test's Lambda client.
 pub const REGION: &str = "us-east-1";
 

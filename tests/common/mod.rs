@@ -29,7 +29,7 @@ use uuid::Uuid;
 /// The secret every test configuration signs task tokens with.
 pub const CALLBACK_SECRET: &str = "test-callback-secret-0123456789abcdef";
 /// The admin token of every test configuration.
-pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdefghijklm";
 /// The webhook secret (`whsec_` + base64 of 24 bytes).
 pub const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -78,6 +78,8 @@ max_connections = {max_connections}
 [security]
 callback_secret = "{callback_secret}"
 admin_token = "{admin_token}"
+# The crawl targets, sitemaps and lists of the tests are loopback servers.
+allow_private_networks = true
 
 [notify]
 timeout = "2s"

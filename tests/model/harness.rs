@@ -62,7 +62,7 @@ url = "{database_url}"
 
 [security]
 callback_secret = "model-callback-secret-0123456789abcdef"
-admin_token = "model-admin-token-0123456789"
+admin_token = "model-admin-token-0123456789abcdefghij"
 
 [[schedules]]
 name = "{SCHEDULE}"
