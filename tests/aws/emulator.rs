@@ -63,6 +63,9 @@ impl Emulator {
             .args(["lambda", "watch", "--ignore-changes", "--concurrency", "4"])
             .args(["-A", "127.0.0.1", "-P", &port.to_string()])
             .args(["--manifest-path", "crawler/Cargo.toml"])
+            // The crawl targets are loopback servers: open the crawler's
+            // private-network guard, which is closed on Lambda by default.
+            .args(["--env-var", "FANFARE_CRAWLER_ALLOW_PRIVATE_NETWORKS=true"])
             .current_dir(env!("CARGO_MANIFEST_DIR"));
         // Cargo sets these for this test process; inherited by the emulator's
         // `cargo run`, they change the fingerprints of build scripts that

@@ -153,3 +153,46 @@ fn the_example_configuration_is_valid() {
         "https://fanfare.example.com/v1/callbacks"
     );
 }
+
+#[test]
+fn hardening_keys_have_safe_defaults_and_bad_values_are_named() {
+    let base = |security_extra: &str, rest: &str| {
+        format!(
+            "[server]\npublic_url = \"http://a.example\"\n{rest}\n[database]\nurl = \"postgres://x@h/d\"\n[security]\ncallback_secret = \"{}\"\nadmin_token = \"{}\"\n{security_extra}\n",
+            "s".repeat(32),
+            "t".repeat(32),
+        )
+    };
+    let settings = Settings::from_toml(&base(
+        "",
+        "[[schedules]]\nname = \"s\"\ninvoker = \"local\"\npages = { urls = [] }\n",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!settings.security.allow_private_networks);
+    assert!(settings.security.previous_callback_secrets.is_empty());
+    assert_eq!(settings.local.concurrency, 16);
+    assert_eq!(settings.server.header_timeout.as_secs(), 10);
+    assert_eq!(settings.server.body_timeout.as_secs(), 30);
+    // Longer than the AWS load balancer's 60 s idle timeout.
+    assert!(settings.server.idle_timeout.as_secs() > 60);
+    assert_eq!(settings.server.max_connections, 4096);
+    let schedule = &settings.schedules[0];
+    assert_eq!(schedule.max_document_bytes, 50 * 1024 * 1024);
+    assert!(!schedule.sitemap_any_host);
+
+    let err = Settings::from_toml(&base(
+        "previous_callback_secrets = [\"too-short\"]\n[local]\nconcurrency = 0",
+        "header_timeout = \"0s\"\nmax_connections = 0\n[[schedules]]\nname = \"s\"\ninvoker = \"local\"\npages = { urls = [] }\nmax_document_bytes = 10\n",
+    ))
+    .unwrap_err();
+    let text = err.to_string();
+    for expected in [
+        "server.header_timeout: \"0s\" must be longer than zero",
+        "server.max_connections: must be at least 1",
+        "security.previous_callback_secrets[0]: is 9 bytes; it must be at least 32",
+        "local.concurrency: must be at least 1",
+        "schedule \"s\": max_document_bytes: must be at least 1024",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in {text}");
+    }
+}
