@@ -312,6 +312,8 @@ max_connections = {pool}
 [security]
 callback_secret = "{CALLBACK_SECRET}"
 admin_token = "{ADMIN_TOKEN}"
+# The page list is served from loopback.
+allow_private_networks = true
 
 [[schedules]]
 name = "bench"
