@@ -253,6 +253,10 @@ pub struct Schedule {
     pub notify: Vec<NotifyTarget>,
 }
 
+/// The environment variable whose value, when set, is the whole
+/// configuration file's text: it takes the place of the file.
+pub const CONFIG_TOML_ENV: &str = "FANFARE_CONFIG_TOML";
+
 impl Settings {
     /// The schedule called `name`.
     pub fn schedule(&self, name: &str) -> Option<&Schedule> {
@@ -261,7 +265,20 @@ impl Settings {
 
     /// Reads `path` (when given) over the built-in defaults, then the
     /// `FANFARE__…` environment, and validates the result.
+    ///
+    /// When the environment variable [`CONFIG_TOML_ENV`] is set (to the text
+    /// of a configuration file, e.g. from one Secrets Manager secret), that
+    /// text takes the place of the file and `path` is not read.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        if let Some(text) = std::env::var_os(CONFIG_TOML_ENV) {
+            let text = text
+                .into_string()
+                .map_err(|_| ConfigError(vec![format!("{CONFIG_TOML_ENV}: is not valid UTF-8")]))?;
+            return Self::from_builder(
+                config::Config::builder()
+                    .add_source(config::File::from_str(&text, config::FileFormat::Toml)),
+            );
+        }
         let mut builder = config::Config::builder();
         if let Some(path) = path {
             if !path.exists() {

@@ -57,7 +57,17 @@ enum Command {
 }
 
 fn load(path: &std::path::Path) -> anyhow::Result<Settings> {
-    Settings::load(Some(path)).map_err(|e| anyhow::anyhow!("{e}"))
+    Settings::load(Some(path)).map_err(|e| anyhow::anyhow!("{}: {e}", source(path)))
+}
+
+/// Where the configuration is read from, for messages: the file, or the
+/// environment variable that takes its place.
+fn source(path: &std::path::Path) -> String {
+    if std::env::var_os(fanfare::config::CONFIG_TOML_ENV).is_some() {
+        fanfare::config::CONFIG_TOML_ENV.to_string()
+    } else {
+        path.display().to_string()
+    }
 }
 
 #[tokio::main]
@@ -69,13 +79,13 @@ async fn main() -> ExitCode {
             Ok(s) => {
                 println!(
                     "{}: valid ({} schedules)",
-                    config.display(),
+                    source(&config),
                     s.schedules.len()
                 );
                 Ok(())
             }
             Err(e) => {
-                eprintln!("{}: {e}", config.display());
+                eprintln!("{}: {e}", source(&config));
                 return ExitCode::from(2);
             }
         },

@@ -10,7 +10,9 @@
 //!   reports of superseded attempts included;
 //! - `lost_events`: an invoker that silently drops a tenth of the events;
 //! - `database`: the daemon's Postgres connections terminated repeatedly;
-//! - `webhooks`: a webhook receiver that fails for a while, then recovers.
+//! - `webhooks`: a webhook receiver that fails for a while, then recovers;
+//! - `outage`: the database unreachable for 30 s; `/healthz` (the load
+//!   balancer's check) stays 200, `/readyz` 503, the daemon resumes.
 //!
 //! `FANFARE_FAULT_TRIALS` sets the number of SIGKILL trials (default 20),
 //! `FANFARE_FAULT_SEED` the random seed (default: a fresh one, printed).
@@ -22,6 +24,7 @@ mod database;
 mod duplicates;
 mod helpers;
 mod lost_events;
+mod outage;
 mod procs;
 mod replicas;
 mod sigkill;

@@ -1,0 +1,200 @@
+//! A 30 s database outage under the daemon (a loopback proxy to Postgres,
+//! cut and restored), seen the way the deployment's load balancer sees it:
+//! `/healthz` (the target group's health check: every 10 s, 5 s timeout,
+//! unhealthy after 2 failures) keeps answering 200 quickly throughout, while
+//! `/readyz` reports the database unavailable; afterwards the daemon resumes
+//! without a restart and the run it had in flight finishes.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fanfare::Settings;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::task::TaskTracker;
+
+use crate::common::AppTask;
+use crate::helpers::*;
+
+const OUTAGE: Duration = Duration::from_secs(30);
+/// The load balancer's health check timeout (deploy/fanfare.yaml).
+const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A loopback TCP proxy to Postgres that can be cut (open connections
+/// closed, new ones dropped) and restored.
+struct Proxy {
+    port: u16,
+    up: Arc<AtomicBool>,
+    cut: Arc<tokio::sync::Notify>,
+    conns: TaskTracker,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let cut = Arc::new(tokio::sync::Notify::new());
+        let conns = TaskTracker::new();
+        let (u, c, t) = (up.clone(), cut.clone(), conns.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if !u.load(Ordering::SeqCst) {
+                    continue; // dropped at once: the connection fails
+                }
+                let (upstream, cut) = (upstream.clone(), c.clone());
+                t.spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.notified() => {}
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            up,
+            cut,
+            conns,
+        }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for _ in 0..64 {
+            self.cut.notify_waiters();
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+/// One answer of an endpoint: its status (0: no answer) and how long it took.
+async fn probe(client: &reqwest::Client, url: &str) -> (u16, Duration) {
+    let started = Instant::now();
+    let status = match client.get(url).timeout(HEALTH_CHECK_TIMEOUT).send().await {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    };
+    (status, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_a_30_s_database_outage_healthz_stays_200_and_fast_while_readyz_is_503_and_the_run_resumes_after(
+) {
+    let db = fresh_database().await;
+    let url = url::Url::parse(&db).unwrap();
+    let upstream = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
+    let proxy = Proxy::start(upstream).await;
+    let mut proxied = url.clone();
+    proxied.set_port(Some(proxy.port)).unwrap();
+
+    let lambda = Arc::new(RecordingLambda::default());
+    let schedule = crate::common::lambda_schedule_block("outage", 2, "", "");
+    let settings = Settings::from_toml(&config_toml_on(proxied.as_str(), 0, 8, &schedule))
+        .unwrap_or_else(|e| panic!("test configuration is valid: {e}"));
+    let overrides = fanfare::startup::Overrides {
+        lambda: Some(lambda.clone()),
+        ..Default::default()
+    };
+    let (address, app) = AppTask::start(settings, overrides).await;
+    let client = reqwest::Client::new();
+    assert!(wait_ready(&client, &address, Duration::from_secs(10)).await);
+    let run = trigger(&client, &address, "outage").await;
+    let reqs = lambda.wait_for(2).await;
+    let (healthz, readyz) = (format!("{address}/healthz"), format!("{address}/readyz"));
+
+    // The outage: every answer of /healthz (every 250 ms) and /readyz (every
+    // second) recorded.
+    proxy.cut();
+    let outage_started = Instant::now();
+    let mut health: Vec<(u16, Duration)> = Vec::new();
+    let mut ready: Vec<(Duration, u16)> = Vec::new();
+    let mut next_ready = Instant::now();
+    while outage_started.elapsed() < OUTAGE {
+        health.push(probe(&client, &healthz).await);
+        if Instant::now() >= next_ready {
+            ready.push((outage_started.elapsed(), probe(&client, &readyz).await.0));
+            next_ready += Duration::from_secs(1);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // A report arriving now is refused with 503, for the crawler to retry.
+    let (report_status, _) = post_report(
+        &client,
+        &address,
+        &reqs[0].callback_token,
+        &succeeded(&reqs[0]),
+    )
+    .await;
+    proxy.restore();
+
+    let restored = Instant::now();
+    while probe(&client, &readyz).await.0 != 200 {
+        assert!(
+            restored.elapsed() < Duration::from_secs(30),
+            "readyz did not recover without a restart"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ready_again_s = restored.elapsed().as_secs_f64();
+    for r in &reqs {
+        let (status, body) = post_report(&client, &address, &r.callback_token, &succeeded(r)).await;
+        assert_eq!((status, body["status"].as_str()), (200, Some("recorded")));
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let outcome = loop {
+        let (_, run) = get(&client, &address, &format!("/v1/runs/{run}")).await;
+        if run["status"] == "finished" {
+            break run["outcome"].clone();
+        }
+        assert!(Instant::now() < deadline, "the run did not finish: {run:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    let health_ok = health.iter().filter(|(s, _)| *s == 200).count();
+    let health_max = health.iter().map(|(_, d)| *d).max().unwrap_or_default();
+    let ready_503 = ready.iter().filter(|(_, s)| *s == 503).count();
+    // After the first few seconds (the pool notices the cut), /readyz must
+    // say unavailable every time.
+    let settled: Vec<u16> = ready
+        .iter()
+        .filter(|(at, _)| *at >= Duration::from_secs(10))
+        .map(|(_, s)| *s)
+        .collect();
+    println!(
+        "FIGURE outage outage_s={} healthz_polls={} healthz_200={health_ok} healthz_max_ms={} readyz_polls={} readyz_503={ready_503} callback_during_outage={report_status} ready_again_s={ready_again_s:.1} outcome={outcome}",
+        OUTAGE.as_secs(),
+        health.len(),
+        health_max.as_millis(),
+        ready.len(),
+    );
+
+    assert!(health.len() >= 60, "healthz was polled through the outage");
+    assert_eq!(
+        health_ok,
+        health.len(),
+        "every healthz answer is 200: {health:?}"
+    );
+    assert!(
+        health_max < HEALTH_CHECK_TIMEOUT,
+        "healthz answers within the health check timeout: {health_max:?}"
+    );
+    assert!(
+        !settled.is_empty() && settled.iter().all(|s| *s == 503),
+        "readyz reports the database unavailable: {ready:?}"
+    );
+    assert_eq!(report_status, 503, "a report during the outage is refused");
+    assert_eq!(outcome, "succeeded");
+    app.stop().await;
+    drop(proxy.conns);
+    drop_database(&db).await;
+}
