@@ -20,6 +20,7 @@ Run by scripts/test with the venv's python; needs boto3, moto[server] and
 cfn-lint (scripts/requirements-test.txt). No network beyond loopback.
 """
 
+import contextlib
 import io
 import json
 import logging
@@ -95,6 +96,7 @@ def start_moto():
     port = free_port()
     # Quiet: no request log, no warning per resource type moto only stubs.
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    logging.getLogger("moto").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message="Tried to parse")
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -306,6 +308,10 @@ def main():
     check_mapping(template)
     check_rollback_preconditions(template)
     server, endpoint = start_moto()
+    # moto prints a line for an attribute it does not model; keep it out of
+    # scripts/test's output (failures go to stderr).
+    quiet = contextlib.redirect_stdout(io.StringIO())
+    quiet.__enter__()
     try:
         aws = Aws(endpoint)
         pre = prerequisites(aws)
@@ -323,6 +329,7 @@ def main():
     except Exception as e:  # an API error: show moto's side too
         fail(f"{type(e).__name__}: {e}")
     finally:
+        quiet.__exit__(None, None, None)
         server.stop()
     print(f"cfn_moto_test: fanfare-new (new database) and fanfare-existing (existing database) "
           f"CREATE_COMPLETE, outputs and resources as expected ({time.monotonic() - started:.1f}s)")
