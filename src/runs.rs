@@ -329,8 +329,8 @@ impl Runs {
         let (tx, mut rx) = mpsc::channel::<Vec<String>>(4);
         let lister = self.lister.clone();
         let source = schedule.pages.clone();
-        let max_pages = schedule.max_pages;
-        let reader = tokio::spawn(async move { lister.list(&source, max_pages, tx).await });
+        let limits = sources::ListLimits::of(&schedule);
+        let reader = tokio::spawn(async move { lister.list(&source, limits, tx).await });
         let mut renew = tokio::time::interval(ledger::LISTING_LEASE / 3);
         renew.tick().await;
         let mut inserted = 0u64;
@@ -409,6 +409,10 @@ impl Runs {
             "invalid": stats.invalid,
             "invalid_examples": stats.invalid_examples,
             "oversized_sitemaps": stats.oversized_sitemaps,
+            "sitemap_files": stats.sitemap_files,
+            "repeated_sitemaps": stats.repeated_sitemaps,
+            "foreign_sitemaps": stats.foreign_sitemaps,
+            "foreign_sitemap_examples": stats.foreign_sitemap_examples,
         });
         let policies = |s: &str| self.policy(s);
         match ledger::finish_listing(&self.pool, run_id, &listing, &policies).await {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use fanfare_crawler::crawl::{Crawler, CrawlerConfig};
+use fanfare_crawler::netguard::NetPolicy;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -74,16 +75,23 @@ impl Application {
             }
             None => None,
         };
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .user_agent(concat!("fanfare/", env!("CARGO_PKG_VERSION")))
+        // Page sources are third-party URLs: the network guard refuses
+        // private addresses unless `[security] allow_private_networks`.
+        let source_policy = NetPolicy::allowing_private(settings.security.allow_private_networks);
+        let http = source_policy
+            .apply(
+                reqwest::Client::builder()
+                    .timeout(Duration::from_secs(60))
+                    .user_agent(concat!("fanfare/", env!("CARGO_PKG_VERSION"))),
+                crate::sources::MAX_REDIRECTS,
+            )
             .build()
             .context("building the HTTP client")?;
         let tracker = TaskTracker::new();
         let runs = Runs::new(
             pool,
             settings,
-            Lister::new(http, lambda.clone()),
+            Lister::new(http, lambda.clone()).with_policy(source_policy),
             tracker.clone(),
         );
         let crawler = Crawler::new(overrides.crawler.unwrap_or_default())

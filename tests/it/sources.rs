@@ -1,7 +1,9 @@
 //! Page sources read from real loopback servers: sitemap indexes, gzip,
-//! entities, duplicates, invalid entries, JSON lists, size caps.
+//! entities, duplicates, invalid entries, JSON lists, size caps, loops,
+//! file limits, the host rule, the network guard, redaction.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -188,5 +190,373 @@ async fn a_list_longer_than_max_pages_fails_the_run_naming_the_cap() {
     assert_eq!(finished["pages"]["open"], 0);
     let d = receiver.wait_for(1, Duration::from_secs(5)).await;
     assert!(d[0].json()["error"].as_str().unwrap().contains("max_pages"));
+    app.stop().await;
+}
+
+/// Serves `routes` on loopback, counting every request; returns the base
+/// URL and the count.
+async fn serve_counted(routes: Router) -> (String, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let routes = routes.layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            next.run(req)
+        },
+    ));
+    (serve(routes).await, hits)
+}
+
+fn sitemap_index(locs: &[String]) -> String {
+    let body: String = locs
+        .iter()
+        .map(|l| format!("<sitemap><loc>{l}</loc></sitemap>\n"))
+        .collect();
+    format!(
+        r#"<sitemapindex xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">{body}</sitemapindex>"#
+    )
+}
+
+/// Serves `/sitemap.xml` as `make(base)` (the index needs the server's own
+/// address); returns the base URL and the request count.
+async fn serve_index(
+    make: impl Fn(&str) -> String + Send + Sync + 'static,
+) -> (String, Arc<AtomicUsize>) {
+    let base_holder = Arc::new(std::sync::OnceLock::<String>::new());
+    let holder = base_holder.clone();
+    let make = Arc::new(make);
+    let routes = Router::new().route(
+        "/sitemap.xml",
+        get(move || {
+            let body = make(holder.get().unwrap());
+            async move { body }
+        }),
+    );
+    let (base, hits) = serve_counted(routes).await;
+    base_holder.set(base.clone()).unwrap();
+    (base, hits)
+}
+
+/// Triggers `schedule` and waits (bounded) for its run to finish.
+async fn run_to_end(app: &TestApp, schedule: &str, within: Duration) -> serde_json::Value {
+    let run = app.trigger(schedule).await;
+    app.wait_finished(run, within).await
+}
+
+#[tokio::test]
+async fn a_sitemap_index_naming_itself_fails_the_run_as_a_loop_after_one_fetch() {
+    let (base, hits) =
+        serve_index(|base| sitemap_index(&vec![format!("{base}/sitemap.xml"); 50_000])).await;
+    let app = TestApp::spawn(
+        &schedule(
+            "self",
+            &format!("{{ sitemap = \"{base}/sitemap.xml\" }}"),
+            "",
+        ),
+        Some(Arc::new(RecordingLambda::default())),
+    )
+    .await;
+    let finished = run_to_end(&app, "self", Duration::from_secs(10)).await;
+    assert_eq!(finished["outcome"], "failed");
+    let error = finished["error"].as_str().unwrap();
+    assert!(error.contains("names itself again, a loop"), "{error}");
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "the index was fetched once");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_sitemap_tree_naming_more_files_than_the_limit_fails_before_fetching_them() {
+    let (base, hits) = serve_index(|base| {
+        let children: Vec<String> = (0..1_001).map(|i| format!("{base}/s/{i}.xml")).collect();
+        sitemap_index(&children)
+    })
+    .await;
+    let app = TestApp::spawn(
+        &schedule(
+            "wide",
+            &format!("{{ sitemap = \"{base}/sitemap.xml\" }}"),
+            "",
+        ),
+        Some(Arc::new(RecordingLambda::default())),
+    )
+    .await;
+    let finished = run_to_end(&app, "wide", Duration::from_secs(10)).await;
+    assert_eq!(finished["outcome"], "failed");
+    let error = finished["error"].as_str().unwrap();
+    assert!(
+        error.contains("names more than 1000 sitemap files (the limit of one listing)"),
+        "{error}"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "no child was fetched");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_child_sitemap_on_another_host_is_skipped_and_counted_unless_the_schedule_allows_any_host(
+) {
+    // `localhost` and `127.0.0.1` are different hosts on the same server.
+    let base_holder = Arc::new(std::sync::OnceLock::<String>::new());
+    let holder = base_holder.clone();
+    let routes = Router::new()
+        .route(
+            "/sitemap.xml",
+            get(move || {
+                let base = holder.get().unwrap().clone();
+                let foreign = base.replace("127.0.0.1", "localhost");
+                async move {
+                    sitemap_index(&[
+                        format!("{foreign}/foreign.xml"),
+                        format!("{base}/own.xml"),
+                        format!("{base}/own.xml"),
+                    ])
+                }
+            }),
+        )
+        .route(
+            "/own.xml",
+            get(|| async { urlset(&["https://shop.example/own".to_string()]) }),
+        )
+        .route(
+            "/foreign.xml",
+            get(|| async { urlset(&["https://shop.example/foreign".to_string()]) }),
+        );
+    let (base, _hits) = serve_counted(routes).await;
+    base_holder.set(base.clone()).unwrap();
+    let pages = format!("{{ sitemap = \"{base}/sitemap.xml\" }}");
+    let config = format!(
+        "{}{}",
+        schedule("same", &pages, ""),
+        schedule("any", &pages, "sitemap_any_host = true")
+    );
+    let lambda = Arc::new(RecordingLambda::default());
+    let app = TestApp::spawn(&config, Some(lambda.clone())).await;
+
+    let same = app.trigger("same").await;
+    lambda.wait_for(1).await;
+    let (_, view) = app.get(&format!("/v1/runs/{same}")).await;
+    assert_eq!(view["pages"]["total"], 1, "{view:#}");
+    assert_eq!(view["listing"]["foreign_sitemaps"], 1);
+    assert_eq!(view["listing"]["repeated_sitemaps"], 1);
+    assert_eq!(view["listing"]["sitemap_files"], 2);
+    let example = view["listing"]["foreign_sitemap_examples"][0]
+        .as_str()
+        .unwrap();
+    assert!(
+        example.starts_with("http://localhost:") && example.ends_with("/foreign.xml"),
+        "{example}"
+    );
+
+    let any = app.trigger("any").await;
+    lambda.wait_for(3).await;
+    let (_, view) = app.get(&format!("/v1/runs/{any}")).await;
+    assert_eq!(view["pages"]["total"], 2, "{view:#}");
+    assert_eq!(view["listing"]["foreign_sitemaps"], 0);
+    assert_eq!(view["listing"]["sitemap_files"], 3);
+    let urls: Vec<String> = lambda.requests().iter().map(|r| r.url.clone()).collect();
+    assert!(
+        urls.contains(&"https://shop.example/foreign".to_string()),
+        "{urls:?}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_document_over_max_document_bytes_fails_the_run_naming_the_cap_plain_or_gzipped() {
+    // 200 URLs of ~40 bytes: about 8 KiB, over a 4 KiB cap; gzipped, far under it.
+    let locs: Vec<String> = (0..200)
+        .map(|i| format!("https://shop.example/page/{i:06}"))
+        .collect();
+    let plain = urlset(&locs);
+    let zipped = gzip(plain.as_bytes());
+    assert!(plain.len() > 4096 && zipped.len() < 4096);
+    let routes = Router::new()
+        .route("/plain.xml", get(move || std::future::ready(plain.clone())))
+        .route(
+            "/zipped.xml.gz",
+            get(move || {
+                let body = zipped.clone();
+                async move { ([(header::CONTENT_TYPE, "application/x-gzip")], body) }
+            }),
+        );
+    let base = serve(routes).await;
+    let config = format!(
+        "{}{}",
+        schedule(
+            "plain",
+            &format!("{{ sitemap = \"{base}/plain.xml\" }}"),
+            "max_document_bytes = 4096"
+        ),
+        schedule(
+            "zipped",
+            &format!("{{ sitemap = \"{base}/zipped.xml.gz\" }}"),
+            "max_document_bytes = 4096"
+        ),
+    );
+    let app = TestApp::spawn(&config, Some(Arc::new(RecordingLambda::default()))).await;
+    for (name, expect) in [
+        (
+            "plain",
+            "larger than 4096 bytes (the schedule's max_document_bytes)",
+        ),
+        (
+            "zipped",
+            "larger than 4096 bytes uncompressed (the schedule's max_document_bytes)",
+        ),
+    ] {
+        let finished = run_to_end(&app, name, Duration::from_secs(10)).await;
+        assert_eq!(finished["outcome"], "failed", "{name}");
+        let error = finished["error"].as_str().unwrap();
+        assert!(error.contains(expect), "{name}: {error}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_json_list_keeps_strings_and_url_objects_and_counts_numbers_nested_arrays_and_other_objects(
+) {
+    let routes = Router::new().route(
+        "/pages.json",
+        get(|| async {
+            r#"[
+                "https://shop.example/1",
+                {"meta": {"deep": [1, [2, [3]]]}, "url": "https://shop.example/2", "tags": ["a"]},
+                [[0, 0, 0], [0]],
+                12.5,
+                null,
+                {"url": 7},
+                {"href": "https://shop.example/3"},
+                "https://shop.example/4"
+            ]"#
+        }),
+    );
+    let base = serve(routes).await;
+    let lambda = Arc::new(RecordingLambda::default());
+    let app = TestApp::spawn(
+        &schedule("mixed", &format!("{{ http = \"{base}/pages.json\" }}"), ""),
+        Some(lambda.clone()),
+    )
+    .await;
+    let run = app.trigger("mixed").await;
+    let requests = lambda.wait_for(3).await;
+    let mut urls: Vec<String> = requests.iter().map(|r| r.url.clone()).collect();
+    urls.sort();
+    assert_eq!(
+        urls,
+        vec![
+            "https://shop.example/1",
+            "https://shop.example/2",
+            "https://shop.example/4"
+        ]
+    );
+    let (_, view) = app.get(&format!("/v1/runs/{run}")).await;
+    assert_eq!(view["listing"]["invalid"], 5, "{view:#}");
+    assert_eq!(
+        view["listing"]["invalid_examples"],
+        serde_json::json!([
+            "an array",
+            "a number",
+            "null",
+            "an object without a url string",
+            "an object without a url string"
+        ])
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_sitemap_on_loopback_with_the_guard_closed_fails_the_run_as_blocked_without_a_request() {
+    let routes = Router::new().route(
+        "/sitemap.xml",
+        get(|| async { urlset(&["https://shop.example/1".to_string()]) }),
+    );
+    let (base, hits) = serve_counted(routes).await;
+    let db = fresh_database().await;
+    let toml = config_toml(
+        &db,
+        &schedule(
+            "closed",
+            &format!("{{ sitemap = \"{base}/sitemap.xml\" }}"),
+            "",
+        ),
+    );
+    assert!(toml.contains("allow_private_networks = true"));
+    let toml = toml.replace(
+        "allow_private_networks = true",
+        "allow_private_networks = false",
+    );
+    let settings = fanfare::Settings::from_toml(&toml).unwrap();
+    let lambda: Arc<dyn fanfare::dispatch::LambdaApi> = Arc::new(RecordingLambda::default());
+    let overrides = fanfare::startup::Overrides {
+        lambda: Some(lambda),
+        ..Default::default()
+    };
+    let (address, task) = crate::common::AppTask::start(settings, overrides).await;
+    let client = reqwest::Client::new();
+    assert!(crate::common::wait_ready(&client, &address, Duration::from_secs(5)).await);
+    let run = crate::common::trigger(&client, &address, ADMIN_TOKEN, "closed").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let finished = loop {
+        let (_, view) =
+            crate::common::get(&client, &address, ADMIN_TOKEN, &format!("/v1/runs/{run}"))
+                .await
+                .unwrap();
+        if view["status"] == "finished" {
+            break view;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the run did not finish: {view:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(finished["outcome"], "failed");
+    let error = finished["error"].as_str().unwrap();
+    assert!(
+        error.starts_with(&format!(
+            "fetching {base}/sitemap.xml: blocked: 127.0.0.1 is a loopback address"
+        )),
+        "{error}"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "the server saw no request");
+    task.stop().await;
+}
+
+#[tokio::test]
+async fn a_sitemap_url_with_credentials_and_a_token_never_appears_unredacted_in_the_run_error() {
+    let routes = Router::new().route(
+        "/sitemap.xml",
+        get(|| async { (axum::http::StatusCode::NOT_FOUND, "no") }),
+    );
+    let base = serve(routes).await;
+    let secret_url = base.replace("http://", "http://user:hunter2@") + "/sitemap.xml?token=s3cr3t";
+    let app = TestApp::spawn(
+        &schedule("secret", &format!("{{ sitemap = \"{secret_url}\" }}"), ""),
+        Some(Arc::new(RecordingLambda::default())),
+    )
+    .await;
+    let run = app.trigger("secret").await;
+    let finished = app.wait_finished(run, Duration::from_secs(10)).await;
+    assert_eq!(finished["outcome"], "failed");
+    let error = finished["error"].as_str().unwrap();
+    assert_eq!(
+        error,
+        format!("fetching {base}/sitemap.xml?…: HTTP 404 Not Found")
+    );
+    let (stored,): (Option<String>,) = sqlx::query_as("select error from runs where id = $1")
+        .bind(run)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let stored = stored.unwrap();
+    for secret in ["hunter2", "user:", "s3cr3t", "token="] {
+        assert!(
+            !stored.contains(secret),
+            "{secret} in the stored error: {stored}"
+        );
+        assert!(
+            !error.contains(secret),
+            "{secret} in the API's error: {error}"
+        );
+    }
     app.stop().await;
 }
