@@ -159,6 +159,7 @@ fn raise_open_file_limit() -> anyhow::Result<(u64, u64)> {
             }
         }
     }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not everywhere
     Ok((limit.rlim_cur as u64, limit.rlim_max as u64))
 }
 
