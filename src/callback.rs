@@ -5,14 +5,22 @@
 //! retryable failure with attempts left, scheduled its next attempt), 200
 //! `duplicate` for every later report of that page (Lambda delivers at least
 //! once); 401 for a missing, forged, expired or mismatched token; 400 for
-//! unreadable JSON; 422 for a contract violation; 413 over 256 KiB; 503 while
-//! the ledger is unreachable (the crawler retries). No error changes the
-//! ledger.
+//! unreadable JSON; 422 for a contract violation; 413 over 256 KiB; 408 when
+//! the body does not arrive within `server.body_timeout`; 503 while the
+//! ledger is unreachable (the crawler retries). No error changes the ledger.
+//!
+//! The token is verified from the headers before a byte of the body is
+//! read, so an unauthenticated client cannot make the server wait for (or
+//! buffer) a body. Text the report carries is stored with each NUL replaced
+//! by U+FFFD (Postgres text and jsonb refuse NUL).
+//!
+//! Refusals are counted in `fanfare_callbacks_total{answer}` and logged at
+//! DEBUG; a WARN at most once a minute carries how many were refused since
+//! the last one, so refused requests cannot flood the logs.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
@@ -20,7 +28,10 @@ use chrono::Utc;
 use fanfare_crawler::contract::{
     CallbackAck, CallbackStatus, Outcome, Report, CONTRACT_VERSION, MAX_REPORT_BYTES,
 };
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 
+use crate::http::serve::BodyTimedOut;
+use crate::http::throttle::LogThrottle;
 use crate::http::{bearer, ApiError, AppState};
 use crate::ledger::{Completion, PageStatus};
 use crate::runs::RetryOutcome;
@@ -31,7 +42,7 @@ use crate::token::Claims;
 pub async fn receive(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Json<CallbackAck>, ApiError> {
     let started = Instant::now();
     let result = handle(&state, &headers, body).await;
@@ -45,6 +56,7 @@ pub async fn receive(
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Unprocessable(_) => "unprocessable",
             ApiError::PayloadTooLarge(_) => "too_large",
+            ApiError::RequestTimeout(_) => "timeout",
             ApiError::Unavailable(_) => "unavailable",
             _ => "error",
         },
@@ -52,7 +64,16 @@ pub async fn receive(
     metrics::counter!("fanfare_callbacks_total", "answer" => answer).increment(1);
     metrics::histogram!("fanfare_callback_seconds").record(started.elapsed().as_secs_f64());
     if let Err(e) = &result {
-        tracing::info!(answer, reason = %e, "callback refused");
+        tracing::debug!(answer, reason = %e, "callback refused");
+        static REFUSED: LogThrottle = LogThrottle::new(Duration::from_secs(60));
+        if let Some(refused) = REFUSED.hit() {
+            tracing::warn!(
+                refused,
+                last_answer = answer,
+                last_reason = %e,
+                "callbacks refused since the last such warning (each one is logged at DEBUG and counted in fanfare_callbacks_total)"
+            );
+        }
     }
     result.map(Json)
 }
@@ -60,7 +81,7 @@ pub async fn receive(
 async fn handle(
     state: &AppState,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<CallbackAck, ApiError> {
     let token = bearer(headers)
         .ok_or_else(|| ApiError::Unauthorized("missing bearer task token".into()))?;
@@ -74,18 +95,13 @@ async fn handle(
     span.record("page_id", claims.page_id);
     span.record("attempt", claims.attempt);
 
-    let body = body.map_err(|e| {
-        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge(format!(
-                "the report is larger than {MAX_REPORT_BYTES} bytes"
-            ))
-        } else {
-            ApiError::BadRequest(format!("could not read the body: {e}"))
-        }
-    })?;
+    let body = read_body(headers, body).await?;
     let report = parse(&body)?;
     check_matches(&report, &claims)?;
-    let (status, result, error) = outcome(report)?;
+    let (status, mut result, mut error) = outcome(report)?;
+    for value in result.iter_mut().chain(error.iter_mut()) {
+        replace_nul(value);
+    }
 
     let retryable = error
         .as_ref()
@@ -123,6 +139,55 @@ async fn handle(
             Completion::Duplicate => CallbackStatus::Duplicate,
         },
     })
+}
+
+/// Reads the body, at most [`MAX_REPORT_BYTES`] (refused from its
+/// Content-Length when that says more).
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::PayloadTooLarge(format!(
+            "the report is larger than {MAX_REPORT_BYTES} bytes"
+        ))
+    };
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_REPORT_BYTES as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, MAX_REPORT_BYTES).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
+        Err(e) if BodyTimedOut::is_cause_of(&*e) => Err(ApiError::RequestTimeout(
+            "the report did not arrive within the body timeout".into(),
+        )),
+        Err(e) => Err(ApiError::BadRequest(format!(
+            "could not read the body: {e}"
+        ))),
+    }
+}
+
+/// Replaces each NUL in every string (and object key) with U+FFFD:
+/// Postgres `text` and `jsonb` cannot hold NUL, and a report that says so
+/// must still be recorded rather than answered 500 and retried forever.
+fn replace_nul(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    const NUL: char = '\0';
+    match value {
+        Value::String(s) if s.contains(NUL) => *s = s.replace(NUL, "\u{FFFD}"),
+        Value::Array(items) => items.iter_mut().for_each(replace_nul),
+        Value::Object(map) => {
+            if map.keys().any(|k| k.contains(NUL)) {
+                *map = std::mem::take(map)
+                    .into_iter()
+                    .map(|(k, v)| (k.replace(NUL, "\u{FFFD}"), v))
+                    .collect();
+            }
+            map.values_mut().for_each(replace_nul);
+        }
+        _ => {}
+    }
 }
 
 fn parse(body: &[u8]) -> Result<Report, ApiError> {
@@ -183,5 +248,29 @@ fn outcome(report: Report) -> Result<Recorded, ApiError> {
             let error = serde_json::to_value(&error).map_err(|e| ApiError::Internal(e.into()))?;
             Ok((PageStatus::Failed, None, Some(error)))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn nul_is_replaced_in_every_string_and_key_and_nothing_else_changes() {
+        let mut value = json!({
+            "title": "a\u{0}b",
+            "fields": {"k\u{0}": ["\u{0}", 1, null, "plain"]},
+            "bytes": 3
+        });
+        replace_nul(&mut value);
+        assert_eq!(
+            value,
+            json!({
+                "title": "a\u{FFFD}b",
+                "fields": {"k\u{FFFD}": ["\u{FFFD}", 1, null, "plain"]},
+                "bytes": 3
+            })
+        );
     }
 }

@@ -154,15 +154,14 @@ impl Application {
         let workers = TaskTracker::new();
 
         let http_stop = CancellationToken::new();
-        let server = {
-            let stop = http_stop.clone();
-            let app = crate::http::router(state.clone());
-            tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await
-            })
-        };
+        let http_kill = CancellationToken::new();
+        let mut server = tokio::spawn(crate::http::serve::serve(
+            listener,
+            crate::http::router(state.clone()),
+            crate::http::serve::Limits::from(&runs.settings.server),
+            http_stop.clone(),
+            http_kill.clone(),
+        ));
 
         workers.spawn(Dispatcher::new(runs.clone(), lambda, local).run(cancel.clone()));
         workers.spawn(crate::sweep::run(runs.clone(), cancel.clone()));
@@ -206,12 +205,17 @@ impl Application {
             .scheduler_running
             .store(false, Ordering::SeqCst);
         http_stop.cancel();
-        match tokio::time::timeout_at(deadline + Duration::from_secs(1), server).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => return Err(e).context("serving HTTP"),
-            Ok(Err(e)) => return Err(e).context("the HTTP server task"),
-            Err(_) => tracing::warn!("open connections did not close within the shutdown grace"),
-        }
+        // Connections finish their request in flight and close; a second
+        // after the deadline the ones still open are closed.
+        let served =
+            match tokio::time::timeout_at(deadline + Duration::from_secs(1), &mut server).await {
+                Ok(served) => served,
+                Err(_) => {
+                    http_kill.cancel();
+                    server.await
+                }
+            };
+        served.context("the HTTP server task")?;
         runs.pool.close().await;
         tracing::info!("stopped");
         Ok(())

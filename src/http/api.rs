@@ -1,6 +1,6 @@
 //! The admin API: trigger a schedule, read runs and their pages.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{SubsecRound, Utc};
@@ -11,6 +11,16 @@ use uuid::Uuid;
 use super::{ApiError, AppState};
 use crate::ledger::{self, PageStatus, Run, Trigger};
 use crate::runs::StartError;
+
+/// `axum::extract::Query` whose rejection is an [`ApiError`] (JSON 400).
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct Query<T>(T);
+
+/// `axum::extract::Path` whose rejection is an [`ApiError`] (JSON 400).
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct Path<T>(T);
 
 /// `POST /v1/schedules/{name}/trigger`: starts a run now.
 pub async fn trigger(

@@ -1,6 +1,7 @@
 //! The one error type of the HTTP layer. Client errors say what was wrong;
 //! server errors are logged with their cause and answered generically.
 
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -21,6 +22,9 @@ pub enum ApiError {
     /// 409: the request conflicts with the ledger's state.
     #[error("{0}")]
     Conflict(String),
+    /// 408: the request body did not arrive in time.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// 413: the body is too large.
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -43,6 +47,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -65,6 +70,20 @@ impl From<sqlx::Error> for ApiError {
             }
             _ => ApiError::Internal(e.into()),
         }
+    }
+}
+
+/// A query string that does not fit the endpoint's parameters.
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        ApiError::BadRequest(e.body_text())
+    }
+}
+
+/// A path segment that cannot be read (e.g. not UTF-8 once decoded).
+impl From<PathRejection> for ApiError {
+    fn from(e: PathRejection) -> Self {
+        ApiError::BadRequest(e.body_text())
     }
 }
 

@@ -2,18 +2,19 @@
 
 mod api;
 mod error;
+pub mod serve;
+pub mod throttle;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use fanfare_crawler::contract::MAX_REPORT_BYTES;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use secrecy::ExposeSecret;
 use serde_json::json;
@@ -39,7 +40,21 @@ pub struct Health {
     pub scheduler_running: AtomicBool,
     /// Shutdown has begun: the load balancer should stop sending traffic.
     pub shutting_down: AtomicBool,
+    /// The last database check and when it was made: `/readyz` asks the
+    /// database at most once a second, however often it is called.
+    database: tokio::sync::Mutex<Option<(tokio::time::Instant, DatabaseCheck)>>,
 }
+
+/// What `/readyz` found in the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DatabaseCheck {
+    Ready,
+    MigrationsPending,
+    Unavailable,
+}
+
+/// How long one database check answers `/readyz`.
+const READY_CHECK_TTL: Duration = Duration::from_secs(1);
 
 /// The router with every route.
 pub fn router(state: AppState) -> Router {
@@ -54,14 +69,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/schedules/{name}/resume", post(api::resume))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
-        .route(
-            "/v1/callbacks",
-            post(crate::callback::receive).layer(DefaultBodyLimit::max(MAX_REPORT_BYTES)),
-        )
+        // The callback reads its own body, bounded, after the token verifies.
+        .route("/v1/callbacks", post(crate::callback::receive))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(admin)
+        .fallback(not_found)
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -106,8 +120,14 @@ async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
 
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint".into())
+}
+
+/// 200 when this replica should get traffic; 503 with a generic reason
+/// otherwise (the details, such as a database error, go to the log only).
 async fn readyz(State(state): State<AppState>) -> Response {
-    let not_ready = |reason: String| {
+    let not_ready = |reason: &str| {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "status": "unavailable", "reason": reason })),
@@ -115,22 +135,49 @@ async fn readyz(State(state): State<AppState>) -> Response {
             .into_response()
     };
     if state.health.shutting_down.load(Ordering::SeqCst) {
-        return not_ready("shutting down".into());
+        return not_ready("shutting down");
     }
     if !state.health.scheduler_running.load(Ordering::SeqCst) {
-        return not_ready("the scheduler is not running".into());
+        return not_ready("scheduler not running");
     }
-    match tokio::time::timeout(
+    match check_database(&state).await {
+        DatabaseCheck::Ready => Json(json!({ "status": "ready" })).into_response(),
+        DatabaseCheck::MigrationsPending => not_ready("migrations pending"),
+        DatabaseCheck::Unavailable => not_ready("database unavailable"),
+    }
+}
+
+/// The database's readiness, asked at most once per [`READY_CHECK_TTL`]:
+/// callers arriving while a check runs wait for it and share its answer.
+async fn check_database(state: &AppState) -> DatabaseCheck {
+    let mut cached = state.health.database.lock().await;
+    if let Some((at, check)) = *cached {
+        if at.elapsed() < READY_CHECK_TTL {
+            return check;
+        }
+    }
+    let check = match tokio::time::timeout(
         Duration::from_secs(2),
         crate::ledger::ready(&state.runs.pool),
     )
     .await
     {
-        Ok(Ok(true)) => Json(json!({ "status": "ready" })).into_response(),
-        Ok(Ok(false)) => not_ready("database migrations are not all applied".into()),
-        Ok(Err(e)) => not_ready(format!("database unreachable: {e}")),
-        Err(_) => not_ready("database did not answer within 2s".into()),
-    }
+        Ok(Ok(true)) => DatabaseCheck::Ready,
+        Ok(Ok(false)) => {
+            tracing::warn!("not ready: database migrations are not all applied");
+            DatabaseCheck::MigrationsPending
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "not ready: the database is unreachable");
+            DatabaseCheck::Unavailable
+        }
+        Err(_) => {
+            tracing::warn!("not ready: the database did not answer within 2s");
+            DatabaseCheck::Unavailable
+        }
+    };
+    *cached = Some((tokio::time::Instant::now(), check));
+    check
 }
 
 async fn metrics() -> impl IntoResponse {

@@ -72,6 +72,35 @@ impl TestApp {
         this
     }
 
+    /// Starts the application on a fresh database with `schedules` and the
+    /// parsed settings changed by `tweak` (e.g. short server timeouts). Its
+    /// `client` has made no connection yet: the readiness check used a
+    /// client of its own, since dropped.
+    pub async fn spawn_tweaked(
+        schedules: &str,
+        lambda: Option<Arc<RecordingLambda>>,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> Self {
+        let db = fresh_database().await;
+        let mut settings = Settings::from_toml(&config_toml(&db, schedules))
+            .unwrap_or_else(|e| panic!("test configuration is valid: {e}"));
+        tweak(&mut settings);
+        let overrides = fanfare::startup::Overrides {
+            lambda: lambda.map(|l| l as Arc<dyn LambdaApi>),
+            ..Default::default()
+        };
+        let (address, app) = AppTask::start(settings, overrides).await;
+        let ready =
+            common::wait_ready(&reqwest::Client::new(), &address, Duration::from_secs(5)).await;
+        assert!(ready, "the application did not become ready");
+        Self {
+            address,
+            pool: PgPool::connect(&db).await.unwrap(),
+            client: reqwest::Client::new(),
+            app,
+        }
+    }
+
     /// Stops the application gracefully and waits for it.
     pub async fn stop(self) {
         self.app.stop().await;

@@ -593,7 +593,11 @@ async fn while_postgres_is_unreachable_readiness_and_callbacks_answer_503_and_ev
     let readyz = || app.client.get(format!("{}/readyz", app.address)).send();
     let started = Instant::now();
     loop {
-        if readyz().await.unwrap().status() == 503 {
+        let resp = readyz().await.unwrap();
+        if resp.status() == 503 {
+            // A generic reason: the database's own error text is logged only.
+            let body: serde_json::Value = resp.json().await.unwrap();
+            assert_eq!(body["reason"], "database unavailable", "{body}");
             break;
         }
         assert!(

@@ -12,4 +12,5 @@ mod helpers;
 mod lambda_errors;
 mod lifecycle;
 mod runs;
+mod server;
 mod sources;

@@ -1,0 +1,374 @@
+//! Slow-client benchmark: does the server cut off clients that trickle
+//! their headers, and does it keep answering everyone else meanwhile?
+//!
+//! The real [`fanfare::Application`] runs on a fresh database with
+//! `server.header_timeout` set short (`--header-timeout`, default 5 s) and a
+//! schedule whose pages go to a recording stand-in for the Lambda API (so
+//! the benchmark holds valid task tokens). Then, at once:
+//!
+//! - `--connections` (default 1,000) TCP connections at once each send one
+//!   byte of a never-ending request header per second; each, once the
+//!   server closes it, is opened again, for `--seconds` (default 30). For
+//!   every connection the time from its connect to the server closing it is
+//!   measured. Figures: p50, p99 and max against the bound `header_timeout +
+//!   5 s`, and how many were still open when given up on (must be 0).
+//! - Meanwhile `/healthz` and valid callbacks (a `succeeded` report for the
+//!   next dispatched page) are each requested every `--interval-ms`
+//!   (default 20) on keep-alive connections. Figures: p50, p99 and max
+//!   latency, and answers other than 200 (target: p99 < 100 ms).
+//!
+//! The application runs on a multi-threaded runtime of its own; the load
+//! (slow connections and probes) on a separate current-thread runtime, so
+//! the probes' latency is the server's, not the load generator's queueing.
+//! The open-file soft limit is raised to the hard limit at start (each
+//! connection is two descriptors in this one process); both are printed.
+//!
+//! It stops by itself: the load ends after `--seconds` and every slow
+//! connection gives up `header_timeout + 15 s` after it opened, so a run
+//! with the defaults takes about 40 s. It asserts
+//! nothing about speed and drops its database at the end.
+//!
+//! ```sh
+//! cargo bench --bench slow_clients
+//! cargo bench --bench slow_clients -- --connections 200 --header-timeout 2
+//! ```
+//!
+//! It needs a Postgres it may create databases on: `DATABASE_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`). Logs are off unless
+//! `RUST_LOG` is set.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context};
+use clap::Parser;
+use fanfare::dispatch::LambdaApi;
+use fanfare::startup::Overrides;
+use fanfare::Settings;
+use sqlx::{Connection, Executor, PgConnection};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{admin_database_url, AppTask, RecordingLambda};
+
+const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdefghij";
+const CALLBACK_SECRET: &str = "bench-callback-secret-0123456789abcdef";
+
+#[derive(Debug, Parser)]
+#[command(about = "fanfare against clients that send their headers one byte per second")]
+struct Args {
+    /// Slow connections opened at once.
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    /// The server's header_timeout, in seconds.
+    #[arg(long, default_value_t = 5)]
+    header_timeout: u64,
+    /// Time between two probes of each kind, in milliseconds.
+    #[arg(long, default_value_t = 20)]
+    interval_ms: u64,
+    /// How long the load lasts, in seconds: each slow connection, once
+    /// closed, is opened again until then, and the probes run until then.
+    #[arg(long, default_value_t = 30)]
+    seconds: u64,
+    /// Worker threads of the application's runtime (default: one per core).
+    #[arg(long)]
+    app_threads: Option<usize>,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    ensure!(args.connections > 0, "--connections must be at least 1");
+    ensure!(args.interval_ms > 0, "--interval-ms must be at least 1");
+    if std::env::var_os("RUST_LOG").is_some() {
+        fanfare::telemetry::init();
+    }
+    let (soft, hard) = raise_open_file_limit()?;
+    println!("FIGURE open_files soft_limit={soft} hard_limit={hard}");
+    ensure!(
+        soft >= 2 * args.connections as u64 + 256,
+        "the open-file limit ({soft}) is too low for {} connections in one process: raise it (ulimit -n) or pass fewer --connections",
+        args.connections
+    );
+
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = args.app_threads {
+        builder.worker_threads(n.max(1));
+    }
+    let app_runtime = builder.build()?;
+    let load_runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+
+    let db = app_runtime.block_on(common::fresh_database());
+    let result = (|| {
+        let lambda = Arc::new(RecordingLambda::default());
+        // Enough pages for one callback per probe interval for the whole run.
+        let probe_bound = args.seconds + 5;
+        let pages = (probe_bound * 1000 / args.interval_ms) as usize + 100;
+        let settings = settings(&db, pages, args.header_timeout)?;
+        let (address, app) = app_runtime.block_on(AppTask::start(
+            settings,
+            Overrides {
+                lambda: Some(lambda.clone() as Arc<dyn LambdaApi>),
+                ..Default::default()
+            },
+        ));
+        let measured = load_runtime.block_on(measure(&args, &address, &lambda, pages));
+        app_runtime.block_on(app.stop());
+        measured
+    })();
+    app_runtime.block_on(drop_database(&db))?;
+    result
+}
+
+fn settings(db: &str, pages: usize, header_timeout: u64) -> anyhow::Result<Settings> {
+    let toml = common::config_toml_with(
+        db,
+        0,
+        10,
+        CALLBACK_SECRET,
+        ADMIN_TOKEN,
+        &common::lambda_schedule_block("bench", pages, "", ""),
+    );
+    let mut settings = Settings::from_toml(&toml).context("the benchmark's configuration")?;
+    settings.server.header_timeout = Duration::from_secs(header_timeout);
+    Ok(settings)
+}
+
+/// Raises the soft open-file limit to the hard one; returns both.
+fn raise_open_file_limit() -> anyhow::Result<(u64, u64)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        ensure!(
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0,
+            "getrlimit(RLIMIT_NOFILE) failed"
+        );
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not everywhere
+    Ok((limit.rlim_cur as u64, limit.rlim_max as u64))
+}
+
+async fn drop_database(db: &str) -> anyhow::Result<()> {
+    let name = url::Url::parse(db)?
+        .path()
+        .trim_start_matches('/')
+        .to_string();
+    let mut admin = PgConnection::connect(&admin_database_url()).await?;
+    admin
+        .execute(format!(r#"drop database if exists "{name}" with (force)"#).as_str())
+        .await?;
+    Ok(())
+}
+
+async fn measure(
+    args: &Args,
+    address: &str,
+    lambda: &RecordingLambda,
+    pages: usize,
+) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    ensure!(
+        common::wait_ready(&http, address, Duration::from_secs(10)).await,
+        "the application did not become ready"
+    );
+    common::trigger(&http, address, ADMIN_TOKEN, "bench").await;
+    let requests = lambda.wait_for(pages).await;
+    let header_timeout = Duration::from_secs(args.header_timeout);
+    let bound = header_timeout + Duration::from_secs(5);
+    let give_up = header_timeout + Duration::from_secs(15);
+    let host = address.trim_start_matches("http://").to_string();
+
+    let started = Instant::now();
+    let load_for = Duration::from_secs(args.seconds);
+    // Each task keeps one slow connection open until the load ends.
+    let slow: Vec<_> = (0..args.connections)
+        .map(|_| {
+            let host = host.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                loop {
+                    seen.push(slow_connection(host.clone(), give_up).await);
+                    if started.elapsed() >= load_for {
+                        return seen;
+                    }
+                }
+            })
+        })
+        .collect();
+    let slow_done = async {
+        let mut closed = Vec::new();
+        let mut still_open = 0;
+        let mut failed = 0;
+        for handle in slow {
+            for seen in handle.await? {
+                match seen {
+                    Ok(Some(after)) => closed.push(after),
+                    Ok(None) => still_open += 1,
+                    Err(_) => failed += 1,
+                }
+            }
+        }
+        anyhow::Ok((closed, still_open, failed))
+    };
+    let probing = tokio_util::sync::CancellationToken::new();
+    let interval = Duration::from_millis(args.interval_ms);
+    let healthz = probe(interval, probing.clone(), {
+        let (http, url) = (reqwest::Client::new(), format!("{address}/healthz"));
+        move |_| http.get(&url).send()
+    });
+    let callbacks = probe(interval, probing.clone(), {
+        let (http, url) = (reqwest::Client::new(), format!("{address}/v1/callbacks"));
+        move |i| {
+            let r = &requests[i % requests.len()];
+            http.post(&url)
+                .bearer_auth(&r.callback_token)
+                .json(&common::succeeded(r))
+                .send()
+        }
+    });
+    let stopper = async {
+        tokio::time::sleep(load_for).await;
+        probing.cancel();
+    };
+    let (slow_result, (), healthz, callbacks) =
+        tokio::join!(slow_done, stopper, healthz, callbacks);
+    let (mut closed, still_open, failed) = slow_result?;
+    closed.sort();
+    let within = closed.iter().filter(|d| **d <= bound).count();
+    println!(
+        "FIGURE slow_connections at_once={} opened={} closed={} still_open={still_open} connect_failed={failed} header_timeout_s={} bound_s={} within_bound={within} close_p50_s={:.2} close_p99_s={:.2} close_max_s={:.2} load_s={}",
+        args.connections,
+        closed.len() + still_open + failed,
+        closed.len(),
+        args.header_timeout,
+        bound.as_secs(),
+        secs(quantile(&closed, 0.50)),
+        secs(quantile(&closed, 0.99)),
+        secs(closed.last().copied()),
+        args.seconds,
+    );
+    for (name, samples) in [("healthz", healthz), ("callbacks", callbacks)] {
+        let (mut latencies, errors) = samples;
+        latencies.sort();
+        println!(
+            "FIGURE {name} requests={} not_200={errors} p50_ms={:.1} p99_ms={:.1} max_ms={:.1} interval_ms={}",
+            latencies.len() + errors,
+            millis(quantile(&latencies, 0.50)),
+            millis(quantile(&latencies, 0.99)),
+            millis(latencies.last().copied()),
+            args.interval_ms,
+        );
+    }
+    println!("FIGURE wall_seconds={:.1}", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// One client that sends a request line and then one byte of an endless
+/// header per second; returns how long after connecting the server closed
+/// it (`None`: still open after `give_up`).
+async fn slow_connection(host: String, give_up: Duration) -> std::io::Result<Option<Duration>> {
+    let stream = TcpStream::connect(&host).await?;
+    let opened = Instant::now();
+    let (mut reader, mut writer) = stream.into_split();
+    let header = format!("GET /healthz HTTP/1.1\r\nhost: {host}\r\nx-slow: ");
+    let trickle = async move {
+        let mut bytes = header
+            .into_bytes()
+            .into_iter()
+            .chain(std::iter::repeat(b'a'));
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let byte = bytes.next().expect("endless");
+            if writer.write_all(&[byte]).await.is_err() {
+                // Closed by the server; the reader sees it too.
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let closed = async {
+        let mut buf = [0u8; 512];
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => return opened.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    };
+    Ok(tokio::time::timeout(give_up, async {
+        tokio::select! {
+            after = closed => after,
+            _ = trickle => unreachable!("the trickle never ends"),
+        }
+    })
+    .await
+    .ok())
+}
+
+/// Sends `request(i)` every `interval` until `stop`; returns the latencies
+/// of 200 answers and the number of other answers (or failures).
+async fn probe<F, Fut>(
+    interval: Duration,
+    stop: tokio_util::sync::CancellationToken,
+    request: F,
+) -> (Vec<Duration>, usize)
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = reqwest::Result<reqwest::Response>>,
+{
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for i in 0.. {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let sent = Instant::now();
+        match request(i).await {
+            Ok(r) if r.status() == 200 => {
+                let _ = r.bytes().await;
+                latencies.push(sent.elapsed());
+            }
+            _ => errors += 1,
+        }
+    }
+    (latencies, errors)
+}
+
+fn quantile(sorted: &[Duration], q: f64) -> Option<Duration> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+    Some(sorted[i])
+}
+
+fn secs(d: Option<Duration>) -> f64 {
+    d.map_or(f64::NAN, |d| d.as_secs_f64())
+}
+
+fn millis(d: Option<Duration>) -> f64 {
+    d.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
+}
