@@ -11,4 +11,5 @@ mod helpers;
 mod lambda_errors;
 mod lifecycle;
 mod runs;
+mod secrets;
 mod sources;
