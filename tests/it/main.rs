@@ -7,6 +7,7 @@ mod common;
 mod api;
 mod callbacks;
 mod config;
+mod fuzz_callbacks;
 mod helpers;
 mod lambda_errors;
 mod lifecycle;
