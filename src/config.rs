@@ -15,6 +15,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
 
+use crate::redact::SecretUrl;
 use crate::schedule::CronSchedule;
 
 /// Every problem found in a configuration, one line each.
@@ -157,10 +158,16 @@ pub enum PageSource {
 pub enum NotifyTarget {
     /// A Standard Webhooks endpoint.
     Webhook {
-        /// Where to POST.
-        url: Url,
+        /// Where to POST; held as a secret (its path or query often carries
+        /// a token), so it shows in no `Debug` output, log line or stored
+        /// error.
+        url: SecretUrl,
         /// `whsec_<base64 key>`; the decoded key signs each delivery.
         secret: SecretString,
+        /// The secret being rotated out: while it is set, each delivery
+        /// carries a second signature under it, so a receiver still
+        /// verifying with the old key accepts the delivery.
+        previous_secret: Option<SecretString>,
     },
     /// A Slack incoming webhook.
     Slack {
@@ -472,8 +479,9 @@ struct RawNotifyTarget {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawWebhook {
-    url: String,
+    url: SecretString,
     secret: SecretString,
+    previous_secret: Option<SecretString>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -524,6 +532,22 @@ fn http_url(p: &mut Problems, at: &str, raw: &str) -> Option<Url> {
         }
         Err(e) => {
             p.add(at, format!("{raw:?} is not a URL ({e})"));
+            None
+        }
+    }
+}
+
+/// [`http_url`] for a URL that is a secret (webhook and Slack endpoints):
+/// a problem names the key and what is wrong, never the URL.
+fn secret_http_url(p: &mut Problems, at: &str, raw: &str) -> Option<Url> {
+    match Url::parse(raw) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(u),
+        Ok(_) => {
+            p.add(at, "must be an http or https URL");
+            None
+        }
+        Err(e) => {
+            p.add(at, format!("is not a URL ({e})"));
             None
         }
     }
@@ -895,18 +919,26 @@ impl RawSchedule {
             let tat = format!("{at}: notify[{i}]");
             match (t.webhook, t.slack, t.stdout) {
                 (Some(w), None, None) => {
-                    if let Some(url) = http_url(p, &format!("{tat}.webhook.url"), &w.url) {
-                        if let Err(e) = crate::notify::webhook_key(&w.secret) {
-                            p.add(&format!("{tat}.webhook.secret"), e);
+                    if let Err(e) = crate::notify::webhook_key(&w.secret) {
+                        p.add(&format!("{tat}.webhook.secret"), e);
+                    }
+                    if let Some(old) = &w.previous_secret {
+                        if let Err(e) = crate::notify::webhook_key(old) {
+                            p.add(&format!("{tat}.webhook.previous_secret"), e);
                         }
+                    }
+                    let at = format!("{tat}.webhook.url");
+                    if let Some(url) = secret_http_url(p, &at, w.url.expose_secret()) {
                         notify.push(NotifyTarget::Webhook {
-                            url,
+                            url: SecretUrl::new(url),
                             secret: w.secret,
+                            previous_secret: w.previous_secret,
                         });
                     }
                 }
                 (None, Some(s), None) => {
-                    if http_url(p, &format!("{tat}.slack.url"), s.url.expose_secret()).is_some() {
+                    let at = format!("{tat}.slack.url");
+                    if secret_http_url(p, &at, s.url.expose_secret()).is_some() {
                         notify.push(NotifyTarget::Slack { url: s.url });
                     }
                 }

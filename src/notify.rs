@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::NotifyTarget;
 use crate::ledger::{self, FailedPage, Outbound, Run};
+use crate::redact;
 use crate::runs::Runs;
 
 /// How long a claimed notification is leased to the replica sending it,
@@ -253,16 +254,30 @@ impl Notifier {
         }
     }
 
+    /// Delivers `n` to `target`. An error names the target by kind and
+    /// index (`webhook 0`), never by URL: webhook and Slack URLs are secrets,
+    /// and the error is stored in the outbox and shown by the API.
     async fn send(&self, target: &NotifyTarget, n: &Outbound) -> Result<(), String> {
         match target {
-            NotifyTarget::Webhook { url, secret } => {
+            NotifyTarget::Webhook {
+                url,
+                secret,
+                previous_secret,
+            } => {
+                let what = format!("webhook {}", n.target);
                 let key = webhook_key(secret)?;
                 let body = serde_json::to_vec(&n.payload).map_err(|e| e.to_string())?;
                 let ts = Utc::now().timestamp();
-                let sig = sign_webhook(&key, &n.webhook_id, ts, &body);
+                let mut sig = sign_webhook(&key, &n.webhook_id, ts, &body);
+                if let Some(old) = previous_secret {
+                    // Standard Webhooks: several space-separated signatures,
+                    // the receiver accepts the delivery if any verifies.
+                    sig.push(' ');
+                    sig.push_str(&sign_webhook(&webhook_key(old)?, &n.webhook_id, ts, &body));
+                }
                 let resp = self
                     .http
-                    .post(url.clone())
+                    .post(url.expose().clone())
                     .header("content-type", "application/json")
                     .header("webhook-id", &n.webhook_id)
                     .header("webhook-timestamp", ts.to_string())
@@ -270,19 +285,24 @@ impl Notifier {
                     .body(body)
                     .send()
                     .await
-                    .map_err(|e| format!("POST {url}: {}", error_chain(&e)))?;
-                check_status(resp, url.as_str()).await
+                    .map_err(|e| {
+                        let error = error_chain(&e.without_url());
+                        format!("POST to {what}: {}", redact::scrub(&error, url.expose()))
+                    })?;
+                check_status(resp, &what)
+                    .await
+                    .map_err(|e| redact::scrub(&e, url.expose()))
             }
             NotifyTarget::Slack { url } => {
+                let what = format!("Slack {}", n.target);
                 let resp = self
                     .http
                     .post(url.expose_secret())
                     .json(&slack_message(&n.payload))
                     .send()
                     .await
-                    // The Slack URL is a secret: name only its host.
-                    .map_err(|e| format!("POST to Slack: {}", error_chain(&e.without_url())))?;
-                check_status(resp, "Slack").await
+                    .map_err(|e| format!("POST to {what}: {}", error_chain(&e.without_url())))?;
+                check_status(resp, &what).await
             }
             NotifyTarget::Stdout if n.event == "run.stuck" => {
                 let p = &n.payload;

@@ -53,6 +53,52 @@ pub fn url_text(raw: &str) -> String {
     }
 }
 
+/// A URL that is itself a secret (a webhook endpoint whose path or query
+/// carries a token): `Debug` and `Display` print `[redacted]`, and the URL
+/// is reached only through [`SecretUrl::expose`], where it is sent.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(Url);
+
+impl SecretUrl {
+    /// Holds `u` as a secret.
+    pub fn new(u: Url) -> Self {
+        Self(u)
+    }
+
+    /// The URL itself, for sending a request to it; never for a log line or
+    /// a stored message.
+    pub fn expose(&self) -> &Url {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl std::fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// `text` with every occurrence of `secret` (as written, and as
+/// [`url`] would show it) replaced by `[redacted]`: for messages from
+/// libraries that may quote the URL they were given.
+pub fn scrub(text: &str, secret: &Url) -> String {
+    let mut out = text.to_string();
+    let raw = secret.as_str();
+    let shown = url(secret);
+    for needle in [raw, raw.trim_end_matches('/'), shown.as_str()] {
+        if needle.len() > "http://".len() {
+            out = out.replace(needle, "[redacted]");
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,5 +122,22 @@ mod tests {
         );
         assert_eq!(url_text("http://a:b@[bad/x?k=v"), "http://[bad/x?…");
         assert_eq!(url_text("not a url?secret=1"), "not a url?…");
+    }
+
+    #[test]
+    fn a_secret_url_prints_as_redacted() {
+        let u = SecretUrl::new(Url::parse("https://hooks.example.com/t/sekrit?sig=abc").unwrap());
+        assert_eq!(format!("{u:?} {u}"), "[redacted] [redacted]");
+        assert_eq!(u.expose().path(), "/t/sekrit");
+    }
+
+    #[test]
+    fn scrub_removes_the_url_in_every_form_it_is_quoted() {
+        let u = Url::parse("https://hooks.example.com/t/sekrit?sig=abc").unwrap();
+        let text = "error sending request for url (https://hooks.example.com/t/sekrit?sig=abc): \
+                    and https://hooks.example.com/t/sekrit?…";
+        let clean = scrub(text, &u);
+        assert!(!clean.contains("sekrit"), "{clean}");
+        assert!(!clean.contains("sig=abc"), "{clean}");
     }
 }

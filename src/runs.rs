@@ -125,7 +125,8 @@ impl Runs {
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| Runs {
             pool,
-            signer: TokenSigner::new(settings.security.callback_secret.clone()),
+            signer: TokenSigner::new(settings.security.callback_secret.clone())
+                .accepting(settings.security.previous_callback_secrets.iter().cloned()),
             lister,
             settings,
             tracker,

@@ -121,6 +121,12 @@ impl Application {
         self.state.runs.clone()
     }
 
+    /// What the HTTP handlers share, for driving [`crate::http::router`]
+    /// in-process (the callback fuzz test).
+    pub fn state(&self) -> AppState {
+        self.state.clone()
+    }
+
     /// Cancelling this token stops the application gracefully.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.cancel.clone()

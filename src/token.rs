@@ -6,6 +6,12 @@
 //! it. It binds the report to one run, page and attempt, expires some grace
 //! after the attempt's deadline, and is verified in constant time. No state
 //! is stored: any replica can verify any token.
+//!
+//! Rotation: a signer may also hold earlier secrets
+//! (`[security] previous_callback_secrets`). Tokens are signed with the
+//! current secret only; a token that verifies under any held secret is
+//! accepted, so a rolling deploy that changes the secret refuses no crawler
+//! still holding a token from a replica with the old one.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -44,10 +50,12 @@ pub enum TokenError {
     Expired,
 }
 
-/// Signs and verifies task tokens with one secret.
+/// Signs task tokens with one secret and verifies them with it and any
+/// earlier secrets still accepted.
 #[derive(Clone)]
 pub struct TokenSigner {
     key: SecretString,
+    previous: Vec<SecretString>,
 }
 
 impl std::fmt::Debug for TokenSigner {
@@ -59,12 +67,21 @@ impl std::fmt::Debug for TokenSigner {
 impl TokenSigner {
     /// A signer keyed with `callback_secret`.
     pub fn new(key: SecretString) -> Self {
-        Self { key }
+        Self {
+            key,
+            previous: Vec::new(),
+        }
+    }
+
+    /// This signer, also accepting tokens signed with any of `previous`
+    /// (never signing with them).
+    pub fn accepting(mut self, previous: impl IntoIterator<Item = SecretString>) -> Self {
+        self.previous.extend(previous);
+        self
     }
 
     fn mac(&self) -> HmacSha256 {
-        HmacSha256::new_from_slice(self.key.expose_secret().as_bytes())
-            .expect("HMAC accepts keys of any length")
+        mac_for(&self.key)
     }
 
     /// A token for `claims`.
@@ -88,11 +105,18 @@ impl TokenSigner {
         let sig = URL_SAFE_NO_PAD
             .decode(sig)
             .map_err(|_| TokenError::Malformed)?;
-        let mut mac = self.mac();
-        mac.update(body.as_bytes());
-        // verify_slice compares in constant time.
-        mac.verify_slice(&sig)
-            .map_err(|_| TokenError::BadSignature)?;
+        // verify_slice compares in constant time. Every held key is tried,
+        // whichever matches, so the time taken does not say which one did.
+        let verified = std::iter::once(&self.key)
+            .chain(&self.previous)
+            .fold(false, |ok, key| {
+                let mut mac = mac_for(key);
+                mac.update(body.as_bytes());
+                mac.verify_slice(&sig).is_ok() | ok
+            });
+        if !verified {
+            return Err(TokenError::BadSignature);
+        }
         let mut parts = body.split('.');
         let (Some("v1"), Some(run), Some(page), Some(attempt), Some(exp), None) = (
             parts.next(),
@@ -119,6 +143,11 @@ impl TokenSigner {
         }
         Ok(claims)
     }
+}
+
+fn mac_for(key: &SecretString) -> HmacSha256 {
+    HmacSha256::new_from_slice(key.expose_secret().as_bytes())
+        .expect("HMAC accepts keys of any length")
 }
 
 #[cfg(test)]
@@ -168,5 +197,54 @@ mod tests {
         let c = claims();
         let later = "2026-11-26T03:20:01Z".parse().unwrap();
         assert_eq!(s.verify(&s.sign(&c), later), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn tokens_signed_with_a_previous_secret_are_accepted_while_it_is_listed() {
+        let old = "0123456789abcdef0123456789abcdef";
+        let new = "fedcba9876543210fedcba9876543210";
+        let rotated = signer(new).accepting([SecretString::from(old.to_string())]);
+        let c = claims();
+        let now = "2026-11-26T03:00:00Z".parse().unwrap();
+        assert_eq!(rotated.verify(&signer(old).sign(&c), now), Ok(c));
+        assert_eq!(rotated.verify(&signer(new).sign(&c), now), Ok(c));
+        assert_eq!(
+            signer(new).verify(&signer(old).sign(&c), now),
+            Err(TokenError::BadSignature),
+            "once the old secret is no longer listed, its tokens are refused"
+        );
+        let stranger = signer("00000000000000000000000000000000");
+        assert_eq!(
+            rotated.verify(&stranger.sign(&c), now),
+            Err(TokenError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn new_tokens_are_signed_with_the_current_secret_only() {
+        let old = "0123456789abcdef0123456789abcdef";
+        let new = "fedcba9876543210fedcba9876543210";
+        let rotated = signer(new).accepting([SecretString::from(old.to_string())]);
+        let c = claims();
+        let now = "2026-11-26T03:00:00Z".parse().unwrap();
+        let token = rotated.sign(&c);
+        assert_eq!(token, signer(new).sign(&c));
+        assert_eq!(signer(new).verify(&token, now), Ok(c));
+        assert_eq!(
+            signer(old).verify(&token, now),
+            Err(TokenError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn a_previous_secret_does_not_extend_an_expired_token() {
+        let old = "0123456789abcdef0123456789abcdef";
+        let rotated = signer("fedcba9876543210fedcba9876543210")
+            .accepting([SecretString::from(old.to_string())]);
+        let later = "2026-11-26T03:20:01Z".parse().unwrap();
+        assert_eq!(
+            rotated.verify(&signer(old).sign(&claims()), later),
+            Err(TokenError::Expired)
+        );
     }
 }

@@ -144,6 +144,42 @@ fn check_config_exits_nonzero_listing_every_problem_and_zero_when_valid() {
 }
 
 #[test]
+fn check_config_names_an_admin_token_shorter_than_32_characters() {
+    let dir = std::env::temp_dir().join(format!("fanfare-config-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let short = "short-admin-token-20";
+    let path = dir.join("short-token.toml");
+    std::fs::write(
+        &path,
+        crate::common::config_toml_with(
+            "postgres://x@127.0.0.1/db",
+            0,
+            5,
+            crate::helpers::CALLBACK_SECRET,
+            short,
+            "",
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fanfare"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("security.admin_token: is 20 characters; it must be at least 32"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(short),
+        "the token itself is not shown: {stderr}"
+    );
+}
+
+#[test]
 fn the_example_configuration_is_valid() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fanfare.toml");
     let settings = Settings::load(Some(&path)).unwrap_or_else(|e| panic!("{e}"));
