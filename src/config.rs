@@ -247,7 +247,7 @@ pub struct Schedule {
     /// Past this, a run's open pages time out and the run finishes.
     pub run_timeout: Duration,
     /// How many failed or timed-out pages still make the run `succeeded`.
-    pub tolerated_failures: crate::ledger::Tolerance,
+    pub tolerated_failures: Tolerance,
     /// A run with no progress for this long is reported stuck (once).
     pub stuck_after: Duration,
     /// What to do with fires missed while no replica was running.
@@ -421,6 +421,31 @@ struct RawSchedule {
     notify: Vec<RawNotifyTarget>,
 }
 
+/// How many failed pages a run may have and still be `succeeded`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Tolerance {
+    /// At most this many failed or timed-out pages.
+    Count(i64),
+    /// At most this percentage of the run's pages.
+    Percent(f64),
+}
+
+/// Decodes a `whsec_<base64>` webhook secret into the HMAC key.
+pub fn webhook_key(secret: &SecretString) -> Result<Vec<u8>, String> {
+    use base64::Engine;
+    let s = secret.expose_secret();
+    let b64 = s
+        .strip_prefix("whsec_")
+        .ok_or("must start with \"whsec_\"")?;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|e| format!("the part after \"whsec_\" is not base64 ({e})"))?;
+    if key.len() < 16 {
+        return Err("the decoded key must be at least 16 bytes".into());
+    }
+    Ok(key)
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum RawTolerance {
@@ -428,8 +453,7 @@ enum RawTolerance {
     Text(String),
 }
 
-fn tolerance(p: &mut Problems, at: &str, raw: Option<RawTolerance>) -> crate::ledger::Tolerance {
-    use crate::ledger::Tolerance;
+fn tolerance(p: &mut Problems, at: &str, raw: Option<RawTolerance>) -> Tolerance {
     let bad = |p: &mut Problems, v: &str| {
         p.add(
             at,
@@ -919,11 +943,11 @@ impl RawSchedule {
             let tat = format!("{at}: notify[{i}]");
             match (t.webhook, t.slack, t.stdout) {
                 (Some(w), None, None) => {
-                    if let Err(e) = crate::notify::webhook_key(&w.secret) {
+                    if let Err(e) = webhook_key(&w.secret) {
                         p.add(&format!("{tat}.webhook.secret"), e);
                     }
                     if let Some(old) = &w.previous_secret {
-                        if let Err(e) = crate::notify::webhook_key(old) {
+                        if let Err(e) = webhook_key(old) {
                             p.add(&format!("{tat}.webhook.previous_secret"), e);
                         }
                     }

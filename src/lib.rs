@@ -6,13 +6,14 @@
 //! has reported. See the README for the configuration, the crawler contract
 //! and the API.
 
-pub mod callback;
 pub mod config;
 pub mod demo;
 pub mod dev;
 pub mod dispatch;
 pub mod http;
+pub mod lambda;
 pub mod ledger;
+pub mod lifecycle;
 pub mod notify;
 pub mod redact;
 pub mod runs;
@@ -23,5 +24,9 @@ pub mod sweep;
 pub mod telemetry;
 pub mod token;
 
+#[cfg(test)]
+mod module_graph_tests;
+
 pub use config::Settings;
+pub use http::callback;
 pub use startup::Application;

@@ -116,7 +116,10 @@ async fn serve(config: &std::path::Path) -> anyhow::Result<()> {
 
 async fn migrate(config: &std::path::Path) -> anyhow::Result<()> {
     let settings = load(config)?;
-    let pool = fanfare::ledger::pool(&settings.database)?;
+    let pool = fanfare::ledger::pool(
+        settings.database.url.expose_secret(),
+        settings.database.max_connections,
+    )?;
     fanfare::ledger::migrate(&pool)
         .await
         .context("applying migrations")?;

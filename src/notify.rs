@@ -1,5 +1,6 @@
-//! Notifications: the `run.finished` payload, Standard Webhooks signing,
-//! Slack messages, and the notifier that drains the outbox.
+//! Notifications: Standard Webhooks signing, Slack messages, and the
+//! notifier that drains the outbox (the payloads are the lifecycle's:
+//! [`crate::lifecycle::run`]).
 //!
 //! The outbox row is written in the same transaction that finishes the run,
 //! so a notification exists if and only if the run finished. Delivery is at
@@ -13,88 +14,22 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use chrono::Utc;
 use hmac::{Hmac, Mac};
-use rand::Rng;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use sha2::Sha256;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::NotifyTarget;
-use crate::ledger::{self, FailedPage, Outbound, Run};
+use crate::config::{webhook_key, NotifyTarget};
+use crate::ledger::{self, NotifyEvent, Outbound};
+use crate::lifecycle::backoff;
 use crate::redact;
 use crate::runs::Runs;
+use crate::telemetry::error_chain;
 
 /// How long a claimed notification is leased to the replica sending it,
 /// beyond the delivery timeout: a replica that dies mid-delivery delays the
 /// notification by about this much.
 const LEASE_MARGIN: Duration = Duration::from_secs(5);
-
-/// The `run.finished` body (also stored in the outbox, so every retry sends
-/// the same bytes).
-pub fn run_finished_payload(run: &Run, failed: &[FailedPage]) -> Value {
-    json!({
-        "type": "run.finished",
-        "run_id": run.id,
-        "schedule": run.schedule,
-        "trigger": run.trigger,
-        "outcome": run.outcome,
-        "error": run.error,
-        "scheduled_for": run.scheduled_for,
-        "started_at": run.created_at,
-        "finished_at": run.finished_at,
-        "pages": {
-            "total": run.total_pages,
-            "succeeded": run.succeeded_pages,
-            "failed": run.failed_pages,
-            "timed_out": run.timed_out_pages,
-            "cancelled": run.cancelled_pages,
-        },
-        "listing": run.listing,
-        "failed_pages": failed.iter().map(|p| json!({
-            "url": p.url,
-            "status": p.status,
-            "error": p.error.as_ref()
-                .and_then(|e| e.get("message").and_then(Value::as_str).map(str::to_string))
-                .unwrap_or_else(|| p.status.replace('_', " ")),
-        })).collect::<Vec<_>>(),
-    })
-}
-
-/// The `run.stuck` body: the run made no progress for its `stuck_after`.
-pub fn run_stuck_payload(run: &Run) -> Value {
-    json!({
-        "type": "run.stuck",
-        "run_id": run.id,
-        "schedule": run.schedule,
-        "trigger": run.trigger,
-        "scheduled_for": run.scheduled_for,
-        "started_at": run.created_at,
-        "last_progress_at": run.updated_at,
-        "pages": {
-            "total": run.total_pages,
-            "open": run.open_pages,
-            "succeeded": run.succeeded_pages,
-            "failed": run.failed_pages,
-            "timed_out": run.timed_out_pages,
-            "cancelled": run.cancelled_pages,
-        },
-    })
-}
-
-/// Decodes a `whsec_<base64>` secret into the HMAC key.
-pub fn webhook_key(secret: &SecretString) -> Result<Vec<u8>, String> {
-    let s = secret.expose_secret();
-    let b64 = s
-        .strip_prefix("whsec_")
-        .ok_or("must start with \"whsec_\"")?;
-    let key = STANDARD
-        .decode(b64)
-        .map_err(|e| format!("the part after \"whsec_\" is not base64 ({e})"))?;
-    if key.len() < 16 {
-        return Err("the decoded key must be at least 16 bytes".into());
-    }
-    Ok(key)
-}
 
 /// The `webhook-signature` value: `v1,<base64 HMAC-SHA256 of "{id}.{ts}.{body}">`.
 pub fn sign_webhook(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
@@ -304,7 +239,7 @@ impl Notifier {
                     .map_err(|e| format!("POST to {what}: {}", error_chain(&e.without_url())))?;
                 check_status(resp, &what).await
             }
-            NotifyTarget::Stdout if n.event == "run.stuck" => {
+            NotifyTarget::Stdout if n.event == NotifyEvent::RunStuck => {
                 let p = &n.payload;
                 println!(
                     "\n⏳ run.stuck — run {} of {:?}: no progress since {}\n",
@@ -343,28 +278,10 @@ async fn check_status(resp: reqwest::Response, what: &str) -> Result<(), String>
     Err(format!("{what} answered {status}: {body}"))
 }
 
-/// The error and its causes on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
-}
-
-/// Exponential backoff with full jitter: about 1 s, 2 s, 4 s … capped at 15 min.
-pub fn backoff(attempt: i32) -> Duration {
-    let exp = 2f64.powi(attempt.clamp(0, 20) - 1).min(900.0);
-    let jitter = rand::rng().random_range(0.5..1.0);
-    Duration::from_secs_f64((exp * jitter).max(0.5))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use secrecy::SecretString;
 
     #[test]
     fn webhook_signatures_match_the_standard_webhooks_reference() {
@@ -386,12 +303,5 @@ mod tests {
     fn secrets_without_the_whsec_prefix_are_refused() {
         assert!(webhook_key(&SecretString::from("abc".to_string())).is_err());
         assert!(webhook_key(&SecretString::from("whsec_!!".to_string())).is_err());
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        assert!(backoff(1) <= Duration::from_secs(1));
-        assert!(backoff(5) >= Duration::from_secs(8));
-        assert!(backoff(100) <= Duration::from_secs(900));
     }
 }

@@ -15,7 +15,10 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::config::{Catchup, Overlap, Schedule, Settings};
-use crate::ledger::{self, Closing, Completion, PageStatus, Run, RunPolicy, TargetRef, Trigger};
+use crate::ledger::{self, Outcome, PageStatus, Run, Trigger};
+use crate::lifecycle::page::{self, Event, Next};
+use crate::lifecycle::run as rules;
+use crate::lifecycle::{Closing, Completion};
 use crate::schedule::CronSchedule;
 use crate::sources::{self, Lister};
 use crate::token::TokenSigner;
@@ -103,15 +106,31 @@ pub enum StartError {
     Ledger(#[from] sqlx::Error),
 }
 
-/// What a retryable failure report did.
+/// One attempt of one page: what a page event is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetryOutcome {
+pub struct PageAttempt {
+    /// The page's run.
+    pub run_id: Uuid,
+    /// The page.
+    pub page_id: i64,
+    /// The attempt (1 for the first dispatch).
+    pub attempt: i32,
+}
+
+/// What handling a page event did.
+#[derive(Debug, Clone)]
+pub enum Handled {
     /// The page will be dispatched again.
-    Retrying,
-    /// That was the last attempt: the page failed.
-    Failed,
+    Requeued,
+    /// The page became terminal; `finished` is set when that finished the run.
+    Recorded {
+        /// The run, when this page was its last.
+        finished: Option<Box<Run>>,
+    },
     /// The page had moved on (terminal, or already requeued): nothing changed.
     Stale,
+    /// The run failed as a whole; `None` when it had finished already.
+    RunFailed(Option<Box<Run>>),
 }
 
 impl Runs {
@@ -136,35 +155,6 @@ impl Runs {
             report_gates: ReportGates::default(),
             me: me.clone(),
         })
-    }
-
-    /// The notification targets of `schedule`, as the outbox records them.
-    pub fn targets(&self, schedule: &str) -> Vec<TargetRef> {
-        self.settings
-            .schedule(schedule)
-            .map(|s| {
-                s.notify
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| TargetRef {
-                        index: i as i32,
-                        kind: t.kind(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// What finishing a run of `schedule` needs: targets and tolerance.
-    pub fn policy(&self, schedule: &str) -> RunPolicy {
-        RunPolicy {
-            targets: self.targets(schedule),
-            tolerated: self
-                .settings
-                .schedule(schedule)
-                .map(|s| s.tolerated_failures)
-                .unwrap_or(ledger::Tolerance::Count(0)),
-        }
     }
 
     /// A cron fire of `schedule` at its nominal time, under the schedule's
@@ -355,7 +345,7 @@ impl Runs {
                     Err(e) if ledger::is_unavailable(&e) && tries < 4 => {
                         tries += 1;
                         tracing::warn!(%run_id, error = %e, "could not store a batch of the page list; retrying");
-                        tokio::time::sleep(crate::notify::backoff(tries)).await;
+                        tokio::time::sleep(page::backoff(tries)).await;
                     }
                     other => break other,
                 }
@@ -415,8 +405,7 @@ impl Runs {
             "foreign_sitemaps": stats.foreign_sitemaps,
             "foreign_sitemap_examples": stats.foreign_sitemap_examples,
         });
-        let policies = |s: &str| self.policy(s);
-        match ledger::finish_listing(&self.pool, run_id, &listing, &policies).await {
+        match rules::finish_listing(&self.pool, &self.settings, run_id, &listing).await {
             Ok(Some(run)) => self.announce(&run).await,
             Ok(None) => {}
             // Left in `listing`: the lease expires and the run is listed again.
@@ -425,8 +414,8 @@ impl Runs {
         self.wake_dispatch.notify_one();
     }
 
-    /// Moves a page to a terminal state (see [`ledger::complete_page`]) and
-    /// announces the run when that finished it.
+    /// Moves a page to the terminal state [`page::next`] decided (see
+    /// [`rules::complete_page`]) and announces the run when that finished it.
     pub async fn complete_page(
         &self,
         run_id: Uuid,
@@ -434,12 +423,18 @@ impl Runs {
         attempt: i32,
         status: PageStatus,
         result: Option<&serde_json::Value>,
-        error: Option<&serde_json::Value>,
+        error: Option<&ledger::PageError>,
     ) -> Result<Completion, sqlx::Error> {
         let _turn = self.report_gates.enter(run_id).await;
-        let policies = |s: &str| self.policy(s);
-        let completion = ledger::complete_page(
-            &self.pool, run_id, page_id, attempt, status, result, error, &policies,
+        let completion = rules::complete_page(
+            &self.pool,
+            &self.settings,
+            run_id,
+            page_id,
+            attempt,
+            status,
+            result,
+            error,
         )
         .await?;
         if let Completion::Recorded { finished } = &completion {
@@ -453,14 +448,88 @@ impl Runs {
         Ok(completion)
     }
 
+    /// A crawler's report about `at`: [`Self::page_event`] with the
+    /// schedule's `max_attempts`, looked up only when the event depends on it.
+    /// `result` is the report's facts, when it succeeded.
+    pub async fn report(
+        &self,
+        at: PageAttempt,
+        event: Event,
+        result: Option<&serde_json::Value>,
+    ) -> Result<Handled, sqlx::Error> {
+        let max_attempts = if event.depends_on_attempts() {
+            ledger::run_schedule(&self.pool, at.run_id)
+                .await?
+                .and_then(|s| self.settings.schedule(&s).map(|s| s.max_attempts))
+                .unwrap_or(1)
+        } else {
+            1
+        };
+        self.page_event(at, max_attempts, event, result).await
+    }
+
+    /// Something happened to page attempt `at` (see [`Event`]): its next
+    /// state is decided by [`page::next`] and written. Every path that
+    /// changes a page goes through here: reports, deadlines, invoke errors.
+    /// Every retry counts in `fanfare_pages_retried_total{reason}`.
+    pub async fn page_event(
+        &self,
+        at: PageAttempt,
+        max_attempts: u32,
+        event: Event,
+        result: Option<&serde_json::Value>,
+    ) -> Result<Handled, sqlx::Error> {
+        let PageAttempt {
+            run_id,
+            page_id,
+            attempt,
+        } = at;
+        Ok(match page::next(attempt, max_attempts, event) {
+            Next::Requeue {
+                after,
+                uses_attempt,
+                reason,
+                error,
+            } => {
+                if ledger::requeue_page(&self.pool, page_id, attempt, after, &error, !uses_attempt)
+                    .await?
+                {
+                    metrics::counter!("fanfare_pages_retried_total", "reason" => reason.as_str())
+                        .increment(1);
+                    tracing::info!(%run_id, page_id, attempt, reason = reason.as_str(), uses_attempt, retry_in = ?after, error = %error.message, "the page will be dispatched again");
+                    Handled::Requeued
+                } else {
+                    Handled::Stale
+                }
+            }
+            Next::Terminal(status, error) => {
+                let result = result.filter(|_| status == PageStatus::Succeeded);
+                match self
+                    .complete_page(run_id, page_id, attempt, status, result, error.as_ref())
+                    .await?
+                {
+                    Completion::Recorded { finished } => Handled::Recorded { finished },
+                    Completion::Duplicate => Handled::Stale,
+                }
+            }
+            Next::FailRun(reason) => {
+                tracing::error!(%run_id, page_id, %reason, "the run fails");
+                Handled::RunFailed(
+                    self.close_run(run_id, Closing::Failed(&reason))
+                        .await?
+                        .map(Box::new),
+                )
+            }
+        })
+    }
+
     /// Finishes the runs left `finishing` for longer than `grace` by a
     /// daemon that stopped between recording a run's last page and
     /// finishing the run; returns how many it finished.
     pub async fn finish_stranded(&self, grace: std::time::Duration) -> Result<usize, sqlx::Error> {
-        let policies = |s: &str| self.policy(s);
         let mut finished = 0;
         for run_id in ledger::finishing_runs(&self.pool, grace).await? {
-            if let Some(run) = ledger::finish_finishing(&self.pool, run_id, &policies).await? {
+            if let Some(run) = rules::finish_finishing(&self.pool, &self.settings, run_id).await? {
                 tracing::warn!(%run_id, schedule = %run.schedule, "finished a run whose last page was recorded by a daemon that stopped before finishing it");
                 self.announce(&run).await;
                 finished += 1;
@@ -469,60 +538,14 @@ impl Runs {
         Ok(finished)
     }
 
-    /// A crawler reported a failure that another attempt may fix: the page is
-    /// dispatched again after a backoff while it has attempts left, and fails
-    /// with its last.
-    pub async fn retry_reported_failure(
-        &self,
-        run_id: Uuid,
-        page_id: i64,
-        attempt: i32,
-        error: &serde_json::Value,
-    ) -> Result<RetryOutcome, sqlx::Error> {
-        let max_attempts = ledger::run_schedule(&self.pool, run_id)
-            .await?
-            .and_then(|s| self.settings.schedule(&s).map(|s| s.max_attempts))
-            .unwrap_or(1);
-        if (attempt as u32) < max_attempts {
-            let wait = crate::notify::backoff(attempt);
-            return Ok(
-                if ledger::requeue_page(&self.pool, page_id, attempt, wait, error, false).await? {
-                    metrics::counter!("fanfare_pages_retried_total", "reason" => "reported")
-                        .increment(1);
-                    tracing::info!(%run_id, page_id, attempt, retry_in = ?wait, "the crawler reported a retryable failure; the page will be dispatched again");
-                    RetryOutcome::Retrying
-                } else {
-                    RetryOutcome::Stale
-                },
-            );
-        }
-        Ok(
-            match self
-                .complete_page(
-                    run_id,
-                    page_id,
-                    attempt,
-                    PageStatus::Failed,
-                    None,
-                    Some(error),
-                )
-                .await?
-            {
-                Completion::Recorded { .. } => RetryOutcome::Failed,
-                Completion::Duplicate => RetryOutcome::Stale,
-            },
-        )
-    }
-
-    /// Closes a run early (see [`ledger::close_run`]) and announces it;
+    /// Closes a run early (see [`rules::close`]) and announces it;
     /// `None` when it had already finished.
     pub async fn close_run(
         &self,
         run_id: Uuid,
         closing: Closing<'_>,
     ) -> Result<Option<Run>, sqlx::Error> {
-        let policies = |s: &str| self.policy(s);
-        let closed = ledger::close_run(&self.pool, run_id, closing, &policies).await?;
+        let closed = rules::close(&self.pool, &self.settings, run_id, closing).await?;
         if let Some(run) = &closed {
             self.announce(run).await;
         }
@@ -545,8 +568,8 @@ impl Runs {
     /// Logs and counts a finished run, wakes the notifier, and starts the
     /// schedule's buffered fire if it has one.
     pub async fn announce(&self, run: &Run) {
-        let outcome = run.outcome.clone().unwrap_or_default();
-        metrics::counter!("fanfare_runs_finished_total", "schedule" => run.schedule.clone(), "outcome" => outcome.clone())
+        let outcome = run.outcome.map(Outcome::as_str).unwrap_or_default();
+        metrics::counter!("fanfare_runs_finished_total", "schedule" => run.schedule.clone(), "outcome" => outcome)
             .increment(1);
         tracing::info!(
             run_id = %run.id,

@@ -45,7 +45,7 @@ use tokio::sync::mpsc;
 use url::Url;
 
 use crate::config::{PageSource, Schedule, DEFAULT_MAX_DOCUMENT_BYTES};
-use crate::dispatch::LambdaApi;
+use crate::lambda::LambdaApi;
 use crate::ledger::INSERT_BATCH;
 use crate::redact;
 
@@ -575,7 +575,7 @@ fn request_error(e: reqwest::Error) -> String {
     if let Some(b) = netguard::find_blocked(&e) {
         return format!("blocked: {b}");
     }
-    crate::notify::error_chain(&e.without_url())
+    crate::telemetry::error_chain(&e.without_url())
 }
 
 /// One element of a JSON page list: a URL, or what it was instead. Reading

@@ -59,7 +59,11 @@ impl Application {
         }
         let settings = Arc::new(settings);
 
-        let pool = crate::ledger::pool(&settings.database).context("database.url")?;
+        let pool = crate::ledger::pool(
+            secrecy::ExposeSecret::expose_secret(&settings.database.url),
+            settings.database.max_connections,
+        )
+        .context("database.url")?;
         crate::ledger::migrate(&pool)
             .await
             .context("applying database migrations (is database.url reachable?)")?;
@@ -281,7 +285,7 @@ async fn wake_on_notify(runs: Arc<Runs>, cancel: CancellationToken) {
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(crate::notify::backoff(failures.min(5))) => {}
+            _ = tokio::time::sleep(crate::lifecycle::backoff(failures.min(5))) => {}
         }
     }
 }

@@ -12,11 +12,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::ledger::{self, PageStatus};
-use crate::runs::Runs;
+use crate::ledger;
+use crate::lifecycle::{run as rules, Closing, Event};
+use crate::runs::{Handled, PageAttempt, Runs};
 
 /// How often the sweeper looks for overdue pages.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -55,30 +55,22 @@ pub async fn sweep_once(runs: &Runs) -> Result<usize, sqlx::Error> {
             .schedule(&page.schedule)
             .map(|s| s.max_attempts)
             .unwrap_or(1);
-        let detail = json!({
-            "kind": "deadline",
-            "message": format!("no report for attempt {} before its deadline", page.attempt),
-            "retryable": (page.attempt as u32) < max_attempts,
-        });
-        if (page.attempt as u32) < max_attempts {
-            let wait = crate::notify::backoff(page.attempt);
-            if ledger::requeue_page(&runs.pool, page.id, page.attempt, wait, &detail, false).await?
-            {
-                metrics::counter!("fanfare_pages_retried_total", "reason" => "deadline")
-                    .increment(1);
-                tracing::warn!(run_id = %page.run_id, page_id = page.id, attempt = page.attempt, retry_in = ?wait, "no report by the deadline; the page will be dispatched again");
+        let at = PageAttempt {
+            run_id: page.run_id,
+            page_id: page.id,
+            attempt: page.attempt,
+        };
+        match runs
+            .page_event(at, max_attempts, Event::DeadlinePassed, None)
+            .await?
+        {
+            Handled::Requeued => {
+                tracing::warn!(run_id = %page.run_id, page_id = page.id, attempt = page.attempt, "no report by the deadline; the page will be dispatched again")
             }
-        } else {
-            runs.complete_page(
-                page.run_id,
-                page.id,
-                page.attempt,
-                PageStatus::TimedOut,
-                None,
-                Some(&detail),
-            )
-            .await?;
-            tracing::warn!(run_id = %page.run_id, page_id = page.id, attempt = page.attempt, "no report by the deadline of the last attempt; the page timed out");
+            Handled::Recorded { .. } => {
+                tracing::warn!(run_id = %page.run_id, page_id = page.id, attempt = page.attempt, "no report by the deadline of the last attempt; the page timed out")
+            }
+            Handled::Stale | Handled::RunFailed(_) => {}
         }
     }
     if !overdue.is_empty() {
@@ -102,10 +94,7 @@ pub async fn sweep_runs(runs: &Runs) -> Result<(), sqlx::Error> {
                 "the run's run_timeout of {} passed",
                 humantime::format_duration(schedule.run_timeout)
             );
-            if let Some(closed) = runs
-                .close_run(run.id, ledger::Closing::TimedOut(&note))
-                .await?
-            {
+            if let Some(closed) = runs.close_run(run.id, Closing::TimedOut(&note)).await? {
                 tracing::warn!(run_id = %run.id, schedule = %run.schedule, timed_out = closed.timed_out_pages, "{note}; its open pages timed out");
             }
             continue;
@@ -114,9 +103,8 @@ pub async fn sweep_runs(runs: &Runs) -> Result<(), sqlx::Error> {
         if idle > schedule.stuck_after {
             stuck += 1;
             let since = now - chrono::Duration::from_std(schedule.stuck_after).unwrap_or_default();
-            let policies = |s: &str| runs.policy(s);
             if run.stuck_at.is_none()
-                && ledger::mark_stuck(&runs.pool, run.id, since, &policies).await?
+                && rules::mark_stuck(&runs.pool, &runs.settings, run.id, since).await?
             {
                 runs.wake_notify.notify_one();
                 tracing::warn!(run_id = %run.id, schedule = %run.schedule, last_progress = %run.updated_at, "run stuck");

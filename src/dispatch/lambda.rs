@@ -16,30 +16,11 @@ use aws_sdk_lambda::types::InvocationType;
 use fanfare_crawler::contract::CrawlRequest;
 use futures::future::BoxFuture;
 
-use super::{InvokeError, Invoker};
+use super::{InvokeError, Invoker, LambdaApi};
 use crate::config::LambdaSettings;
 
 /// Lambda's limit for an asynchronous invocation's payload.
 pub const MAX_EVENT_BYTES: usize = 256 * 1024;
-
-/// The parts of the Lambda API fanfare uses, behind a trait so that tests
-/// and the lister can be given any implementation.
-pub trait LambdaApi: Send + Sync {
-    /// Invokes `function` with InvocationType `Event`; `Ok` carries the
-    /// request id of the accepted (202) invocation.
-    fn invoke_event(
-        &self,
-        function: &str,
-        payload: Vec<u8>,
-    ) -> BoxFuture<'_, Result<Option<String>, InvokeError>>;
-    /// Invokes `function` with InvocationType `RequestResponse` and returns
-    /// its answer; a function error is an `Err` carrying its message.
-    fn invoke_sync(
-        &self,
-        function: &str,
-        payload: Vec<u8>,
-    ) -> BoxFuture<'_, Result<Vec<u8>, String>>;
-}
 
 /// The AWS Lambda API through aws-sdk-lambda.
 #[derive(Clone, Debug)]
@@ -88,7 +69,10 @@ pub fn classify(err: &SdkError<SdkInvokeError>) -> InvokeError {
         .unwrap_or_default();
     let SdkError::ServiceError(service) = err else {
         // Timeouts, connection failures, unreadable responses.
-        return InvokeError::Retryable(format!("{}{request_id}", crate::notify::error_chain(err)));
+        return InvokeError::Retryable(format!(
+            "{}{request_id}",
+            crate::telemetry::error_chain(err)
+        ));
     };
     let e = service.err();
     let status = service.raw().status().as_u16();

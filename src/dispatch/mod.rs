@@ -28,17 +28,18 @@ use std::time::{Duration, Instant};
 use fanfare_crawler::contract::{CrawlRequest, CONTRACT_VERSION};
 use futures::future::BoxFuture;
 use futures::StreamExt;
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-pub use lambda::{classify, AwsLambda, LambdaApi, LambdaInvoker, MAX_EVENT_BYTES};
+pub use crate::lambda::{InvokeError, LambdaApi};
+pub use lambda::{classify, AwsLambda, LambdaInvoker, MAX_EVENT_BYTES};
 pub use local::LocalInvoker;
 pub use pace::Pace;
 
 use crate::config::{InvokerKind, Schedule};
-use crate::ledger::{self, ClaimedPage, PageStatus};
-use crate::runs::Runs;
+use crate::ledger::{self, ClaimedPage};
+use crate::lifecycle::{self, Event};
+use crate::runs::{PageAttempt, Runs};
 use crate::token::Claims;
 
 /// How many pages one claim takes at most.
@@ -48,41 +49,6 @@ const INVOKE_CONCURRENCY: usize = 64;
 /// How often an idle dispatcher recounts a busy schedule's in-flight pages
 /// for `fanfare_pages_in_flight` (a pass that claims counts them anyway).
 const GAUGE_EVERY: Duration = Duration::from_secs(5);
-
-/// Why an invoke did not go through, sorted by what fanfare does about it.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum InvokeError {
-    /// Throttled (429): retried after `retry_after` at a lower pace, without
-    /// using up an attempt.
-    #[error("{message}")]
-    Throttled {
-        /// What Lambda said.
-        message: String,
-        /// Lambda's `retryAfterSeconds`, when it gave one.
-        retry_after: Option<Duration>,
-    },
-    /// Worth another attempt (5xx, network, timeout).
-    #[error("{0}")]
-    Retryable(String),
-    /// This page can never be sent (its event is too large): the page fails.
-    #[error("{0}")]
-    PageRejected(String),
-    /// The function cannot be invoked at all (not found, access denied, an
-    /// invalid name): the run fails.
-    #[error("{0}")]
-    FunctionUnusable(String),
-}
-
-impl InvokeError {
-    fn outcome(&self) -> &'static str {
-        match self {
-            InvokeError::Throttled { .. } => "throttled",
-            InvokeError::Retryable(_) => "retryable_error",
-            InvokeError::PageRejected(_) => "page_rejected",
-            InvokeError::FunctionUnusable(_) => "function_unusable",
-        }
-    }
-}
 
 /// Hands one page to a crawler, asynchronously: `Ok` means the crawler has
 /// it and will report to the callback URL; it carries the invocation's
@@ -156,7 +122,7 @@ impl Dispatcher {
                 continue;
             }
             let idle = if failures > 0 {
-                crate::notify::backoff(failures.min(5))
+                lifecycle::backoff(failures.min(5))
             } else {
                 Duration::from_millis(500)
             };
@@ -305,51 +271,47 @@ impl Dispatcher {
         }
     }
 
+    /// Records a failed invoke through the lifecycle ([`Event`]s of the
+    /// invoke kind); a throttle also slows the schedule's pace.
     async fn invoke_failed(&self, schedule: &Schedule, page: &ClaimedPage, error: InvokeError) {
-        let pool = &self.runs.pool;
         let (run_id, page_id, attempt) = (page.run_id, page.id, page.attempt);
-        let detail = |retryable: bool| json!({ "kind": "invoke", "message": error.to_string(), "retryable": retryable });
-        let result = match &error {
-            InvokeError::Throttled { retry_after, .. } => {
-                let rate = self.paces[&schedule.name].on_throttle(*retry_after);
-                let wait = retry_after.unwrap_or(Duration::from_secs(1));
-                tracing::warn!(%run_id, page_id, attempt, %error, retry_in = ?wait, invokes_per_second = rate, "Lambda throttled the invoke; slowing down and retrying without using up an attempt");
-                ledger::requeue_page(pool, page_id, attempt, wait, &detail(true), true)
-                    .await
-                    .map(|_| ())
+        let event = match error {
+            InvokeError::Throttled {
+                message,
+                retry_after,
+            } => {
+                let rate = self.paces[&schedule.name].on_throttle(retry_after);
+                tracing::warn!(%run_id, page_id, attempt, error = %message, invokes_per_second = rate, "Lambda throttled the invoke; slowing down and retrying without using up an attempt");
+                Event::InvokeThrottled {
+                    message,
+                    retry_after,
+                }
             }
-            InvokeError::Retryable(_) if (page.attempt as u32) < schedule.max_attempts => {
-                let wait = crate::notify::backoff(page.attempt);
-                tracing::warn!(%run_id, page_id, attempt, %error, retry_in = ?wait, "invoke failed; will retry");
-                ledger::requeue_page(pool, page_id, attempt, wait, &detail(true), false)
-                    .await
-                    .map(|_| ())
+            InvokeError::Retryable(message) => {
+                tracing::warn!(%run_id, page_id, attempt, error = %message, "invoke failed");
+                Event::InvokeFailedRetryable(message)
             }
-            InvokeError::Retryable(_) | InvokeError::PageRejected(_) => {
-                tracing::error!(%run_id, page_id, attempt, %error, "invoke failed; the page fails");
-                self.runs
-                    .complete_page(
-                        run_id,
-                        page_id,
-                        attempt,
-                        PageStatus::Failed,
-                        None,
-                        Some(&detail(false)),
-                    )
-                    .await
-                    .map(|_| ())
+            InvokeError::PageRejected(message) => {
+                tracing::error!(%run_id, page_id, attempt, error = %message, "the page can never be sent; it fails");
+                Event::InvokeRejected(message)
             }
             InvokeError::FunctionUnusable(reason) => {
                 let function = schedule.function.as_deref().unwrap_or("(none)");
-                let reason = format!("the crawler function {function} cannot be invoked: {reason}");
-                tracing::error!(%run_id, page_id, %reason, "the run fails");
-                self.runs
-                    .close_run(run_id, crate::ledger::Closing::Failed(&reason))
-                    .await
-                    .map(|_| ())
+                Event::FunctionUnusable(format!(
+                    "the crawler function {function} cannot be invoked: {reason}"
+                ))
             }
         };
-        if let Err(e) = result {
+        let at = PageAttempt {
+            run_id,
+            page_id,
+            attempt,
+        };
+        if let Err(e) = self
+            .runs
+            .page_event(at, schedule.max_attempts, event, None)
+            .await
+        {
             // The page stays dispatched; the sweeper retries it at its deadline.
             tracing::warn!(page_id, error = %e, "could not record the invoke failure");
         }

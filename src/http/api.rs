@@ -9,7 +9,8 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::{ApiError, AppState};
-use crate::ledger::{self, PageStatus, Run, Trigger};
+use crate::ledger::{self, PageStatus, Run, RunStatus, Trigger};
+use crate::lifecycle::Closing;
 use crate::runs::StartError;
 
 /// `axum::extract::Query` whose rejection is an [`ApiError`] (JSON 400).
@@ -161,10 +162,10 @@ pub async fn cancel_run(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_run_id(&id)?;
-    match state.runs.close_run(id, ledger::Closing::Cancelled).await? {
+    match state.runs.close_run(id, Closing::Cancelled).await? {
         Some(run) => Ok(Json(run_json(&run))),
         None => match ledger::get_run(&state.runs.pool, id).await? {
-            Some(run) if run.status == "finishing" => Err(ApiError::Conflict(format!(
+            Some(run) if run.status == RunStatus::Finishing => Err(ApiError::Conflict(format!(
                 "every page of run {id} has reported; it is finishing"
             ))),
             Some(_) => Err(ApiError::Conflict(format!("run {id} has finished already"))),

@@ -1,6 +1,7 @@
 //! The HTTP surface: callbacks, the admin API, health, readiness, metrics.
 
 mod api;
+pub mod callback;
 mod error;
 pub mod serve;
 pub mod throttle;
@@ -70,7 +71,7 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         // The callback reads its own body, bounded, after the token verifies.
-        .route("/v1/callbacks", post(crate::callback::receive))
+        .route("/v1/callbacks", post(callback::receive))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

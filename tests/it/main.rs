@@ -13,6 +13,6 @@ mod helpers;
 mod lambda_errors;
 mod lifecycle;
 mod runs;
-mod server;
 mod secrets;
+mod server;
 mod sources;

@@ -13,8 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use fanfare::ledger::{self, Closing, Completion, PageStatus};
-use fanfare::runs::RetryOutcome;
+use fanfare::ledger::{self, ErrorKind, PageError};
+use fanfare::lifecycle::{run as rules, Closing, Event};
+use fanfare::runs::{Handled, PageAttempt};
 use fanfare::sweep;
 use proptest::prelude::*;
 use proptest::test_runner::{TestCaseError, TestRunner};
@@ -161,45 +162,36 @@ impl Race<'_> {
             shared.reports_sent
         };
         let runs = &replica.runs;
-        let (terminal, finished) = match report {
-            Report::Succeeded | Report::Failed => {
-                let (status, name) = match report {
-                    Report::Succeeded => (PageStatus::Succeeded, "succeeded"),
-                    _ => (PageStatus::Failed, "failed"),
-                };
-                let result = json!({"report": n});
-                let error = json!({"kind": "http_status", "message": format!("report {n}"), "retryable": false});
-                let (result, error) = match report {
-                    Report::Succeeded => (Some(&result), None),
-                    _ => (None, Some(&error)),
-                };
-                let completed = runs
-                    .complete_page(self.run_id, page_id, attempt, status, result, error)
-                    .await;
-                match self.settle("complete_page", completed) {
-                    Some(Completion::Recorded { finished }) => (Some(name), finished.is_some()),
-                    Some(Completion::Duplicate) | None => (None, false),
+        let error = |kind, retryable| PageError::new(kind, format!("report {n}"), retryable);
+        let (event, name) = match report {
+            Report::Succeeded => (Event::ReportSucceeded, "succeeded"),
+            Report::Failed => (
+                Event::ReportFailed(error(ErrorKind::HttpStatus, false)),
+                "failed",
+            ),
+            Report::Retryable => (
+                Event::ReportFailed(error(ErrorKind::Connect, true)),
+                "failed",
+            ),
+        };
+        let result = json!({"report": n});
+        let at = PageAttempt {
+            run_id: self.run_id,
+            page_id,
+            attempt,
+        };
+        let handled = runs.report(at, event, Some(&result)).await;
+        let (terminal, finished) = match self.settle("report", handled) {
+            Some(Handled::Recorded { finished }) => (Some(name), finished.is_some()),
+            Some(Handled::Requeued) => {
+                if report != Report::Retryable || attempt as u32 >= self.policy.max_attempts {
+                    self.violation(format!(
+                        "page {page_id} was requeued by a {report:?} report of attempt {attempt}"
+                    ));
                 }
+                (None, false)
             }
-            Report::Retryable => {
-                let error =
-                    json!({"kind": "fetch", "message": format!("report {n}"), "retryable": true});
-                let retried = runs
-                    .retry_reported_failure(self.run_id, page_id, attempt, &error)
-                    .await;
-                match self.settle("retry_reported_failure", retried) {
-                    Some(RetryOutcome::Failed) => (Some("failed"), false),
-                    Some(RetryOutcome::Retrying) => {
-                        if attempt as u32 >= self.policy.max_attempts {
-                            self.violation(format!(
-                                "page {page_id} retried after its last attempt {attempt}"
-                            ));
-                        }
-                        (None, false)
-                    }
-                    Some(RetryOutcome::Stale) | None => (None, false),
-                }
-            }
+            Some(Handled::Stale | Handled::RunFailed(_)) | None => (None, false),
         };
         let mut shared = self.shared.lock().unwrap();
         if let Some(status) = terminal {
@@ -231,11 +223,14 @@ impl Race<'_> {
             return;
         }
         if finish {
-            let runs = &replica.runs;
-            let policies = |s: &str| runs.policy(s);
             let listing = json!({"pages": self.urls.len()});
-            let finished =
-                ledger::finish_listing(replica.pool(), self.run_id, &listing, &policies).await;
+            let finished = rules::finish_listing(
+                replica.pool(),
+                &replica.runs.settings,
+                self.run_id,
+                &listing,
+            )
+            .await;
             if self.settle("finish_listing", finished).flatten().is_some() {
                 self.shared.lock().unwrap().finishes += 1;
             }

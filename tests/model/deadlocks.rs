@@ -11,7 +11,9 @@
 
 use std::time::Duration;
 
-use fanfare::ledger::{self, Closing, Completion, PageStatus, Tolerance};
+use fanfare::config::Tolerance;
+use fanfare::ledger::{self, PageStatus};
+use fanfare::lifecycle::{Closing, Completion};
 use serde_json::json;
 use sqlx::Acquire;
 use uuid::Uuid;

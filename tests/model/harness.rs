@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use fanfare::ledger::{self, Tolerance};
+use fanfare::config::Tolerance;
+use fanfare::ledger;
 use fanfare::runs::Runs;
 use fanfare::sources::Lister;
 use fanfare::Settings;

@@ -7,8 +7,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fanfare::ledger::{self, Closing, Completion, PageStatus, Tolerance};
-use fanfare::runs::RetryOutcome;
+use fanfare::config::Tolerance;
+use fanfare::ledger::{self, ErrorKind, PageError};
+use fanfare::lifecycle::page::{self, Event as PageEvent, Next};
+use fanfare::lifecycle::{run as rules, Closing};
+use fanfare::runs::{Handled, PageAttempt};
 use fanfare::sweep;
 use fanfare::Settings;
 use proptest::prelude::*;
@@ -38,6 +41,22 @@ pub enum Close {
     TimedOut,
 }
 
+/// The page event a report is (as the callback makes it), and its facts.
+fn report_event(report: Report, n: u64) -> (PageEvent, Option<serde_json::Value>) {
+    let error = |kind, retryable| PageError::new(kind, format!("report {n}"), retryable);
+    match report {
+        Report::Succeeded => (PageEvent::ReportSucceeded, Some(json!({"report": n}))),
+        Report::Failed => (
+            PageEvent::ReportFailed(error(ErrorKind::HttpStatus, false)),
+            None,
+        ),
+        Report::Retryable => (
+            PageEvent::ReportFailed(error(ErrorKind::Connect, true)),
+            None,
+        ),
+    }
+}
+
 /// How the dispatcher's invoke of a claimed page fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InvokeFailure {
@@ -47,6 +66,21 @@ pub enum InvokeFailure {
     Retryable,
     /// Lambda rejected the page: it fails.
     Rejected,
+}
+
+impl InvokeFailure {
+    /// The page event the dispatcher makes of it.
+    fn event(self) -> PageEvent {
+        let message = "invoke failed".to_string();
+        match self {
+            InvokeFailure::Throttled => PageEvent::InvokeThrottled {
+                message,
+                retry_after: Some(Duration::from_secs(1)),
+            },
+            InvokeFailure::Retryable => PageEvent::InvokeFailedRetryable(message),
+            InvokeFailure::Rejected => PageEvent::InvokeRejected(message),
+        }
+    }
 }
 
 /// One step of a case.
@@ -214,6 +248,26 @@ enum Expect {
     Duplicate,
 }
 
+/// What handling a page event should answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    Requeued,
+    Recorded { finished: bool },
+    Stale,
+}
+
+impl Want {
+    fn of(handled: &Handled) -> Self {
+        match handled {
+            Handled::Requeued => Want::Requeued,
+            Handled::Recorded { finished } => Want::Recorded {
+                finished: finished.is_some(),
+            },
+            Handled::Stale | Handled::RunFailed(_) => Want::Stale,
+        }
+    }
+}
+
 impl Model {
     fn new(policy: Policy, ids: &[i64], listing: bool) -> Self {
         let mut model = Self {
@@ -285,20 +339,27 @@ impl Model {
         Expect::Recorded { finished }
     }
 
-    /// A retryable failure of `attempt`.
-    fn retry(&mut self, i: usize, attempt: i32) -> RetryOutcome {
-        if (attempt as u32) < self.policy.max_attempts {
-            let page = &mut self.pages[i];
-            if page.state == State::Dispatched && page.attempt == attempt {
-                page.state = State::Pending { backoff: true };
-                RetryOutcome::Retrying
-            } else {
-                RetryOutcome::Stale
+    /// `event` happened to page `i`'s `attempt`: its next state is what the
+    /// daemon's own transition function says.
+    fn event(&mut self, i: usize, attempt: i32, event: PageEvent) -> Want {
+        match page::next(attempt, self.policy.max_attempts, event) {
+            Next::Requeue { uses_attempt, .. } => {
+                let page = &self.pages[i];
+                if page.state == State::Dispatched && page.attempt == attempt {
+                    self.requeue(i, !uses_attempt);
+                    Want::Requeued
+                } else {
+                    Want::Stale
+                }
             }
-        } else {
-            match self.complete(i, attempt, "failed") {
-                Expect::Recorded { .. } => RetryOutcome::Failed,
-                Expect::Duplicate => RetryOutcome::Stale,
+            Next::Terminal(status, _) => {
+                match self.complete(i, attempt, status_name(status.as_str())) {
+                    Expect::Recorded { finished } => Want::Recorded { finished },
+                    Expect::Duplicate => Want::Stale,
+                }
+            }
+            Next::FailRun(reason) => {
+                panic!("the model plays no event that fails the run ({reason})")
             }
         }
     }
@@ -359,11 +420,7 @@ impl Model {
     fn sweep(&mut self, i: usize) {
         self.pages[i].overdue = false;
         let attempt = self.pages[i].attempt;
-        if (attempt as u32) < self.policy.max_attempts {
-            self.pages[i].state = State::Pending { backoff: true };
-        } else {
-            self.complete(i, attempt, "timed_out");
-        }
+        self.event(i, attempt, PageEvent::DeadlinePassed);
     }
 
     /// Marks the list complete; whether that finished the run.
@@ -707,71 +764,41 @@ impl<'a> World<'a> {
         self.reports_sent += 1;
         self.stats.reports += 1;
         let runs = self.replica().runs.clone();
-        match report {
-            Report::Succeeded | Report::Failed => {
-                let (status, name) = if report == Report::Succeeded {
-                    (PageStatus::Succeeded, "succeeded")
-                } else {
-                    (PageStatus::Failed, "failed")
-                };
-                let result = json!({"report": self.reports_sent});
-                let error = json!({"kind": "http_status", "message": format!("report {}", self.reports_sent), "retryable": false});
-                let (result, error) = if report == Report::Succeeded {
-                    (Some(&result), None)
-                } else {
-                    (None, Some(&error))
-                };
-                let want = self.model.complete(event.page, event.attempt, name);
-                let got = runs
-                    .complete_page(run_id, page_id, event.attempt, status, result, error)
-                    .await
-                    .map_err(|e| format!("complete_page failed: {e}"))?;
-                let got_kind = match &got {
-                    Completion::Recorded { finished } => Expect::Recorded {
-                        finished: finished.is_some(),
-                    },
-                    Completion::Duplicate => Expect::Duplicate,
-                };
-                if got_kind == Expect::Duplicate {
-                    self.stats.duplicates_answered += 1;
-                }
-                if got_kind != want {
-                    self.stats.violations += 1;
-                    return Err(format!(
-                        "complete_page({name}) of page {page_id} attempt {} answered {got_kind:?}, the model says {want:?}",
-                        event.attempt
-                    ));
-                }
-                if let Completion::Recorded {
-                    finished: Some(run),
-                } = &got
-                {
-                    if run.outcome != self.model.outcome {
-                        self.stats.violations += 1;
-                        return Err(format!(
-                            "the run finished as {:?}, the model says {:?}",
-                            run.outcome, self.model.outcome
-                        ));
-                    }
-                }
-            }
-            Report::Retryable => {
-                let error = json!({"kind": "fetch", "message": format!("report {}", self.reports_sent), "retryable": true});
-                let want = self.model.retry(event.page, event.attempt);
-                let got = runs
-                    .retry_reported_failure(run_id, page_id, event.attempt, &error)
-                    .await
-                    .map_err(|e| format!("retry_reported_failure failed: {e}"))?;
-                if got == RetryOutcome::Stale {
-                    self.stats.duplicates_answered += 1;
-                }
-                if got != want {
-                    self.stats.violations += 1;
-                    return Err(format!(
-                        "retry_reported_failure of page {page_id} attempt {} answered {got:?}, the model says {want:?}",
-                        event.attempt
-                    ));
-                }
+        let (page_event, result) = report_event(report, self.reports_sent);
+        let want = self
+            .model
+            .event(event.page, event.attempt, page_event.clone());
+        let at = PageAttempt {
+            run_id,
+            page_id,
+            attempt: event.attempt,
+        };
+        let got = runs
+            .report(at, page_event, result.as_ref())
+            .await
+            .map_err(|e| format!("report failed: {e}"))?;
+        let got_kind = Want::of(&got);
+        if got_kind == Want::Stale {
+            self.stats.duplicates_answered += 1;
+        }
+        if got_kind != want {
+            self.stats.violations += 1;
+            return Err(format!(
+                "the {report:?} report of page {page_id} attempt {} answered {got_kind:?}, the model says {want:?}",
+                event.attempt
+            ));
+        }
+        if let Handled::Recorded {
+            finished: Some(run),
+        } = &got
+        {
+            let outcome = run.outcome.map(|o| o.as_str().to_string());
+            if outcome != self.model.outcome {
+                self.stats.violations += 1;
+                return Err(format!(
+                    "the run finished as {outcome:?}, the model says {:?}",
+                    self.model.outcome
+                ));
             }
         }
         self.delivered.push((event, report));
@@ -843,8 +870,8 @@ impl<'a> World<'a> {
         Ok(want)
     }
 
-    /// Records a failed invoke of page `i`'s `attempt` as the dispatcher
-    /// does (`Dispatcher::invoke_failed`, mirrored: it is private).
+    /// Records a failed invoke of page `i`'s `attempt` through the same
+    /// lifecycle entry the dispatcher uses ([`Runs::page_event`](fanfare::runs::Runs::page_event)).
     async fn invoke_failed(
         &mut self,
         i: usize,
@@ -853,57 +880,26 @@ impl<'a> World<'a> {
     ) -> Result<(), String> {
         let page_id = self.model.pages[i].id;
         let runs = self.replica().runs.clone();
-        let detail = |retryable: bool| json!({"kind": "invoke", "message": "invoke failed", "retryable": retryable});
-        let retry = failure == InvokeFailure::Retryable
-            && (attempt as u32) < self.model.policy.max_attempts;
-        if failure == InvokeFailure::Throttled || retry {
-            let refund = failure == InvokeFailure::Throttled;
-            let requeued = ledger::requeue_page(
-                &runs.pool,
-                page_id,
-                attempt,
-                Duration::from_secs(1),
-                &detail(true),
-                refund,
-            )
-            .await
-            .map_err(|e| format!("requeue_page failed: {e}"))?;
-            if !requeued {
-                self.stats.violations += 1;
-                return Err(format!(
-                    "requeue_page of page {page_id} attempt {attempt}, just claimed, did nothing"
-                ));
-            }
-            self.model.requeue(i, refund);
-            if refund {
-                // The attempt never ran: it will be claimed again.
-                self.claimed.remove(&(page_id, attempt));
-            }
-            return Ok(());
-        }
-        let want = self.model.complete(i, attempt, "failed");
-        let got = runs
-            .complete_page(
-                self.run_id,
-                page_id,
-                attempt,
-                PageStatus::Failed,
-                None,
-                Some(&detail(false)),
-            )
-            .await
-            .map_err(|e| format!("complete_page failed: {e}"))?;
-        let got = match got {
-            Completion::Recorded { finished } => Expect::Recorded {
-                finished: finished.is_some(),
-            },
-            Completion::Duplicate => Expect::Duplicate,
+        let want = self.model.event(i, attempt, failure.event());
+        let at = PageAttempt {
+            run_id: self.run_id,
+            page_id,
+            attempt,
         };
+        let got = runs
+            .page_event(at, self.model.policy.max_attempts, failure.event(), None)
+            .await
+            .map_err(|e| format!("page_event failed: {e}"))?;
+        let got = Want::of(&got);
         if got != want {
             self.stats.violations += 1;
             return Err(format!(
-                "complete_page(failed) of an invoke failure answered {got:?}, the model says {want:?}"
+                "the {failure:?} invoke failure of page {page_id} attempt {attempt} answered {got:?}, the model says {want:?}"
             ));
+        }
+        if got == Want::Requeued && failure == InvokeFailure::Throttled {
+            // The attempt never ran: it will be claimed again.
+            self.claimed.remove(&(page_id, attempt));
         }
         Ok(())
     }
@@ -957,12 +953,11 @@ impl<'a> World<'a> {
             Op::FinishListing => {
                 self.insert_rest().await?;
                 let runs = self.replica().runs.clone();
-                let policies = |s: &str| runs.policy(s);
-                let got = ledger::finish_listing(
+                let got = rules::finish_listing(
                     &runs.pool,
+                    &runs.settings,
                     self.run_id,
                     &json!({"pages": self.urls.len()}),
-                    &policies,
                 )
                 .await
                 .map_err(|e| format!("finish_listing failed: {e}"))?;
@@ -1051,56 +1046,18 @@ impl<'a> World<'a> {
                 };
                 let page_id = self.model.pages[event.page].id;
                 let mut after = self.model.clone();
-                match report {
-                    Report::Succeeded => {
-                        after.complete(event.page, event.attempt, "succeeded");
-                    }
-                    Report::Failed => {
-                        after.complete(event.page, event.attempt, "failed");
-                    }
-                    Report::Retryable => {
-                        after.retry(event.page, event.attempt);
-                    }
-                }
+                self.reports_sent += 1;
+                let (page_event, result) = report_event(report, self.reports_sent);
+                after.event(event.page, event.attempt, page_event.clone());
                 candidates.insert(0, after);
                 self.delivered.push((event, report));
-                self.reports_sent += 1;
-                let n = self.reports_sent;
                 Box::pin(async move {
-                    let attempt = event.attempt;
-                    let _ = match report {
-                        Report::Succeeded => runs
-                            .complete_page(
-                                run_id,
-                                page_id,
-                                attempt,
-                                PageStatus::Succeeded,
-                                Some(&json!({"report": n})),
-                                None,
-                            )
-                            .await
-                            .map(|_| ()),
-                        Report::Failed => runs
-                            .complete_page(
-                                run_id,
-                                page_id,
-                                attempt,
-                                PageStatus::Failed,
-                                None,
-                                Some(&json!({"kind": "http_status", "message": format!("report {n}"), "retryable": false})),
-                            )
-                            .await
-                            .map(|_| ()),
-                        Report::Retryable => runs
-                            .retry_reported_failure(
-                                run_id,
-                                page_id,
-                                attempt,
-                                &json!({"kind": "fetch", "message": format!("report {n}"), "retryable": true}),
-                            )
-                            .await
-                            .map(|_| ()),
+                    let at = PageAttempt {
+                        run_id,
+                        page_id,
+                        attempt: event.attempt,
                     };
+                    let _ = runs.report(at, page_event, result.as_ref()).await;
                 })
             }
             Op::Deadline { .. } => {

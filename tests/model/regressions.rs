@@ -1,7 +1,7 @@
 //! Named cases: scenarios worth keeping whatever the random search finds,
 //! played through the same model and checks as the property.
 
-use fanfare::ledger::Tolerance;
+use fanfare::config::Tolerance;
 
 use crate::harness::{Database, Policy};
 use crate::model::{Case, Close, Op, Pick, Report, World};

@@ -33,8 +33,9 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use crate::http::serve::BodyTimedOut;
 use crate::http::throttle::LogThrottle;
 use crate::http::{bearer, ApiError, AppState};
-use crate::ledger::{Completion, PageStatus};
-use crate::runs::RetryOutcome;
+use crate::ledger::{PageError, PageStatus};
+use crate::lifecycle::Event;
+use crate::runs::{Handled, PageAttempt};
 use crate::token::Claims;
 
 /// Handles one report.
@@ -103,40 +104,26 @@ async fn handle(
         replace_nul(value);
     }
 
-    let retryable = error
-        .as_ref()
-        .and_then(|e| e.get("retryable"))
-        .and_then(serde_json::Value::as_bool)
-        .unwrap_or(false);
-    if status == PageStatus::Failed && retryable {
-        let error = error.unwrap_or_default();
-        let retried = state
-            .runs
-            .retry_reported_failure(claims.run_id, claims.page_id, claims.attempt, &error)
-            .await?;
-        return Ok(CallbackAck {
-            status: match retried {
-                RetryOutcome::Retrying | RetryOutcome::Failed => CallbackStatus::Recorded,
-                RetryOutcome::Stale => CallbackStatus::Duplicate,
-            },
-        });
-    }
-
-    let completion = state
-        .runs
-        .complete_page(
-            claims.run_id,
-            claims.page_id,
-            claims.attempt,
-            status,
-            result.as_ref(),
-            error.as_ref(),
-        )
-        .await?;
+    let event = match status {
+        PageStatus::Succeeded => Event::ReportSucceeded,
+        _ => {
+            let error: PageError = serde_json::from_value(error.unwrap_or_default())
+                .map_err(|e| ApiError::Internal(e.into()))?;
+            Event::ReportFailed(error)
+        }
+    };
+    let at = PageAttempt {
+        run_id: claims.run_id,
+        page_id: claims.page_id,
+        attempt: claims.attempt,
+    };
+    let handled = state.runs.report(at, event, result.as_ref()).await?;
     Ok(CallbackAck {
-        status: match completion {
-            Completion::Recorded { .. } => CallbackStatus::Recorded,
-            Completion::Duplicate => CallbackStatus::Duplicate,
+        status: match handled {
+            Handled::Requeued | Handled::Recorded { .. } | Handled::RunFailed(_) => {
+                CallbackStatus::Recorded
+            }
+            Handled::Stale => CallbackStatus::Duplicate,
         },
     })
 }

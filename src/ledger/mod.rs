@@ -1,0 +1,90 @@
+//! The Postgres ledger: every SQL statement fanfare runs lives here, split
+//! by table ([`runs`], [`pages`], [`outbox`], [`schedules`]).
+//!
+//! Statements only: each function runs one statement (or one short
+//! transaction of its own) on the connection, transaction or pool it is
+//! given, and decides nothing. What to write (a page's next state, a run's
+//! outcome, a notification's body) is decided above, in
+//! [`crate::lifecycle`], which passes one transaction down when several
+//! statements must commit together. Nothing here is held across a network
+//! call, and this module imports nothing else of fanfare's.
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+
+pub mod outbox;
+pub mod pages;
+pub mod runs;
+pub mod schedules;
+mod types;
+
+pub use outbox::*;
+pub use pages::*;
+pub use runs::*;
+pub use schedules::*;
+pub use types::*;
+
+/// The embedded migrations (`migrations/`).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Opens a pool of at most `max_connections` to `url`; the connection itself
+/// is made lazily, so a database that is down at start is retried, not fatal.
+pub fn pool(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    let options: PgConnectOptions = url.parse()?;
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(options.application_name("fanfare")))
+}
+
+/// Applies every pending migration.
+#[tracing::instrument(skip_all)]
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}
+
+/// Whether an error means the database could not be reached or dropped the
+/// connection (retry later), rather than a fault of the statement.
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        // 08xxx: connection exceptions; 57P01-57P03: the server is shutting
+        // down, was restarted, or terminated this backend.
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
+    }
+}
+
+/// Whether the database answers and every embedded migration is applied.
+pub async fn ready(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    let applied: i64 = sqlx::query_scalar("select count(*) from _sqlx_migrations where success")
+        .fetch_one(pool)
+        .await?;
+    Ok(applied as usize >= MIGRATOR.iter().count())
+}
+
+/// The channel replicas LISTEN on to wake each other.
+pub const WAKE_CHANNEL: &str = "fanfare_wake";
+/// Payload: pages may be dispatchable.
+pub const WAKE_DISPATCH: &str = "dispatch";
+/// Payload: a notification is queued.
+pub const WAKE_NOTIFY: &str = "notify";
+
+/// Queues a NOTIFY, delivered to every listening replica on commit.
+pub async fn wake<'e, E: sqlx::PgExecutor<'e>>(executor: E, what: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("select pg_notify($1, $2)")
+        .bind(WAKE_CHANNEL)
+        .bind(what)
+        .execute(executor)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,384 @@
+//! Statements on the `runs` table.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{Acquire, PgConnection, PgExecutor, Postgres};
+use uuid::Uuid;
+
+use super::{wake, Outcome, RunStatus, Trigger, WAKE_DISPATCH};
+
+/// One run as the ledger holds it.
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub struct Run {
+    /// The run's id.
+    pub id: Uuid,
+    /// The schedule it belongs to.
+    pub schedule: String,
+    /// Its nominal fire time.
+    pub scheduled_for: DateTime<Utc>,
+    /// What started it.
+    pub trigger: Trigger,
+    /// Where it is in its lifecycle.
+    pub status: RunStatus,
+    /// How it went, once finished.
+    pub outcome: Option<Outcome>,
+    /// Why the run failed as a whole, when it did.
+    pub error: Option<String>,
+    /// Pages listed.
+    pub total_pages: i64,
+    /// Pages not yet terminal.
+    pub open_pages: i64,
+    /// Pages that succeeded.
+    pub succeeded_pages: i64,
+    /// Pages that failed.
+    pub failed_pages: i64,
+    /// Pages that timed out.
+    pub timed_out_pages: i64,
+    /// Pages cancelled.
+    pub cancelled_pages: i64,
+    /// When the run was created.
+    pub created_at: DateTime<Utc>,
+    /// When its page list was complete.
+    pub listed_at: Option<DateTime<Utc>>,
+    /// When its last page became terminal.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// What reading its page source found (counts, invalid examples).
+    pub listing: Option<serde_json::Value>,
+    /// The run a redrive run crawls the failures of.
+    pub parent_run_id: Option<Uuid>,
+    /// When the run was reported stuck.
+    pub stuck_at: Option<DateTime<Utc>>,
+    /// Its last progress.
+    pub updated_at: DateTime<Utc>,
+}
+
+const RUN_COLUMNS: &str =
+    "id, schedule, scheduled_for, trigger, status, outcome, error, total_pages, \
+     open_pages, succeeded_pages, failed_pages, timed_out_pages, cancelled_pages, created_at, \
+     listed_at, finished_at, listing, parent_run_id, stuck_at, updated_at";
+
+/// How long a replica holds a run's listing without renewing it.
+pub const LISTING_LEASE: Duration = Duration::from_secs(30);
+
+/// Creates the run for (schedule, scheduled_for); `None` when it already
+/// exists (another replica, or a second fire, got there first).
+#[tracing::instrument(skip(db))]
+pub async fn create_run<'e, E: PgExecutor<'e>>(
+    db: E,
+    schedule: &str,
+    scheduled_for: DateTime<Utc>,
+    trigger: Trigger,
+) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "insert into runs (id, schedule, scheduled_for, trigger, listing_lease_until)
+         values ($1, $2, $3, $4, now() + make_interval(secs => $5))
+         on conflict (schedule, scheduled_for) do nothing
+         returning id",
+    )
+    .bind(Uuid::now_v7())
+    .bind(schedule)
+    .bind(scheduled_for)
+    .bind(trigger)
+    .bind(LISTING_LEASE.as_secs_f64())
+    .fetch_optional(db)
+    .await
+}
+
+/// Renews the listing lease of a run this replica is listing; `false` when
+/// the run is no longer listing.
+pub async fn renew_listing_lease<'e, E: PgExecutor<'e>>(
+    db: E,
+    run_id: Uuid,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "update runs set listing_lease_until = now() + make_interval(secs => $2)
+         where id = $1 and status = $3",
+    )
+    .bind(run_id)
+    .bind(LISTING_LEASE.as_secs_f64())
+    .bind(RunStatus::Listing)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Takes over the listing of runs whose lister stopped renewing its lease
+/// (its replica died): each returned run is now leased to the caller.
+pub async fn claim_abandoned_listings<'e, E: PgExecutor<'e>>(
+    db: E,
+) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "update runs set listing_lease_until = now() + make_interval(secs => $1), updated_at = now()
+         where id in (
+             select id from runs
+             where status = $2 and listing_lease_until < now()
+             for update skip locked)
+         returning id, schedule",
+    )
+    .bind(LISTING_LEASE.as_secs_f64())
+    .bind(RunStatus::Listing)
+    .fetch_all(db)
+    .await
+}
+
+/// Moves a listing run to `running`, recording what reading its source
+/// found; returns its open pages and schedule, `None` when it was not
+/// listing. The run's row stays locked until the transaction ends.
+pub async fn mark_listed(
+    conn: &mut PgConnection,
+    run_id: Uuid,
+    listing: &serde_json::Value,
+) -> Result<Option<(i64, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "update runs set status = $3, listed_at = now(), updated_at = now(), listing = $2
+         where id = $1 and status = $4
+         returning open_pages, schedule",
+    )
+    .bind(run_id)
+    .bind(listing)
+    .bind(RunStatus::Running)
+    .bind(RunStatus::Listing)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Locks the run's row if its status is one of `statuses`; returns its
+/// schedule, `None` when it is in another state (or does not exist).
+pub async fn lock_in(
+    conn: &mut PgConnection,
+    run_id: Uuid,
+    statuses: &[RunStatus],
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "select schedule from runs where id = $1 and status = any($2::text[]) for update",
+    )
+    .bind(run_id)
+    .bind(statuses)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Sets a run finished with `outcome` (and `error`, when given).
+pub async fn set_finished(
+    conn: &mut PgConnection,
+    run_id: Uuid,
+    outcome: Outcome,
+    error: Option<&str>,
+) -> Result<Run, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "update runs set status = $4, finished_at = now(), updated_at = now(),
+             listing_lease_until = null, error = coalesce($2, error), outcome = $3
+         where id = $1
+         returning {RUN_COLUMNS}"
+    ))
+    .bind(run_id)
+    .bind(error)
+    .bind(outcome)
+    .bind(RunStatus::Finished)
+    .fetch_one(conn)
+    .await
+}
+
+/// Runs left `finishing` for longer than `grace` (the daemon that recorded
+/// their last page died before finishing them), oldest first.
+pub async fn finishing_runs<'e, E: PgExecutor<'e>>(
+    db: E,
+    grace: Duration,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "select id from runs where status = $2
+             and updated_at < now() - make_interval(secs => $1)
+         order by updated_at",
+    )
+    .bind(grace.as_secs_f64())
+    .bind(RunStatus::Finishing)
+    .fetch_all(db)
+    .await
+}
+
+/// Schedules with unfinished runs.
+pub async fn busy_schedules<'e, E: PgExecutor<'e>>(db: E) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("select distinct schedule from runs where status <> $1")
+        .bind(RunStatus::Finished)
+        .fetch_all(db)
+        .await
+}
+
+/// Runs still listing (whose lister may have died with its replica).
+pub async fn listing_runs<'e, E: PgExecutor<'e>>(db: E) -> Result<Vec<Run>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "select {RUN_COLUMNS} from runs where status = $1 order by created_at"
+    ))
+    .bind(RunStatus::Listing)
+    .fetch_all(db)
+    .await
+}
+
+/// One run.
+pub async fn get_run<'e, E: PgExecutor<'e>>(db: E, id: Uuid) -> Result<Option<Run>, sqlx::Error> {
+    sqlx::query_as(&format!("select {RUN_COLUMNS} from runs where id = $1"))
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
+/// The newest runs, optionally of one schedule.
+pub async fn list_runs<'e, E: PgExecutor<'e>>(
+    db: E,
+    schedule: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Run>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "select {RUN_COLUMNS} from runs where ($1::text is null or schedule = $1)
+         order by scheduled_for desc, id desc limit $2"
+    ))
+    .bind(schedule)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// The schedule of a run.
+pub async fn run_schedule<'e, E: PgExecutor<'e>>(
+    db: E,
+    run_id: Uuid,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("select schedule from runs where id = $1")
+        .bind(run_id)
+        .fetch_optional(db)
+        .await
+}
+
+/// An unfinished run, as the sweeper checks it for timeouts and stalls.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OpenRun {
+    /// The run.
+    pub id: Uuid,
+    /// Its schedule.
+    pub schedule: String,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// Its last progress (a page listed or finished).
+    pub updated_at: DateTime<Utc>,
+    /// When it was reported stuck, if it was.
+    pub stuck_at: Option<DateTime<Utc>>,
+}
+
+/// Every unfinished run.
+pub async fn open_runs<'e, E: PgExecutor<'e>>(db: E) -> Result<Vec<OpenRun>, sqlx::Error> {
+    sqlx::query_as(
+        "select id, schedule, created_at, updated_at, stuck_at from runs
+         where status <> $1 order by created_at",
+    )
+    .bind(RunStatus::Finished)
+    .fetch_all(db)
+    .await
+}
+
+/// The unfinished runs of a schedule, oldest first.
+pub async fn open_runs_of<'e, E: PgExecutor<'e>>(
+    db: E,
+    schedule: &str,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "select id from runs where schedule = $1 and status <> $2 order by created_at",
+    )
+    .bind(schedule)
+    .bind(RunStatus::Finished)
+    .fetch_all(db)
+    .await
+}
+
+/// Marks a run stuck if it is unfinished, not marked yet, and has made no
+/// progress since `since`; returns it, `None` otherwise.
+pub async fn set_stuck(
+    conn: &mut PgConnection,
+    run_id: Uuid,
+    since: DateTime<Utc>,
+) -> Result<Option<Run>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "update runs set stuck_at = now()
+         where id = $1 and status <> $3 and stuck_at is null and updated_at <= $2
+         returning {RUN_COLUMNS}"
+    ))
+    .bind(run_id)
+    .bind(since)
+    .bind(RunStatus::Finished)
+    .fetch_optional(conn)
+    .await
+}
+
+/// The latest nominal fire time of a schedule that produced a run.
+pub async fn last_fire<'e, E: PgExecutor<'e>>(
+    db: E,
+    schedule: &str,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar(
+        "select max(scheduled_for) from runs where schedule = $1 and trigger = any($2::text[])",
+    )
+    .bind(schedule)
+    .bind([Trigger::Cron, Trigger::Catchup])
+    .fetch_one(db)
+    .await
+}
+
+/// Creates a run of `parent`'s failed and timed-out pages, already listed,
+/// in one transaction: `None` when the parent has no such pages (or does
+/// not exist).
+pub async fn create_redrive<'a, A: Acquire<'a, Database = Postgres>>(
+    db: A,
+    parent: Uuid,
+    now: DateTime<Utc>,
+) -> Result<Option<Uuid>, sqlx::Error> {
+    use super::PageStatus;
+    let mut tx = db.begin().await?;
+    let id = Uuid::now_v7();
+    let failures = [PageStatus::Failed, PageStatus::TimedOut];
+    let created: Option<Uuid> = sqlx::query_scalar(
+        "insert into runs (id, schedule, scheduled_for, trigger, parent_run_id, status, listed_at)
+         select $1, schedule, $3, $5, id, $6, now() from runs
+         where id = $2 and exists (
+             select 1 from pages where run_id = $2 and status = any($4::text[]))
+         returning id",
+    )
+    .bind(id)
+    .bind(parent)
+    .bind(now)
+    .bind(failures)
+    .bind(Trigger::Redrive)
+    .bind(RunStatus::Running)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if created.is_none() {
+        return Ok(None);
+    }
+    let added: i64 = sqlx::query_scalar(
+        "with added as (
+             insert into pages (run_id, url)
+             select $1, url from pages where run_id = $2 and status = any($3::text[])
+             order by id
+             on conflict (run_id, md5(url)) do nothing
+             returning 1)
+         select count(*) from added",
+    )
+    .bind(id)
+    .bind(parent)
+    .bind(failures)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query(
+        "update runs set total_pages = $2, open_pages = $2,
+             listing = jsonb_build_object('redrive_of', $3::text, 'pages', $2)
+         where id = $1",
+    )
+    .bind(id)
+    .bind(added)
+    .bind(parent.to_string())
+    .execute(&mut *tx)
+    .await?;
+    wake(&mut *tx, WAKE_DISPATCH).await?;
+    tx.commit().await?;
+    Ok(Some(id))
+}

@@ -1,0 +1,224 @@
+//! The typed values the ledger stores: statuses, outcomes, triggers and
+//! error kinds are enums mapped to the `text` columns that hold them, never
+//! compared as strings. Their serde names are the stored names, which the
+//! API and the notifications show.
+
+use serde::{Deserialize, Serialize};
+
+/// The state of one page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum PageStatus {
+    /// Listed, not yet dispatched (or waiting for a retry).
+    Pending,
+    /// Handed to a crawler; waiting for its report.
+    Dispatched,
+    /// Terminal: crawled.
+    Succeeded,
+    /// Terminal: the crawl failed.
+    Failed,
+    /// Terminal: no report within the page's attempts.
+    TimedOut,
+    /// Terminal: the run was cancelled or failed before the page ran.
+    Cancelled,
+}
+
+impl PageStatus {
+    /// The name stored in the ledger.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PageStatus::Pending => "pending",
+            PageStatus::Dispatched => "dispatched",
+            PageStatus::Succeeded => "succeeded",
+            PageStatus::Failed => "failed",
+            PageStatus::TimedOut => "timed_out",
+            PageStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses a stored or requested name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => PageStatus::Pending,
+            "dispatched" => PageStatus::Dispatched,
+            "succeeded" => PageStatus::Succeeded,
+            "failed" => PageStatus::Failed,
+            "timed_out" => PageStatus::TimedOut,
+            "cancelled" => PageStatus::Cancelled,
+            _ => return None,
+        })
+    }
+
+    /// Whether the page is done (no further attempt).
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, PageStatus::Pending | PageStatus::Dispatched)
+    }
+}
+
+/// The state of one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Its pages are being read from the source.
+    Listing,
+    /// Listed; pages are being dispatched and reported.
+    Running,
+    /// Every page is terminal; the outcome and notifications are being written.
+    Finishing,
+    /// Done, with an outcome.
+    Finished,
+}
+
+/// How a finished run went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Failures within the schedule's tolerance.
+    Succeeded,
+    /// Some pages succeeded, more failed than tolerated.
+    Partial,
+    /// No page succeeded (and more failed than tolerated), or the run failed as a whole.
+    Failed,
+    /// An operator (or a newer fire) cancelled it.
+    Cancelled,
+}
+
+impl Outcome {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Partial => "partial",
+            Outcome::Failed => "failed",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// What started a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum Trigger {
+    /// A cron fire.
+    Cron,
+    /// A fire missed while no replica ran, started afterwards.
+    Catchup,
+    /// The API or the CLI.
+    Manual,
+    /// A new run of another run's failed and timed-out pages.
+    Redrive,
+}
+
+/// The class of a page's error: the crawler's kinds (see the contract) and
+/// fanfare's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The fetch did not finish in time.
+    Timeout,
+    /// The host name did not resolve.
+    Dns,
+    /// The connection was refused or reset.
+    Connect,
+    /// The TLS handshake or certificate failed.
+    Tls,
+    /// The server answered with a non-2xx status.
+    HttpStatus,
+    /// The body was larger than the crawler's cap.
+    TooLarge,
+    /// Too many redirects, or a redirect loop.
+    Redirect,
+    /// The URL could not be fetched as given.
+    InvalidUrl,
+    /// The body could not be read or decoded.
+    Body,
+    /// A configured selector is not valid CSS.
+    InvalidSelector,
+    /// The URL leads to a non-public address.
+    Blocked,
+    /// No report came before the attempt's deadline.
+    Deadline,
+    /// The crawler could not be invoked.
+    Invoke,
+    /// The run's `run_timeout` passed before the page finished.
+    RunTimeout,
+    /// Anything else (an unknown kind a crawler sent).
+    #[serde(other)]
+    Other,
+}
+
+impl From<fanfare_crawler::contract::ErrorKind> for ErrorKind {
+    fn from(kind: fanfare_crawler::contract::ErrorKind) -> Self {
+        use fanfare_crawler::contract::ErrorKind as C;
+        match kind {
+            C::Timeout => ErrorKind::Timeout,
+            C::Dns => ErrorKind::Dns,
+            C::Connect => ErrorKind::Connect,
+            C::Tls => ErrorKind::Tls,
+            C::HttpStatus => ErrorKind::HttpStatus,
+            C::TooLarge => ErrorKind::TooLarge,
+            C::Redirect => ErrorKind::Redirect,
+            C::InvalidUrl => ErrorKind::InvalidUrl,
+            C::Body => ErrorKind::Body,
+            C::InvalidSelector => ErrorKind::InvalidSelector,
+            C::Blocked => ErrorKind::Blocked,
+            C::Other => ErrorKind::Other,
+        }
+    }
+}
+
+/// A page's last error, stored as `pages.error` (jsonb).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PageError {
+    /// Its class.
+    pub kind: ErrorKind,
+    /// What happened, naming the culprit.
+    pub message: String,
+    /// Whether another attempt may succeed.
+    pub retryable: bool,
+}
+
+impl PageError {
+    /// An error of `kind`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>, retryable: bool) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            retryable,
+        }
+    }
+}
+
+impl From<fanfare_crawler::contract::CrawlError> for PageError {
+    fn from(e: fanfare_crawler::contract::CrawlError) -> Self {
+        Self::new(e.kind.into(), e.message, e.retryable)
+    }
+}
+
+/// What a notification is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[sqlx(type_name = "text")]
+pub enum NotifyEvent {
+    /// Every page of the run is terminal (or the run was closed).
+    #[serde(rename = "run.finished")]
+    #[sqlx(rename = "run.finished")]
+    RunFinished,
+    /// The run made no progress for its `stuck_after`.
+    #[serde(rename = "run.stuck")]
+    #[sqlx(rename = "run.stuck")]
+    RunStuck,
+}
+
+impl NotifyEvent {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyEvent::RunFinished => "run.finished",
+            NotifyEvent::RunStuck => "run.stuck",
+        }
+    }
+}

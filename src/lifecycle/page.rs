@@ -1,0 +1,334 @@
+//! A page's next state: one pure function over typed values, called by
+//! every path that changes a page (the callback, the sweeper, the
+//! dispatcher's invoke-error handling, closing a run, the model test).
+//! Nothing else compares an attempt with `max_attempts`.
+
+use std::time::Duration;
+
+use rand::Rng;
+
+use crate::ledger::{ErrorKind, PageError, PageStatus};
+
+/// What happened to a page's current attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The crawler reported success.
+    ReportSucceeded,
+    /// The crawler reported a failure; its `retryable` says whether another
+    /// attempt may fix it.
+    ReportFailed(PageError),
+    /// No report came before the attempt's deadline.
+    DeadlinePassed,
+    /// Lambda throttled the invoke (429); `retry_after` is its
+    /// `retryAfterSeconds`, when it gave one.
+    InvokeThrottled {
+        /// What Lambda said.
+        message: String,
+        /// When to try again.
+        retry_after: Option<Duration>,
+    },
+    /// The invoke failed in a way another invoke may fix (5xx, network).
+    InvokeFailedRetryable(String),
+    /// This page can never be sent (its event is too large).
+    InvokeRejected(String),
+    /// The crawler function cannot be invoked at all (its reason).
+    FunctionUnusable(String),
+    /// The run was cancelled or failed as a whole.
+    Cancelled,
+    /// The run's `run_timeout` passed (the note says so).
+    RunTimedOut(String),
+}
+
+impl Event {
+    /// Whether [`next`] looks at the attempt counts for this event; callers
+    /// that would have to look `max_attempts` up skip that otherwise.
+    pub fn depends_on_attempts(&self) -> bool {
+        matches!(
+            self,
+            Event::ReportFailed(PageError {
+                retryable: true,
+                ..
+            }) | Event::DeadlinePassed
+                | Event::InvokeFailedRetryable(_)
+        )
+    }
+}
+
+/// Why a page is dispatched again: the `reason` label of
+/// `fanfare_pages_retried_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryReason {
+    /// The crawler reported a retryable failure.
+    Reported,
+    /// No report came by the deadline.
+    Deadline,
+    /// The invoke failed transiently.
+    Invoke,
+    /// Lambda throttled the invoke.
+    Throttled,
+}
+
+impl RetryReason {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryReason::Reported => "reported",
+            RetryReason::Deadline => "deadline",
+            RetryReason::Invoke => "invoke",
+            RetryReason::Throttled => "throttled",
+        }
+    }
+}
+
+/// What becomes of the page.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    /// Back to pending, dispatched again after `after`; unless
+    /// `uses_attempt`, the attempt does not count (the page never ran).
+    Requeue {
+        /// The wait before the next dispatch.
+        after: Duration,
+        /// Whether the attempt counts against `max_attempts`.
+        uses_attempt: bool,
+        /// Why (for the retry counter and the log).
+        reason: RetryReason,
+        /// The error recorded on the page meanwhile.
+        error: PageError,
+    },
+    /// Terminal, with the error recorded (none for a success, or a
+    /// cancellation that keeps the page's last error).
+    Terminal(PageStatus, Option<PageError>),
+    /// The whole run fails with this reason (its open pages are cancelled).
+    FailRun(String),
+}
+
+/// A page's next state after `event` happened to its `attempt` (1-based)
+/// of at most `max_attempts`. Pure but for the jitter drawn by [`backoff`].
+pub fn next(attempt: i32, max_attempts: u32, event: Event) -> Next {
+    let attempts_left = attempt < 0 || (attempt as u32) < max_attempts;
+    match event {
+        Event::ReportSucceeded => Next::Terminal(PageStatus::Succeeded, None),
+        Event::ReportFailed(error) if error.retryable && attempts_left => Next::Requeue {
+            after: backoff(attempt),
+            uses_attempt: true,
+            reason: RetryReason::Reported,
+            error,
+        },
+        // The crawler's error is kept as it sent it, `retryable` included.
+        Event::ReportFailed(error) => Next::Terminal(PageStatus::Failed, Some(error)),
+        Event::DeadlinePassed => {
+            let error = PageError::new(
+                ErrorKind::Deadline,
+                format!("no report for attempt {attempt} before its deadline"),
+                attempts_left,
+            );
+            if attempts_left {
+                Next::Requeue {
+                    after: backoff(attempt),
+                    uses_attempt: true,
+                    reason: RetryReason::Deadline,
+                    error,
+                }
+            } else {
+                Next::Terminal(PageStatus::TimedOut, Some(error))
+            }
+        }
+        // Throttling alone never fails a page: the attempt is refunded.
+        Event::InvokeThrottled {
+            message,
+            retry_after,
+        } => Next::Requeue {
+            after: retry_after.unwrap_or(Duration::from_secs(1)),
+            uses_attempt: false,
+            reason: RetryReason::Throttled,
+            error: PageError::new(ErrorKind::Invoke, message, true),
+        },
+        Event::InvokeFailedRetryable(message) if attempts_left => Next::Requeue {
+            after: backoff(attempt),
+            uses_attempt: true,
+            reason: RetryReason::Invoke,
+            error: PageError::new(ErrorKind::Invoke, message, true),
+        },
+        Event::InvokeFailedRetryable(message) | Event::InvokeRejected(message) => Next::Terminal(
+            PageStatus::Failed,
+            Some(PageError::new(ErrorKind::Invoke, message, false)),
+        ),
+        Event::FunctionUnusable(reason) => Next::FailRun(reason),
+        Event::Cancelled => Next::Terminal(PageStatus::Cancelled, None),
+        Event::RunTimedOut(note) => Next::Terminal(
+            PageStatus::TimedOut,
+            Some(PageError::new(ErrorKind::RunTimeout, note, false)),
+        ),
+    }
+}
+
+/// The longest wait [`backoff`] draws for `attempt`: 1 s, 2 s, 4 s … doubling
+/// per attempt, capped at 15 min.
+pub fn backoff_cap(attempt: i32) -> Duration {
+    Duration::from_secs_f64(2f64.powi(attempt.clamp(1, 21) - 1).min(900.0))
+}
+
+/// Exponential backoff with equal jitter: a wait drawn uniformly from half
+/// of [`backoff_cap`] to all of it (at least 0.5 s), so retries of pages that
+/// failed together spread out without ever coming back at once. Used for
+/// page retries, notification deliveries and the daemon's own reconnects.
+pub fn backoff(attempt: i32) -> Duration {
+    let cap = backoff_cap(attempt).as_secs_f64();
+    let wait = rand::rng().random_range(cap / 2.0..=cap);
+    Duration::from_secs_f64(wait.max(0.5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn crawl_error(retryable: bool) -> PageError {
+        PageError::new(ErrorKind::Connect, "refused", retryable)
+    }
+
+    /// Every event, with a sample payload.
+    fn events() -> Vec<Event> {
+        vec![
+            Event::ReportSucceeded,
+            Event::ReportFailed(crawl_error(true)),
+            Event::ReportFailed(crawl_error(false)),
+            Event::DeadlinePassed,
+            Event::InvokeThrottled {
+                message: "slow down".into(),
+                retry_after: Some(Duration::from_secs(7)),
+            },
+            Event::InvokeFailedRetryable("503".into()),
+            Event::InvokeRejected("too large".into()),
+            Event::FunctionUnusable("not found".into()),
+            Event::Cancelled,
+            Event::RunTimedOut("run_timeout passed".into()),
+        ]
+    }
+
+    /// What the table says for `event` with attempts left (`left`) or spent,
+    /// leaving the drawn backoff out.
+    fn expected(event: &Event, left: bool) -> String {
+        match (event, left) {
+            (Event::ReportSucceeded, _) => "terminal succeeded".into(),
+            (Event::ReportFailed(e), true) if e.retryable => "requeue reported uses".into(),
+            (Event::ReportFailed(_), _) => "terminal failed connect".into(),
+            (Event::DeadlinePassed, true) => "requeue deadline uses".into(),
+            (Event::DeadlinePassed, false) => "terminal timed_out deadline".into(),
+            (Event::InvokeThrottled { .. }, _) => "requeue throttled refunds".into(),
+            (Event::InvokeFailedRetryable(_), true) => "requeue invoke uses".into(),
+            (Event::InvokeFailedRetryable(_) | Event::InvokeRejected(_), _) => {
+                "terminal failed invoke".into()
+            }
+            (Event::FunctionUnusable(_), _) => "fail run".into(),
+            (Event::Cancelled, _) => "terminal cancelled".into(),
+            (Event::RunTimedOut(_), _) => "terminal timed_out run_timeout".into(),
+        }
+    }
+
+    fn describe(next: &Next) -> String {
+        match next {
+            Next::Requeue {
+                uses_attempt,
+                reason,
+                ..
+            } => format!(
+                "requeue {} {}",
+                reason.as_str(),
+                if *uses_attempt { "uses" } else { "refunds" }
+            ),
+            Next::Terminal(status, None) => format!("terminal {}", status.as_str()),
+            Next::Terminal(status, Some(e)) => format!(
+                "terminal {} {}",
+                status.as_str(),
+                serde_json::to_value(e.kind).unwrap().as_str().unwrap()
+            ),
+            Next::FailRun(_) => "fail run".into(),
+        }
+    }
+
+    #[test]
+    fn every_event_with_attempts_left_and_spent_follows_the_table() {
+        for max_attempts in [1u32, 3] {
+            for attempt in 1..=max_attempts as i32 {
+                let left = (attempt as u32) < max_attempts;
+                for event in events() {
+                    let got = next(attempt, max_attempts, event.clone());
+                    assert_eq!(
+                        describe(&got),
+                        expected(&event, left),
+                        "{event:?} at attempt {attempt} of {max_attempts}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_retried_page_records_why_and_marks_the_error_retryable() {
+        let Next::Requeue { error, after, .. } = next(1, 3, Event::DeadlinePassed) else {
+            panic!("a deadline with attempts left requeues");
+        };
+        assert_eq!(error.message, "no report for attempt 1 before its deadline");
+        assert!(error.retryable);
+        assert!(after >= Duration::from_millis(500) && after <= Duration::from_secs(1));
+        let Next::Terminal(_, Some(error)) = next(3, 3, Event::DeadlinePassed) else {
+            panic!("a deadline of the last attempt is terminal");
+        };
+        assert!(!error.retryable);
+    }
+
+    #[test]
+    fn a_throttled_invoke_waits_as_lambda_asks_and_never_uses_an_attempt() {
+        let throttled = |retry_after| Event::InvokeThrottled {
+            message: "429".into(),
+            retry_after,
+        };
+        for attempt in [1, 5] {
+            match next(attempt, 1, throttled(Some(Duration::from_secs(7)))) {
+                Next::Requeue {
+                    after,
+                    uses_attempt,
+                    ..
+                } => {
+                    assert_eq!(after, Duration::from_secs(7));
+                    assert!(!uses_attempt);
+                }
+                other => panic!("throttling must requeue, got {other:?}"),
+            }
+        }
+        assert!(matches!(
+            next(1, 1, throttled(None)),
+            Next::Requeue { after, .. } if after == Duration::from_secs(1)
+        ));
+    }
+
+    #[test]
+    fn a_reported_failure_on_its_last_attempt_keeps_the_crawlers_error_as_sent() {
+        assert_eq!(
+            next(2, 2, Event::ReportFailed(crawl_error(true))),
+            Next::Terminal(PageStatus::Failed, Some(crawl_error(true)))
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_per_attempt_within_equal_jitter_and_is_capped() {
+        for attempt in 1..=30 {
+            let cap = backoff_cap(attempt);
+            for _ in 0..50 {
+                let wait = backoff(attempt);
+                assert!(
+                    wait <= cap.max(Duration::from_millis(500)),
+                    "{wait:?} > {cap:?}"
+                );
+                assert!(
+                    wait >= (cap / 2).max(Duration::from_millis(500)),
+                    "{wait:?}"
+                );
+            }
+        }
+        assert_eq!(backoff_cap(1), Duration::from_secs(1));
+        assert_eq!(backoff_cap(4), Duration::from_secs(8));
+        assert_eq!(backoff_cap(100), Duration::from_secs(900));
+        assert!(backoff(5) >= Duration::from_secs(8));
+    }
+}

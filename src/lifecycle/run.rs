@@ -1,0 +1,380 @@
+//! The rules of a run: its outcome from its counts and the schedule's
+//! tolerance, when it finishes, what its notifications say and their
+//! webhook ids. Each function here that writes owns one transaction: it
+//! reads what it needs under the run's row lock, decides, and calls the
+//! ledger's statements on that transaction.
+
+use serde_json::{json, Value};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::config::{Settings, Tolerance};
+use crate::ledger::{self, FailedPage, NotifyEvent, Outcome, PageStatus, Run, RunStatus};
+
+use super::page::{self, Event, Next};
+
+/// How many failed pages a notification lists at most.
+pub const FAILED_PAGES_IN_NOTIFICATION: i64 = 100;
+
+/// A notification target of a schedule, as the outbox records it.
+#[derive(Debug, Clone)]
+pub struct TargetRef {
+    /// Index in the schedule's `notify` list.
+    pub index: i32,
+    /// `webhook`, `slack` or `stdout`.
+    pub kind: &'static str,
+}
+
+/// What finishing a run of a schedule needs to know about the schedule.
+#[derive(Debug, Clone)]
+pub struct RunPolicy {
+    /// Where its notifications go.
+    pub targets: Vec<TargetRef>,
+    /// How many failures still count as success.
+    pub tolerated: Tolerance,
+}
+
+impl RunPolicy {
+    /// The policy of `schedule` (none: no targets, no tolerance).
+    pub fn of(settings: &Settings, schedule: &str) -> Self {
+        let schedule = settings.schedule(schedule);
+        RunPolicy {
+            targets: schedule
+                .map(|s| {
+                    s.notify
+                        .iter()
+                        .enumerate()
+                        .map(|(i, t)| TargetRef {
+                            index: i as i32,
+                            kind: t.kind(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            tolerated: schedule
+                .map(|s| s.tolerated_failures)
+                .unwrap_or(Tolerance::Count(0)),
+        }
+    }
+}
+
+/// How many failed, timed-out or cancelled pages a run of `total` pages may
+/// have and still be `succeeded`.
+pub fn tolerated(tolerance: Tolerance, total: i64) -> i64 {
+    match tolerance {
+        Tolerance::Count(n) => n,
+        Tolerance::Percent(p) => (total as f64 * p / 100.0).floor() as i64,
+    }
+}
+
+/// The outcome of a run that finished on its own, from its counts.
+pub fn outcome(run: &Run, tolerance: Tolerance) -> Outcome {
+    let bad = run.failed_pages + run.timed_out_pages + run.cancelled_pages;
+    if bad <= tolerated(tolerance, run.total_pages) {
+        Outcome::Succeeded
+    } else if run.succeeded_pages == 0 {
+        Outcome::Failed
+    } else {
+        Outcome::Partial
+    }
+}
+
+/// The stable idempotency key of a run's notification to one target.
+pub fn webhook_id(run_id: Uuid, event: NotifyEvent, target: i32) -> String {
+    let suffix = match event {
+        NotifyEvent::RunFinished => "",
+        NotifyEvent::RunStuck => "_stuck",
+    };
+    format!("msg_{}{suffix}_{target}", run_id.simple())
+}
+
+/// The `run.finished` body (stored in the outbox, so every retry sends the
+/// same bytes).
+pub fn finished_payload(run: &Run, failed: &[FailedPage]) -> Value {
+    json!({
+        "type": NotifyEvent::RunFinished,
+        "run_id": run.id,
+        "schedule": run.schedule,
+        "trigger": run.trigger,
+        "outcome": run.outcome,
+        "error": run.error,
+        "scheduled_for": run.scheduled_for,
+        "started_at": run.created_at,
+        "finished_at": run.finished_at,
+        "pages": {
+            "total": run.total_pages,
+            "succeeded": run.succeeded_pages,
+            "failed": run.failed_pages,
+            "timed_out": run.timed_out_pages,
+            "cancelled": run.cancelled_pages,
+        },
+        "listing": run.listing,
+        "failed_pages": failed.iter().map(|p| json!({
+            "url": p.url,
+            "status": p.status,
+            "error": p.error.as_ref()
+                .and_then(|e| e.get("message").and_then(Value::as_str).map(str::to_string))
+                .unwrap_or_else(|| p.status.as_str().replace('_', " ")),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// The `run.stuck` body: the run made no progress for its `stuck_after`.
+pub fn stuck_payload(run: &Run) -> Value {
+    json!({
+        "type": NotifyEvent::RunStuck,
+        "run_id": run.id,
+        "schedule": run.schedule,
+        "trigger": run.trigger,
+        "scheduled_for": run.scheduled_for,
+        "started_at": run.created_at,
+        "last_progress_at": run.updated_at,
+        "pages": {
+            "total": run.total_pages,
+            "open": run.open_pages,
+            "succeeded": run.succeeded_pages,
+            "failed": run.failed_pages,
+            "timed_out": run.timed_out_pages,
+            "cancelled": run.cancelled_pages,
+        },
+    })
+}
+
+/// Why a run is closed before all its pages reported.
+#[derive(Debug, Clone, Copy)]
+pub enum Closing<'a> {
+    /// The run fails as a whole with this reason (source unreadable,
+    /// function unusable): open pages are cancelled.
+    Failed(&'a str),
+    /// An operator cancelled it: open pages are cancelled.
+    Cancelled,
+    /// Its run_timeout passed: open pages time out; the outcome follows
+    /// from the counts.
+    TimedOut(&'a str),
+}
+
+/// How recording a page's terminal state went.
+#[derive(Debug, Clone)]
+pub enum Completion {
+    /// The page became terminal; `finished` is set when that finished the run.
+    Recorded {
+        /// The run, when this page was its last.
+        finished: Option<Box<Run>>,
+    },
+    /// The page was already terminal; nothing changed.
+    Duplicate,
+}
+
+/// Writes one outbox row per target of `policy` for `event`, and wakes every
+/// replica's notifier when the transaction commits.
+async fn queue_notifications(
+    tx: &mut PgConnection,
+    run_id: Uuid,
+    event: NotifyEvent,
+    payload: &Value,
+    policy: &RunPolicy,
+) -> Result<(), sqlx::Error> {
+    for target in &policy.targets {
+        let id = webhook_id(run_id, event, target.index);
+        ledger::insert_notification(tx, run_id, event, target.index, target.kind, &id, payload)
+            .await?;
+    }
+    if !policy.targets.is_empty() {
+        ledger::wake(&mut *tx, ledger::WAKE_NOTIFY).await?;
+    }
+    Ok(())
+}
+
+/// Finishes a run and queues its `run.finished` notifications. The caller
+/// holds the run's row lock in `tx` (it has just locked or updated it), so
+/// exactly one transaction gets here per run. `forced` is the outcome of a
+/// run failed or cancelled as a whole; otherwise it follows from the counts.
+async fn finish(
+    tx: &mut PgConnection,
+    run_id: Uuid,
+    error: Option<&str>,
+    forced: Option<Outcome>,
+    policy: &RunPolicy,
+) -> Result<Run, sqlx::Error> {
+    let outcome = match forced {
+        Some(outcome) => outcome,
+        None => {
+            let run = ledger::get_run(&mut *tx, run_id)
+                .await?
+                .ok_or(sqlx::Error::RowNotFound)?;
+            self::outcome(&run, policy.tolerated)
+        }
+    };
+    let run = ledger::set_finished(tx, run_id, outcome, error).await?;
+    let failed = ledger::failed_pages(tx, run_id, FAILED_PAGES_IN_NOTIFICATION).await?;
+    let payload = finished_payload(&run, &failed);
+    queue_notifications(tx, run_id, NotifyEvent::RunFinished, &payload, policy).await?;
+    Ok(run)
+}
+
+/// Marks a run's page list complete, recording what reading it found;
+/// finishes the run at once when every page is already terminal (or there
+/// were none).
+#[tracing::instrument(skip(pool, settings, listing))]
+pub async fn finish_listing(
+    pool: &PgPool,
+    settings: &Settings,
+    run_id: Uuid,
+    listing: &Value,
+) -> Result<Option<Run>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let finished = match ledger::mark_listed(&mut tx, run_id, listing).await? {
+        Some((0, schedule)) => {
+            let policy = RunPolicy::of(settings, &schedule);
+            Some(finish(&mut tx, run_id, None, None, &policy).await?)
+        }
+        _ => None,
+    };
+    tx.commit().await?;
+    Ok(finished)
+}
+
+/// Closes a run before all its pages reported (see [`Closing`]): every
+/// page not yet terminal takes the state [`page::next`] gives it, the run
+/// finishes and its notification is queued. `None` when it had already
+/// finished, or is `finishing` (every page was recorded: it finishes with
+/// its own outcome).
+#[tracing::instrument(skip(pool, settings))]
+pub async fn close(
+    pool: &PgPool,
+    settings: &Settings,
+    run_id: Uuid,
+    closing: Closing<'_>,
+) -> Result<Option<Run>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let schedule =
+        ledger::lock_in(&mut tx, run_id, &[RunStatus::Listing, RunStatus::Running]).await?;
+    let Some(schedule) = schedule else {
+        return Ok(None);
+    };
+    let (event, error, forced) = match closing {
+        Closing::Failed(reason) => (Event::Cancelled, Some(reason), Some(Outcome::Failed)),
+        Closing::Cancelled => (Event::Cancelled, None, Some(Outcome::Cancelled)),
+        Closing::TimedOut(note) => (Event::RunTimedOut(note.to_string()), Some(note), None),
+    };
+    // The attempt counts do not matter to a run closing.
+    let Next::Terminal(status, page_error) = page::next(0, 0, event) else {
+        unreachable!("closing a run makes its open pages terminal");
+    };
+    ledger::close_open_pages(&mut tx, run_id, status, page_error.as_ref()).await?;
+    let policy = RunPolicy::of(settings, &schedule);
+    let run = finish(&mut tx, run_id, error, forced, &policy).await?;
+    tx.commit().await?;
+    Ok(Some(run))
+}
+
+/// Moves a page to a terminal state, if it is not in one already, and
+/// finishes its run when it was the last open page.
+///
+/// The page and its run's counters change in one statement committed on
+/// its own ([`ledger::complete_page`]); the statement that records a run's
+/// last page moves the run to `finishing`, so exactly one report sees it
+/// happen, and that report then finishes the run in a second transaction
+/// ([`finish_finishing`]: outcome and outbox rows). Should the daemon die
+/// between the two, the sweeper finishes the run ([`ledger::finishing_runs`]).
+#[allow(clippy::too_many_arguments)]
+pub async fn complete_page(
+    pool: &PgPool,
+    settings: &Settings,
+    run_id: Uuid,
+    page_id: i64,
+    attempt: i32,
+    status: PageStatus,
+    result: Option<&Value>,
+    error: Option<&ledger::PageError>,
+) -> Result<Completion, sqlx::Error> {
+    let recorded =
+        ledger::complete_page(pool, run_id, page_id, attempt, status, result, error).await?;
+    Ok(match recorded {
+        None => Completion::Duplicate,
+        Some(RunStatus::Finishing) => {
+            // The page is recorded whatever happens now: a failure to
+            // finish leaves the run to the sweeper, not the report to a retry.
+            let finished = match finish_finishing(pool, settings, run_id).await {
+                Ok(run) => run,
+                Err(e) => {
+                    tracing::warn!(%run_id, error = %e, "recorded the run's last page but could not finish the run; the sweeper will");
+                    None
+                }
+            };
+            Completion::Recorded {
+                finished: finished.map(Box::new),
+            }
+        }
+        Some(_) => Completion::Recorded { finished: None },
+    })
+}
+
+/// Finishes a run that is `finishing` (its last page was recorded): sets
+/// its outcome and queues its notifications. `None` when it is not
+/// `finishing` (any more): whoever takes the row lock first finishes it.
+pub async fn finish_finishing(
+    pool: &PgPool,
+    settings: &Settings,
+    run_id: Uuid,
+) -> Result<Option<Run>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let Some(schedule) = ledger::lock_in(&mut tx, run_id, &[RunStatus::Finishing]).await? else {
+        return Ok(None);
+    };
+    let policy = RunPolicy::of(settings, &schedule);
+    let run = finish(&mut tx, run_id, None, None, &policy).await?;
+    tx.commit().await?;
+    Ok(Some(run))
+}
+
+/// Marks a run stuck (no progress since `since`) and queues its one
+/// `run.stuck` notification; `false` when it was marked already or has
+/// progressed or finished meanwhile.
+pub async fn mark_stuck(
+    pool: &PgPool,
+    settings: &Settings,
+    run_id: Uuid,
+    since: chrono::DateTime<chrono::Utc>,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let Some(run) = ledger::set_stuck(&mut tx, run_id, since).await? else {
+        return Ok(false);
+    };
+    let policy = RunPolicy::of(settings, &run.schedule);
+    queue_notifications(
+        &mut tx,
+        run_id,
+        NotifyEvent::RunStuck,
+        &stuck_payload(&run),
+        &policy,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webhook_ids_are_stable_per_run_event_and_target() {
+        let id = Uuid::parse_str("0190a0b0-0000-7000-8000-000000000001").unwrap();
+        assert_eq!(
+            webhook_id(id, NotifyEvent::RunFinished, 2),
+            "msg_0190a0b0000070008000000000000001_2"
+        );
+        assert_eq!(
+            webhook_id(id, NotifyEvent::RunStuck, 0),
+            "msg_0190a0b0000070008000000000000001_stuck_0"
+        );
+    }
+
+    #[test]
+    fn tolerance_counts_or_takes_a_floored_percentage() {
+        assert_eq!(tolerated(Tolerance::Count(3), 1000), 3);
+        assert_eq!(tolerated(Tolerance::Percent(2.5), 99), 2);
+        assert_eq!(tolerated(Tolerance::Percent(0.0), 99), 0);
+    }
+}
