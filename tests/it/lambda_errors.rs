@@ -108,6 +108,10 @@ async fn throttling_backs_off_for_retry_after_and_never_uses_up_an_attempt() {
         metrics.contains(r#"fanfare_invokes_total{schedule="t",outcome="throttled"} 3"#),
         "{metrics}"
     );
+    assert!(
+        metrics.contains(r#"fanfare_pages_retried_total{reason="throttled"} 3"#),
+        "every throttled invoke is a retry and counts as one: {metrics}"
+    );
     app.stop().await;
 }
 
@@ -275,6 +279,11 @@ async fn service_errors_are_retried_within_the_pages_attempts() {
     assert_eq!(
         app.wait_finished(run, Duration::from_secs(5)).await["outcome"],
         "succeeded"
+    );
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(r#"fanfare_pages_retried_total{reason="invoke"} 2"#),
+        "every retried invoke counts as a retry: {metrics}"
     );
     app.stop().await;
 
