@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use fanfare_crawler::crawl::{Crawler, CrawlerConfig};
+use fanfare_crawler::netguard::NetPolicy;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -86,9 +87,22 @@ impl Application {
             Lister::new(http, lambda.clone()),
             tracker.clone(),
         );
-        let crawler = Crawler::new(overrides.crawler.unwrap_or_default())
-            .context("building the local crawler's HTTP client")?;
-        let local = Arc::new(LocalInvoker::new(crawler, tracker.clone()));
+        // The in-process crawler's reach follows [security]
+        // allow_private_networks, also when a test passes its own crawler
+        // settings: the config switch is the one truth.
+        let crawler_config = CrawlerConfig {
+            net: NetPolicy::allowing_private(runs.settings.security.allow_private_networks),
+            ..overrides.crawler.unwrap_or_default()
+        };
+        let crawler =
+            Crawler::new(crawler_config).context("building the local crawler's HTTP client")?;
+        let cancel = CancellationToken::new();
+        let local = Arc::new(LocalInvoker::new(
+            crawler,
+            tracker.clone(),
+            runs.settings.local.concurrency,
+            cancel.clone(),
+        ));
         crate::http::metrics_handle();
         Ok(Self {
             listener,
@@ -99,7 +113,7 @@ impl Application {
             },
             lambda,
             local,
-            cancel: CancellationToken::new(),
+            cancel,
         })
     }
 

@@ -255,7 +255,10 @@ impl Crawler {
     async fn fetch_and_extract(&self, request: &CrawlRequest) -> Result<PageFacts, CrawlError> {
         let url = parse_target(&request.url)?;
         // An IP literal never reaches the guard's resolver: check it here.
-        self.config.net.check_url(&url).map_err(|b| blocked(&b, false))?;
+        self.config
+            .net
+            .check_url(&url)
+            .map_err(|b| blocked(&b, false))?;
         // Before fetching: a bad selector fails the same way whatever the page.
         let fields = compile_selectors(&request.extract)?;
         let max = self.config.max_body_bytes;

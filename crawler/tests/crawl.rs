@@ -14,11 +14,11 @@ use axum::response::Redirect;
 use axum::routing::get;
 use axum::Router;
 use chrono::{TimeZone, Utc};
+use fanfare_crawler::netguard::NetPolicy;
 use fanfare_crawler::{
     CallbackError, CallbackStatus, CrawlError, CrawlRequest, Crawler, CrawlerConfig, ErrorKind,
     Outcome, PageFacts, Report, CONTRACT_VERSION,
 };
-use fanfare_crawler::netguard::NetPolicy;
 use sha2::{Digest, Sha256};
 use support::{serve, Receiver};
 

@@ -272,7 +272,10 @@ async fn lambda_crawler_refuses_loopback_pages_unless_its_environment_opens_priv
         panic!("expected a response");
     };
     let report: Report = serde_json::from_value(body).unwrap();
-    assert_eq!(report.outcome.error().map(|e| e.kind), Some(ErrorKind::Blocked));
+    assert_eq!(
+        report.outcome.error().map(|e| e.kind),
+        Some(ErrorKind::Blocked)
+    );
     assert_eq!(hits.load(Ordering::SeqCst), 0);
 
     let Answer::Response(body) = invoke_with(event(&url, &callback_url), Some("1")).await else {

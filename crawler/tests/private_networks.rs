@@ -6,7 +6,6 @@
 //! The hostname is `localhost`, which /etc/hosts maps to 127.0.0.1 here
 //! (`<name>.localhost` does not resolve through this machine's resolver).
 
-
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,9 +17,7 @@ use axum::routing::get;
 use axum::Router;
 use chrono::{TimeZone, Utc};
 use fanfare_crawler::netguard::NetPolicy;
-use fanfare_crawler::{
-    CrawlRequest, Crawler, CrawlerConfig, ErrorKind, Outcome, CONTRACT_VERSION,
-};
+use fanfare_crawler::{CrawlRequest, Crawler, CrawlerConfig, ErrorKind, Outcome, CONTRACT_VERSION};
 
 const PAGE: &str = "<title>Internal</title><h1>secret</h1>";
 
@@ -141,7 +138,10 @@ async fn page_at_an_ipv4_loopback_literal_is_blocked_when_closed_and_crawled_whe
     let url = format!("http://{}/", target.addr);
 
     let message = assert_blocked(NetPolicy::closed(), &url).await;
-    assert!(message.starts_with("127.0.0.1 is a loopback address"), "{message}");
+    assert!(
+        message.starts_with("127.0.0.1 is a loopback address"),
+        "{message}"
+    );
     assert_eq!(target.hits(), 0, "the target saw no request");
 
     assert_crawled(&url).await;
@@ -154,7 +154,10 @@ async fn page_at_the_ipv6_loopback_literal_is_blocked_when_closed_and_crawled_wh
     let url = format!("http://[::1]:{}/", target.addr.port());
 
     let message = assert_blocked(NetPolicy::closed(), &url).await;
-    assert!(message.starts_with("[::1] is a loopback address"), "{message}");
+    assert!(
+        message.starts_with("[::1] is a loopback address"),
+        "{message}"
+    );
     assert_eq!(target.hits(), 0, "the target saw no request");
 
     assert_crawled(&url).await;
@@ -185,8 +188,15 @@ async fn redirect_to_a_loopback_literal_is_blocked_when_closed_and_followed_when
     let only_first_hop = NetPolicy::closed().with_exception("127.0.0.2".parse().unwrap());
 
     let message = assert_blocked(only_first_hop, &url).await;
-    assert!(message.contains("127.0.0.1 is a loopback address"), "{message}");
-    assert_eq!(first_hits.load(Ordering::SeqCst), 1, "the first hop was let through");
+    assert!(
+        message.contains("127.0.0.1 is a loopback address"),
+        "{message}"
+    );
+    assert_eq!(
+        first_hits.load(Ordering::SeqCst),
+        1,
+        "the first hop was let through"
+    );
     assert_eq!(target.hits(), 0, "the redirect target saw no request");
 
     assert_crawled(&url).await;
@@ -194,11 +204,10 @@ async fn redirect_to_a_loopback_literal_is_blocked_when_closed_and_followed_when
 }
 
 #[tokio::test]
-async fn redirect_to_a_hostname_resolving_to_loopback_is_blocked_when_closed_and_followed_when_open()
-{
+async fn redirect_to_a_hostname_resolving_to_loopback_is_blocked_when_closed_and_followed_when_open(
+) {
     let target = Target::start("127.0.0.1").await;
-    let (first, first_hits) =
-        redirector(format!("http://localhost:{}/", target.addr.port())).await;
+    let (first, first_hits) = redirector(format!("http://localhost:{}/", target.addr.port())).await;
     let url = format!("http://{first}/");
     let only_first_hop = NetPolicy::closed().with_exception("127.0.0.2".parse().unwrap());
 
@@ -207,7 +216,11 @@ async fn redirect_to_a_hostname_resolving_to_loopback_is_blocked_when_closed_and
         message.contains("localhost resolves to 127.0.0.1, a loopback address"),
         "{message}"
     );
-    assert_eq!(first_hits.load(Ordering::SeqCst), 1, "the first hop was let through");
+    assert_eq!(
+        first_hits.load(Ordering::SeqCst),
+        1,
+        "the first hop was let through"
+    );
     assert_eq!(target.hits(), 0, "the redirect target saw no request");
 
     assert_crawled(&url).await;

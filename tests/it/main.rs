@@ -10,5 +10,6 @@ mod config;
 mod helpers;
 mod lambda_errors;
 mod lifecycle;
+mod private_networks;
 mod runs;
 mod sources;
