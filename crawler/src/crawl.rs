@@ -27,6 +27,13 @@ use crate::netguard::{self, NetPolicy, ENV_ALLOW_PRIVATE_NETWORKS};
 /// push the report over [`MAX_REPORT_BYTES`].
 pub const MAX_TEXT_BYTES: usize = 8 * 1024;
 
+/// The most HTML (in bytes) one [`Crawler`] and its clones parse at once
+/// (or one page over it, alone). A parsed document takes many times its
+/// size in memory (a 10 MiB catalogue page is some 200 MB of nodes), and
+/// parsing is CPU-bound, so large pages are parsed one or two at a time
+/// while small ones still go in parallel.
+pub const PARSE_BUDGET_BYTES: usize = 16 * 1024 * 1024;
+
 /// Environment variable for [`CrawlerConfig::timeout`], in whole seconds.
 pub const ENV_TIMEOUT_SECS: &str = "FANFARE_CRAWLER_TIMEOUT_SECS";
 /// Environment variable for [`CrawlerConfig::max_body_bytes`].
@@ -176,6 +183,8 @@ pub struct Crawler {
     /// carry the bearer token somewhere unexpected.
     pub(crate) callback: reqwest::Client,
     pub(crate) config: Arc<CrawlerConfig>,
+    /// [`PARSE_BUDGET_BYTES`] permits, one per byte being parsed.
+    parsing: Arc<tokio::sync::Semaphore>,
 }
 
 impl Crawler {
@@ -200,6 +209,7 @@ impl Crawler {
             fetch,
             callback,
             config: Arc::new(config),
+            parsing: Arc::new(tokio::sync::Semaphore::new(PARSE_BUDGET_BYTES)),
         })
     }
 
@@ -299,13 +309,16 @@ impl Crawler {
         let fetch_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
 
         let bytes = body.len() as u64;
+        // A page over the budget takes all of it and is parsed alone.
+        let weight = u32::try_from(body.len().clamp(1, PARSE_BUDGET_BYTES)).unwrap_or(u32::MAX);
+        // (The semaphore is never closed; were it, parsing would go on.)
+        let _parsing = self.parsing.clone().acquire_many_owned(weight).await.ok();
         // Parsing a large page takes a CPU for a long while (hundreds of ms
         // for 10 MiB): on a blocking thread, never on the async runtime's
         // workers, which serve the daemon's HTTP and dispatch. The body is
         // moved in and freed there.
         let (title, fields) = tokio::task::spawn_blocking(move || {
             let text = decode(&body, charset.as_deref());
-            drop(body);
             extract(&text, &fields)
         })
         .await
@@ -544,11 +557,12 @@ fn charset_of(response: &reqwest::Response) -> Option<String> {
 
 /// Decodes by the declared charset when it is known, else as UTF-8; a BOM
 /// wins over both, and malformed sequences become U+FFFD.
-fn decode(body: &[u8], charset: Option<&str>) -> String {
+/// Valid UTF-8 is borrowed, not copied.
+fn decode<'a>(body: &'a [u8], charset: Option<&str>) -> std::borrow::Cow<'a, str> {
     let encoding = charset
         .and_then(|label| encoding_rs::Encoding::for_label(label.as_bytes()))
         .unwrap_or(encoding_rs::UTF_8);
-    encoding.decode(body).0.into_owned()
+    encoding.decode(body).0
 }
 
 static TITLE: LazyLock<Selector> =
