@@ -20,11 +20,19 @@ use crate::callback::CallbackError;
 use crate::contract::{
     CrawlError, CrawlRequest, ErrorKind, Outcome, PageFacts, Report, MAX_REPORT_BYTES,
 };
+use crate::netguard::{self, NetPolicy, ENV_ALLOW_PRIVATE_NETWORKS};
 
 /// Extracted text (a field or the title) longer than this many bytes is cut
 /// at a character boundary, so that a selector matching a whole page cannot
 /// push the report over [`MAX_REPORT_BYTES`].
 pub const MAX_TEXT_BYTES: usize = 8 * 1024;
+
+/// The most HTML (in bytes) one [`Crawler`] and its clones parse at once
+/// (or one page over it, alone). A parsed document takes many times its
+/// size in memory (a 10 MiB catalogue page is some 200 MB of nodes), and
+/// parsing is CPU-bound, so large pages are parsed one or two at a time
+/// while small ones still go in parallel.
+pub const PARSE_BUDGET_BYTES: usize = 16 * 1024 * 1024;
 
 /// Environment variable for [`CrawlerConfig::timeout`], in whole seconds.
 pub const ENV_TIMEOUT_SECS: &str = "FANFARE_CRAWLER_TIMEOUT_SECS";
@@ -52,6 +60,10 @@ pub struct CrawlerConfig {
     /// Delay before the second callback attempt; it doubles for each later
     /// attempt, with random jitter.
     pub callback_backoff: Duration,
+    /// Which addresses page fetches may reach (closed by default: no
+    /// loopback, link-local, private or other non-public address). Callbacks
+    /// are not subject to it: the callback URL is the daemon's own.
+    pub net: NetPolicy,
 }
 
 impl Default for CrawlerConfig {
@@ -69,13 +81,15 @@ impl Default for CrawlerConfig {
             callback_timeout: Duration::from_secs(10),
             callback_attempts: 5,
             callback_backoff: Duration::from_millis(200),
+            net: NetPolicy::closed(),
         }
     }
 }
 
 impl CrawlerConfig {
     /// The defaults, overridden by [`ENV_TIMEOUT_SECS`],
-    /// [`ENV_MAX_BODY_BYTES`] and [`ENV_USER_AGENT`] where they are set.
+    /// [`ENV_MAX_BODY_BYTES`], [`ENV_USER_AGENT`] and
+    /// [`ENV_ALLOW_PRIVATE_NETWORKS`] where they are set.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
@@ -106,6 +120,20 @@ impl CrawlerConfig {
                 ));
             }
             config.user_agent = value;
+        }
+        if let Some(value) = lookup(ENV_ALLOW_PRIVATE_NETWORKS) {
+            let allow = match value.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                _ => {
+                    return Err(ConfigError::new(
+                        ENV_ALLOW_PRIVATE_NETWORKS,
+                        &value,
+                        "must be true or false (or 1 or 0)",
+                    ))
+                }
+            };
+            config.net = NetPolicy::allowing_private(allow);
         }
         Ok(config)
     }
@@ -155,19 +183,22 @@ pub struct Crawler {
     /// carry the bearer token somewhere unexpected.
     pub(crate) callback: reqwest::Client,
     pub(crate) config: Arc<CrawlerConfig>,
+    /// [`PARSE_BUDGET_BYTES`] permits, one per byte being parsed.
+    parsing: Arc<tokio::sync::Semaphore>,
 }
 
 impl Crawler {
-    /// Builds the HTTP clients (rustls, gzip, limited redirects).
+    /// Builds the HTTP clients (rustls, gzip, limited redirects). The fetch
+    /// client is guarded by [`CrawlerConfig::net`] (resolver, every redirect
+    /// hop, no proxy); the callback client is not.
     pub fn new(config: CrawlerConfig) -> Result<Self, reqwest::Error> {
         let fetch = reqwest::Client::builder()
             .use_rustls_tls()
             .user_agent(config.user_agent.clone())
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
-            .redirect(redirect::Policy::limited(config.max_redirects))
-            .gzip(true)
-            .build()?;
+            .gzip(true);
+        let fetch = config.net.apply(fetch, config.max_redirects).build()?;
         let callback = reqwest::Client::builder()
             .use_rustls_tls()
             .user_agent(config.user_agent.clone())
@@ -178,6 +209,7 @@ impl Crawler {
             fetch,
             callback,
             config: Arc::new(config),
+            parsing: Arc::new(tokio::sync::Semaphore::new(PARSE_BUDGET_BYTES)),
         })
     }
 
@@ -232,6 +264,11 @@ impl Crawler {
 
     async fn fetch_and_extract(&self, request: &CrawlRequest) -> Result<PageFacts, CrawlError> {
         let url = parse_target(&request.url)?;
+        // An IP literal never reaches the guard's resolver: check it here.
+        self.config
+            .net
+            .check_url(&url)
+            .map_err(|b| blocked(&b, false))?;
         // Before fetching: a bad selector fails the same way whatever the page.
         let fields = compile_selectors(&request.extract)?;
         let max = self.config.max_body_bytes;
@@ -271,13 +308,32 @@ impl Crawler {
         }
         let fetch_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
 
-        let text = decode(&body, charset.as_deref());
-        let (title, fields) = extract(&text, &fields);
+        let bytes = body.len() as u64;
+        // A page over the budget takes all of it and is parsed alone.
+        let weight = u32::try_from(body.len().clamp(1, PARSE_BUDGET_BYTES)).unwrap_or(u32::MAX);
+        // (The semaphore is never closed; were it, parsing would go on.)
+        let _parsing = self.parsing.clone().acquire_many_owned(weight).await.ok();
+        // Parsing a large page takes a CPU for a long while (hundreds of ms
+        // for 10 MiB): on a blocking thread, never on the async runtime's
+        // workers, which serve the daemon's HTTP and dispatch. The body is
+        // moved in and freed there.
+        let (title, fields) = tokio::task::spawn_blocking(move || {
+            let text = decode(&body, charset.as_deref());
+            extract(&text, &fields)
+        })
+        .await
+        .map_err(|e| {
+            CrawlError::new(
+                ErrorKind::Other,
+                format!("{final_url}: extracting the page's facts failed: {e}"),
+                false,
+            )
+        })?;
         Ok(PageFacts {
             http_status: status.as_u16(),
             title,
             fields,
-            bytes: body.len() as u64,
+            bytes,
             content_sha256: hex::encode(hasher.finalize()),
             fetch_ms,
         })
@@ -287,6 +343,12 @@ impl Crawler {
     /// chain, since reqwest's own predicates do not tell DNS, refusal and TLS
     /// apart.
     fn classify(&self, error: &reqwest::Error, url: &Url) -> CrawlError {
+        // First: a refusal by the guard surfaces as a connect error (from
+        // the resolver) or a redirect error (from the redirect policy); the
+        // message is the refusal alone, nothing the server sent.
+        if let Some(b) = netguard::find_blocked(error) {
+            return blocked(b, error.is_redirect());
+        }
         let detail = chain_text(error);
         if error.is_timeout() {
             return CrawlError::new(
@@ -451,6 +513,18 @@ fn compile_selectors(
         .collect()
 }
 
+/// A fetch the network guard refused: never retryable (the same URL
+/// resolves to the same kind of address), the message naming the address
+/// class.
+fn blocked(refusal: &netguard::Blocked, on_redirect: bool) -> CrawlError {
+    let message = if on_redirect {
+        format!("a redirect was refused: {refusal}")
+    } else {
+        refusal.to_string()
+    };
+    CrawlError::new(ErrorKind::Blocked, message, false)
+}
+
 /// 408, 429 and 5xx may pass on a later attempt; other statuses will not.
 fn status_error(status: StatusCode, url: &Url) -> CrawlError {
     let retryable = status == StatusCode::REQUEST_TIMEOUT
@@ -483,11 +557,12 @@ fn charset_of(response: &reqwest::Response) -> Option<String> {
 
 /// Decodes by the declared charset when it is known, else as UTF-8; a BOM
 /// wins over both, and malformed sequences become U+FFFD.
-fn decode(body: &[u8], charset: Option<&str>) -> String {
+/// Valid UTF-8 is borrowed, not copied.
+fn decode<'a>(body: &'a [u8], charset: Option<&str>) -> std::borrow::Cow<'a, str> {
     let encoding = charset
         .and_then(|label| encoding_rs::Encoding::for_label(label.as_bytes()))
         .unwrap_or(encoding_rs::UTF_8);
-    encoding.decode(body).0.into_owned()
+    encoding.decode(body).0
 }
 
 static TITLE: LazyLock<Selector> =
@@ -613,10 +688,28 @@ mod tests {
             (ENV_MAX_BODY_BYTES, "-1"),
             (ENV_USER_AGENT, " "),
             (ENV_USER_AGENT, "bad\nagent"),
+            (ENV_ALLOW_PRIVATE_NETWORKS, "yes"),
+            (ENV_ALLOW_PRIVATE_NETWORKS, ""),
         ] {
             let error = CrawlerConfig::from_lookup(lookup(&[(name, value)])).unwrap_err();
             assert_eq!(error.name, name);
             assert!(error.to_string().contains(name), "{error}");
+        }
+    }
+
+    #[test]
+    fn private_networks_are_closed_unless_the_environment_opens_them() {
+        assert!(!CrawlerConfig::default().net.allows_private());
+        for (value, open) in [
+            ("true", true),
+            ("1", true),
+            (" TRUE ", true),
+            ("false", false),
+            ("0", false),
+        ] {
+            let config =
+                CrawlerConfig::from_lookup(lookup(&[(ENV_ALLOW_PRIVATE_NETWORKS, value)])).unwrap();
+            assert_eq!(config.net.allows_private(), open, "{value:?}");
         }
     }
 

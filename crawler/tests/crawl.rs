@@ -14,6 +14,7 @@ use axum::response::Redirect;
 use axum::routing::get;
 use axum::Router;
 use chrono::{TimeZone, Utc};
+use fanfare_crawler::netguard::NetPolicy;
 use fanfare_crawler::{
     CallbackError, CallbackStatus, CrawlError, CrawlRequest, Crawler, CrawlerConfig, ErrorKind,
     Outcome, PageFacts, Report, CONTRACT_VERSION,
@@ -36,12 +37,15 @@ const PAGE: &str = "<!doctype html>
      things.</p></div>
 </body></html>";
 
-/// Settings small enough for tests: short timeouts, quick retries.
+/// Settings small enough for tests: short timeouts, quick retries; the
+/// network guard opened on purpose, since every target here is on loopback
+/// (the guard's own tests are in `tests/private_networks.rs`).
 fn config() -> CrawlerConfig {
     CrawlerConfig {
         timeout: Duration::from_secs(5),
         callback_timeout: Duration::from_secs(2),
         callback_backoff: Duration::from_millis(10),
+        net: NetPolicy::open(),
         ..CrawlerConfig::default()
     }
 }
