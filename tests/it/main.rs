@@ -1,9 +1,6 @@
 //! Integration tests: the real application, on port 0, against a real
 //! Postgres (one fresh database per test).
 
-#[path = "../common/mod.rs"]
-mod common;
-
 mod api;
 mod callbacks;
 mod config;
@@ -13,6 +10,6 @@ mod helpers;
 mod lambda_errors;
 mod lifecycle;
 mod runs;
-mod server;
 mod secrets;
+mod server;
 mod sources;
