@@ -5,8 +5,10 @@
 //! included) on a thread and runtime of its own, since `Drop` cannot be
 //! async and may run inside the test's runtime. It runs when the test
 //! returns and when it panics (the guard is dropped while unwinding).
-//! `scripts/test` drops the leftovers of runs that could not unwind (a
-//! process killed by a timeout), matching [`DATABASE_PREFIX`].
+//! A database is named `fanfare_test_<pid>_<uuid>`, `<pid>` the creating
+//! test process: `scripts/test` drops the leftovers of processes that could
+//! not unwind (killed by a timeout, say), those whose process is gone and
+//! to which nobody is connected.
 
 use std::ops::Deref;
 use std::time::Duration;
@@ -14,8 +16,8 @@ use std::time::Duration;
 use sqlx::{Connection, Executor, PgConnection};
 use uuid::Uuid;
 
-/// Prefix of every database the kit creates (`scripts/test` drops
-/// leftovers matching it).
+/// Prefix of every database the kit creates, followed by the creating
+/// process's id and a UUID (`scripts/test` drops leftovers matching it).
 pub const DATABASE_PREFIX: &str = "fanfare_test_";
 
 /// How long dropping a database may take before the guard gives up (and
@@ -43,14 +45,18 @@ pub struct TestDatabase {
 }
 
 impl TestDatabase {
-    /// Creates `fanfare_test_<uuid>` on the server of
+    /// Creates `fanfare_test_<pid>_<uuid>` on the server of
     /// [`admin_database_url`].
     pub async fn create() -> Self {
         let admin = admin_database_url();
         let mut conn = PgConnection::connect(&admin)
             .await
             .unwrap_or_else(|e| panic!("tests need a Postgres at DATABASE_URL ({admin}): {e}"));
-        let name = format!("{DATABASE_PREFIX}{}", Uuid::new_v4().simple());
+        let name = format!(
+            "{DATABASE_PREFIX}{}_{}",
+            std::process::id(),
+            Uuid::new_v4().simple()
+        );
         conn.execute(format!(r#"create database "{name}""#).as_str())
             .await
             .expect("create the test database");
