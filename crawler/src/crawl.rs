@@ -27,11 +27,14 @@ use crate::netguard::{self, NetPolicy, ENV_ALLOW_PRIVATE_NETWORKS};
 /// push the report over [`MAX_REPORT_BYTES`].
 pub const MAX_TEXT_BYTES: usize = 8 * 1024;
 
-/// The most HTML (in bytes) one [`Crawler`] and its clones parse at once
-/// (or one page over it, alone). A parsed document takes many times its
-/// size in memory (a 10 MiB catalogue page is some 200 MB of nodes), and
-/// parsing is CPU-bound, so large pages are parsed one or two at a time
-/// while small ones still go in parallel.
+/// The default [`CrawlerConfig::parse_budget_bytes`]: the most HTML (in
+/// bytes) one [`Crawler`] and its clones hold for parsing at once (or one
+/// page over it, alone). A parsed document takes many times its size in
+/// memory (a 10 MiB catalogue page is some 200 MB of nodes), and parsing is
+/// CPU-bound, so large pages are parsed one or two at a time while small
+/// ones still go in parallel. A page whose length is announced takes its
+/// share before its body is read, so bodies waiting for their turn do not
+/// pile up in memory either.
 pub const PARSE_BUDGET_BYTES: usize = 16 * 1024 * 1024;
 
 /// Environment variable for [`CrawlerConfig::timeout`], in whole seconds.
@@ -46,7 +49,8 @@ pub const ENV_USER_AGENT: &str = "FANFARE_CRAWLER_USER_AGENT";
 pub struct CrawlerConfig {
     /// `User-Agent` sent with every request (page fetches and callbacks).
     pub user_agent: String,
-    /// Budget for one page fetch, from connecting to the end of the body.
+    /// Budget for one page fetch, from connecting to the end of the body;
+    /// time spent waiting for the parse budget is not counted.
     pub timeout: Duration,
     /// Largest body accepted, after content decoding; larger fails as
     /// [`ErrorKind::TooLarge`].
@@ -64,6 +68,9 @@ pub struct CrawlerConfig {
     /// loopback, link-local, private or other non-public address). Callbacks
     /// are not subject to it: the callback URL is the daemon's own.
     pub net: NetPolicy,
+    /// Bytes of HTML held for parsing at once by a crawler and its clones
+    /// (at least 1); see [`PARSE_BUDGET_BYTES`].
+    pub parse_budget_bytes: usize,
 }
 
 impl Default for CrawlerConfig {
@@ -82,6 +89,7 @@ impl Default for CrawlerConfig {
             callback_attempts: 5,
             callback_backoff: Duration::from_millis(200),
             net: NetPolicy::closed(),
+            parse_budget_bytes: PARSE_BUDGET_BYTES,
         }
     }
 }
@@ -183,7 +191,9 @@ pub struct Crawler {
     /// carry the bearer token somewhere unexpected.
     pub(crate) callback: reqwest::Client,
     pub(crate) config: Arc<CrawlerConfig>,
-    /// [`PARSE_BUDGET_BYTES`] permits, one per byte being parsed.
+    /// [`CrawlerConfig::parse_budget_bytes`] permits, one per byte of a
+    /// body held for parsing (from before its read when its length is
+    /// announced, else from the end of its read) until it is parsed.
     parsing: Arc<tokio::sync::Semaphore>,
 }
 
@@ -192,10 +202,12 @@ impl Crawler {
     /// client is guarded by [`CrawlerConfig::net`] (resolver, every redirect
     /// hop, no proxy); the callback client is not.
     pub fn new(config: CrawlerConfig) -> Result<Self, reqwest::Error> {
+        // No total timeout on the client: [`CrawlerConfig::timeout`] is
+        // applied around sending and around reading the body, so a wait for
+        // the parse budget between the two does not count against it.
         let fetch = reqwest::Client::builder()
             .use_rustls_tls()
             .user_agent(config.user_agent.clone())
-            .timeout(config.timeout)
             .connect_timeout(config.timeout)
             .gzip(true);
         let fetch = config.net.apply(fetch, config.max_redirects).build()?;
@@ -208,14 +220,51 @@ impl Crawler {
         Ok(Self {
             fetch,
             callback,
+            parsing: Arc::new(tokio::sync::Semaphore::new(
+                config.parse_budget_bytes.clamp(1, MAX_PARSE_BUDGET),
+            )),
             config: Arc::new(config),
-            parsing: Arc::new(tokio::sync::Semaphore::new(PARSE_BUDGET_BYTES)),
         })
     }
 
     /// The settings this crawler was built with.
     pub fn config(&self) -> &CrawlerConfig {
         &self.config
+    }
+
+    /// Bytes of the parse budget not held by any crawl now (for tests and
+    /// figures).
+    pub fn parse_budget_available(&self) -> usize {
+        self.parsing.available_permits()
+    }
+
+    /// What a body of `bytes` bytes takes from the parse budget: a page
+    /// over the budget takes all of it and is parsed alone.
+    fn parse_weight(&self, bytes: u64) -> u32 {
+        let budget = self.config.parse_budget_bytes.clamp(1, MAX_PARSE_BUDGET) as u64;
+        u32::try_from(bytes.clamp(1, budget)).unwrap_or(u32::MAX)
+    }
+
+    /// Waits for `weight` bytes of the parse budget.
+    async fn hold_parse_budget(&self, weight: u32) -> ParsePermit {
+        // (The semaphore is never closed; were it, parsing would go on.)
+        let permit = self.parsing.clone().acquire_many_owned(weight).await.ok();
+        ParsePermit {
+            weight,
+            _permit: permit,
+        }
+    }
+
+    /// A page fetch that took longer than [`CrawlerConfig::timeout`].
+    fn timed_out(&self, url: &Url, what: &str) -> CrawlError {
+        CrawlError::new(
+            ErrorKind::Timeout,
+            format!(
+                "{url} did not answer in full within {:?}: {what}",
+                self.config.timeout
+            ),
+            true,
+        )
     }
 
     /// Fetches `request.url` and extracts its facts. Every failure is an
@@ -273,13 +322,16 @@ impl Crawler {
         let fields = compile_selectors(&request.extract)?;
         let max = self.config.max_body_bytes;
 
+        // The fetch timeout covers connecting, redirects and headers, then
+        // the body with what is left of it; not the wait for the parse
+        // budget in between.
+        let timeout = self.config.timeout;
         let started = Instant::now();
-        let mut response = self
-            .fetch
-            .get(url.clone())
-            .send()
+        let mut response = tokio::time::timeout(timeout, self.fetch.get(url.clone()).send())
             .await
+            .map_err(|_| self.timed_out(&url, "no response headers in time"))?
             .map_err(|e| self.classify(&e, &url))?;
+        let mut fetching = started.elapsed();
         let status = response.status();
         if !status.is_success() {
             return Err(status_error(status, response.url()));
@@ -292,27 +344,52 @@ impl Crawler {
         let final_url = response.url().clone();
         let charset = charset_of(&response);
 
-        let capacity = response.content_length().unwrap_or(0).min(max);
+        // With the length announced, the body's share of the parse budget is
+        // taken before the body is read, so that at most about the budget
+        // in bodies is in memory at once, however many crawls are waiting
+        // (unread, a body stays with the server and in socket buffers).
+        // Without it (chunked, or gzip-decoded) the body is read first, as
+        // its size is known only then.
+        let announced = response.content_length();
+        let mut parsing = match announced {
+            Some(length) => Some(self.hold_parse_budget(self.parse_weight(length)).await),
+            None => None,
+        };
+
+        let reading = Instant::now();
+        let capacity = announced.unwrap_or(0).min(max);
         let mut body = Vec::with_capacity(usize::try_from(capacity).unwrap_or(0));
         let mut hasher = Sha256::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| self.classify(&e, &final_url))?
-        {
-            if body.len() as u64 + chunk.len() as u64 > max {
-                return Err(too_large(&final_url, max, "more than that"));
+        let read = async {
+            while let Some(chunk) = response
+                .chunk()
+                .await
+                .map_err(|e| self.classify(&e, &final_url))?
+            {
+                if body.len() as u64 + chunk.len() as u64 > max {
+                    return Err(too_large(&final_url, max, "more than that"));
+                }
+                hasher.update(&chunk);
+                body.extend_from_slice(&chunk);
             }
-            hasher.update(&chunk);
-            body.extend_from_slice(&chunk);
-        }
-        let fetch_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            Ok(())
+        };
+        tokio::time::timeout(timeout.saturating_sub(fetching), read)
+            .await
+            .map_err(|_| self.timed_out(&final_url, "the body did not arrive in time"))??;
+        fetching += reading.elapsed();
+        let fetch_ms = u64::try_from(fetching.as_millis()).unwrap_or(u64::MAX);
 
         let bytes = body.len() as u64;
-        // A page over the budget takes all of it and is parsed alone.
-        let weight = u32::try_from(body.len().clamp(1, PARSE_BUDGET_BYTES)).unwrap_or(u32::MAX);
-        // (The semaphore is never closed; were it, parsing would go on.)
-        let _parsing = self.parsing.clone().acquire_many_owned(weight).await.ok();
+        let weight = self.parse_weight(bytes);
+        if parsing.as_ref().is_none_or(|held| held.weight < weight) {
+            // Unknown length, or more than announced: let go of any share
+            // first, as waiting for more while holding some could deadlock
+            // two crawls.
+            drop(parsing.take());
+            parsing = Some(self.hold_parse_budget(weight).await);
+        }
+        let _parsing = parsing;
         // Parsing a large page takes a CPU for a long while (hundreds of ms
         // for 10 MiB): on a blocking thread, never on the async runtime's
         // workers, which serve the daemon's HTTP and dispatch. The body is
@@ -565,6 +642,16 @@ fn decode<'a>(body: &'a [u8], charset: Option<&str>) -> std::borrow::Cow<'a, str
     encoding.decode(body).0
 }
 
+/// The largest parse budget: a page's weight must fit a `u32`, and tokio's
+/// semaphore holds fewer than `usize::MAX >> 3` permits.
+const MAX_PARSE_BUDGET: usize = u32::MAX as usize >> 3;
+
+/// A share of the parse budget, released when dropped.
+struct ParsePermit {
+    weight: u32,
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
 static TITLE: LazyLock<Selector> =
     LazyLock::new(|| Selector::parse("title").expect("`title` is a valid selector"));
 
@@ -661,6 +748,7 @@ mod tests {
         assert_eq!(config.callback_attempts, 5);
         assert_eq!(config.callback_backoff, Duration::from_millis(200));
         assert!(config.user_agent.starts_with("fanfare-crawler/0."));
+        assert_eq!(config.parse_budget_bytes, PARSE_BUDGET_BYTES);
     }
 
     #[test]

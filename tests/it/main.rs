@@ -14,6 +14,6 @@ mod lambda_errors;
 mod lifecycle;
 mod private_networks;
 mod runs;
-mod server;
 mod secrets;
+mod server;
 mod sources;
