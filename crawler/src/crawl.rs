@@ -9,9 +9,10 @@ use std::error::Error as StdError;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
+use html5ever::tendril::{StrTendril, TendrilSink};
 use reqwest::header::CONTENT_TYPE;
 use reqwest::{redirect, StatusCode};
-use scraper::{Html, Selector};
+use scraper::{Html, HtmlTreeSink, Selector};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 use url::Url;
@@ -356,9 +357,12 @@ impl Crawler {
             None => None,
         };
 
+        // The body is kept as the chunks it came in, not copied into one
+        // buffer: the parser takes them one at a time and each is freed
+        // once fed.
         let reading = Instant::now();
-        let capacity = announced.unwrap_or(0).min(max);
-        let mut body = Vec::with_capacity(usize::try_from(capacity).unwrap_or(0));
+        let mut body = Vec::new();
+        let mut bytes = 0u64;
         let mut hasher = Sha256::new();
         let read = async {
             while let Some(chunk) = response
@@ -366,11 +370,12 @@ impl Crawler {
                 .await
                 .map_err(|e| self.classify(&e, &final_url))?
             {
-                if body.len() as u64 + chunk.len() as u64 > max {
+                if bytes + chunk.len() as u64 > max {
                     return Err(too_large(&final_url, max, "more than that"));
                 }
                 hasher.update(&chunk);
-                body.extend_from_slice(&chunk);
+                bytes += chunk.len() as u64;
+                body.push(chunk);
             }
             Ok(())
         };
@@ -380,7 +385,6 @@ impl Crawler {
         fetching += reading.elapsed();
         let fetch_ms = u64::try_from(fetching.as_millis()).unwrap_or(u64::MAX);
 
-        let bytes = body.len() as u64;
         let weight = self.parse_weight(bytes);
         if parsing.as_ref().is_none_or(|held| held.weight < weight) {
             // Unknown length, or more than announced: let go of any share
@@ -393,19 +397,17 @@ impl Crawler {
         // Parsing a large page takes a CPU for a long while (hundreds of ms
         // for 10 MiB): on a blocking thread, never on the async runtime's
         // workers, which serve the daemon's HTTP and dispatch. The body is
-        // moved in and freed there.
-        let (title, fields) = tokio::task::spawn_blocking(move || {
-            let text = decode(&body, charset.as_deref());
-            extract(&text, &fields)
-        })
-        .await
-        .map_err(|e| {
-            CrawlError::new(
-                ErrorKind::Other,
-                format!("{final_url}: extracting the page's facts failed: {e}"),
-                false,
-            )
-        })?;
+        // moved in and freed there, chunk by chunk as it is parsed.
+        let (title, fields) =
+            tokio::task::spawn_blocking(move || extract(&parse(body, charset.as_deref()), &fields))
+                .await
+                .map_err(|e| {
+                    CrawlError::new(
+                        ErrorKind::Other,
+                        format!("{final_url}: extracting the page's facts failed: {e}"),
+                        false,
+                    )
+                })?;
         Ok(PageFacts {
             http_status: status.as_u16(),
             title,
@@ -632,14 +634,55 @@ fn charset_of(response: &reqwest::Response) -> Option<String> {
     })
 }
 
-/// Decodes by the declared charset when it is known, else as UTF-8; a BOM
-/// wins over both, and malformed sequences become U+FFFD.
-/// Valid UTF-8 is borrowed, not copied.
-fn decode<'a>(body: &'a [u8], charset: Option<&str>) -> std::borrow::Cow<'a, str> {
+/// Decodes `chunks` by the declared charset when it is known, else as
+/// UTF-8 (a BOM wins over both, malformed sequences become U+FFFD), handing
+/// the text to `each` piece by piece; each chunk is dropped once decoded. A
+/// character split between chunks is decoded whole.
+fn decode_each<B: AsRef<[u8]>>(
+    chunks: impl IntoIterator<Item = B>,
+    charset: Option<&str>,
+    mut each: impl FnMut(&str),
+) {
     let encoding = charset
         .and_then(|label| encoding_rs::Encoding::for_label(label.as_bytes()))
         .unwrap_or(encoding_rs::UTF_8);
-    encoding.decode(body).0
+    let mut decoder = encoding.new_decoder();
+    let mut text = String::new();
+    let mut chunks = chunks.into_iter();
+    loop {
+        let chunk = chunks.next();
+        let last = chunk.is_none();
+        let mut input = chunk.as_ref().map_or(&[][..], AsRef::as_ref);
+        loop {
+            let room = decoder.max_utf8_buffer_length(input.len());
+            text.reserve(room.unwrap_or(input.len().saturating_add(1024)));
+            let (result, read, _) = decoder.decode_to_string(input, &mut text, last);
+            input = &input[read..];
+            if !text.is_empty() {
+                each(&text);
+                text.clear();
+            }
+            if result == encoding_rs::CoderResult::InputEmpty {
+                break;
+            }
+        }
+        if last {
+            return;
+        }
+    }
+}
+
+/// Parses the body's chunks into a document, each decoded and fed to the
+/// parser in turn, so the whole body is never copied into one string.
+fn parse<B: AsRef<[u8]>>(chunks: impl IntoIterator<Item = B>, charset: Option<&str>) -> Html {
+    let mut parser = html5ever::driver::parse_document(
+        HtmlTreeSink::new(Html::new_document()),
+        Default::default(),
+    );
+    decode_each(chunks, charset, |text| {
+        parser.process(StrTendril::from_slice(text));
+    });
+    parser.finish()
 }
 
 /// The largest parse budget: a page's weight must fit a `u32`, and tokio's
@@ -657,13 +700,12 @@ static TITLE: LazyLock<Selector> =
 
 const HTML_NAMESPACE: &str = "http://www.w3.org/1999/xhtml";
 
-/// Parses and extracts synchronously: `scraper::Html` is `!Send`, so it must
-/// never live across an `.await`.
+/// Extracts synchronously: `scraper::Html` is `!Send`, so it must never
+/// live across an `.await`.
 fn extract(
-    text: &str,
+    document: &Html,
     fields: &[(String, Selector)],
 ) -> (Option<String>, BTreeMap<String, Option<String>>) {
-    let document = Html::parse_document(text);
     // An SVG <title> is a tooltip, not the page's title.
     let title = document
         .select(&TITLE)
@@ -809,7 +851,7 @@ mod tests {
             ("a".to_string(), Selector::parse(".a").unwrap()),
             ("price".to_string(), Selector::parse(".price").unwrap()),
         ];
-        let (title, fields) = extract(html, &fields);
+        let (title, fields) = extract(&Html::parse_document(html), &fields);
         assert_eq!(title, None);
         assert_eq!(fields["a"].as_deref(), Some("Hello big world"));
         assert_eq!(fields["price"].as_deref(), Some("9.99"));
@@ -817,10 +859,10 @@ mod tests {
 
     #[test]
     fn empty_title_is_none_and_svg_title_is_ignored() {
-        let (title, _) = extract("<title>  \n </title><p>x</p>", &[]);
+        let (title, _) = extract(&Html::parse_document("<title>  \n </title><p>x</p>"), &[]);
         assert_eq!(title, None);
         let (title, _) = extract(
-            "<body><svg><title>icon</title></svg><p>no title</p></body>",
+            &Html::parse_document("<body><svg><title>icon</title></svg><p>no title</p></body>"),
             &[],
         );
         assert_eq!(title, None);
@@ -841,6 +883,28 @@ mod tests {
         assert_eq!(decode("café".as_bytes(), None), "café");
         assert_eq!(decode(b"caf\xff", None), "caf\u{fffd}");
         assert_eq!(decode("café".as_bytes(), Some("no-such-charset")), "café");
+        assert_eq!(
+            decode(b"\xef\xbb\xbfcaf\xc3\xa9", Some("ISO-8859-1")),
+            "café"
+        );
+    }
+
+    /// The whole body decoded, fed one byte at a time.
+    fn decode(body: &[u8], charset: Option<&str>) -> String {
+        let mut text = String::new();
+        decode_each(body.chunks(1), charset, |piece| text.push_str(piece));
+        text
+    }
+
+    #[test]
+    fn page_parsed_from_chunks_is_the_page_parsed_whole() {
+        let page = "<html><head><title>Caf\u{e9} \u{1f600}</title></head>\
+                    <body><p class=a>d\u{e9}j\u{e0} vu</p></body></html>";
+        let whole = Html::parse_document(page);
+        for size in [1, 2, 3, 7, page.len()] {
+            let chunked = parse(page.as_bytes().chunks(size), None);
+            assert_eq!(chunked.html(), whole.html(), "chunks of {size} bytes");
+        }
     }
 
     #[test]
