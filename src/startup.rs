@@ -94,9 +94,22 @@ impl Application {
             Lister::new(http, lambda.clone()).with_policy(source_policy),
             tracker.clone(),
         );
-        let crawler = Crawler::new(overrides.crawler.unwrap_or_default())
-            .context("building the local crawler's HTTP client")?;
-        let local = Arc::new(LocalInvoker::new(crawler, tracker.clone()));
+        // The in-process crawler's reach follows [security]
+        // allow_private_networks, also when a test passes its own crawler
+        // settings: the config switch is the one truth.
+        let crawler_config = CrawlerConfig {
+            net: NetPolicy::allowing_private(runs.settings.security.allow_private_networks),
+            ..overrides.crawler.unwrap_or_default()
+        };
+        let crawler =
+            Crawler::new(crawler_config).context("building the local crawler's HTTP client")?;
+        let cancel = CancellationToken::new();
+        let local = Arc::new(LocalInvoker::new(
+            crawler,
+            tracker.clone(),
+            runs.settings.local.concurrency,
+            cancel.clone(),
+        ));
         crate::http::metrics_handle();
         Ok(Self {
             listener,
@@ -107,7 +120,7 @@ impl Application {
             },
             lambda,
             local,
-            cancel: CancellationToken::new(),
+            cancel,
         })
     }
 

@@ -9,9 +9,10 @@ use std::error::Error as StdError;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
+use html5ever::tendril::{StrTendril, TendrilSink};
 use reqwest::header::CONTENT_TYPE;
 use reqwest::{redirect, StatusCode};
-use scraper::{Html, Selector};
+use scraper::{Html, HtmlTreeSink, Selector};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 use url::Url;
@@ -20,11 +21,22 @@ use crate::callback::CallbackError;
 use crate::contract::{
     CrawlError, CrawlRequest, ErrorKind, Outcome, PageFacts, Report, MAX_REPORT_BYTES,
 };
+use crate::netguard::{self, NetPolicy, ENV_ALLOW_PRIVATE_NETWORKS};
 
 /// Extracted text (a field or the title) longer than this many bytes is cut
 /// at a character boundary, so that a selector matching a whole page cannot
 /// push the report over [`MAX_REPORT_BYTES`].
 pub const MAX_TEXT_BYTES: usize = 8 * 1024;
+
+/// The default [`CrawlerConfig::parse_budget_bytes`]: the most HTML (in
+/// bytes) one [`Crawler`] and its clones hold for parsing at once (or one
+/// page over it, alone). A parsed document takes many times its size in
+/// memory (a 10 MiB catalogue page is some 200 MB of nodes), and parsing is
+/// CPU-bound, so large pages are parsed one or two at a time while small
+/// ones still go in parallel. A page whose length is announced takes its
+/// share before its body is read, so bodies waiting for their turn do not
+/// pile up in memory either.
+pub const PARSE_BUDGET_BYTES: usize = 16 * 1024 * 1024;
 
 /// Environment variable for [`CrawlerConfig::timeout`], in whole seconds.
 pub const ENV_TIMEOUT_SECS: &str = "FANFARE_CRAWLER_TIMEOUT_SECS";
@@ -38,7 +50,8 @@ pub const ENV_USER_AGENT: &str = "FANFARE_CRAWLER_USER_AGENT";
 pub struct CrawlerConfig {
     /// `User-Agent` sent with every request (page fetches and callbacks).
     pub user_agent: String,
-    /// Budget for one page fetch, from connecting to the end of the body.
+    /// Budget for one page fetch, from connecting to the end of the body;
+    /// time spent waiting for the parse budget is not counted.
     pub timeout: Duration,
     /// Largest body accepted, after content decoding; larger fails as
     /// [`ErrorKind::TooLarge`].
@@ -52,6 +65,13 @@ pub struct CrawlerConfig {
     /// Delay before the second callback attempt; it doubles for each later
     /// attempt, with random jitter.
     pub callback_backoff: Duration,
+    /// Which addresses page fetches may reach (closed by default: no
+    /// loopback, link-local, private or other non-public address). Callbacks
+    /// are not subject to it: the callback URL is the daemon's own.
+    pub net: NetPolicy,
+    /// Bytes of HTML held for parsing at once by a crawler and its clones
+    /// (at least 1); see [`PARSE_BUDGET_BYTES`].
+    pub parse_budget_bytes: usize,
 }
 
 impl Default for CrawlerConfig {
@@ -69,13 +89,16 @@ impl Default for CrawlerConfig {
             callback_timeout: Duration::from_secs(10),
             callback_attempts: 5,
             callback_backoff: Duration::from_millis(200),
+            net: NetPolicy::closed(),
+            parse_budget_bytes: PARSE_BUDGET_BYTES,
         }
     }
 }
 
 impl CrawlerConfig {
     /// The defaults, overridden by [`ENV_TIMEOUT_SECS`],
-    /// [`ENV_MAX_BODY_BYTES`] and [`ENV_USER_AGENT`] where they are set.
+    /// [`ENV_MAX_BODY_BYTES`], [`ENV_USER_AGENT`] and
+    /// [`ENV_ALLOW_PRIVATE_NETWORKS`] where they are set.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
@@ -106,6 +129,20 @@ impl CrawlerConfig {
                 ));
             }
             config.user_agent = value;
+        }
+        if let Some(value) = lookup(ENV_ALLOW_PRIVATE_NETWORKS) {
+            let allow = match value.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                _ => {
+                    return Err(ConfigError::new(
+                        ENV_ALLOW_PRIVATE_NETWORKS,
+                        &value,
+                        "must be true or false (or 1 or 0)",
+                    ))
+                }
+            };
+            config.net = NetPolicy::allowing_private(allow);
         }
         Ok(config)
     }
@@ -155,19 +192,26 @@ pub struct Crawler {
     /// carry the bearer token somewhere unexpected.
     pub(crate) callback: reqwest::Client,
     pub(crate) config: Arc<CrawlerConfig>,
+    /// [`CrawlerConfig::parse_budget_bytes`] permits, one per byte of a
+    /// body held for parsing (from before its read when its length is
+    /// announced, else from the end of its read) until it is parsed.
+    parsing: Arc<tokio::sync::Semaphore>,
 }
 
 impl Crawler {
-    /// Builds the HTTP clients (rustls, gzip, limited redirects).
+    /// Builds the HTTP clients (rustls, gzip, limited redirects). The fetch
+    /// client is guarded by [`CrawlerConfig::net`] (resolver, every redirect
+    /// hop, no proxy); the callback client is not.
     pub fn new(config: CrawlerConfig) -> Result<Self, reqwest::Error> {
+        // No total timeout on the client: [`CrawlerConfig::timeout`] is
+        // applied around sending and around reading the body, so a wait for
+        // the parse budget between the two does not count against it.
         let fetch = reqwest::Client::builder()
             .use_rustls_tls()
             .user_agent(config.user_agent.clone())
-            .timeout(config.timeout)
             .connect_timeout(config.timeout)
-            .redirect(redirect::Policy::limited(config.max_redirects))
-            .gzip(true)
-            .build()?;
+            .gzip(true);
+        let fetch = config.net.apply(fetch, config.max_redirects).build()?;
         let callback = reqwest::Client::builder()
             .use_rustls_tls()
             .user_agent(config.user_agent.clone())
@@ -177,6 +221,9 @@ impl Crawler {
         Ok(Self {
             fetch,
             callback,
+            parsing: Arc::new(tokio::sync::Semaphore::new(
+                config.parse_budget_bytes.clamp(1, MAX_PARSE_BUDGET),
+            )),
             config: Arc::new(config),
         })
     }
@@ -184,6 +231,41 @@ impl Crawler {
     /// The settings this crawler was built with.
     pub fn config(&self) -> &CrawlerConfig {
         &self.config
+    }
+
+    /// Bytes of the parse budget not held by any crawl now (for tests and
+    /// figures).
+    pub fn parse_budget_available(&self) -> usize {
+        self.parsing.available_permits()
+    }
+
+    /// What a body of `bytes` bytes takes from the parse budget: a page
+    /// over the budget takes all of it and is parsed alone.
+    fn parse_weight(&self, bytes: u64) -> u32 {
+        let budget = self.config.parse_budget_bytes.clamp(1, MAX_PARSE_BUDGET) as u64;
+        u32::try_from(bytes.clamp(1, budget)).unwrap_or(u32::MAX)
+    }
+
+    /// Waits for `weight` bytes of the parse budget.
+    async fn hold_parse_budget(&self, weight: u32) -> ParsePermit {
+        // (The semaphore is never closed; were it, parsing would go on.)
+        let permit = self.parsing.clone().acquire_many_owned(weight).await.ok();
+        ParsePermit {
+            weight,
+            _permit: permit,
+        }
+    }
+
+    /// A page fetch that took longer than [`CrawlerConfig::timeout`].
+    fn timed_out(&self, url: &Url, what: &str) -> CrawlError {
+        CrawlError::new(
+            ErrorKind::Timeout,
+            format!(
+                "{url} did not answer in full within {:?}: {what}",
+                self.config.timeout
+            ),
+            true,
+        )
     }
 
     /// Fetches `request.url` and extracts its facts. Every failure is an
@@ -232,17 +314,25 @@ impl Crawler {
 
     async fn fetch_and_extract(&self, request: &CrawlRequest) -> Result<PageFacts, CrawlError> {
         let url = parse_target(&request.url)?;
+        // An IP literal never reaches the guard's resolver: check it here.
+        self.config
+            .net
+            .check_url(&url)
+            .map_err(|b| blocked(&b, false))?;
         // Before fetching: a bad selector fails the same way whatever the page.
         let fields = compile_selectors(&request.extract)?;
         let max = self.config.max_body_bytes;
 
+        // The fetch timeout covers connecting, redirects and headers, then
+        // the body with what is left of it; not the wait for the parse
+        // budget in between.
+        let timeout = self.config.timeout;
         let started = Instant::now();
-        let mut response = self
-            .fetch
-            .get(url.clone())
-            .send()
+        let mut response = tokio::time::timeout(timeout, self.fetch.get(url.clone()).send())
             .await
+            .map_err(|_| self.timed_out(&url, "no response headers in time"))?
             .map_err(|e| self.classify(&e, &url))?;
+        let mut fetching = started.elapsed();
         let status = response.status();
         if !status.is_success() {
             return Err(status_error(status, response.url()));
@@ -255,29 +345,74 @@ impl Crawler {
         let final_url = response.url().clone();
         let charset = charset_of(&response);
 
-        let capacity = response.content_length().unwrap_or(0).min(max);
-        let mut body = Vec::with_capacity(usize::try_from(capacity).unwrap_or(0));
-        let mut hasher = Sha256::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| self.classify(&e, &final_url))?
-        {
-            if body.len() as u64 + chunk.len() as u64 > max {
-                return Err(too_large(&final_url, max, "more than that"));
-            }
-            hasher.update(&chunk);
-            body.extend_from_slice(&chunk);
-        }
-        let fetch_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        // With the length announced, the body's share of the parse budget is
+        // taken before the body is read, so that at most about the budget
+        // in bodies is in memory at once, however many crawls are waiting
+        // (unread, a body stays with the server and in socket buffers).
+        // Without it (chunked, or gzip-decoded) the body is read first, as
+        // its size is known only then.
+        let announced = response.content_length();
+        let mut parsing = match announced {
+            Some(length) => Some(self.hold_parse_budget(self.parse_weight(length)).await),
+            None => None,
+        };
 
-        let text = decode(&body, charset.as_deref());
-        let (title, fields) = extract(&text, &fields);
+        // The body is kept as the chunks it came in, not copied into one
+        // buffer: the parser takes them one at a time and each is freed
+        // once fed.
+        let reading = Instant::now();
+        let mut body = Vec::new();
+        let mut bytes = 0u64;
+        let mut hasher = Sha256::new();
+        let read = async {
+            while let Some(chunk) = response
+                .chunk()
+                .await
+                .map_err(|e| self.classify(&e, &final_url))?
+            {
+                if bytes + chunk.len() as u64 > max {
+                    return Err(too_large(&final_url, max, "more than that"));
+                }
+                hasher.update(&chunk);
+                bytes += chunk.len() as u64;
+                body.push(chunk);
+            }
+            Ok(())
+        };
+        tokio::time::timeout(timeout.saturating_sub(fetching), read)
+            .await
+            .map_err(|_| self.timed_out(&final_url, "the body did not arrive in time"))??;
+        fetching += reading.elapsed();
+        let fetch_ms = u64::try_from(fetching.as_millis()).unwrap_or(u64::MAX);
+
+        let weight = self.parse_weight(bytes);
+        if parsing.as_ref().is_none_or(|held| held.weight < weight) {
+            // Unknown length, or more than announced: let go of any share
+            // first, as waiting for more while holding some could deadlock
+            // two crawls.
+            drop(parsing.take());
+            parsing = Some(self.hold_parse_budget(weight).await);
+        }
+        let _parsing = parsing;
+        // Parsing a large page takes a CPU for a long while (hundreds of ms
+        // for 10 MiB): on a blocking thread, never on the async runtime's
+        // workers, which serve the daemon's HTTP and dispatch. The body is
+        // moved in and freed there, chunk by chunk as it is parsed.
+        let (title, fields) =
+            tokio::task::spawn_blocking(move || extract(&parse(body, charset.as_deref()), &fields))
+                .await
+                .map_err(|e| {
+                    CrawlError::new(
+                        ErrorKind::Other,
+                        format!("{final_url}: extracting the page's facts failed: {e}"),
+                        false,
+                    )
+                })?;
         Ok(PageFacts {
             http_status: status.as_u16(),
             title,
             fields,
-            bytes: body.len() as u64,
+            bytes,
             content_sha256: hex::encode(hasher.finalize()),
             fetch_ms,
         })
@@ -287,6 +422,12 @@ impl Crawler {
     /// chain, since reqwest's own predicates do not tell DNS, refusal and TLS
     /// apart.
     fn classify(&self, error: &reqwest::Error, url: &Url) -> CrawlError {
+        // First: a refusal by the guard surfaces as a connect error (from
+        // the resolver) or a redirect error (from the redirect policy); the
+        // message is the refusal alone, nothing the server sent.
+        if let Some(b) = netguard::find_blocked(error) {
+            return blocked(b, error.is_redirect());
+        }
         let detail = chain_text(error);
         if error.is_timeout() {
             return CrawlError::new(
@@ -451,6 +592,18 @@ fn compile_selectors(
         .collect()
 }
 
+/// A fetch the network guard refused: never retryable (the same URL
+/// resolves to the same kind of address), the message naming the address
+/// class.
+fn blocked(refusal: &netguard::Blocked, on_redirect: bool) -> CrawlError {
+    let message = if on_redirect {
+        format!("a redirect was refused: {refusal}")
+    } else {
+        refusal.to_string()
+    };
+    CrawlError::new(ErrorKind::Blocked, message, false)
+}
+
 /// 408, 429 and 5xx may pass on a later attempt; other statuses will not.
 fn status_error(status: StatusCode, url: &Url) -> CrawlError {
     let retryable = status == StatusCode::REQUEST_TIMEOUT
@@ -481,13 +634,65 @@ fn charset_of(response: &reqwest::Response) -> Option<String> {
     })
 }
 
-/// Decodes by the declared charset when it is known, else as UTF-8; a BOM
-/// wins over both, and malformed sequences become U+FFFD.
-fn decode(body: &[u8], charset: Option<&str>) -> String {
+/// Decodes `chunks` by the declared charset when it is known, else as
+/// UTF-8 (a BOM wins over both, malformed sequences become U+FFFD), handing
+/// the text to `each` piece by piece; each chunk is dropped once decoded. A
+/// character split between chunks is decoded whole.
+fn decode_each<B: AsRef<[u8]>>(
+    chunks: impl IntoIterator<Item = B>,
+    charset: Option<&str>,
+    mut each: impl FnMut(&str),
+) {
     let encoding = charset
         .and_then(|label| encoding_rs::Encoding::for_label(label.as_bytes()))
         .unwrap_or(encoding_rs::UTF_8);
-    encoding.decode(body).0.into_owned()
+    let mut decoder = encoding.new_decoder();
+    let mut text = String::new();
+    let mut chunks = chunks.into_iter();
+    loop {
+        let chunk = chunks.next();
+        let last = chunk.is_none();
+        let mut input = chunk.as_ref().map_or(&[][..], AsRef::as_ref);
+        loop {
+            let room = decoder.max_utf8_buffer_length(input.len());
+            text.reserve(room.unwrap_or(input.len().saturating_add(1024)));
+            let (result, read, _) = decoder.decode_to_string(input, &mut text, last);
+            input = &input[read..];
+            if !text.is_empty() {
+                each(&text);
+                text.clear();
+            }
+            if result == encoding_rs::CoderResult::InputEmpty {
+                break;
+            }
+        }
+        if last {
+            return;
+        }
+    }
+}
+
+/// Parses the body's chunks into a document, each decoded and fed to the
+/// parser in turn, so the whole body is never copied into one string.
+fn parse<B: AsRef<[u8]>>(chunks: impl IntoIterator<Item = B>, charset: Option<&str>) -> Html {
+    let mut parser = html5ever::driver::parse_document(
+        HtmlTreeSink::new(Html::new_document()),
+        Default::default(),
+    );
+    decode_each(chunks, charset, |text| {
+        parser.process(StrTendril::from_slice(text));
+    });
+    parser.finish()
+}
+
+/// The largest parse budget: a page's weight must fit a `u32`, and tokio's
+/// semaphore holds fewer than `usize::MAX >> 3` permits.
+const MAX_PARSE_BUDGET: usize = u32::MAX as usize >> 3;
+
+/// A share of the parse budget, released when dropped.
+struct ParsePermit {
+    weight: u32,
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 static TITLE: LazyLock<Selector> =
@@ -495,13 +700,12 @@ static TITLE: LazyLock<Selector> =
 
 const HTML_NAMESPACE: &str = "http://www.w3.org/1999/xhtml";
 
-/// Parses and extracts synchronously: `scraper::Html` is `!Send`, so it must
-/// never live across an `.await`.
+/// Extracts synchronously: `scraper::Html` is `!Send`, so it must never
+/// live across an `.await`.
 fn extract(
-    text: &str,
+    document: &Html,
     fields: &[(String, Selector)],
 ) -> (Option<String>, BTreeMap<String, Option<String>>) {
-    let document = Html::parse_document(text);
     // An SVG <title> is a tooltip, not the page's title.
     let title = document
         .select(&TITLE)
@@ -586,6 +790,7 @@ mod tests {
         assert_eq!(config.callback_attempts, 5);
         assert_eq!(config.callback_backoff, Duration::from_millis(200));
         assert!(config.user_agent.starts_with("fanfare-crawler/0."));
+        assert_eq!(config.parse_budget_bytes, PARSE_BUDGET_BYTES);
     }
 
     #[test]
@@ -613,10 +818,28 @@ mod tests {
             (ENV_MAX_BODY_BYTES, "-1"),
             (ENV_USER_AGENT, " "),
             (ENV_USER_AGENT, "bad\nagent"),
+            (ENV_ALLOW_PRIVATE_NETWORKS, "yes"),
+            (ENV_ALLOW_PRIVATE_NETWORKS, ""),
         ] {
             let error = CrawlerConfig::from_lookup(lookup(&[(name, value)])).unwrap_err();
             assert_eq!(error.name, name);
             assert!(error.to_string().contains(name), "{error}");
+        }
+    }
+
+    #[test]
+    fn private_networks_are_closed_unless_the_environment_opens_them() {
+        assert!(!CrawlerConfig::default().net.allows_private());
+        for (value, open) in [
+            ("true", true),
+            ("1", true),
+            (" TRUE ", true),
+            ("false", false),
+            ("0", false),
+        ] {
+            let config =
+                CrawlerConfig::from_lookup(lookup(&[(ENV_ALLOW_PRIVATE_NETWORKS, value)])).unwrap();
+            assert_eq!(config.net.allows_private(), open, "{value:?}");
         }
     }
 
@@ -628,7 +851,7 @@ mod tests {
             ("a".to_string(), Selector::parse(".a").unwrap()),
             ("price".to_string(), Selector::parse(".price").unwrap()),
         ];
-        let (title, fields) = extract(html, &fields);
+        let (title, fields) = extract(&Html::parse_document(html), &fields);
         assert_eq!(title, None);
         assert_eq!(fields["a"].as_deref(), Some("Hello big world"));
         assert_eq!(fields["price"].as_deref(), Some("9.99"));
@@ -636,10 +859,10 @@ mod tests {
 
     #[test]
     fn empty_title_is_none_and_svg_title_is_ignored() {
-        let (title, _) = extract("<title>  \n </title><p>x</p>", &[]);
+        let (title, _) = extract(&Html::parse_document("<title>  \n </title><p>x</p>"), &[]);
         assert_eq!(title, None);
         let (title, _) = extract(
-            "<body><svg><title>icon</title></svg><p>no title</p></body>",
+            &Html::parse_document("<body><svg><title>icon</title></svg><p>no title</p></body>"),
             &[],
         );
         assert_eq!(title, None);
@@ -660,6 +883,28 @@ mod tests {
         assert_eq!(decode("café".as_bytes(), None), "café");
         assert_eq!(decode(b"caf\xff", None), "caf\u{fffd}");
         assert_eq!(decode("café".as_bytes(), Some("no-such-charset")), "café");
+        assert_eq!(
+            decode(b"\xef\xbb\xbfcaf\xc3\xa9", Some("ISO-8859-1")),
+            "café"
+        );
+    }
+
+    /// The whole body decoded, fed one byte at a time.
+    fn decode(body: &[u8], charset: Option<&str>) -> String {
+        let mut text = String::new();
+        decode_each(body.chunks(1), charset, |piece| text.push_str(piece));
+        text
+    }
+
+    #[test]
+    fn page_parsed_from_chunks_is_the_page_parsed_whole() {
+        let page = "<html><head><title>Caf\u{e9} \u{1f600}</title></head>\
+                    <body><p class=a>d\u{e9}j\u{e0} vu</p></body></html>";
+        let whole = Html::parse_document(page);
+        for size in [1, 2, 3, 7, page.len()] {
+            let chunked = parse(page.as_bytes().chunks(size), None);
+            assert_eq!(chunked.html(), whole.html(), "chunks of {size} bytes");
+        }
     }
 
     #[test]

@@ -3,8 +3,11 @@
 //! page and POSTs the report to the daemon.
 //!
 //! Settings come from the environment (`FANFARE_CRAWLER_TIMEOUT_SECS`,
-//! `FANFARE_CRAWLER_MAX_BODY_BYTES`, `FANFARE_CRAWLER_USER_AGENT`; logs
-//! filtered by `RUST_LOG`, default `info`). A bad value fails the cold start
+//! `FANFARE_CRAWLER_MAX_BODY_BYTES`, `FANFARE_CRAWLER_USER_AGENT`,
+//! `FANFARE_CRAWLER_ALLOW_PRIVATE_NETWORKS` (default false: pages on
+//! loopback, link-local, private and other non-public addresses, and the
+//! Lambda runtime API, are refused as `blocked`); logs filtered by
+//! `RUST_LOG`, default `info`). A bad value fails the cold start
 //! naming the variable. When the report cannot be delivered the invocation
 //! fails, so that Lambda's asynchronous retry redelivers the event.
 
@@ -22,6 +25,7 @@ async fn main() -> Result<(), Error> {
     tracing::info!(
         timeout = ?crawler.config().timeout,
         max_body_bytes = crawler.config().max_body_bytes,
+        allow_private_networks = crawler.config().net.allows_private(),
         "crawler ready"
     );
     lambda_runtime::run(service_fn(|event: LambdaEvent<CrawlRequest>| {

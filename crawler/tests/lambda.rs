@@ -5,6 +5,7 @@
 mod support;
 
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use fanfare_crawler::Report;
+use fanfare_crawler::{ErrorKind, Report};
 use serde_json::{json, Value};
 use support::{serve, Receiver};
 use tokio::process::Command;
@@ -81,9 +82,16 @@ async fn error(State(runtime): State<Runtime>, Path(_id): Path<String>, body: By
     StatusCode::ACCEPTED
 }
 
-/// Runs the binary against a fake Runtime API serving `event`; returns the
+/// Runs the binary against a fake Runtime API serving `event`, with the
+/// network guard opened (the pages here are on loopback); returns the
 /// function's answer.
 async fn invoke(event: Value) -> Answer {
+    invoke_with(event, Some("true")).await
+}
+
+/// Like [`invoke`], with `FANFARE_CRAWLER_ALLOW_PRIVATE_NETWORKS` set to
+/// `allow_private` (unset when `None`).
+async fn invoke_with(event: Value, allow_private: Option<&str>) -> Answer {
     let (answers, mut received) = mpsc::unbounded_channel();
     let runtime = Runtime {
         event: Arc::new(Mutex::new(Some(event))),
@@ -99,7 +107,12 @@ async fn invoke(event: Value) -> Answer {
         .with_state(runtime);
     let addr = serve(app).await;
 
-    let mut child = Command::new(BINARY)
+    let mut command = Command::new(BINARY);
+    command.env_remove("FANFARE_CRAWLER_ALLOW_PRIVATE_NETWORKS");
+    if let Some(value) = allow_private {
+        command.env("FANFARE_CRAWLER_ALLOW_PRIVATE_NETWORKS", value);
+    }
+    let mut child = command
         .env("AWS_LAMBDA_RUNTIME_API", addr.to_string())
         .env("AWS_LAMBDA_FUNCTION_NAME", "fanfare-crawler")
         .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
@@ -134,9 +147,17 @@ fn event(url: &str, callback_url: &str) -> Value {
 }
 
 async fn page() -> String {
+    page_counting(Arc::default()).await
+}
+
+/// A page that counts the requests it is sent in `hits`.
+async fn page_counting(hits: Arc<AtomicUsize>) -> String {
     let app = Router::new().route(
         "/",
-        get(|| async { Html("<title>Hi</title><h1> Hello </h1>") }),
+        get(move || async move {
+            hits.fetch_add(1, Ordering::SeqCst);
+            Html("<title>Hi</title><h1> Hello </h1>")
+        }),
     );
     format!("http://{}/", serve(app).await)
 }
@@ -215,6 +236,70 @@ async fn bad_setting_fails_the_cold_start_naming_the_variable() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         stdout.contains("FANFARE_CRAWLER_MAX_BODY_BYTES"),
+        "stdout: {stdout}"
+    );
+}
+
+#[tokio::test]
+async fn lambda_crawler_refuses_loopback_pages_unless_its_environment_opens_private_networks() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let url = page_counting(hits.clone()).await;
+    let (receiver, callback_url) = Receiver::start(&[]).await;
+
+    // Unset: closed. The report (to a loopback callback URL: callbacks are
+    // not guarded) says blocked, and the page was never asked for.
+    let Answer::Response(body) = invoke_with(event(&url, &callback_url), None).await else {
+        panic!("expected a response");
+    };
+    let report: Report = serde_json::from_value(body).unwrap();
+    let error = report.outcome.error().expect("refused");
+    assert_eq!(error.kind, ErrorKind::Blocked);
+    assert!(!error.retryable);
+    // Here the stand-in runtime API is on 127.0.0.1 too, and that address
+    // is named for what it is to this function.
+    assert!(
+        error
+            .message
+            .starts_with("127.0.0.1 is the Lambda runtime API's address"),
+        "{}",
+        error.message
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "the page saw no request");
+    assert_eq!(receiver.received().len(), 1, "the refusal is reported");
+
+    // "0" is closed too; "1" opens it.
+    let Answer::Response(body) = invoke_with(event(&url, &callback_url), Some("0")).await else {
+        panic!("expected a response");
+    };
+    let report: Report = serde_json::from_value(body).unwrap();
+    assert_eq!(
+        report.outcome.error().map(|e| e.kind),
+        Some(ErrorKind::Blocked)
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+
+    let Answer::Response(body) = invoke_with(event(&url, &callback_url), Some("1")).await else {
+        panic!("expected a response");
+    };
+    let report: Report = serde_json::from_value(body).unwrap();
+    let facts = report.outcome.facts().expect("crawled");
+    assert_eq!(facts.title.as_deref(), Some("Hi"));
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn bad_private_networks_setting_fails_the_cold_start_naming_the_variable() {
+    let output = Command::new(BINARY)
+        .env("FANFARE_CRAWLER_ALLOW_PRIVATE_NETWORKS", "sometimes")
+        .env("RUST_LOG", "info")
+        .output()
+        .await
+        .unwrap();
+
+    assert!(!output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("FANFARE_CRAWLER_ALLOW_PRIVATE_NETWORKS"),
         "stdout: {stdout}"
     );
 }

@@ -9,6 +9,7 @@ mod fuzz_callbacks;
 mod helpers;
 mod lambda_errors;
 mod lifecycle;
+mod private_networks;
 mod runs;
 mod secrets;
 mod server;

@@ -1,0 +1,322 @@
+//! In-process crawl benchmark: can a run of large pages through the local
+//! invoker starve the daemon?
+//!
+//! The real [`fanfare::Application`] runs one `invoker = "local"` schedule
+//! of `--pages` pages (default 100), each served by a loopback server as a
+//! `--page-mib` MiB (default 10, the crawler's body cap) HTML page of many
+//! small elements (so parsing costs what it costs on a real catalogue page),
+//! with a few selectors to extract. While the run goes:
+//!
+//! - a client on a thread of its own GETs `/healthz` every ~10 ms and
+//!   records each answer's latency;
+//! - a sampler reads this process's `VmRSS` (`/proc/self/status`) every
+//!   ~50 ms; `VmHWM` is read at the end.
+//!
+//! It prints `FIGURE` lines: `/healthz` p50/p99/max latency, peak RSS (the
+//! sampled maximum and `VmHWM`), run duration, and the pages' outcomes. The
+//! issue's targets are p99 < 100 ms and peak RSS < 400 MB. It asserts
+//! nothing about speed; it gives up after `--timeout-secs` (default 600)
+//! and drops its database at the end.
+//!
+//! ```sh
+//! cargo bench --bench local_crawls                       # 100 pages of 10 MiB
+//! cargo bench --bench local_crawls -- --pages 10         # smoke run
+//! ```
+//!
+//! `--max-in-flight N` (default 1000) sets the schedule's `max_in_flight`.
+//!
+//! It needs a Postgres it may create a database on (`DATABASE_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/postgres`). Logs are off unless
+//! `RUST_LOG` is set.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context};
+use axum::body::Bytes;
+use axum::extract::Path;
+use axum::http::header;
+use axum::routing::get;
+use axum::Router;
+use clap::Parser;
+use fanfare::startup::Overrides;
+use fanfare::Settings;
+
+use fanfare_testkit as common;
+
+use common::AppTask;
+
+const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdefghij";
+const CALLBACK_SECRET: &str = "bench-callback-secret-0123456789abcdef";
+
+#[derive(Debug, Parser)]
+#[command(about = "fanfare: /healthz latency and RSS during in-process crawls of large pages")]
+struct Args {
+    /// Pages in the run.
+    #[arg(long, default_value_t = 100)]
+    pages: usize,
+    /// Size of each page, in MiB.
+    #[arg(long, default_value_t = 10)]
+    page_mib: usize,
+    /// The schedule's max_in_flight (pages dispatched and unreported at
+    /// once); with it above `[local] concurrency`, the daemon's own bound is
+    /// what holds.
+    #[arg(long, default_value_t = 1000)]
+    max_in_flight: usize,
+    /// Give up on the run after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    ensure!(args.pages > 0, "--pages must be at least 1");
+    ensure!(args.page_mib > 0, "--page-mib must be at least 1");
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .init();
+    }
+    let page = Bytes::from(catalogue_page(args.page_mib * 1024 * 1024));
+    let site = start_site(page.clone())?;
+    println!(
+        "local_crawls: {} pages of {} bytes each from {site}; parse budget {} bytes",
+        args.pages,
+        page.len(),
+        fanfare_crawler::crawl::PARSE_BUDGET_BYTES,
+    );
+
+    // The application's runtime: as in `fanfare serve`, one worker per core.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(measure(&args, &site));
+    runtime.shutdown_timeout(Duration::from_secs(10));
+    result
+}
+
+/// A product-listing page of exactly `size` bytes: many small elements
+/// (about 40 per KiB), as a real catalogue page has.
+fn catalogue_page(size: usize) -> Vec<u8> {
+    let head = "<!doctype html><html><head><meta charset=\"utf-8\"><title>Catalogue</title></head><body><h1 class=\"name\">All products</h1><ul class=\"items\">\n";
+    let tail = "</ul><footer class=\"legal\">The end</footer></body></html>\n";
+    let mut page = String::with_capacity(size);
+    page.push_str(head);
+    let mut i = 0usize;
+    loop {
+        let item = format!(
+            "<li class=\"item\" id=\"p{i}\"><a href=\"/p/{i}\"><img src=\"/img/{i}.jpg\" alt=\"\"><span class=\"title\">Product {i}</span></a><div class=\"meta\"><span class=\"price\">${}.{:02}</span><em>in stock</em><b>{}</b></div></li>\n",
+            i % 997,
+            i % 100,
+            i % 7
+        );
+        if page.len() + item.len() + tail.len() > size {
+            break;
+        }
+        page.push_str(&item);
+        i += 1;
+    }
+    let pad = size.saturating_sub(page.len() + tail.len() + "<!---->".len());
+    page.push_str("<!--");
+    page.push_str(&"-".repeat(pad));
+    page.push_str("-->");
+    page.push_str(tail);
+    assert_eq!(page.len(), size, "the page is exactly the size asked for");
+    page.into_bytes()
+}
+
+/// Serves `page` at `/p/{n}` on 127.0.0.1 from a thread of its own; returns
+/// the base URL.
+fn start_site(page: Bytes) -> anyhow::Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let base = format!("http://{}", listener.local_addr()?);
+    std::thread::Builder::new()
+        .name("site".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("the site's runtime");
+            rt.block_on(async move {
+                let app = Router::new().route(
+                    "/p/{n}",
+                    get(move |Path(_n): Path<u32>| {
+                        let page = page.clone();
+                        async move { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page) }
+                    }),
+                );
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                let _ = axum::serve(listener, app).await;
+            });
+        })?;
+    Ok(base)
+}
+
+fn status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+async fn measure(args: &Args, site: &str) -> anyhow::Result<()> {
+    let db = common::fresh_database().await;
+    let urls: Vec<String> = (1..=args.pages)
+        .map(|i| format!("\"{site}/p/{i}\""))
+        .collect();
+    let schedule = format!(
+        r#"
+[[schedules]]
+name = "big-pages"
+invoker = "local"
+pages = {{ urls = [{}] }}
+extract = {{ heading = "h1.name", first_price = "li.item .price", legal = "footer.legal", missing = "table.none td" }}
+max_in_flight = {}
+page_timeout = "10m"
+"#,
+        urls.join(", "),
+        args.max_in_flight
+    );
+    let toml = common::config_toml_with(&db, 0, 10, CALLBACK_SECRET, ADMIN_TOKEN, &schedule);
+    let settings = Settings::from_toml(&toml).context("the bench configuration")?;
+    let concurrency = settings.local.concurrency;
+    let rss_before = status_kib("VmRSS:").unwrap_or(0);
+    let (address, app) = AppTask::start(settings, Overrides::default()).await;
+    let client = reqwest::Client::new();
+    ensure!(
+        common::wait_ready(&client, &address, Duration::from_secs(10)).await,
+        "the application did not become ready"
+    );
+    println!(
+        "local_crawls: [local] concurrency = {concurrency}; RSS at start {} MB",
+        rss_before / 1024
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let latencies = Arc::new(Mutex::new(Vec::<Duration>::new()));
+    let failures = Arc::new(Mutex::new(0usize));
+    let prober = {
+        let (stop, latencies, failures) = (stop.clone(), latencies.clone(), failures.clone());
+        let url = format!("{address}/healthz");
+        std::thread::Builder::new()
+            .name("healthz".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("the prober's runtime");
+                rt.block_on(async move {
+                    let client = reqwest::Client::builder()
+                        .timeout(Duration::from_secs(30))
+                        .build()
+                        .expect("client");
+                    while !stop.load(Ordering::Relaxed) {
+                        let started = Instant::now();
+                        let ok = match client.get(&url).send().await {
+                            Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                            Err(_) => false,
+                        };
+                        let took = started.elapsed();
+                        if ok {
+                            latencies.lock().unwrap().push(took);
+                        } else {
+                            *failures.lock().unwrap() += 1;
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                });
+            })?
+    };
+    let peak_rss = Arc::new(Mutex::new(0u64));
+    let sampler = {
+        let (stop, peak_rss) = (stop.clone(), peak_rss.clone());
+        std::thread::Builder::new()
+            .name("rss".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some(kib) = status_kib("VmRSS:") {
+                        let mut peak = peak_rss.lock().unwrap();
+                        *peak = (*peak).max(kib);
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })?
+    };
+
+    let started = Instant::now();
+    let run = common::trigger(&client, &address, ADMIN_TOKEN, "big-pages").await;
+    let deadline = started + Duration::from_secs(args.timeout_secs);
+    let finished = loop {
+        let (_, body) =
+            common::get(&client, &address, ADMIN_TOKEN, &format!("/v1/runs/{run}")).await?;
+        if body["status"] == "finished" {
+            break Some(body);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let duration = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let _ = prober.join();
+    let _ = sampler.join();
+    let hwm = status_kib("VmHWM:").unwrap_or(0);
+
+    let mut latencies = latencies.lock().unwrap().clone();
+    latencies.sort();
+    let failed_probes = *failures.lock().unwrap();
+    let peak = *peak_rss.lock().unwrap();
+    match &finished {
+        Some(run) => println!(
+            "FIGURE local_crawls run: {} pages of {} MiB, outcome {}, succeeded {}, failed {}, duration {:.1} s",
+            args.pages,
+            args.page_mib,
+            run["outcome"],
+            run["pages"]["succeeded"],
+            run["pages"]["failed"],
+            duration.as_secs_f64()
+        ),
+        None => println!(
+            "FIGURE local_crawls run: NOT FINISHED within {} s",
+            args.timeout_secs
+        ),
+    }
+    println!(
+        "FIGURE local_crawls healthz: {} probes ({} failed), p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (target p99 < 100 ms)",
+        latencies.len(),
+        failed_probes,
+        ms(percentile(&latencies, 50.0)),
+        ms(percentile(&latencies, 99.0)),
+        ms(latencies.last().copied().unwrap_or_default()),
+    );
+    println!(
+        "FIGURE local_crawls rss: peak sampled {} MB, VmHWM {} MB, at start {} MB (target peak < 400 MB)",
+        peak / 1024,
+        hwm / 1024,
+        rss_before / 1024
+    );
+
+    app.stop().await;
+    drop(db); // the kit's guard drops the database
+    ensure!(finished.is_some(), "the run did not finish in time");
+    Ok(())
+}
