@@ -185,23 +185,25 @@ async fn a_callback_body_sent_too_slowly_ends_in_408_without_touching_the_ledger
     );
     stream.write_all(head.as_bytes()).await.unwrap();
     let (mut reader, mut writer) = stream.into_split();
-    // Ten bytes every 200 ms: the whole body would take several seconds.
+    // Ten bytes every 500 ms: the whole body would take about 20 s, far
+    // past both the body timeout (1 s) and the wait below (10 s), which
+    // leaves room for a loaded machine.
     let trickle = tokio::spawn(async move {
         for chunk in body.chunks(10) {
             if writer.write_all(chunk).await.is_err() {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
         // Keep the write half open (and the request incomplete on our side).
         tokio::time::sleep(Duration::from_secs(30)).await;
     });
     let mut answer = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), reader.read_to_end(&mut answer)).await;
+    let read = tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut answer)).await;
     trickle.abort();
     assert!(
         read.is_ok(),
-        "the slow body was still being waited for after 5 s"
+        "the slow body was still being waited for after 10 s"
     );
     let answer = String::from_utf8_lossy(&answer);
     assert!(
