@@ -65,8 +65,7 @@ use sqlx::{Connection, Executor, PgConnection};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use fanfare_testkit as common;
 
 use common::{admin_database_url, succeeded};
 

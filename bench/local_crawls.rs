@@ -42,12 +42,10 @@ use axum::Router;
 use clap::Parser;
 use fanfare::startup::Overrides;
 use fanfare::Settings;
-use sqlx::{Connection, Executor, PgConnection};
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use fanfare_testkit as common;
 
-use common::{admin_database_url, AppTask};
+use common::AppTask;
 
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdefghij";
 const CALLBACK_SECRET: &str = "bench-callback-secret-0123456789abcdef";
@@ -318,13 +316,7 @@ page_timeout = "10m"
     );
 
     app.stop().await;
-    let mut conn = PgConnection::connect(&admin_database_url()).await?;
-    let name = url::Url::parse(&db)?
-        .path()
-        .trim_start_matches('/')
-        .to_string();
-    conn.execute(format!(r#"drop database if exists "{name}" with (force)"#).as_str())
-        .await?;
+    drop(db); // the kit's guard drops the database
     ensure!(finished.is_some(), "the run did not finish in time");
     Ok(())
 }

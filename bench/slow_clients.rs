@@ -45,14 +45,12 @@ use clap::Parser;
 use fanfare::dispatch::LambdaApi;
 use fanfare::startup::Overrides;
 use fanfare::Settings;
-use sqlx::{Connection, Executor, PgConnection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use fanfare_testkit as common;
 
-use common::{admin_database_url, AppTask, RecordingLambda};
+use common::{AppTask, RecordingLambda};
 
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdefghij";
 const CALLBACK_SECRET: &str = "bench-callback-secret-0123456789abcdef";
@@ -124,7 +122,7 @@ fn main() -> anyhow::Result<()> {
         app_runtime.block_on(app.stop());
         measured
     })();
-    app_runtime.block_on(drop_database(&db))?;
+    drop(db); // the kit's guard drops the database
     result
 }
 
@@ -166,18 +164,6 @@ fn raise_open_file_limit() -> anyhow::Result<(u64, u64)> {
     }
     #[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not everywhere
     Ok((limit.rlim_cur as u64, limit.rlim_max as u64))
-}
-
-async fn drop_database(db: &str) -> anyhow::Result<()> {
-    let name = url::Url::parse(db)?
-        .path()
-        .trim_start_matches('/')
-        .to_string();
-    let mut admin = PgConnection::connect(&admin_database_url()).await?;
-    admin
-        .execute(format!(r#"drop database if exists "{name}" with (force)"#).as_str())
-        .await?;
-    Ok(())
 }
 
 async fn measure(

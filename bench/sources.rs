@@ -52,8 +52,7 @@ use futures::future::BoxFuture;
 use sqlx::{Connection, Executor, PgConnection};
 use uuid::Uuid;
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use fanfare_testkit as common;
 
 use common::{admin_database_url, AppTask, ADMIN_TOKEN, CALLBACK_SECRET};
 

@@ -9,9 +9,10 @@ use std::error::Error as StdError;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
+use html5ever::tendril::{StrTendril, TendrilSink};
 use reqwest::header::CONTENT_TYPE;
 use reqwest::{redirect, StatusCode};
-use scraper::{Html, Selector};
+use scraper::{Html, HtmlTreeSink, Selector};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 use url::Url;
@@ -27,11 +28,14 @@ use crate::netguard::{self, NetPolicy, ENV_ALLOW_PRIVATE_NETWORKS};
 /// push the report over [`MAX_REPORT_BYTES`].
 pub const MAX_TEXT_BYTES: usize = 8 * 1024;
 
-/// The most HTML (in bytes) one [`Crawler`] and its clones parse at once
-/// (or one page over it, alone). A parsed document takes many times its
-/// size in memory (a 10 MiB catalogue page is some 200 MB of nodes), and
-/// parsing is CPU-bound, so large pages are parsed one or two at a time
-/// while small ones still go in parallel.
+/// The default [`CrawlerConfig::parse_budget_bytes`]: the most HTML (in
+/// bytes) one [`Crawler`] and its clones hold for parsing at once (or one
+/// page over it, alone). A parsed document takes many times its size in
+/// memory (a 10 MiB catalogue page is some 200 MB of nodes), and parsing is
+/// CPU-bound, so large pages are parsed one or two at a time while small
+/// ones still go in parallel. A page whose length is announced takes its
+/// share before its body is read, so bodies waiting for their turn do not
+/// pile up in memory either.
 pub const PARSE_BUDGET_BYTES: usize = 16 * 1024 * 1024;
 
 /// Environment variable for [`CrawlerConfig::timeout`], in whole seconds.
@@ -46,7 +50,8 @@ pub const ENV_USER_AGENT: &str = "FANFARE_CRAWLER_USER_AGENT";
 pub struct CrawlerConfig {
     /// `User-Agent` sent with every request (page fetches and callbacks).
     pub user_agent: String,
-    /// Budget for one page fetch, from connecting to the end of the body.
+    /// Budget for one page fetch, from connecting to the end of the body;
+    /// time spent waiting for the parse budget is not counted.
     pub timeout: Duration,
     /// Largest body accepted, after content decoding; larger fails as
     /// [`ErrorKind::TooLarge`].
@@ -64,6 +69,9 @@ pub struct CrawlerConfig {
     /// loopback, link-local, private or other non-public address). Callbacks
     /// are not subject to it: the callback URL is the daemon's own.
     pub net: NetPolicy,
+    /// Bytes of HTML held for parsing at once by a crawler and its clones
+    /// (at least 1); see [`PARSE_BUDGET_BYTES`].
+    pub parse_budget_bytes: usize,
 }
 
 impl Default for CrawlerConfig {
@@ -82,6 +90,7 @@ impl Default for CrawlerConfig {
             callback_attempts: 5,
             callback_backoff: Duration::from_millis(200),
             net: NetPolicy::closed(),
+            parse_budget_bytes: PARSE_BUDGET_BYTES,
         }
     }
 }
@@ -183,7 +192,9 @@ pub struct Crawler {
     /// carry the bearer token somewhere unexpected.
     pub(crate) callback: reqwest::Client,
     pub(crate) config: Arc<CrawlerConfig>,
-    /// [`PARSE_BUDGET_BYTES`] permits, one per byte being parsed.
+    /// [`CrawlerConfig::parse_budget_bytes`] permits, one per byte of a
+    /// body held for parsing (from before its read when its length is
+    /// announced, else from the end of its read) until it is parsed.
     parsing: Arc<tokio::sync::Semaphore>,
 }
 
@@ -192,10 +203,12 @@ impl Crawler {
     /// client is guarded by [`CrawlerConfig::net`] (resolver, every redirect
     /// hop, no proxy); the callback client is not.
     pub fn new(config: CrawlerConfig) -> Result<Self, reqwest::Error> {
+        // No total timeout on the client: [`CrawlerConfig::timeout`] is
+        // applied around sending and around reading the body, so a wait for
+        // the parse budget between the two does not count against it.
         let fetch = reqwest::Client::builder()
             .use_rustls_tls()
             .user_agent(config.user_agent.clone())
-            .timeout(config.timeout)
             .connect_timeout(config.timeout)
             .gzip(true);
         let fetch = config.net.apply(fetch, config.max_redirects).build()?;
@@ -208,14 +221,51 @@ impl Crawler {
         Ok(Self {
             fetch,
             callback,
+            parsing: Arc::new(tokio::sync::Semaphore::new(
+                config.parse_budget_bytes.clamp(1, MAX_PARSE_BUDGET),
+            )),
             config: Arc::new(config),
-            parsing: Arc::new(tokio::sync::Semaphore::new(PARSE_BUDGET_BYTES)),
         })
     }
 
     /// The settings this crawler was built with.
     pub fn config(&self) -> &CrawlerConfig {
         &self.config
+    }
+
+    /// Bytes of the parse budget not held by any crawl now (for tests and
+    /// figures).
+    pub fn parse_budget_available(&self) -> usize {
+        self.parsing.available_permits()
+    }
+
+    /// What a body of `bytes` bytes takes from the parse budget: a page
+    /// over the budget takes all of it and is parsed alone.
+    fn parse_weight(&self, bytes: u64) -> u32 {
+        let budget = self.config.parse_budget_bytes.clamp(1, MAX_PARSE_BUDGET) as u64;
+        u32::try_from(bytes.clamp(1, budget)).unwrap_or(u32::MAX)
+    }
+
+    /// Waits for `weight` bytes of the parse budget.
+    async fn hold_parse_budget(&self, weight: u32) -> ParsePermit {
+        // (The semaphore is never closed; were it, parsing would go on.)
+        let permit = self.parsing.clone().acquire_many_owned(weight).await.ok();
+        ParsePermit {
+            weight,
+            _permit: permit,
+        }
+    }
+
+    /// A page fetch that took longer than [`CrawlerConfig::timeout`].
+    fn timed_out(&self, url: &Url, what: &str) -> CrawlError {
+        CrawlError::new(
+            ErrorKind::Timeout,
+            format!(
+                "{url} did not answer in full within {:?}: {what}",
+                self.config.timeout
+            ),
+            true,
+        )
     }
 
     /// Fetches `request.url` and extracts its facts. Every failure is an
@@ -273,13 +323,16 @@ impl Crawler {
         let fields = compile_selectors(&request.extract)?;
         let max = self.config.max_body_bytes;
 
+        // The fetch timeout covers connecting, redirects and headers, then
+        // the body with what is left of it; not the wait for the parse
+        // budget in between.
+        let timeout = self.config.timeout;
         let started = Instant::now();
-        let mut response = self
-            .fetch
-            .get(url.clone())
-            .send()
+        let mut response = tokio::time::timeout(timeout, self.fetch.get(url.clone()).send())
             .await
+            .map_err(|_| self.timed_out(&url, "no response headers in time"))?
             .map_err(|e| self.classify(&e, &url))?;
+        let mut fetching = started.elapsed();
         let status = response.status();
         if !status.is_success() {
             return Err(status_error(status, response.url()));
@@ -292,43 +345,69 @@ impl Crawler {
         let final_url = response.url().clone();
         let charset = charset_of(&response);
 
-        let capacity = response.content_length().unwrap_or(0).min(max);
-        let mut body = Vec::with_capacity(usize::try_from(capacity).unwrap_or(0));
-        let mut hasher = Sha256::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| self.classify(&e, &final_url))?
-        {
-            if body.len() as u64 + chunk.len() as u64 > max {
-                return Err(too_large(&final_url, max, "more than that"));
-            }
-            hasher.update(&chunk);
-            body.extend_from_slice(&chunk);
-        }
-        let fetch_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        // With the length announced, the body's share of the parse budget is
+        // taken before the body is read, so that at most about the budget
+        // in bodies is in memory at once, however many crawls are waiting
+        // (unread, a body stays with the server and in socket buffers).
+        // Without it (chunked, or gzip-decoded) the body is read first, as
+        // its size is known only then.
+        let announced = response.content_length();
+        let mut parsing = match announced {
+            Some(length) => Some(self.hold_parse_budget(self.parse_weight(length)).await),
+            None => None,
+        };
 
-        let bytes = body.len() as u64;
-        // A page over the budget takes all of it and is parsed alone.
-        let weight = u32::try_from(body.len().clamp(1, PARSE_BUDGET_BYTES)).unwrap_or(u32::MAX);
-        // (The semaphore is never closed; were it, parsing would go on.)
-        let _parsing = self.parsing.clone().acquire_many_owned(weight).await.ok();
+        // The body is kept as the chunks it came in, not copied into one
+        // buffer: the parser takes them one at a time and each is freed
+        // once fed.
+        let reading = Instant::now();
+        let mut body = Vec::new();
+        let mut bytes = 0u64;
+        let mut hasher = Sha256::new();
+        let read = async {
+            while let Some(chunk) = response
+                .chunk()
+                .await
+                .map_err(|e| self.classify(&e, &final_url))?
+            {
+                if bytes + chunk.len() as u64 > max {
+                    return Err(too_large(&final_url, max, "more than that"));
+                }
+                hasher.update(&chunk);
+                bytes += chunk.len() as u64;
+                body.push(chunk);
+            }
+            Ok(())
+        };
+        tokio::time::timeout(timeout.saturating_sub(fetching), read)
+            .await
+            .map_err(|_| self.timed_out(&final_url, "the body did not arrive in time"))??;
+        fetching += reading.elapsed();
+        let fetch_ms = u64::try_from(fetching.as_millis()).unwrap_or(u64::MAX);
+
+        let weight = self.parse_weight(bytes);
+        if parsing.as_ref().is_none_or(|held| held.weight < weight) {
+            // Unknown length, or more than announced: let go of any share
+            // first, as waiting for more while holding some could deadlock
+            // two crawls.
+            drop(parsing.take());
+            parsing = Some(self.hold_parse_budget(weight).await);
+        }
+        let _parsing = parsing;
         // Parsing a large page takes a CPU for a long while (hundreds of ms
         // for 10 MiB): on a blocking thread, never on the async runtime's
         // workers, which serve the daemon's HTTP and dispatch. The body is
-        // moved in and freed there.
-        let (title, fields) = tokio::task::spawn_blocking(move || {
-            let text = decode(&body, charset.as_deref());
-            extract(&text, &fields)
-        })
-        .await
-        .map_err(|e| {
-            CrawlError::new(
-                ErrorKind::Other,
-                format!("{final_url}: extracting the page's facts failed: {e}"),
-                false,
-            )
-        })?;
+        // moved in and freed there, chunk by chunk as it is parsed.
+        let (title, fields) =
+            tokio::task::spawn_blocking(move || extract(&parse(body, charset.as_deref()), &fields))
+                .await
+                .map_err(|e| {
+                    CrawlError::new(
+                        ErrorKind::Other,
+                        format!("{final_url}: extracting the page's facts failed: {e}"),
+                        false,
+                    )
+                })?;
         Ok(PageFacts {
             http_status: status.as_u16(),
             title,
@@ -555,14 +634,65 @@ fn charset_of(response: &reqwest::Response) -> Option<String> {
     })
 }
 
-/// Decodes by the declared charset when it is known, else as UTF-8; a BOM
-/// wins over both, and malformed sequences become U+FFFD.
-/// Valid UTF-8 is borrowed, not copied.
-fn decode<'a>(body: &'a [u8], charset: Option<&str>) -> std::borrow::Cow<'a, str> {
+/// Decodes `chunks` by the declared charset when it is known, else as
+/// UTF-8 (a BOM wins over both, malformed sequences become U+FFFD), handing
+/// the text to `each` piece by piece; each chunk is dropped once decoded. A
+/// character split between chunks is decoded whole.
+fn decode_each<B: AsRef<[u8]>>(
+    chunks: impl IntoIterator<Item = B>,
+    charset: Option<&str>,
+    mut each: impl FnMut(&str),
+) {
     let encoding = charset
         .and_then(|label| encoding_rs::Encoding::for_label(label.as_bytes()))
         .unwrap_or(encoding_rs::UTF_8);
-    encoding.decode(body).0
+    let mut decoder = encoding.new_decoder();
+    let mut text = String::new();
+    let mut chunks = chunks.into_iter();
+    loop {
+        let chunk = chunks.next();
+        let last = chunk.is_none();
+        let mut input = chunk.as_ref().map_or(&[][..], AsRef::as_ref);
+        loop {
+            let room = decoder.max_utf8_buffer_length(input.len());
+            text.reserve(room.unwrap_or(input.len().saturating_add(1024)));
+            let (result, read, _) = decoder.decode_to_string(input, &mut text, last);
+            input = &input[read..];
+            if !text.is_empty() {
+                each(&text);
+                text.clear();
+            }
+            if result == encoding_rs::CoderResult::InputEmpty {
+                break;
+            }
+        }
+        if last {
+            return;
+        }
+    }
+}
+
+/// Parses the body's chunks into a document, each decoded and fed to the
+/// parser in turn, so the whole body is never copied into one string.
+fn parse<B: AsRef<[u8]>>(chunks: impl IntoIterator<Item = B>, charset: Option<&str>) -> Html {
+    let mut parser = html5ever::driver::parse_document(
+        HtmlTreeSink::new(Html::new_document()),
+        Default::default(),
+    );
+    decode_each(chunks, charset, |text| {
+        parser.process(StrTendril::from_slice(text));
+    });
+    parser.finish()
+}
+
+/// The largest parse budget: a page's weight must fit a `u32`, and tokio's
+/// semaphore holds fewer than `usize::MAX >> 3` permits.
+const MAX_PARSE_BUDGET: usize = u32::MAX as usize >> 3;
+
+/// A share of the parse budget, released when dropped.
+struct ParsePermit {
+    weight: u32,
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 static TITLE: LazyLock<Selector> =
@@ -570,13 +700,12 @@ static TITLE: LazyLock<Selector> =
 
 const HTML_NAMESPACE: &str = "http://www.w3.org/1999/xhtml";
 
-/// Parses and extracts synchronously: `scraper::Html` is `!Send`, so it must
-/// never live across an `.await`.
+/// Extracts synchronously: `scraper::Html` is `!Send`, so it must never
+/// live across an `.await`.
 fn extract(
-    text: &str,
+    document: &Html,
     fields: &[(String, Selector)],
 ) -> (Option<String>, BTreeMap<String, Option<String>>) {
-    let document = Html::parse_document(text);
     // An SVG <title> is a tooltip, not the page's title.
     let title = document
         .select(&TITLE)
@@ -661,6 +790,7 @@ mod tests {
         assert_eq!(config.callback_attempts, 5);
         assert_eq!(config.callback_backoff, Duration::from_millis(200));
         assert!(config.user_agent.starts_with("fanfare-crawler/0."));
+        assert_eq!(config.parse_budget_bytes, PARSE_BUDGET_BYTES);
     }
 
     #[test]
@@ -721,7 +851,7 @@ mod tests {
             ("a".to_string(), Selector::parse(".a").unwrap()),
             ("price".to_string(), Selector::parse(".price").unwrap()),
         ];
-        let (title, fields) = extract(html, &fields);
+        let (title, fields) = extract(&Html::parse_document(html), &fields);
         assert_eq!(title, None);
         assert_eq!(fields["a"].as_deref(), Some("Hello big world"));
         assert_eq!(fields["price"].as_deref(), Some("9.99"));
@@ -729,10 +859,10 @@ mod tests {
 
     #[test]
     fn empty_title_is_none_and_svg_title_is_ignored() {
-        let (title, _) = extract("<title>  \n </title><p>x</p>", &[]);
+        let (title, _) = extract(&Html::parse_document("<title>  \n </title><p>x</p>"), &[]);
         assert_eq!(title, None);
         let (title, _) = extract(
-            "<body><svg><title>icon</title></svg><p>no title</p></body>",
+            &Html::parse_document("<body><svg><title>icon</title></svg><p>no title</p></body>"),
             &[],
         );
         assert_eq!(title, None);
@@ -753,6 +883,28 @@ mod tests {
         assert_eq!(decode("café".as_bytes(), None), "café");
         assert_eq!(decode(b"caf\xff", None), "caf\u{fffd}");
         assert_eq!(decode("café".as_bytes(), Some("no-such-charset")), "café");
+        assert_eq!(
+            decode(b"\xef\xbb\xbfcaf\xc3\xa9", Some("ISO-8859-1")),
+            "café"
+        );
+    }
+
+    /// The whole body decoded, fed one byte at a time.
+    fn decode(body: &[u8], charset: Option<&str>) -> String {
+        let mut text = String::new();
+        decode_each(body.chunks(1), charset, |piece| text.push_str(piece));
+        text
+    }
+
+    #[test]
+    fn page_parsed_from_chunks_is_the_page_parsed_whole() {
+        let page = "<html><head><title>Caf\u{e9} \u{1f600}</title></head>\
+                    <body><p class=a>d\u{e9}j\u{e0} vu</p></body></html>";
+        let whole = Html::parse_document(page);
+        for size in [1, 2, 3, 7, page.len()] {
+            let chunked = parse(page.as_bytes().chunks(size), None);
+            assert_eq!(chunked.html(), whole.html(), "chunks of {size} bytes");
+        }
     }
 
     #[test]

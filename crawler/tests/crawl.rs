@@ -229,6 +229,7 @@ async fn slow_page_fails_as_timeout_with_retry() {
 
     assert_eq!(error.kind, ErrorKind::Timeout);
     assert!(error.retryable);
+    assert!(error.message.contains("300ms"), "{}", error.message);
     assert!(started.elapsed() < Duration::from_secs(4));
 }
 
@@ -257,6 +258,92 @@ async fn body_that_stalls_midway_fails_as_timeout_with_retry() {
 
     assert_eq!(error.kind, ErrorKind::Timeout);
     assert!(error.retryable);
+    assert!(error.message.contains("300ms"), "{}", error.message);
+}
+
+/// A page of `PAGE_BYTES` bytes, its `Content-Length` announced, sent as a
+/// first part at once and the rest `pause` after `go` is notified.
+fn slow_page(go: Arc<tokio::sync::Notify>, pause: Duration) -> axum::response::Response {
+    const PAGE_BYTES: usize = 2_000;
+    let page = format!("<title>Slow</title><p>{}</p>", "x".repeat(PAGE_BYTES));
+    let page = Bytes::from(page[..PAGE_BYTES].to_string());
+    let length = page.len();
+    let chunks = futures_util::stream::unfold(0, move |n| {
+        let (page, go) = (page.clone(), go.clone());
+        async move {
+            let part = match n {
+                0 => page.slice(..100),
+                1 => {
+                    go.notified().await;
+                    tokio::time::sleep(pause).await;
+                    page.slice(100..)
+                }
+                _ => return None,
+            };
+            Some((Ok::<_, std::io::Error>(part), n + 1))
+        }
+    });
+    let mut response = axum::response::Response::new(Body::from_stream(chunks));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, length.into());
+    response
+}
+
+#[tokio::test]
+async fn slow_body_under_the_timeout_succeeds_after_waiting_for_the_parse_budget() {
+    // One page at a time fits the parse budget, and a page of announced
+    // length takes its share before its body is read. Each body takes 1.2 s
+    // of a 2 s timeout to arrive; the second's arrives only once the first
+    // is crawled, so it waits for the budget and then for its body, over
+    // 2 s in all, and fails if the wait is counted against its timeout.
+    let (first_go, second_go) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    first_go.notify_one();
+    let pause = Duration::from_millis(1_200);
+    let first_url = {
+        let go = first_go.clone();
+        target("/first", get(move || async move { slow_page(go, pause) })).await
+    };
+    let second_url = {
+        let go = second_go.clone();
+        target("/second", get(move || async move { slow_page(go, pause) })).await
+    };
+    let crawler = Crawler::new(CrawlerConfig {
+        timeout: Duration::from_secs(2),
+        parse_budget_bytes: 1_024,
+        ..config()
+    })
+    .unwrap();
+
+    let started = std::time::Instant::now();
+    let first = tokio::spawn({
+        let crawler = crawler.clone();
+        async move { crawler.crawl(&request(&first_url)).await }
+    });
+    while crawler.parse_budget_available() > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the first crawl never took the parse budget"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let second = tokio::spawn({
+        let crawler = crawler.clone();
+        async move { crawler.crawl(&request(&second_url)).await }
+    });
+    let first = facts(first.await.unwrap());
+    second_go.notify_one();
+    let second = facts(second.await.unwrap());
+
+    assert!(started.elapsed() > Duration::from_secs(2));
+    assert_eq!(first.title.as_deref(), Some("Slow"));
+    assert_eq!(second.title.as_deref(), Some("Slow"));
+    assert_eq!(second.bytes, 2_000);
+    assert!(second.fetch_ms < 2_000, "fetch_ms {}", second.fetch_ms);
+    assert_eq!(crawler.parse_budget_available(), 1_024);
 }
 
 fn capped_crawler(max_body_bytes: u64) -> Crawler {

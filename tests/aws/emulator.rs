@@ -182,7 +182,7 @@ async fn the_real_crawler_under_cargo_lambdas_emulator_crawls_twenty_demo_pages_
         webhook_to(&receiver)
     );
     // The emulator answers an Event invoke only when the crawl is done.
-    let app = TestApp::spawn(&lambda_section(&emulator.url, "60s"), &schedule).await;
+    let app = spawn_app(&lambda_section(&emulator.url, "60s"), &schedule).await;
     let run_id = app.trigger("emulated").await;
     let run = app.wait_finished(run_id, RUN_TIMEOUT).await;
     eprintln!(

@@ -9,9 +9,6 @@
 //! `$FANFARE_CACHE/venv/bin` (default `/var/tmp/fanfare-cache`). A missing
 //! tool fails the test with what to install; nothing is skipped.
 
-#[path = "../common/mod.rs"]
-mod common;
-
 mod emulator;
 mod helpers;
 mod moto;

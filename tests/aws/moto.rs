@@ -349,7 +349,7 @@ async fn a_run_of_fifty_pages_makes_exactly_fifty_event_invokes_of_the_configure
         .map(|u| format!("\"{u}\""))
         .collect::<Vec<_>>()
         .join(", ");
-    let app = TestApp::spawn(
+    let app = spawn_app(
         &lambda_section(&moto.url, "10s"),
         &crawler_schedule("moto-fanout", &format!("{{ urls = [{list}] }}"), &receiver),
     )
@@ -440,7 +440,7 @@ async fn a_lister_function_is_invoked_request_response_with_its_payload_and_its_
     .await;
     moto.start_recording().await;
     let receiver = Receiver::start(0).await;
-    let app = TestApp::spawn(
+    let app = spawn_app(
         &lambda_section(&moto.url, "10s"),
         &crawler_schedule(
             "listed",
@@ -510,7 +510,7 @@ async fn a_lister_answering_with_a_function_error_fails_the_run_with_that_error_
     moto.queue_result(&"x".repeat(6_000_001)).await;
     moto.start_recording().await;
     let receiver = Receiver::start(0).await;
-    let app = TestApp::spawn(
+    let app = spawn_app(
         &lambda_section(&moto.url, "10s"),
         &crawler_schedule(
             "listed",

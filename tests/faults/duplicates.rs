@@ -82,7 +82,7 @@ async fn every_report_delivered_three_times_in_shuffled_order_with_superseded_at
         .map(|(r, body)| {
             let app = &app;
             async move {
-                let (status, answer) = app.post_report(&r.callback_token, body).await;
+                let (status, answer) = app.post_report(Some(&r.callback_token), body).await;
                 (status, answer["status"].as_str().unwrap_or("").to_string())
             }
         })

@@ -17,9 +17,6 @@
 //! `FANFARE_FAULT_TRIALS` sets the number of SIGKILL trials (default 20),
 //! `FANFARE_FAULT_SEED` the random seed (default: a fresh one, printed).
 
-#[path = "../common/mod.rs"]
-mod common;
-
 mod database;
 mod duplicates;
 mod helpers;

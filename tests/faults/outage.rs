@@ -13,8 +13,8 @@ use fanfare::Settings;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 
-use crate::common::AppTask;
 use crate::helpers::*;
+use fanfare_testkit::AppTask;
 
 const OUTAGE: Duration = Duration::from_secs(30);
 /// The load balancer's health check timeout (deploy/fanfare.yaml).
@@ -98,7 +98,7 @@ async fn during_a_30_s_database_outage_healthz_stays_200_and_fast_while_readyz_i
     proxied.set_port(Some(proxy.port)).unwrap();
 
     let lambda = Arc::new(RecordingLambda::default());
-    let schedule = crate::common::lambda_schedule_block("outage", 2, "", "");
+    let schedule = fanfare_testkit::lambda_schedule_block("outage", 2, "", "");
     let settings = Settings::from_toml(&config_toml_on(proxied.as_str(), 0, 8, &schedule))
         .unwrap_or_else(|e| panic!("test configuration is valid: {e}"));
     let overrides = fanfare::startup::Overrides {
@@ -196,5 +196,4 @@ async fn during_a_30_s_database_outage_healthz_stays_200_and_fast_while_readyz_i
     assert_eq!(outcome, "succeeded");
     app.stop().await;
     drop(proxy.conns);
-    drop_database(&db).await;
 }

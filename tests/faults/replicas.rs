@@ -159,7 +159,6 @@ overlap = "allow"
         in_window.len(),
     );
     pool.close().await;
-    drop_database(&db).await;
 
     assert!(
         expected.len() >= 25,

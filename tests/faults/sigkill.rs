@@ -267,8 +267,6 @@ async fn a_daemon_killed_with_sigkill_at_random_points_of_a_thousand_page_run_lo
     }
     listing_pool.close().await;
     pool.close().await;
-    drop_database(&listing_db).await;
-    drop_database(&db).await;
 
     let lost: i64 = results
         .iter()

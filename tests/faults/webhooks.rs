@@ -12,7 +12,7 @@ const RUNS: usize = 2;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_receiver_down_for_five_seconds_gets_each_notification_accepted_once_under_one_webhook_id(
 ) {
-    let receiver = Receiver::start(Box::new(
+    let receiver = Receiver::with_policy(Box::new(
         |_, since_first| {
             if since_first < DOWN_FOR {
                 503

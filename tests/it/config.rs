@@ -151,7 +151,7 @@ fn check_config_names_an_admin_token_shorter_than_32_characters() {
     let path = dir.join("short-token.toml");
     std::fs::write(
         &path,
-        crate::common::config_toml_with(
+        fanfare_testkit::config_toml_with(
             "postgres://x@127.0.0.1/db",
             0,
             5,

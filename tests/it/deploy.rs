@@ -123,7 +123,7 @@ async fn the_daemon_migrates_and_completes_a_run_as_the_least_privileged_role_db
     let role_url = role_url.to_string();
 
     let lambda = Arc::new(RecordingLambda::default());
-    let schedule = crate::common::lambda_schedule_block("role-run", 2, "", "");
+    let schedule = fanfare_testkit::lambda_schedule_block("role-run", 2, "", "");
     let app = TestApp::spawn_on(&role_url, &schedule, Some(lambda.clone())).await;
     let run = app.trigger("role-run").await;
     for r in lambda.wait_for(2).await {
@@ -182,7 +182,7 @@ async fn the_daemon_migrates_and_completes_a_run_as_the_least_privileged_role_db
 
     // Roles are cluster-wide: drop the test database, then the role.
     admin.close().await.ok();
-    let mut server = PgConnection::connect(&crate::common::admin_database_url())
+    let mut server = PgConnection::connect(&fanfare_testkit::admin_database_url())
         .await
         .unwrap();
     let name = url::Url::parse(&db)

@@ -27,8 +27,8 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use tower::ServiceExt;
 
-use crate::common;
 use crate::helpers::*;
+use fanfare_testkit as common;
 
 /// Pages of the fuzzed run: enough that valid reports keep finding open
 /// pages for a while.
@@ -503,7 +503,8 @@ fn no_callback_gets_a_5xx_or_a_panic_and_a_refused_one_changes_nothing() {
         None,
         "max_attempts = 1\npage_timeout = \"1h\"\nrun_timeout = \"2h\"\nstuck_after = \"2h\"",
     );
-    let (router, pool, target, app) = rt.block_on(async {
+    // `_db` keeps the test database until the test ends.
+    let (router, pool, target, app, _db) = rt.block_on(async {
         let db = fresh_database().await;
         let settings =
             Settings::from_toml(&config_toml(&db, &schedule)).unwrap_or_else(|e| panic!("{e}"));
@@ -529,7 +530,7 @@ fn no_callback_gets_a_5xx_or_a_panic_and_a_refused_one_changes_nothing() {
             signer: TokenSigner::new(SecretString::from(CALLBACK_SECRET)),
             stranger: TokenSigner::new(SecretString::from("a-stranger-key-0123456789abcdefgh")),
         };
-        (router, pool, target, (stop, handle))
+        (router, pool, target, (stop, handle), db)
     });
 
     let before = Mutex::new(rt.block_on(ledger_fingerprint(&pool)));

@@ -48,8 +48,7 @@ fn throttled() -> SdkInvokeError {
 }
 
 async fn spawn(schedule: &str, api: AwsLambda) -> TestApp {
-    let db = fresh_database().await;
-    TestApp::spawn_with_api(&db, schedule, Some(Arc::new(api))).await
+    TestApp::spawn(schedule, Some(Arc::new(api))).await
 }
 
 #[tokio::test]

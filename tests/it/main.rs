@@ -1,9 +1,6 @@
 //! Integration tests: the real application, on port 0, against a real
 //! Postgres (one fresh database per test).
 
-#[path = "../common/mod.rs"]
-mod common;
-
 mod api;
 mod callbacks;
 mod config;

@@ -13,8 +13,8 @@ use fanfare::Settings;
 use fanfare_crawler::crawl::CrawlerConfig;
 use fanfare_crawler::netguard::NetPolicy;
 
-use crate::common::{self, AppTask};
 use crate::helpers::*;
+use fanfare_testkit::{self as common, AppTask};
 
 /// A port that was free a moment ago (the page URL must name the daemon's
 /// own port before the daemon binds it).

@@ -11,8 +11,8 @@ use fanfare::Settings;
 use hmac::Mac;
 use serde_json::Value;
 
-use crate::common::{self, AppTask};
 use crate::helpers::*;
+use fanfare_testkit::{self as common, AppTask};
 
 /// A second webhook secret, the one being rotated out.
 const PREVIOUS_WEBHOOK_SECRET: &str = "whsec_cHJldmlvdXMtd2ViaG9vay1rZXktMDEyMw==";

@@ -76,10 +76,12 @@ async fn closed_after(
 
 #[tokio::test]
 async fn a_connection_that_sends_its_headers_slower_than_the_header_timeout_is_closed() {
-    let app = TestApp::spawn_tweaked("", None, |s| {
-        s.server.header_timeout = Duration::from_secs(1);
-    })
-    .await;
+    let app = TestApp::builder()
+        .tweak(|s| {
+            s.server.header_timeout = Duration::from_secs(1);
+        })
+        .spawn()
+        .await;
     let stream = connect(&app).await;
     let started = Instant::now();
     let (mut reader, mut writer) = stream.into_split();
@@ -113,13 +115,15 @@ async fn a_connection_that_sends_its_headers_slower_than_the_header_timeout_is_c
 
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout_and_not_before() {
-    let app = TestApp::spawn_tweaked("", None, |s| {
-        // Shorter than the idle timeout: waiting for the next request on a
-        // keep-alive connection must not count as reading headers.
-        s.server.header_timeout = Duration::from_secs(1);
-        s.server.idle_timeout = Duration::from_secs(3);
-    })
-    .await;
+    let app = TestApp::builder()
+        .tweak(|s| {
+            // Shorter than the idle timeout: waiting for the next request on a
+            // keep-alive connection must not count as reading headers.
+            s.server.header_timeout = Duration::from_secs(1);
+            s.server.idle_timeout = Duration::from_secs(3);
+        })
+        .spawn()
+        .await;
     let mut stream = connect(&app).await;
     stream
         .write_all(get_request("/healthz").as_bytes())
@@ -151,15 +155,15 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout_and_not_
 }
 
 async fn app_with_dispatched_page(
-    tweak: impl FnOnce(&mut fanfare::Settings),
+    tweak: impl FnOnce(&mut fanfare::Settings) + 'static,
 ) -> (TestApp, fanfare_crawler::contract::CrawlRequest) {
     let lambda = Arc::new(RecordingLambda::default());
-    let app = TestApp::spawn_tweaked(
-        &lambda_schedule("s", 1, None, ""),
-        Some(lambda.clone()),
-        tweak,
-    )
-    .await;
+    let app = TestApp::builder()
+        .toml(&lambda_schedule("s", 1, None, ""))
+        .lambda(lambda.clone())
+        .tweak(tweak)
+        .spawn()
+        .await;
     app.trigger("s").await;
     let request = lambda.wait_for(1).await.remove(0);
     (app, request)
@@ -181,23 +185,25 @@ async fn a_callback_body_sent_too_slowly_ends_in_408_without_touching_the_ledger
     );
     stream.write_all(head.as_bytes()).await.unwrap();
     let (mut reader, mut writer) = stream.into_split();
-    // Ten bytes every 200 ms: the whole body would take several seconds.
+    // Ten bytes every 500 ms: the whole body would take about 20 s, far
+    // past both the body timeout (1 s) and the wait below (10 s), which
+    // leaves room for a loaded machine.
     let trickle = tokio::spawn(async move {
         for chunk in body.chunks(10) {
             if writer.write_all(chunk).await.is_err() {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
         // Keep the write half open (and the request incomplete on our side).
         tokio::time::sleep(Duration::from_secs(30)).await;
     });
     let mut answer = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), reader.read_to_end(&mut answer)).await;
+    let read = tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut answer)).await;
     trickle.abort();
     assert!(
         read.is_ok(),
-        "the slow body was still being waited for after 5 s"
+        "the slow body was still being waited for after 10 s"
     );
     let answer = String::from_utf8_lossy(&answer);
     assert!(
@@ -241,10 +247,12 @@ async fn a_callback_with_a_bad_token_is_answered_401_without_waiting_for_its_bod
 
 #[tokio::test]
 async fn connections_beyond_max_connections_wait_and_are_served_when_one_closes() {
-    let app = TestApp::spawn_tweaked("", None, |s| {
-        s.server.max_connections = 2;
-    })
-    .await;
+    let app = TestApp::builder()
+        .tweak(|s| {
+            s.server.max_connections = 2;
+        })
+        .spawn()
+        .await;
     // The readiness check's connection may take a moment to be let go.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut held = Vec::new();

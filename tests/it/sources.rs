@@ -490,14 +490,14 @@ async fn a_sitemap_on_loopback_with_the_guard_closed_fails_the_run_as_blocked_wi
         lambda: Some(lambda),
         ..Default::default()
     };
-    let (address, task) = crate::common::AppTask::start(settings, overrides).await;
+    let (address, task) = fanfare_testkit::AppTask::start(settings, overrides).await;
     let client = reqwest::Client::new();
-    assert!(crate::common::wait_ready(&client, &address, Duration::from_secs(5)).await);
-    let run = crate::common::trigger(&client, &address, ADMIN_TOKEN, "closed").await;
+    assert!(fanfare_testkit::wait_ready(&client, &address, Duration::from_secs(5)).await);
+    let run = fanfare_testkit::trigger(&client, &address, ADMIN_TOKEN, "closed").await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let finished = loop {
         let (_, view) =
-            crate::common::get(&client, &address, ADMIN_TOKEN, &format!("/v1/runs/{run}"))
+            fanfare_testkit::get(&client, &address, ADMIN_TOKEN, &format!("/v1/runs/{run}"))
                 .await
                 .unwrap();
         if view["status"] == "finished" {

@@ -15,7 +15,7 @@ use fanfare::runs::Runs;
 use fanfare::sources::Lister;
 use fanfare::Settings;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, Executor, PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
@@ -107,23 +107,16 @@ pub struct Database {
     /// A pool that belongs to no replica: the test's own eyes and hands.
     pub observer: PgPool,
     replicas: AtomicU32,
+    // Last: dropped after the pools that use it.
+    _guard: fanfare_testkit::TestDatabase,
 }
 
 impl Database {
-    /// Creates an empty, migrated database.
+    /// Creates an empty, migrated database (the test kit's: dropped when
+    /// this is, after a panic too).
     pub async fn fresh() -> Self {
-        let admin = std::env::var("DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
-        let mut conn = PgConnection::connect(&admin)
-            .await
-            .unwrap_or_else(|e| panic!("tests need a Postgres at DATABASE_URL ({admin}): {e}"));
-        let name = format!("fanfare_model_{}", Uuid::new_v4().simple());
-        conn.execute(format!(r#"create database "{name}""#).as_str())
-            .await
-            .expect("create the test database");
-        let mut url = url::Url::parse(&admin).expect("DATABASE_URL is a URL");
-        url.set_path(&name);
-        let url = url.to_string();
+        let guard = fanfare_testkit::fresh_database().await;
+        let url = guard.url().to_string();
         let observer = PgPoolOptions::new()
             .max_connections(4)
             .connect(&url)
@@ -134,6 +127,7 @@ impl Database {
             url,
             observer,
             replicas: AtomicU32::new(0),
+            _guard: guard,
         }
     }
 

@@ -1,0 +1,37 @@
+//! fanfare's test kit, shared by every test binary (`tests/it`, `tests/aws`,
+//! `tests/faults`, `tests/model`) and the benchmarks under `bench/`:
+//!
+//! - [`db`]: a fresh database per test, dropped when its guard is dropped,
+//!   after a panic too;
+//! - [`config`]: the secrets and configuration TOML of every test;
+//! - [`app`]: the real application on a task of its own ([`AppTask`]) and
+//!   the one [`TestApp`] the tests talk to;
+//! - [`api`]: calls to a running daemon's API (in-process or a subprocess);
+//! - [`lambda`]: a Lambda API stand-in that records every invoke;
+//! - [`reports`]: contract reports, as a crawler sends them;
+//! - [`webhooks`]: loopback webhook receivers and Standard Webhooks
+//!   signatures computed independently of fanfare's code;
+//! - [`metrics`]: samples of a Prometheus text exposition.
+//!
+//! A dev-dependency of `fanfare` only; never published.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod db;
+pub mod lambda;
+pub mod metrics;
+pub mod reports;
+pub mod webhooks;
+
+pub use api::{get, metrics_text, post_callback, trigger, wait_ready};
+pub use app::{AppTask, TestApp, TestAppBuilder};
+pub use config::{
+    config_toml, config_toml_with, lambda_schedule_block, webhook_block, ADMIN_TOKEN,
+    CALLBACK_SECRET, WEBHOOK_SECRET,
+};
+pub use db::{admin_database_url, fresh_database, TestDatabase, DATABASE_PREFIX};
+pub use lambda::RecordingLambda;
+pub use metrics::metric_in;
+pub use reports::{failed, succeeded};
+pub use webhooks::{by_webhook_id, expected_signature, header, Delivery, Hit, Policy, Receiver};
