@@ -454,6 +454,18 @@ async fn catchup_runs(app: &TestApp) -> Vec<chrono::DateTime<chrono::Utc>> {
     .unwrap()
 }
 
+/// The catch-up runs once at least `at_least` exist (or after 20 s, so a
+/// loaded machine gets time; the caller's assertions then say what is
+/// missing), plus a short settle so that an extra run would show.
+async fn catchup_runs_when(app: &TestApp, at_least: usize) -> Vec<chrono::DateTime<chrono::Utc>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while catchup_runs(app).await.len() < at_least && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    catchup_runs(app).await
+}
+
 fn minutely(catchup: &str, window: &str) -> String {
     // Catch-up fires go through the overlap policy like any fire: "all"
     // needs overlap = "allow" to run them side by side.
@@ -468,8 +480,7 @@ async fn missed_fires_are_caught_up_per_policy_with_their_nominal_times() {
     let db = fresh_database().await;
     let last = seed_past_fire(&db, "m", 10).await;
     let app = TestApp::spawn_on(&db, &minutely("all", "1h"), None).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let caught = catchup_runs(&app).await;
+    let caught = catchup_runs_when(&app, 10).await;
     assert!((10..=11).contains(&caught.len()), "{caught:?}");
     assert_eq!(caught[0], last + chrono::Duration::minutes(1));
     for pair in caught.windows(2) {
@@ -481,8 +492,7 @@ async fn missed_fires_are_caught_up_per_policy_with_their_nominal_times() {
     let db = fresh_database().await;
     seed_past_fire(&db, "m", 10).await;
     let app = TestApp::spawn_on(&db, &minutely("once", "1h"), None).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let caught = catchup_runs(&app).await;
+    let caught = catchup_runs_when(&app, 1).await;
     assert_eq!(caught.len(), 1, "{caught:?}");
     assert!(chrono::Utc::now() - caught[0] < chrono::Duration::minutes(1));
     app.stop().await;
@@ -491,8 +501,7 @@ async fn missed_fires_are_caught_up_per_policy_with_their_nominal_times() {
     let db = fresh_database().await;
     seed_past_fire(&db, "m", 10).await;
     let app = TestApp::spawn_on(&db, &minutely("all", "3m"), None).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let caught = catchup_runs(&app).await;
+    let caught = catchup_runs_when(&app, 3).await;
     assert!(
         (3..=4).contains(&caught.len()),
         "only inside the window: {caught:?}"
