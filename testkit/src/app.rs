@@ -285,6 +285,24 @@ impl TestApp {
         (status, resp.json().await.unwrap_or(serde_json::Value::Null))
     }
 
+    /// Waits until the run's page list is complete (its status is past
+    /// `listing`). Pages can be dispatched before the listing commits, so a
+    /// test that snapshots the ledger to show it unchanged waits for this
+    /// first.
+    pub async fn wait_listed(&self, run_id: Uuid, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let (status, run) = self.get(&format!("/v1/runs/{run_id}")).await;
+            if status == 200 && run["status"] != "listing" {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("run {run_id} was still listing after {within:?}: {status} {run:#}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until the run is finished; returns its API view. Answers
     /// other than 200 (the ledger unreachable) are waited out.
     pub async fn wait_finished(&self, run_id: Uuid, within: Duration) -> serde_json::Value {

@@ -20,6 +20,8 @@ async fn app_with_run(pages: usize) -> (TestApp, Arc<RecordingLambda>, Receiver,
     .await;
     let run = app.trigger("s").await;
     lambda.wait_for(pages).await;
+    // So that a ledger snapshot taken now changes only through the test.
+    app.wait_listed(run, Duration::from_secs(20)).await;
     (app, lambda, receiver, run)
 }
 

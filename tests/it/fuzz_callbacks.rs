@@ -524,6 +524,22 @@ fn no_callback_gets_a_5xx_or_a_panic_and_a_refused_one_changes_nothing() {
         let run_id = common::trigger(&client, &address, ADMIN_TOKEN, "s").await;
         let requests = lambda.wait_for(PAGES).await;
         let pool = PgPool::connect(&db).await.unwrap();
+        // Pages are dispatched before the listing commits: wait for the run
+        // to leave `listing`, so the fingerprint below changes only through
+        // the fuzz's own requests.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while sqlx::query_scalar::<_, String>("select status from runs")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            == "listing"
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the run was still listing after 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let target = Target {
             requests,
             run_id,

@@ -164,8 +164,10 @@ async fn app_with_dispatched_page(
         .tweak(tweak)
         .spawn()
         .await;
-    app.trigger("s").await;
+    let run = app.trigger("s").await;
     let request = lambda.wait_for(1).await.remove(0);
+    // So that a ledger snapshot taken now changes only through the test.
+    app.wait_listed(run, Duration::from_secs(20)).await;
     (app, request)
 }
 
