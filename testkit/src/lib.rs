@@ -11,7 +11,8 @@
 //! - [`reports`]: contract reports, as a crawler sends them;
 //! - [`webhooks`]: loopback webhook receivers and Standard Webhooks
 //!   signatures computed independently of fanfare's code;
-//! - [`metrics`]: samples of a Prometheus text exposition.
+//! - [`metrics`]: samples of a Prometheus text exposition;
+//! - [`proxy`]: a loopback proxy to a test database that can be cut.
 //!
 //! A dev-dependency of `fanfare` only; never published.
 
@@ -21,6 +22,7 @@ pub mod config;
 pub mod db;
 pub mod lambda;
 pub mod metrics;
+pub mod proxy;
 pub mod reports;
 pub mod webhooks;
 
@@ -33,5 +35,6 @@ pub use config::{
 pub use db::{admin_database_url, fresh_database, TestDatabase, DATABASE_PREFIX};
 pub use lambda::RecordingLambda;
 pub use metrics::metric_in;
+pub use proxy::PgProxy;
 pub use reports::{failed, succeeded};
 pub use webhooks::{by_webhook_id, expected_signature, header, Delivery, Hit, Policy, Receiver};

@@ -5,77 +5,17 @@
 //! `/readyz` reports the database unavailable; afterwards the daemon resumes
 //! without a restart and the run it had in flight finishes.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fanfare::Settings;
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::task::TaskTracker;
 
 use crate::helpers::*;
-use fanfare_testkit::AppTask;
+use fanfare_testkit::{AppTask, PgProxy};
 
 const OUTAGE: Duration = Duration::from_secs(30);
 /// The load balancer's health check timeout (deploy/fanfare.yaml).
 const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A loopback TCP proxy to Postgres that can be cut (open connections
-/// closed, new ones dropped) and restored.
-struct Proxy {
-    port: u16,
-    up: Arc<AtomicBool>,
-    cut: Arc<tokio::sync::Notify>,
-    conns: TaskTracker,
-}
-
-impl Proxy {
-    async fn start(upstream: String) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let up = Arc::new(AtomicBool::new(true));
-        let cut = Arc::new(tokio::sync::Notify::new());
-        let conns = TaskTracker::new();
-        let (u, c, t) = (up.clone(), cut.clone(), conns.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    return;
-                };
-                if !u.load(Ordering::SeqCst) {
-                    continue; // dropped at once: the connection fails
-                }
-                let (upstream, cut) = (upstream.clone(), c.clone());
-                t.spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(&upstream).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = cut.notified() => {}
-                    }
-                });
-            }
-        });
-        Self {
-            port,
-            up,
-            cut,
-            conns,
-        }
-    }
-
-    fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        for _ in 0..64 {
-            self.cut.notify_waiters();
-        }
-    }
-
-    fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
-}
 
 /// One answer of an endpoint: its status (0: no answer) and how long it took.
 async fn probe(client: &reqwest::Client, url: &str) -> (u16, Duration) {
@@ -91,15 +31,11 @@ async fn probe(client: &reqwest::Client, url: &str) -> (u16, Duration) {
 async fn during_a_30_s_database_outage_healthz_stays_200_and_fast_while_readyz_is_503_and_the_run_resumes_after(
 ) {
     let db = fresh_database().await;
-    let url = url::Url::parse(&db).unwrap();
-    let upstream = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
-    let proxy = Proxy::start(upstream).await;
-    let mut proxied = url.clone();
-    proxied.set_port(Some(proxy.port)).unwrap();
+    let proxy = PgProxy::start(&db).await;
 
     let lambda = Arc::new(RecordingLambda::default());
     let schedule = fanfare_testkit::lambda_schedule_block("outage", 2, "", "");
-    let settings = Settings::from_toml(&config_toml_on(proxied.as_str(), 0, 8, &schedule))
+    let settings = Settings::from_toml(&config_toml_on(&proxy.url, 0, 8, &schedule))
         .unwrap_or_else(|e| panic!("test configuration is valid: {e}"));
     let overrides = fanfare::startup::Overrides {
         lambda: Some(lambda.clone()),
@@ -195,5 +131,4 @@ async fn during_a_30_s_database_outage_healthz_stays_200_and_fast_while_readyz_i
     assert_eq!(report_status, 503, "a report during the outage is refused");
     assert_eq!(outcome, "succeeded");
     app.stop().await;
-    drop(proxy.conns);
 }

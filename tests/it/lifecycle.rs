@@ -1,14 +1,12 @@
 //! The run lifecycle under retries, deadlines, timeouts, stalls, admin
 //! actions, overlapping and missed fires, shutdown and database outages.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fanfare::schedule::CronSchedule;
+use fanfare_testkit::PgProxy;
 use serde_json::json;
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::task::TaskTracker;
 
 use crate::helpers::*;
 
@@ -524,73 +522,13 @@ fn nominal_fire_times_survive_a_dst_change_in_the_ledger_key() {
     );
 }
 
-/// A loopback TCP proxy to Postgres that can be cut and restored.
-struct Proxy {
-    port: u16,
-    up: Arc<AtomicBool>,
-    conns: TaskTracker,
-    cut: Arc<tokio::sync::Notify>,
-}
-
-impl Proxy {
-    async fn start(upstream: String) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let up = Arc::new(AtomicBool::new(true));
-        let cut = Arc::new(tokio::sync::Notify::new());
-        let conns = TaskTracker::new();
-        let (u, c, t) = (up.clone(), cut.clone(), conns.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    return;
-                };
-                if !u.load(Ordering::SeqCst) {
-                    continue; // dropped: the connection is refused
-                }
-                let (upstream, cut) = (upstream.clone(), c.clone());
-                t.spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(&upstream).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = cut.notified() => {}
-                    }
-                });
-            }
-        });
-        Self {
-            port,
-            up,
-            conns,
-            cut,
-        }
-    }
-
-    fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        for _ in 0..64 {
-            self.cut.notify_waiters();
-        }
-    }
-
-    fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
-}
-
 #[tokio::test]
 async fn while_postgres_is_unreachable_readiness_and_callbacks_answer_503_and_everything_resumes() {
     let db = fresh_database().await;
-    let url = url::Url::parse(&db).unwrap();
-    let upstream = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
-    let proxy = Proxy::start(upstream).await;
-    let mut proxied = url.clone();
-    proxied.set_port(Some(proxy.port)).unwrap();
+    let proxy = PgProxy::start(&db).await;
     let lambda = Arc::new(RecordingLambda::default());
     let app = TestApp::spawn_on(
-        proxied.as_str(),
+        &proxy.url,
         &lambda_schedule("pg", 2, None, ""),
         Some(lambda.clone()),
     )
@@ -642,7 +580,6 @@ async fn while_postgres_is_unreachable_readiness_and_callbacks_answer_503_and_ev
         app.wait_finished(run, Duration::from_secs(10)).await["outcome"],
         "succeeded"
     );
-    drop(proxy.conns);
     app.stop().await;
 }
 
