@@ -129,14 +129,19 @@ pub fn stuck_payload(run: &Run) -> Value {
         "scheduled_for": run.scheduled_for,
         "started_at": run.created_at,
         "last_progress_at": run.updated_at,
-        "pages": {
-            "total": run.total_pages,
-            "open": run.open_pages,
-            "succeeded": run.succeeded_pages,
-            "failed": run.failed_pages,
-            "timed_out": run.timed_out_pages,
-            "cancelled": run.cancelled_pages,
-        },
+        "pages": page_counts(run),
+    })
+}
+
+/// A run's page counts as the API and `run.stuck` show them.
+pub fn page_counts(run: &Run) -> Value {
+    json!({
+        "total": run.total_pages,
+        "open": run.open_pages,
+        "succeeded": run.succeeded_pages,
+        "failed": run.failed_pages,
+        "timed_out": run.timed_out_pages,
+        "cancelled": run.cancelled_pages,
     })
 }
 
