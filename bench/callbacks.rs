@@ -1,49 +1,59 @@
-//! Callback (fan-in) benchmark: how close does `POST /v1/callbacks` come to
-//! what Postgres itself can do for the same transaction?
+//! Callback (fan-in) benchmark: how many reports does `POST /v1/callbacks`
+//! record per second, on one hot run and across many runs, against what
+//! Postgres itself does for the naive one-statement-per-report transaction
+//! and for the daemon's own batched statement?
 //!
-//! For each client count N (default 8 and 32), on a fresh database:
+//! For each run count R (default 1 and 100) and client count N (default 8,
+//! 32 and 128), on a fresh database:
 //!
 //! 1. **Fan-out** (set-up, timed but not the point): the real
-//!    [`fanfare::Application`] runs one schedule of `--pages` pages (default
-//!    100,000) read from a loopback JSON list, dispatched to a recording
+//!    [`fanfare::Application`] runs R runs of one schedule, `--pages` pages
+//!    in all, read from a loopback JSON list and dispatched to a recording
 //!    stand-in for the Lambda API, which keeps every `CrawlRequest` with its
 //!    task token.
 //! 2. **Callbacks**: N concurrent clients, each with its own keep-alive
 //!    `reqwest::Client`, POST a valid `succeeded` report for every page
-//!    (each page exactly once) and check that every answer is 200
-//!    `{"status":"recorded"}`; anything else is counted and printed. Figures:
-//!    callbacks/s over the wall time of the whole phase, p50/p99/max
-//!    acknowledgement latency (request sent to answer read). Then the run
-//!    must read `finished` with every page succeeded in the admin API.
-//! 3. **pgbench**: the application is stopped; in the same database a second
-//!    run with as many `dispatched` pages is made with SQL, and pgbench runs
-//!    the transaction the daemon runs per callback (the statement of
-//!    `ledger::complete_page`, `ledger::COMPLETE_PAGE`, committed on its
-//!    own) at the same concurrency, each transaction completing a distinct
-//!    page. Figures: its tps (without initial connection time) and average
-//!    latency.
+//!    (each page exactly once, in an order shuffled across the runs) and
+//!    check that every answer is 200 `{"status":"recorded"}`; anything else
+//!    is counted and printed. Figures: callbacks/s over the wall time of the
+//!    whole phase, p50/p99/max acknowledgement latency (request sent to
+//!    answer read). Then every run must read `finished` with all its pages
+//!    succeeded in the admin API.
+//! 3. **pgbench, naive**: the application is stopped; in the same database
+//!    R more runs with `--pgbench-pages` dispatched pages are made with SQL,
+//!    and pgbench completes them with the naive transaction: one statement
+//!    per report that updates the page and its run's counters
+//!    ([`NAIVE_REPORT`]), at the same concurrency N. Figure: its tps.
+//! 4. **pgbench, batched**: the same with the daemon's own statement
+//!    (`ledger::RECORD_PAGES`), run as the daemon runs it: `recorder::WRITERS`
+//!    connections, each transaction one batch of B = N / WRITERS reports
+//!    (the batch the daemon forms when every client waits on a report).
+//!    Figure: pages/s.
 //!
-//! It prints one row per measurement with ratio = callbacks/s ÷ pgbench tps
-//! (the issue's first target: >= 0.8 at 8 and 32 clients) and, with
-//! `--repeat`, the medians per client count. It asserts nothing about speed,
-//! and drops its databases at the end.
+//! It prints one row per measurement with `x naive` = callbacks/s ÷ naive
+//! pgbench tps (issue target: >= 4 at 32 clients on one hot run, p99 <= 50
+//! ms) and `of batched` = callbacks/s ÷ batched pgbench pages/s (how close
+//! the HTTP path comes to the statement alone), and, with `--repeat`, the
+//! medians. It asserts nothing about speed, and drops its databases.
 //!
 //! Run it (release build) with
 //!
 //! ```sh
-//! cargo bench --bench callbacks                                   # 100,000 pages, 8 and 32 clients
-//! cargo bench --bench callbacks -- --pages 2000 --clients 4       # smoke run, seconds
+//! cargo bench --bench callbacks                                      # 100,000 pages, R 1,100 x N 8,32,128
+//! cargo bench --bench callbacks -- --pages 2000 --clients 4 --runs 1 # smoke run, seconds
 //! ```
 //!
 //! It needs a Postgres it may create databases on: `DATABASE_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`) and `pgbench` on `PATH`
-//! (or `--pgbench PATH`). Logs are off unless `RUST_LOG` is set. Options:
-//! `--repeat` (measurements per client count, default 1), `--pool` (the
-//! daemon's `database.max_connections`, default N + 4),
-//! `--load-threads` (OS threads running the clients, each a current-thread
-//! runtime; 0 runs them on the application's runtime), `--app-threads`
-//! (worker threads of the application's runtime, default one per core),
-//! `--skip-pgbench`, `--keep-databases`.
+//! (or `--pgbench PATH`); pgbench's client count is capped below the
+//! server's `max_connections` (the row says so). Logs are off unless
+//! `RUST_LOG` is set. Options: `--repeat` (measurements per combination,
+//! default 1), `--pool` (the daemon's `database.max_connections`, default
+//! 8: reports no longer hold a connection each), `--load-threads` (OS
+//! threads running the clients, each a current-thread runtime; 0 runs them
+//! on the application's runtime), `--app-threads` (worker threads of the
+//! application's runtime, default one per core), `--skip-pgbench`,
+//! `--keep-databases`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
@@ -76,35 +86,91 @@ const CALLBACK_SECRET: &str = "bench-callback-secret-0123456789abcdef";
 /// (`serde_json::to_value(&PageFacts)`); the pgbench script stores the same.
 const RESULT_JSON: &str = r#"{"bytes":1234,"content_sha256":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","fetch_ms":12,"fields":{"price":"9.99"},"http_status":200,"title":"A page"}"#;
 
-/// The pgbench script: the statement the daemon runs per callback
-/// (`ledger::COMPLETE_PAGE`, committed on its own as the daemon commits it),
-/// with its parameters bound to pgbench variables and constants: each
-/// transaction takes the next page of the run from a sequence. The run's
-/// last page also moves it to `finishing`, as in the daemon; the second,
-/// once-per-run transaction that finishes it is not part of the figure.
-fn pgbench_script() -> String {
-    let statement = fanfare::ledger::COMPLETE_PAGE
-        .replace("$1", ":run_id")
-        .replace("$2", "(select :min_id + nextval('bench_page_seq') - 1)")
+/// The naive per-report transaction: the page and its run's counters in
+/// one statement, committed on its own (what fanfare ran per callback
+/// before reports were batched). $1 run, $2 page, $3 status, $4 attempt,
+/// $5 result, $6 error. It locks the run's row before its page's, like the
+/// daemon's statement.
+pub const NAIVE_REPORT: &str = "with run as (
+        select id from runs where id = $1 for no key update),
+    page as (
+        update pages set status = $3, reported_attempt = $4, result = $5, error = $6,
+            finished_at = now(), updated_at = now(), not_before = null
+        where id = $2 and run_id = (select id from run) and status in ('pending', 'dispatched')
+        returning run_id, status)
+    update runs r set open_pages = r.open_pages - 1,
+        succeeded_pages = r.succeeded_pages + (page.status = 'succeeded')::int,
+        failed_pages = r.failed_pages + (page.status = 'failed')::int,
+        timed_out_pages = r.timed_out_pages + (page.status = 'timed_out')::int,
+        cancelled_pages = r.cancelled_pages + (page.status = 'cancelled')::int,
+        status = case when r.status = 'running' and r.open_pages = 1 then 'finishing' else r.status end,
+        updated_at = now()
+    from page where r.id = page.run_id
+    returning r.open_pages, r.status";
+
+/// The naive pgbench script: each transaction takes the next page from a
+/// sequence (and reads its run), then completes it with [`NAIVE_REPORT`].
+fn naive_script() -> String {
+    let statement = NAIVE_REPORT
+        .replace("$1", ":run_id::uuid")
+        .replace("$2", ":page_id")
         .replace("$3", "'succeeded'")
         .replace("$4", "1")
         .replace("$5", &format!("'{RESULT_JSON}'"))
         .replace("$6", "null");
-    format!("{statement};\n")
+    format!(
+        "select :min_id + nextval('bench_page_seq') - 1 as page_id \\gset\n\
+         select run_id from pages where id = :page_id \\gset\n\
+         {statement};\n"
+    )
+}
+
+/// The batched pgbench script: each transaction takes the next `batch`
+/// pages (by id) and records them with the daemon's statement.
+fn batched_script(batch: usize) -> String {
+    let statement = fanfare::ledger::RECORD_PAGES
+        .replace("$1", ":ids::bigint[]")
+        .replace("$2", ":run_ids::uuid[]")
+        .replace("$3", &format!("array_fill(1, array[{batch}])"))
+        .replace(
+            "$4",
+            &format!("array_fill('succeeded'::text, array[{batch}])"),
+        )
+        .replace(
+            "$5",
+            &format!("array_fill('{RESULT_JSON}'::jsonb, array[{batch}])"),
+        )
+        .replace("$6", &format!("array_fill(null::jsonb, array[{batch}])"))
+        .replace("$7", &format!("array_fill(null::float8, array[{batch}])"))
+        .replace("$8", &format!("array_fill(0, array[{batch}])"));
+    format!(
+        "select nextval('bench_page_seq') - 1 as k \\gset\n\
+         select array_agg(id order by id) as ids, array_agg(run_id order by id) as run_ids \
+         from pages where id >= :min_id + :k * {batch} and id < :min_id + (:k + 1) * {batch} \\gset\n\
+         {};\n",
+        statement.replace('\n', " ")
+    )
 }
 
 #[derive(Debug, Parser)]
-#[command(about = "fanfare callback throughput vs pgbench for the same transaction")]
+#[command(about = "fanfare callback throughput vs pgbench, naive and batched")]
 struct Args {
     /// Pages per run.
     #[arg(long, default_value_t = 100_000)]
     pages: usize,
     /// Concurrent clients, one measurement each (comma-separated).
-    #[arg(long, value_delimiter = ',', default_values_t = [8usize, 32])]
+    #[arg(long, value_delimiter = ',', default_values_t = [8usize, 32, 128])]
     clients: Vec<usize>,
-    /// The daemon's database.max_connections (default: clients + 4).
-    #[arg(long)]
-    pool: Option<u32>,
+    /// Concurrent runs the pages are spread over, one measurement each
+    /// (comma-separated): 1 is one hot run.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 100])]
+    runs: Vec<usize>,
+    /// Pages pgbench completes with the naive transaction per measurement.
+    #[arg(long, default_value_t = 20_000)]
+    pgbench_pages: usize,
+    /// The daemon's database.max_connections.
+    #[arg(long, default_value_t = 8)]
+    pool: u32,
     /// OS threads running the HTTP clients (each a current-thread runtime);
     /// 0 runs them as tasks on the application's runtime.
     #[arg(long, default_value_t = 1)]
@@ -139,6 +205,10 @@ fn main() -> anyhow::Result<()> {
         !args.clients.is_empty() && args.clients.iter().all(|&n| n > 0),
         "--clients must list client counts of at least 1"
     );
+    ensure!(
+        !args.runs.is_empty() && args.runs.iter().all(|&n| n > 0 && n <= args.pages),
+        "--runs must list run counts between 1 and --pages"
+    );
     if std::env::var_os("RUST_LOG").is_some() {
         fanfare::telemetry::init();
     }
@@ -171,13 +241,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     println!("  reproduce: {}", reproduce(&args));
 
-    let pages_url = serve_page_list(args.pages).await?;
+    let max_connections: i64 =
+        sqlx::query_scalar("select current_setting('max_connections')::int8")
+            .fetch_one(&mut admin)
+            .await?;
     let mut rows = Vec::new();
-    let measurements = args
-        .clients
-        .iter()
-        .flat_map(|&clients| (1..=args.repeat).map(move |_| clients));
-    for clients in measurements {
+    let mut measurements = Vec::new();
+    for &runs in &args.runs {
+        for &clients in &args.clients {
+            for _ in 0..args.repeat {
+                measurements.push((runs, clients));
+            }
+        }
+    }
+    for (runs, clients) in measurements {
+        let pages_url = serve_page_list(args.pages / runs).await?;
         let name = format!("fanfare_bench_{}", Uuid::new_v4().simple());
         admin
             .execute(format!(r#"create database "{name}""#).as_str())
@@ -186,10 +264,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let mut url = url::Url::parse(&admin_url).context("DATABASE_URL is not a URL")?;
         url.set_path(&name);
         println!(
-            "\n== {} pages, {clients} clients (database {name})",
-            args.pages
+            "\n== {} pages over {runs} runs, {clients} clients (database {name})",
+            args.pages / runs * runs
         );
-        let result = measure(&args, clients, url.as_str(), &pages_url).await;
+        let result = measure(
+            &args,
+            runs,
+            clients,
+            max_connections,
+            url.as_str(),
+            &pages_url,
+        )
+        .await;
         if args.keep_databases {
             println!("  kept database {name}");
         } else {
@@ -207,21 +293,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
 /// One row of the result table.
 struct Row {
     pages: usize,
+    runs: usize,
     clients: usize,
-    pool: u32,
     callbacks: Callbacks,
-    pgbench: Option<PgbenchResult>,
+    naive: Option<PgbenchResult>,
+    batched: Option<PgbenchResult>,
 }
 
 async fn measure(
     args: &Args,
+    runs: usize,
     clients: usize,
+    max_connections: i64,
     database_url: &str,
     pages_url: &str,
 ) -> anyhow::Result<Row> {
-    let pool = args.pool.unwrap_or(clients as u32 + 4);
+    let pages = args.pages / runs * runs;
     let lambda = Arc::new(Recorder::default());
-    let settings = Settings::from_toml(&config_toml(database_url, pool, args.pages, pages_url))
+    let settings = Settings::from_toml(&config_toml(database_url, args.pool, pages, pages_url))
         .map_err(|e| anyhow!("the bench configuration: {e}"))?;
     let app = Application::build_with(
         settings,
@@ -239,8 +328,12 @@ async fn measure(
 
     // Fan-out: list and dispatch every page to the recorder.
     let started = Instant::now();
-    let run_id = trigger(&http, &address).await?;
-    let requests = lambda.wait_for(args.pages).await?;
+    let mut run_ids = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        run_ids.push(trigger(&http, &address).await?);
+    }
+    let mut requests = lambda.wait_for(pages).await?;
+    shuffle(&mut requests);
     println!(
         "  fan-out: {} pages listed and dispatched in {:.1} s",
         requests.len(),
@@ -264,36 +357,71 @@ async fn measure(
     for (what, n) in &callbacks.anomalies {
         println!("    ANOMALY x{n}: {what}");
     }
-    let run = get_run(&http, &address, run_id).await?;
-    let finished = run["status"] == "finished";
-    let succeeded = run["pages"]["succeeded"].as_u64().unwrap_or(0);
-    if !finished || succeeded != args.pages as u64 {
-        println!(
-            "  ANOMALY: run {run_id} is {} with {succeeded} of {} pages succeeded",
-            run["status"], args.pages
-        );
+    for run_id in &run_ids {
+        let run = get_run(&http, &address, *run_id).await?;
+        let finished = run["status"] == "finished";
+        let succeeded = run["pages"]["succeeded"].as_u64().unwrap_or(0);
+        if !finished || succeeded != (pages / runs) as u64 {
+            println!(
+                "  ANOMALY: run {run_id} is {} with {succeeded} of {} pages succeeded",
+                run["status"],
+                pages / runs
+            );
+        }
     }
     stop.cancel();
     handle.await??;
 
-    let pgbench = if args.skip_pgbench {
-        None
+    let (naive, batched) = if args.skip_pgbench {
+        (None, None)
     } else {
-        let result = pgbench(args, &mut db, database_url, clients).await?;
+        // pgbench needs a connection per client; keep a few for everyone else.
+        let capped = clients.min((max_connections - 10).max(1) as usize);
+        if capped < clients {
+            println!("  pgbench: {capped} clients, not {clients}: the server's max_connections is {max_connections}");
+        }
+        let naive = pgbench(args, &mut db, database_url, Pgbench::Naive, runs, capped).await?;
         println!(
-            "  pgbench: {} transactions, {:.0} tps, latency average {:.3} ms",
-            result.transactions, result.tps, result.latency_ms
+            "  pgbench naive: {} pages with {} clients, {:.0} pages/s, latency average {:.3} ms",
+            naive.pages, naive.clients, naive.pages_per_second, naive.latency_ms
         );
-        Some(result)
+        let batch = (clients / fanfare::recorder::WRITERS).clamp(1, fanfare::recorder::MAX_BATCH);
+        let batched = pgbench(
+            args,
+            &mut db,
+            database_url,
+            Pgbench::Batched(batch),
+            runs,
+            fanfare::recorder::WRITERS,
+        )
+        .await?;
+        println!(
+            "  pgbench batched: {} pages with {} clients in batches of {batch}, {:.0} pages/s, latency average {:.3} ms",
+            batched.pages, batched.clients, batched.pages_per_second, batched.latency_ms
+        );
+        (Some(naive), Some(batched))
     };
     db.close().await?;
     Ok(Row {
-        pages: args.pages,
+        pages,
+        runs,
         clients,
-        pool,
         callbacks,
-        pgbench,
+        naive,
+        batched,
     })
+}
+
+/// Shuffles the reports (a fixed seed: the same order every time), so that
+/// the reports of many runs arrive interleaved.
+fn shuffle<T>(items: &mut [T]) {
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in (1..items.len()).rev() {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        items.swap(i, (state % (i as u64 + 1)) as usize);
+    }
 }
 
 fn config_toml(database_url: &str, pool: u32, pages: usize, pages_url: &str) -> String {
@@ -648,58 +776,102 @@ async fn client(work: Arc<Work>) -> Seen {
     }
 }
 
+/// Which transaction pgbench runs.
+#[derive(Debug, Clone, Copy)]
+enum Pgbench {
+    /// [`NAIVE_REPORT`], one page per transaction.
+    Naive,
+    /// `ledger::RECORD_PAGES`, this many pages per transaction.
+    Batched(usize),
+}
+
 /// pgbench's figures.
 struct PgbenchResult {
-    transactions: u64,
-    tps: f64,
+    pages: u64,
+    clients: usize,
+    pages_per_second: f64,
     latency_ms: f64,
 }
 
-/// Makes a second run of `--pages` dispatched pages with SQL and has
-/// pgbench complete them with the daemon's transaction.
+/// Makes `runs` more runs of dispatched pages with SQL (their pages
+/// interleaved by id, as reports of concurrent runs arrive) and has pgbench
+/// complete them with `kind`'s transaction.
 async fn pgbench(
     args: &Args,
     db: &mut PgConnection,
     database_url: &str,
+    kind: Pgbench,
+    runs: usize,
     clients: usize,
 ) -> anyhow::Result<PgbenchResult> {
-    let run_id = Uuid::now_v7();
-    let pages = args.pages as i64;
-    sqlx::raw_sql("create sequence bench_page_seq")
-        .execute(&mut *db)
-        .await?;
+    let per_tx = match kind {
+        Pgbench::Naive => 1,
+        Pgbench::Batched(b) => b,
+    };
+    let wanted = match kind {
+        Pgbench::Naive => args.pgbench_pages,
+        Pgbench::Batched(_) => args.pages,
+    };
+    let per_client = (wanted / (clients * per_tx)).max(1);
+    let pages = (per_client * clients * per_tx) as i64;
+    let per_run = (pages as usize).div_ceil(runs) as i64;
+    let run_ids: Vec<Uuid> = (0..runs).map(|_| Uuid::now_v7()).collect();
+    sqlx::raw_sql(
+        "drop sequence if exists bench_page_seq; create sequence bench_page_seq; \
+         delete from pages where run_id in (select id from runs where schedule = 'pgbench'); \
+         delete from runs where schedule = 'pgbench'",
+    )
+    .execute(&mut *db)
+    .await?;
     sqlx::query(
         "insert into runs (id, schedule, scheduled_for, trigger, status, total_pages, open_pages, listed_at)
-         values ($1, 'pgbench', now(), 'manual', 'running', $2, $2, now())",
+         select id, 'pgbench', now() + make_interval(secs => n), 'manual', 'running', $2, $2, now()
+         from unnest($1::uuid[]) with ordinality as t(id, n)",
     )
-    .bind(run_id)
-    .bind(pages)
+    .bind(&run_ids)
+    .bind(per_run)
     .execute(&mut *db)
     .await?;
     sqlx::query(
         "insert into pages (run_id, url, status, attempt, dispatched_at, deadline)
-         select $1, 'http://127.0.0.1:9/pgbench/' || g, 'dispatched', 1, now(), now() + interval '1 hour'
-         from generate_series(1, $2) g",
+         select ($1::uuid[])[(g % $3) + 1], 'http://127.0.0.1:9/pgbench/' || g, 'dispatched', 1,
+             now(), now() + interval '1 hour'
+         from generate_series(0, $2 - 1) g",
     )
-    .bind(run_id)
+    .bind(&run_ids)
     .bind(pages)
+    .bind(runs as i64)
     .execute(&mut *db)
     .await?;
     let (min_id, max_id): (i64, i64) =
-        sqlx::query_as("select min(id), max(id) from pages where run_id = $1")
-            .bind(run_id)
+        sqlx::query_as("select min(id), max(id) from pages where run_id = any($1)")
+            .bind(&run_ids)
             .fetch_one(&mut *db)
             .await?;
     ensure!(
         max_id - min_id + 1 == pages,
-        "the pgbench run's page ids are not contiguous ({min_id}..={max_id})"
+        "the pgbench runs' page ids are not contiguous ({min_id}..={max_id})"
     );
+    // Runs whose page count does not divide evenly: the counters match.
+    sqlx::query(
+        "update runs r set total_pages = c.n, open_pages = c.n
+         from (select run_id, count(*) as n from pages where run_id = any($1) group by run_id) c
+         where r.id = c.run_id",
+    )
+    .bind(&run_ids)
+    .execute(&mut *db)
+    .await?;
     settle(db).await?;
 
     let script = std::env::temp_dir().join(format!("fanfare-bench-{}.sql", Uuid::new_v4()));
-    std::fs::write(&script, pgbench_script())?;
+    std::fs::write(
+        &script,
+        match kind {
+            Pgbench::Naive => naive_script(),
+            Pgbench::Batched(b) => batched_script(b),
+        },
+    )?;
     let url = url::Url::parse(database_url)?;
-    let per_client = args.pages / clients;
     let mut cmd = Command::new(&args.pgbench);
     cmd.args(["-n", "-M", "prepared"])
         .args(["-c", &clients.to_string()])
@@ -707,7 +879,6 @@ async fn pgbench(
         .args(["-t", &per_client.to_string()])
         .arg("-f")
         .arg(&script)
-        .args(["-D", &format!("run_id={run_id}")])
         .args(["-D", &format!("min_id={min_id}")])
         .args(["-h", url.host_str().unwrap_or("localhost")])
         .args(["-p", &url.port().unwrap_or(5432).to_string()])
@@ -743,26 +914,26 @@ async fn pgbench(
             .and_then(|n| n.split('/').next()?.parse().ok())
             .ok_or_else(|| anyhow!("no {prefix:?} line in pgbench's output:\n{stdout}"))
     };
-    let transactions = field("number of transactions actually processed:")? as u64;
     let failed = field("number of failed transactions:").unwrap_or(0.0) as u64;
     let tps = field("tps =")?;
     let latency_ms = field("latency average =")?;
 
-    let (open, succeeded): (i64, i64) =
-        sqlx::query_as("select open_pages, succeeded_pages from runs where id = $1")
-            .bind(run_id)
-            .fetch_one(&mut *db)
-            .await?;
-    let expected = (per_client * clients) as i64;
-    if failed > 0 || succeeded != expected || open != pages - expected {
+    let (open, succeeded): (i64, i64) = sqlx::query_as(
+        "select sum(open_pages)::int8, sum(succeeded_pages)::int8 from runs where id = any($1)",
+    )
+    .bind(&run_ids)
+    .fetch_one(&mut *db)
+    .await?;
+    if failed > 0 || succeeded != pages || open != 0 {
         println!(
-            "  ANOMALY: pgbench reported {failed} failed transactions; its run has {succeeded} \
-             pages succeeded (expected {expected}) and {open} open"
+            "  ANOMALY: pgbench ({kind:?}) reported {failed} failed transactions; its runs have \
+             {succeeded} pages succeeded (expected {pages}) and {open} open"
         );
     }
     Ok(PgbenchResult {
-        transactions,
-        tps,
+        pages: pages as u64,
+        clients,
+        pages_per_second: tps * per_tx as f64,
         latency_ms,
     })
 }
@@ -770,79 +941,84 @@ async fn pgbench(
 fn print_table(rows: &[Row]) {
     println!();
     println!(
-        "{:>7} {:>7} {:>4} {:>11} {:>7} {:>7} {:>8} {:>6} {:>11} {:>8} {:>6}",
+        "{:>7} {:>5} {:>7} {:>11} {:>7} {:>7} {:>8} {:>6} {:>9} {:>7} {:>11} {:>10}",
         "pages",
+        "runs",
         "clients",
-        "pool",
         "callbacks/s",
         "p50 ms",
         "p99 ms",
         "max ms",
         "errors",
-        "pgbench tps",
-        "pgb ms",
-        "ratio"
+        "naive/s",
+        "x naive",
+        "batched/s",
+        "of batched"
     );
     for r in rows {
         let c = &r.callbacks;
-        let (tps, lat, ratio) = match &r.pgbench {
+        let show = |p: &Option<PgbenchResult>, ratio: fn(f64, f64) -> f64| match p {
             Some(p) => (
-                format!("{:.0}", p.tps),
-                format!("{:.2}", p.latency_ms),
-                format!("{:.2}", c.per_second() / p.tps),
+                format!("{:.0}", p.pages_per_second),
+                format!("{:.2}", ratio(c.per_second(), p.pages_per_second)),
             ),
-            None => ("-".into(), "-".into(), "-".into()),
+            None => ("-".into(), "-".into()),
         };
+        let (naive, x_naive) = show(&r.naive, |a, b| a / b);
+        let (batched, of_batched) = show(&r.batched, |a, b| a / b);
         println!(
-            "{:>7} {:>7} {:>4} {:>11.0} {:>7.2} {:>7.2} {:>8.2} {:>6} {:>11} {:>8} {:>6}",
+            "{:>7} {:>5} {:>7} {:>11.0} {:>7.2} {:>7.2} {:>8.2} {:>6} {:>9} {:>7} {:>11} {:>10}",
             r.pages,
+            r.runs,
             r.clients,
-            r.pool,
             c.per_second(),
             c.p50_ms,
             c.p99_ms,
             c.max_ms,
             c.anomalies.values().sum::<usize>(),
-            tps,
-            lat,
-            ratio
+            naive,
+            x_naive,
+            batched,
+            of_batched
+        );
+        println!(
+            "FIGURE callbacks runs={} clients={} recorded_per_s={:.0} p50_ms={:.2} p99_ms={:.2} naive_pgbench_per_s={naive} x_naive={x_naive} batched_pgbench_per_s={batched} of_batched={of_batched}",
+            r.runs, r.clients, c.per_second(), c.p50_ms, c.p99_ms
         );
     }
-    if rows.len()
-        > rows
-            .iter()
-            .map(|r| r.clients)
-            .collect::<BTreeSet<_>>()
-            .len()
-    {
-        println!("\nmedians over the measurements of each client count:");
+    let combos: BTreeSet<(usize, usize)> = rows.iter().map(|r| (r.runs, r.clients)).collect();
+    if rows.len() > combos.len() {
+        println!("\nmedians over the measurements of each combination:");
         println!(
-            "{:>7} {:>7} {:>11} {:>11} {:>12}",
-            "clients", "runs", "callbacks/s", "pgbench tps", "median ratio"
+            "{:>5} {:>7} {:>5} {:>11} {:>7} {:>10}",
+            "runs", "clients", "n", "callbacks/s", "x naive", "of batched"
         );
-        for clients in rows.iter().map(|r| r.clients).collect::<BTreeSet<_>>() {
-            let of: Vec<&Row> = rows.iter().filter(|r| r.clients == clients).collect();
+        for (runs, clients) in combos {
+            let of: Vec<&Row> = rows
+                .iter()
+                .filter(|r| r.runs == runs && r.clients == clients)
+                .collect();
             let rate = median(of.iter().map(|r| r.callbacks.per_second()).collect());
-            let tps = median(
-                of.iter()
-                    .filter_map(|r| Some(r.pgbench.as_ref()?.tps))
-                    .collect(),
-            );
-            let ratio = median(
-                of.iter()
-                    .filter_map(|r| Some(r.callbacks.per_second() / r.pgbench.as_ref()?.tps))
-                    .collect(),
-            );
+            let ratio = |p: fn(&Row) -> Option<f64>| {
+                median(
+                    of.iter()
+                        .filter_map(|r| Some(r.callbacks.per_second() / p(r)?))
+                        .collect(),
+                )
+            };
+            let x_naive = ratio(|r| Some(r.naive.as_ref()?.pages_per_second));
+            let of_batched = ratio(|r| Some(r.batched.as_ref()?.pages_per_second));
             let show = |v: Option<f64>, digits: usize| {
                 v.map_or_else(|| "-".to_string(), |v| format!("{v:.digits$}"))
             };
             println!(
-                "{:>7} {:>7} {:>11} {:>11} {:>12}",
+                "{:>5} {:>7} {:>5} {:>11} {:>7} {:>10}",
+                runs,
                 clients,
                 of.len(),
                 show(rate, 0),
-                show(tps, 0),
-                show(ratio, 2)
+                show(x_naive, 2),
+                show(of_batched, 2)
             );
         }
     }
@@ -887,13 +1063,16 @@ fn git_commit() -> String {
 
 fn reproduce(args: &Args) -> String {
     let clients: Vec<String> = args.clients.iter().map(|n| n.to_string()).collect();
+    let runs: Vec<String> = args.runs.iter().map(|n| n.to_string()).collect();
     let mut cmd = format!(
-        "cargo bench --bench callbacks -- --pages {} --clients {}",
+        "cargo bench --bench callbacks -- --pages {} --runs {} --clients {} --pgbench-pages {}",
         args.pages,
-        clients.join(",")
+        runs.join(","),
+        clients.join(","),
+        args.pgbench_pages
     );
-    if let Some(p) = args.pool {
-        cmd.push_str(&format!(" --pool {p}"));
+    if args.pool != 8 {
+        cmd.push_str(&format!(" --pool {}", args.pool));
     }
     if args.load_threads != 1 {
         cmd.push_str(&format!(" --load-threads {}", args.load_threads));

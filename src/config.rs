@@ -126,8 +126,10 @@ pub struct NotifySettings {
     pub timeout: Duration,
 }
 
-/// Where a schedule's crawls run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a schedule's crawls run (`"lambda"` or `"local"` in the API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Invoker)]
+#[serde(rename_all = "snake_case")]
 pub enum InvokerKind {
     /// AWS Lambda, InvocationType `Event`.
     Lambda,

@@ -6,6 +6,7 @@
 //! has reported. See the README for the configuration, the crawler contract
 //! and the API.
 
+pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod dev;
@@ -15,6 +16,8 @@ pub mod lambda;
 pub mod ledger;
 pub mod lifecycle;
 pub mod notify;
+pub mod overview;
+pub mod recorder;
 pub mod redact;
 pub mod runs;
 pub mod schedule;

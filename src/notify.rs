@@ -241,17 +241,21 @@ impl Notifier {
             }
             NotifyTarget::Stdout if n.event == NotifyEvent::RunStuck => {
                 let p = &n.payload;
-                println!(
-                    "\n⏳ run.stuck — run {} of {:?}: no progress since {}\n",
-                    p["run_id"].as_str().unwrap_or("?"),
-                    p["schedule"].as_str().unwrap_or("?"),
-                    p["last_progress_at"].as_str().unwrap_or("?"),
-                );
+                // Above `fanfare dev`'s live progress lines, if any.
+                crate::telemetry::suspend(|| {
+                    println!(
+                        "\n⏳ run.stuck — run {} of {:?}: no progress since {}\n",
+                        p["run_id"].as_str().unwrap_or("?"),
+                        p["schedule"].as_str().unwrap_or("?"),
+                        p["last_progress_at"].as_str().unwrap_or("?"),
+                    )
+                });
                 Ok(())
             }
             NotifyTarget::Stdout => {
                 let p = &n.payload;
-                println!(
+                crate::telemetry::suspend(|| {
+                    println!(
                     "\n🎺 {} {} — run {} of {:?}: {}/{} pages succeeded, {} failed, {} timed out\n",
                     p["type"].as_str().unwrap_or("?"),
                     p["outcome"].as_str().unwrap_or("?"),
@@ -261,7 +265,8 @@ impl Notifier {
                     p["pages"]["total"],
                     p["pages"]["failed"],
                     p["pages"]["timed_out"],
-                );
+                )
+                });
                 Ok(())
             }
         }

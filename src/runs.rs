@@ -4,21 +4,23 @@
 //! page results, closing runs early (cancel, failure, timeout), redriving
 //! failures, and announcing finished runs.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use sqlx::PgPool;
-use tokio::sync::{mpsc, Notify, Semaphore, SemaphorePermit};
+use tokio::sync::{mpsc, Notify};
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::config::{Catchup, Overlap, Schedule, Settings};
-use crate::ledger::{self, Outcome, PageStatus, Run, Trigger};
+use crate::ledger::{self, Outcome, PageChange, PageStatus, PageWrite, Run, Trigger};
 use crate::lifecycle::page::{self, Event, Next};
 use crate::lifecycle::run as rules;
 use crate::lifecycle::{Closing, Completion};
+use crate::recorder::{Recorded, Recorder};
 use crate::schedule::CronSchedule;
 use crate::sources::{self, Lister};
 use crate::token::TokenSigner;
@@ -47,53 +49,18 @@ pub struct Runs {
     pub dispatch_capped: AtomicBool,
     /// Notified when a notification was queued.
     pub wake_notify: Notify,
-    /// Limits how many reports of one run this daemon records at once.
-    pub report_gates: ReportGates,
+    /// Records page changes in batches.
+    pub recorder: Arc<Recorder>,
+    /// Each recent run's `max_attempts` (from its schedule), so a failure
+    /// report does not read the run's row: bounded, cleared when full.
+    max_attempts: std::sync::Mutex<HashMap<Uuid, u32>>,
     /// This value's own `Arc` (built with `Arc::new_cyclic`), for work that
     /// outlives a borrow.
     pub me: std::sync::Weak<Runs>,
 }
 
-/// How many reports of one run a daemon records at once.
-///
-/// Every report of a run updates the run's row, so reports of one run take
-/// turns on its row lock whatever the daemon does. Letting every callback
-/// request queue for that lock inside Postgres costs more than the queueing:
-/// each commit wakes the waiters, and the backends contend for the CPU the
-/// lock holder needs (on 2 cores, 32 concurrent reports of one run were
-/// recorded at half the rate of 2 at a time). Two at a time keeps the next
-/// statement waiting at the server when the lock is released, and the rest
-/// wait in the daemon, in arrival order.
-pub const REPORTS_AT_ONCE_PER_RUN: usize = 2;
-
-/// Per-run turns for recording reports ([`REPORTS_AT_ONCE_PER_RUN`]):
-/// runs are spread over a fixed set of gates by id, so two runs rarely
-/// share one and memory does not grow with the number of runs.
-pub struct ReportGates {
-    gates: Box<[Semaphore]>,
-}
-
-impl ReportGates {
-    const GATES: usize = 64;
-
-    /// Waits for a turn to record a report of `run_id`; the turn ends when
-    /// the permit is dropped.
-    pub async fn enter(&self, run_id: Uuid) -> SemaphorePermit<'_> {
-        // A v7 id ends in random bits.
-        let gate = &self.gates[(run_id.as_u128() % Self::GATES as u128) as usize];
-        gate.acquire().await.expect("report gates are never closed")
-    }
-}
-
-impl Default for ReportGates {
-    fn default() -> Self {
-        Self {
-            gates: (0..Self::GATES)
-                .map(|_| Semaphore::new(REPORTS_AT_ONCE_PER_RUN))
-                .collect(),
-        }
-    }
-}
+/// How many runs' `max_attempts` [`Runs`] keeps at most.
+const MAX_ATTEMPTS_CACHED: usize = 4096;
 
 /// Why a run could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +109,7 @@ impl Runs {
         lister: Lister,
         tracker: TaskTracker,
     ) -> Arc<Self> {
+        let recorder = Recorder::new(pool.clone(), settings.clone());
         Arc::new_cyclic(|me| Runs {
             pool,
             signer: TokenSigner::new(settings.security.callback_secret.clone())
@@ -152,7 +120,8 @@ impl Runs {
             wake_dispatch: Notify::new(),
             dispatch_capped: AtomicBool::new(false),
             wake_notify: Notify::new(),
-            report_gates: ReportGates::default(),
+            recorder,
+            max_attempts: std::sync::Mutex::new(HashMap::new()),
             me: me.clone(),
         })
     }
@@ -414,38 +383,39 @@ impl Runs {
         self.wake_dispatch.notify_one();
     }
 
-    /// Moves a page to the terminal state [`page::next`] decided (see
-    /// [`rules::complete_page`]) and announces the run when that finished it.
+    /// Moves a page to the terminal state [`page::next`] decided, in the
+    /// recorder's next batch, and announces the run when that finished it.
     pub async fn complete_page(
         &self,
         run_id: Uuid,
         page_id: i64,
         attempt: i32,
         status: PageStatus,
-        result: Option<&serde_json::Value>,
-        error: Option<&ledger::PageError>,
+        result: Option<serde_json::Value>,
+        error: Option<ledger::PageError>,
     ) -> Result<Completion, sqlx::Error> {
-        let _turn = self.report_gates.enter(run_id).await;
-        let completion = rules::complete_page(
-            &self.pool,
-            &self.settings,
+        let write = PageWrite {
             run_id,
             page_id,
             attempt,
-            status,
-            result,
-            error,
-        )
-        .await?;
-        if let Completion::Recorded { finished } = &completion {
-            if self.dispatch_capped.swap(false, Ordering::AcqRel) {
-                self.wake_dispatch.notify_one();
+            change: PageChange::Terminal {
+                status,
+                result,
+                error,
+            },
+        };
+        Ok(match self.recorder.record(write).await? {
+            Recorded::Changed { finished } => {
+                if self.dispatch_capped.swap(false, Ordering::AcqRel) {
+                    self.wake_dispatch.notify_one();
+                }
+                if let Some(run) = &finished {
+                    self.announce(run).await;
+                }
+                Completion::Recorded { finished }
             }
-            if let Some(run) = finished {
-                self.announce(run).await;
-            }
-        }
-        Ok(completion)
+            Recorded::Unchanged => Completion::Duplicate,
+        })
     }
 
     /// A crawler's report about `at`: [`Self::page_event`] with the
@@ -455,29 +425,50 @@ impl Runs {
         &self,
         at: PageAttempt,
         event: Event,
-        result: Option<&serde_json::Value>,
+        result: Option<serde_json::Value>,
     ) -> Result<Handled, sqlx::Error> {
         let max_attempts = if event.depends_on_attempts() {
-            ledger::run_schedule(&self.pool, at.run_id)
-                .await?
-                .and_then(|s| self.settings.schedule(&s).map(|s| s.max_attempts))
-                .unwrap_or(1)
+            self.max_attempts_of(at.run_id).await?
         } else {
             1
         };
         self.page_event(at, max_attempts, event, result).await
     }
 
+    /// The `max_attempts` of a run's schedule (1 when the schedule is gone).
+    async fn max_attempts_of(&self, run_id: Uuid) -> Result<u32, sqlx::Error> {
+        let cached = |m: &std::sync::Mutex<HashMap<Uuid, u32>>| {
+            m.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&run_id)
+                .copied()
+        };
+        if let Some(n) = cached(&self.max_attempts) {
+            return Ok(n);
+        }
+        let n = ledger::run_schedule(&self.pool, run_id)
+            .await?
+            .and_then(|s| self.settings.schedule(&s).map(|s| s.max_attempts))
+            .unwrap_or(1);
+        let mut map = self.max_attempts.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_ATTEMPTS_CACHED {
+            map.clear();
+        }
+        map.insert(run_id, n);
+        Ok(n)
+    }
+
     /// Something happened to page attempt `at` (see [`Event`]): its next
-    /// state is decided by [`page::next`] and written. Every path that
-    /// changes a page goes through here: reports, deadlines, invoke errors.
-    /// Every retry counts in `fanfare_pages_retried_total{reason}`.
+    /// state is decided by [`page::next`] and written through the
+    /// recorder. Every path that changes a page goes through here: reports,
+    /// deadlines, invoke errors. Every retry counts in
+    /// `fanfare_pages_retried_total{reason}`.
     pub async fn page_event(
         &self,
         at: PageAttempt,
         max_attempts: u32,
         event: Event,
-        result: Option<&serde_json::Value>,
+        result: Option<serde_json::Value>,
     ) -> Result<Handled, sqlx::Error> {
         let PageAttempt {
             run_id,
@@ -491,21 +482,31 @@ impl Runs {
                 reason,
                 error,
             } => {
-                if ledger::requeue_page(&self.pool, page_id, attempt, after, &error, !uses_attempt)
-                    .await?
-                {
-                    metrics::counter!("fanfare_pages_retried_total", "reason" => reason.as_str())
-                        .increment(1);
-                    tracing::info!(%run_id, page_id, attempt, reason = reason.as_str(), uses_attempt, retry_in = ?after, error = %error.message, "the page will be dispatched again");
-                    Handled::Requeued
-                } else {
-                    Handled::Stale
+                let message = error.message.clone();
+                let write = PageWrite {
+                    run_id,
+                    page_id,
+                    attempt,
+                    change: PageChange::Requeue {
+                        after,
+                        error,
+                        refund: !uses_attempt,
+                    },
+                };
+                match self.recorder.record(write).await? {
+                    Recorded::Changed { .. } => {
+                        metrics::counter!("fanfare_pages_retried_total", "reason" => reason.as_str())
+                            .increment(1);
+                        tracing::info!(%run_id, page_id, attempt, reason = reason.as_str(), uses_attempt, retry_in = ?after, error = %message, "the page will be dispatched again");
+                        Handled::Requeued
+                    }
+                    Recorded::Unchanged => Handled::Stale,
                 }
             }
             Next::Terminal(status, error) => {
                 let result = result.filter(|_| status == PageStatus::Succeeded);
                 match self
-                    .complete_page(run_id, page_id, attempt, status, result, error.as_ref())
+                    .complete_page(run_id, page_id, attempt, status, result, error)
                     .await?
                 {
                     Completion::Recorded { finished } => Handled::Recorded { finished },

@@ -46,36 +46,47 @@ pub async fn run(runs: Arc<Runs>, cancel: CancellationToken) {
     }
 }
 
+/// How many overdue pages one pass hands to the recorder at once (they are
+/// written in a few batches, not one statement each).
+const OVERDUE_AT_ONCE: usize = 256;
+
 /// One pass: handles up to a batch of overdue pages; returns how many.
 pub async fn sweep_once(runs: &Runs) -> Result<usize, sqlx::Error> {
+    use futures::{StreamExt, TryStreamExt};
     let overdue = ledger::overdue_pages(&runs.pool, 1000).await?;
-    for page in &overdue {
-        let max_attempts = runs
-            .settings
-            .schedule(&page.schedule)
-            .map(|s| s.max_attempts)
-            .unwrap_or(1);
-        let at = PageAttempt {
-            run_id: page.run_id,
-            page_id: page.id,
-            attempt: page.attempt,
-        };
-        match runs
-            .page_event(at, max_attempts, Event::DeadlinePassed, None)
-            .await?
-        {
-            Handled::Requeued => {
-                tracing::warn!(run_id = %page.run_id, page_id = page.id, attempt = page.attempt, "no report by the deadline; the page will be dispatched again")
+    let handled = futures::stream::iter(overdue.iter().cloned())
+        .map(|page: ledger::OverduePage| async move {
+            let max_attempts = runs
+                .settings
+                .schedule(&page.schedule)
+                .map(|s| s.max_attempts)
+                .unwrap_or(1);
+            let at = PageAttempt {
+                run_id: page.run_id,
+                page_id: page.id,
+                attempt: page.attempt,
+            };
+            match runs
+                .page_event(at, max_attempts, Event::DeadlinePassed, None)
+                .await?
+            {
+                Handled::Requeued => {
+                    tracing::warn!(run_id = %page.run_id, page_id = page.id, attempt = page.attempt, "no report by the deadline; the page will be dispatched again")
+                }
+                Handled::Recorded { .. } => {
+                    tracing::warn!(run_id = %page.run_id, page_id = page.id, attempt = page.attempt, "no report by the deadline of the last attempt; the page timed out")
+                }
+                Handled::Stale | Handled::RunFailed(_) => {}
             }
-            Handled::Recorded { .. } => {
-                tracing::warn!(run_id = %page.run_id, page_id = page.id, attempt = page.attempt, "no report by the deadline of the last attempt; the page timed out")
-            }
-            Handled::Stale | Handled::RunFailed(_) => {}
-        }
-    }
+            Ok::<_, sqlx::Error>(())
+        })
+        .buffer_unordered(OVERDUE_AT_ONCE)
+        .try_collect::<Vec<()>>()
+        .await;
     if !overdue.is_empty() {
         runs.wake_dispatch.notify_one();
     }
+    handled?;
     Ok(overdue.len())
 }
 

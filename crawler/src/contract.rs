@@ -22,9 +22,10 @@ pub const MAX_REPORT_BYTES: usize = 256 * 1024;
 /// One page to crawl: the Lambda event.
 ///
 /// `Debug` redacts `callback_token`, so a request can be logged whole.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct CrawlRequest {
-    /// Contract version, [`CONTRACT_VERSION`].
+    /// Contract version: 1 ([`CONTRACT_VERSION`]).
     pub version: u32,
     /// The run this page belongs to (opaque; echoed in the report).
     pub run_id: String,
@@ -85,9 +86,10 @@ pub struct UnsupportedVersion {
 }
 
 /// What a crawler reports for one page attempt: the callback body.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
-    /// Contract version, [`CONTRACT_VERSION`].
+    /// Contract version: 1 ([`CONTRACT_VERSION`]).
     pub version: u32,
     /// Echoed from the request.
     pub run_id: String,
@@ -115,6 +117,11 @@ impl Report {
 }
 
 /// The result of one page attempt, tagged by the `outcome` key.
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::ToSchema),
+    schema(as = ReportOutcome)
+)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
@@ -128,6 +135,7 @@ pub enum Outcome {
 }
 
 /// What a successful crawl learned about a page.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PageFacts {
     /// The final HTTP status (after redirects).
@@ -147,6 +155,7 @@ pub struct PageFacts {
 }
 
 /// Why a crawl failed.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CrawlError {
     /// The class of failure.
@@ -158,7 +167,12 @@ pub struct CrawlError {
 }
 
 /// Classes of crawl failure. Unknown kinds sent by other crawlers are read as
-/// [`ErrorKind::Other`].
+/// `other` ([`ErrorKind::Other`]).
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::ToSchema),
+    schema(as = CrawlErrorKind)
+)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
@@ -274,6 +288,7 @@ impl std::fmt::Display for ErrorKind {
 }
 
 /// The daemon's answer to an accepted callback.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CallbackStatus {
@@ -284,6 +299,7 @@ pub enum CallbackStatus {
 }
 
 /// Body of a 200 answer to `POST /v1/callbacks`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CallbackAck {
     /// Recorded or duplicate.

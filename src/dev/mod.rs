@@ -4,6 +4,7 @@
 //! loopback, a demo schedule that fires at start and every minute, the
 //! crawler in-process, and notifications printed to the terminal.
 
+mod monitor;
 pub mod postgres;
 
 use std::path::PathBuf;
@@ -18,6 +19,15 @@ use crate::{Application, Settings};
 pub const DEMO_PAGES: usize = 36;
 /// The admin token `fanfare dev` uses.
 pub const DEV_ADMIN_TOKEN: &str = "fanfare-dev-admin-token-0123456789abcdef";
+
+/// The log filter of `fanfare dev` when `RUST_LOG` is not set: the lines
+/// about single pages and runs (dispatch, crawls, reports, retries) are
+/// left out, since each run shows as one live line instead; warnings still
+/// show. The daemon's own levels are unchanged (`fanfare serve` logs them).
+pub const LOG_FILTER: &str = "info,sqlx=warn,tower_http=warn,aws_config=warn,\
+    fanfare_crawler=warn,fanfare::dispatch=warn,fanfare::runs=warn,fanfare::schedule=warn,\
+    fanfare::notify=warn,fanfare::sweep=warn,fanfare::lifecycle=warn,fanfare::http=warn,\
+    fanfare::demo=warn,fanfare::startup=warn";
 
 /// The configuration `fanfare dev` runs with, as TOML.
 pub fn dev_config(database_url: &str, port: u16, sitemap: &str) -> String {
@@ -85,23 +95,54 @@ pub async fn run() -> anyhow::Result<()> {
     let settings = Settings::from_toml(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let app = Application::build(settings).await?;
     let api = format!("http://127.0.0.1:{}", app.port());
-    println!(
-        "\nfanfare dev is up.\n  API:        {api}  (admin token: {DEV_ADMIN_TOKEN})\n  demo site:  {}  ({DEMO_PAGES} product pages)\n  schedule:   \"demo\", now and at every minute; the crawler runs in-process\n\n  curl -s -H 'Authorization: Bearer {DEV_ADMIN_TOKEN}' {api}/v1/runs\n  curl -s -XPOST -H 'Authorization: Bearer {DEV_ADMIN_TOKEN}' {api}/v1/schedules/demo/trigger\n  curl -s {api}/metrics\n\nCtrl-C stops.\n",
-        site.base_url()
-    );
+    println!("{}", banner(&api, &site.base_url()));
     let stop = app.shutdown_token();
     tokio::spawn(async move {
         crate::startup::shutdown_signal().await;
         stop.cancel();
     });
-    let first = app.trigger("demo").await?;
-    if let Some(run_id) = first {
-        println!("Run {run_id} started: {api}/v1/runs/{run_id}\n");
-    }
+    let monitor = tokio::spawn(monitor::show_runs(
+        app.runs().pool.clone(),
+        api.clone(),
+        app.shutdown_token(),
+    ));
+    app.trigger("demo").await?;
     let result = app.run_until_stopped().await;
+    monitor.abort();
     site.shutdown().await;
     if let Some(pg) = postgres {
         pg.stop().await?;
     }
     result
+}
+
+/// What `fanfare dev` prints when it is up: where the console, the API and
+/// the demo site are, how to sign in, and what to try.
+pub fn banner(api: &str, site: &str) -> String {
+    let exe = std::env::current_exe()
+        .ok()
+        .map(|exe| {
+            std::env::current_dir()
+                .ok()
+                .and_then(|dir| exe.strip_prefix(dir).ok().map(|p| p.to_path_buf()))
+                .unwrap_or(exe)
+                .display()
+                .to_string()
+        })
+        .unwrap_or_else(|| "fanfare".into());
+    format!(
+        "\nfanfare dev is up.\n\
+         \x20 console:    {api}/ui/   (admin token: {DEV_ADMIN_TOKEN})\n\
+         \x20 API:        {api}\n\
+         \x20 demo site:  {site}  ({DEMO_PAGES} product pages)\n\
+         \x20 schedule:   \"demo\", now and at every minute; the crawler runs in-process\n\
+         \n\
+         From another terminal:\n\
+         \x20 export FANFARE_URL={api} FANFARE_ADMIN_TOKEN={DEV_ADMIN_TOKEN}\n\
+         \x20 {exe} runs list\n\
+         \x20 {exe} trigger demo --wait\n\
+         \x20 {exe} export RUN_ID --format csv -o demo.csv\n\
+         \n\
+         Each run shows as one line below; Ctrl-C stops.\n"
+    )
 }

@@ -14,21 +14,35 @@
 //! - the function cannot be invoked at all (not found, access denied): the
 //!   run fails at once with that reason, instead of retrying every page.
 //!
+//! Claiming and invoking overlap. Each schedule has a [`Lane`]: a claimed
+//! batch is handed to it and invoked in the background (each invoke a task
+//! of its own, at most [`INVOKE_CONCURRENCY`] at once per replica, each after
+//! the schedule's pace lets it go), while the claim loop goes on to the next
+//! schedule and the next batch. A lane takes a new batch only while fewer
+//! pages than one batch wait in it, so at most about two batches of a
+//! schedule are claimed and not yet invoked: the deadlines of claimed pages
+//! start at most that much before their invoke, a paced schedule claims no
+//! more than two seconds of its pace at a time, and `max_in_flight` holds as
+//! before (claimed pages are counted as dispatched by every claim, on every
+//! replica).
+//!
 //! A page whose report never comes is the sweeper's.
 
 mod lambda;
 mod local;
 mod pace;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fanfare_crawler::contract::{CrawlRequest, CONTRACT_VERSION};
 use futures::future::BoxFuture;
-use futures::StreamExt;
+use metrics::{Counter, Gauge, Histogram};
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 pub use crate::lambda::{InvokeError, LambdaApi};
@@ -42,10 +56,12 @@ use crate::lifecycle::{self, Event};
 use crate::runs::{PageAttempt, Runs};
 use crate::token::Claims;
 
-/// How many pages one claim takes at most.
-const CLAIM_BATCH: i64 = 500;
-/// How many invokes run at once per replica.
-const INVOKE_CONCURRENCY: usize = 64;
+/// How many pages one claim takes at most. Every claim counts the
+/// schedule's in-flight pages, so larger batches spread that count over
+/// more pages.
+const CLAIM_BATCH: i64 = 2_000;
+/// How many invokes run at once per replica, across schedules.
+const INVOKE_CONCURRENCY: usize = 128;
 /// How often an idle dispatcher recounts a busy schedule's in-flight pages
 /// for `fanfare_pages_in_flight` (a pass that claims counts them anyway).
 const GAUGE_EVERY: Duration = Duration::from_secs(5);
@@ -61,11 +77,14 @@ pub trait Invoker: Send + Sync {
 /// Claims and dispatches pages for every schedule with unfinished runs.
 pub struct Dispatcher {
     runs: Arc<Runs>,
-    lambda: Option<Arc<dyn LambdaApi>>,
-    local: Arc<LocalInvoker>,
-    paces: HashMap<String, Pace>,
-    /// When each schedule's in-flight gauge was last set.
-    gauged: Mutex<HashMap<String, Instant>>,
+    /// One per configured schedule, in configuration order.
+    lanes: Vec<Arc<Lane>>,
+    /// Invokes running at once on this replica.
+    permits: Arc<Semaphore>,
+    /// The lanes' background work, awaited when dispatch stops.
+    tracker: TaskTracker,
+    /// Notified when a lane that was full has room again.
+    room: Arc<Notify>,
 }
 
 impl Dispatcher {
@@ -76,34 +95,51 @@ impl Dispatcher {
         lambda: Option<Arc<dyn LambdaApi>>,
         local: Arc<LocalInvoker>,
     ) -> Self {
-        let paces = runs
+        let room = Arc::new(Notify::new());
+        let callback_url = runs.settings.server.callback_url();
+        let token_grace = chrono::Duration::from_std(runs.settings.security.callback_grace)
+            .unwrap_or_else(|_| chrono::Duration::minutes(15));
+        let lanes = runs
             .settings
             .schedules
             .iter()
-            .map(|s| (s.name.clone(), Pace::new(s.max_invokes_per_second)))
+            .map(|schedule| {
+                let invoker: Option<Arc<dyn Invoker>> = match schedule.invoker {
+                    InvokerKind::Local => Some(local.clone() as Arc<dyn Invoker>),
+                    InvokerKind::Lambda => lambda.as_ref().map(|api| {
+                        Arc::new(LambdaInvoker::new(
+                            api.clone(),
+                            schedule.function.clone().unwrap_or_default(),
+                        )) as Arc<dyn Invoker>
+                    }),
+                };
+                Arc::new(Lane {
+                    runs: runs.clone(),
+                    schedule: schedule.clone(),
+                    pace: Pace::new(schedule.max_invokes_per_second),
+                    invoker,
+                    queued: AtomicUsize::new(0),
+                    room_below: AtomicUsize::new(usize::MAX),
+                    room: room.clone(),
+                    failed_runs: Mutex::new(HashSet::new()),
+                    callback_url: callback_url.clone(),
+                    token_grace,
+                    metrics: LaneMetrics::new(&schedule.name),
+                    gauged_at: Mutex::new(None),
+                })
+            })
             .collect();
         Self {
             runs,
-            lambda,
-            local,
-            paces,
-            gauged: Mutex::new(HashMap::new()),
+            lanes,
+            permits: Arc::new(Semaphore::new(INVOKE_CONCURRENCY)),
+            tracker: TaskTracker::new(),
+            room,
         }
     }
 
-    fn invoker_for(&self, schedule: &Schedule) -> Option<Box<dyn Invoker + '_>> {
-        match schedule.invoker {
-            InvokerKind::Local => Some(Box::new(LocalRef(&self.local))),
-            InvokerKind::Lambda => self.lambda.as_ref().map(|api| {
-                Box::new(LambdaInvoker::new(
-                    api.clone(),
-                    schedule.function.clone().unwrap_or_default(),
-                )) as Box<dyn Invoker>
-            }),
-        }
-    }
-
-    /// Dispatches until `cancel` fires.
+    /// Dispatches until `cancel` fires, then lets the pages already claimed
+    /// be invoked.
     pub async fn run(self, cancel: CancellationToken) {
         let mut failures = 0;
         loop {
@@ -118,7 +154,10 @@ impl Dispatcher {
                     0
                 }
             };
-            if dispatched > 0 && !cancel.is_cancelled() {
+            if cancel.is_cancelled() {
+                break;
+            }
+            if dispatched > 0 {
                 continue;
             }
             let idle = if failures > 0 {
@@ -127,11 +166,16 @@ impl Dispatcher {
                 Duration::from_millis(500)
             };
             tokio::select! {
-                _ = cancel.cancelled() => return,
+                _ = cancel.cancelled() => break,
                 _ = self.runs.wake_dispatch.notified() => {}
+                _ = self.room.notified() => {}
                 _ = tokio::time::sleep(idle) => {}
             }
         }
+        // Claimed pages are dispatched in the ledger: invoke them now rather
+        // than leave them to the sweeper at their deadline.
+        self.tracker.close();
+        self.tracker.wait().await;
     }
 
     async fn pass(&self, cancel: &CancellationToken) -> Result<usize, sqlx::Error> {
@@ -142,27 +186,41 @@ impl Dispatcher {
             }
         }
         let mut total = 0;
-        for schedule in &self.runs.settings.schedules {
+        for lane in &self.lanes {
             if cancel.is_cancelled() {
                 break;
             }
-            if self.paces[&schedule.name].is_paused() {
+            let schedule = &lane.schedule;
+            if lane.pace.is_paused() {
                 continue;
             }
             if !busy.contains(&schedule.name) {
-                metrics::gauge!("fanfare_pages_in_flight", "schedule" => schedule.name.clone())
-                    .set(0.0);
-                self.gauged(&schedule.name);
+                lane.metrics.in_flight.set(0.0);
+                lane.gauged();
                 continue;
+            }
+            let batch = lane.pace.claim_hint(CLAIM_BATCH);
+            let queued = lane.queued.load(Ordering::Acquire);
+            if queued >= batch as usize {
+                // A batch is still waiting for its invokes: the lane says
+                // when it has room. Checked again after saying where room
+                // starts, so that a page finishing in between is not missed.
+                lane.room_below.store(batch as usize, Ordering::Release);
+                if lane.queued.load(Ordering::Acquire) >= batch as usize {
+                    continue;
+                }
+            }
+            if queued == 0 {
+                // No page of a run failed earlier can still be waiting.
+                lane.failed_runs().clear();
             }
             if !ledger::has_ready_pages(&self.runs.pool, &schedule.name).await? {
                 // Nothing to claim; the in-flight gauge is refreshed now and then.
-                if self.gauge_due(&schedule.name) {
+                if lane.gauge_due() {
                     let in_flight =
                         ledger::schedule_in_flight(&self.runs.pool, &schedule.name).await?;
-                    metrics::gauge!("fanfare_pages_in_flight", "schedule" => schedule.name.clone())
-                        .set(in_flight as f64);
-                    self.gauged(&schedule.name);
+                    lane.metrics.in_flight.set(in_flight as f64);
+                    lane.gauged();
                 }
                 continue;
             }
@@ -170,102 +228,194 @@ impl Dispatcher {
                 &self.runs.pool,
                 &schedule.name,
                 schedule.max_in_flight as i64,
-                self.paces[&schedule.name].claim_hint(CLAIM_BATCH),
+                batch,
                 schedule.page_timeout,
             )
             .await?;
-            metrics::gauge!("fanfare_pages_in_flight", "schedule" => schedule.name.clone())
-                .set(claimed.in_flight as f64);
-            self.gauged(&schedule.name);
+            lane.metrics.in_flight.set(claimed.in_flight as f64);
+            lane.gauged();
             if claimed.in_flight >= schedule.max_in_flight as i64 {
                 // Full: the next recorded page frees a slot and wakes us.
                 self.runs.dispatch_capped.store(true, Ordering::Release);
             }
             total += claimed.pages.len();
             if !claimed.pages.is_empty() {
-                self.dispatch(schedule, claimed.pages).await;
+                self.hand_over(lane, claimed.pages);
             }
         }
         Ok(total)
     }
 
-    /// Whether the schedule's in-flight gauge was last set more than
-    /// [`GAUGE_EVERY`] ago.
-    fn gauge_due(&self, schedule: &str) -> bool {
-        let gauged = self.gauged.lock().unwrap_or_else(|e| e.into_inner());
-        gauged
-            .get(schedule)
-            .is_none_or(|at| at.elapsed() >= GAUGE_EVERY)
-    }
-
-    /// The schedule's in-flight gauge was just set.
-    fn gauged(&self, schedule: &str) {
-        let mut gauged = self.gauged.lock().unwrap_or_else(|e| e.into_inner());
-        gauged.insert(schedule.to_owned(), Instant::now());
-    }
-
-    async fn dispatch(&self, schedule: &Schedule, pages: Vec<ClaimedPage>) {
-        let pace = &self.paces[&schedule.name];
-        let Some(invoker) = self.invoker_for(schedule) else {
-            let error = InvokeError::FunctionUnusable("no Lambda client is configured".into());
+    /// Invokes `pages` in the background, each after the lane's pace lets
+    /// it go and a permit of the replica's concurrency is free.
+    fn hand_over(&self, lane: &Arc<Lane>, pages: Vec<ClaimedPage>) {
+        lane.queued.fetch_add(pages.len(), Ordering::AcqRel);
+        let (lane, permits, tracker) = (lane.clone(), self.permits.clone(), self.tracker.clone());
+        self.tracker.spawn(async move {
             for page in pages {
-                self.invoke_failed(schedule, &page, error.clone()).await;
+                if lane.run_failed(page.run_id) {
+                    lane.done_one();
+                    continue;
+                }
+                lane.pace.until_ready().await;
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    // Never closed; were it, the page is left to the sweeper.
+                    lane.done_one();
+                    continue;
+                };
+                let lane = lane.clone();
+                tracker.spawn(async move {
+                    lane.invoke(page).await;
+                    drop(permit);
+                    lane.done_one();
+                });
             }
+        });
+    }
+}
+
+/// What one schedule's dispatch keeps between claims.
+struct Lane {
+    runs: Arc<Runs>,
+    schedule: Schedule,
+    pace: Pace,
+    /// `None`: a Lambda schedule without a Lambda client.
+    invoker: Option<Arc<dyn Invoker>>,
+    /// Pages claimed and not yet through their invoke.
+    queued: AtomicUsize,
+    /// The lane has room for another claim once `queued` is below this.
+    room_below: AtomicUsize,
+    /// Notified when `queued` drops below `room_below`.
+    room: Arc<Notify>,
+    /// Runs that failed because their function cannot be invoked: their
+    /// pages still waiting here are not sent.
+    failed_runs: Mutex<HashSet<Uuid>>,
+    callback_url: String,
+    /// How long after an attempt's deadline its task token is accepted.
+    token_grace: chrono::Duration,
+    metrics: LaneMetrics,
+    /// When the in-flight gauge was last set.
+    gauged_at: Mutex<Option<Instant>>,
+}
+
+/// A schedule's metric handles, made once: looking a labelled metric up
+/// for every invoke would cost more than the invoke's bookkeeping.
+struct LaneMetrics {
+    accepted: Counter,
+    throttled: Counter,
+    retryable_error: Counter,
+    page_rejected: Counter,
+    function_unusable: Counter,
+    dispatched: Counter,
+    invoke_seconds: Histogram,
+    in_flight: Gauge,
+}
+
+impl LaneMetrics {
+    fn new(schedule: &str) -> Self {
+        let invokes = |outcome: &'static str| metrics::counter!("fanfare_invokes_total", "schedule" => schedule.to_owned(), "outcome" => outcome);
+        Self {
+            accepted: invokes("accepted"),
+            // The outcomes of `InvokeError::outcome`.
+            throttled: invokes("throttled"),
+            retryable_error: invokes("retryable_error"),
+            page_rejected: invokes("page_rejected"),
+            function_unusable: invokes("function_unusable"),
+            dispatched: metrics::counter!("fanfare_pages_dispatched_total", "schedule" => schedule.to_owned()),
+            invoke_seconds: metrics::histogram!("fanfare_invoke_seconds"),
+            in_flight: metrics::gauge!("fanfare_pages_in_flight", "schedule" => schedule.to_owned()),
+        }
+    }
+
+    /// The counter of `error`'s outcome (its `InvokeError::outcome`).
+    fn failed(&self, error: &InvokeError) -> &Counter {
+        match error {
+            InvokeError::Throttled { .. } => &self.throttled,
+            InvokeError::Retryable(_) => &self.retryable_error,
+            InvokeError::PageRejected(_) => &self.page_rejected,
+            InvokeError::FunctionUnusable(_) => &self.function_unusable,
+        }
+    }
+}
+
+impl Lane {
+    fn failed_runs(&self) -> std::sync::MutexGuard<'_, HashSet<Uuid>> {
+        self.failed_runs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn run_failed(&self, run_id: Uuid) -> bool {
+        let failed = self.failed_runs();
+        !failed.is_empty() && failed.contains(&run_id)
+    }
+
+    /// One page of the lane is through; says so when that makes room.
+    fn done_one(&self) {
+        let before = self.queued.fetch_sub(1, Ordering::AcqRel);
+        if before == self.room_below.load(Ordering::Acquire) {
+            self.room.notify_one();
+        }
+    }
+
+    /// Whether the in-flight gauge was last set more than [`GAUGE_EVERY`]
+    /// ago.
+    fn gauge_due(&self) -> bool {
+        let at = self.gauged_at.lock().unwrap_or_else(|e| e.into_inner());
+        at.is_none_or(|at| at.elapsed() >= GAUGE_EVERY)
+    }
+
+    /// The in-flight gauge was just set.
+    fn gauged(&self) {
+        *self.gauged_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+
+    /// Invokes one claimed page and records what became of it.
+    async fn invoke(&self, page: ClaimedPage) {
+        if self.run_failed(page.run_id) {
+            return;
+        }
+        let Some(invoker) = &self.invoker else {
+            let error = InvokeError::FunctionUnusable("no Lambda client is configured".into());
+            self.invoke_failed(&page, error).await;
             return;
         };
-        let invoker = &invoker;
-        // Runs failed during this batch: their other pages are not sent.
-        let failed_runs = &Mutex::new(HashSet::<Uuid>::new());
-        futures::stream::iter(pages)
-            .for_each_concurrent(INVOKE_CONCURRENCY, |page| async move {
-                if failed_runs.lock().expect("lock").contains(&page.run_id) {
-                    return;
+        let request = self.request_for(&page);
+        let started = Instant::now();
+        let result = invoker.invoke(request).await;
+        self.metrics
+            .invoke_seconds
+            .record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(request_id) => {
+                self.metrics.accepted.increment(1);
+                self.pace.on_success();
+                self.metrics.dispatched.increment(1);
+                tracing::debug!(run_id = %page.run_id, page_id = page.id, attempt = page.attempt, request_id = request_id.as_deref().unwrap_or("-"), "page dispatched");
+            }
+            Err(e) => {
+                self.metrics.failed(&e).increment(1);
+                if matches!(e, InvokeError::FunctionUnusable(_)) {
+                    self.failed_runs().insert(page.run_id);
                 }
-                pace.until_ready().await;
-                let request = self.request_for(schedule, &page);
-                let started = std::time::Instant::now();
-                let result = invoker.invoke(request).await;
-                metrics::histogram!("fanfare_invoke_seconds").record(started.elapsed().as_secs_f64());
-                let outcome = match &result {
-                    Ok(_) => "accepted",
-                    Err(e) => e.outcome(),
-                };
-                metrics::counter!("fanfare_invokes_total", "schedule" => schedule.name.clone(), "outcome" => outcome).increment(1);
-                match result {
-                    Ok(request_id) => {
-                        pace.on_success();
-                        metrics::counter!("fanfare_pages_dispatched_total", "schedule" => schedule.name.clone()).increment(1);
-                        tracing::debug!(run_id = %page.run_id, page_id = page.id, attempt = page.attempt, request_id = request_id.as_deref().unwrap_or("-"), "page dispatched");
-                    }
-                    Err(e) => {
-                        if matches!(e, InvokeError::FunctionUnusable(_)) {
-                            failed_runs.lock().expect("lock").insert(page.run_id);
-                        }
-                        self.invoke_failed(schedule, &page, e).await;
-                    }
-                }
-            })
-            .await;
+                self.invoke_failed(&page, e).await;
+            }
+        }
     }
 
     /// The Lambda event for one claimed page.
-    pub fn request_for(&self, schedule: &Schedule, page: &ClaimedPage) -> CrawlRequest {
-        let expires = page.deadline
-            + chrono::Duration::from_std(self.runs.settings.security.callback_grace)
-                .unwrap_or_else(|_| chrono::Duration::minutes(15));
+    fn request_for(&self, page: &ClaimedPage) -> CrawlRequest {
         CrawlRequest {
             version: CONTRACT_VERSION,
             run_id: page.run_id.to_string(),
             page_id: page.id.to_string(),
             attempt: page.attempt as u32,
             url: page.url.clone(),
-            extract: schedule.extract.clone(),
-            callback_url: self.runs.settings.server.callback_url(),
+            extract: self.schedule.extract.clone(),
+            callback_url: self.callback_url.clone(),
             callback_token: self.runs.signer.sign(&Claims {
                 run_id: page.run_id,
                 page_id: page.id,
                 attempt: page.attempt,
-                expires,
+                expires: page.deadline + self.token_grace,
             }),
             deadline: page.deadline,
         }
@@ -273,14 +423,15 @@ impl Dispatcher {
 
     /// Records a failed invoke through the lifecycle ([`Event`]s of the
     /// invoke kind); a throttle also slows the schedule's pace.
-    async fn invoke_failed(&self, schedule: &Schedule, page: &ClaimedPage, error: InvokeError) {
+    async fn invoke_failed(&self, page: &ClaimedPage, error: InvokeError) {
+        let schedule = &self.schedule;
         let (run_id, page_id, attempt) = (page.run_id, page.id, page.attempt);
         let event = match error {
             InvokeError::Throttled {
                 message,
                 retry_after,
             } => {
-                let rate = self.paces[&schedule.name].on_throttle(retry_after);
+                let rate = self.pace.on_throttle(retry_after);
                 tracing::warn!(%run_id, page_id, attempt, error = %message, invokes_per_second = rate, "Lambda throttled the invoke; slowing down and retrying without using up an attempt");
                 Event::InvokeThrottled {
                     message,
@@ -315,13 +466,5 @@ impl Dispatcher {
             // The page stays dispatched; the sweeper retries it at its deadline.
             tracing::warn!(page_id, error = %e, "could not record the invoke failure");
         }
-    }
-}
-
-struct LocalRef<'a>(&'a Arc<LocalInvoker>);
-
-impl Invoker for LocalRef<'_> {
-    fn invoke(&self, request: CrawlRequest) -> BoxFuture<'_, Result<Option<String>, InvokeError>> {
-        self.0.invoke(request)
     }
 }

@@ -1,37 +1,178 @@
-//! The admin API: trigger a schedule, read runs and their pages.
+//! The admin API: schedules (list, trigger, pause, resume), runs (list,
+//! read, cancel, redrive) and their pages. Each answer is a typed body, the
+//! same types the OpenAPI document (`/openapi.json`) describes.
 
 use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::Json;
-use chrono::{SubsecRound, Utc};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use chrono::{DateTime, SubsecRound, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use super::error::ErrorBody;
 use super::{ApiError, AppState};
-use crate::ledger::{self, PageStatus, Run, RunStatus, Trigger};
+use crate::ledger::{self, NotificationState, Outcome, Page, PageStatus, Run, RunStatus, Trigger};
+use crate::lifecycle::run::PageCounts;
 use crate::lifecycle::Closing;
+use crate::overview::ScheduleView;
 use crate::runs::StartError;
 
 /// `axum::extract::Query` whose rejection is an [`ApiError`] (JSON 400).
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
-pub struct Query<T>(T);
+pub struct Query<T>(pub T);
 
 /// `axum::extract::Path` whose rejection is an [`ApiError`] (JSON 400).
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
-pub struct Path<T>(T);
+pub struct Path<T>(pub T);
+
+/// The answer to a trigger: the run it started.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Triggered {
+    /// The new run.
+    pub run_id: Uuid,
+}
+
+/// A run as the API shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RunView {
+    /// The run's id.
+    pub id: Uuid,
+    /// Its schedule.
+    pub schedule: String,
+    /// Its nominal fire time (a manual trigger's own time).
+    pub scheduled_for: DateTime<Utc>,
+    /// What started it.
+    pub trigger: Trigger,
+    /// Where it is in its lifecycle.
+    pub status: RunStatus,
+    /// How it went, once finished.
+    pub outcome: Option<Outcome>,
+    /// Why the run failed as a whole, or timed out, when it did.
+    pub error: Option<String>,
+    /// Its pages by state.
+    pub pages: PageCounts,
+    /// What reading its page source found (counts, invalid examples,
+    /// sitemap files read); `null` while listing.
+    #[schema(value_type = Option<Object>)]
+    pub listing: Option<Value>,
+    /// The run whose failed and timed-out pages this run crawls again.
+    pub redrive_of: Option<Uuid>,
+    /// When it was reported stuck.
+    pub stuck_at: Option<DateTime<Utc>>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When its page list was complete.
+    pub listed_at: Option<DateTime<Utc>>,
+    /// When it finished.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// From creation to finish, once finished.
+    pub duration_seconds: Option<f64>,
+}
+
+impl From<&Run> for RunView {
+    fn from(run: &Run) -> Self {
+        RunView {
+            id: run.id,
+            schedule: run.schedule.clone(),
+            scheduled_for: run.scheduled_for,
+            trigger: run.trigger,
+            status: run.status,
+            outcome: run.outcome,
+            error: run.error.clone(),
+            pages: crate::lifecycle::run::page_counts(run),
+            listing: run.listing.clone(),
+            redrive_of: run.parent_run_id,
+            stuck_at: run.stuck_at,
+            created_at: run.created_at,
+            listed_at: run.listed_at,
+            finished_at: run.finished_at,
+            duration_seconds: crate::overview::duration_seconds(run),
+        }
+    }
+}
+
+/// A run with its open pages split into pending and in flight, and its
+/// notifications' delivery state.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RunDetail {
+    /// The run (`pages` with `in_flight` and `pending`).
+    #[serde(flatten)]
+    pub run: RunView,
+    /// Its notifications, by event and target.
+    pub notifications: Vec<NotificationState>,
+}
+
+/// `GET /v1/runs`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RunList {
+    /// Newest first.
+    pub runs: Vec<RunView>,
+}
+
+/// `GET /v1/runs/{id}/pages`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PageList {
+    /// In id order.
+    pub pages: Vec<Page>,
+    /// Pass as `after` for the next pages; `null` when these are the last.
+    pub next_after: Option<i64>,
+}
+
+/// The answer to a redrive: the new run.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Redriven {
+    /// The new run.
+    pub run_id: Uuid,
+    /// The run whose failed and timed-out pages it crawls.
+    pub redrive_of: Uuid,
+}
+
+/// A schedule's pause state after a pause or resume.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PauseState {
+    /// The schedule.
+    pub schedule: String,
+    /// Whether its fires are paused.
+    pub paused: bool,
+}
+
+/// `GET /v1/schedules`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ScheduleList {
+    /// In configuration order.
+    pub schedules: Vec<ScheduleView>,
+}
 
 /// `POST /v1/schedules/{name}/trigger`: starts a run now.
+#[utoipa::path(
+    post,
+    path = "/v1/schedules/{name}/trigger",
+    tag = "schedules",
+    summary = "Start a run of a schedule now",
+    description = "Starts a run with trigger `manual`, its nominal fire time being now; manual triggers run even while the schedule is paused.",
+    params(("name" = String, Path, description = "The schedule's name, as configured")),
+    security(("admin" = [])),
+    responses(
+        (status = 202, description = "The run was created; its pages are being listed", body = Triggered),
+        (status = 400, description = "The path is not valid UTF-8 once percent-decoded", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No schedule has this name", body = ErrorBody),
+        (status = 409, description = "A run of this schedule for this very microsecond exists already", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry later", body = ErrorBody),
+    )
+)]
 pub async fn trigger(
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Triggered>), ApiError> {
     // Microseconds: the precision Postgres keeps, so the stored key equals this one.
     let now = Utc::now().trunc_subsecs(6);
     match state.runs.start(&name, now, Trigger::Manual).await {
-        Ok(Some(run_id)) => Ok((StatusCode::ACCEPTED, Json(json!({ "run_id": run_id })))),
+        Ok(Some(run_id)) => Ok((StatusCode::ACCEPTED, Json(Triggered { run_id }))),
         Ok(None) => Err(ApiError::Conflict(format!(
             "a run of {name:?} for {now} exists already"
         ))),
@@ -42,48 +183,52 @@ pub async fn trigger(
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// The query of `GET /v1/runs`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RunsQuery {
+    /// Only the runs of this schedule.
     schedule: Option<String>,
+    /// How many runs at most (1-500, default 20).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
 }
 
-fn run_json(run: &Run) -> Value {
-    let duration = run
-        .finished_at
-        .map(|f| (f - run.created_at).num_milliseconds() as f64 / 1000.0);
-    json!({
-        "id": run.id,
-        "schedule": run.schedule,
-        "scheduled_for": run.scheduled_for,
-        "trigger": run.trigger,
-        "status": run.status,
-        "outcome": run.outcome,
-        "error": run.error,
-        "pages": crate::lifecycle::run::page_counts(run),
-        "listing": run.listing,
-        "redrive_of": run.parent_run_id,
-        "stuck_at": run.stuck_at,
-        "created_at": run.created_at,
-        "listed_at": run.listed_at,
-        "finished_at": run.finished_at,
-        "duration_seconds": duration,
-    })
-}
-
 /// `GET /v1/runs?schedule=NAME&limit=N`: newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/runs",
+    tag = "runs",
+    summary = "List runs, newest first",
+    description = "Runs by nominal fire time, newest first, of every schedule or of one.",
+    params(RunsQuery),
+    security(("admin" = [])),
+    responses(
+        (status = 200, description = "The runs", body = RunList),
+        (status = 400, description = "A malformed query string, `limit` outside 1-500, or a NUL in `schedule`", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry later", body = ErrorBody),
+    )
+)]
 pub async fn list_runs(
     State(state): State<AppState>,
     Query(q): Query<RunsQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RunList>, ApiError> {
     let limit = q.limit.unwrap_or(20);
     if !(1..=500).contains(&limit) {
         return Err(ApiError::BadRequest("limit must be 1-500".into()));
     }
+    // Postgres text cannot hold NUL, so no schedule is called that; the
+    // database would refuse the query.
+    if q.schedule.as_deref().is_some_and(|s| s.contains('\0')) {
+        return Err(ApiError::BadRequest(
+            "schedule must not contain NUL characters".into(),
+        ));
+    }
     let runs = ledger::list_runs(&state.runs.pool, q.schedule.as_deref(), limit).await?;
-    Ok(Json(
-        json!({ "runs": runs.iter().map(run_json).collect::<Vec<_>>() }),
-    ))
+    Ok(Json(RunList {
+        runs: runs.iter().map(RunView::from).collect(),
+    }))
 }
 
 fn parse_run_id(id: &str) -> Result<Uuid, ApiError> {
@@ -93,37 +238,81 @@ fn parse_run_id(id: &str) -> Result<Uuid, ApiError> {
 
 /// `GET /v1/runs/{id}`: the run with page counts by state, timings,
 /// outcome and notification delivery.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{id}",
+    tag = "runs",
+    summary = "Read a run",
+    description = "The run with its pages by state (open ones split into pending and in flight), timings, outcome and the delivery state of its notifications.",
+    params(("id" = String, Path, description = "The run's id (a UUID; anything else is no run: 404)")),
+    security(("admin" = [])),
+    responses(
+        (status = 200, description = "The run", body = RunDetail),
+        (status = 400, description = "The path is not valid UTF-8 once percent-decoded", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No run has this id", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry later", body = ErrorBody),
+    )
+)]
 pub async fn get_run(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RunDetail>, ApiError> {
     let id = parse_run_id(&id)?;
     let run = ledger::get_run(&state.runs.pool, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no run has the id {id}")))?;
     let in_flight = ledger::in_flight(&state.runs.pool, id).await?;
     let notifications = ledger::run_notifications(&state.runs.pool, id).await?;
-    let mut body = run_json(&run);
-    body["pages"]["in_flight"] = json!(in_flight);
-    body["pages"]["pending"] = json!(run.open_pages - in_flight);
-    body["notifications"] = json!(notifications);
-    Ok(Json(body))
+    let mut view = RunView::from(&run);
+    view.pages.in_flight = Some(in_flight);
+    view.pages.pending = Some(run.open_pages - in_flight);
+    Ok(Json(RunDetail {
+        run: view,
+        notifications,
+    }))
 }
 
-#[derive(Debug, Deserialize)]
+/// The query of `GET /v1/runs/{id}/pages`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PagesQuery {
+    /// Only the pages in this state.
+    #[param(value_type = Option<PageStatus>)]
     status: Option<String>,
+    /// Only the pages with a greater id (the previous answer's `next_after`).
     after: Option<i64>,
+    /// How many pages at most (1-1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
 /// `GET /v1/runs/{id}/pages?status=failed&after=ID&limit=N`: pages in id
 /// order; `next_after` continues the listing.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{id}/pages",
+    tag = "runs",
+    summary = "List a run's pages",
+    description = "The run's pages in id order, optionally of one state; `next_after` continues the listing.",
+    params(
+        ("id" = String, Path, description = "The run's id (a UUID; anything else is no run: 404)"),
+        PagesQuery,
+    ),
+    security(("admin" = [])),
+    responses(
+        (status = 200, description = "The pages", body = PageList),
+        (status = 400, description = "A path that is not valid UTF-8 once percent-decoded, a malformed query string, an unknown `status`, or `limit` outside 1-1000", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No run has this id", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry later", body = ErrorBody),
+    )
+)]
 pub async fn list_pages(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(q): Query<PagesQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PageList>, ApiError> {
     let id = parse_run_id(&id)?;
     let status = match q.status.as_deref() {
         None => None,
@@ -145,18 +334,35 @@ pub async fn list_pages(
     let next_after = (pages.len() as i64 == limit)
         .then(|| pages.last().map(|p| p.id))
         .flatten();
-    Ok(Json(json!({ "pages": pages, "next_after": next_after })))
+    Ok(Json(PageList { pages, next_after }))
 }
 
 /// `POST /v1/runs/{id}/cancel`: open pages are cancelled, later reports are
 /// duplicates, the run finishes as `cancelled` and notifies.
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/cancel",
+    tag = "runs",
+    summary = "Cancel a run",
+    description = "Its open pages are cancelled (later reports of them are duplicates), the run finishes with outcome `cancelled` and its notifications are sent.",
+    params(("id" = String, Path, description = "The run's id (a UUID; anything else is no run: 404)")),
+    security(("admin" = [])),
+    responses(
+        (status = 200, description = "The run, finished", body = RunView),
+        (status = 400, description = "The path is not valid UTF-8 once percent-decoded", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No run has this id", body = ErrorBody),
+        (status = 409, description = "The run has finished already, or is finishing (every page has reported)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry later", body = ErrorBody),
+    )
+)]
 pub async fn cancel_run(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RunView>, ApiError> {
     let id = parse_run_id(&id)?;
     match state.runs.close_run(id, Closing::Cancelled).await? {
-        Some(run) => Ok(Json(run_json(&run))),
+        Some(run) => Ok(Json(RunView::from(&run))),
         None => match ledger::get_run(&state.runs.pool, id).await? {
             Some(run) if run.status == RunStatus::Finishing => Err(ApiError::Conflict(format!(
                 "every page of run {id} has reported; it is finishing"
@@ -169,15 +375,35 @@ pub async fn cancel_run(
 
 /// `POST /v1/runs/{id}/redrive`: a new run of the run's failed and
 /// timed-out pages, linked to it.
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/redrive",
+    tag = "runs",
+    summary = "Crawl a run's failures again",
+    description = "Starts a new run (trigger `redrive`) of the run's failed and timed-out pages, linked to it by `redrive_of`.",
+    params(("id" = String, Path, description = "The run's id (a UUID; anything else is no run: 404)")),
+    security(("admin" = [])),
+    responses(
+        (status = 202, description = "The new run was created", body = Redriven),
+        (status = 400, description = "The path is not valid UTF-8 once percent-decoded", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No run has this id", body = ErrorBody),
+        (status = 409, description = "The run has no failed or timed-out pages", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry later", body = ErrorBody),
+    )
+)]
 pub async fn redrive_run(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Redriven>), ApiError> {
     let id = parse_run_id(&id)?;
     match state.runs.redrive(id).await? {
         Some(run_id) => Ok((
             StatusCode::ACCEPTED,
-            Json(json!({ "run_id": run_id, "redrive_of": id })),
+            Json(Redriven {
+                run_id,
+                redrive_of: id,
+            }),
         )),
         None => match ledger::get_run(&state.runs.pool, id).await? {
             Some(_) => Err(ApiError::Conflict(format!(
@@ -188,7 +414,11 @@ pub async fn redrive_run(
     }
 }
 
-async fn set_paused(state: &AppState, name: &str, paused: bool) -> Result<Json<Value>, ApiError> {
+async fn set_paused(
+    state: &AppState,
+    name: &str,
+    paused: bool,
+) -> Result<Json<PauseState>, ApiError> {
     if state.runs.settings.schedule(name).is_none() {
         return Err(ApiError::NotFound(format!(
             "no schedule is called {name:?}"
@@ -201,22 +431,102 @@ async fn set_paused(state: &AppState, name: &str, paused: bool) -> Result<Json<V
         "schedule {}",
         if paused { "paused" } else { "resumed" }
     );
-    Ok(Json(json!({ "schedule": name, "paused": paused })))
+    Ok(Json(PauseState {
+        schedule: name.to_string(),
+        paused,
+    }))
 }
 
 /// `POST /v1/schedules/{name}/pause`: its fires are skipped (and counted)
 /// until resumed; manual triggers still run.
+#[utoipa::path(
+    post,
+    path = "/v1/schedules/{name}/pause",
+    tag = "schedules",
+    summary = "Pause a schedule's fires",
+    description = "Its cron fires are skipped (and counted) until it is resumed; manual triggers still run. Pausing a paused schedule changes nothing.",
+    params(("name" = String, Path, description = "The schedule's name, as configured")),
+    security(("admin" = [])),
+    responses(
+        (status = 200, description = "The schedule is paused", body = PauseState),
+        (status = 400, description = "The path is not valid UTF-8 once percent-decoded", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No schedule has this name", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry later", body = ErrorBody),
+    )
+)]
 pub async fn pause(
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PauseState>, ApiError> {
     set_paused(&state, &name, true).await
 }
 
 /// `POST /v1/schedules/{name}/resume`.
+#[utoipa::path(
+    post,
+    path = "/v1/schedules/{name}/resume",
+    tag = "schedules",
+    summary = "Resume a paused schedule",
+    description = "Its cron fires run again from the next one on. Resuming a schedule that is not paused changes nothing.",
+    params(("name" = String, Path, description = "The schedule's name, as configured")),
+    security(("admin" = [])),
+    responses(
+        (status = 200, description = "The schedule is not paused", body = PauseState),
+        (status = 400, description = "The path is not valid UTF-8 once percent-decoded", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No schedule has this name", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry later", body = ErrorBody),
+    )
+)]
 pub async fn resume(
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PauseState>, ApiError> {
     set_paused(&state, &name, false).await
+}
+
+/// `GET /v1/schedules`: every configured schedule, in configuration order.
+#[utoipa::path(
+    get,
+    path = "/v1/schedules",
+    tag = "schedules",
+    summary = "List the schedules",
+    description = "Every configured schedule in configuration order: its cron expression and time zone, whether it is paused, its next nominal fire, its invoker and its newest run.",
+    security(("admin" = [])),
+    responses(
+        (status = 200, description = "The schedules", body = ScheduleList),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry later", body = ErrorBody),
+    )
+)]
+pub async fn list_schedules(State(state): State<AppState>) -> Result<Json<ScheduleList>, ApiError> {
+    let schedules = crate::overview::schedule_views(&state.runs).await?;
+    Ok(Json(ScheduleList { schedules }))
+}
+
+/// `GET /v1/schedules/{name}`: one schedule; 404 for an unknown name.
+#[utoipa::path(
+    get,
+    path = "/v1/schedules/{name}",
+    tag = "schedules",
+    summary = "Read a schedule",
+    params(("name" = String, Path, description = "The schedule's name, as configured")),
+    security(("admin" = [])),
+    responses(
+        (status = 200, description = "The schedule", body = ScheduleView),
+        (status = 400, description = "The path is not valid UTF-8 once percent-decoded", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No schedule has this name", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry later", body = ErrorBody),
+    )
+)]
+pub async fn get_schedule(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<ScheduleView>, ApiError> {
+    crate::overview::schedule_view(&state.runs, &name)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no schedule is called {name:?}")))
 }

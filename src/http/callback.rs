@@ -32,13 +32,35 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::http::serve::BodyTimedOut;
 use crate::http::throttle::LogThrottle;
-use crate::http::{bearer, ApiError, AppState};
+use crate::http::{bearer, ApiError, AppState, ErrorBody};
 use crate::ledger::{PageError, PageStatus};
 use crate::lifecycle::Event;
 use crate::runs::{Handled, PageAttempt};
 use crate::token::Claims;
 
 /// Handles one report.
+#[utoipa::path(
+    post,
+    path = "/v1/callbacks",
+    tag = "callbacks",
+    summary = "Report one page attempt (the crawler's callback)",
+    description = "A crawler reports the outcome of one page attempt, with that attempt's task token (`callback_token` of the event) as bearer credentials. The token is checked from the headers before the body is read. No error answer changes the ledger. Retry on connection errors, 408, 429 and 5xx; do not retry other 4xx.",
+    request_body(
+        content = Report,
+        content_type = "application/json",
+        description = "The report, at most 256 KiB (`MAX_REPORT_BYTES`)"
+    ),
+    security(("task_token" = [])),
+    responses(
+        (status = 200, description = "`recorded`: this report made the page terminal (or, for a retryable failure with attempts left, scheduled its next attempt); `duplicate`: the page was already terminal and nothing changed", body = CallbackAck),
+        (status = 400, description = "The body is not JSON", body = ErrorBody),
+        (status = 401, description = "Token missing, forged or expired, or for another run, page or attempt than the body", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within `server.body_timeout`", body = ErrorBody),
+        (status = 413, description = "The body is over 256 KiB", body = ErrorBody),
+        (status = 422, description = "JSON that breaks the contract (a missing field, an unknown version, a bad hash)", body = ErrorBody),
+        (status = 503, description = "The ledger is unreachable: retry with backoff", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(run_id, page_id, attempt))]
 pub async fn receive(
     State(state): State<AppState>,
@@ -117,7 +139,7 @@ async fn handle(
         page_id: claims.page_id,
         attempt: claims.attempt,
     };
-    let handled = state.runs.report(at, event, result.as_ref()).await?;
+    let handled = state.runs.report(at, event, result).await?;
     Ok(CallbackAck {
         status: match handled {
             Handled::Requeued | Handled::Recorded { .. } | Handled::RunFailed(_) => {

@@ -1,10 +1,14 @@
-//! The HTTP surface: callbacks, the admin API, health, readiness, metrics.
+//! The HTTP surface: callbacks, the admin API, health, readiness, metrics,
+//! and the web console under `/ui/`.
 
-mod api;
+pub mod api;
 pub mod callback;
 mod error;
+pub mod openapi;
+pub mod results;
 pub mod serve;
 pub mod throttle;
+pub mod ui;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -18,10 +22,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use secrecy::ExposeSecret;
-use serde_json::json;
+use serde::Serialize;
 use subtle::ConstantTimeEq;
+use utoipa::ToSchema;
 
-pub use error::ApiError;
+pub use error::{ApiError, ErrorBody};
 
 use crate::runs::Runs;
 
@@ -60,10 +65,13 @@ const READY_CHECK_TTL: Duration = Duration::from_secs(1);
 /// The router with every route.
 pub fn router(state: AppState) -> Router {
     let admin = Router::new()
+        .route("/v1/schedules", get(api::list_schedules))
+        .route("/v1/schedules/{name}", get(api::get_schedule))
         .route("/v1/schedules/{name}/trigger", post(api::trigger))
         .route("/v1/runs", get(api::list_runs))
         .route("/v1/runs/{id}", get(api::get_run))
         .route("/v1/runs/{id}/pages", get(api::list_pages))
+        .route("/v1/runs/{id}/results", get(results::export))
         .route("/v1/runs/{id}/cancel", post(api::cancel_run))
         .route("/v1/runs/{id}/redrive", post(api::redrive_run))
         .route("/v1/schedules/{name}/pause", post(api::pause))
@@ -75,7 +83,9 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi::serve))
         .merge(admin)
+        .merge(ui::router(state.clone()))
         .fallback(not_found)
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
@@ -117,21 +127,77 @@ async fn require_admin(
     Ok(next.run(request).await)
 }
 
-async fn healthz() -> impl IntoResponse {
-    Json(json!({ "status": "ok" }))
+/// The body of `/healthz` and `/readyz`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Status {
+    /// `ok` (`/healthz`), `ready` or `unavailable` (`/readyz`).
+    pub status: StatusWord,
+    /// Why the replica is not ready (`/readyz` answering 503 only): a
+    /// generic reason, the details go to the log.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The `status` word of `/healthz` and `/readyz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusWord {
+    /// The process is alive.
+    Ok,
+    /// The replica should get traffic.
+    Ready,
+    /// The replica should not get traffic.
+    Unavailable,
+}
+
+impl Status {
+    fn is(status: StatusWord) -> Json<Status> {
+        Json(Status {
+            status,
+            reason: None,
+        })
+    }
+}
+
+/// `GET /healthz`: 200 while the process is alive.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    summary = "Liveness",
+    description = "200 while the process is alive; the database is not asked.",
+    responses((status = 200, description = "Alive", body = Status))
+)]
+async fn healthz() -> Json<Status> {
+    Status::is(StatusWord::Ok)
 }
 
 async fn not_found() -> ApiError {
     ApiError::NotFound("no such endpoint".into())
 }
 
-/// 200 when this replica should get traffic; 503 with a generic reason
-/// otherwise (the details, such as a database error, go to the log only).
+/// `GET /readyz`: 200 when this replica should get traffic; 503 with a
+/// generic reason otherwise (the details, such as a database error, go to
+/// the log only).
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    summary = "Readiness",
+    description = "200 when the database answers, migrations are applied and the scheduler runs; otherwise 503 with a generic reason (`database unavailable`, `migrations pending`, `scheduler not running`, `shutting down`). The database is asked at most once a second.",
+    responses(
+        (status = 200, description = "Ready for traffic", body = Status),
+        (status = 503, description = "Not ready, with the reason", body = Status),
+    )
+)]
 async fn readyz(State(state): State<AppState>) -> Response {
     let not_ready = |reason: &str| {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "unavailable", "reason": reason })),
+            Json(Status {
+                status: StatusWord::Unavailable,
+                reason: Some(reason.to_string()),
+            }),
         )
             .into_response()
     };
@@ -142,7 +208,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
         return not_ready("scheduler not running");
     }
     match check_database(&state).await {
-        DatabaseCheck::Ready => Json(json!({ "status": "ready" })).into_response(),
+        DatabaseCheck::Ready => Status::is(StatusWord::Ready).into_response(),
         DatabaseCheck::MigrationsPending => not_ready("migrations pending"),
         DatabaseCheck::Unavailable => not_ready("database unavailable"),
     }
@@ -181,6 +247,14 @@ async fn check_database(state: &AppState) -> DatabaseCheck {
     check
 }
 
+/// `GET /metrics`: the Prometheus text exposition.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    summary = "Prometheus metrics",
+    responses((status = 200, description = "Prometheus text exposition format 0.0.4", body = String, content_type = "text/plain"))
+)]
 async fn metrics() -> impl IntoResponse {
     (
         [(
@@ -237,6 +311,10 @@ fn describe_metrics() {
         "fanfare_callback_seconds",
         Unit::Seconds,
         "Time to handle one callback."
+    );
+    describe_histogram!(
+        "fanfare_record_batch_size",
+        "Page changes (reports, deadlines, invoke errors) written per batch by the recorder."
     );
     describe_counter!(
         "fanfare_notifications_sent_total",

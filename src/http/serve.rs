@@ -142,6 +142,7 @@ async fn connection(
     _permit: OwnedSemaphorePermit,
 ) {
     let activity = Arc::new(Activity::new());
+    let peer = stream.peer_addr().ok();
     let io = TokioIo::new(Watched {
         inner: stream,
         activity: activity.clone(),
@@ -151,7 +152,13 @@ async fn connection(
         hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let in_flight = InFlight::start(activity.clone());
             let deadline = Instant::now() + limits.body_timeout;
-            let request = request.map(|body| Body::new(DeadlineBody::new(body, deadline)));
+            let mut request = request.map(|body| Body::new(DeadlineBody::new(body, deadline)));
+            // Who is asking, for handlers that log it (the console's sign-in).
+            if let Some(peer) = peer {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+            }
             let app = app.clone();
             async move {
                 let response = app.oneshot(request).await.unwrap_or_else(|e| match e {});

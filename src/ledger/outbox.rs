@@ -124,17 +124,19 @@ pub async fn notification_failed<'e, E: PgExecutor<'e>>(
 }
 
 /// A notification's delivery state, for the API.
-#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, utoipa::ToSchema)]
 pub struct NotificationState {
     /// What it is about.
     pub event: NotifyEvent,
     /// Target index.
     pub target: i32,
     /// `webhook`, `slack` or `stdout`.
+    #[schema(pattern = "^(webhook|slack|stdout)$")]
     pub kind: String,
     /// The idempotency key.
     pub webhook_id: String,
     /// `pending`, `delivered` or `failed`.
+    #[schema(pattern = "^(pending|delivered|failed)$")]
     pub status: String,
     /// Attempts so far.
     pub attempts: i32,

@@ -240,6 +240,42 @@ pub async fn list_runs<'e, E: PgExecutor<'e>>(
     .await
 }
 
+/// The newest run (by nominal fire time, as [`list_runs`] orders them) of
+/// each of `schedules` that has one: one index probe per schedule.
+pub async fn latest_runs<'e, E: PgExecutor<'e>>(
+    db: E,
+    schedules: &[String],
+) -> Result<Vec<Run>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "select r.* from unnest($1::text[]) as s(name)
+         cross join lateral (
+             select {RUN_COLUMNS} from runs where schedule = s.name
+             order by scheduled_for desc, id desc limit 1) r"
+    ))
+    .bind(schedules)
+    .fetch_all(db)
+    .await
+}
+
+/// The newest `per` runs (by nominal fire time, newest first) of each of
+/// `schedules`, in one statement: one index scan per schedule.
+pub async fn recent_runs<'e, E: PgExecutor<'e>>(
+    db: E,
+    schedules: &[String],
+    per: i64,
+) -> Result<Vec<Run>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "select r.* from unnest($1::text[]) as s(name)
+         cross join lateral (
+             select {RUN_COLUMNS} from runs where schedule = s.name
+             order by scheduled_for desc, id desc limit $2) r"
+    ))
+    .bind(schedules)
+    .bind(per)
+    .fetch_all(db)
+    .await
+}
+
 /// The schedule of a run.
 pub async fn run_schedule<'e, E: PgExecutor<'e>>(
     db: E,
@@ -381,4 +417,34 @@ pub async fn create_redrive<'a, A: Acquire<'a, Database = Postgres>>(
     wake(&mut *tx, WAKE_DISPATCH).await?;
     tx.commit().await?;
     Ok(Some(id))
+}
+
+/// A page of runs, newest first: optionally of one schedule, in one of
+/// `statuses`, with one `outcome`, and older than the run `before` (the
+/// last run of the previous page; keyset paging, so a page costs the same
+/// however far back it is).
+pub async fn list_runs_before<'e, E: PgExecutor<'e>>(
+    db: E,
+    schedule: Option<&str>,
+    statuses: Option<&[RunStatus]>,
+    outcome: Option<Outcome>,
+    before: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<Run>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "select {RUN_COLUMNS} from runs
+         where ($1::text is null or schedule = $1)
+             and ($2::text[] is null or status = any($2::text[]))
+             and ($3::text is null or outcome = $3)
+             and ($4::uuid is null
+                  or (scheduled_for, id) < (select scheduled_for, id from runs where id = $4))
+         order by scheduled_for desc, id desc limit $5"
+    ))
+    .bind(schedule)
+    .bind(statuses)
+    .bind(outcome)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(db)
+    .await
 }

@@ -13,6 +13,19 @@ pub async fn is_paused<'e, E: PgExecutor<'e>>(db: E, schedule: &str) -> Result<b
     Ok(paused.unwrap_or(false))
 }
 
+/// Which of `schedules` are paused.
+pub async fn paused_among<'e, E: PgExecutor<'e>>(
+    db: E,
+    schedules: &[String],
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "select schedule from schedule_state where paused and schedule = any($1::text[])",
+    )
+    .bind(schedules)
+    .fetch_all(db)
+    .await
+}
+
 /// Pauses or resumes `schedule`.
 pub async fn set_paused<'e, E: PgExecutor<'e>>(
     db: E,

@@ -4,9 +4,10 @@
 //! API and the notifications show.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// The state of one page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type, ToSchema)]
 #[serde(rename_all = "snake_case")]
 #[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum PageStatus {
@@ -57,7 +58,7 @@ impl PageStatus {
 }
 
 /// The state of one run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type, ToSchema)]
 #[serde(rename_all = "snake_case")]
 #[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum RunStatus {
@@ -72,7 +73,8 @@ pub enum RunStatus {
 }
 
 /// How a finished run went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type, ToSchema)]
+#[schema(as = RunOutcome)]
 #[serde(rename_all = "snake_case")]
 #[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum Outcome {
@@ -99,7 +101,7 @@ impl Outcome {
 }
 
 /// What started a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type, ToSchema)]
 #[serde(rename_all = "snake_case")]
 #[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum Trigger {
@@ -115,7 +117,8 @@ pub enum Trigger {
 
 /// The class of a page's error: the crawler's kinds (see the contract) and
 /// fanfare's own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[schema(as = PageErrorKind)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     /// The fetch did not finish in time.
@@ -172,7 +175,7 @@ impl From<fanfare_crawler::contract::ErrorKind> for ErrorKind {
 }
 
 /// A page's last error, stored as `pages.error` (jsonb).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PageError {
     /// Its class.
     pub kind: ErrorKind,
@@ -200,7 +203,7 @@ impl From<fanfare_crawler::contract::CrawlError> for PageError {
 }
 
 /// What a notification is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type, ToSchema)]
 #[sqlx(type_name = "text")]
 pub enum NotifyEvent {
     /// Every page of the run is terminal (or the run was closed).

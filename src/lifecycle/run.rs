@@ -4,12 +4,15 @@
 //! reads what it needs under the run's row lock, decides, and calls the
 //! ledger's statements on that transaction.
 
-use serde_json::{json, Value};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::config::{Settings, Tolerance};
-use crate::ledger::{self, FailedPage, NotifyEvent, Outcome, PageStatus, Run, RunStatus};
+use crate::ledger::{self, FailedPage, NotifyEvent, Outcome, PageStatus, Run, RunStatus, Trigger};
 
 use super::page::{self, Event, Next};
 
@@ -88,61 +91,193 @@ pub fn webhook_id(run_id: Uuid, event: NotifyEvent, target: i32) -> String {
     format!("msg_{}{suffix}_{target}", run_id.simple())
 }
 
+/// The `type` of a `run.finished` notification: always `"run.finished"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+pub enum RunFinishedType {
+    /// `"run.finished"`.
+    #[serde(rename = "run.finished")]
+    RunFinished,
+}
+
+/// The `type` of a `run.stuck` notification: always `"run.stuck"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+pub enum RunStuckType {
+    /// `"run.stuck"`.
+    #[serde(rename = "run.stuck")]
+    RunStuck,
+}
+
+/// The body of a `run.finished` notification (a webhook's JSON body; Slack
+/// and stdout show a summary of it): every page of the run is terminal, or
+/// the run was closed.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct RunFinished {
+    /// `"run.finished"`.
+    #[serde(rename = "type")]
+    pub kind: RunFinishedType,
+    /// The run.
+    pub run_id: Uuid,
+    /// Its schedule.
+    pub schedule: String,
+    /// What started it.
+    pub trigger: Trigger,
+    /// How it went.
+    pub outcome: Option<Outcome>,
+    /// Why the run failed as a whole, or timed out, when it did.
+    pub error: Option<String>,
+    /// Its nominal fire time.
+    pub scheduled_for: DateTime<Utc>,
+    /// When the run was created.
+    pub started_at: DateTime<Utc>,
+    /// When it finished.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Its pages by final state.
+    pub pages: FinishedPageCounts,
+    /// What reading its page source found (counts, invalid examples,
+    /// sitemap files read); `null` when it was never listed.
+    #[schema(value_type = Option<Object>)]
+    pub listing: Option<Value>,
+    /// Its first failed and timed-out pages (at most 100,
+    /// [`FAILED_PAGES_IN_NOTIFICATION`]), in id order.
+    pub failed_pages: Vec<FailedPageBrief>,
+}
+
+/// A finished run's pages by final state.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct FinishedPageCounts {
+    /// Pages listed.
+    pub total: i64,
+    /// Pages that succeeded.
+    pub succeeded: i64,
+    /// Pages that failed.
+    pub failed: i64,
+    /// Pages that timed out.
+    pub timed_out: i64,
+    /// Pages cancelled.
+    pub cancelled: i64,
+}
+
+/// A failed or timed-out page as a `run.finished` notification lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct FailedPageBrief {
+    /// The page's URL.
+    pub url: String,
+    /// `failed` or `timed_out`.
+    pub status: PageStatus,
+    /// Its error's message (or "failed", "timed out" when it has none).
+    pub error: String,
+}
+
+/// The body of a `run.stuck` notification: the run made no progress for
+/// its schedule's `stuck_after` (sent once per run).
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct RunStuck {
+    /// `"run.stuck"`.
+    #[serde(rename = "type")]
+    pub kind: RunStuckType,
+    /// The run.
+    pub run_id: Uuid,
+    /// Its schedule.
+    pub schedule: String,
+    /// What started it.
+    pub trigger: Trigger,
+    /// Its nominal fire time.
+    pub scheduled_for: DateTime<Utc>,
+    /// When the run was created.
+    pub started_at: DateTime<Utc>,
+    /// Its last progress (a page listed or finished).
+    pub last_progress_at: DateTime<Utc>,
+    /// Its pages by state.
+    pub pages: PageCounts,
+}
+
+/// A run's pages by state, as the API and `run.stuck` show them.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct PageCounts {
+    /// Pages listed.
+    pub total: i64,
+    /// Pages not yet terminal.
+    pub open: i64,
+    /// Pages that succeeded.
+    pub succeeded: i64,
+    /// Pages that failed.
+    pub failed: i64,
+    /// Pages that timed out.
+    pub timed_out: i64,
+    /// Pages cancelled.
+    pub cancelled: i64,
+    /// Open pages dispatched and not yet reported (`GET /v1/runs/{id}`
+    /// only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<i64>,
+    /// Open pages waiting to be dispatched (`GET /v1/runs/{id}` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending: Option<i64>,
+}
+
 /// The `run.finished` body (stored in the outbox, so every retry sends the
 /// same bytes).
-pub fn finished_payload(run: &Run, failed: &[FailedPage]) -> Value {
-    json!({
-        "type": NotifyEvent::RunFinished,
-        "run_id": run.id,
-        "schedule": run.schedule,
-        "trigger": run.trigger,
-        "outcome": run.outcome,
-        "error": run.error,
-        "scheduled_for": run.scheduled_for,
-        "started_at": run.created_at,
-        "finished_at": run.finished_at,
-        "pages": {
-            "total": run.total_pages,
-            "succeeded": run.succeeded_pages,
-            "failed": run.failed_pages,
-            "timed_out": run.timed_out_pages,
-            "cancelled": run.cancelled_pages,
+pub fn finished_payload(run: &Run, failed: &[FailedPage]) -> RunFinished {
+    RunFinished {
+        kind: RunFinishedType::RunFinished,
+        run_id: run.id,
+        schedule: run.schedule.clone(),
+        trigger: run.trigger,
+        outcome: run.outcome,
+        error: run.error.clone(),
+        scheduled_for: run.scheduled_for,
+        started_at: run.created_at,
+        finished_at: run.finished_at,
+        pages: FinishedPageCounts {
+            total: run.total_pages,
+            succeeded: run.succeeded_pages,
+            failed: run.failed_pages,
+            timed_out: run.timed_out_pages,
+            cancelled: run.cancelled_pages,
         },
-        "listing": run.listing,
-        "failed_pages": failed.iter().map(|p| json!({
-            "url": p.url,
-            "status": p.status,
-            "error": p.error.as_ref()
-                .and_then(|e| e.get("message").and_then(Value::as_str).map(str::to_string))
-                .unwrap_or_else(|| p.status.as_str().replace('_', " ")),
-        })).collect::<Vec<_>>(),
-    })
+        listing: run.listing.clone(),
+        failed_pages: failed
+            .iter()
+            .map(|p| FailedPageBrief {
+                url: p.url.clone(),
+                status: p.status,
+                error: p
+                    .error
+                    .as_ref()
+                    .and_then(|e| e.get("message").and_then(Value::as_str).map(str::to_string))
+                    .unwrap_or_else(|| p.status.as_str().replace('_', " ")),
+            })
+            .collect(),
+    }
 }
 
 /// The `run.stuck` body: the run made no progress for its `stuck_after`.
-pub fn stuck_payload(run: &Run) -> Value {
-    json!({
-        "type": NotifyEvent::RunStuck,
-        "run_id": run.id,
-        "schedule": run.schedule,
-        "trigger": run.trigger,
-        "scheduled_for": run.scheduled_for,
-        "started_at": run.created_at,
-        "last_progress_at": run.updated_at,
-        "pages": page_counts(run),
-    })
+pub fn stuck_payload(run: &Run) -> RunStuck {
+    RunStuck {
+        kind: RunStuckType::RunStuck,
+        run_id: run.id,
+        schedule: run.schedule.clone(),
+        trigger: run.trigger,
+        scheduled_for: run.scheduled_for,
+        started_at: run.created_at,
+        last_progress_at: run.updated_at,
+        pages: page_counts(run),
+    }
 }
 
-/// A run's page counts as the API and `run.stuck` show them.
-pub fn page_counts(run: &Run) -> Value {
-    json!({
-        "total": run.total_pages,
-        "open": run.open_pages,
-        "succeeded": run.succeeded_pages,
-        "failed": run.failed_pages,
-        "timed_out": run.timed_out_pages,
-        "cancelled": run.cancelled_pages,
-    })
+/// A run's page counts as the API and `run.stuck` show them (without the
+/// open pages' split into pending and in flight).
+pub fn page_counts(run: &Run) -> PageCounts {
+    PageCounts {
+        total: run.total_pages,
+        open: run.open_pages,
+        succeeded: run.succeeded_pages,
+        failed: run.failed_pages,
+        timed_out: run.timed_out_pages,
+        cancelled: run.cancelled_pages,
+        in_flight: None,
+        pending: None,
+    }
 }
 
 /// Why a run is closed before all its pages reported.
@@ -168,6 +303,13 @@ pub enum Completion {
     },
     /// The page was already terminal; nothing changed.
     Duplicate,
+}
+
+/// A notification body as the outbox stores it.
+fn to_json(payload: &impl Serialize) -> Result<Value, sqlx::Error> {
+    // Plain structs of strings, numbers and JSON values: serializing them
+    // cannot fail, but an error is reported rather than panicking.
+    serde_json::to_value(payload).map_err(|e| sqlx::Error::Encode(Box::new(e)))
 }
 
 /// Writes one outbox row per target of `policy` for `event`, and wakes every
@@ -212,7 +354,7 @@ async fn finish(
     };
     let run = ledger::set_finished(tx, run_id, outcome, error).await?;
     let failed = ledger::failed_pages(tx, run_id, FAILED_PAGES_IN_NOTIFICATION).await?;
-    let payload = finished_payload(&run, &failed);
+    let payload = to_json(&finished_payload(&run, &failed))?;
     queue_notifications(tx, run_id, NotifyEvent::RunFinished, &payload, policy).await?;
     Ok(run)
 }
@@ -273,48 +415,6 @@ pub async fn close(
     Ok(Some(run))
 }
 
-/// Moves a page to a terminal state, if it is not in one already, and
-/// finishes its run when it was the last open page.
-///
-/// The page and its run's counters change in one statement committed on
-/// its own ([`ledger::complete_page`]); the statement that records a run's
-/// last page moves the run to `finishing`, so exactly one report sees it
-/// happen, and that report then finishes the run in a second transaction
-/// ([`finish_finishing`]: outcome and outbox rows). Should the daemon die
-/// between the two, the sweeper finishes the run ([`ledger::finishing_runs`]).
-#[allow(clippy::too_many_arguments)]
-pub async fn complete_page(
-    pool: &PgPool,
-    settings: &Settings,
-    run_id: Uuid,
-    page_id: i64,
-    attempt: i32,
-    status: PageStatus,
-    result: Option<&Value>,
-    error: Option<&ledger::PageError>,
-) -> Result<Completion, sqlx::Error> {
-    let recorded =
-        ledger::complete_page(pool, run_id, page_id, attempt, status, result, error).await?;
-    Ok(match recorded {
-        None => Completion::Duplicate,
-        Some(RunStatus::Finishing) => {
-            // The page is recorded whatever happens now: a failure to
-            // finish leaves the run to the sweeper, not the report to a retry.
-            let finished = match finish_finishing(pool, settings, run_id).await {
-                Ok(run) => run,
-                Err(e) => {
-                    tracing::warn!(%run_id, error = %e, "recorded the run's last page but could not finish the run; the sweeper will");
-                    None
-                }
-            };
-            Completion::Recorded {
-                finished: finished.map(Box::new),
-            }
-        }
-        Some(_) => Completion::Recorded { finished: None },
-    })
-}
-
 /// Finishes a run that is `finishing` (its last page was recorded): sets
 /// its outcome and queues its notifications. `None` when it is not
 /// `finishing` (any more): whoever takes the row lock first finishes it.
@@ -351,7 +451,7 @@ pub async fn mark_stuck(
         &mut tx,
         run_id,
         NotifyEvent::RunStuck,
-        &stuck_payload(&run),
+        &to_json(&stuck_payload(&run))?,
         &policy,
     )
     .await?;

@@ -58,6 +58,15 @@ async fn every_report_sent_twice_concurrently_is_counted_once() {
         .filter(|(s, b)| *s == 200 && b["status"] == "duplicate")
         .count();
     assert_eq!((recorded, duplicate), (200, 200), "answers: {answers:?}");
+    // Reports that arrived together were written together: every report
+    // went through a batch, and fewer batches than reports were written.
+    let changes = app.metric("fanfare_record_batch_size_sum", "").await;
+    let batches = app.metric("fanfare_record_batch_size_count", "").await;
+    assert_eq!(changes, 400.0, "every report went through the recorder");
+    assert!(
+        batches < changes,
+        "{batches} batches for {changes} reports: none held more than one"
+    );
 
     let finished = app.wait_finished(run, Duration::from_secs(10)).await;
     assert_eq!(finished["pages"]["total"], 200);
@@ -271,17 +280,25 @@ async fn a_run_left_finishing_by_a_daemon_that_died_is_finished_by_the_sweeper_o
     // The last page is recorded by a daemon that dies before finishing the
     // run: the statement it runs commits on its own, and nothing follows.
     let last = &requests[1];
-    let (open, status): (i64, String) = sqlx::query_as(fanfare::ledger::COMPLETE_PAGE)
-        .bind(run)
-        .bind(last.page_id.parse::<i64>().unwrap())
-        .bind("succeeded")
-        .bind(last.attempt as i32)
-        .bind(Some(succeeded(last)["result"].clone()))
-        .bind(None::<serde_json::Value>)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!((open, status.as_str()), (0, "finishing"));
+    let recorded = fanfare::ledger::record_pages(
+        &app.pool,
+        &[fanfare::ledger::PageWrite {
+            run_id: run,
+            page_id: last.page_id.parse().unwrap(),
+            attempt: last.attempt as i32,
+            change: fanfare::ledger::PageChange::Terminal {
+                status: fanfare::ledger::PageStatus::Succeeded,
+                result: Some(succeeded(last)["result"].clone()),
+                error: None,
+            },
+        }],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        recorded.iter().map(|r| r.run_status).collect::<Vec<_>>(),
+        [Some(fanfare::ledger::RunStatus::Finishing)]
+    );
     let (_, shown) = app.get(&format!("/v1/runs/{run}")).await;
     assert_eq!(shown["status"], "finishing");
     assert_eq!(shown["pages"]["open"], 0);

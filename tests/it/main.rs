@@ -3,14 +3,20 @@
 
 mod api;
 mod callbacks;
+mod cli;
 mod config;
+mod console;
 mod deploy;
+mod dispatch;
 mod fuzz_callbacks;
 mod helpers;
 mod lambda_errors;
 mod lifecycle;
+mod openapi;
 mod private_networks;
+mod results;
 mod runs;
+mod schedules;
 mod secrets;
 mod server;
 mod sources;

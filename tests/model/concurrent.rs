@@ -180,7 +180,7 @@ impl Race<'_> {
             page_id,
             attempt,
         };
-        let handled = runs.report(at, event, Some(&result)).await;
+        let handled = runs.report(at, event, Some(result.clone())).await;
         let (terminal, finished) = match self.settle("report", handled) {
             Some(Handled::Recorded { finished }) => (Some(name), finished.is_some()),
             Some(Handled::Requeued) => {

@@ -2,7 +2,7 @@
 //! session holds the run's row lock while the two calls queue up behind it
 //! in the order that matters, then lets go.
 //!
-//! `ledger::complete_page` once locked the page's row, then the run's,
+//! Recording a report once locked the page's row, then the run's,
 //! while every other writer that touches both (`insert_pages`, `close_run`)
 //! locks the run's first; it now locks the run's first too. Both calls must
 //! succeed (one waits for the other); a deadlock aborts one of them, which
@@ -89,7 +89,7 @@ fn a_report_racing_a_relisting_of_its_url_does_not_deadlock() {
                     page_id,
                     1,
                     PageStatus::Succeeded,
-                    Some(&json!({"report": 1})),
+                    Some(json!({"report": 1})),
                     None,
                 )
                 .await
@@ -133,7 +133,7 @@ fn a_report_racing_the_closing_of_its_run_does_not_deadlock() {
                     page_id,
                     1,
                     PageStatus::Succeeded,
-                    Some(&json!({"report": 1})),
+                    Some(json!({"report": 1})),
                     None,
                 )
                 .await

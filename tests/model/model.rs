@@ -774,7 +774,7 @@ impl<'a> World<'a> {
             attempt: event.attempt,
         };
         let got = runs
-            .report(at, page_event, result.as_ref())
+            .report(at, page_event, result.clone())
             .await
             .map_err(|e| format!("report failed: {e}"))?;
         let got_kind = Want::of(&got);
@@ -1057,7 +1057,7 @@ impl<'a> World<'a> {
                         page_id,
                         attempt: event.attempt,
                     };
-                    let _ = runs.report(at, page_event, result.as_ref()).await;
+                    let _ = runs.report(at, page_event, result.clone()).await;
                 })
             }
             Op::Deadline { .. } => {

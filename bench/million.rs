@@ -1,0 +1,711 @@
+//! The 1,000,000-page run: listing time vs COPY, peak and idle RSS.
+//!
+//! How long does the daemon take to get a page list of a million URLs into
+//! the ledger, next to what Postgres itself takes to `COPY` the same URLs
+//! into a table of the same shape, and how much memory does the daemon use
+//! meanwhile and afterwards?
+//!
+//! Each measurement, on a fresh database (migrated by the bench):
+//!
+//! 1. **COPY**: the same URLs, with a run id, are streamed by
+//!    `COPY bench_copy (run_id, url) FROM STDIN` (text format, one
+//!    transaction) into a fresh table made `LIKE pages INCLUDING ALL`
+//!    (same columns, defaults, checks and indexes; `LIKE` copies no foreign
+//!    key). A second `COPY` goes into such a table that also has `pages`'
+//!    foreign key to `runs`, the table made from the same DDL as `pages`
+//!    (`--skip-fk-copy` leaves it out). A checkpoint precedes each copy and
+//!    the listing, so that none of them starts with another's dirty pages to
+//!    write. Figures: seconds of each copy.
+//! 2. **The daemon**: the real `fanfare serve` (this package's release
+//!    binary) runs as a child process, so that its RSS is its own: the
+//!    list server and the Lambda stand-in run in this process. It has one
+//!    schedule whose page source is a JSON list of `--urls` distinct URLs
+//!    (about 35 bytes each) served by a loopback server that generates it
+//!    as it sends it, and whose `invoker = "lambda"` goes through the real
+//!    AWS SDK to a stand-in for the Lambda API in this process: it answers
+//!    every `Invoke` with 202 and, `--crawl-ms` later (default 1,000),
+//!    posts a `succeeded` report for the page to the daemon's callback
+//!    endpoint, like a crawler. With the schedule's `max_in_flight`
+//!    (`--max-in-flight`, default 100, the schedule default) that is about
+//!    `max_in_flight / crawl` pages dispatched and recorded per second while
+//!    the list is read. After `--idle-seconds` (default 5) of idling at
+//!    start, the run is triggered through the API; dispatch goes on for
+//!    `--dispatch-seconds` (default 10) after the listing ends, then the
+//!    run is cancelled and the daemon idles for `--idle-seconds` again.
+//!    Figures: listing time (the run's `listed_at - created_at` in the
+//!    ledger: created to `running` with every page in the ledger), the
+//!    pages the ledger holds for the run, pages dispatched and reports
+//!    recorded by the end of listing, the ratio listing / COPY, and the
+//!    daemon's RSS (`VmRSS` of `/proc/<pid>/status`, sampled every 50 ms):
+//!    at the end of the first idle period, the peak while listing and
+//!    dispatching, `VmHWM` (the kernel's high-water mark), and at the end
+//!    of the last idle period.
+//!
+//! The issue's targets: listing <= 1.5 × COPY, peak RSS < 256 MB, idle RSS
+//! < 30 MB. Nothing is asserted: figures are printed as `FIGURE` lines;
+//! with `--repeat N` (each on a fresh database) the medians are printed too.
+//!
+//! ```sh
+//! cargo bench --bench million                          # 1,000,000 URLs
+//! cargo bench --bench million -- --urls 20000          # smoke run, seconds
+//! cargo bench --bench million -- --repeat 3            # medians of three
+//! ```
+//!
+//! It needs a Postgres it may create databases on (`DATABASE_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/postgres`) and drops its databases
+//! at the end (`--keep-databases` leaves them). The daemon's log goes to a
+//! temporary directory, named when the daemon fails; its `RUST_LOG` is
+//! `--daemon-log` (default `info,sqlx=warn`, a production level).
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, ensure, Context};
+use axum::body::{Body, Bytes};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::Router;
+use clap::Parser;
+use fanfare_crawler::contract::CrawlRequest;
+use sqlx::{Connection, Executor, PgConnection};
+use uuid::Uuid;
+
+use fanfare_testkit as common;
+
+use common::{admin_database_url, succeeded, ADMIN_TOKEN, CALLBACK_SECRET};
+
+#[derive(Debug, Parser)]
+#[command(about = "The 1,000,000-page run: listing time vs COPY, peak and idle RSS")]
+struct Args {
+    /// URLs in the page list.
+    #[arg(long, default_value_t = 1_000_000)]
+    urls: usize,
+    /// The schedule's max_in_flight.
+    #[arg(long, default_value_t = 100)]
+    max_in_flight: usize,
+    /// Milliseconds the Lambda stand-in "crawls" before reporting a page.
+    #[arg(long, default_value_t = 1_000)]
+    crawl_ms: u64,
+    /// Seconds dispatch goes on after the listing, before the run is cancelled.
+    #[arg(long, default_value_t = 10)]
+    dispatch_seconds: u64,
+    /// Seconds the daemon idles after it is ready and after the run.
+    #[arg(long, default_value_t = 5)]
+    idle_seconds: u64,
+    /// Seconds the listing may take before the measurement gives up.
+    #[arg(long, default_value_t = 900)]
+    timeout: u64,
+    /// Measurements, each on a fresh database; with more than one the
+    /// medians are printed too.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    /// Leave out the COPY into a table with the foreign key to `runs`.
+    #[arg(long)]
+    skip_fk_copy: bool,
+    /// The daemon's RUST_LOG.
+    #[arg(long, default_value = "info,sqlx=warn")]
+    daemon_log: String,
+    /// The daemon's database.max_connections.
+    #[arg(long, default_value_t = 16)]
+    pool: u32,
+    /// Leave the bench databases in place.
+    #[arg(long)]
+    keep_databases: bool,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// The `i`th URL of the list (and of the COPY).
+fn url(i: usize) -> String {
+    format!("https://shop.example/p/{i:07}")
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    ensure!(args.urls > 0, "--urls must be at least 1");
+    ensure!(args.repeat > 0, "--repeat must be at least 1");
+    ensure!(args.max_in_flight > 0, "--max-in-flight must be at least 1");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(bench(&args))
+}
+
+/// One measurement's figures.
+#[derive(Debug, Clone, Default)]
+struct Figures {
+    copy_s: f64,
+    copy_fk_s: Option<f64>,
+    listing_s: f64,
+    pages: i64,
+    dispatched_while_listing: i64,
+    recorded_while_listing: i64,
+    rss_idle_start_mb: f64,
+    rss_peak_mb: f64,
+    vm_hwm_mb: f64,
+    rss_idle_end_mb: f64,
+}
+
+async fn bench(args: &Args) -> anyhow::Result<()> {
+    println!(
+        "FIGURE the {}-page run: listing time vs COPY, peak and idle RSS",
+        thousands(args.urls)
+    );
+    let mut all = Vec::new();
+    for round in 1..=args.repeat {
+        let figures = with_database(args, |db| measure(args, db)).await?;
+        print_round(round, &figures);
+        all.push(figures);
+    }
+    if all.len() > 1 {
+        let median = |f: &dyn Fn(&Figures) -> f64| {
+            let mut v: Vec<f64> = all.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        println!(
+            "FIGURE median of {}: listing_s={:.1} copy_s={:.1} ratio={:.2} rss_peak_mb={:.0} rss_idle_end_mb={:.1}",
+            all.len(),
+            median(&|f| f.listing_s),
+            median(&|f| f.copy_s),
+            median(&|f| f.listing_s / f.copy_s),
+            median(&|f| f.rss_peak_mb),
+            median(&|f| f.rss_idle_end_mb),
+        );
+        if !args.skip_fk_copy {
+            println!(
+                "FIGURE median of {}: copy_fk_s={:.1} ratio_fk={:.2}",
+                all.len(),
+                median(&|f| f.copy_fk_s.unwrap_or(f64::NAN)),
+                median(&|f| f.listing_s / f.copy_fk_s.unwrap_or(f64::NAN)),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn print_round(round: usize, f: &Figures) {
+    println!(
+        "FIGURE round={round} listing_s={:.1} pages={} dispatched_while_listing={} recorded_while_listing={}",
+        f.listing_s, f.pages, f.dispatched_while_listing, f.recorded_while_listing
+    );
+    println!(
+        "FIGURE round={round} copy_s={:.1} ratio={:.2} (target <= 1.5)",
+        f.copy_s,
+        f.listing_s / f.copy_s
+    );
+    if let Some(fk) = f.copy_fk_s {
+        println!(
+            "FIGURE round={round} copy_with_fk_s={fk:.1} ratio_fk={:.2}",
+            f.listing_s / fk
+        );
+    }
+    println!(
+        "FIGURE round={round} rss_idle_start_mb={:.1} rss_peak_mb={:.0} vm_hwm_mb={:.0} rss_idle_end_mb={:.1} (targets: peak < 256, idle < 30)",
+        f.rss_idle_start_mb, f.rss_peak_mb, f.vm_hwm_mb, f.rss_idle_end_mb
+    );
+}
+
+/// `n` with thousands separators.
+fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Runs `work` on a fresh database `fanfare_bench_<uuid>`, dropped after
+/// (unless `--keep-databases`), whatever `work` returned.
+async fn with_database<F, Fut>(args: &Args, work: F) -> anyhow::Result<Figures>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Figures>>,
+{
+    let admin_url = admin_database_url();
+    let mut admin = PgConnection::connect(&admin_url)
+        .await
+        .with_context(|| format!("connecting to DATABASE_URL ({admin_url})"))?;
+    let name = format!("fanfare_bench_{}", Uuid::new_v4().simple());
+    admin
+        .execute(format!(r#"create database "{name}""#).as_str())
+        .await
+        .context("creating the bench database")?;
+    let mut db = url::Url::parse(&admin_url).context("DATABASE_URL is not a URL")?;
+    db.set_path(&name);
+    let result = work(db.to_string()).await;
+    if args.keep_databases {
+        println!("database kept: {name}");
+    } else {
+        admin
+            .execute(format!(r#"drop database if exists "{name}" with (force)"#).as_str())
+            .await
+            .context("dropping the bench database")?;
+    }
+    result
+}
+
+async fn measure(args: &Args, database_url: String) -> anyhow::Result<Figures> {
+    let pool = fanfare::ledger::pool(&database_url, 2)?;
+    fanfare::ledger::migrate(&pool)
+        .await
+        .context("migrating the bench database")?;
+    pool.close().await;
+    let mut conn = PgConnection::connect(&database_url).await?;
+    let mut figures = Figures {
+        copy_s: copy_baseline(&mut conn, args.urls, false).await?,
+        ..Figures::default()
+    };
+    if !args.skip_fk_copy {
+        figures.copy_fk_s = Some(copy_baseline(&mut conn, args.urls, true).await?);
+    }
+    checkpoint(&mut conn).await;
+    run_daemon(args, &database_url, &mut conn, &mut figures).await?;
+    Ok(figures)
+}
+
+/// Asks for a checkpoint, so that the next measurement does not start with
+/// the previous one's dirty buffers; a role that may not is not an error.
+async fn checkpoint(conn: &mut PgConnection) {
+    if let Err(e) = conn.execute("checkpoint").await {
+        println!("note: no checkpoint between measurements ({e})");
+    }
+}
+
+/// Seconds to `COPY` `urls` URLs, with a run id, into a fresh table of
+/// `pages`' shape (with its foreign key to `runs` when `with_fk`).
+async fn copy_baseline(conn: &mut PgConnection, urls: usize, with_fk: bool) -> anyhow::Result<f64> {
+    let table = if with_fk { "bench_copy_fk" } else { "bench_copy" };
+    conn.execute(format!("create table {table} (like pages including all)").as_str())
+        .await?;
+    let run_id = Uuid::now_v7();
+    if with_fk {
+        conn.execute(
+            format!(
+                "alter table {table} add foreign key (run_id) references runs (id) on delete cascade"
+            )
+            .as_str(),
+        )
+        .await?;
+        sqlx::query(
+            "insert into runs (id, schedule, scheduled_for, trigger) values ($1, 'bench-copy', now(), 'manual')",
+        )
+        .bind(run_id)
+        .execute(&mut *conn)
+        .await?;
+    }
+    checkpoint(conn).await;
+    let run = run_id.hyphenated().to_string();
+    let started = Instant::now();
+    let mut copy = conn
+        .copy_in_raw(&format!("copy {table} (run_id, url) from stdin"))
+        .await?;
+    let mut chunk = Vec::with_capacity(1 << 20);
+    for i in 0..urls {
+        chunk.extend_from_slice(run.as_bytes());
+        chunk.push(b'\t');
+        chunk.extend_from_slice(url(i).as_bytes());
+        chunk.push(b'\n');
+        if chunk.len() >= 1 << 20 {
+            copy.send(std::mem::take(&mut chunk)).await?;
+            chunk.reserve(1 << 20);
+        }
+    }
+    if !chunk.is_empty() {
+        copy.send(chunk).await?;
+    }
+    let copied = copy.finish().await?;
+    let seconds = started.elapsed().as_secs_f64();
+    ensure!(
+        copied == urls as u64,
+        "COPY stored {copied} rows instead of {urls}"
+    );
+    conn.execute(format!("drop table {table}").as_str()).await?;
+    if with_fk {
+        sqlx::query("delete from runs where id = $1")
+            .bind(run_id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(seconds)
+}
+
+/// The daemon's `VmRSS` and `VmHWM` in kB, `None` once it is gone.
+fn memory_kb(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    Some((field("VmRSS:"), field("VmHWM:")))
+}
+
+/// Samples a process's RSS every 50 ms on a thread of its own: the last
+/// value, and the peak since the last [`Sampler::reset_peak`].
+struct Sampler {
+    last_kb: Arc<AtomicU64>,
+    peak_kb: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sampler {
+    fn start(pid: u32) -> Self {
+        let last_kb = Arc::new(AtomicU64::new(0));
+        let peak_kb = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (last, peak, stopping) = (last_kb.clone(), peak_kb.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !stopping.load(Ordering::Relaxed) {
+                if let Some((rss, _)) = memory_kb(pid) {
+                    last.store(rss, Ordering::Relaxed);
+                    peak.fetch_max(rss, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        Self {
+            last_kb,
+            peak_kb,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn last_mb(&self) -> f64 {
+        self.last_kb.load(Ordering::Relaxed) as f64 / 1024.0
+    }
+
+    fn peak_mb(&self) -> f64 {
+        self.peak_kb.load(Ordering::Relaxed) as f64 / 1024.0
+    }
+
+    fn reset_peak(&self) {
+        self.peak_kb
+            .store(self.last_kb.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `fanfare serve` as a child process, killed on drop.
+struct Daemon {
+    child: Child,
+    address: String,
+    log: PathBuf,
+    dir: PathBuf,
+}
+
+impl Daemon {
+    fn spawn(args: &Args, config: &str) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("fanfare-bench-million-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("fanfare.toml");
+        std::fs::write(&path, config)?;
+        let log = dir.join("fanfare.log");
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new(env!("CARGO_BIN_EXE_fanfare"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", &args.daemon_log)
+            .env("FANFARE_LOG_FORMAT", "json")
+            // The Lambda stand-in does not check signatures, but the SDK
+            // signs every request and needs credentials to do so.
+            .env("AWS_ACCESS_KEY_ID", "bench")
+            .env("AWS_SECRET_ACCESS_KEY", "bench")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_SESSION_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("starting fanfare serve")?;
+        Ok(Self {
+            child,
+            address: String::new(),
+            log,
+            dir,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// SIGTERM, then up to 30 s for a graceful exit.
+    async fn stop(mut self) -> anyhow::Result<()> {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                ensure!(
+                    status.success(),
+                    "the daemon exited with {status}; log in {}",
+                    self.log.display()
+                );
+                let _ = std::fs::remove_dir_all(&self.dir);
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!(
+            "the daemon did not stop within 30 s of SIGTERM; log in {}",
+            self.log.display()
+        )
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A body generated chunk by chunk as it is sent: a JSON array of `count`
+/// distinct URLs.
+fn json_list(count: usize) -> Body {
+    let mut next = 0usize;
+    let mut state = 0u8;
+    let chunks = std::iter::from_fn(move || match state {
+        0 => {
+            state = 1;
+            Some(Bytes::from_static(b"["))
+        }
+        1 if next < count => {
+            let mut chunk = String::with_capacity(70 * 1024);
+            while next < count && chunk.len() < 64 * 1024 {
+                if next > 0 {
+                    chunk.push(',');
+                }
+                chunk.push('"');
+                chunk.push_str(&url(next));
+                chunk.push('"');
+                next += 1;
+            }
+            Some(Bytes::from(chunk))
+        }
+        1 => {
+            state = 2;
+            Some(Bytes::from_static(b"]"))
+        }
+        _ => None,
+    });
+    Body::from_stream(futures::stream::iter(chunks.map(Ok::<_, Infallible>)))
+}
+
+/// What the Lambda stand-in does and has done.
+struct StandIn {
+    http: reqwest::Client,
+    crawl: Duration,
+    /// Reports are posted while this is set.
+    reporting: AtomicBool,
+    invokes: AtomicUsize,
+    reports_failed: AtomicUsize,
+}
+
+/// `POST /2015-03-31/functions/{name}/invocations`: 202, and the page's
+/// report `crawl` later.
+async fn invoke(stand_in: Arc<StandIn>, body: Bytes) -> impl IntoResponse {
+    stand_in.invokes.fetch_add(1, Ordering::Relaxed);
+    let request: CrawlRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("not a crawl request: {e}")),
+    };
+    tokio::spawn(async move {
+        tokio::time::sleep(stand_in.crawl).await;
+        if !stand_in.reporting.load(Ordering::Relaxed) {
+            return;
+        }
+        let report = succeeded(&request);
+        let sent = stand_in
+            .http
+            .post(&request.callback_url)
+            .bearer_auth(&request.callback_token)
+            .json(&report)
+            .send()
+            .await;
+        if !sent.is_ok_and(|r| r.status().is_success()) {
+            stand_in.reports_failed.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    (StatusCode::ACCEPTED, String::new())
+}
+
+/// Serves the page list at `/pages.json` and the Lambda stand-in; returns
+/// the base URL.
+async fn serve(urls: usize, stand_in: Arc<StandIn>) -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let routes = Router::new()
+        .route("/pages.json", get(move || async move { json_list(urls) }))
+        .route(
+            "/2015-03-31/functions/{name}/invocations",
+            post(move |body: Bytes| invoke(stand_in.clone(), body)),
+        );
+    tokio::spawn(async move { axum::serve(listener, routes).await });
+    Ok(base)
+}
+
+/// A free loopback port.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn run_daemon(
+    args: &Args,
+    database_url: &str,
+    conn: &mut PgConnection,
+    figures: &mut Figures,
+) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let stand_in = Arc::new(StandIn {
+        http: http.clone(),
+        crawl: Duration::from_millis(args.crawl_ms),
+        reporting: AtomicBool::new(true),
+        invokes: AtomicUsize::new(0),
+        reports_failed: AtomicUsize::new(0),
+    });
+    let base = serve(args.urls, stand_in.clone()).await?;
+    let port = free_port()?;
+    let schedule = format!(
+        r#"
+[lambda]
+region = "us-east-1"
+endpoint_url = "{base}"
+
+[[schedules]]
+name = "million"
+invoker = "lambda"
+function = "crawler"
+pages = {{ http = "{base}/pages.json" }}
+max_in_flight = {max_in_flight}
+max_pages = {urls}
+page_timeout = "15m"
+"#,
+        max_in_flight = args.max_in_flight,
+        urls = args.urls,
+    );
+    let config = common::config_toml_with(
+        database_url,
+        port,
+        args.pool,
+        CALLBACK_SECRET,
+        ADMIN_TOKEN,
+        &schedule,
+    );
+    let mut daemon = Daemon::spawn(args, &config)?;
+    daemon.address = format!("http://127.0.0.1:{port}");
+    let sampler = Sampler::start(daemon.pid());
+    if !common::wait_ready(&http, &daemon.address, Duration::from_secs(30)).await {
+        bail!(
+            "the daemon was not ready within 30 s; its log:\n{}",
+            daemon.log_tail()
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
+    figures.rss_idle_start_mb = sampler.last_mb();
+
+    sampler.reset_peak();
+    let run = common::trigger(&http, &daemon.address, ADMIN_TOKEN, "million").await;
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    let view = loop {
+        let (_, view) = common::get(&http, &daemon.address, ADMIN_TOKEN, &format!("/v1/runs/{run}"))
+            .await
+            .map_err(|e| anyhow!("reading the run: {e}"))?;
+        if view["status"] != "listing" {
+            break view;
+        }
+        if Instant::now() > deadline {
+            bail!("the run was still listing after {} s", args.timeout);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    ensure!(
+        view["status"] == "running",
+        "the run ended its listing as {} ({}); the daemon's log:\n{}",
+        view["status"],
+        view["error"],
+        daemon.log_tail()
+    );
+    let (listing_s, pages, dispatched, recorded): (f64, i64, i64, i64) = sqlx::query_as(
+        "select extract(epoch from r.listed_at - r.created_at)::float8,
+             (select count(*) from pages p where p.run_id = r.id),
+             (select count(*) from pages p where p.run_id = r.id and p.dispatched_at <= r.listed_at),
+             (select count(*) from pages p where p.run_id = r.id and p.finished_at <= r.listed_at)
+         from runs r where r.id = $1",
+    )
+    .bind(run)
+    .fetch_one(&mut *conn)
+    .await?;
+    figures.listing_s = listing_s;
+    figures.pages = pages;
+    figures.dispatched_while_listing = dispatched;
+    figures.recorded_while_listing = recorded;
+    ensure!(
+        pages == args.urls as i64,
+        "the ledger holds {pages} pages of the run instead of {}",
+        args.urls
+    );
+
+    tokio::time::sleep(Duration::from_secs(args.dispatch_seconds)).await;
+    figures.rss_peak_mb = sampler.peak_mb();
+    stand_in.reporting.store(false, Ordering::Relaxed);
+    let cancelled = http
+        .post(format!("{}/v1/runs/{run}/cancel", daemon.address))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await?;
+    ensure!(
+        cancelled.status().is_success(),
+        "cancelling the run answered {}",
+        cancelled.status()
+    );
+    // Reports still in the stand-in's hands land on a finished run.
+    tokio::time::sleep(Duration::from_millis(args.crawl_ms)).await;
+    tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
+    figures.rss_idle_end_mb = sampler.last_mb();
+    figures.vm_hwm_mb = memory_kb(daemon.pid()).map_or(0.0, |(_, hwm)| hwm as f64 / 1024.0);
+    println!(
+        "FIGURE invokes={} reports_not_accepted={}",
+        stand_in.invokes.load(Ordering::Relaxed),
+        stand_in.reports_failed.load(Ordering::Relaxed)
+    );
+    drop(sampler);
+    daemon.stop().await
+}

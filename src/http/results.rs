@@ -1,0 +1,359 @@
+//! `GET /v1/runs/{id}/results`: every page's result of a run, streamed from
+//! Postgres as JSON Lines or CSV.
+//!
+//! The rows are read with a server-side stream and written into the
+//! response body through a bounded channel: a slow client slows the reading
+//! down (the channel fills, then the socket to Postgres does), so a run of a
+//! million pages is never in memory, whatever the client's speed. A client
+//! that goes away drops the channel's receiver; the reader then stops and
+//! releases its connection.
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::api::{Path, Query};
+use super::{ApiError, AppState};
+use crate::ledger::{self, PageResult, PageStatus};
+
+/// A chunk of the body is sent once it holds this many bytes.
+const CHUNK_BYTES: usize = 64 * 1024;
+/// Chunks written ahead of the client at most.
+const CHUNKS_AHEAD: usize = 4;
+
+/// The export's formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON object per line (`application/x-ndjson`).
+    Jsonl,
+    /// A header line, then one record per page (`text/csv`).
+    Csv,
+}
+
+impl Format {
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "jsonl" | "ndjson" => Some(Format::Jsonl),
+            "csv" => Some(Format::Csv),
+            _ => None,
+        }
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Format::Jsonl => "application/x-ndjson",
+            Format::Csv => "text/csv; charset=utf-8",
+        }
+    }
+
+    fn extension(self) -> &'static str {
+        match self {
+            Format::Jsonl => "jsonl",
+            Format::Csv => "csv",
+        }
+    }
+}
+
+/// The query of `GET /v1/runs/{id}/results`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ResultsQuery {
+    /// `jsonl` (the default) or `csv`.
+    format: Option<String>,
+    /// Only pages in this state (pending, dispatched, succeeded, failed,
+    /// timed_out, cancelled).
+    status: Option<String>,
+}
+
+/// The CSV columns before the schedule's extract fields.
+const LEADING: [&str; 4] = ["url", "status", "http_status", "title"];
+/// The CSV columns after them (then `fields_json`).
+const TRAILING: [&str; 4] = ["content_sha256", "fetch_ms", "error_kind", "error_message"];
+
+/// The CSV header for a schedule whose extract fields are `fields`. A field
+/// named like a fixed column is shown as `field:<name>` so that no two
+/// columns share a name.
+pub fn csv_header(fields: &[String]) -> Vec<String> {
+    let fixed =
+        |name: &str| LEADING.contains(&name) || TRAILING.contains(&name) || name == "fields_json";
+    let mut header: Vec<String> = LEADING.iter().map(|s| s.to_string()).collect();
+    header.extend(fields.iter().map(|f| {
+        if fixed(f) {
+            format!("field:{f}")
+        } else {
+            f.clone()
+        }
+    }));
+    header.extend(TRAILING.iter().map(|s| s.to_string()));
+    header.push("fields_json".into());
+    header
+}
+
+/// `GET /v1/runs/{id}/results?format=jsonl|csv&status=S`.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{id}/results",
+    tag = "runs",
+    summary = "Export a run's results",
+    description = "Every page's result, streamed from the ledger in id order: one JSON object per line (`format=jsonl`), or CSV with the header `url,status,http_status,title,<each extract field>,content_sha256,fetch_ms,error_kind,error_message,fields_json`.",
+    params(
+        ("id" = String, Path, description = "The run's id (a UUID; anything else is no run: 404)"),
+        ResultsQuery,
+    ),
+    security(("admin" = [])),
+    responses(
+        (status = 200, description = "The results, streamed", content(
+            (String = "application/x-ndjson"),
+            (String = "text/csv"),
+        )),
+        (status = 400, description = "A malformed query string, an unknown `format` or `status`", body = super::error::ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = super::error::ErrorBody),
+        (status = 404, description = "No run has this id", body = super::error::ErrorBody),
+        (status = 503, description = "The database is unavailable; retry later", body = super::error::ErrorBody),
+    )
+)]
+pub async fn export(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<ResultsQuery>,
+) -> Result<Response, ApiError> {
+    export_run(&state, &id, q.format.as_deref(), q.status.as_deref()).await
+}
+
+/// The export of run `id` in `format` (`jsonl` when `None`), optionally of
+/// the pages in one `status`: what `GET /v1/runs/{id}/results` answers, and
+/// the console's download links.
+pub async fn export_run(
+    state: &AppState,
+    id: &str,
+    format: Option<&str>,
+    status: Option<&str>,
+) -> Result<Response, ApiError> {
+    let run_id: uuid::Uuid = id
+        .parse()
+        .map_err(|_| ApiError::NotFound(format!("no run has the id {id:?}")))?;
+    let format = match format {
+        None => Format::Jsonl,
+        Some(f) => Format::parse(f)
+            .ok_or_else(|| ApiError::BadRequest(format!("format {f:?} must be jsonl or csv")))?,
+    };
+    let status = match status {
+        None => None,
+        Some(s) => Some(PageStatus::parse(s).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "status {s:?} must be one of pending, dispatched, succeeded, failed, timed_out, cancelled"
+            ))
+        })?),
+    };
+    let run = ledger::get_run(&state.runs.pool, run_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no run has the id {run_id}")))?;
+    // A run of a schedule no longer configured has no known fields: every
+    // field then goes to fields_json.
+    let fields: Vec<String> = state
+        .runs
+        .settings
+        .schedule(&run.schedule)
+        .map(|s| s.extract.keys().cloned().collect())
+        .unwrap_or_default();
+
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(CHUNKS_AHEAD);
+    let pool = state.runs.pool.clone();
+    tokio::spawn(async move {
+        let mut rows = ledger::page_results(&pool, run_id, status);
+        let mut encoder = Encoder::new(format, fields);
+        let mut count = 0u64;
+        while let Some(row) = rows.next().await {
+            let row = match row {
+                Ok(row) => row,
+                Err(e) => {
+                    tracing::warn!(%run_id, rows = count, error = %e, "results export stopped: reading the pages failed");
+                    let _ = tx
+                        .send(Err(std::io::Error::other(format!(
+                            "reading the pages of run {run_id} failed after {count} rows"
+                        ))))
+                        .await;
+                    return;
+                }
+            };
+            count += 1;
+            if let Err(e) = encoder.row(&row) {
+                tracing::error!(%run_id, page_id = row.id, error = %e, "results export stopped: encoding a row failed");
+                let _ = tx.send(Err(std::io::Error::other(e))).await;
+                return;
+            }
+            if encoder.len() >= CHUNK_BYTES && tx.send(Ok(encoder.take())).await.is_err() {
+                tracing::debug!(%run_id, rows = count, "results export: the client went away");
+                return;
+            }
+        }
+        let last = encoder.take();
+        if !last.is_empty() {
+            let _ = tx.send(Ok(last)).await;
+        }
+        tracing::debug!(%run_id, rows = count, "results exported");
+    });
+
+    let disposition = format!(
+        "attachment; filename=\"run-{run_id}.{}\"",
+        format.extension()
+    );
+    Ok((
+        [
+            (header::CONTENT_TYPE, format.content_type().to_string()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|chunk| (chunk, rx))
+        })),
+    )
+        .into_response())
+}
+
+/// Turns pages into the export's bytes, a chunk at a time.
+struct Encoder {
+    format: Format,
+    fields: Vec<String>,
+    csv: Option<csv::Writer<Vec<u8>>>,
+    json: Vec<u8>,
+}
+
+impl Encoder {
+    fn new(format: Format, fields: Vec<String>) -> Self {
+        let mut encoder = Self {
+            format,
+            csv: None,
+            json: Vec::new(),
+            fields,
+        };
+        if format == Format::Csv {
+            let mut w = csv_writer();
+            // Writing into a Vec cannot fail.
+            let _ = w.write_record(csv_header(&encoder.fields));
+            encoder.csv = Some(w);
+        }
+        encoder
+    }
+
+    fn row(&mut self, page: &PageResult) -> Result<(), String> {
+        let facts = Facts::of(page);
+        match self.format {
+            Format::Jsonl => {
+                let record = json!({
+                    "page_id": page.id,
+                    "url": page.url,
+                    "status": page.status,
+                    "attempt": page.attempt,
+                    "http_status": facts.http_status,
+                    "title": facts.title,
+                    "fields": facts.fields,
+                    "bytes": facts.bytes,
+                    "content_sha256": facts.content_sha256,
+                    "fetch_ms": facts.fetch_ms,
+                    "error_kind": facts.error_kind,
+                    "error_message": facts.error_message,
+                    "finished_at": page.finished_at,
+                });
+                serde_json::to_writer(&mut self.json, &record).map_err(|e| e.to_string())?;
+                self.json.push(b'\n');
+                Ok(())
+            }
+            Format::Csv => {
+                let w = self.csv.as_mut().expect("a CSV encoder has a writer");
+                let text = |v: Option<&Value>| match v {
+                    None | Some(Value::Null) => String::new(),
+                    Some(Value::String(s)) => s.clone(),
+                    Some(other) => other.to_string(),
+                };
+                let mut record: Vec<String> = Vec::with_capacity(self.fields.len() + 9);
+                record.push(page.url.clone());
+                record.push(page.status.as_str().to_string());
+                record.push(text(facts.http_status));
+                record.push(text(facts.title));
+                let mut extra = Map::new();
+                if let Some(Value::Object(all)) = facts.fields {
+                    for (k, v) in all {
+                        if !self.fields.iter().any(|f| f == k) {
+                            extra.insert(k.clone(), v.clone());
+                        }
+                    }
+                }
+                let all = match facts.fields {
+                    Some(Value::Object(all)) => Some(all),
+                    _ => None,
+                };
+                for f in &self.fields {
+                    record.push(text(all.and_then(|a| a.get(f))));
+                }
+                record.push(text(facts.content_sha256));
+                record.push(text(facts.fetch_ms));
+                record.push(text(facts.error_kind));
+                record.push(text(facts.error_message));
+                record.push(if extra.is_empty() {
+                    String::new()
+                } else {
+                    Value::Object(extra).to_string()
+                });
+                w.write_record(&record).map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// Bytes encoded and not yet taken.
+    fn len(&self) -> usize {
+        match &self.csv {
+            // The writer's own buffer (8 KiB) reaches the Vec whenever it fills.
+            Some(w) => w.get_ref().len(),
+            None => self.json.len(),
+        }
+    }
+
+    /// Takes the bytes encoded so far.
+    fn take(&mut self) -> Bytes {
+        match &mut self.csv {
+            Some(w) => {
+                let full = std::mem::replace(w, csv_writer());
+                // Flushing into a Vec cannot fail.
+                Bytes::from(full.into_inner().unwrap_or_default())
+            }
+            None => Bytes::from(std::mem::take(&mut self.json)),
+        }
+    }
+}
+
+/// A CSV writer into a fresh chunk.
+fn csv_writer() -> csv::Writer<Vec<u8>> {
+    csv::Writer::from_writer(Vec::with_capacity(CHUNK_BYTES + 16 * 1024))
+}
+
+/// The facts of a page's report and its last error, as they were stored.
+struct Facts<'a> {
+    http_status: Option<&'a Value>,
+    title: Option<&'a Value>,
+    fields: Option<&'a Value>,
+    bytes: Option<&'a Value>,
+    content_sha256: Option<&'a Value>,
+    fetch_ms: Option<&'a Value>,
+    error_kind: Option<&'a Value>,
+    error_message: Option<&'a Value>,
+}
+
+impl<'a> Facts<'a> {
+    fn of(page: &'a PageResult) -> Self {
+        let r = |k: &str| page.result.as_ref().and_then(|v| v.get(k));
+        let e = |k: &str| page.error.as_ref().and_then(|v| v.get(k));
+        Facts {
+            http_status: r("http_status"),
+            title: r("title"),
+            fields: r("fields"),
+            bytes: r("bytes"),
+            content_sha256: r("content_sha256"),
+            fetch_ms: r("fetch_ms"),
+            error_kind: e("kind"),
+            error_message: e("message"),
+        }
+    }
+}

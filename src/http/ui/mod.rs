@@ -1,0 +1,820 @@
+//! The web console under `/ui/`: server-rendered pages over the ledger,
+//! for people with the admin token.
+//!
+//! - Sign-in (`/ui/login`) takes the admin token and sets a signed,
+//!   expiring session cookie ([`session`]) that any replica accepts;
+//!   without one every page redirects to the sign-in.
+//! - Every state-changing form POSTs with the session's CSRF token and
+//!   calls what the admin API calls ([`Runs::start`], [`Runs::close_run`],
+//!   [`Runs::redrive`], [`ledger::set_paused`]), then redirects (303).
+//! - Charts are SVG drawn on the server ([`svg`]); the one script,
+//!   `console.js`, follows an open run's progress over server-sent events
+//!   (`/ui/runs/{id}/events`). Without script an open run's page refreshes
+//!   itself. Every answer carries a Content-Security-Policy that allows no
+//!   inline script or style.
+//!
+//! [`Runs::start`]: crate::runs::Runs::start
+//! [`Runs::close_run`]: crate::runs::Runs::close_run
+//! [`Runs::redrive`]: crate::runs::Runs::redrive
+
+mod pages;
+pub mod session;
+mod svg;
+mod words;
+
+use std::convert::Infallible;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::{FormRejection, PathRejection, QueryRejection};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, OriginalUri, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use chrono::{SubsecRound, Utc};
+use futures::Stream;
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+use self::pages::{Chrome, RunView, RunsFilter, ScheduleRow};
+use self::session::{Session, SessionKey};
+use super::throttle::LogThrottle;
+use super::{ApiError, AppState};
+use crate::ledger::{self, Outcome, RunStatus, Trigger};
+use crate::lifecycle::Closing;
+use crate::runs::StartError;
+
+/// The Content-Security-Policy of every console answer: nothing inline,
+/// nothing from elsewhere, no framing, forms only to the console.
+pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+     img-src 'self' data:; frame-ancestors 'none'; form-action 'self'";
+
+const CSS: &str = include_str!("static/console.css");
+const JS: &str = include_str!("static/console.js");
+
+/// Runs per page of `/ui/runs`; failed pages per page of a run.
+const PAGE_SIZE: i64 = 50;
+/// Slices of the "pages reported over time" chart.
+const TIME_SLICES: i32 = 40;
+/// How often the events of an open run are sent.
+const EVENT_EVERY: Duration = Duration::from_secs(1);
+/// An event stream ends after this; the browser reconnects (to any replica).
+const EVENT_STREAM_FOR: Duration = Duration::from_secs(600);
+
+/// What the console's handlers share.
+#[derive(Clone)]
+struct Console {
+    app: AppState,
+    key: Arc<SessionKey>,
+    /// The console is served over https: the cookie is `Secure`.
+    secure: bool,
+}
+
+impl Console {
+    fn chrome<'a>(&self, csrf: &'a str) -> Chrome<'a> {
+        Chrome { csrf }
+    }
+
+    fn check_csrf(&self, session: &Session, token: &str) -> Result<(), UiError> {
+        if self.key.csrf_ok(session, token) {
+            return Ok(());
+        }
+        tracing::warn!("console form refused: missing or wrong CSRF token");
+        Err(UiError::new(
+            StatusCode::FORBIDDEN,
+            "This form is out of date or did not come from this console: reload the page and try again.",
+        ))
+    }
+}
+
+/// The console's routes, every one under `/ui` (merged into the daemon's
+/// router; a path under `/ui/` that is none of them answers a 404 page).
+pub fn router(app: AppState) -> Router<AppState> {
+    let settings = &app.runs.settings;
+    let console = Console {
+        key: Arc::new(SessionKey::derive(
+            settings.security.admin_token.expose_secret(),
+        )),
+        secure: settings.server.public_url.scheme() == "https",
+        app: app.clone(),
+    };
+    let signed_in = Router::new()
+        .route("/ui/", get(schedules))
+        .route("/ui/runs", get(runs))
+        .route("/ui/runs/{id}", get(run))
+        .route("/ui/runs/{id}/events", get(events))
+        .route("/ui/runs/{id}/results.csv", get(results_csv))
+        .route("/ui/runs/{id}/results.jsonl", get(results_jsonl))
+        .route("/ui/runs/{id}/cancel", post(cancel))
+        .route("/ui/runs/{id}/redrive", post(redrive))
+        .route("/ui/schedules/{name}/trigger", post(trigger))
+        .route("/ui/schedules/{name}/pause", post(pause))
+        .route("/ui/schedules/{name}/resume", post(resume))
+        .route("/ui/logout", post(logout))
+        .route_layer(middleware::from_fn_with_state(
+            console.clone(),
+            require_session,
+        ));
+    Router::new()
+        .route("/ui", get(|| async { see_other("/ui/") }))
+        .route("/ui/login", get(login_page).post(login))
+        .route("/ui/static/console.css", get(css))
+        .route("/ui/static/console.js", get(js))
+        .route("/ui/{*rest}", get(not_found).post(not_found))
+        .merge(signed_in)
+        .layer(middleware::map_response(security_headers))
+        .with_state(console)
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+
+/// An error answered as an HTML page.
+#[derive(Debug)]
+struct UiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl UiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+}
+
+impl From<ApiError> for UiError {
+    fn from(e: ApiError) -> Self {
+        let status = e.status();
+        let message = match e {
+            ApiError::Internal(e) => {
+                tracing::error!(error = ?e, "console: internal error");
+                "Something went wrong; the daemon's log says what.".to_string()
+            }
+            other => other.to_string(),
+        };
+        Self { status, message }
+    }
+}
+
+impl From<sqlx::Error> for UiError {
+    fn from(e: sqlx::Error) -> Self {
+        ApiError::from(e).into()
+    }
+}
+
+impl From<FormRejection> for UiError {
+    fn from(e: FormRejection) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, e.body_text())
+    }
+}
+
+impl From<QueryRejection> for UiError {
+    fn from(e: QueryRejection) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, e.body_text())
+    }
+}
+
+impl From<PathRejection> for UiError {
+    fn from(e: PathRejection) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, e.body_text())
+    }
+}
+
+impl IntoResponse for UiError {
+    fn into_response(self) -> Response {
+        let title = match self.status {
+            StatusCode::BAD_REQUEST => "Bad request",
+            StatusCode::UNAUTHORIZED => "Not signed in",
+            StatusCode::FORBIDDEN => "Refused",
+            StatusCode::NOT_FOUND => "Not found",
+            StatusCode::CONFLICT => "Not possible now",
+            StatusCode::NOT_IMPLEMENTED => "Not available",
+            StatusCode::SERVICE_UNAVAILABLE => "Unavailable",
+            _ => "Error",
+        };
+        (
+            self.status,
+            Html(pages::error(title, &self.message, None).into_string()),
+        )
+            .into_response()
+    }
+}
+
+/// `axum::Form` whose rejection is a [`UiError`] (400 page).
+#[derive(FromRequest)]
+#[from_request(via(axum::Form), rejection(UiError))]
+struct Form<T>(T);
+
+/// `axum::extract::Query` whose rejection is a [`UiError`].
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(UiError))]
+struct Query<T>(T);
+
+/// `axum::extract::Path` whose rejection is a [`UiError`].
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(UiError))]
+struct Path<T>(T);
+
+fn run_id(id: &str) -> Result<Uuid, UiError> {
+    id.parse()
+        .map_err(|_| UiError::not_found(format!("No run has the id {id:?}.")))
+}
+
+// ---------------------------------------------------------------------------
+// Headers, sessions, the client's address
+
+async fn security_headers(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+/// The session of a request's cookie, if it verifies.
+fn session_of(console: &Console, headers: &HeaderMap) -> Result<Session, String> {
+    let value = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|h| h.to_str().ok())
+        .find_map(|h| session::cookie(h, session::COOKIE))
+        .ok_or_else(|| "no session cookie".to_string())?;
+    console
+        .key
+        .verify(value, Utc::now())
+        .map_err(|e| e.to_string())
+}
+
+/// Lets a request with a valid session through (with the [`Session`] as an
+/// extension); sends any other to the sign-in, which brings a GET back to
+/// where it was going.
+async fn require_session(
+    State(console): State<Console>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    match session_of(&console, request.headers()) {
+        Ok(session) => {
+            request.extensions_mut().insert(session);
+            next.run(request).await
+        }
+        Err(why) => {
+            let path = request
+                .extensions()
+                .get::<OriginalUri>()
+                .map(|u| u.0.clone())
+                .unwrap_or_else(|| request.uri().clone());
+            tracing::debug!(path = %path.path(), reason = %why, "console request without a valid session: sent to the sign-in");
+            let target = match (request.method(), path.path_and_query()) {
+                (&Method::GET, Some(pq)) if safe_next(pq.as_str()).is_some() => {
+                    format!("/ui/login?next={}", pages::urlencode(pq.as_str()))
+                }
+                _ => "/ui/login".to_string(),
+            };
+            see_other(&target)
+        }
+    }
+}
+
+/// `next` when it is a console path to come back to after signing in (so a
+/// sign-in link cannot send anyone elsewhere).
+fn safe_next(next: &str) -> Option<&str> {
+    let ok = (next == "/ui" || next.starts_with("/ui/"))
+        && !next.contains("//")
+        && !next.contains('\\')
+        && next.bytes().all(|b| b.is_ascii_graphic())
+        && !next.starts_with("/ui/login")
+        && !next.starts_with("/ui/logout");
+    ok.then_some(next)
+}
+
+fn see_other(location: &str) -> Response {
+    (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response()
+}
+
+/// Where a request came from, for the log: the peer's address and, behind
+/// a load balancer, the `X-Forwarded-For` it sent (as given, not trusted).
+struct Client {
+    peer: Option<SocketAddr>,
+    forwarded_for: Option<String>,
+}
+
+impl fmt::Display for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.peer {
+            Some(peer) => write!(f, "{peer}")?,
+            None => f.write_str("unknown")?,
+        }
+        if let Some(xff) = &self.forwarded_for {
+            write!(f, " (X-Forwarded-For: {xff})")?;
+        }
+        Ok(())
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Client {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        Ok(Client {
+            peer: parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0),
+            forwarded_for: parts
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.chars().take(200).collect()),
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Sign-in and sign-out
+
+#[derive(Debug, Deserialize)]
+struct NextQuery {
+    next: Option<String>,
+}
+
+async fn login_page(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Query(q): Query<NextQuery>,
+) -> Response {
+    let next = q.next.as_deref().and_then(safe_next);
+    if session_of(&console, &headers).is_ok() {
+        return see_other(next.unwrap_or("/ui/"));
+    }
+    Html(pages::login(next, false).into_string()).into_response()
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    #[serde(default)]
+    token: String,
+    next: Option<String>,
+}
+
+async fn login(
+    State(console): State<Console>,
+    client: Client,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let expected = console
+        .app
+        .runs
+        .settings
+        .security
+        .admin_token
+        .expose_secret()
+        .as_bytes();
+    let next = form.next.as_deref().and_then(safe_next);
+    if bool::from(form.token.as_bytes().ct_eq(expected)) {
+        tracing::info!(client = %client, "console sign-in");
+        let cookie = session::set_cookie(&console.key.issue(Utc::now()), console.secure);
+        let mut response = see_other(next.unwrap_or("/ui/"));
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            response.headers_mut().insert(header::SET_COOKIE, v);
+        }
+        return response;
+    }
+    tracing::debug!(client = %client, "console sign-in refused: wrong admin token");
+    static REFUSED: LogThrottle = LogThrottle::new(Duration::from_secs(60));
+    if let Some(refused) = REFUSED.hit() {
+        tracing::warn!(
+            refused,
+            last_client = %client,
+            "console sign-ins refused (wrong admin token) since the last such warning (each one is logged at DEBUG)"
+        );
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        Html(pages::login(next, true).into_string()),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn logout(
+    State(console): State<Console>,
+    Extension(session): Extension<Session>,
+    client: Client,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, UiError> {
+    console.check_csrf(&session, &form.csrf)?;
+    tracing::info!(client = %client, "console sign-out");
+    let mut response = see_other("/ui/login");
+    if let Ok(v) = HeaderValue::from_str(&session::clear_cookie(console.secure)) {
+        response.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    Ok(response)
+}
+
+// ---------------------------------------------------------------------------
+// Static files
+
+async fn css() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        CSS,
+    )
+}
+
+async fn js() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        JS,
+    )
+}
+
+async fn not_found() -> UiError {
+    UiError::not_found("There is no such page in the console.")
+}
+
+// ---------------------------------------------------------------------------
+// Pages
+
+async fn schedules(
+    State(console): State<Console>,
+    Extension(session): Extension<Session>,
+) -> Result<Html<String>, UiError> {
+    let now = Utc::now();
+    let views = crate::overview::schedule_views(&console.app.runs).await?;
+    let names: Vec<String> = views.iter().map(|v| v.name.clone()).collect();
+    let mut recent = ledger::recent_runs(&console.app.runs.pool, &names, 30).await?;
+    let rows: Vec<ScheduleRow> = views
+        .into_iter()
+        .map(|view| {
+            let (mine, rest) = recent.drain(..).partition(|r| r.schedule == view.name);
+            recent = rest;
+            ScheduleRow { view, recent: mine }
+        })
+        .collect();
+    let csrf = console.key.csrf(&session);
+    Ok(Html(
+        pages::schedules(&console.chrome(&csrf), &rows, now).into_string(),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct RunsQuery {
+    schedule: Option<String>,
+    status: Option<String>,
+    before: Option<String>,
+}
+
+async fn runs(
+    State(console): State<Console>,
+    Extension(session): Extension<Session>,
+    Query(q): Query<RunsQuery>,
+) -> Result<Html<String>, UiError> {
+    let schedule = q.schedule.as_deref().filter(|s| !s.is_empty());
+    let status = q.status.as_deref().filter(|s| !s.is_empty());
+    let open = [RunStatus::Listing, RunStatus::Running, RunStatus::Finishing];
+    let finished = [RunStatus::Finished];
+    let (statuses, outcome): (Option<&[RunStatus]>, Option<Outcome>) = match status {
+        None => (None, None),
+        Some("open") => (Some(&open), None),
+        Some("finished") => (Some(&finished), None),
+        Some("succeeded") => (None, Some(Outcome::Succeeded)),
+        Some("partial") => (None, Some(Outcome::Partial)),
+        Some("failed") => (None, Some(Outcome::Failed)),
+        Some("cancelled") => (None, Some(Outcome::Cancelled)),
+        Some(other) => {
+            let known: Vec<&str> = pages::RUN_FILTERS.iter().map(|(v, _)| *v).collect();
+            return Err(UiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("status {other:?} must be one of {}", known.join(", ")),
+            ));
+        }
+    };
+    let before = match q.before.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(b) => Some(b.parse::<Uuid>().map_err(|_| {
+            UiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("before {b:?} is not a run id"),
+            )
+        })?),
+    };
+    let mut found = ledger::list_runs_before(
+        &console.app.runs.pool,
+        schedule,
+        statuses,
+        outcome,
+        before,
+        PAGE_SIZE + 1,
+    )
+    .await?;
+    let older = if found.len() as i64 > PAGE_SIZE {
+        found.truncate(PAGE_SIZE as usize);
+        found.last().map(|r| r.id.to_string())
+    } else {
+        None
+    };
+    let names: Vec<String> = console
+        .app
+        .runs
+        .settings
+        .schedules
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
+    let csrf = console.key.csrf(&session);
+    Ok(Html(
+        pages::runs(
+            &console.chrome(&csrf),
+            &names,
+            &RunsFilter { schedule, status },
+            &found,
+            older,
+            before.is_none(),
+            Utc::now(),
+        )
+        .into_string(),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct RunQuery {
+    after: Option<i64>,
+}
+
+async fn run(
+    State(console): State<Console>,
+    Extension(session): Extension<Session>,
+    Path(id): Path<String>,
+    Query(q): Query<RunQuery>,
+) -> Result<Html<String>, UiError> {
+    let id = run_id(&id)?;
+    let pool = &console.app.runs.pool;
+    let run = ledger::get_run(pool, id)
+        .await?
+        .ok_or_else(|| UiError::not_found(format!("No run has the id {id}.")))?;
+    let now = Utc::now();
+    let from = run.created_at;
+    let to = run
+        .finished_at
+        .unwrap_or(now)
+        .max(from + chrono::Duration::seconds(1));
+    let over_time = ledger::finished_over_time(pool, id, from, to, TIME_SLICES).await?;
+    let fetch = ledger::fetch_ms_percentiles(pool, id).await?;
+    let fetch_buckets = ledger::fetch_ms_histogram(pool, id, pages::FETCH_THRESHOLDS).await?;
+    let after = q.after.unwrap_or(0).max(0);
+    let mut failures = ledger::list_failures(pool, id, after, PAGE_SIZE + 1).await?;
+    let failures_next = if failures.len() as i64 > PAGE_SIZE {
+        failures.truncate(PAGE_SIZE as usize);
+        failures.last().map(|p| p.id)
+    } else {
+        None
+    };
+    let notifications = ledger::run_notifications(pool, id).await?;
+    let view = RunView {
+        run,
+        over_time,
+        span: (from, to),
+        slices: TIME_SLICES,
+        fetch,
+        fetch_buckets,
+        failures,
+        failures_after: after,
+        failures_next,
+        notifications,
+    };
+    let csrf = console.key.csrf(&session);
+    Ok(Html(
+        pages::run(&console.chrome(&csrf), &view, now).into_string(),
+    ))
+}
+
+/// The JSON of one progress event: the run's status and page counts.
+fn progress_json(run: &ledger::Run) -> String {
+    let mut v = serde_json::to_value(svg::Counts::of(run)).unwrap_or_default();
+    v["status"] = serde_json::to_value(run.status).unwrap_or_default();
+    v.to_string()
+}
+
+/// `/ui/runs/{id}/events`: a `progress` event with the run's counts every
+/// second while it is open, then one `done` event, and the stream ends.
+/// It also ends on shutdown and after [`EVENT_STREAM_FOR`]; the browser
+/// reconnects by itself.
+async fn events(
+    State(console): State<Console>,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, UiError> {
+    let id = run_id(&id)?;
+    let pool = console.app.runs.pool.clone();
+    if ledger::get_run(&pool, id).await?.is_none() {
+        return Err(UiError::not_found(format!("No run has the id {id}.")));
+    }
+    let health = console.app.health.clone();
+    let started = tokio::time::Instant::now();
+    let stream = futures::stream::unfold((true, false), move |(first, done)| {
+        let pool = pool.clone();
+        let health = health.clone();
+        async move {
+            if done {
+                return None;
+            }
+            if !first {
+                tokio::time::sleep(EVENT_EVERY).await;
+            }
+            if health.shutting_down.load(Ordering::SeqCst) || started.elapsed() > EVENT_STREAM_FOR {
+                return None;
+            }
+            match ledger::get_run(&pool, id).await {
+                Ok(Some(run)) => {
+                    let finished = run.status == RunStatus::Finished;
+                    let event = Event::default()
+                        .event(if finished { "done" } else { "progress" })
+                        .data(progress_json(&run));
+                    Some((Ok(event), (false, finished)))
+                }
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::warn!(run_id = %id, error = %e, "console events: reading the run failed; trying again");
+                    Some((
+                        Ok(Event::default().comment("ledger unavailable")),
+                        (false, false),
+                    ))
+                }
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// A download of the run's results: the admin API's export, for a browser
+/// that has a session cookie instead of the admin token.
+async fn results(console: &Console, id: &str, format: &str) -> Result<Response, UiError> {
+    Ok(crate::http::results::export_run(&console.app, id, Some(format), None).await?)
+}
+
+async fn results_csv(
+    State(console): State<Console>,
+    Path(id): Path<String>,
+) -> Result<Response, UiError> {
+    results(&console, &id, "csv").await
+}
+
+async fn results_jsonl(
+    State(console): State<Console>,
+    Path(id): Path<String>,
+) -> Result<Response, UiError> {
+    results(&console, &id, "jsonl").await
+}
+
+// ---------------------------------------------------------------------------
+// Actions
+
+async fn trigger(
+    State(console): State<Console>,
+    Extension(session): Extension<Session>,
+    Path(name): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, UiError> {
+    console.check_csrf(&session, &form.csrf)?;
+    // Microseconds: the precision Postgres keeps (as the API does).
+    let now = Utc::now().trunc_subsecs(6);
+    match console.app.runs.start(&name, now, Trigger::Manual).await {
+        Ok(Some(run_id)) => Ok(see_other(&format!("/ui/runs/{run_id}"))),
+        Ok(None) => Err(UiError::new(
+            StatusCode::CONFLICT,
+            format!("A run of {name:?} for {now} exists already."),
+        )),
+        Err(StartError::UnknownSchedule(name)) => Err(UiError::not_found(format!(
+            "No schedule is called {name:?}."
+        ))),
+        Err(StartError::Ledger(e)) => Err(e.into()),
+    }
+}
+
+async fn set_paused(
+    console: &Console,
+    session: &Session,
+    name: &str,
+    csrf: &str,
+    paused: bool,
+) -> Result<Response, UiError> {
+    console.check_csrf(session, csrf)?;
+    if console.app.runs.settings.schedule(name).is_none() {
+        return Err(UiError::not_found(format!(
+            "No schedule is called {name:?}."
+        )));
+    }
+    ledger::set_paused(&console.app.runs.pool, name, paused).await?;
+    tracing::info!(
+        schedule = name,
+        paused,
+        "schedule {} from the console",
+        if paused { "paused" } else { "resumed" }
+    );
+    Ok(see_other("/ui/"))
+}
+
+async fn pause(
+    State(console): State<Console>,
+    Extension(session): Extension<Session>,
+    Path(name): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, UiError> {
+    set_paused(&console, &session, &name, &form.csrf, true).await
+}
+
+async fn resume(
+    State(console): State<Console>,
+    Extension(session): Extension<Session>,
+    Path(name): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, UiError> {
+    set_paused(&console, &session, &name, &form.csrf, false).await
+}
+
+async fn cancel(
+    State(console): State<Console>,
+    Extension(session): Extension<Session>,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, UiError> {
+    console.check_csrf(&session, &form.csrf)?;
+    let id = run_id(&id)?;
+    let runs = &console.app.runs;
+    if runs.close_run(id, Closing::Cancelled).await?.is_some() {
+        tracing::info!(run_id = %id, "run cancelled from the console");
+        return Ok(see_other(&format!("/ui/runs/{id}")));
+    }
+    Err(match ledger::get_run(&runs.pool, id).await? {
+        Some(run) if run.status == RunStatus::Finishing => UiError::new(
+            StatusCode::CONFLICT,
+            format!("Every page of run {id} has reported; it is finishing."),
+        ),
+        Some(_) => UiError::new(
+            StatusCode::CONFLICT,
+            format!("Run {id} has finished already."),
+        ),
+        None => UiError::not_found(format!("No run has the id {id}.")),
+    })
+}
+
+async fn redrive(
+    State(console): State<Console>,
+    Extension(session): Extension<Session>,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, UiError> {
+    console.check_csrf(&session, &form.csrf)?;
+    let id = run_id(&id)?;
+    let runs = &console.app.runs;
+    match runs.redrive(id).await? {
+        Some(new) => Ok(see_other(&format!("/ui/runs/{new}"))),
+        None => Err(match ledger::get_run(&runs.pool, id).await? {
+            Some(_) => UiError::new(
+                StatusCode::CONFLICT,
+                format!("Run {id} has no failed or timed-out pages to redrive."),
+            ),
+            None => UiError::not_found(format!("No run has the id {id}.")),
+        }),
+    }
+}

@@ -1,0 +1,262 @@
+//! The fan-in's writer: page changes that arrive together are recorded
+//! together.
+//!
+//! Every change to a page attempt (a crawler's report, a deadline, an
+//! invoke error: whatever [`page::next`](crate::lifecycle::page::next)
+//! decided) is handed to the [`Recorder`], which writes the changes of all
+//! runs in batches: one statement per batch ([`ledger::record_pages`]:
+//! `UPDATE pages ... FROM unnest(...)` guarded by the page still being
+//! open, each touched run's counters changed once), committed, and only then
+//! is each waiting caller answered. A run whose open pages reach zero in a
+//! batch moves to `finishing` in that statement; the batch then finishes it
+//! (outcome, outbox rows) before answering the callers whose pages it
+//! carried, so a report that completes a run returns once the run is
+//! finished. Should the daemon die between the commit and the answers,
+//! nothing is lost: the crawler retries and is answered `duplicate`; a run
+//! left `finishing` is the sweeper's.
+//!
+//! There is no timer. A batch closes when a writer is free (at once when the
+//! ledger is idle) or when it holds [`MAX_BATCH`] changes; while
+//! [`WRITERS`] batches are being written, the next one fills. Under load the
+//! wait is what the batch ahead takes to commit (a few milliseconds), and
+//! batches grow instead of queueing statements on a hot run's row lock.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, OnceLock};
+
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use uuid::Uuid;
+
+use crate::config::Settings;
+use crate::ledger::{self, PageRecorded, PageWrite, Run, RunStatus};
+use crate::lifecycle::run as rules;
+
+/// The most changes one batch carries.
+pub const MAX_BATCH: usize = 512;
+/// How many batches are written at once. Two: while one commits (its fsync),
+/// the next is already waiting at the server for the rows they share.
+pub const WRITERS: usize = 2;
+/// How many changes may wait for a batch before callers wait to hand theirs
+/// over.
+const QUEUE: usize = 8 * MAX_BATCH;
+
+/// What recording one change did.
+#[derive(Debug, Clone)]
+pub enum Recorded {
+    /// The change was applied. `finished` is the run, when this change made
+    /// its last page terminal and the run was finished (exactly one change
+    /// per run carries it).
+    Changed {
+        /// The run this change finished.
+        finished: Option<Box<Run>>,
+    },
+    /// The page had moved on (terminal, or requeued already): nothing changed.
+    Unchanged,
+}
+
+/// Why a change could not be recorded: the batch it was in failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct RecordError {
+    /// The ledger could not be reached (the caller may retry).
+    pub unavailable: bool,
+    /// What failed.
+    pub message: String,
+}
+
+impl From<RecordError> for sqlx::Error {
+    fn from(e: RecordError) -> Self {
+        if e.unavailable {
+            sqlx::Error::Io(std::io::Error::other(e.message))
+        } else {
+            sqlx::Error::Decode(e.message.into())
+        }
+    }
+}
+
+struct Entry {
+    write: PageWrite,
+    reply: oneshot::Sender<Result<Recorded, RecordError>>,
+}
+
+/// Records page changes in batches (see the module documentation).
+pub struct Recorder {
+    pool: PgPool,
+    settings: Arc<Settings>,
+    queue: OnceLock<mpsc::Sender<Entry>>,
+}
+
+impl Recorder {
+    /// A recorder writing to `pool`; its batching task starts with the first
+    /// change.
+    pub fn new(pool: PgPool, settings: Arc<Settings>) -> Arc<Self> {
+        Arc::new(Self {
+            pool,
+            settings,
+            queue: OnceLock::new(),
+        })
+    }
+
+    /// Records one change, in whichever batch it lands in; returns once that
+    /// batch has committed.
+    pub async fn record(self: &Arc<Self>, write: PageWrite) -> Result<Recorded, RecordError> {
+        let queue = self.queue.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            tokio::spawn(self.clone().collect(rx));
+            tx
+        });
+        let (reply, answer) = oneshot::channel();
+        let gone = || RecordError {
+            unavailable: true,
+            message: "the recorder stopped".into(),
+        };
+        queue
+            .send(Entry { write, reply })
+            .await
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    /// Forms batches and hands each to a writer.
+    async fn collect(self: Arc<Self>, mut rx: mpsc::Receiver<Entry>) {
+        let writers = Arc::new(Semaphore::new(WRITERS));
+        loop {
+            let Some(first) = rx.recv().await else { return };
+            let mut batch = vec![first];
+            let permit = loop {
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(entry) => batch.push(entry),
+                        Err(_) => break,
+                    }
+                }
+                if batch.len() >= MAX_BATCH {
+                    break writers.clone().acquire_owned().await;
+                }
+                tokio::select! {
+                    biased;
+                    permit = writers.clone().acquire_owned() => break permit,
+                    entry = rx.recv() => match entry {
+                        Some(entry) => batch.push(entry),
+                        None => break writers.clone().acquire_owned().await,
+                    },
+                }
+            };
+            let Ok(permit) = permit else { return };
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(entry) => batch.push(entry),
+                    Err(_) => break,
+                }
+            }
+            tokio::spawn(self.clone().write(batch, permit));
+        }
+    }
+
+    /// Writes one batch (and, for pages it carried twice, the rounds after
+    /// it), finishes the runs it completed, and answers every entry.
+    async fn write(self: Arc<Self>, mut batch: Vec<Entry>, _permit: OwnedSemaphorePermit) {
+        metrics::histogram!("fanfare_record_batch_size").record(batch.len() as f64);
+        while !batch.is_empty() {
+            // One write per page per statement; a page's later writes go
+            // in the next round, after the first is settled.
+            let mut seen = HashSet::with_capacity(batch.len());
+            let (round, later): (Vec<Entry>, Vec<Entry>) = batch
+                .into_iter()
+                .partition(|e| seen.insert(e.write.page_id));
+            batch = later;
+            self.write_round(round).await;
+        }
+    }
+
+    async fn write_round(&self, round: Vec<Entry>) {
+        let writes: Vec<PageWrite> = round.iter().map(|e| e.write.clone()).collect();
+        let recorded = match self.write_statement(&writes).await {
+            Ok(recorded) => recorded,
+            Err(e) if round.len() > 1 && !ledger::is_unavailable(&e) => {
+                // Something in the batch the server refused: each change on
+                // its own, so that one bad change fails alone.
+                tracing::warn!(error = %e, changes = round.len(), "a batch of page changes failed; recording them one by one");
+                for entry in round {
+                    Box::pin(self.write_round(vec![entry])).await;
+                }
+                return;
+            }
+            Err(e) => {
+                let error = RecordError {
+                    unavailable: ledger::is_unavailable(&e),
+                    message: e.to_string(),
+                };
+                for entry in round {
+                    let _ = entry.reply.send(Err(error.clone()));
+                }
+                return;
+            }
+        };
+        let changed: HashMap<i64, PageRecorded> =
+            recorded.into_iter().map(|r| (r.page_id, r)).collect();
+        // Runs this batch moved to `finishing`, each finished once, by the
+        // first of its changes.
+        let mut finishing: Vec<Uuid> = Vec::new();
+        let mut waiting: Vec<(Entry, bool)> = Vec::new();
+        for entry in round {
+            match changed.get(&entry.write.page_id) {
+                None => {
+                    let _ = entry.reply.send(Ok(Recorded::Unchanged));
+                }
+                Some(r) if r.run_status == Some(RunStatus::Finishing) => {
+                    let run_id = entry.write.run_id;
+                    let first = !finishing.contains(&run_id);
+                    if first {
+                        finishing.push(run_id);
+                    }
+                    waiting.push((entry, first));
+                }
+                Some(_) => {
+                    let _ = entry.reply.send(Ok(Recorded::Changed { finished: None }));
+                }
+            }
+        }
+        let mut finished: HashMap<Uuid, Box<Run>> = HashMap::new();
+        for run_id in finishing {
+            // The pages are recorded whatever happens now: a failure to
+            // finish leaves the run to the sweeper, not the reports to a retry.
+            match rules::finish_finishing(&self.pool, &self.settings, run_id).await {
+                Ok(Some(run)) => {
+                    finished.insert(run_id, Box::new(run));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(%run_id, error = %e, "recorded the run's last page but could not finish the run; the sweeper will");
+                }
+            }
+        }
+        for (entry, first) in waiting {
+            let run = first
+                .then(|| finished.remove(&entry.write.run_id))
+                .flatten();
+            let _ = entry.reply.send(Ok(Recorded::Changed { finished: run }));
+        }
+    }
+
+    async fn write_statement(
+        &self,
+        writes: &[PageWrite],
+    ) -> Result<Vec<PageRecorded>, sqlx::Error> {
+        let mut tries = 0;
+        loop {
+            match ledger::record_pages(&self.pool, writes).await {
+                // A deadlock with a statement outside the lock order (none
+                // is known): the server rolled the batch back; write it again.
+                Err(sqlx::Error::Database(db))
+                    if db.code().as_deref() == Some("40P01") && tries < 3 =>
+                {
+                    tries += 1;
+                    tracing::warn!(error = %db, "a batch of page changes deadlocked; writing it again");
+                }
+                other => return other,
+            }
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! The web console in a real browser: Debian's Chromium, headless, driven
+//! through WebDriver (chromedriver) by fantoccini, against the real daemon
+//! crawling the demo shop on loopback with the in-process crawler.
+//!
+//! `scripts/test` installs `chromium` and `chromium-driver` when
+//! `/usr/bin/chromedriver` is missing; without them this test fails saying
+//! so. It leaves screenshots of the run page in the target directory
+//! (`console-run-page.png`, `console-run-page-phone.png`); with
+//! `FANFARE_DOCS_SCREENSHOT=1` it also writes `docs/console-run.png`, the
+//! README's picture.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fanfare::demo::DemoSite;
+use fanfare_testkit::{TestApp, ADMIN_TOKEN};
+use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
+
+/// Where chromedriver and chromium are, unless the environment says otherwise.
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// chromedriver on a free loopback port, killed when dropped.
+struct ChromeDriver {
+    child: Child,
+    url: String,
+    profile: PathBuf,
+}
+
+impl ChromeDriver {
+    async fn start() -> Self {
+        let binary =
+            std::env::var("FANFARE_CHROMEDRIVER").unwrap_or_else(|_| CHROMEDRIVER.to_string());
+        assert!(
+            Path::new(&binary).exists(),
+            "{binary} not found: this test drives Debian's Chromium through chromedriver; \
+             run scripts/test, which installs them (apt-get install chromium chromium-driver), \
+             or set FANFARE_CHROMEDRIVER"
+        );
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new(&binary)
+            .arg(format!("--port={port}"))
+            .arg("--allowed-ips=127.0.0.1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {binary}: {e}"));
+        let url = format!("http://127.0.0.1:{port}");
+        let profile = std::env::temp_dir().join(format!("fanfare-console-{}", std::process::id()));
+        let driver = Self {
+            child,
+            url,
+            profile,
+        };
+        let http = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(resp) = http.get(format!("{}/status", driver.url)).send().await {
+                let body: serde_json::Value = resp.json().await.unwrap_or_default();
+                if body["value"]["ready"] == true {
+                    return driver;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "chromedriver did not become ready on {} within 30 s",
+                driver.url
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A headless Chromium session (as root it needs --no-sandbox; the
+    /// background-networking flags keep it off the closed network).
+    async fn browser(&self) -> Client {
+        let chromium = std::env::var("FANFARE_CHROMIUM").unwrap_or_else(|_| CHROMIUM.to_string());
+        let caps = serde_json::json!({
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": chromium,
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--disable-quic", "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+                    "--window-size=1280,1900",
+                    format!("--user-data-dir={}", self.profile.display()),
+                ]
+            }
+        });
+        let serde_json::Value::Object(caps) = caps else {
+            unreachable!()
+        };
+        ClientBuilder::new(HttpConnector::new())
+            .capabilities(caps)
+            .connect(&self.url)
+            .await
+            .unwrap_or_else(|e| panic!("a Chromium session through chromedriver: {e}"))
+    }
+}
+
+impl Drop for ChromeDriver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+/// The target directory (screenshots go there).
+fn target_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("the target dir")
+        .to_path_buf()
+}
+
+/// Waits until the text of the first match of `css` satisfies `done`;
+/// returns it.
+async fn wait_text(
+    c: &Client,
+    css: &str,
+    within: Duration,
+    what: &str,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut last = String::new();
+    loop {
+        if let Ok(e) = c.find(Locator::Css(css)).await {
+            if let Ok(text) = e.text().await {
+                if done(&text) {
+                    return text;
+                }
+                last = text;
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            let url = c
+                .current_url()
+                .await
+                .map(|u| u.to_string())
+                .unwrap_or_default();
+            panic!("{what}: {css} on {url} still reads {last:?} after {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn path_of(c: &Client) -> String {
+    c.current_url()
+        .await
+        .expect("the current URL")
+        .path()
+        .to_string()
+}
+
+/// Waits until the browser is on a path that satisfies `done` (a click
+/// that submits a form returns before the next page has loaded); returns it.
+async fn wait_path(c: &Client, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let path = path_of(c).await;
+        let loaded = c
+            .execute("return document.readyState", vec![])
+            .await
+            .map(|s| s == "complete")
+            .unwrap_or(false);
+        if loaded && done(&path) {
+            return path;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: still on {path} after 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css} on the page: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("clicking {css}: {e}"));
+}
+
+async fn save_screenshot(c: &Client, name: &str) -> PathBuf {
+    let png = c.screenshot().await.expect("a screenshot");
+    let path = target_dir().join(name);
+    std::fs::write(&path, &png).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    println!("screenshot: {}", path.display());
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_signs_in_triggers_the_demo_watches_it_finish_and_redrives_its_failure() {
+    let driver = ChromeDriver::start().await;
+    let site = DemoSite::start(24).await.expect("the demo shop starts");
+    // The shop's pages, three slow ones so the run stays open for a moment,
+    // and one that does not exist.
+    let missing = format!("{}/products/404", site.base_url());
+    let mut urls = site.page_urls();
+    urls.extend((1..=3).map(|i| format!("{}/slow/{}", site.base_url(), 1500 + i)));
+    urls.push(missing.clone());
+    let urls = urls
+        .iter()
+        .map(|u| format!("{u:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let app = TestApp::spawn(
+        &format!(
+            r#"
+[[schedules]]
+name = "demo"
+cron = "0 0 6 * * *"
+timezone = "Europe/Paris"
+invoker = "local"
+pages = {{ urls = [{urls}] }}
+extract = {{ name = "h1.name", price = ".price" }}
+max_attempts = 1
+"#
+        ),
+        None,
+    )
+    .await;
+    let c = driver.browser().await;
+
+    // Signing in: the console sends us to the form, then back.
+    c.goto(&format!("{}/ui/", app.address)).await.unwrap();
+    assert_eq!(path_of(&c).await, "/ui/login");
+    c.find(Locator::Css("input[name=token]"))
+        .await
+        .unwrap()
+        .send_keys(ADMIN_TOKEN)
+        .await
+        .unwrap();
+    click(&c, "form[action='/ui/login'] button[type=submit]").await;
+    wait_path(&c, "signed in, to the schedules", |p| p == "/ui/").await;
+
+    // The demo schedule, its cron in words, and no run yet.
+    let card = wait_text(
+        &c,
+        "[data-schedule=demo]",
+        Duration::from_secs(5),
+        "the demo schedule",
+        |t| t.contains("demo"),
+    )
+    .await;
+    assert!(card.contains("at 06:00 every day"), "{card}");
+    assert!(card.contains("Europe/Paris"), "{card}");
+    assert!(card.contains("none yet"), "{card}");
+
+    // Trigger: the run's page, live while the run is open.
+    click(&c, "[data-schedule=demo] button[data-action=trigger]").await;
+    let run_path = wait_path(&c, "the new run's page", |p| p.starts_with("/ui/runs/")).await;
+    let summary = wait_text(
+        &c,
+        "[data-percent]",
+        Duration::from_secs(60),
+        "the run reaches 100 %",
+        |t| t.ends_with("(100 %)"),
+    )
+    .await;
+    assert_eq!(summary, "28 of 28 pages reported (100 %)");
+    assert_eq!(
+        path_of(&c).await,
+        run_path,
+        "the page followed the run itself"
+    );
+    let counts = c
+        .find(Locator::Css("ul.counts"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        counts.contains("succeeded 27") && counts.contains("failed 1"),
+        "{counts}"
+    );
+
+    // The failed page, its URL and error in the table.
+    let failures = wait_text(
+        &c,
+        "table[data-table=failures] tbody",
+        Duration::from_secs(10),
+        "the failed page is listed",
+        |t| t.contains(&missing),
+    )
+    .await;
+    assert!(failures.contains("http_status"), "{failures}");
+    assert!(failures.contains("404"), "{failures}");
+    save_screenshot(&c, "console-run-page.png").await;
+    if std::env::var("FANFARE_DOCS_SCREENSHOT").is_ok_and(|v| v == "1") {
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+        std::fs::create_dir_all(&docs).unwrap();
+        std::fs::copy(
+            target_dir().join("console-run-page.png"),
+            docs.join("console-run.png"),
+        )
+        .unwrap();
+    }
+    c.set_window_size(390, 1600).await.unwrap();
+    save_screenshot(&c, "console-run-page-phone.png").await;
+    c.set_window_size(1280, 1900).await.unwrap();
+
+    // Redrive: a new run of the failed page, linked to this one.
+    click(&c, "button[data-action=redrive]").await;
+    wait_path(&c, "the redrive run's page", |p| {
+        p.starts_with("/ui/runs/") && p != run_path
+    })
+    .await;
+    let facts = c
+        .find(Locator::Css("dl.facts"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(facts.contains("Redrive of"), "{facts}");
+    assert!(
+        facts.contains(run_path.trim_start_matches("/ui/runs/")),
+        "{facts}"
+    );
+    wait_text(
+        &c,
+        "[data-percent]",
+        Duration::from_secs(30),
+        "the redrive run finishes",
+        |t| t == "1 of 1 pages reported (100 %)",
+    )
+    .await;
+
+    // The overview and the list of runs now show both runs.
+    c.goto(&format!("{}/ui/", app.address)).await.unwrap();
+    let card = c.find(Locator::Css("[data-schedule=demo]")).await.unwrap();
+    // The last run is the redrive, of the missing page alone: failed.
+    let text = card.text().await.unwrap();
+    assert!(text.contains("failed"), "the last run's outcome: {text}");
+    assert_eq!(
+        card.find_all(Locator::Css("svg.spark rect"))
+            .await
+            .unwrap()
+            .len(),
+        2,
+        "one bar per run of the schedule"
+    );
+    save_screenshot(&c, "console-schedules.png").await;
+    c.goto(&format!("{}/ui/runs", app.address)).await.unwrap();
+    let rows = c.find_all(Locator::Css("tr[data-run]")).await.unwrap();
+    assert_eq!(rows.len(), 2, "the run and its redrive");
+    save_screenshot(&c, "console-runs.png").await;
+
+    // Sign out: the console is closed again.
+    click(&c, "button[data-action=sign-out]").await;
+    wait_path(&c, "signed out", |p| p == "/ui/login").await;
+    c.goto(&format!("{}/ui/", app.address)).await.unwrap();
+    assert_eq!(path_of(&c).await, "/ui/login");
+
+    c.close().await.unwrap();
+    drop(driver);
+    app.stop().await;
+    site.shutdown().await;
+}

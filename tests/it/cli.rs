@@ -1,0 +1,402 @@
+//! The `fanfare` client commands: the real binary against a running
+//! daemon, its output read as a script would (not a terminal: plain lines).
+
+use std::process::Output;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fanfare::demo::DemoSite;
+use serde_json::Value;
+
+use crate::helpers::*;
+
+/// Runs `fanfare ARGS` against `url` with the admin token in the
+/// environment, no configuration.
+async fn fanfare(url: &str, args: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_fanfare"))
+        .args(args)
+        .env("FANFARE_URL", url)
+        .env("FANFARE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env_remove("FANFARE_CONFIG")
+        .env_remove("FANFARE_CONFIG_TOML")
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("the fanfare binary runs")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A schedule crawling the demo site in-process: `paths` on it.
+fn local_schedule(name: &str, site: &DemoSite, paths: &[&str]) -> String {
+    let urls: Vec<String> = paths
+        .iter()
+        .map(|p| format!("\"{}{p}\"", site.base_url()))
+        .collect();
+    format!(
+        "[[schedules]]\nname = \"{name}\"\ninvoker = \"local\"\npages = {{ urls = [{}] }}\nextract = {{ price = \".price\" }}\n",
+        urls.join(", ")
+    )
+}
+
+#[tokio::test]
+async fn runs_list_and_show_print_the_run_as_json_and_as_a_table() {
+    let lambda = Arc::new(RecordingLambda::default());
+    let app = TestApp::spawn(&lambda_schedule("s", 2, None, ""), Some(lambda.clone())).await;
+    let run_id = app.trigger("s").await;
+    lambda.wait_for(2).await;
+
+    let out = fanfare(&app.address, &["runs", "list", "--json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let listed: Value = serde_json::from_slice(&out.stdout).expect("runs list --json is JSON");
+    let ids: Vec<&str> = listed["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [run_id.to_string()]);
+
+    let out = fanfare(&app.address, &["runs", "list", "--schedule", "s"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let table = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 2, "{table}");
+    assert!(lines[0].starts_with("ID "), "{table}");
+    assert!(lines[1].starts_with(&run_id.to_string()), "{table}");
+    // Aligned: each header starts where its cell starts.
+    let col = lines[0].find("SCHEDULE").unwrap();
+    assert_eq!(&lines[1][col..col + 1], "s", "{table}");
+    assert!(lines[1].contains(" 0/2 "), "{table}");
+
+    let out = fanfare(&app.address, &["runs", "show", &run_id.to_string()]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let shown = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        shown.contains(&format!("run            {run_id}")),
+        "{shown}"
+    );
+    assert!(shown.contains("2 total: 0 succeeded"), "{shown}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn schedules_list_shows_each_schedule_with_its_last_run() {
+    let lambda = Arc::new(RecordingLambda::default());
+    let app = TestApp::spawn(
+        &format!(
+            "{}{}",
+            lambda_schedule(
+                "nightly",
+                1,
+                None,
+                "cron = \"0 0 3 * * *\"\ntimezone = \"Europe/Paris\""
+            ),
+            lambda_schedule("adhoc", 1, None, "")
+        ),
+        Some(lambda.clone()),
+    )
+    .await;
+    let run_id = app.trigger("adhoc").await;
+    lambda.wait_for(1).await;
+
+    let out = fanfare(&app.address, &["schedules", "list", "--json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let body: Value = serde_json::from_slice(&out.stdout).expect("schedules list --json is JSON");
+    let (_, api) = app.get("/v1/schedules").await;
+    assert_eq!(body, api);
+
+    let out = fanfare(&app.address, &["schedules", "list"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let table = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    assert!(lines[0].starts_with("NAME "), "{table}");
+    let words = |l: &str| l.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+    let nightly = words(lines[1]);
+    assert_eq!(nightly[..5], ["nightly", "0", "0", "3", "*"], "{table}");
+    assert!(
+        lines[1].contains("Europe/Paris") && lines[1].ends_with(" -"),
+        "{table}"
+    );
+    let adhoc = words(lines[2]);
+    assert_eq!(adhoc[..5], ["adhoc", "-", "-", "lambda", "no"], "{table}");
+    assert!(lines[2].contains(&format!("{run_id} running")), "{table}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn trigger_wait_exits_0_when_the_run_succeeds_and_1_when_it_partly_fails() {
+    let site = DemoSite::start(3).await.unwrap();
+    let app = TestApp::spawn(
+        &format!(
+            "{}{}",
+            local_schedule("good", &site, &["/products/1", "/products/2"]),
+            local_schedule("mixed", &site, &["/products/3", "/status/404"])
+        ),
+        None,
+    )
+    .await;
+
+    let out = fanfare(&app.address, &["trigger", "good", "--wait"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let first = stdout.lines().next().unwrap();
+    assert!(
+        first.starts_with("run ") && first.ends_with(" of \"good\" started"),
+        "{stdout}"
+    );
+    let run_id = first.split(' ').nth(1).unwrap();
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('✔'))
+        .unwrap_or("");
+    assert!(
+        last.contains(&format!(
+            "run {run_id} of \"good\" succeeded: 2/2 pages succeeded, 0 failed"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("{}/ui/runs/{run_id}", app.address)),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains('\r') && !stdout.contains('\u{1b}'),
+        "plain lines, no terminal codes: {stdout:?}"
+    );
+    let (_, run) = app.get(&format!("/v1/runs/{run_id}")).await;
+    assert_eq!(run["outcome"], "succeeded");
+
+    let out = fanfare(&app.address, &["trigger", "mixed", "--wait"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains("\"mixed\" partial: 1/2 pages succeeded, 1 failed"),
+        "{stdout}"
+    );
+
+    // --json: the finished run's JSON only.
+    let out = fanfare(&app.address, &["trigger", "good", "--wait", "--json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let run: Value = serde_json::from_slice(&out.stdout).expect("the finished run as JSON");
+    assert_eq!(run["status"], "finished");
+    assert_eq!(run["pages"]["succeeded"], 2);
+    app.stop().await;
+    site.shutdown().await;
+}
+
+#[tokio::test]
+async fn runs_cancel_cancels_an_open_run_and_a_second_cancel_exits_2() {
+    let lambda = Arc::new(RecordingLambda::default());
+    let app = TestApp::spawn(&lambda_schedule("s", 3, None, ""), Some(lambda.clone())).await;
+    let run_id = app.trigger("s").await.to_string();
+    lambda.wait_for(3).await;
+
+    let out = fanfare(&app.address, &["runs", "cancel", &run_id]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("run {run_id} cancelled: 3 open pages cancelled\n")
+    );
+    let (_, run) = app.get(&format!("/v1/runs/{run_id}")).await;
+    assert_eq!(run["outcome"], "cancelled");
+    assert_eq!(run["pages"]["cancelled"], 3);
+
+    let out = fanfare(&app.address, &["runs", "cancel", &run_id]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("409") && stderr.contains("finished already"),
+        "{stderr}"
+    );
+
+    // Watching it now: it finished, not succeeded.
+    let out = fanfare(&app.address, &["runs", "watch", &run_id]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(" cancelled: 0/3 pages succeeded"),
+        "{}",
+        text(&out)
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn export_to_a_file_equals_the_api_answer() {
+    let site = DemoSite::start(3).await.unwrap();
+    let app = TestApp::spawn(
+        &local_schedule(
+            "shop",
+            &site,
+            &["/products/1", "/products/2", "/status/404"],
+        ),
+        None,
+    )
+    .await;
+    let run_id = app.trigger("shop").await;
+    app.wait_finished(run_id, Duration::from_secs(20)).await;
+    let dir = std::env::temp_dir().join(format!("fanfare-export-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    for format in ["csv", "jsonl"] {
+        let api = app
+            .client
+            .get(format!(
+                "{}/v1/runs/{run_id}/results?format={format}",
+                app.address
+            ))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let file = dir.join(format!("run.{format}"));
+        let out = fanfare(
+            &app.address,
+            &[
+                "export",
+                &run_id.to_string(),
+                "--format",
+                format,
+                "-o",
+                file.to_str().unwrap(),
+            ],
+        )
+        .await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let written = std::fs::read(&file).unwrap();
+        assert_eq!(written, api.to_vec(), "{format}");
+        assert_eq!(
+            String::from_utf8_lossy(&written).lines().count(),
+            if format == "csv" { 4 } else { 3 }
+        );
+        // To standard output, filtered.
+        let out = fanfare(
+            &app.address,
+            &[
+                "export",
+                &run_id.to_string(),
+                "--format",
+                format,
+                "--status",
+                "failed",
+            ],
+        )
+        .await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert!(stdout.contains("/status/404"), "{stdout}");
+        assert!(!stdout.contains("/products/1"), "{stdout}");
+    }
+    // An unknown run leaves no file behind.
+    let file = dir.join("none.csv");
+    let out = fanfare(
+        &app.address,
+        &[
+            "export",
+            &uuid::Uuid::now_v7().to_string(),
+            "-o",
+            file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(!file.exists() && std::fs::read_dir(&dir).unwrap().count() == 2);
+    std::fs::remove_dir_all(&dir).unwrap();
+    app.stop().await;
+    site.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_refused_connection_or_a_missing_token_exits_2_naming_what_is_wrong() {
+    // A port nobody listens on: bound, read, released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    for args in [
+        &["runs", "list"][..],
+        &["runs", "watch", "x"],
+        &["trigger", "s", "--wait"],
+    ] {
+        let out = fanfare(&url, args).await;
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("could not reach {url}/")),
+            "{args:?}: {stderr}"
+        );
+    }
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fanfare"))
+        .args(["runs", "list"])
+        .env("FANFARE_URL", &url)
+        .env_remove("FANFARE_ADMIN_TOKEN")
+        .env_remove("FANFARE_CONFIG")
+        .env_remove("FANFARE_CONFIG_TOML")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no admin token: set FANFARE_ADMIN_TOKEN"),
+        "{}",
+        text(&out)
+    );
+
+    // A usage error (clap's own) exits 2 as well.
+    let out = fanfare(&url, &["runs", "list", "--limit", "many"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
+
+#[tokio::test]
+async fn the_token_and_address_come_from_the_configuration_file() {
+    let lambda = Arc::new(RecordingLambda::default());
+    let app = TestApp::spawn(&lambda_schedule("s", 1, None, ""), Some(lambda.clone())).await;
+    let run_id = app.trigger("s").await;
+    let port = app.address.rsplit(':').next().unwrap();
+    let dir = std::env::temp_dir().join(format!("fanfare-cli-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("fanfare.toml");
+    std::fs::write(
+        &config,
+        fanfare_testkit::config_toml_with(
+            &app.database,
+            port.parse().unwrap(),
+            2,
+            CALLBACK_SECRET,
+            ADMIN_TOKEN,
+            "",
+        )
+        .replace("listen = \"127.0.0.1:", "listen = \"0.0.0.0:"),
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fanfare"))
+        .args(["runs", "show", &run_id.to_string(), "--json", "--config"])
+        .arg(&config)
+        .env_remove("FANFARE_URL")
+        .env_remove("FANFARE_ADMIN_TOKEN")
+        .env_remove("FANFARE_CONFIG_TOML")
+        .output()
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let run: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(run["id"], run_id.to_string());
+    app.stop().await;
+}

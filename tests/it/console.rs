@@ -1,0 +1,409 @@
+//! The web console at the HTTP level: sessions, CSRF, escaping, the
+//! security headers, live events. (tests/console drives it in a browser.)
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fanfare::http::ui::session::{SessionKey, COOKIE};
+use reqwest::header::{CONTENT_SECURITY_POLICY, COOKIE as COOKIE_HEADER, LOCATION, SET_COOKIE};
+
+use crate::helpers::*;
+
+/// A client that does not follow redirects, so their targets can be checked.
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Signs in with `token`; returns the answer.
+async fn sign_in(app: &TestApp, token: &str) -> reqwest::Response {
+    client()
+        .post(format!("{}/ui/login", app.address))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Signs in with the admin token; returns the session cookie's value.
+async fn session(app: &TestApp) -> String {
+    let resp = sign_in(app, ADMIN_TOKEN).await;
+    assert_eq!(resp.status(), 303);
+    let set = resp.headers()[SET_COOKIE].to_str().unwrap().to_string();
+    let value = set
+        .strip_prefix(&format!("{COOKIE}="))
+        .and_then(|rest| rest.split(';').next())
+        .unwrap_or_else(|| panic!("a session cookie: {set}"));
+    value.to_string()
+}
+
+/// GETs a console page with `cookie`; returns (status, headers, body).
+async fn page(
+    app: &TestApp,
+    cookie: Option<&str>,
+    path: &str,
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let mut req = client().get(format!("{}{path}", app.address));
+    if let Some(c) = cookie {
+        req = req.header(COOKIE_HEADER, format!("{COOKIE}={c}"));
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    (status, headers, resp.text().await.unwrap())
+}
+
+/// POSTs a console form with `cookie` and these fields; returns (status, Location).
+async fn post_form(
+    app: &TestApp,
+    cookie: &str,
+    path: &str,
+    fields: &[(&str, &str)],
+) -> (u16, String) {
+    let resp = client()
+        .post(format!("{}{path}", app.address))
+        .header(COOKIE_HEADER, format!("{COOKIE}={cookie}"))
+        .form(fields)
+        .send()
+        .await
+        .unwrap();
+    let location = resp
+        .headers()
+        .get(LOCATION)
+        .map(|l| l.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (resp.status().as_u16(), location)
+}
+
+/// The CSRF token in a page's forms.
+fn csrf_of(html: &str) -> String {
+    let at = html
+        .find(r#"name="csrf" value=""#)
+        .unwrap_or_else(|| panic!("a form with a CSRF token in {html}"));
+    let rest = &html[at + r#"name="csrf" value=""#.len()..];
+    rest[..rest.find('"').unwrap()].to_string()
+}
+
+async fn run_count(app: &TestApp) -> i64 {
+    sqlx::query_scalar("select count(*) from runs")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn without_a_session_every_console_page_redirects_to_the_sign_in() {
+    let app = TestApp::spawn(
+        &lambda_schedule("s", 1, None, ""),
+        Some(Arc::new(RecordingLambda::default())),
+    )
+    .await;
+    let run = uuid::Uuid::now_v7();
+    for (path, next) in [
+        ("/ui/", "%2Fui%2F"),
+        ("/ui/runs?status=failed", "%2Fui%2Fruns%3Fstatus%3Dfailed"),
+        (&format!("/ui/runs/{run}"), &format!("%2Fui%2Fruns%2F{run}")),
+    ] {
+        let (status, headers, _) = page(&app, None, path).await;
+        assert_eq!(status, 303, "{path}");
+        assert_eq!(
+            headers[LOCATION],
+            format!("/ui/login?next={next}").as_str(),
+            "{path}"
+        );
+    }
+    for path in ["/ui/schedules/s/trigger", "/ui/logout"] {
+        let resp = client()
+            .post(format!("{}{path}", app.address))
+            .form(&[("csrf", "x")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 303, "{path}");
+        assert_eq!(resp.headers()[LOCATION], "/ui/login", "{path}");
+    }
+    assert_eq!(run_count(&app).await, 0, "no refused form started a run");
+
+    // The sign-in itself: one input named token, the policy, no inline script.
+    let (status, headers, body) = page(&app, None, "/ui/login").await;
+    assert_eq!(status, 200);
+    assert!(body.contains(r#"name="token""#), "{body}");
+    let csp = headers[CONTENT_SECURITY_POLICY].to_str().unwrap();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert!(!body.contains("<script>"), "only external scripts: {body}");
+    assert!(!body.contains("style="), "no inline styles: {body}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_wrong_admin_token_gets_a_401_page_and_no_session() {
+    let app = TestApp::spawn(
+        &lambda_schedule("s", 1, None, ""),
+        Some(Arc::new(RecordingLambda::default())),
+    )
+    .await;
+    let wrong = "not-the-admin-token-but-just-as-long-00000";
+    for token in [wrong, "", &ADMIN_TOKEN[..ADMIN_TOKEN.len() - 1]] {
+        let resp = sign_in(&app, token).await;
+        assert_eq!(resp.status(), 401, "{token:?}");
+        assert!(resp.headers().get(SET_COOKIE).is_none(), "{token:?}");
+        let body = resp.text().await.unwrap();
+        assert!(body.contains("That token was not accepted."), "{body}");
+        assert!(!body.contains(wrong), "the token is not echoed");
+    }
+    // The right one gets a session that opens the console.
+    let resp = sign_in(&app, ADMIN_TOKEN).await;
+    assert_eq!(resp.status(), 303);
+    assert_eq!(resp.headers()[LOCATION], "/ui/");
+    let set = resp.headers()[SET_COOKIE].to_str().unwrap();
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/ui", "Max-Age=43200"] {
+        assert!(set.contains(attr), "{attr} in {set}");
+    }
+    assert!(!set.contains("Secure"), "plain http here: {set}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_session_cookie_is_secure_when_the_console_is_served_over_https() {
+    let app = TestApp::builder()
+        .toml(&lambda_schedule("s", 1, None, ""))
+        .lambda(Arc::new(RecordingLambda::default()))
+        .tweak(|s| s.server.public_url = "https://fanfare.example.com".parse().unwrap())
+        .spawn()
+        .await;
+    let resp = sign_in(&app, ADMIN_TOKEN).await;
+    assert_eq!(resp.status(), 303);
+    let set = resp.headers()[SET_COOKIE].to_str().unwrap();
+    assert!(set.contains("; Secure"), "{set}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn forged_edited_and_expired_session_cookies_are_sent_to_the_sign_in() {
+    let app = TestApp::spawn(
+        &lambda_schedule("s", 1, None, ""),
+        Some(Arc::new(RecordingLambda::default())),
+    )
+    .await;
+    let genuine = session(&app).await;
+    let (status, _, body) = page(&app, Some(&genuine), "/ui/").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#"data-schedule="s""#), "{body}");
+
+    let now = chrono::Utc::now();
+    let other_key = SessionKey::derive("some-other-admin-token-0123456789abcdef");
+    let ours = SessionKey::derive(ADMIN_TOKEN);
+    let expired = ours.issue(now - chrono::Duration::hours(13));
+    let (body_part, _) = genuine.rsplit_once('.').unwrap();
+    let edited = format!("{body_part}.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+    for (what, cookie) in [
+        ("signed under another admin token", other_key.issue(now)),
+        ("expired", expired),
+        ("with a wrong signature", edited),
+        ("garbage", "garbage".to_string()),
+    ] {
+        let (status, headers, _) = page(&app, Some(&cookie), "/ui/").await;
+        assert_eq!(status, 303, "a cookie {what}");
+        assert_eq!(headers[LOCATION], "/ui/login?next=%2Fui%2F", "{what}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn forms_without_their_csrf_token_are_refused_and_change_nothing() {
+    let app = TestApp::spawn(
+        &lambda_schedule("s", 1, None, ""),
+        Some(Arc::new(RecordingLambda::default())),
+    )
+    .await;
+    let cookie = session(&app).await;
+    let (_, _, overview) = page(&app, Some(&cookie), "/ui/").await;
+    let csrf = csrf_of(&overview);
+    // Another session's token is no good for this one.
+    let other = session(&app).await;
+    let (_, _, other_page) = page(&app, Some(&other), "/ui/").await;
+    let other_csrf = csrf_of(&other_page);
+    assert_ne!(csrf, other_csrf);
+
+    for fields in [
+        vec![],
+        vec![("csrf", "")],
+        vec![("csrf", other_csrf.as_str())],
+    ] {
+        for action in ["trigger", "pause"] {
+            let (status, _) =
+                post_form(&app, &cookie, &format!("/ui/schedules/s/{action}"), &fields).await;
+            assert_eq!(status, 403, "{action} with {fields:?}");
+        }
+    }
+    assert_eq!(run_count(&app).await, 0, "no refused trigger started a run");
+    let paused: Option<bool> = sqlx::query_scalar("select paused from schedule_state")
+        .fetch_optional(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(paused, None, "no refused pause paused anything");
+
+    // With the token: the same calls as the admin API, then a redirect.
+    let (status, location) =
+        post_form(&app, &cookie, "/ui/schedules/s/pause", &[("csrf", &csrf)]).await;
+    assert_eq!((status, location.as_str()), (303, "/ui/"));
+    let (_, _, overview) = page(&app, Some(&cookie), "/ui/").await;
+    assert!(overview.contains(r#"data-action="resume""#), "{overview}");
+    let (status, location) =
+        post_form(&app, &cookie, "/ui/schedules/s/trigger", &[("csrf", &csrf)]).await;
+    assert_eq!(status, 303);
+    let run: uuid::Uuid = location
+        .strip_prefix("/ui/runs/")
+        .unwrap_or_else(|| panic!("to the run's page: {location}"))
+        .parse()
+        .unwrap();
+    let (status, body) = app.get(&format!("/v1/runs/{run}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["trigger"], "manual", "{body}");
+    let (status, _) = post_form(
+        &app,
+        &cookie,
+        "/ui/schedules/nope/trigger",
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    // Sign-out needs the token too, and deletes the cookie.
+    let (status, _) = post_form(&app, &cookie, "/ui/logout", &[]).await;
+    assert_eq!(status, 403);
+    let resp = client()
+        .post(format!("{}/ui/logout", app.address))
+        .header(COOKIE_HEADER, format!("{COOKIE}={cookie}"))
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    assert_eq!(resp.headers()[LOCATION], "/ui/login");
+    let set = resp.headers()[SET_COOKIE].to_str().unwrap();
+    assert!(
+        set.starts_with(&format!("{COOKIE}=;")) && set.contains("Max-Age=0"),
+        "{set}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn text_from_page_lists_and_crawlers_is_escaped_in_the_console() {
+    // A JSON page list on loopback with an entry that is not a URL.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let list_url = format!("http://{}/pages.json", listener.local_addr().unwrap());
+    let list = axum::Router::new().route(
+        "/pages.json",
+        axum::routing::get(|| async {
+            axum::Json(serde_json::json!([
+                "http://127.0.0.1:9/p/1",
+                "<script>alert('listed')</script>"
+            ]))
+        }),
+    );
+    let server = tokio::spawn(async move { axum::serve(listener, list).await });
+    let lambda = Arc::new(RecordingLambda::default());
+    let schedule = format!(
+        r#"
+[[schedules]]
+name = "s"
+invoker = "lambda"
+function = "crawler-fn"
+pages = {{ http = "{list_url}" }}
+"#
+    );
+    let app = TestApp::spawn(&schedule, Some(lambda.clone())).await;
+    let run = app.trigger("s").await;
+    let request = lambda.wait_for(1).await.remove(0);
+    let mut report = failed(&request, false);
+    report["error"]["message"] = "<script>alert('crawled')</script> & more".into();
+    let (status, _) = app
+        .post_report(Some(&request.callback_token), &report)
+        .await;
+    assert_eq!(status, 200);
+    app.wait_finished(run, Duration::from_secs(10)).await;
+    // The ledger holds the text as it came.
+    let (_, api) = app.get(&format!("/v1/runs/{run}")).await;
+    assert!(
+        api["listing"]
+            .to_string()
+            .contains("<script>alert('listed')"),
+        "{api}"
+    );
+
+    let cookie = session(&app).await;
+    let (status, headers, body) = page(&app, Some(&cookie), &format!("/ui/runs/{run}")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(headers[CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap()
+        .contains("default-src 'self'"));
+    assert!(
+        body.contains("&lt;script&gt;alert('crawled')&lt;/script&gt; &amp; more"),
+        "the crawler's message, escaped: {body}"
+    );
+    assert!(
+        body.contains("&lt;script&gt;alert('listed')&lt;/script&gt;"),
+        "the invalid listing entry, escaped: {body}"
+    );
+    assert!(!body.contains("<script>alert"), "{body}");
+    assert!(
+        body.contains("http://127.0.0.1:9/p/1"),
+        "the failed page's URL: {body}"
+    );
+    app.stop().await;
+    server.abort();
+}
+
+#[tokio::test]
+async fn a_finished_runs_event_stream_sends_its_counts_once_and_ends() {
+    let lambda = Arc::new(RecordingLambda::default());
+    let app = TestApp::spawn(&lambda_schedule("s", 2, None, ""), Some(lambda.clone())).await;
+    let run = app.trigger("s").await;
+    let cookie = session(&app).await;
+    let requests = lambda.wait_for(2).await;
+    // While open, progress events with the counts so far.
+    app.report_success(&requests[0]).await;
+    let mut open = client()
+        .get(format!("{}/ui/runs/{run}/events", app.address))
+        .header(COOKIE_HEADER, format!("{COOKIE}={cookie}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(open.status(), 200);
+    assert!(open.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let first = String::from_utf8(open.chunk().await.unwrap().unwrap().to_vec()).unwrap();
+    assert!(first.starts_with("event: progress\n"), "{first}");
+    assert!(
+        first.contains(r#""succeeded":1"#) && first.contains(r#""open":1"#),
+        "{first}"
+    );
+    drop(open);
+
+    app.report_success(&requests[1]).await;
+    app.wait_finished(run, Duration::from_secs(10)).await;
+    let done = tokio::time::timeout(
+        Duration::from_secs(10),
+        page(&app, Some(&cookie), &format!("/ui/runs/{run}/events")),
+    )
+    .await
+    .expect("the stream of a finished run ends");
+    assert_eq!(done.0, 200);
+    assert_eq!(done.2.matches("event: ").count(), 1, "{}", done.2);
+    assert!(done.2.starts_with("event: done\n"), "{}", done.2);
+    assert!(
+        done.2.contains(r#""succeeded":2"#) && done.2.contains(r#""status":"finished""#),
+        "{}",
+        done.2
+    );
+    app.stop().await;
+}
