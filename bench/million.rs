@@ -285,7 +285,11 @@ async fn checkpoint(conn: &mut PgConnection) {
 /// Seconds to `COPY` `urls` URLs, with a run id, into a fresh table of
 /// `pages`' shape (with its foreign key to `runs` when `with_fk`).
 async fn copy_baseline(conn: &mut PgConnection, urls: usize, with_fk: bool) -> anyhow::Result<f64> {
-    let table = if with_fk { "bench_copy_fk" } else { "bench_copy" };
+    let table = if with_fk {
+        "bench_copy_fk"
+    } else {
+        "bench_copy"
+    };
     conn.execute(format!("create table {table} (like pages including all)").as_str())
         .await?;
     let run_id = Uuid::now_v7();
@@ -645,9 +649,14 @@ page_timeout = "15m"
     let run = common::trigger(&http, &daemon.address, ADMIN_TOKEN, "million").await;
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let view = loop {
-        let (_, view) = common::get(&http, &daemon.address, ADMIN_TOKEN, &format!("/v1/runs/{run}"))
-            .await
-            .map_err(|e| anyhow!("reading the run: {e}"))?;
+        let (_, view) = common::get(
+            &http,
+            &daemon.address,
+            ADMIN_TOKEN,
+            &format!("/v1/runs/{run}"),
+        )
+        .await
+        .map_err(|e| anyhow!("reading the run: {e}"))?;
         if view["status"] != "listing" {
             break view;
         }

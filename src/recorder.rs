@@ -82,9 +82,27 @@ struct Entry {
 
 /// Records page changes in batches (see the module documentation).
 pub struct Recorder {
+    writer: Arc<Writer>,
+    /// The batching task's queue and the task, made with the first change.
+    /// Dropping the recorder stops the task and the batches it is writing,
+    /// as the end of the process would: their callers are answered with an
+    /// error, and a statement already sent commits or not on its own.
+    queue: OnceLock<(mpsc::Sender<Entry>, AbortOnDrop)>,
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What writing a batch needs.
+struct Writer {
     pool: PgPool,
     settings: Arc<Settings>,
-    queue: OnceLock<mpsc::Sender<Entry>>,
 }
 
 impl Recorder {
@@ -92,19 +110,22 @@ impl Recorder {
     /// change.
     pub fn new(pool: PgPool, settings: Arc<Settings>) -> Arc<Self> {
         Arc::new(Self {
-            pool,
-            settings,
+            writer: Arc::new(Writer { pool, settings }),
             queue: OnceLock::new(),
         })
     }
 
     /// Records one change, in whichever batch it lands in; returns once that
     /// batch has committed.
-    pub async fn record(self: &Arc<Self>, write: PageWrite) -> Result<Recorded, RecordError> {
-        let queue = self.queue.get_or_init(|| {
+    ///
+    /// A change whose caller stops waiting (its future dropped: a client
+    /// that hung up, a task shut down) before its batch is formed is not
+    /// written, as if it never arrived; once in a batch it is written.
+    pub async fn record(&self, write: PageWrite) -> Result<Recorded, RecordError> {
+        let (queue, _) = self.queue.get_or_init(|| {
             let (tx, rx) = mpsc::channel(QUEUE);
-            tokio::spawn(self.clone().collect(rx));
-            tx
+            let task = tokio::spawn(collect(self.writer.clone(), rx));
+            (tx, AbortOnDrop(task.abort_handle()))
         });
         let (reply, answer) = oneshot::channel();
         let gone = || RecordError {
@@ -117,43 +138,9 @@ impl Recorder {
             .map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
+}
 
-    /// Forms batches and hands each to a writer.
-    async fn collect(self: Arc<Self>, mut rx: mpsc::Receiver<Entry>) {
-        let writers = Arc::new(Semaphore::new(WRITERS));
-        loop {
-            let Some(first) = rx.recv().await else { return };
-            let mut batch = vec![first];
-            let permit = loop {
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(entry) => batch.push(entry),
-                        Err(_) => break,
-                    }
-                }
-                if batch.len() >= MAX_BATCH {
-                    break writers.clone().acquire_owned().await;
-                }
-                tokio::select! {
-                    biased;
-                    permit = writers.clone().acquire_owned() => break permit,
-                    entry = rx.recv() => match entry {
-                        Some(entry) => batch.push(entry),
-                        None => break writers.clone().acquire_owned().await,
-                    },
-                }
-            };
-            let Ok(permit) = permit else { return };
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(entry) => batch.push(entry),
-                    Err(_) => break,
-                }
-            }
-            tokio::spawn(self.clone().write(batch, permit));
-        }
-    }
-
+impl Writer {
     /// Writes one batch (and, for pages it carried twice, the rounds after
     /// it), finishes the runs it completed, and answers every entry.
     async fn write(self: Arc<Self>, mut batch: Vec<Entry>, _permit: OwnedSemaphorePermit) {
@@ -257,6 +244,48 @@ impl Recorder {
                 }
                 other => return other,
             }
+        }
+    }
+}
+
+/// Forms batches and hands each to a writer. The batches being written are
+/// this task's: they stop when it is aborted.
+async fn collect(writer: Arc<Writer>, mut rx: mpsc::Receiver<Entry>) {
+    let writers = Arc::new(Semaphore::new(WRITERS));
+    let mut writing = tokio::task::JoinSet::new();
+    loop {
+        while writing.try_join_next().is_some() {}
+        let Some(first) = rx.recv().await else { return };
+        let mut batch = vec![first];
+        let permit = loop {
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(entry) => batch.push(entry),
+                    Err(_) => break,
+                }
+            }
+            if batch.len() >= MAX_BATCH {
+                break writers.clone().acquire_owned().await;
+            }
+            tokio::select! {
+                biased;
+                permit = writers.clone().acquire_owned() => break permit,
+                entry = rx.recv() => match entry {
+                    Some(entry) => batch.push(entry),
+                    None => break writers.clone().acquire_owned().await,
+                },
+            }
+        };
+        let Ok(permit) = permit else { return };
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(entry) => batch.push(entry),
+                Err(_) => break,
+            }
+        }
+        batch.retain(|entry| !entry.reply.is_closed());
+        if !batch.is_empty() {
+            writing.spawn(writer.clone().write(batch, permit));
         }
     }
 }

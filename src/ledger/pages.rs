@@ -46,11 +46,11 @@ pub async fn insert_pages<'a, A: Acquire<'a, Database = Postgres>>(
     if listing.is_none() {
         return Ok(None);
     }
-    let added = match copy_pages(&mut *tx, run_id, urls).await {
+    let added = match copy_pages(&mut tx, run_id, urls).await {
         Ok(added) => added,
         Err(e) if is_repeated_url(&e) => {
             tracing::debug!(%run_id, "the batch names URLs the run already has; inserting it without them");
-            insert_new_pages(&mut *tx, run_id, urls).await?
+            insert_new_pages(&mut tx, run_id, urls).await?
         }
         Err(e) => return Err(e),
     };
@@ -80,7 +80,7 @@ async fn copy_pages(
     urls: &[String],
 ) -> Result<i64, sqlx::Error> {
     let data = copy_text(run_id, urls);
-    let mut savepoint = conn.begin().await?;
+    let mut savepoint = Connection::begin(&mut *conn).await?;
     let mut copy = savepoint
         .copy_in_raw("copy pages (run_id, url) from stdin")
         .await?;

@@ -191,7 +191,14 @@ async fn the_trigger_command_starts_a_run_through_the_api() {
     )
     .unwrap();
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fanfare"))
-        .args(["trigger", "cli", "--url", &app.address, "--config"])
+        .args([
+            "trigger",
+            "cli",
+            "--json",
+            "--url",
+            &app.address,
+            "--config",
+        ])
         .arg(&config)
         .output()
         .await
@@ -205,6 +212,20 @@ async fn the_trigger_command_starts_a_run_through_the_api() {
     let run_id = printed["run_id"].as_str().unwrap().to_string();
     let reqs = lambda.wait_for(1).await;
     assert_eq!(reqs[0].run_id, run_id);
+
+    // Without --json, a line for people naming the run.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fanfare"))
+        .args(["trigger", "cli", "--url", &app.address, "--config"])
+        .arg(&config)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("run ") && text.trim_end().ends_with("of \"cli\" started"),
+        "{text}"
+    );
 
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fanfare"))
         .args(["trigger", "nope", "--url", &app.address, "--config"])

@@ -229,6 +229,16 @@ impl Database {
     /// every one of them (so nothing of the dead replica commits later).
     pub async fn kill(&self, replica: Replica) {
         let Replica { runs, name } = replica;
+        // The process stops, and its tasks with it (the recorder's batches
+        // among them): nothing of it starts a statement from now on.
+        let pool = runs.pool.clone();
+        assert_eq!(
+            Arc::strong_count(&runs),
+            1,
+            "the killed replica {name} is still referenced: its tasks would outlive it"
+        );
+        drop(runs);
+        tokio::task::yield_now().await;
         // The server drops the replica's sessions, rolling back whatever
         // they had not committed, as it does when a process dies.
         sqlx::query(
@@ -239,8 +249,6 @@ impl Database {
         .execute(&self.observer)
         .await
         .expect("terminate the replica's sessions");
-        let pool = runs.pool.clone();
-        drop(runs);
         let _ = tokio::time::timeout(Duration::from_secs(5), pool.close()).await;
         for _ in 0..2000 {
             let alive: i64 = sqlx::query_scalar(

@@ -1025,7 +1025,6 @@ impl<'a> World<'a> {
         // state before the operation first.
         let mut candidates = vec![before.clone()];
         let mut claim: Vec<(i64, i32)> = Vec::new();
-        let runs = self.replica().runs.clone();
         let run_id = self.run_id;
         let mut partial = Vec::new();
         let work: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = match op {
@@ -1034,8 +1033,11 @@ impl<'a> World<'a> {
                 let (_, want) = after.claim(*limit);
                 claim = want.iter().map(|&(i, a)| (after.pages[i].id, a)).collect();
                 candidates.insert(0, after);
-                let (pool, limit, cap) =
-                    (runs.pool.clone(), *limit, self.model.policy.max_in_flight);
+                let (pool, limit, cap) = (
+                    self.replica().runs.pool.clone(),
+                    *limit,
+                    self.model.policy.max_in_flight,
+                );
                 Box::pin(async move {
                     let _ = ledger::claim_pages(&pool, SCHEDULE, cap, limit, PAGE_TIMEOUT).await;
                 })
@@ -1051,6 +1053,7 @@ impl<'a> World<'a> {
                 after.event(event.page, event.attempt, page_event.clone());
                 candidates.insert(0, after);
                 self.delivered.push((event, report));
+                let runs = self.replica().runs.clone();
                 Box::pin(async move {
                     let at = PageAttempt {
                         run_id,
@@ -1075,6 +1078,7 @@ impl<'a> World<'a> {
                         partial.push(after);
                     }
                 }
+                let runs = self.replica().runs.clone();
                 Box::pin(async move {
                     let _ = sweep::sweep_once(&runs).await;
                 })
