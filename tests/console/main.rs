@@ -274,13 +274,16 @@ max_attempts = 1
         run_path,
         "the page followed the run itself"
     );
-    let counts = c
-        .find(Locator::Css("ul.counts"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // Read through wait_text: the live script may replace the element
+    // between finding and reading it.
+    let counts = wait_text(
+        &c,
+        "ul.counts",
+        Duration::from_secs(10),
+        "the counts",
+        |_| true,
+    )
+    .await;
     assert!(
         counts.contains("succeeded 27") && counts.contains("failed 1"),
         "{counts}"
@@ -317,14 +320,14 @@ max_attempts = 1
         p.starts_with("/ui/runs/") && p != run_path
     })
     .await;
-    let facts = c
-        .find(Locator::Css("dl.facts"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(facts.contains("Redrive of"), "{facts}");
+    let facts = wait_text(
+        &c,
+        "dl.facts",
+        Duration::from_secs(10),
+        "the redrive run's facts",
+        |t| t.contains("Redrive of"),
+    )
+    .await;
     assert!(
         facts.contains(run_path.trim_start_matches("/ui/runs/")),
         "{facts}"
