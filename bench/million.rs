@@ -710,6 +710,23 @@ page_timeout = "15m"
     tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
     figures.rss_idle_end_mb = sampler.last_mb();
     figures.vm_hwm_mb = memory_kb(daemon.pid()).map_or(0.0, |(_, hwm)| hwm as f64 / 1024.0);
+    // What the idle RSS is made of: the heap and other anonymous memory, or
+    // pages of the binary and libraries (code run once stays mapped).
+    if let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid())) {
+        let kb = |name: &str| -> f64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        println!(
+            "FIGURE idle_end rss_anon_mb={:.1} rss_file_mb={:.1} threads={}",
+            kb("RssAnon:") / 1024.0,
+            kb("RssFile:") / 1024.0,
+            kb("Threads:")
+        );
+    }
     println!(
         "FIGURE invokes={} reports_not_accepted={}",
         stand_in.invokes.load(Ordering::Relaxed),

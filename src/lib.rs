@@ -15,6 +15,7 @@ pub mod http;
 pub mod lambda;
 pub mod ledger;
 pub mod lifecycle;
+pub mod memory;
 pub mod notify;
 pub mod overview;
 pub mod recorder;

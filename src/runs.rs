@@ -374,6 +374,8 @@ impl Runs {
             "foreign_sitemaps": stats.foreign_sitemaps,
             "foreign_sitemap_examples": stats.foreign_sitemap_examples,
         });
+        // The list's buffers are free: give them back before the dispatch.
+        crate::memory::release_free_memory();
         match rules::finish_listing(&self.pool, &self.settings, run_id, &listing).await {
             Ok(Some(run)) => self.announce(&run).await,
             Ok(None) => {}
@@ -569,6 +571,9 @@ impl Runs {
     /// Logs and counts a finished run, wakes the notifier, and starts the
     /// schedule's buffered fire if it has one.
     pub async fn announce(&self, run: &Run) {
+        // A finished run's memory (its page batches, reports, invokes) is
+        // free now: the daemon idles at its own size, not the run's peak.
+        crate::memory::release_free_memory();
         let outcome = run.outcome.map(Outcome::as_str).unwrap_or_default();
         metrics::counter!("fanfare_runs_finished_total", "schedule" => run.schedule.clone(), "outcome" => outcome)
             .increment(1);
