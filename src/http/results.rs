@@ -60,11 +60,14 @@ impl Format {
 
 /// The query of `GET /v1/runs/{id}/results`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ResultsQuery {
     /// `jsonl` (the default) or `csv`.
+    #[param(pattern = "^(jsonl|csv)$")]
     format: Option<String>,
     /// Only pages in this state (pending, dispatched, succeeded, failed,
     /// timed_out, cancelled).
+    #[param(pattern = "^(pending|dispatched|succeeded|failed|timed_out|cancelled)$")]
     status: Option<String>,
 }
 

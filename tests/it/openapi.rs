@@ -349,3 +349,50 @@ async fn a_nul_in_the_schedule_filter_and_a_non_utf8_path_get_the_documented_400
         );
     }
 }
+
+#[tokio::test]
+async fn every_path_parameter_is_in_its_path_and_every_query_parameter_is_not() {
+    let (router, _app, _db) = router().await;
+    let doc = document(&router).await;
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        let in_template: BTreeSet<String> = path
+            .split('{')
+            .skip(1)
+            .filter_map(|rest| rest.split_once('}').map(|(name, _)| name.to_string()))
+            .collect();
+        for (method, operation) in item.as_object().expect("a path item") {
+            let params = operation["parameters"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let mut in_path = BTreeSet::new();
+            for param in &params {
+                let name = param["name"]
+                    .as_str()
+                    .expect("a parameter name")
+                    .to_string();
+                match param["in"].as_str() {
+                    Some("path") => {
+                        assert!(
+                            in_template.contains(&name),
+                            "{method} {path}: path parameter {name:?} is not in the path"
+                        );
+                        in_path.insert(name);
+                    }
+                    Some("query") => assert!(
+                        !in_template.contains(&name),
+                        "{method} {path}: {name:?} is in the path but documented as a query parameter"
+                    ),
+                    other => panic!("{method} {path}: parameter {name:?} in {other:?}"),
+                }
+                checked += 1;
+            }
+            assert_eq!(
+                in_path, in_template,
+                "{method} {path}: every part of the path template is documented"
+            );
+        }
+    }
+    assert!(checked > 0, "the document has parameters to check");
+}
