@@ -185,6 +185,33 @@ async fn trigger_wait_exits_0_when_the_run_succeeds_and_1_when_it_partly_fails()
         "{stdout}"
     );
 
+    // `runs redrive`: a new run of the failed page alone, linked to it.
+    let mixed = stdout
+        .lines()
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .unwrap()
+        .to_string();
+    let out = fanfare(&app.address, &["runs", "redrive", &mixed]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let said = String::from_utf8(out.stdout).unwrap();
+    let redrive = said.split(' ').nth(1).unwrap_or_default().to_string();
+    assert!(
+        said.starts_with("run ")
+            && said.contains(&format!(
+                "a redrive of run {mixed}'s failed and timed-out pages"
+            )),
+        "{said}"
+    );
+    let (status, run) = app.get(&format!("/v1/runs/{redrive}")).await;
+    assert_eq!(status, 200, "{run}");
+    assert_eq!(run["trigger"], "redrive", "{run}");
+    let out = fanfare(&app.address, &["runs", "watch", &redrive]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let (_, run) = app.get(&format!("/v1/runs/{redrive}")).await;
+    assert_eq!(run["pages"]["total"], 1, "{run}");
+    assert_eq!(run["pages"]["failed"], 1, "{run}");
+
     // --json: the finished run's JSON only.
     let out = fanfare(&app.address, &["trigger", "good", "--wait", "--json"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
