@@ -25,6 +25,7 @@ fn source(path: &std::path::Path) -> String {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    fanfare::memory::configure();
     let cli = Cli::parse();
     match &cli.command {
         Command::Dev => fanfare::telemetry::init_with(fanfare::dev::LOG_FILTER),
