@@ -237,7 +237,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     println!("fanfare callback benchmark");
     println!(
         "  machine: {cores} cores; commit {}; Postgres {server} (synchronous_commit = {sync_commit})",
-        git_commit()
+        fanfare_testkit::bench::git_commit()
     );
     println!("  reproduce: {}", reproduce(&args));
 
@@ -1032,32 +1032,6 @@ fn median(mut values: Vec<f64>) -> Option<f64> {
         0 => None,
         _ if n % 2 == 1 => Some(values[n / 2]),
         _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
-    }
-}
-
-fn git_commit() -> String {
-    let run = |args: &[&str]| {
-        Command::new("git")
-            .args(args)
-            // Read-only: `git status` must not refresh the index.
-            .env("GIT_OPTIONAL_LOCKS", "0")
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    match run(&["rev-parse", "--short", "HEAD"]) {
-        Some(head) => {
-            let dirty = run(&["status", "--porcelain", "--untracked-files=no"])
-                .is_some_and(|s| !s.is_empty());
-            if dirty {
-                format!("{head} (with uncommitted changes)")
-            } else {
-                head
-            }
-        }
-        None => "unknown".into(),
     }
 }
 

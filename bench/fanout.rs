@@ -147,7 +147,7 @@ async fn run(args: &Args, nginx: &Nginx) -> anyhow::Result<()> {
     println!(
         "  machine: {cores} cores, load average {}; commit {}",
         load_average(),
-        git_commit()
+        fanfare_testkit::bench::git_commit()
     );
     println!(
         "  Lambda API stand-in: nginx ({}) with {} worker(s) on 127.0.0.1:{}, answering 202 {{}}",
@@ -562,32 +562,6 @@ fn nginx_version(binary: &Path) -> String {
         .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string())
         .and_then(|s| s.strip_prefix("nginx version: ").map(str::to_string))
         .unwrap_or_else(|| "version unknown".into())
-}
-
-fn git_commit() -> String {
-    let run = |args: &[&str]| {
-        Command::new("git")
-            .args(args)
-            // Read-only: `git status` must not refresh the index.
-            .env("GIT_OPTIONAL_LOCKS", "0")
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    match run(&["rev-parse", "--short", "HEAD"]) {
-        Some(head) => {
-            let dirty = run(&["status", "--porcelain", "--untracked-files=no"])
-                .is_some_and(|s| !s.is_empty());
-            if dirty {
-                format!("{head} (with uncommitted changes)")
-            } else {
-                head
-            }
-        }
-        None => "unknown".into(),
-    }
 }
 
 fn reproduce(args: &Args) -> String {

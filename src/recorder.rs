@@ -75,9 +75,12 @@ impl From<RecordError> for sqlx::Error {
     }
 }
 
+/// Where the outcome of one change goes.
+type Reply = oneshot::Sender<Result<Recorded, RecordError>>;
+
 struct Entry {
     write: PageWrite,
-    reply: oneshot::Sender<Result<Recorded, RecordError>>,
+    reply: Reply,
 }
 
 /// Records page changes in batches (see the module documentation).
@@ -158,15 +161,18 @@ impl Writer {
     }
 
     async fn write_round(&self, round: Vec<Entry>) {
-        let writes: Vec<PageWrite> = round.iter().map(|e| e.write.clone()).collect();
+        // The writes go to the statement as they are (no copy of their
+        // results); the replies wait beside them, in the same order.
+        let (writes, replies): (Vec<PageWrite>, Vec<Reply>) =
+            round.into_iter().map(|e| (e.write, e.reply)).unzip();
         let recorded = match self.write_statement(&writes).await {
             Ok(recorded) => recorded,
-            Err(e) if round.len() > 1 && !ledger::is_unavailable(&e) => {
+            Err(e) if writes.len() > 1 && !ledger::is_unavailable(&e) => {
                 // Something in the batch the server refused: each change on
                 // its own, so that one bad change fails alone.
-                tracing::warn!(error = %e, changes = round.len(), "a batch of page changes failed; recording them one by one");
-                for entry in round {
-                    Box::pin(self.write_round(vec![entry])).await;
+                tracing::warn!(error = %e, changes = writes.len(), "a batch of page changes failed; recording them one by one");
+                for (write, reply) in writes.into_iter().zip(replies) {
+                    Box::pin(self.write_round(vec![Entry { write, reply }])).await;
                 }
                 return;
             }
@@ -175,8 +181,8 @@ impl Writer {
                     unavailable: ledger::is_unavailable(&e),
                     message: e.to_string(),
                 };
-                for entry in round {
-                    let _ = entry.reply.send(Err(error.clone()));
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
                 }
                 return;
             }
@@ -186,22 +192,21 @@ impl Writer {
         // Runs this batch moved to `finishing`, each finished once, by the
         // first of its changes.
         let mut finishing: Vec<Uuid> = Vec::new();
-        let mut waiting: Vec<(Entry, bool)> = Vec::new();
-        for entry in round {
-            match changed.get(&entry.write.page_id) {
+        let mut waiting: Vec<(Uuid, Reply, bool)> = Vec::new();
+        for (write, reply) in writes.iter().zip(replies) {
+            match changed.get(&write.page_id) {
                 None => {
-                    let _ = entry.reply.send(Ok(Recorded::Unchanged));
+                    let _ = reply.send(Ok(Recorded::Unchanged));
                 }
                 Some(r) if r.run_status == Some(RunStatus::Finishing) => {
-                    let run_id = entry.write.run_id;
-                    let first = !finishing.contains(&run_id);
+                    let first = !finishing.contains(&write.run_id);
                     if first {
-                        finishing.push(run_id);
+                        finishing.push(write.run_id);
                     }
-                    waiting.push((entry, first));
+                    waiting.push((write.run_id, reply, first));
                 }
                 Some(_) => {
-                    let _ = entry.reply.send(Ok(Recorded::Changed { finished: None }));
+                    let _ = reply.send(Ok(Recorded::Changed { finished: None }));
                 }
             }
         }
@@ -219,11 +224,9 @@ impl Writer {
                 }
             }
         }
-        for (entry, first) in waiting {
-            let run = first
-                .then(|| finished.remove(&entry.write.run_id))
-                .flatten();
-            let _ = entry.reply.send(Ok(Recorded::Changed { finished: run }));
+        for (run_id, reply, first) in waiting {
+            let run = first.then(|| finished.remove(&run_id)).flatten();
+            let _ = reply.send(Ok(Recorded::Changed { finished: run }));
         }
     }
 

@@ -231,9 +231,23 @@ pub async fn list_runs(
     }))
 }
 
-fn parse_run_id(id: &str) -> Result<Uuid, ApiError> {
+/// A run id from a path: anything but a UUID is no run (404).
+pub(crate) fn parse_run_id(id: &str) -> Result<Uuid, ApiError> {
     id.parse()
         .map_err(|_| ApiError::NotFound(format!("no run has the id {id:?}")))
+}
+
+/// A `status` query parameter: a page status, or 400 naming the choices.
+pub(crate) fn parse_page_status(status: Option<&str>) -> Result<Option<PageStatus>, ApiError> {
+    status
+        .map(|s| {
+            PageStatus::parse(s).ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "status {s:?} must be one of pending, dispatched, succeeded, failed, timed_out, cancelled"
+                ))
+            })
+        })
+        .transpose()
 }
 
 /// `GET /v1/runs/{id}`: the run with page counts by state, timings,
@@ -314,14 +328,7 @@ pub async fn list_pages(
     Query(q): Query<PagesQuery>,
 ) -> Result<Json<PageList>, ApiError> {
     let id = parse_run_id(&id)?;
-    let status = match q.status.as_deref() {
-        None => None,
-        Some(s) => Some(PageStatus::parse(s).ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "status {s:?} must be one of pending, dispatched, succeeded, failed, timed_out, cancelled"
-            ))
-        })?),
-    };
+    let status = parse_page_status(q.status.as_deref())?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::BadRequest("limit must be 1-1000".into()));

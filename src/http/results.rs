@@ -18,7 +18,7 @@ use serde_json::{json, Map, Value};
 
 use super::api::{Path, Query};
 use super::{ApiError, AppState};
-use crate::ledger::{self, PageResult, PageStatus};
+use crate::ledger::{self, PageResult};
 
 /// A chunk of the body is sent once it holds this many bytes.
 const CHUNK_BYTES: usize = 64 * 1024;
@@ -135,22 +135,13 @@ pub async fn export_run(
     format: Option<&str>,
     status: Option<&str>,
 ) -> Result<Response, ApiError> {
-    let run_id: uuid::Uuid = id
-        .parse()
-        .map_err(|_| ApiError::NotFound(format!("no run has the id {id:?}")))?;
+    let run_id = super::api::parse_run_id(id)?;
     let format = match format {
         None => Format::Jsonl,
         Some(f) => Format::parse(f)
             .ok_or_else(|| ApiError::BadRequest(format!("format {f:?} must be jsonl or csv")))?,
     };
-    let status = match status {
-        None => None,
-        Some(s) => Some(PageStatus::parse(s).ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "status {s:?} must be one of pending, dispatched, succeeded, failed, timed_out, cancelled"
-            ))
-        })?),
-    };
+    let status = super::api::parse_page_status(status)?;
     let run = ledger::get_run(&state.runs.pool, run_id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no run has the id {run_id}")))?;

@@ -18,6 +18,7 @@
 
 pub mod api;
 pub mod app;
+pub mod bench;
 pub mod config;
 pub mod db;
 pub mod lambda;
