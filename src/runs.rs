@@ -375,7 +375,7 @@ impl Runs {
             "foreign_sitemap_examples": stats.foreign_sitemap_examples,
         });
         // The list's buffers are free: give them back before the dispatch.
-        crate::memory::release_free_memory();
+        crate::memory::release_free_memory_soon();
         match rules::finish_listing(&self.pool, &self.settings, run_id, &listing).await {
             Ok(Some(run)) => self.announce(&run).await,
             Ok(None) => {}
@@ -573,7 +573,7 @@ impl Runs {
     pub async fn announce(&self, run: &Run) {
         // A finished run's memory (its page batches, reports, invokes) is
         // free now: the daemon idles at its own size, not the run's peak.
-        crate::memory::release_free_memory();
+        crate::memory::release_free_memory_soon();
         let outcome = run.outcome.map(Outcome::as_str).unwrap_or_default();
         metrics::counter!("fanfare_runs_finished_total", "schedule" => run.schedule.clone(), "outcome" => outcome)
             .increment(1);
