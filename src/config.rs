@@ -239,6 +239,19 @@ pub struct Schedule {
     pub max_in_flight: u32,
     /// Invokes per second at most (token bucket); unlimited when unset.
     pub max_invokes_per_second: Option<u32>,
+    /// Pages of one host dispatched and unreported at once, at most
+    /// (across runs and replicas; the strictest schedule crawling a host
+    /// holds for it).
+    pub per_host_in_flight: u32,
+    /// The least time between two dispatches to one host (from
+    /// `per_host_rate`); none when unset.
+    pub per_host_interval: Duration,
+    /// Fetch each host's robots.txt at listing and leave out what it
+    /// disallows; its `Crawl-delay` paces the host.
+    pub obey_robots: bool,
+    /// The `User-Agent` the crawler sends (and robots.txt is matched for);
+    /// the crawler's own when unset.
+    pub user_agent: Option<String>,
     /// The most pages one run may list; a longer list fails the run.
     pub max_pages: usize,
     /// The largest page-list document (after decompression) read.
@@ -341,7 +354,20 @@ struct RawConfig {
     #[serde(default)]
     local: RawLocal,
     #[serde(default)]
+    politeness: RawPoliteness,
+    #[serde(default)]
     schedules: Vec<RawSchedule>,
+}
+
+/// `[politeness]`: defaults of the per-host keys for every schedule that
+/// does not set them itself.
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawPoliteness {
+    per_host_in_flight: Option<u32>,
+    per_host_rate: Option<String>,
+    obey_robots: Option<bool>,
+    user_agent: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -410,6 +436,10 @@ struct RawSchedule {
     max_attempts: Option<u32>,
     max_in_flight: Option<u32>,
     max_invokes_per_second: Option<u32>,
+    per_host_in_flight: Option<u32>,
+    per_host_rate: Option<String>,
+    obey_robots: Option<bool>,
+    user_agent: Option<String>,
     max_pages: Option<usize>,
     max_document_bytes: Option<usize>,
     sitemap_any_host: Option<bool>,
@@ -430,6 +460,61 @@ pub enum Tolerance {
     Count(i64),
     /// At most this percentage of the run's pages.
     Percent(f64),
+}
+
+/// A schedule's `per_host_in_flight` when it sets none (Scrapy's
+/// `CONCURRENT_REQUESTS_PER_DOMAIN`).
+pub const DEFAULT_PER_HOST_IN_FLIGHT: u32 = 8;
+
+/// The crawler's robots.txt product token when a schedule sets no
+/// `user_agent` (the crawler's own agent starts with it).
+pub const DEFAULT_ROBOTS_AGENT: &str = "fanfare-crawler";
+
+impl Schedule {
+    /// The product token robots.txt is matched for: the `user_agent` up to
+    /// its first `/` or space (`acme-bot/2.1 (+https://…)` is `acme-bot`).
+    pub fn robots_agent(&self) -> &str {
+        match self.user_agent.as_deref() {
+            Some(agent) => agent
+                .split(['/', ' '])
+                .next()
+                .filter(|t| !t.is_empty())
+                .unwrap_or(DEFAULT_ROBOTS_AGENT),
+            None => DEFAULT_ROBOTS_AGENT,
+        }
+    }
+}
+
+/// The interval of a rate such as `"5/s"`, `"30/min"`, `"0.5/s"` or
+/// `"100/h"`: the least time between two dispatches.
+fn rate_interval(rate: &str) -> Result<Duration, String> {
+    let bad = || format!("{rate:?} must look like \"5/s\", \"30/min\" or \"100/h\"");
+    let (count, per) = rate.split_once('/').ok_or_else(bad)?;
+    let count: f64 = count.trim().parse().map_err(|_| bad())?;
+    let per = match per.trim() {
+        "s" | "sec" | "second" => 1.0,
+        "m" | "min" | "minute" => 60.0,
+        "h" | "hour" => 3600.0,
+        _ => return Err(bad()),
+    };
+    if !(count.is_finite() && count > 0.0) {
+        return Err(format!("{rate:?}: the count must be above 0"));
+    }
+    Ok(Duration::from_secs_f64(per / count))
+}
+
+/// A `User-Agent` a schedule may set: printable ASCII, at most 200 bytes.
+fn user_agent_ok(agent: &str) -> Result<(), String> {
+    if agent.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    if agent.len() > 200 {
+        return Err("must be at most 200 bytes".into());
+    }
+    if !agent.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err(format!("{agent:?} must be printable ASCII"));
+    }
+    Ok(())
 }
 
 /// Decodes a `whsec_<base64>` webhook secret into the HMAC key.
@@ -742,7 +827,12 @@ impl RawConfig {
 
         let mut seen = HashSet::new();
         let mut schedules = Vec::new();
-        for (i, raw) in self.schedules.into_iter().enumerate() {
+        let polite = self.politeness;
+        for (i, mut raw) in self.schedules.into_iter().enumerate() {
+            raw.per_host_in_flight = raw.per_host_in_flight.or(polite.per_host_in_flight);
+            raw.per_host_rate = raw.per_host_rate.or_else(|| polite.per_host_rate.clone());
+            raw.obey_robots = raw.obey_robots.or(polite.obey_robots);
+            raw.user_agent = raw.user_agent.or_else(|| polite.user_agent.clone());
             if let Some(s) = raw.validate(i, &mut p) {
                 if !seen.insert(s.name.clone()) {
                     p.add(
@@ -940,6 +1030,25 @@ impl RawSchedule {
                 "must be at least 1 (leave it out for no limit)",
             );
         }
+        let per_host_in_flight = self
+            .per_host_in_flight
+            .unwrap_or(DEFAULT_PER_HOST_IN_FLIGHT);
+        if per_host_in_flight == 0 {
+            p.add(&format!("{at}: per_host_in_flight"), "must be at least 1");
+        }
+        let per_host_interval = match self.per_host_rate.as_deref().map(rate_interval) {
+            None => Duration::ZERO,
+            Some(Ok(interval)) => interval,
+            Some(Err(e)) => {
+                p.add(&format!("{at}: per_host_rate"), e);
+                Duration::ZERO
+            }
+        };
+        if let Some(agent) = &self.user_agent {
+            if let Err(e) = user_agent_ok(agent) {
+                p.add(&format!("{at}: user_agent"), e);
+            }
+        }
         let mut notify = Vec::new();
         for (i, t) in self.notify.into_iter().enumerate() {
             let tat = format!("{at}: notify[{i}]");
@@ -983,6 +1092,10 @@ impl RawSchedule {
             max_attempts,
             max_in_flight,
             max_invokes_per_second: self.max_invokes_per_second,
+            per_host_in_flight,
+            per_host_interval,
+            obey_robots: self.obey_robots.unwrap_or(true),
+            user_agent: self.user_agent,
             max_pages: self.max_pages.unwrap_or(DEFAULT_MAX_PAGES),
             max_document_bytes: self
                 .max_document_bytes

@@ -20,6 +20,7 @@ pub mod notify;
 pub mod overview;
 pub mod recorder;
 pub mod redact;
+pub mod robots;
 pub mod runs;
 pub mod schedule;
 pub mod sources;

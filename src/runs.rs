@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::config::{Catchup, Overlap, Schedule, Settings};
 use crate::ledger::{self, Outcome, PageChange, PageStatus, PageWrite, Run, Trigger};
-use crate::lifecycle::page::{self, Event, Next};
+use crate::lifecycle::page::{self, Event, Next, RetryReason};
 use crate::lifecycle::run as rules;
 use crate::lifecycle::{Closing, Completion};
 use crate::recorder::{Recorded, Recorder};
@@ -290,6 +290,11 @@ impl Runs {
         let lister = self.lister.clone();
         let source = schedule.pages.clone();
         let limits = sources::ListLimits::of(&schedule);
+        let mut polite = crate::robots::Politeness::new(
+            &schedule,
+            self.lister.http().clone(),
+            self.lister.policy().clone(),
+        );
         let reader = tokio::spawn(async move { lister.list(&source, limits, tx).await });
         let mut renew = tokio::time::interval(ledger::LISTING_LEASE / 3);
         renew.tick().await;
@@ -308,9 +313,11 @@ impl Runs {
                 }
             };
             let Some(batch) = batch else { break };
+            // robots.txt is read once per host per run, as its first URL comes.
+            let (batch, hosts) = polite.filter(batch).await;
             let mut tries = 0;
             let stored = loop {
-                match ledger::insert_pages(&self.pool, run_id, &batch).await {
+                match ledger::insert_pages(&self.pool, run_id, &batch, &hosts).await {
                     Err(e) if ledger::is_unavailable(&e) && tries < 4 => {
                         tries += 1;
                         tracing::warn!(%run_id, error = %e, "could not store a batch of the page list; retrying");
@@ -359,9 +366,12 @@ impl Runs {
             return;
         }
         let stats = listed.unwrap_or_default();
+        let robots = polite.stats();
         // Pages inserted by an earlier lister of this run count as duplicates here.
-        let duplicates = (stats.urls as u64).saturating_sub(inserted);
-        tracing::info!(%run_id, pages = inserted, duplicates, invalid = stats.invalid, "page list read");
+        let duplicates = (stats.urls as u64)
+            .saturating_sub(inserted)
+            .saturating_sub(robots.disallowed_by_robots);
+        tracing::info!(%run_id, pages = inserted, duplicates, invalid = stats.invalid, disallowed_by_robots = robots.disallowed_by_robots, "page list read");
         let listing = serde_json::json!({
             "urls_read": stats.urls,
             "pages": inserted,
@@ -373,6 +383,11 @@ impl Runs {
             "repeated_sitemaps": stats.repeated_sitemaps,
             "foreign_sitemaps": stats.foreign_sitemaps,
             "foreign_sitemap_examples": stats.foreign_sitemap_examples,
+            "disallowed_by_robots": robots.disallowed_by_robots,
+            "disallowed_examples": robots.disallowed_examples,
+            "robots_fetched": robots.robots_fetched,
+            "robots_unreachable": robots.robots_unreachable,
+            "robots_unreachable_examples": robots.robots_unreachable_examples,
         });
         // The list's buffers are free: give them back before the dispatch.
         crate::memory::release_free_memory_soon();
@@ -429,12 +444,24 @@ impl Runs {
         event: Event,
         result: Option<serde_json::Value>,
     ) -> Result<Handled, sqlx::Error> {
-        let max_attempts = if event.depends_on_attempts() {
-            self.max_attempts_of(at.run_id).await?
-        } else {
-            1
+        if !event.depends_on_attempts() {
+            return self.page_event(at, 1, event, result).await;
+        }
+        let max_attempts = self.max_attempts_of(at.run_id).await?;
+        // Dispatches the site throttled do not count against max_attempts.
+        let throttles = ledger::site_throttles(&self.pool, at.run_id, at.page_id).await?;
+        let event = match event {
+            Event::SiteThrottled {
+                error, retry_after, ..
+            } => Event::SiteThrottled {
+                error,
+                retry_after,
+                throttles: throttles.max(0) as u32,
+            },
+            other => other,
         };
-        self.page_event(at, max_attempts, event, result).await
+        self.counted_page_event(at, at.attempt - throttles, max_attempts, event, result)
+            .await
     }
 
     /// The `max_attempts` of a run's schedule (1 when the schedule is gone).
@@ -472,12 +499,27 @@ impl Runs {
         event: Event,
         result: Option<serde_json::Value>,
     ) -> Result<Handled, sqlx::Error> {
+        self.counted_page_event(at, at.attempt, max_attempts, event, result)
+            .await
+    }
+
+    /// [`Self::page_event`] for a page some of whose dispatches did not
+    /// count: `counted` is `at.attempt` less the dispatches its site
+    /// throttled.
+    pub async fn counted_page_event(
+        &self,
+        at: PageAttempt,
+        counted: i32,
+        max_attempts: u32,
+        event: Event,
+        result: Option<serde_json::Value>,
+    ) -> Result<Handled, sqlx::Error> {
         let PageAttempt {
             run_id,
             page_id,
             attempt,
         } = at;
-        Ok(match page::next(attempt, max_attempts, event) {
+        Ok(match page::next(counted, max_attempts, event) {
             Next::Requeue {
                 after,
                 uses_attempt,
@@ -492,13 +534,20 @@ impl Runs {
                     change: PageChange::Requeue {
                         after,
                         error,
-                        refund: !uses_attempt,
+                        // The site's throttles keep the attempt's number
+                        // (its report may still be delivered again) and
+                        // are counted apart; Lambda's give it back.
+                        refund: !uses_attempt && reason != RetryReason::SiteThrottled,
+                        site_throttle: reason == RetryReason::SiteThrottled,
                     },
                 };
                 match self.recorder.record(write).await? {
                     Recorded::Changed { .. } => {
                         metrics::counter!("fanfare_pages_retried_total", "reason" => reason.as_str())
                             .increment(1);
+                        if reason == RetryReason::SiteThrottled {
+                            metrics::counter!("fanfare_host_throttled_total").increment(1);
+                        }
                         tracing::info!(%run_id, page_id, attempt, reason = reason.as_str(), uses_attempt, retry_in = ?after, error = %message, "the page will be dispatched again");
                         Handled::Requeued
                     }

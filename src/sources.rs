@@ -341,6 +341,16 @@ impl Lister {
         self
     }
 
+    /// The HTTP client sources are fetched with (the network guard applied).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// The network policy the client was built with.
+    pub fn policy(&self) -> &NetPolicy {
+        &self.policy
+    }
+
     /// Reads `source`, sending batches of valid URLs to `tx`; fails past
     /// `limits.max_pages` URLs.
     pub async fn list(

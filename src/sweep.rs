@@ -66,8 +66,9 @@ pub async fn sweep_once(runs: &Runs) -> Result<usize, sqlx::Error> {
                 page_id: page.id,
                 attempt: page.attempt,
             };
+            let counted = page.attempt - page.site_throttles;
             match runs
-                .page_event(at, max_attempts, Event::DeadlinePassed, None)
+                .counted_page_event(at, counted, max_attempts, Event::DeadlinePassed, None)
                 .await?
             {
                 Handled::Requeued => {

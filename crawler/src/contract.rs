@@ -42,6 +42,10 @@ pub struct CrawlRequest {
     pub callback_url: String,
     /// Bearer token for the callback, bound to this run, page and attempt.
     pub callback_token: String,
+    /// The `User-Agent` to fetch with (the schedule's `user_agent`); the
+    /// crawler's own when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
     /// When the daemon stops waiting for this attempt.
     pub deadline: DateTime<Utc>,
 }
@@ -72,6 +76,7 @@ impl std::fmt::Debug for CrawlRequest {
             .field("extract", &self.extract)
             .field("callback_url", &self.callback_url)
             .field("callback_token", &"[redacted]")
+            .field("user_agent", &self.user_agent)
             .field("deadline", &self.deadline)
             .finish()
     }
@@ -164,6 +169,15 @@ pub struct CrawlError {
     pub message: String,
     /// Whether another attempt may succeed.
     pub retryable: bool,
+    /// The site's HTTP status, for an `http_status` error. A retryable 429
+    /// or 503 tells the daemon the site is throttling: it slows down for
+    /// that host and retries without using up an attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    /// The site's `Retry-After`, in seconds (an HTTP date is turned into
+    /// the seconds until it), when it sent one with a 429 or 503.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_secs: Option<u64>,
 }
 
 /// Classes of crawl failure. Unknown kinds sent by other crawlers are read as
@@ -211,6 +225,8 @@ impl CrawlError {
             kind,
             message: message.into(),
             retryable,
+            http_status: None,
+            retry_after_secs: None,
         }
     }
 }

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::error::Error as StdError;
 use std::sync::{Arc, LazyLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use html5ever::tendril::{StrTendril, TendrilSink};
 use reqwest::header::CONTENT_TYPE;
@@ -328,14 +328,25 @@ impl Crawler {
         // budget in between.
         let timeout = self.config.timeout;
         let started = Instant::now();
-        let mut response = tokio::time::timeout(timeout, self.fetch.get(url.clone()).send())
+        let mut get = self.fetch.get(url.clone());
+        if let Some(agent) = request.user_agent.as_deref() {
+            // Checked by the daemon's configuration; a bad one is ignored.
+            if let Ok(agent) = reqwest::header::HeaderValue::from_str(agent) {
+                get = get.header(reqwest::header::USER_AGENT, agent);
+            }
+        }
+        let mut response = tokio::time::timeout(timeout, get.send())
             .await
             .map_err(|_| self.timed_out(&url, "no response headers in time"))?
             .map_err(|e| self.classify(&e, &url))?;
         let mut fetching = started.elapsed();
         let status = response.status();
         if !status.is_success() {
-            return Err(status_error(status, response.url()));
+            let mut error = status_error(status, response.url());
+            if matches!(status.as_u16(), 429 | 503) {
+                error.retry_after_secs = retry_after(response.headers(), SystemTime::now());
+            }
+            return Err(error);
         }
         if let Some(length) = response.content_length() {
             if length > max {
@@ -609,11 +620,30 @@ fn status_error(status: StatusCode, url: &Url) -> CrawlError {
     let retryable = status == StatusCode::REQUEST_TIMEOUT
         || status == StatusCode::TOO_MANY_REQUESTS
         || status.is_server_error();
-    CrawlError::new(
-        ErrorKind::HttpStatus,
-        format!("{url} answered HTTP {status}"),
-        retryable,
-    )
+    CrawlError {
+        http_status: Some(status.as_u16()),
+        ..CrawlError::new(
+            ErrorKind::HttpStatus,
+            format!("{url} answered HTTP {status}"),
+            retryable,
+        )
+    }
+}
+
+/// The seconds a `Retry-After` header asks for (delay-seconds, or an
+/// HTTP date turned into the seconds from `now` until it, 0 when past);
+/// `None` when absent or unreadable.
+fn retry_after(headers: &reqwest::header::HeaderMap, now: SystemTime) -> Option<u64> {
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(secs);
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).map_or(0, |d| d.as_secs()))
 }
 
 fn too_large(url: &Url, max: u64, seen: &str) -> CrawlError {
@@ -771,6 +801,24 @@ pub(crate) fn fit_report(report: Report) -> Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480);
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(RETRY_AFTER, HeaderValue::from_str(v).unwrap());
+            retry_after(&h, now)
+        };
+        assert_eq!(with("2"), Some(2));
+        assert_eq!(with(" 120 "), Some(120));
+        // 2015-10-21 07:28:00 GMT is the `now` above; 07:30:00 is 120 s later.
+        assert_eq!(with("Wed, 21 Oct 2015 07:30:00 GMT"), Some(120));
+        assert_eq!(with("Wed, 21 Oct 2015 07:00:00 GMT"), Some(0));
+        assert_eq!(with("soon"), None);
+        assert_eq!(retry_after(&HeaderMap::new(), now), None);
+    }
 
     fn lookup<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |name| {

@@ -126,6 +126,7 @@ impl Dispatcher {
                     token_grace,
                     metrics: LaneMetrics::new(&schedule.name),
                     gauged_at: Mutex::new(None),
+                    waiting_at: Mutex::new(None),
                 })
             })
             .collect();
@@ -233,6 +234,16 @@ impl Dispatcher {
             )
             .await?;
             lane.metrics.in_flight.set(claimed.in_flight as f64);
+            if claimed.held_back {
+                // Every ready page left waits on a host's limit; counted now
+                // and then, not on every claim.
+                if lane.waiting_due() {
+                    let waiting = ledger::ready_pages(&self.runs.pool, &schedule.name).await?;
+                    lane.metrics.waiting_on_host.set(waiting as f64);
+                }
+            } else {
+                lane.metrics.waiting_on_host.set(0.0);
+            }
             lane.gauged();
             if claimed.in_flight >= schedule.max_in_flight as i64 {
                 // Full: the next recorded page frees a slot and wakes us.
@@ -246,30 +257,72 @@ impl Dispatcher {
         Ok(total)
     }
 
-    /// Invokes `pages` in the background, each after the lane's pace lets
-    /// it go and a permit of the replica's concurrency is free.
+    /// Invokes `pages` in the background, each at its dispatch time (a
+    /// paced host's pages are spread out), after the lane's pace lets it go
+    /// and a permit of the replica's concurrency is free.
     fn hand_over(&self, lane: &Arc<Lane>, pages: Vec<ClaimedPage>) {
         lane.queued.fetch_add(pages.len(), Ordering::AcqRel);
-        let (lane, permits, tracker) = (lane.clone(), self.permits.clone(), self.tracker.clone());
-        self.tracker.spawn(async move {
-            for page in pages {
-                if lane.run_failed(page.run_id) {
-                    lane.done_one();
-                    continue;
+        let (now, mut later): (Vec<_>, Vec<_>) = pages
+            .into_iter()
+            .partition(|p| p.dispatch_at <= chrono::Utc::now());
+        // Pages whose host is paced wait for their time apart, then join
+        // the lane's queue one by one.
+        later.sort_by_key(|p| p.dispatch_at);
+        if !later.is_empty() {
+            let this = HandOver {
+                lane: lane.clone(),
+                permits: self.permits.clone(),
+                tracker: self.tracker.clone(),
+            };
+            self.tracker.spawn(async move {
+                for page in later {
+                    let wait = (page.dispatch_at - chrono::Utc::now())
+                        .to_std()
+                        .unwrap_or_default();
+                    tokio::time::sleep(wait).await;
+                    this.one(page).await;
                 }
-                lane.pace.until_ready().await;
-                let Ok(permit) = permits.clone().acquire_owned().await else {
-                    // Never closed; were it, the page is left to the sweeper.
-                    lane.done_one();
-                    continue;
-                };
-                let lane = lane.clone();
-                tracker.spawn(async move {
-                    lane.invoke(page).await;
-                    drop(permit);
-                    lane.done_one();
-                });
+            });
+        }
+        let this = HandOver {
+            lane: lane.clone(),
+            permits: self.permits.clone(),
+            tracker: self.tracker.clone(),
+        };
+        self.tracker.spawn(async move {
+            for page in now {
+                this.one(page).await;
             }
+        });
+    }
+}
+
+/// What invoking a claimed page needs.
+struct HandOver {
+    lane: Arc<Lane>,
+    permits: Arc<Semaphore>,
+    tracker: TaskTracker,
+}
+
+impl HandOver {
+    /// Invokes `page` once the lane's pace and a permit let it go.
+    async fn one(&self, page: ClaimedPage) {
+        let lane = &self.lane;
+        if lane.run_failed(page.run_id) {
+            lane.done_one();
+            return;
+        }
+        lane.pace.until_ready().await;
+        let Ok(permit) = self.permits.clone().acquire_owned().await else {
+            // Never closed; were it, the page is left to the sweeper.
+            lane.done_one();
+            return;
+        };
+        let lane = lane.clone();
+        self.tracker.spawn(async move {
+            lane.invoke(page).await;
+            drop(permit);
+            lane.done_one();
         });
     }
 }
@@ -296,6 +349,8 @@ struct Lane {
     metrics: LaneMetrics,
     /// When the in-flight gauge was last set.
     gauged_at: Mutex<Option<Instant>>,
+    /// When the waiting-on-host gauge was last counted.
+    waiting_at: Mutex<Option<Instant>>,
 }
 
 /// A schedule's metric handles, made once: looking a labelled metric up
@@ -309,6 +364,7 @@ struct LaneMetrics {
     dispatched: Counter,
     invoke_seconds: Histogram,
     in_flight: Gauge,
+    waiting_on_host: Gauge,
 }
 
 impl LaneMetrics {
@@ -324,6 +380,7 @@ impl LaneMetrics {
             dispatched: metrics::counter!("fanfare_pages_dispatched_total", "schedule" => schedule.to_owned()),
             invoke_seconds: metrics::histogram!("fanfare_invoke_seconds"),
             in_flight: metrics::gauge!("fanfare_pages_in_flight", "schedule" => schedule.to_owned()),
+            waiting_on_host: metrics::gauge!("fanfare_pages_waiting_on_host", "schedule" => schedule.to_owned()),
         }
     }
 
@@ -361,6 +418,17 @@ impl Lane {
     fn gauge_due(&self) -> bool {
         let at = self.gauged_at.lock().unwrap_or_else(|e| e.into_inner());
         at.is_none_or(|at| at.elapsed() >= GAUGE_EVERY)
+    }
+
+    /// Whether the waiting-on-host gauge is due a count (every
+    /// [`GAUGE_EVERY`]); marks it counted when it is.
+    fn waiting_due(&self) -> bool {
+        let mut at = self.waiting_at.lock().unwrap_or_else(|e| e.into_inner());
+        let due = at.is_none_or(|at| at.elapsed() >= GAUGE_EVERY);
+        if due {
+            *at = Some(Instant::now());
+        }
+        due
     }
 
     /// The in-flight gauge was just set.
@@ -411,6 +479,7 @@ impl Lane {
             url: page.url.clone(),
             extract: self.schedule.extract.clone(),
             callback_url: self.callback_url.clone(),
+            user_agent: self.schedule.user_agent.clone(),
             callback_token: self.runs.signer.sign(&Claims {
                 run_id: page.run_id,
                 page_id: page.id,
@@ -458,9 +527,10 @@ impl Lane {
             page_id,
             attempt,
         };
+        let counted = attempt - page.site_throttles;
         if let Err(e) = self
             .runs
-            .page_event(at, schedule.max_attempts, event, None)
+            .counted_page_event(at, counted, schedule.max_attempts, event, None)
             .await
         {
             // The page stays dispatched; the sweeper retries it at its deadline.

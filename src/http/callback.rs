@@ -129,9 +129,24 @@ async fn handle(
     let event = match status {
         PageStatus::Succeeded => Event::ReportSucceeded,
         _ => {
-            let error: PageError = serde_json::from_value(error.unwrap_or_default())
-                .map_err(|e| ApiError::Internal(e.into()))?;
-            Event::ReportFailed(error)
+            let error = error.unwrap_or_default();
+            let retry_after = error
+                .get("retry_after_secs")
+                .and_then(serde_json::Value::as_u64)
+                .map(Duration::from_secs);
+            let error: PageError =
+                serde_json::from_value(error).map_err(|e| ApiError::Internal(e.into()))?;
+            // The site asked the crawler to slow down: the host is paced and
+            // the page waits, without using up an attempt.
+            if error.retryable && matches!(error.http_status, Some(429 | 503)) {
+                Event::SiteThrottled {
+                    error,
+                    retry_after,
+                    throttles: 0,
+                }
+            } else {
+                Event::ReportFailed(error)
+            }
         }
     };
     let at = PageAttempt {

@@ -332,4 +332,12 @@ fn describe_metrics() {
         "fanfare_pages_in_flight",
         "Pages dispatched and unreported, by schedule."
     );
+    describe_counter!(
+        "fanfare_host_throttled_total",
+        "Page dispatches a site answered with 429 or 503 (the host is slowed down)."
+    );
+    describe_gauge!(
+        "fanfare_pages_waiting_on_host",
+        "Ready pages held back by a host's in-flight limit, rate or Retry-After, by schedule."
+    );
 }

@@ -29,11 +29,18 @@ const URL_ONCE_PER_RUN: &str = "pages_url_once_per_run";
 /// makes the `COPY` fail on the unique index, and the batch is then
 /// inserted again skipping the URLs already there. Either way the run's
 /// counters grow by the pages actually added, in the same transaction.
-#[tracing::instrument(skip(db, urls), fields(batch = urls.len()))]
+///
+/// `hosts` are the run's limits for the hosts of this batch (at least
+/// every host the batch names that the run does not know yet): each
+/// becomes a `run_hosts` row (a host the run already has keeps its row)
+/// and a `hosts` row when the host is new to the ledger. A claim only
+/// looks at hosts a run has a row for.
+#[tracing::instrument(skip(db, urls, hosts), fields(batch = urls.len()))]
 pub async fn insert_pages<'a, A: Acquire<'a, Database = Postgres>>(
     db: A,
     run_id: Uuid,
     urls: &[String],
+    hosts: &[HostPolicy],
 ) -> Result<Option<u64>, sqlx::Error> {
     let mut tx = db.begin().await?;
     // Locks the run first: finishing the listing waits for this batch.
@@ -46,6 +53,7 @@ pub async fn insert_pages<'a, A: Acquire<'a, Database = Postgres>>(
     if listing.is_none() {
         return Ok(None);
     }
+    add_run_hosts(&mut tx, run_id, hosts).await?;
     let added = match copy_pages(&mut tx, run_id, urls).await {
         Ok(added) => added,
         Err(e) if is_repeated_url(&e) => {
@@ -69,6 +77,84 @@ pub async fn insert_pages<'a, A: Acquire<'a, Database = Postgres>>(
     }
     tx.commit().await?;
     Ok(Some(added as u64))
+}
+
+/// A run's limits for one host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostPolicy {
+    /// The host, as [`host_of`] gives it.
+    pub host: String,
+    /// The run's pages of this host dispatched and unreported at once, at most.
+    pub in_flight_limit: u32,
+    /// The least time between two dispatches to the host (from
+    /// `per_host_rate` and robots.txt's `Crawl-delay`).
+    pub interval: Duration,
+}
+
+/// The host a page is counted under: the URL's authority without user
+/// info, lowercased (`shop.example.com`, `127.0.0.1:8080`, `[::1]:81`).
+/// The same as the server derives for `pages.host`; URLs are stored as the
+/// `url` crate serializes them, so a default port never shows.
+pub fn host_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or("", |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    host.to_ascii_lowercase()
+}
+
+/// The same limits for every distinct host of `urls`.
+pub fn host_policies(urls: &[String], in_flight_limit: u32, interval: Duration) -> Vec<HostPolicy> {
+    let mut seen = std::collections::HashSet::new();
+    urls.iter()
+        .map(|u| host_of(u))
+        .filter(|h| seen.insert(h.clone()))
+        .map(|host| HostPolicy {
+            host,
+            in_flight_limit,
+            interval,
+        })
+        .collect()
+}
+
+/// Gives `run_id` a `run_hosts` row (and the ledger a `hosts` row) for
+/// each of `hosts` it has none for.
+async fn add_run_hosts(
+    conn: &mut PgConnection,
+    run_id: Uuid,
+    hosts: &[HostPolicy],
+) -> Result<(), sqlx::Error> {
+    if hosts.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = hosts.iter().map(|h| h.host.as_str()).collect();
+    let limits: Vec<i32> = hosts
+        .iter()
+        .map(|h| h.in_flight_limit.min(i32::MAX as u32) as i32)
+        .collect();
+    let intervals: Vec<f64> = hosts.iter().map(|h| h.interval.as_secs_f64()).collect();
+    // A host already there is left as it is (its clock belongs to claims).
+    sqlx::query(
+        "insert into hosts (host) select h from unnest($1::text[]) as h order by h
+         on conflict (host) do nothing",
+    )
+    .bind(&names)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "insert into run_hosts (run_id, host, in_flight_limit, base_interval, interval)
+         select $1, host, lim, iv, iv
+         from unnest($2::text[], $3::int[], $4::float8[]) as t(host, lim, iv)
+         on conflict (run_id, host) do nothing",
+    )
+    .bind(run_id)
+    .bind(names)
+    .bind(limits)
+    .bind(intervals)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// `COPY`s the batch's distinct URLs into the run, inside a savepoint that
@@ -223,8 +309,13 @@ pub enum PageChange {
         after: Duration,
         /// Why.
         error: PageError,
-        /// The attempt is given back (the page never ran).
+        /// The attempt number is given back (the page never ran).
         refund: bool,
+        /// The site throttled the attempt (429/503): it is counted in the
+        /// page's `site_throttles` (so it does not count against
+        /// `max_attempts`), the run's interval for the page's host doubles
+        /// (at most once per interval) and the host waits `after`.
+        site_throttle: bool,
     },
 }
 
@@ -243,7 +334,7 @@ pub struct PageRecorded {
 /// The statement of [`record_pages`]: every write of a batch in one
 /// statement. $1 page ids, $2 run ids, $3 attempts, $4 statuses, $5
 /// results, $6 errors, $7 requeue delays in seconds (null: terminal), $8
-/// refunds (0/1).
+/// refunds (0/1), $9 site throttles (0/1).
 ///
 /// Lock order: the batch's runs, in id order, before any of their pages
 /// (the `any(array(...))` initplan runs before the first page row is
@@ -255,10 +346,17 @@ pub struct PageRecorded {
 /// counters change once, by the number of its pages that became terminal,
 /// and a `running` run whose open pages reach zero moves to `finishing`
 /// in the same statement.
+///
+/// Host pacing changes in the same statement, on the touched runs'
+/// `run_hosts` rows (locked after their run, so batches sharing a row
+/// queue on the run first): a site throttle doubles the host's interval
+/// (to at least 0.25 s, at most 60 s, once per interval) and pauses the
+/// host for the retry delay; each page that succeeded eases a throttled
+/// interval back by a tenth, down to the run's base interval.
 pub const RECORD_PAGES: &str = "with input as (
         select * from unnest($1::bigint[], $2::uuid[], $3::int[], $4::text[], $5::jsonb[],
-                $6::jsonb[], $7::float8[], $8::int[])
-            as t(page_id, run_id, attempt, status, result, error, retry_after, refund)),
+                $6::jsonb[], $7::float8[], $8::int[], $9::int[])
+            as t(page_id, run_id, attempt, status, result, error, retry_after, refund, throttle)),
     locked as materialized (
         select id from runs where id in (select run_id from input) order by id for no key update),
     changed as (
@@ -266,6 +364,7 @@ pub const RECORD_PAGES: &str = "with input as (
             status = i.status,
             error = i.error,
             attempt = p.attempt - i.refund,
+            site_throttles = p.site_throttles + i.throttle,
             reported_attempt = case when i.retry_after is null then i.attempt else p.reported_attempt end,
             result = case when i.retry_after is null then i.result else p.result end,
             finished_at = case when i.retry_after is null then now() else p.finished_at end,
@@ -277,7 +376,27 @@ pub const RECORD_PAGES: &str = "with input as (
             and p.run_id = any(array(select id from locked))
             and case when i.retry_after is null then p.status in ('pending', 'dispatched')
                 else p.status = 'dispatched' and p.attempt = i.attempt end
-        returning p.id, p.run_id, p.status),
+        returning p.id, p.run_id, p.status, p.host, i.throttle, i.retry_after),
+    paced as (
+        update run_hosts h set
+            interval = case
+                when s.throttled = 0 then greatest(h.base_interval, h.interval * power(0.9::float8, s.eased::float8))
+                when h.throttled_at is null
+                    or h.throttled_at <= now() - make_interval(secs => h.interval)
+                    then least(greatest(h.interval * 2, 0.25, h.base_interval), 60)
+                else h.interval end,
+            throttled_at = case when s.throttled > 0 then now() else h.throttled_at end,
+            throttles = h.throttles + s.throttled,
+            paused_until = case when s.throttled > 0
+                then greatest(h.paused_until, now() + make_interval(secs => s.wait))
+                else h.paused_until end
+        from (select run_id, host,
+                     count(*) filter (where status = 'succeeded') as eased,
+                     count(*) filter (where throttle = 1) as throttled,
+                     max(retry_after) filter (where throttle = 1) as wait
+              from changed group by run_id, host) s
+        where h.run_id = s.run_id and h.host = s.host
+            and (s.throttled > 0 or h.interval > h.base_interval)),
     counts as (
         select run_id, count(*) as n,
             count(*) filter (where status = 'succeeded') as succeeded,
@@ -322,6 +441,7 @@ pub async fn record_pages<'e, E: PgExecutor<'e>>(
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
+    let mut throttles = Vec::with_capacity(n);
     for w in writes {
         pages.push(w.page_id);
         runs.push(w.run_id);
@@ -337,17 +457,20 @@ pub async fn record_pages<'e, E: PgExecutor<'e>>(
                 errors.push(error.as_ref().map(Json));
                 delays.push(None);
                 refunds.push(0i32);
+                throttles.push(0i32);
             }
             PageChange::Requeue {
                 after,
                 error,
                 refund,
+                site_throttle,
             } => {
                 statuses.push(PageStatus::Pending.as_str());
                 results.push(None);
                 errors.push(Some(Json(error)));
                 delays.push(Some(after.as_secs_f64()));
                 refunds.push(i32::from(*refund));
+                throttles.push(i32::from(*site_throttle));
             }
         }
     }
@@ -360,6 +483,7 @@ pub async fn record_pages<'e, E: PgExecutor<'e>>(
         .bind(errors)
         .bind(delays)
         .bind(refunds)
+        .bind(throttles)
         .fetch_all(db)
         .await?;
     Ok(rows
@@ -383,6 +507,11 @@ pub struct ClaimedPage {
     pub url: String,
     /// This dispatch's attempt number (1 for the first).
     pub attempt: i32,
+    /// Dispatches of the page the site throttled (they do not count
+    /// against `max_attempts`).
+    pub site_throttles: i32,
+    /// When to invoke it: now, or later when its host is paced.
+    pub dispatch_at: DateTime<Utc>,
     /// When this attempt's report is due.
     pub deadline: DateTime<Utc>,
 }
@@ -400,6 +529,21 @@ pub async fn has_ready_pages<'e, E: PgExecutor<'e>>(
              where run_id = any(array(
                      select id from runs where schedule = $1 and status <> 'finished'))
                  and status = 'pending' and (not_before is null or not_before <= now()))",
+    )
+    .bind(schedule)
+    .fetch_one(db)
+    .await
+}
+
+/// How many of `schedule`'s pages are ready to dispatch (pending, their
+/// backoff over): after a claim that took fewer pages than the schedule had
+/// room for, each of them waits on a host limit.
+pub async fn ready_pages<'e, E: PgExecutor<'e>>(db: E, schedule: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "select count(*) from pages
+         where run_id = any(array(
+                 select id from runs where schedule = $1 and status <> 'finished'))
+             and status = 'pending' and (not_before is null or not_before <= now())",
     )
     .bind(schedule)
     .fetch_one(db)
@@ -430,15 +574,101 @@ pub struct Claim {
     pub in_flight: i64,
     /// The pages claimed.
     pub pages: Vec<ClaimedPage>,
+    /// The claim took fewer pages than the schedule's `max_in_flight` and
+    /// the batch left room for: the ready pages left wait on a host limit.
+    pub held_back: bool,
 }
 
-/// Claims up to `limit` pending pages of `schedule`'s unfinished runs,
-/// keeping the schedule's dispatched-and-unreported pages at most
-/// `max_in_flight`, and marks them dispatched with a deadline, in one
-/// transaction. An advisory lock per schedule makes concurrent claimers
-/// (other replicas) take turns, so the in-flight cap holds across replicas;
-/// `SKIP LOCKED` keeps a claim from waiting on pages another transaction is
-/// completing.
+/// How far ahead a claim gives paced hosts their dispatch times: a host
+/// allowed one page a second gets up to two pages per claim, the second
+/// to be invoked a second after the first.
+pub const PACING_HORIZON: Duration = Duration::from_secs(2);
+/// The most hosts one claim takes pages of; the hosts whose turn is
+/// oldest go first.
+pub const CLAIM_HOSTS: i64 = 4_096;
+
+/// The statement of [`claim_pages`]. $1 schedule, $2 batch size, $3 page
+/// timeout (s), $4 the schedule's max_in_flight, $5 the pacing horizon (s),
+/// $6 the most hosts.
+///
+/// Hosts of the schedule's runs with a ready page, whose clock
+/// (`hosts.next_at`) is inside the horizon, oldest turn first; each host's
+/// limits are the strictest of every unfinished run that has the host (any
+/// schedule): the smallest in-flight limit, the longest interval, the
+/// latest pause. A host gets as many pages as it has in-flight room
+/// (counted over every run) and, when paced, dispatch times inside the
+/// horizon: `start`, `start + interval`, … Pages are taken round-robin over
+/// the hosts up to the batch and the schedule's in-flight room, marked
+/// dispatched with their dispatch time and a deadline one page timeout
+/// after it, and each host's clock moves past its last page.
+pub const CLAIM_PAGES: &str = "with mine as materialized (
+        select id from runs where schedule = $1 and status <> 'finished'),
+    active as materialized (
+        select id from runs where status <> 'finished'),
+    flight as materialized (
+        select count(*) as n from pages
+        where run_id = any(array(select id from mine)) and status = 'dispatched'),
+    cand as materialized (
+        select h.host, h.next_at from hosts h
+        where h.host in (
+                select rh.host from run_hosts rh
+                where rh.run_id = any(array(select id from mine))
+                    and exists (select 1 from pages p
+                        where p.run_id = rh.run_id and p.host = rh.host and p.status = 'pending'
+                            and (p.not_before is null or p.not_before <= now())))
+            and h.next_at < now() + make_interval(secs => $5)
+        order by h.next_at, h.host
+        limit $6),
+    policy as materialized (
+        select c.host, greatest(c.next_at, max(o.paused_until), now()) as start,
+            min(o.in_flight_limit) as lim, max(o.interval) as iv
+        from cand c join run_hosts o
+            on o.host = c.host and o.run_id = any(array(select id from active))
+        group by c.host, c.next_at),
+    room as materialized (
+        select host, start, iv,
+            greatest(0, least(
+                lim - (select count(*) from pages d where d.host = policy.host and d.status = 'dispatched'),
+                case when start >= now() + make_interval(secs => $5) then 0
+                    when iv > 0
+                    then ceil((extract(epoch from now() - start) + $5) / iv)::bigint
+                    else $2 end)) as n
+        from policy),
+    picked as materialized (
+        select k.id, r.host, r.start, r.iv, k.rn
+        from room r cross join lateral (
+            select q.id, row_number() over (order by q.id) as rn from (
+                select p.id from pages p
+                where p.run_id = any(array(select id from mine)) and p.host = r.host
+                    and p.status = 'pending' and (p.not_before is null or p.not_before <= now())
+                order by p.id limit r.n
+                for update skip locked) q) k
+        where r.n > 0
+        order by k.rn, r.start, k.id
+        limit greatest(0, least($2, $4 - (select n from flight)))),
+    claimed as (
+        update pages p set status = 'dispatched', attempt = p.attempt + 1,
+            dispatched_at = k.start + make_interval(secs => k.iv * (k.rn - 1)),
+            deadline = k.start + make_interval(secs => k.iv * (k.rn - 1) + $3),
+            not_before = null, updated_at = now()
+        from picked k where p.id = k.id
+        returning p.id, p.run_id, p.url, p.attempt, p.site_throttles, p.dispatched_at, p.deadline),
+    clocked as (
+        update hosts h set next_at = s.start + make_interval(secs => s.iv * s.n)
+        from (select host, min(start) as start, max(iv) as iv, count(*) as n
+              from picked group by host) s
+        where h.host = s.host)
+    select c.id, c.run_id, c.url, c.attempt, c.site_throttles, c.dispatched_at as dispatch_at,
+        c.deadline, (select n from flight) as in_flight_before
+    from claimed c";
+
+/// Claims up to `limit` ready pages of `schedule`'s unfinished runs within
+/// every host's limits ([`CLAIM_PAGES`]), keeping the schedule's
+/// dispatched-and-unreported pages at most `max_in_flight`, in one
+/// transaction. Claims take turns through one advisory lock (across
+/// schedules and replicas), so the in-flight counts a claim reads hold
+/// until it commits; `SKIP LOCKED` keeps a claim from waiting on pages a
+/// recorder batch is changing.
 #[tracing::instrument(skip(db))]
 pub async fn claim_pages<'a, A: Acquire<'a, Database = Postgres>>(
     db: A,
@@ -448,55 +678,38 @@ pub async fn claim_pages<'a, A: Acquire<'a, Database = Postgres>>(
     page_timeout: Duration,
 ) -> Result<Claim, sqlx::Error> {
     let mut tx = db.begin().await?;
-    sqlx::query("select pg_advisory_xact_lock(hashtextextended('fanfare.claim:' || $1, 0))")
-        .bind(schedule)
+    sqlx::query("select pg_advisory_xact_lock(hashtextextended('fanfare.claim', 0))")
         .execute(&mut *tx)
         .await?;
-    let runs: Vec<Uuid> = sqlx::query_scalar(
-        "select id from runs where schedule = $1 and status <> 'finished' order by created_at",
-    )
-    .bind(schedule)
-    .fetch_all(&mut *tx)
-    .await?;
-    if runs.is_empty() {
-        return Ok(Claim::default());
-    }
-    let in_flight: i64 = sqlx::query_scalar(
-        "select count(*) from pages where run_id = any($1) and status = 'dispatched'",
-    )
-    .bind(&runs)
-    .fetch_one(&mut *tx)
-    .await?;
-    let room = (max_in_flight - in_flight).min(limit);
-    if room <= 0 {
-        return Ok(Claim {
-            in_flight,
-            pages: Vec::new(),
-        });
-    }
-    let claimed: Vec<ClaimedPage> = sqlx::query_as(
-        "with c as (
-             select id from pages
-             where run_id = any($1) and status = 'pending'
-                 and (not_before is null or not_before <= now())
-             order by id
-             limit $2
-             for update skip locked)
-         update pages p set status = 'dispatched', attempt = p.attempt + 1, dispatched_at = now(),
-             deadline = now() + make_interval(secs => $3), not_before = null, updated_at = now()
-         from c where p.id = c.id
-         returning p.id, p.run_id, p.url, p.attempt, p.deadline",
-    )
-    .bind(&runs)
-    .bind(room)
-    .bind(page_timeout.as_secs_f64())
-    .fetch_all(&mut *tx)
-    .await?;
+    let rows: Vec<ClaimedRow> = sqlx::query_as(CLAIM_PAGES)
+        .bind(schedule)
+        .bind(limit)
+        .bind(page_timeout.as_secs_f64())
+        .bind(max_in_flight)
+        .bind(PACING_HORIZON.as_secs_f64())
+        .bind(CLAIM_HOSTS)
+        .fetch_all(&mut *tx)
+        .await?;
+    let in_flight_before = match rows.first() {
+        Some(row) => row.in_flight_before,
+        None => schedule_in_flight(&mut *tx, schedule).await?,
+    };
     tx.commit().await?;
+    let room = (max_in_flight - in_flight_before).min(limit);
+    let pages: Vec<ClaimedPage> = rows.into_iter().map(|r| r.page).collect();
     Ok(Claim {
-        in_flight: in_flight + claimed.len() as i64,
-        pages: claimed,
+        in_flight: in_flight_before + pages.len() as i64,
+        held_back: (pages.len() as i64) < room,
+        pages,
     })
+}
+
+/// A row of [`CLAIM_PAGES`].
+#[derive(sqlx::FromRow)]
+struct ClaimedRow {
+    #[sqlx(flatten)]
+    page: ClaimedPage,
+    in_flight_before: i64,
 }
 
 /// A dispatched page whose deadline has passed.
@@ -508,6 +721,8 @@ pub struct OverduePage {
     pub run_id: Uuid,
     /// The overdue attempt.
     pub attempt: i32,
+    /// Dispatches of the page the site throttled.
+    pub site_throttles: i32,
     /// The run's schedule.
     pub schedule: String,
 }
@@ -518,13 +733,29 @@ pub async fn overdue_pages<'e, E: PgExecutor<'e>>(
     limit: i64,
 ) -> Result<Vec<OverduePage>, sqlx::Error> {
     sqlx::query_as(
-        "select p.id, p.run_id, p.attempt, r.schedule from pages p join runs r on r.id = p.run_id
+        "select p.id, p.run_id, p.attempt, p.site_throttles, r.schedule
+         from pages p join runs r on r.id = p.run_id
          where p.status = 'dispatched' and p.deadline < now()
          order by p.deadline limit $1",
     )
     .bind(limit)
     .fetch_all(db)
     .await
+}
+
+/// How many dispatches of a page its site throttled (0 for an unknown page).
+pub async fn site_throttles<'e, E: PgExecutor<'e>>(
+    db: E,
+    run_id: Uuid,
+    page_id: i64,
+) -> Result<i32, sqlx::Error> {
+    let n: Option<i32> =
+        sqlx::query_scalar("select site_throttles from pages where id = $1 and run_id = $2")
+            .bind(page_id)
+            .bind(run_id)
+            .fetch_optional(db)
+            .await?;
+    Ok(n.unwrap_or(0))
 }
 
 /// Pages of a run that are dispatched and unreported right now.

@@ -404,6 +404,18 @@ pub async fn create_redrive<'a, A: Acquire<'a, Database = Postgres>>(
     .bind(failures)
     .fetch_one(&mut *tx)
     .await?;
+    // The parent's limits for each host, as listing set them (robots.txt's
+    // Crawl-delay included), without the throttling the parent met.
+    sqlx::query(
+        "insert into run_hosts (run_id, host, in_flight_limit, base_interval, interval)
+         select $1, rh.host, rh.in_flight_limit, rh.base_interval, rh.base_interval
+         from run_hosts rh
+         where rh.run_id = $2 and rh.host in (select host from pages where run_id = $1)",
+    )
+    .bind(id)
+    .bind(parent)
+    .execute(&mut *tx)
+    .await?;
     sqlx::query(
         "update runs set total_pages = $2, open_pages = $2,
              listing = jsonb_build_object('redrive_of', $3::text, 'pages', $2)

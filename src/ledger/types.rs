@@ -183,6 +183,9 @@ pub struct PageError {
     pub message: String,
     /// Whether another attempt may succeed.
     pub retryable: bool,
+    /// The site's HTTP status, for an `http_status` error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
 }
 
 impl PageError {
@@ -192,13 +195,17 @@ impl PageError {
             kind,
             message: message.into(),
             retryable,
+            http_status: None,
         }
     }
 }
 
 impl From<fanfare_crawler::contract::CrawlError> for PageError {
     fn from(e: fanfare_crawler::contract::CrawlError) -> Self {
-        Self::new(e.kind.into(), e.message, e.retryable)
+        Self {
+            http_status: e.http_status,
+            ..Self::new(e.kind.into(), e.message, e.retryable)
+        }
     }
 }
 

@@ -17,6 +17,18 @@ pub enum Event {
     /// The crawler reported a failure; its `retryable` says whether another
     /// attempt may fix it.
     ReportFailed(PageError),
+    /// The crawler reported that the site throttled it (HTTP 429 or 503);
+    /// `retry_after` is the site's `Retry-After`, when it gave one, and
+    /// `throttles` how many earlier dispatches of the page the site
+    /// throttled.
+    SiteThrottled {
+        /// The crawler's error.
+        error: PageError,
+        /// When the site said to come back.
+        retry_after: Option<Duration>,
+        /// Earlier throttled dispatches of the page.
+        throttles: u32,
+    },
     /// No report came before the attempt's deadline.
     DeadlinePassed,
     /// Lambda throttled the invoke (429); `retry_after` is its
@@ -48,7 +60,8 @@ impl Event {
             Event::ReportFailed(PageError {
                 retryable: true,
                 ..
-            }) | Event::DeadlinePassed
+            }) | Event::SiteThrottled { .. }
+                | Event::DeadlinePassed
                 | Event::InvokeFailedRetryable(_)
         )
     }
@@ -66,6 +79,8 @@ pub enum RetryReason {
     Invoke,
     /// Lambda throttled the invoke.
     Throttled,
+    /// The site throttled the crawler (429/503).
+    SiteThrottled,
 }
 
 impl RetryReason {
@@ -76,6 +91,7 @@ impl RetryReason {
             RetryReason::Deadline => "deadline",
             RetryReason::Invoke => "invoke",
             RetryReason::Throttled => "throttled",
+            RetryReason::SiteThrottled => "site_throttled",
         }
     }
 }
@@ -102,12 +118,35 @@ pub enum Next {
     FailRun(String),
 }
 
-/// A page's next state after `event` happened to its `attempt` (1-based)
-/// of at most `max_attempts`. Pure but for the jitter drawn by [`backoff`].
+/// The longest a site's `Retry-After` is waited for; a longer one is
+/// waited this long.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// A page's next state after `event` happened to its `attempt` (1-based,
+/// not counting the dispatches its site throttled) of at most
+/// `max_attempts`. Pure but for the jitter drawn by [`backoff`].
 pub fn next(attempt: i32, max_attempts: u32, event: Event) -> Next {
     let attempts_left = attempt < 0 || (attempt as u32) < max_attempts;
     match event {
         Event::ReportSucceeded => Next::Terminal(PageStatus::Succeeded, None),
+        // A site that throttles is waited for without using up an attempt,
+        // up to `max_attempts` times; after that the report is a failure
+        // like any other.
+        Event::SiteThrottled {
+            error,
+            retry_after,
+            throttles,
+        } if throttles < max_attempts => Next::Requeue {
+            after: retry_after
+                .unwrap_or_else(|| backoff(throttles as i32 + 1))
+                .min(MAX_RETRY_AFTER),
+            uses_attempt: false,
+            reason: RetryReason::SiteThrottled,
+            error,
+        },
+        Event::SiteThrottled { error, .. } => {
+            next(attempt, max_attempts, Event::ReportFailed(error))
+        }
         Event::ReportFailed(error) if error.retryable && attempts_left => Next::Requeue {
             after: backoff(attempt),
             uses_attempt: true,
@@ -192,6 +231,11 @@ mod tests {
             Event::ReportSucceeded,
             Event::ReportFailed(crawl_error(true)),
             Event::ReportFailed(crawl_error(false)),
+            Event::SiteThrottled {
+                error: crawl_error(true),
+                retry_after: Some(Duration::from_secs(2)),
+                throttles: 0,
+            },
             Event::DeadlinePassed,
             Event::InvokeThrottled {
                 message: "slow down".into(),
@@ -212,6 +256,7 @@ mod tests {
             (Event::ReportSucceeded, _) => "terminal succeeded".into(),
             (Event::ReportFailed(e), true) if e.retryable => "requeue reported uses".into(),
             (Event::ReportFailed(_), _) => "terminal failed connect".into(),
+            (Event::SiteThrottled { .. }, _) => "requeue site_throttled refunds".into(),
             (Event::DeadlinePassed, true) => "requeue deadline uses".into(),
             (Event::DeadlinePassed, false) => "terminal timed_out deadline".into(),
             (Event::InvokeThrottled { .. }, _) => "requeue throttled refunds".into(),
@@ -300,6 +345,54 @@ mod tests {
             next(1, 1, throttled(None)),
             Next::Requeue { after, .. } if after == Duration::from_secs(1)
         ));
+    }
+
+    #[test]
+    fn a_throttling_site_is_waited_for_max_attempts_times_without_using_an_attempt() {
+        let throttled = |retry_after, throttles| Event::SiteThrottled {
+            error: crawl_error(true),
+            retry_after,
+            throttles,
+        };
+        // On the last attempt, with throttles left: waits as the site asks.
+        match next(1, 1, throttled(Some(Duration::from_secs(2)), 0)) {
+            Next::Requeue {
+                after,
+                uses_attempt,
+                reason,
+                ..
+            } => {
+                assert_eq!(after, Duration::from_secs(2));
+                assert!(!uses_attempt);
+                assert_eq!(reason, RetryReason::SiteThrottled);
+            }
+            other => panic!("a throttled page must be requeued, got {other:?}"),
+        }
+        // Without Retry-After: a backoff; an absurd one is capped.
+        let Next::Requeue { after, .. } = next(1, 3, throttled(None, 2)) else {
+            panic!("requeue expected");
+        };
+        assert!(after >= Duration::from_secs(2) && after <= Duration::from_secs(4));
+        let Next::Requeue { after, .. } =
+            next(1, 3, throttled(Some(Duration::from_secs(86_400)), 0))
+        else {
+            panic!("requeue expected");
+        };
+        assert_eq!(after, MAX_RETRY_AFTER);
+        // Throttles spent: an ordinary retryable failure, which uses the
+        // attempt, and fails the page on its last one.
+        assert!(matches!(
+            next(1, 2, throttled(None, 2)),
+            Next::Requeue {
+                uses_attempt: true,
+                reason: RetryReason::Reported,
+                ..
+            }
+        ));
+        assert_eq!(
+            next(2, 2, throttled(None, 2)),
+            Next::Terminal(PageStatus::Failed, Some(crawl_error(true)))
+        );
     }
 
     #[test]

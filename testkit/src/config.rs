@@ -44,6 +44,12 @@ allow_private_networks = true
 [notify]
 timeout = "2s"
 
+# Most tests crawl stand-ins (a Lambda stand-in, 127.0.0.1:9) that have no
+# robots.txt and must not be paced; tests/it/politeness.rs turns these on.
+[politeness]
+obey_robots = false
+per_host_in_flight = 1000000
+
 {rest}
 "#
     )

@@ -232,3 +232,52 @@ fn hardening_keys_have_safe_defaults_and_bad_values_are_named() {
         assert!(text.contains(expected), "missing {expected:?} in {text}");
     }
 }
+
+#[test]
+fn politeness_keys_are_checked_and_named() {
+    let found = problems(
+        "[[schedules]]\nname = \"p\"\ninvoker = \"local\"\npages = { urls = [] }\nper_host_rate = \"fast\"\nper_host_in_flight = 0\nuser_agent = \"bad\\u0007agent\"\n",
+    );
+    let expect = [
+        r#"schedule "p": per_host_in_flight: must be at least 1"#,
+        r#"schedule "p": per_host_rate: "fast" must look like "5/s", "30/min" or "100/h""#,
+        r#"schedule "p": user_agent: "bad\u{7}agent" must be printable ASCII"#,
+    ];
+    for e in expect {
+        assert!(
+            found.iter().any(|f| f.starts_with(e)),
+            "missing {e:?} in {found:#?}"
+        );
+    }
+}
+
+#[test]
+fn the_politeness_section_gives_every_schedule_its_defaults() {
+    let base = format!(
+        "[server]\npublic_url = \"http://a.example\"\n[database]\nurl = \"postgres://x@h/d\"\n[security]\ncallback_secret = \"{}\"\nadmin_token = \"{}\"\n",
+        crate::helpers::CALLBACK_SECRET,
+        crate::helpers::ADMIN_TOKEN
+    );
+    let schedules = "[[schedules]]\nname = \"a\"\ninvoker = \"local\"\npages = { urls = [] }\n\n[[schedules]]\nname = \"b\"\ninvoker = \"local\"\npages = { urls = [] }\nper_host_in_flight = 5\nobey_robots = false\nuser_agent = \"other/3\"\n";
+    let plain = Settings::from_toml(&format!("{base}{schedules}")).unwrap();
+    let a = plain.schedule("a").unwrap();
+    assert_eq!(a.per_host_in_flight, 8);
+    assert_eq!(a.per_host_interval, std::time::Duration::ZERO);
+    assert!(a.obey_robots);
+    assert_eq!(a.robots_agent(), "fanfare-crawler");
+
+    let polite = Settings::from_toml(&format!(
+        "{base}[politeness]\nper_host_in_flight = 3\nper_host_rate = \"30/min\"\nuser_agent = \"acme-bot/1.0 (+https://acme.example)\"\n{schedules}"
+    ))
+    .unwrap();
+    let (a, b) = (polite.schedule("a").unwrap(), polite.schedule("b").unwrap());
+    assert_eq!(a.per_host_in_flight, 3);
+    assert_eq!(a.per_host_interval, std::time::Duration::from_secs(2));
+    assert!(a.obey_robots);
+    assert_eq!(a.robots_agent(), "acme-bot");
+    assert_eq!(b.per_host_in_flight, 5, "a schedule's own key wins");
+    assert_eq!(b.per_host_interval, std::time::Duration::from_secs(2));
+    assert!(!b.obey_robots);
+    assert_eq!(b.robots_agent(), "other");
+    assert_eq!(b.user_agent.as_deref(), Some("other/3"));
+}

@@ -13,6 +13,7 @@ mod helpers;
 mod lambda_errors;
 mod lifecycle;
 mod openapi;
+mod politeness;
 mod private_networks;
 mod results;
 mod runs;

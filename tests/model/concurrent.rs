@@ -23,7 +23,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::harness::{
-    check_invariants, Database, History, Policy, Replica, PAGE_TIMEOUT, SCHEDULE,
+    check_invariants, unlimited_hosts, Database, History, Policy, Replica, PAGE_TIMEOUT, SCHEDULE,
 };
 use crate::model::{policy, Close, Op, Pick, Report};
 
@@ -216,7 +216,13 @@ impl Race<'_> {
     }
 
     async fn list(&self, replica: &Replica, finish: bool) {
-        let inserted = ledger::insert_pages(replica.pool(), self.run_id, &self.urls).await;
+        let inserted = ledger::insert_pages(
+            replica.pool(),
+            self.run_id,
+            &self.urls,
+            &unlimited_hosts(&self.urls),
+        )
+        .await;
         // The daemon fails the run when an insert fails; here the lister
         // stops this attempt and lists again later.
         if self.settle("insert_pages", inserted).is_none() {

@@ -18,7 +18,7 @@ use serde_json::json;
 use sqlx::Acquire;
 use uuid::Uuid;
 
-use crate::harness::{check_invariants, Database, Policy, PAGE_TIMEOUT, SCHEDULE};
+use crate::harness::{check_invariants, unlimited_hosts, Database, Policy, PAGE_TIMEOUT, SCHEDULE};
 
 fn policy() -> Policy {
     Policy {
@@ -81,7 +81,8 @@ fn a_report_racing_a_relisting_of_its_url_does_not_deadlock() {
             db,
             run_id,
             (lister, async move {
-                ledger::insert_pages(&pool, run_id, &[url.to_string()]).await
+                let urls = [url.to_string()];
+                ledger::insert_pages(&pool, run_id, &urls, &unlimited_hosts(&urls)).await
             }),
             (callback, async move {
                 runs.complete_page(

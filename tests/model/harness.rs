@@ -151,7 +151,7 @@ impl Database {
         .expect("create_run")
         .expect("a new run");
         if !urls.is_empty() {
-            ledger::insert_pages(&self.observer, run_id, urls)
+            ledger::insert_pages(&self.observer, run_id, urls, &unlimited_hosts(urls))
                 .await
                 .expect("insert_pages")
                 .expect("the run is listing");
@@ -614,4 +614,10 @@ impl History {
         }
         Ok(())
     }
+}
+
+/// The hosts of `urls` with no per-host limit worth the name: the model
+/// checks the lifecycle, not politeness (tests/it/politeness.rs does).
+pub fn unlimited_hosts(urls: &[String]) -> Vec<ledger::HostPolicy> {
+    ledger::host_policies(urls, i32::MAX as u32, Duration::ZERO)
 }

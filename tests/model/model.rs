@@ -19,8 +19,8 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::harness::{
-    check_invariants, outcome_of, Database, History, Policy, Replica, Snapshot, PAGE_TIMEOUT,
-    SCHEDULE,
+    check_invariants, outcome_of, unlimited_hosts, Database, History, Policy, Replica, Snapshot,
+    PAGE_TIMEOUT, SCHEDULE,
 };
 
 /// What a crawler reports.
@@ -821,9 +821,14 @@ impl<'a> World<'a> {
         if listed == self.urls.len() {
             return Ok(());
         }
-        let got = ledger::insert_pages(self.replica().pool(), self.run_id, &self.urls[listed..])
-            .await
-            .map_err(|e| format!("insert_pages failed: {e}"))?;
+        let got = ledger::insert_pages(
+            self.replica().pool(),
+            self.run_id,
+            &self.urls[listed..],
+            &unlimited_hosts(&self.urls[listed..]),
+        )
+        .await
+        .map_err(|e| format!("insert_pages failed: {e}"))?;
         let want = self
             .model
             .listing
