@@ -268,12 +268,13 @@ impl Dispatcher {
         // Pages whose host is paced wait for their time apart, then join
         // the lane's queue one by one.
         later.sort_by_key(|p| p.dispatch_at);
+        let hand = || HandOver {
+            lane: lane.clone(),
+            permits: self.permits.clone(),
+            tracker: self.tracker.clone(),
+        };
         if !later.is_empty() {
-            let this = HandOver {
-                lane: lane.clone(),
-                permits: self.permits.clone(),
-                tracker: self.tracker.clone(),
-            };
+            let this = hand();
             self.tracker.spawn(async move {
                 for page in later {
                     let wait = (page.dispatch_at - chrono::Utc::now())
@@ -284,11 +285,7 @@ impl Dispatcher {
                 }
             });
         }
-        let this = HandOver {
-            lane: lane.clone(),
-            permits: self.permits.clone(),
-            tracker: self.tracker.clone(),
-        };
+        let this = hand();
         self.tracker.spawn(async move {
             for page in now {
                 this.one(page).await;
