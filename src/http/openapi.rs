@@ -33,6 +33,7 @@ use crate::lifecycle::run::{RunFinished, RunStuck};
         super::api::list_runs,
         super::api::get_run,
         super::api::list_pages,
+        super::api::list_changes,
         super::api::cancel_run,
         super::api::redrive_run,
         super::results::export,
