@@ -1,5 +1,6 @@
 //! The admin API: schedules (list, trigger, pause, resume), runs (list,
-//! read, cancel, redrive) and their pages. Each answer is a typed body, the
+//! read, cancel, redrive), their pages and what changed in them since the
+//! previous run. Each answer is a typed body, the
 //! same types the OpenAPI document (`/openapi.json`) describes.
 
 use axum::extract::{FromRequestParts, State};

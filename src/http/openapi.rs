@@ -139,7 +139,7 @@ pub fn document() -> Value {
         "run.finished": webhook(
             "run.finished",
             "RunFinished",
-            "Sent once per finished run and target when every page of the run is terminal, or the run was cancelled, failed as a whole or timed out.",
+            "Sent once per finished run and target when every page of the run is terminal, or the run was cancelled, failed as a whole or timed out; to a target with `when = \"changes\"` only when a page of the run is new, changed or gone since the previous run.",
         ),
         "run.stuck": webhook(
             "run.stuck",
