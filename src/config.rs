@@ -180,6 +180,34 @@ pub enum NotifyTarget {
     Stdout,
 }
 
+/// Which finished runs a notify target is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotifyWhen {
+    /// Every finished run (the default).
+    Always,
+    /// Only runs in which a page is new, changed or gone since the previous
+    /// run (decided when the run finishes; `run.stuck` is sent regardless).
+    Changes,
+}
+
+/// One entry of a schedule's `notify` list: where, and for which runs.
+#[derive(Debug, Clone)]
+pub struct Notify {
+    /// Where the notification goes.
+    pub target: NotifyTarget,
+    /// Which finished runs it is sent.
+    pub when: NotifyWhen,
+}
+
+/// What makes a page `changed` since the previous run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compare {
+    /// Its title or an extracted field differs (the default).
+    Fields,
+    /// Its body's SHA-256 differs.
+    Content,
+}
+
 impl NotifyTarget {
     /// The kind's name as stored in the outbox.
     pub fn kind(&self) -> &'static str {
@@ -271,8 +299,10 @@ pub struct Schedule {
     pub catchup_window: Duration,
     /// What to do with a fire while the previous run is unfinished.
     pub overlap: Overlap,
+    /// What makes a page `changed` since the previous run.
+    pub compare: Compare,
     /// Where the run's notification goes.
-    pub notify: Vec<NotifyTarget>,
+    pub notify: Vec<Notify>,
 }
 
 /// The environment variable whose value, when set, is the whole
@@ -449,6 +479,7 @@ struct RawSchedule {
     catchup: Option<String>,
     catchup_window: Option<String>,
     overlap: Option<String>,
+    compare: Option<String>,
     #[serde(default)]
     notify: Vec<RawNotifyTarget>,
 }
@@ -585,6 +616,7 @@ struct RawNotifyTarget {
     webhook: Option<RawWebhook>,
     slack: Option<RawSlack>,
     stdout: Option<RawStdout>,
+    when: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1049,10 +1081,32 @@ impl RawSchedule {
                 p.add(&format!("{at}: user_agent"), e);
             }
         }
+        let compare = match self.compare.as_deref().unwrap_or("fields") {
+            "fields" => Compare::Fields,
+            "content" => Compare::Content,
+            other => {
+                p.add(
+                    &format!("{at}: compare"),
+                    format!("{other:?} must be \"fields\" or \"content\""),
+                );
+                Compare::Fields
+            }
+        };
         let mut notify = Vec::new();
         for (i, t) in self.notify.into_iter().enumerate() {
             let tat = format!("{at}: notify[{i}]");
-            match (t.webhook, t.slack, t.stdout) {
+            let when = match t.when.as_deref().unwrap_or("always") {
+                "always" => NotifyWhen::Always,
+                "changes" => NotifyWhen::Changes,
+                other => {
+                    p.add(
+                        &format!("{tat}.when"),
+                        format!("{other:?} must be \"always\" or \"changes\""),
+                    );
+                    NotifyWhen::Always
+                }
+            };
+            let target = match (t.webhook, t.slack, t.stdout) {
                 (Some(w), None, None) => {
                     if let Err(e) = webhook_key(&w.secret) {
                         p.add(&format!("{tat}.webhook.secret"), e);
@@ -1063,22 +1117,27 @@ impl RawSchedule {
                         }
                     }
                     let at = format!("{tat}.webhook.url");
-                    if let Some(url) = secret_http_url(p, &at, w.url.expose_secret()) {
-                        notify.push(NotifyTarget::Webhook {
+                    secret_http_url(p, &at, w.url.expose_secret()).map(|url| {
+                        NotifyTarget::Webhook {
                             url: SecretUrl::new(url),
                             secret: w.secret,
                             previous_secret: w.previous_secret,
-                        });
-                    }
+                        }
+                    })
                 }
                 (None, Some(s), None) => {
                     let at = format!("{tat}.slack.url");
-                    if secret_http_url(p, &at, s.url.expose_secret()).is_some() {
-                        notify.push(NotifyTarget::Slack { url: s.url });
-                    }
+                    secret_http_url(p, &at, s.url.expose_secret())
+                        .map(|_| NotifyTarget::Slack { url: s.url })
                 }
-                (None, None, Some(_)) => notify.push(NotifyTarget::Stdout),
-                _ => p.add(&tat, "must have exactly one of webhook, slack or stdout"),
+                (None, None, Some(_)) => Some(NotifyTarget::Stdout),
+                _ => {
+                    p.add(&tat, "must have exactly one of webhook, slack or stdout");
+                    None
+                }
+            };
+            if let Some(target) = target {
+                notify.push(Notify { target, when });
             }
         }
         Some(Schedule {
@@ -1107,6 +1166,7 @@ impl RawSchedule {
             catchup,
             catchup_window,
             overlap,
+            compare,
             notify,
         })
     }

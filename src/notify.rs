@@ -79,14 +79,37 @@ pub fn slack_message(payload: &Value) -> Value {
         s("scheduled_for"),
     );
     if let Some(err) = payload.get("error").and_then(Value::as_str) {
-        text.push_str(&format!("\nError: {err}"));
+        text.push_str(&format!("\nError: {}", slack_escape(err)));
+    }
+    if let Some(c) = payload.get("changes").filter(|c| c.is_object()) {
+        let n = |k: &str| c.get(k).and_then(Value::as_i64).unwrap_or(0);
+        text.push_str(&format!(
+            "\nSince the previous run: {} new, {} changed, {} gone, {} unchanged.",
+            n("new"),
+            n("changed"),
+            n("gone"),
+            n("unchanged"),
+        ));
+        let listed = payload
+            .get("changed_pages")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for p in listed.iter().take(SLACK_CHANGES) {
+            text.push('\n');
+            text.push_str(&change_line(p));
+        }
+        let more = n("new") + n("changed") + n("gone") - listed.len().min(SLACK_CHANGES) as i64;
+        if more > 0 {
+            text.push_str(&format!("\n… and {more} more changes"));
+        }
     }
     if let Some(failed) = payload.get("failed_pages").and_then(Value::as_array) {
         for p in failed.iter().take(10) {
             text.push_str(&format!(
                 "\n• {}: {}",
-                p["url"].as_str().unwrap_or("?"),
-                p["error"].as_str().unwrap_or("?")
+                slack_escape(p["url"].as_str().unwrap_or("?")),
+                slack_escape(p["error"].as_str().unwrap_or("?"))
             ));
         }
         if failed.len() > 10 {
@@ -94,6 +117,78 @@ pub fn slack_message(payload: &Value) -> Value {
         }
     }
     json!({ "text": text })
+}
+
+/// How many changed pages a Slack message lists at most.
+const SLACK_CHANGES: usize = 5;
+
+/// Text for a Slack message: `&`, `<` and `>` are control characters of
+/// Slack's markup (links, mentions), so third-party text is escaped.
+fn slack_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// One change of a `run.finished` payload as a Slack line: `+ url` (new),
+/// `- url` (gone), `~ url: price 10 → 12, title A → B` (changed; the first
+/// three differences, each value cut at 40 characters).
+fn change_line(change: &Value) -> String {
+    let url = slack_escape(change["url"].as_str().unwrap_or("?"));
+    match change["kind"].as_str() {
+        Some("new") => format!("+ {url}"),
+        Some("gone") => format!("- {url}"),
+        _ => {
+            let (before, after) = (&change["before"], &change["after"]);
+            let shown = |v: &Value| -> String {
+                let text = match v {
+                    Value::Null => "–".to_string(),
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                let cut: String = text.chars().take(40).collect();
+                let cut = if cut.len() < text.len() {
+                    cut + "…"
+                } else {
+                    cut
+                };
+                slack_escape(&cut)
+            };
+            let mut diffs = Vec::new();
+            if before["title"] != after["title"] {
+                diffs.push(format!(
+                    "title {} → {}",
+                    shown(&before["title"]),
+                    shown(&after["title"])
+                ));
+            }
+            let empty = serde_json::Map::new();
+            let fields = |v: &Value| v["fields"].as_object().cloned().unwrap_or(empty.clone());
+            let (b, a) = (fields(before), fields(after));
+            let names: std::collections::BTreeSet<&String> = b.keys().chain(a.keys()).collect();
+            for name in names {
+                let (old, new) = (
+                    b.get(name).unwrap_or(&Value::Null),
+                    a.get(name).unwrap_or(&Value::Null),
+                );
+                if old != new {
+                    diffs.push(format!(
+                        "{} {} → {}",
+                        slack_escape(name),
+                        shown(old),
+                        shown(new)
+                    ));
+                }
+            }
+            if diffs.is_empty() {
+                // compare = "content": the body changed, the facts did not.
+                format!("~ {url}: content")
+            } else {
+                diffs.truncate(3);
+                format!("~ {url}: {}", diffs.join(", "))
+            }
+        }
+    }
 }
 
 /// Delivers outbox rows; any number of replicas may run one.
@@ -149,7 +244,8 @@ impl Notifier {
             .runs
             .settings
             .schedule(&n.schedule)
-            .and_then(|s| s.notify.get(n.target as usize));
+            .and_then(|s| s.notify.get(n.target as usize))
+            .map(|t| &t.target);
         let result = match target {
             Some(t) => self.send(t, &n).await,
             None => Err(format!(
@@ -254,9 +350,18 @@ impl Notifier {
             }
             NotifyTarget::Stdout => {
                 let p = &n.payload;
+                let c = &p["changes"];
+                let changes = if c.is_object() {
+                    format!(
+                        "; since the previous run {} new, {} changed, {} gone",
+                        c["new"], c["changed"], c["gone"]
+                    )
+                } else {
+                    String::new()
+                };
                 crate::telemetry::suspend(|| {
                     println!(
-                    "\n🎺 {} {} — run {} of {:?}: {}/{} pages succeeded, {} failed, {} timed out\n",
+                    "\n🎺 {} {} — run {} of {:?}: {}/{} pages succeeded, {} failed, {} timed out{changes}\n",
                     p["type"].as_str().unwrap_or("?"),
                     p["outcome"].as_str().unwrap_or("?"),
                     p["run_id"].as_str().unwrap_or("?"),
@@ -302,6 +407,46 @@ mod tests {
             br#"{"test": 2432232314}"#,
         );
         assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+
+    #[test]
+    fn slack_shows_the_change_counts_and_the_first_five_changes_escaped() {
+        let page = |i: usize| {
+            json!({"url": format!("https://shop.example/p/{i}?a=1&b=<2>"), "kind": "new",
+                   "before": null, "after": {"title": "T", "fields": {}, "content_sha256": "00"}})
+        };
+        let mut pages = vec![
+            json!({"url": "https://shop.example/p/0", "kind": "changed",
+                   "before": {"title": "T", "fields": {"price": "10", "name": "A"}, "content_sha256": "00"},
+                   "after": {"title": "T", "fields": {"price": "12", "name": "A"}, "content_sha256": "01"}}),
+            json!({"url": "https://shop.example/gone", "kind": "gone",
+                   "before": {"title": "T", "fields": {}, "content_sha256": "00"}, "after": null}),
+        ];
+        pages.extend((1..=5).map(page));
+        let payload = json!({
+            "type": "run.finished", "schedule": "s", "outcome": "succeeded", "run_id": "r",
+            "scheduled_for": "t", "pages": {"total": 9, "succeeded": 9},
+            "changes": {"since_run_id": "q", "new": 5, "changed": 1, "unchanged": 3, "gone": 1, "unknown": 0},
+            "changed_pages": pages,
+        });
+        let text = slack_message(&payload)["text"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[1..],
+            [
+                "Since the previous run: 5 new, 1 changed, 1 gone, 3 unchanged.",
+                "~ https://shop.example/p/0: price 10 → 12",
+                "- https://shop.example/gone",
+                "+ https://shop.example/p/1?a=1&amp;b=&lt;2&gt;",
+                "+ https://shop.example/p/2?a=1&amp;b=&lt;2&gt;",
+                "+ https://shop.example/p/3?a=1&amp;b=&lt;2&gt;",
+                "… and 2 more changes",
+            ],
+            "{text}"
+        );
     }
 
     #[test]

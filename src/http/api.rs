@@ -1,5 +1,6 @@
 //! The admin API: schedules (list, trigger, pause, resume), runs (list,
-//! read, cancel, redrive) and their pages. Each answer is a typed body, the
+//! read, cancel, redrive), their pages and what changed in them since the
+//! previous run. Each answer is a typed body, the
 //! same types the OpenAPI document (`/openapi.json`) describes.
 
 use axum::extract::{FromRequestParts, State};
@@ -13,7 +14,10 @@ use uuid::Uuid;
 
 use super::error::ErrorBody;
 use super::{ApiError, AppState};
-use crate::ledger::{self, NotificationState, Outcome, Page, PageStatus, Run, RunStatus, Trigger};
+use crate::ledger::{
+    self, ChangeKind, NotificationState, Outcome, Page, PageStatus, Run, RunStatus, Trigger,
+};
+use crate::lifecycle::changes::{ChangeEntry, Changes};
 use crate::lifecycle::run::PageCounts;
 use crate::lifecycle::Closing;
 use crate::overview::ScheduleView;
@@ -118,6 +122,20 @@ pub struct RunList {
 pub struct PageList {
     /// In id order.
     pub pages: Vec<Page>,
+    /// Pass as `after` for the next pages; `null` when these are the last.
+    pub next_after: Option<i64>,
+}
+
+/// `GET /v1/runs/{id}/changes`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ChangeList {
+    /// The run's changes by kind since the run it was compared with;
+    /// `null` when it was not compared (its schedule's first run, a redrive
+    /// run, a run never fully listed, or a run not finished yet).
+    pub changes: Option<Changes>,
+    /// The new, changed and gone pages in id order: the run's pages in page
+    /// order, then the previous run's pages no longer listed.
+    pub pages: Vec<ChangeEntry>,
     /// Pass as `after` for the next pages; `null` when these are the last.
     pub next_after: Option<i64>,
 }
@@ -342,6 +360,81 @@ pub async fn list_pages(
         .then(|| pages.last().map(|p| p.id))
         .flatten();
     Ok(Json(PageList { pages, next_after }))
+}
+
+/// The query of `GET /v1/runs/{id}/changes`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ChangesQuery {
+    /// Only the changes of this kind.
+    #[param(value_type = Option<ChangeKind>)]
+    kind: Option<String>,
+    /// Only the changes with a greater id (the previous answer's `next_after`).
+    after: Option<i64>,
+    /// How many changes at most (1-1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+}
+
+/// `GET /v1/runs/{id}/changes?kind=new|changed|gone&after=ID&limit=N`: what
+/// changed since the previous run, in id order; `next_after` continues.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{id}/changes",
+    tag = "runs",
+    summary = "List what changed in a run since the previous run",
+    description = "The counts of the run's comparison with the previous finished run of its schedule (`null` when it was not compared) and its new, changed and gone pages in id order, optionally of one kind, each with its facts before and after; `next_after` continues the listing.",
+    params(
+        ("id" = String, Path, description = "The run's id (a UUID; anything else is no run: 404)"),
+        ChangesQuery,
+    ),
+    security(("admin" = [])),
+    responses(
+        (status = 200, description = "The changes", body = ChangeList),
+        (status = 400, description = "A path that is not valid UTF-8 once percent-decoded, a malformed query string, an unknown `kind`, or `limit` outside 1-1000", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No run has this id", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry later", body = ErrorBody),
+    )
+)]
+pub async fn list_changes(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<ChangesQuery>,
+) -> Result<Json<ChangeList>, ApiError> {
+    let id = parse_run_id(&id)?;
+    let kind = q
+        .kind
+        .as_deref()
+        .map(|k| {
+            ChangeKind::parse(k).ok_or_else(|| {
+                ApiError::BadRequest(format!("kind {k:?} must be one of new, changed, gone"))
+            })
+        })
+        .transpose()?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::BadRequest("limit must be 1-1000".into()));
+    }
+    if ledger::get_run(&state.runs.pool, id).await?.is_none() {
+        return Err(ApiError::NotFound(format!("no run has the id {id}")));
+    }
+    let changes = ledger::run_changes(&state.runs.pool, id)
+        .await?
+        .map(Changes::from);
+    let pages = ledger::list_changes(&state.runs.pool, id, kind, q.after.unwrap_or(0), limit)
+        .await?
+        .into_iter()
+        .map(ChangeEntry::try_from)
+        .collect::<Result<Vec<_>, _>>()?;
+    let next_after = (pages.len() as i64 == limit)
+        .then(|| pages.last().map(|p| p.id))
+        .flatten();
+    Ok(Json(ChangeList {
+        changes,
+        pages,
+        next_after,
+    }))
 }
 
 /// `POST /v1/runs/{id}/cancel`: open pages are cancelled, later reports are

@@ -71,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/runs", get(api::list_runs))
         .route("/v1/runs/{id}", get(api::get_run))
         .route("/v1/runs/{id}/pages", get(api::list_pages))
+        .route("/v1/runs/{id}/changes", get(api::list_changes))
         .route("/v1/runs/{id}/results", get(results::export))
         .route("/v1/runs/{id}/cancel", post(api::cancel_run))
         .route("/v1/runs/{id}/redrive", post(api::redrive_run))

@@ -33,6 +33,7 @@ use crate::lifecycle::run::{RunFinished, RunStuck};
         super::api::list_runs,
         super::api::get_run,
         super::api::list_pages,
+        super::api::list_changes,
         super::api::cancel_run,
         super::api::redrive_run,
         super::results::export,
@@ -138,7 +139,7 @@ pub fn document() -> Value {
         "run.finished": webhook(
             "run.finished",
             "RunFinished",
-            "Sent once per finished run and target when every page of the run is terminal, or the run was cancelled, failed as a whole or timed out.",
+            "Sent once per finished run and target when every page of the run is terminal, or the run was cancelled, failed as a whole or timed out; to a target with `when = \"changes\"` only when a page of the run is new, changed or gone since the previous run.",
         ),
         "run.stuck": webhook(
             "run.stuck",

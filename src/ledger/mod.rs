@@ -1,5 +1,5 @@
 //! The Postgres ledger: every SQL statement fanfare runs lives here, split
-//! by table ([`runs`], [`pages`], [`outbox`], [`schedules`]).
+//! by table ([`runs`], [`pages`], [`changes`], [`outbox`], [`schedules`]).
 //!
 //! Statements only: each function runs one statement (or one short
 //! transaction of its own) on the connection, transaction or pool it is
@@ -14,12 +14,14 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
+pub mod changes;
 pub mod outbox;
 pub mod pages;
 pub mod runs;
 pub mod schedules;
 mod types;
 
+pub use changes::*;
 pub use outbox::*;
 pub use pages::*;
 pub use runs::*;

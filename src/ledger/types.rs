@@ -232,3 +232,41 @@ impl NotifyEvent {
         }
     }
 }
+
+/// How a page of a run differs from the same URL in the schedule's
+/// previous run (stored for the kinds worth telling; unchanged pages are
+/// only counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type, ToSchema)]
+#[schema(as = ChangeKind)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum ChangeKind {
+    /// Crawled now; not in the previous run, or gone (404/410) there.
+    New,
+    /// Crawled in both runs, with a different title or field (or body,
+    /// with `compare = "content"`).
+    Changed,
+    /// In the previous run, and now no longer listed or answering 404/410.
+    Gone,
+}
+
+impl ChangeKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::New => "new",
+            ChangeKind::Changed => "changed",
+            ChangeKind::Gone => "gone",
+        }
+    }
+
+    /// Parses a stored or requested name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "new" => ChangeKind::New,
+            "changed" => ChangeKind::Changed,
+            "gone" => ChangeKind::Gone,
+            _ => return None,
+        })
+    }
+}

@@ -11,9 +11,10 @@ use sqlx::{PgConnection, PgPool};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::config::{Settings, Tolerance};
+use crate::config::{Compare, NotifyWhen, Settings, Tolerance};
 use crate::ledger::{self, FailedPage, NotifyEvent, Outcome, PageStatus, Run, RunStatus, Trigger};
 
+use super::changes::{self, ChangedPage, Changes, RunChanges};
 use super::page::{self, Event, Next};
 
 /// How many failed pages a notification lists at most.
@@ -26,6 +27,8 @@ pub struct TargetRef {
     pub index: i32,
     /// `webhook`, `slack` or `stdout`.
     pub kind: &'static str,
+    /// Which finished runs it is sent.
+    pub when: NotifyWhen,
 }
 
 /// What finishing a run of a schedule needs to know about the schedule.
@@ -35,6 +38,8 @@ pub struct RunPolicy {
     pub targets: Vec<TargetRef>,
     /// How many failures still count as success.
     pub tolerated: Tolerance,
+    /// What makes a page `changed` since the previous run.
+    pub compare: Compare,
 }
 
 impl RunPolicy {
@@ -49,7 +54,8 @@ impl RunPolicy {
                         .enumerate()
                         .map(|(i, t)| TargetRef {
                             index: i as i32,
-                            kind: t.kind(),
+                            kind: t.target.kind(),
+                            when: t.when,
                         })
                         .collect()
                 })
@@ -57,6 +63,7 @@ impl RunPolicy {
             tolerated: schedule
                 .map(|s| s.tolerated_failures)
                 .unwrap_or(Tolerance::Count(0)),
+            compare: schedule.map(|s| s.compare).unwrap_or(Compare::Fields),
         }
     }
 }
@@ -140,6 +147,15 @@ pub struct RunFinished {
     /// Its first failed and timed-out pages (at most 100,
     /// [`FAILED_PAGES_IN_NOTIFICATION`]), in id order.
     pub failed_pages: Vec<FailedPageBrief>,
+    /// What changed since the previous finished run of the schedule;
+    /// `null` for its first run, a redrive run and a run never fully
+    /// listed.
+    pub changes: Option<Changes>,
+    /// The first pages (at most 100,
+    /// [`changes::CHANGED_PAGES_IN_NOTIFICATION`]) that are new, changed or
+    /// gone: this run's pages in page order, then the previous run's pages
+    /// no longer listed.
+    pub changed_pages: Vec<ChangedPage>,
 }
 
 /// A finished run's pages by final state.
@@ -217,7 +233,7 @@ pub struct PageCounts {
 
 /// The `run.finished` body (stored in the outbox, so every retry sends the
 /// same bytes).
-pub fn finished_payload(run: &Run, failed: &[FailedPage]) -> RunFinished {
+pub fn finished_payload(run: &Run, failed: &[FailedPage], changes: &RunChanges) -> RunFinished {
     RunFinished {
         kind: RunFinishedType::RunFinished,
         run_id: run.id,
@@ -248,6 +264,8 @@ pub fn finished_payload(run: &Run, failed: &[FailedPage]) -> RunFinished {
                     .unwrap_or_else(|| p.status.as_str().replace('_', " ")),
             })
             .collect(),
+        changes: changes.summary.clone(),
+        changed_pages: changes.pages.clone(),
     }
 }
 
@@ -313,20 +331,29 @@ fn to_json(payload: &impl Serialize) -> Result<Value, sqlx::Error> {
 }
 
 /// Writes one outbox row per target of `policy` for `event`, and wakes every
-/// replica's notifier when the transaction commits.
+/// replica's notifier when the transaction commits. `changed` is whether
+/// the run has a page that is new, changed or gone: a `when = "changes"`
+/// target gets no row for a `run.finished` without (its `run.stuck` is
+/// queued whatever `changed` says).
 async fn queue_notifications(
     tx: &mut PgConnection,
     run_id: Uuid,
     event: NotifyEvent,
     payload: &Value,
     policy: &RunPolicy,
+    changed: bool,
 ) -> Result<(), sqlx::Error> {
-    for target in &policy.targets {
+    let targets: Vec<&TargetRef> = policy
+        .targets
+        .iter()
+        .filter(|t| event != NotifyEvent::RunFinished || t.when == NotifyWhen::Always || changed)
+        .collect();
+    for target in &targets {
         let id = webhook_id(run_id, event, target.index);
         ledger::insert_notification(tx, run_id, event, target.index, target.kind, &id, payload)
             .await?;
     }
-    if !policy.targets.is_empty() {
+    if !targets.is_empty() {
         ledger::wake(&mut *tx, ledger::WAKE_NOTIFY).await?;
     }
     Ok(())
@@ -354,8 +381,19 @@ async fn finish(
     };
     let run = ledger::set_finished(tx, run_id, outcome, error).await?;
     let failed = ledger::failed_pages(tx, run_id, FAILED_PAGES_IN_NOTIFICATION).await?;
-    let payload = to_json(&finished_payload(&run, &failed))?;
-    queue_notifications(tx, run_id, NotifyEvent::RunFinished, &payload, policy).await?;
+    // In this transaction: a crash leaves neither the changes nor the
+    // notifications that tell them.
+    let changes = changes::compare(tx, &run, policy.compare).await?;
+    let payload = to_json(&finished_payload(&run, &failed, &changes))?;
+    queue_notifications(
+        tx,
+        run_id,
+        NotifyEvent::RunFinished,
+        &payload,
+        policy,
+        changes.any(),
+    )
+    .await?;
     Ok(run)
 }
 
@@ -453,6 +491,7 @@ pub async fn mark_stuck(
         NotifyEvent::RunStuck,
         &to_json(&stuck_payload(&run))?,
         &policy,
+        true,
     )
     .await?;
     tx.commit().await?;

@@ -281,3 +281,41 @@ fn the_politeness_section_gives_every_schedule_its_defaults() {
     assert_eq!(b.robots_agent(), "other");
     assert_eq!(b.user_agent.as_deref(), Some("other/3"));
 }
+
+#[test]
+fn compare_and_when_default_to_fields_and_always_and_other_values_name_their_key() {
+    let schedule = |extra: &str, when: &str| {
+        format!("[[schedules]]\nname = \"s\"\ninvoker = \"local\"\npages = {{ urls = [] }}\n{extra}\n[[schedules.notify]]\nstdout = {{}}\n{when}\n[[schedules.notify]]\nstdout = {{}}\nwhen = \"changes\"\n")
+    };
+    let settings =
+        Settings::from_toml(&config_toml("postgres://x@127.0.0.1/db", &schedule("", "")))
+            .unwrap_or_else(|e| panic!("{e}"));
+    let s = &settings.schedules[0];
+    assert_eq!(s.compare, fanfare::config::Compare::Fields);
+    let whens: Vec<_> = s.notify.iter().map(|n| n.when).collect();
+    assert_eq!(
+        whens,
+        [
+            fanfare::config::NotifyWhen::Always,
+            fanfare::config::NotifyWhen::Changes
+        ]
+    );
+    let settings = Settings::from_toml(&config_toml(
+        "postgres://x@127.0.0.1/db",
+        &schedule("compare = \"content\"", "when = \"always\""),
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        settings.schedules[0].compare,
+        fanfare::config::Compare::Content
+    );
+
+    let found = problems(&schedule("compare = \"title\"", "when = \"sometimes\""));
+    assert_eq!(
+        found,
+        [
+            r#"schedule "s": compare: "title" must be "fields" or "content""#,
+            r#"schedule "s": notify[0].when: "sometimes" must be "always" or "changes""#,
+        ]
+    );
+}

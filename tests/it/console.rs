@@ -407,3 +407,69 @@ async fn a_finished_runs_event_stream_sends_its_counts_once_and_ends() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_run_page_shows_what_changed_since_the_previous_run() {
+    use crate::changes::{change_the_shop, shop_of_four};
+    let shop = shop_of_four().await;
+    let app = TestApp::spawn(&shop.schedule("shop", "", ""), None).await;
+    let run1 = app.trigger("shop").await;
+    app.wait_finished(run1, Duration::from_secs(30)).await;
+    change_the_shop(&shop);
+    let run2 = app.trigger("shop").await;
+    app.wait_finished(run2, Duration::from_secs(30)).await;
+    let cookie = session(&app).await;
+
+    let (status, _, body) = page(&app, Some(&cookie), &format!("/ui/runs/{run1}")).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("Not compared"), "{body}");
+    assert!(!body.contains(r#"data-table="changes""#), "{body}");
+
+    let (status, _, body) = page(&app, Some(&cookie), &format!("/ui/runs/{run2}")).await;
+    assert_eq!(status, 200);
+    for (kind, n) in [
+        ("new", 1),
+        ("changed", 1),
+        ("gone", 2),
+        ("unchanged", 1),
+        ("unknown", 0),
+    ] {
+        assert!(
+            body.contains(&format!(r#"data-change-count="{kind}">{n}<"#)),
+            "{kind} {n}: {body}"
+        );
+    }
+    assert!(
+        body.contains(&format!("/ui/runs/{run1}")),
+        "links the run compared with"
+    );
+    let table = &body[body
+        .find(r#"data-table="changes""#)
+        .expect("a changes table")..];
+    let table = &table[..table.find("</table>").unwrap()];
+    let rows: Vec<String> = table
+        .split("<tr>")
+        .skip(2)
+        .map(|row| {
+            row.split("<td")
+                .skip(1)
+                .map(|cell| {
+                    let text = &cell[cell.find('>').unwrap() + 1..];
+                    text[..text.find("</td>").unwrap()].to_string()
+                })
+                .collect::<Vec<_>>()
+                .join(" | ")
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            format!("changed | {} | price: 20 | price: 25", shop.url("b")),
+            format!("gone | {} | title: Product d; price: 40 | —", shop.url("d")),
+            format!("new | {} | — | title: Product e; price: 50", shop.url("e")),
+            format!("gone | {} | title: Product c; price: 30 | —", shop.url("c")),
+        ],
+        "{table}"
+    );
+    app.stop().await;
+}

@@ -3,6 +3,7 @@
 
 mod api;
 mod callbacks;
+mod changes;
 mod cli;
 mod config;
 mod console;

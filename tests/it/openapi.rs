@@ -286,11 +286,35 @@ async fn webhook_payloads_are_documented_as_the_schemas_of_what_is_sent() {
             serde_json::json!({"kind": "http_status", "message": "HTTP 404", "retryable": false}),
         ),
     }];
+    let snapshot = |price: &str| fanfare::lifecycle::changes::PageSnapshot {
+        title: Some("A".into()),
+        fields: [("price".to_string(), Some(price.to_string()))].into(),
+        content_sha256: Some("00".into()),
+    };
+    let changes = fanfare::lifecycle::changes::RunChanges {
+        summary: Some(fanfare::lifecycle::changes::Changes {
+            since_run_id: Some(uuid::Uuid::now_v7()),
+            new: 0,
+            changed: 1,
+            unchanged: 1,
+            gone: 0,
+            unknown: 1,
+        }),
+        pages: vec![fanfare::lifecycle::changes::ChangedPage {
+            url: "https://shop.example.com/b".into(),
+            kind: fanfare::ledger::ChangeKind::Changed,
+            before: Some(snapshot("10")),
+            after: Some(snapshot("12")),
+        }],
+    };
     let sent = [
         (
             "run.finished",
             "RunFinished",
-            serde_json::to_value(fanfare::lifecycle::run::finished_payload(&run, &failed)).unwrap(),
+            serde_json::to_value(fanfare::lifecycle::run::finished_payload(
+                &run, &failed, &changes,
+            ))
+            .unwrap(),
         ),
         (
             "run.stuck",
@@ -325,6 +349,18 @@ async fn webhook_payloads_are_documented_as_the_schemas_of_what_is_sent() {
     // The nested shapes are documented too.
     let (props, _) = properties(&doc, "FailedPageBrief");
     assert_eq!(props, ["url", "status", "error"].map(String::from).into());
+    let finished = serde_json::to_value(fanfare::lifecycle::run::finished_payload(
+        &run, &failed, &changes,
+    ))
+    .unwrap();
+    for (schema, value) in [
+        ("Changes", &finished["changes"]),
+        ("ChangedPage", &finished["changed_pages"][0]),
+        ("PageSnapshot", &finished["changed_pages"][0]["after"]),
+    ] {
+        let keys: BTreeSet<String> = value.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(properties(&doc, schema).0, keys, "{schema}: {value}");
+    }
 }
 
 #[tokio::test]

@@ -50,6 +50,7 @@ use self::session::{Session, SessionKey};
 use super::throttle::LogThrottle;
 use super::{ApiError, AppState};
 use crate::ledger::{self, Outcome, RunStatus, Trigger};
+use crate::lifecycle::changes::{ChangeEntry, Changes};
 use crate::lifecycle::Closing;
 use crate::runs::StartError;
 
@@ -580,6 +581,7 @@ async fn runs(
 #[derive(Debug, Deserialize)]
 struct RunQuery {
     after: Option<i64>,
+    changes_after: Option<i64>,
 }
 
 async fn run(
@@ -610,6 +612,19 @@ async fn run(
     } else {
         None
     };
+    let changes = ledger::run_changes(pool, id).await?.map(Changes::from);
+    let changes_after = q.changes_after.unwrap_or(0).max(0);
+    let mut change_rows = ledger::list_changes(pool, id, None, changes_after, PAGE_SIZE + 1)
+        .await?
+        .into_iter()
+        .map(ChangeEntry::try_from)
+        .collect::<Result<Vec<_>, _>>()?;
+    let changes_next = if change_rows.len() as i64 > PAGE_SIZE {
+        change_rows.truncate(PAGE_SIZE as usize);
+        change_rows.last().map(|c| c.id)
+    } else {
+        None
+    };
     let notifications = ledger::run_notifications(pool, id).await?;
     let view = RunView {
         run,
@@ -621,6 +636,10 @@ async fn run(
         failures,
         failures_after: after,
         failures_next,
+        changes,
+        change_rows,
+        changes_after,
+        changes_next,
         notifications,
     };
     let csrf = console.key.csrf(&session);

@@ -12,6 +12,7 @@ use super::words;
 use crate::ledger::{
     FetchPercentiles, NotificationState, Outcome, Page, Run, RunStatus, TimeBucket,
 };
+use crate::lifecycle::changes::{ChangeEntry, Changes, PageSnapshot};
 use crate::overview::ScheduleView;
 
 /// What every signed-in page's header needs.
@@ -385,6 +386,14 @@ pub struct RunView {
     pub failures_after: i64,
     /// Where the next failures page starts, when there is one.
     pub failures_next: Option<i64>,
+    /// What changed since the previous run; `None` when not compared.
+    pub changes: Option<Changes>,
+    /// One page of its new, changed and gone pages.
+    pub change_rows: Vec<ChangeEntry>,
+    /// The id the changes page starts after (0 for the first).
+    pub changes_after: i64,
+    /// Where the next changes page starts, when there is one.
+    pub changes_next: Option<i64>,
     /// Its notifications.
     pub notifications: Vec<NotificationState>,
 }
@@ -429,6 +438,58 @@ fn listing_value(v: &Value) -> String {
         Value::Null => "—".into(),
         other => other.to_string(),
     }
+}
+
+/// A page's facts in a table cell: `title; field: value, ...`, only the
+/// ones in `only` when given.
+fn snapshot_text(s: &PageSnapshot, only: Option<&[String]>) -> String {
+    let wanted = |name: &str| only.is_none_or(|o| o.iter().any(|n| n == name));
+    let mut parts = Vec::new();
+    if wanted("title") {
+        parts.push(format!("title: {}", s.title.as_deref().unwrap_or("—")));
+    }
+    for (name, value) in &s.fields {
+        if wanted(name) {
+            parts.push(format!("{name}: {}", value.as_deref().unwrap_or("—")));
+        }
+    }
+    if parts.is_empty() {
+        // compare = "content": the body differs, not the facts.
+        parts.push(format!(
+            "sha256 {}",
+            s.content_sha256
+                .as_deref()
+                .map_or("—", |h| &h[..h.len().min(12)])
+        ));
+    }
+    parts.join("; ")
+}
+
+/// The before and after cells of a change: for a changed page only what
+/// differs.
+fn change_texts(c: &ChangeEntry) -> (String, String) {
+    let (before, after) = (&c.page.before, &c.page.after);
+    let differing: Option<Vec<String>> = match (before, after) {
+        (Some(b), Some(a)) => {
+            let mut names = Vec::new();
+            if b.title != a.title {
+                names.push("title".to_string());
+            }
+            for name in b.fields.keys().chain(a.fields.keys()) {
+                if b.fields.get(name) != a.fields.get(name) && !names.contains(name) {
+                    names.push(name.clone());
+                }
+            }
+            Some(names)
+        }
+        _ => None,
+    };
+    let text = |s: &Option<PageSnapshot>| {
+        s.as_ref()
+            .map(|s| snapshot_text(s, differing.as_deref()))
+            .unwrap_or_else(|| "—".into())
+    };
+    (text(before), text(after))
 }
 
 /// `/ui/runs/{id}`.
@@ -515,6 +576,50 @@ pub fn run(chrome: &Chrome<'_>, v: &RunView, now: DateTime<Utc>) -> Markup {
                     } @else {
                         p.muted { "No page has succeeded yet." }
                     }
+                }
+            }
+            h2 #changes { "Changes since the previous run" }
+            @if let Some(ch) = &v.changes {
+                ul.counts data-changes {
+                    @for (name, n) in [("new", ch.new), ("changed", ch.changed), ("gone", ch.gone), ("unchanged", ch.unchanged), ("unknown", ch.unknown)] {
+                        li { span class=(format!("dot {name}")) {} (name) " " strong data-change-count=(name) { (n) } }
+                    }
+                }
+                @if let Some(since) = ch.since_run_id {
+                    p.small.muted { "Compared with run " a.mono href=(format!("/ui/runs/{since}")) { (short(since)) } "." }
+                }
+                @if v.change_rows.is_empty() && v.changes_after == 0 {
+                    p.muted { "No page is new, changed or gone." }
+                } @else {
+                    div.scroll {
+                        table data-table="changes" {
+                            thead { tr { th { "Change" } th { "URL" } th { "Before" } th { "After" } } }
+                            tbody {
+                                @for c in &v.change_rows {
+                                    @let (before, after) = change_texts(c);
+                                    tr {
+                                        td { (c.page.kind.as_str()) }
+                                        td.url { (c.page.url) }
+                                        td { (before) }
+                                        td { (after) }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    div.pager {
+                        @if v.changes_after > 0 {
+                            a href=(format!("/ui/runs/{}#changes", run.id)) { "First" }
+                        }
+                        @if let Some(next) = v.changes_next {
+                            a href=(format!("/ui/runs/{}?changes_after={next}#changes", run.id)) { "Next" }
+                        }
+                    }
+                }
+            } @else {
+                p.muted {
+                    @if open { "Compared with the previous run when this run finishes." }
+                    @else { "Not compared: the schedule's first run, a redrive run, or a run whose page list was never read to the end." }
                 }
             }
             h2 #failures { "Failed and timed-out pages" }
