@@ -19,6 +19,7 @@
 //! ```sh
 //! cargo bench --bench claim                    # 100,000 pages
 //! cargo bench --bench claim -- --pages 20000   # quicker
+//! cargo bench --bench claim -- --only "1 host"  # the scenarios whose name has this
 //! ```
 //!
 //! Needs a Postgres it may create databases on (`DATABASE_URL`); drops them.
@@ -169,10 +170,24 @@ async fn scenario(pages: usize, hosts: usize, per_host: u32, old: bool) -> Figur
         figures.total += took;
         figures.per_claim_ms.push(took.as_secs_f64() * 1000.0);
         report(&pool, run, &ids).await;
+        if figures.claims % 1000 == 0 {
+            let last = &figures.per_claim_ms[figures.claims - 1000..];
+            println!(
+                "  {} claims, {} pages: the last 1,000 claims {:.2} ms each",
+                figures.claims,
+                figures.pages,
+                last.iter().sum::<f64>() / 1000.0
+            );
+        }
     }
     assert_eq!(figures.pages, pages, "every page is claimed once");
     pool.close().await;
-    drop(db);
+    if std::env::var_os("FANFARE_BENCH_KEEP_DB").is_some() {
+        println!("kept database {}", db.url());
+        std::mem::forget(db);
+    } else {
+        drop(db);
+    }
     figures
 }
 
@@ -186,10 +201,12 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 #[tokio::main]
 async fn main() {
     let mut pages = 100_000usize;
+    let mut only: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--pages" => pages = args.next().and_then(|v| v.parse().ok()).expect("--pages N"),
+            "--only" => only = Some(args.next().expect("--only TEXT")),
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
@@ -216,6 +233,9 @@ async fn main() {
         ),
     ];
     for (name, hosts, per_host, old) in scenarios {
+        if only.as_deref().is_some_and(|o| !name.contains(o)) {
+            continue;
+        }
         let f = scenario(pages, hosts, per_host.max(1), old).await;
         let mut sorted = f.per_claim_ms.clone();
         sorted.sort_by(f64::total_cmp);

@@ -12,9 +12,14 @@ alter table pages add column host text not null
 -- count against max_attempts (the page's counted attempt is attempt minus this).
 alter table pages add column site_throttles integer not null default 0;
 
--- A claim takes a run's ready pages host by host.
+-- A claim takes a run's ready pages host by host: retries that are due
+-- (oldest first), then new pages by id. That order is this index's alone,
+-- so a claim reads it here and never walks the pages already claimed
+-- (ordered by id only, the planner would take the primary key, which it
+-- believes as full of pending pages at the end of a run as at its start).
 drop index pages_pending;
-create index pages_pending on pages (run_id, host, id) where status = 'pending';
+create index pages_pending on pages (run_id, host, not_before nulls last, id)
+    where status = 'pending';
 -- A host's pages in flight, across runs.
 create index pages_in_flight_by_host on pages (host) where status = 'dispatched';
 

@@ -597,7 +597,9 @@ pub const CLAIM_HOSTS: i64 = 4_096;
 /// schedule): the smallest in-flight limit, the longest interval, the
 /// latest pause. A host gets as many pages as it has in-flight room
 /// (counted over every run) and, when paced, dispatch times inside the
-/// horizon: `start`, `start + interval`, … Pages are taken round-robin over
+/// horizon: `start`, `start + interval`, … A host's pages come from the
+/// pending index: retries that are due (oldest first), then new pages in
+/// id order. Pages are taken round-robin over
 /// the hosts up to the batch and the schedule's in-flight room, marked
 /// dispatched with their dispatch time and a deadline one page timeout
 /// after it, and each host's clock moves past its last page.
@@ -613,9 +615,14 @@ pub const CLAIM_PAGES: &str = "with mine as materialized (
         where h.host in (
                 select rh.host from run_hosts rh
                 where rh.run_id = any(array(select id from mine))
-                    and exists (select 1 from pages p
+                    -- a ready page, looked up in the pending index (its
+                    -- order is what only that index has, so the planner
+                    -- walks neither every pending page nor those claimed)
+                    and (select true from pages p
                         where p.run_id = rh.run_id and p.host = rh.host and p.status = 'pending'
-                            and (p.not_before is null or p.not_before <= now())))
+                            and (p.not_before is null or p.not_before <= now())
+                        order by p.not_before nulls last, p.id
+                        limit 1))
             and h.next_at < now() + make_interval(secs => $5)
         order by h.next_at, h.host
         limit $6),
@@ -635,16 +642,26 @@ pub const CLAIM_PAGES: &str = "with mine as materialized (
                     else $2 end)) as n
         from policy),
     picked as materialized (
-        select k.id, r.host, r.start, r.iv, k.rn
-        from room r cross join lateral (
-            select q.id, row_number() over (order by q.id) as rn from (
-                select p.id from pages p
-                where p.run_id = any(array(select id from mine)) and p.host = r.host
-                    and p.status = 'pending' and (p.not_before is null or p.not_before <= now())
-                order by p.id limit r.n
-                for update skip locked) q) k
-        where r.n > 0
-        order by k.rn, r.start, k.id
+        select k.id, k.host, k.start, k.iv, k.rn
+        from (
+            -- each (run, host) in the pending index's order (retries that
+            -- are due, oldest first, then new pages by id: an order no
+            -- other index has, so the scan never walks the pages already
+            -- claimed), then numbered per host across the schedule's runs
+            select q.id, r.host, r.start, r.iv, r.n,
+                row_number() over (partition by r.host order by q.ord) as rn
+            from room r
+            join run_hosts rh on rh.host = r.host and rh.run_id = any(array(select id from mine))
+            cross join lateral (
+                select p.id, row_number() over () as ord from (
+                    select p.id from pages p
+                    where p.run_id = rh.run_id and p.host = r.host
+                        and p.status = 'pending' and (p.not_before is null or p.not_before <= now())
+                    order by p.not_before nulls last, p.id limit r.n
+                    for update skip locked) p) q
+            where r.n > 0) k
+        where k.rn <= k.n
+        order by k.rn, k.start, k.id
         limit greatest(0, least($2, $4 - (select n from flight)))),
     claimed as (
         update pages p set status = 'dispatched', attempt = p.attempt + 1,
