@@ -53,6 +53,8 @@ use uuid::Uuid;
 
 use fanfare_testkit as common;
 
+use common::bench::{checkpoint, copy_urls, thousands};
+
 #[derive(Debug, Parser)]
 #[command(about = "Change detection on a 1,000,000-page run: comparison time vs listing time")]
 struct Args {
@@ -87,45 +89,17 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(bench(&args))
 }
 
-fn thousands(n: i64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 async fn bench(args: &Args) -> anyhow::Result<()> {
     println!(
         "FIGURE change detection, {} pages per run: comparison vs listing (commit {})",
         thousands(args.pages),
         common::bench::git_commit()
     );
-    let admin_url = common::admin_database_url();
-    let mut admin = PgConnection::connect(&admin_url)
-        .await
-        .with_context(|| format!("connecting to DATABASE_URL ({admin_url})"))?;
-    let name = format!("fanfare_bench_{}", Uuid::new_v4().simple());
-    admin
-        .execute(format!(r#"create database "{name}""#).as_str())
-        .await
-        .context("creating the bench database")?;
-    let mut db = url::Url::parse(&admin_url).context("DATABASE_URL is not a URL")?;
-    db.set_path(&name);
-    let result = measure(args, db.as_str()).await;
-    if args.keep_database {
-        println!("database kept: {name}");
-    } else {
-        admin
-            .execute(format!(r#"drop database if exists "{name}" with (force)"#).as_str())
-            .await
-            .context("dropping the bench database")?;
-    }
-    result
+    common::bench::with_bench_database(
+        args.keep_database,
+        |db| async move { measure(args, &db).await },
+    )
+    .await
 }
 
 /// A run of schedule `bench`, finished and listed.
@@ -147,12 +121,6 @@ async fn insert_run(
     .execute(conn)
     .await?;
     Ok(())
-}
-
-async fn checkpoint(conn: &mut PgConnection) {
-    if let Err(e) = conn.execute("checkpoint").await {
-        println!("note: no checkpoint between measurements ({e})");
-    }
 }
 
 /// Page `i`'s facts in a run (`changed`: another price and hash).
@@ -177,26 +145,8 @@ async fn measure(args: &Args, database_url: &str) -> anyhow::Result<()> {
     let listing = Uuid::now_v7();
     insert_run(&mut conn, listing, -7200, "manual").await?;
     checkpoint(&mut conn).await;
-    let run = listing.hyphenated().to_string();
     let started = Instant::now();
-    let mut copy = conn
-        .copy_in_raw("copy pages (run_id, url) from stdin")
-        .await?;
-    let mut chunk = Vec::with_capacity(1 << 20);
-    for i in 0..n {
-        chunk.extend_from_slice(run.as_bytes());
-        chunk.push(b'\t');
-        chunk.extend_from_slice(url(i).as_bytes());
-        chunk.push(b'\n');
-        if chunk.len() >= 1 << 20 {
-            copy.send(std::mem::take(&mut chunk)).await?;
-            chunk.reserve(1 << 20);
-        }
-    }
-    if !chunk.is_empty() {
-        copy.send(chunk).await?;
-    }
-    let copied = copy.finish().await?;
+    let copied = copy_urls(&mut conn, "pages", listing, n as usize, |i| url(i as i64)).await?;
     let copy_s = started.elapsed().as_secs_f64();
     ensure!(copied == n as u64, "COPY stored {copied} rows, not {n}");
     println!(

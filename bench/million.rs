@@ -77,7 +77,8 @@ use uuid::Uuid;
 
 use fanfare_testkit as common;
 
-use common::{admin_database_url, succeeded, ADMIN_TOKEN, CALLBACK_SECRET};
+use common::bench::{checkpoint, copy_urls, thousands, with_bench_database};
+use common::{succeeded, ADMIN_TOKEN, CALLBACK_SECRET};
 
 #[derive(Debug, Parser)]
 #[command(about = "The 1,000,000-page run: listing time vs COPY, peak and idle RSS")]
@@ -159,7 +160,7 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
     );
     let mut all = Vec::new();
     for round in 1..=args.repeat {
-        let figures = with_database(args, |db| measure(args, db)).await?;
+        let figures = with_bench_database(args.keep_databases, |db| measure(args, db)).await?;
         print_round(round, &figures);
         all.push(figures);
     }
@@ -212,49 +213,6 @@ fn print_round(round: usize, f: &Figures) {
     );
 }
 
-/// `n` with thousands separators.
-fn thousands(n: usize) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// Runs `work` on a fresh database `fanfare_bench_<uuid>`, dropped after
-/// (unless `--keep-databases`), whatever `work` returned.
-async fn with_database<F, Fut>(args: &Args, work: F) -> anyhow::Result<Figures>
-where
-    F: FnOnce(String) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<Figures>>,
-{
-    let admin_url = admin_database_url();
-    let mut admin = PgConnection::connect(&admin_url)
-        .await
-        .with_context(|| format!("connecting to DATABASE_URL ({admin_url})"))?;
-    let name = format!("fanfare_bench_{}", Uuid::new_v4().simple());
-    admin
-        .execute(format!(r#"create database "{name}""#).as_str())
-        .await
-        .context("creating the bench database")?;
-    let mut db = url::Url::parse(&admin_url).context("DATABASE_URL is not a URL")?;
-    db.set_path(&name);
-    let result = work(db.to_string()).await;
-    if args.keep_databases {
-        println!("database kept: {name}");
-    } else {
-        admin
-            .execute(format!(r#"drop database if exists "{name}" with (force)"#).as_str())
-            .await
-            .context("dropping the bench database")?;
-    }
-    result
-}
-
 async fn measure(args: &Args, database_url: String) -> anyhow::Result<Figures> {
     let pool = fanfare::ledger::pool(&database_url, 2)?;
     fanfare::ledger::migrate(&pool)
@@ -272,14 +230,6 @@ async fn measure(args: &Args, database_url: String) -> anyhow::Result<Figures> {
     checkpoint(&mut conn).await;
     run_daemon(args, &database_url, &mut conn, &mut figures).await?;
     Ok(figures)
-}
-
-/// Asks for a checkpoint, so that the next measurement does not start with
-/// the previous one's dirty buffers; a role that may not is not an error.
-async fn checkpoint(conn: &mut PgConnection) {
-    if let Err(e) = conn.execute("checkpoint").await {
-        println!("note: no checkpoint between measurements ({e})");
-    }
 }
 
 /// Seconds to `COPY` `urls` URLs, with a run id, into a fresh table of
@@ -309,26 +259,8 @@ async fn copy_baseline(conn: &mut PgConnection, urls: usize, with_fk: bool) -> a
         .await?;
     }
     checkpoint(conn).await;
-    let run = run_id.hyphenated().to_string();
     let started = Instant::now();
-    let mut copy = conn
-        .copy_in_raw(&format!("copy {table} (run_id, url) from stdin"))
-        .await?;
-    let mut chunk = Vec::with_capacity(1 << 20);
-    for i in 0..urls {
-        chunk.extend_from_slice(run.as_bytes());
-        chunk.push(b'\t');
-        chunk.extend_from_slice(url(i).as_bytes());
-        chunk.push(b'\n');
-        if chunk.len() >= 1 << 20 {
-            copy.send(std::mem::take(&mut chunk)).await?;
-            chunk.reserve(1 << 20);
-        }
-    }
-    if !chunk.is_empty() {
-        copy.send(chunk).await?;
-    }
-    let copied = copy.finish().await?;
+    let copied = copy_urls(conn, table, run_id, urls, url).await?;
     let seconds = started.elapsed().as_secs_f64();
     ensure!(
         copied == urls as u64,

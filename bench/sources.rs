@@ -49,12 +49,10 @@ use fanfare::dispatch::{InvokeError, LambdaApi};
 use fanfare::startup::Overrides;
 use fanfare::Settings;
 use futures::future::BoxFuture;
-use sqlx::{Connection, Executor, PgConnection};
-use uuid::Uuid;
 
 use fanfare_testkit as common;
 
-use common::{admin_database_url, AppTask, ADMIN_TOKEN, CALLBACK_SECRET};
+use common::{AppTask, ADMIN_TOKEN, CALLBACK_SECRET};
 
 #[derive(Parser, Debug)]
 #[command(about = "Page sources: time and memory under hostile and huge lists")]
@@ -261,23 +259,8 @@ async fn serve(case: &str, args: &Args) -> anyhow::Result<(String, Arc<AtomicUsi
 }
 
 async fn run(args: &Args, case: &str) -> anyhow::Result<()> {
-    let admin_url = admin_database_url();
-    let mut admin = PgConnection::connect(&admin_url)
+    common::bench::with_bench_database(false, |db| async move { measure(args, case, &db).await })
         .await
-        .with_context(|| format!("connecting to DATABASE_URL ({admin_url})"))?;
-    let name = format!("fanfare_bench_{}", Uuid::new_v4().simple());
-    admin
-        .execute(format!(r#"create database "{name}""#).as_str())
-        .await
-        .context("creating the bench database")?;
-    let mut db = url::Url::parse(&admin_url).context("DATABASE_URL is not a URL")?;
-    db.set_path(&name);
-    let result = measure(args, case, db.as_str()).await;
-    admin
-        .execute(format!(r#"drop database if exists "{name}" with (force)"#).as_str())
-        .await
-        .context("dropping the bench database")?;
-    result
 }
 
 async fn measure(args: &Args, case: &str, database_url: &str) -> anyhow::Result<()> {

@@ -29,3 +29,93 @@ pub fn git_commit() -> String {
         None => "unknown".into(),
     }
 }
+
+/// An integer with thousands separators (`1,000,000`).
+pub fn thousands(n: impl std::fmt::Display) -> String {
+    let text = n.to_string();
+    let (sign, digits) = match text.strip_prefix('-') {
+        Some(digits) => ("-", digits),
+        None => ("", text.as_str()),
+    };
+    let mut out = String::from(sign);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Runs `work` on a fresh database `fanfare_bench_<uuid>` on the server of
+/// `DATABASE_URL`, and drops it afterwards, whatever `work` returned,
+/// unless `keep` (then its name is printed).
+pub async fn with_bench_database<T, F, Fut>(keep: bool, work: F) -> anyhow::Result<T>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    use anyhow::Context;
+    use sqlx::{Connection, Executor, PgConnection};
+    let admin_url = crate::admin_database_url();
+    let mut admin = PgConnection::connect(&admin_url)
+        .await
+        .with_context(|| format!("connecting to DATABASE_URL ({admin_url})"))?;
+    let name = format!("fanfare_bench_{}", uuid::Uuid::new_v4().simple());
+    admin
+        .execute(format!(r#"create database "{name}""#).as_str())
+        .await
+        .context("creating the bench database")?;
+    let mut db = url::Url::parse(&admin_url).context("DATABASE_URL is not a URL")?;
+    db.set_path(&name);
+    let result = work(db.to_string()).await;
+    if keep {
+        println!("database kept: {name}");
+    } else {
+        admin
+            .execute(format!(r#"drop database if exists "{name}" with (force)"#).as_str())
+            .await
+            .context("dropping the bench database")?;
+    }
+    result
+}
+
+/// Asks for a checkpoint, so that the next measurement does not start with
+/// the previous one's dirty buffers; a role that may not is not an error.
+pub async fn checkpoint(conn: &mut sqlx::PgConnection) {
+    use sqlx::Executor;
+    if let Err(e) = conn.execute("checkpoint").await {
+        println!("note: no checkpoint between measurements ({e})");
+    }
+}
+
+/// `COPY`s `n` rows `run_id<TAB>url(i)` into `table (run_id, url)`, in
+/// messages of about 1 MiB (the URLs must need no `COPY` text escapes);
+/// returns the rows the server stored.
+pub async fn copy_urls(
+    conn: &mut sqlx::PgConnection,
+    table: &str,
+    run_id: uuid::Uuid,
+    n: usize,
+    url: impl Fn(usize) -> String,
+) -> Result<u64, sqlx::Error> {
+    let run = run_id.hyphenated().to_string();
+    let mut copy = conn
+        .copy_in_raw(&format!("copy {table} (run_id, url) from stdin"))
+        .await?;
+    let mut chunk = Vec::with_capacity(1 << 20);
+    for i in 0..n {
+        chunk.extend_from_slice(run.as_bytes());
+        chunk.push(b'\t');
+        chunk.extend_from_slice(url(i).as_bytes());
+        chunk.push(b'\n');
+        if chunk.len() >= 1 << 20 {
+            copy.send(std::mem::take(&mut chunk)).await?;
+            chunk.reserve(1 << 20);
+        }
+    }
+    if !chunk.is_empty() {
+        copy.send(chunk).await?;
+    }
+    copy.finish().await
+}
