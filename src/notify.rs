@@ -162,9 +162,11 @@ fn change_line(change: &Value) -> String {
                     shown(&after["title"])
                 ));
             }
-            let empty = serde_json::Map::new();
-            let fields = |v: &Value| v["fields"].as_object().cloned().unwrap_or(empty.clone());
-            let (b, a) = (fields(before), fields(after));
+            let no_fields = serde_json::Map::new();
+            let (b, a) = (
+                before["fields"].as_object().unwrap_or(&no_fields),
+                after["fields"].as_object().unwrap_or(&no_fields),
+            );
             let names: std::collections::BTreeSet<&String> = b.keys().chain(a.keys()).collect();
             for name in names {
                 let (old, new) = (

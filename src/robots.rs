@@ -111,11 +111,14 @@ impl Politeness {
     /// robots.txt of hosts not seen before; returns them with the policies
     /// of the hosts this batch named first.
     pub async fn filter(&mut self, batch: Vec<String>) -> (Vec<String>, Vec<HostPolicy>) {
+        // Each URL's host, once; the hosts this run has not seen yet with
+        // their first URL (to find their robots.txt).
+        let hosts: Vec<String> = batch.iter().map(|u| host_of(u)).collect();
         let mut new_hosts: Vec<(String, String)> = Vec::new();
-        for url in &batch {
-            let host = host_of(url);
-            if !self.hosts.contains_key(&host) && !new_hosts.iter().any(|(h, _)| *h == host) {
-                new_hosts.push((host, url.clone()));
+        let mut seen_now = std::collections::HashSet::new();
+        for (url, host) in batch.iter().zip(&hosts) {
+            if !self.hosts.contains_key(host) && seen_now.insert(host.as_str()) {
+                new_hosts.push((host.clone(), url.clone()));
             }
         }
         let mut policies = Vec::with_capacity(new_hosts.len());
@@ -165,8 +168,8 @@ impl Politeness {
             self.hosts.insert(host, rules);
         }
         let mut allowed = Vec::with_capacity(batch.len());
-        for url in batch {
-            let ok = match self.hosts.get(&host_of(&url)) {
+        for (url, host) in batch.into_iter().zip(&hosts) {
+            let ok = match self.hosts.get(host) {
                 Some(Rules::File(robot)) => robot.allowed(&url),
                 Some(Rules::DisallowAll(_)) => false,
                 Some(Rules::AllowAll) | None => true,

@@ -347,19 +347,33 @@ pub async fn list_pages(
 ) -> Result<Json<PageList>, ApiError> {
     let id = parse_run_id(&id)?;
     let status = parse_page_status(q.status.as_deref())?;
-    let limit = q.limit.unwrap_or(100);
+    let limit = listing_of_run(&state, id, q.limit).await?;
+    let pages =
+        ledger::list_pages(&state.runs.pool, id, status, q.after.unwrap_or(0), limit).await?;
+    let next_after = next_after(&pages, limit, |p| p.id);
+    Ok(Json(PageList { pages, next_after }))
+}
+
+/// The checks of a paged listing of a run's rows: `limit` (default 100)
+/// must be 1-1000 (else 400) and the run must exist (else 404). Returns
+/// the limit.
+async fn listing_of_run(state: &AppState, id: Uuid, limit: Option<i64>) -> Result<i64, ApiError> {
+    let limit = limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::BadRequest("limit must be 1-1000".into()));
     }
     if ledger::get_run(&state.runs.pool, id).await?.is_none() {
         return Err(ApiError::NotFound(format!("no run has the id {id}")));
     }
-    let pages =
-        ledger::list_pages(&state.runs.pool, id, status, q.after.unwrap_or(0), limit).await?;
-    let next_after = (pages.len() as i64 == limit)
-        .then(|| pages.last().map(|p| p.id))
-        .flatten();
-    Ok(Json(PageList { pages, next_after }))
+    Ok(limit)
+}
+
+/// Where a paged listing continues: the last row's id when the page was
+/// full, else `None` (the listing is complete).
+fn next_after<T>(rows: &[T], limit: i64, id: impl Fn(&T) -> i64) -> Option<i64> {
+    (rows.len() as i64 == limit)
+        .then(|| rows.last().map(id))
+        .flatten()
 }
 
 /// The query of `GET /v1/runs/{id}/changes`.
@@ -412,13 +426,7 @@ pub async fn list_changes(
             })
         })
         .transpose()?;
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::BadRequest("limit must be 1-1000".into()));
-    }
-    if ledger::get_run(&state.runs.pool, id).await?.is_none() {
-        return Err(ApiError::NotFound(format!("no run has the id {id}")));
-    }
+    let limit = listing_of_run(&state, id, q.limit).await?;
     let changes = ledger::run_changes(&state.runs.pool, id)
         .await?
         .map(Changes::from);
@@ -427,9 +435,7 @@ pub async fn list_changes(
         .into_iter()
         .map(ChangeEntry::try_from)
         .collect::<Result<Vec<_>, _>>()?;
-    let next_after = (pages.len() as i64 == limit)
-        .then(|| pages.last().map(|p| p.id))
-        .flatten();
+    let next_after = next_after(&pages, limit, |p| p.id);
     Ok(Json(ChangeList {
         changes,
         pages,
