@@ -105,6 +105,7 @@ async fn nested_gzipped_sitemaps_are_read_with_duplicates_dropped_and_invalid_en
     .await;
     let run = app.trigger("sitemap").await;
     let requests = lambda.wait_for(3011).await;
+    app.wait_listed(run, Duration::from_secs(10)).await;
     let (_, view) = app.get(&format!("/v1/runs/{run}")).await;
     assert_eq!(
         view["pages"]["total"], 3011,
@@ -150,6 +151,9 @@ async fn a_json_list_of_urls_or_objects_becomes_the_page_list() {
         urls,
         vec!["https://shop.example/1", "https://shop.example/2"]
     );
+    // Pages are dispatched while the list is read; its counts are written
+    // when the listing ends.
+    app.wait_listed(run, Duration::from_secs(10)).await;
     let (_, view) = app.get(&format!("/v1/runs/{run}")).await;
     assert_eq!(view["listing"]["invalid"], 1);
     assert_eq!(view["listing"]["duplicates"], 1);
@@ -333,6 +337,7 @@ async fn a_child_sitemap_on_another_host_is_skipped_and_counted_unless_the_sched
 
     let same = app.trigger("same").await;
     lambda.wait_for(1).await;
+    app.wait_listed(same, Duration::from_secs(10)).await;
     let (_, view) = app.get(&format!("/v1/runs/{same}")).await;
     assert_eq!(view["pages"]["total"], 1, "{view:#}");
     assert_eq!(view["listing"]["foreign_sitemaps"], 1);
@@ -348,6 +353,7 @@ async fn a_child_sitemap_on_another_host_is_skipped_and_counted_unless_the_sched
 
     let any = app.trigger("any").await;
     lambda.wait_for(3).await;
+    app.wait_listed(any, Duration::from_secs(10)).await;
     let (_, view) = app.get(&format!("/v1/runs/{any}")).await;
     assert_eq!(view["pages"]["total"], 2, "{view:#}");
     assert_eq!(view["listing"]["foreign_sitemaps"], 0);
@@ -448,6 +454,7 @@ async fn a_json_list_keeps_strings_and_url_objects_and_counts_numbers_nested_arr
             "https://shop.example/4"
         ]
     );
+    app.wait_listed(run, Duration::from_secs(10)).await;
     let (_, view) = app.get(&format!("/v1/runs/{run}")).await;
     assert_eq!(view["listing"]["invalid"], 5, "{view:#}");
     assert_eq!(
