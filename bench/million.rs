@@ -10,10 +10,12 @@
 //! 1. **COPY**: the same URLs, with a run id, are streamed by
 //!    `COPY bench_copy (run_id, url) FROM STDIN` (text format, one
 //!    transaction) into a fresh table made `LIKE pages INCLUDING ALL`
-//!    (same columns, defaults, checks and indexes; `LIKE` copies no foreign
-//!    key). A second `COPY` goes into such a table that also has `pages`'
-//!    foreign key to `runs`, the table made from the same DDL as `pages`
-//!    (`--skip-fk-copy` leaves it out). A checkpoint precedes each copy and
+//!    (same columns, defaults, checks and indexes; `LIKE` copies no
+//!    trigger, so not the statement-level check that each page's run
+//!    exists). A second `COPY` goes into such a table with a foreign key to
+//!    `runs` instead, as `pages` had before migration
+//!    `20261130000007_pages_run_check.sql` (`--skip-fk-copy` leaves it
+//!    out): what that check per row would cost. A checkpoint precedes each copy and
 //!    the listing, so that none of them starts with another's dirty pages to
 //!    write. Figures: seconds of each copy.
 //! 2. **The daemon**: the real `fanfare serve` (this package's release

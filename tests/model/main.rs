@@ -13,6 +13,7 @@
 mod concurrent;
 mod deadlocks;
 mod harness;
+mod integrity;
 mod model;
 mod regressions;
 
