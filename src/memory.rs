@@ -4,18 +4,17 @@
 //! and returns it to the kernel only when the top of an arena is free. After
 //! a large run (a million-page list read in batches, thousands of invokes
 //! and reports in flight) the daemon would otherwise sit at its high-water
-//! mark while idle. [`release_free_memory`] asks the allocator to return
-//! every free page of every arena; [`release_free_memory_soon`] does so on
-//! a blocking thread, at most once a second, at the end of a run's listing
-//! and when a run finishes (a run finishing in the middle of other runs'
-//! reports does not make them wait on the allocator's locks).
+//! mark while idle, and so would it after the keep-alive connections of a
+//! run close, long after the run. [`start_trimming`] starts one thread per
+//! process that asks the allocator every [`TRIM_EVERY`] to return every free
+//! page of every arena (`malloc_trim(0)`), on a thread of its own so that
+//! no task waits on the walk of the free lists.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::sync::Once;
+use std::time::Duration;
 
-/// The least time between two trims.
-const TRIM_EVERY: Duration = Duration::from_secs(1);
+/// How often the trimming thread returns free memory.
+pub const TRIM_EVERY: Duration = Duration::from_secs(2);
 
 /// Sets the allocator up for a long-running daemon (glibc; nothing
 /// elsewhere): at most two arenas, so that memory freed by one thread is
@@ -46,20 +45,22 @@ pub fn release_free_memory() {
     }
 }
 
-/// [`release_free_memory`] on a blocking thread of the runtime, unless a
-/// trim started less than [`TRIM_EVERY`] ago.
-pub fn release_free_memory_soon() {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    // Milliseconds since EPOCH of the last trim, plus one (0: never).
-    static LAST: AtomicU64 = AtomicU64::new(0);
-    let now = EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1;
-    let last = LAST.load(Ordering::Relaxed);
-    let due = last == 0 || now.saturating_sub(last) >= TRIM_EVERY.as_millis() as u64;
-    if due
-        && LAST
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    {
-        tokio::task::spawn_blocking(release_free_memory);
-    }
+/// Starts the thread that calls [`release_free_memory`] every
+/// [`TRIM_EVERY`] for as long as the process lives; later calls do nothing.
+/// The daemon (`serve`, `dev`) calls it; the CLI does not.
+pub fn start_trimming() {
+    static STARTED: Once = Once::new();
+    STARTED.call_once(|| {
+        let spawned = std::thread::Builder::new()
+            .name("fanfare-trim".into())
+            // It only sleeps and calls the allocator.
+            .stack_size(64 * 1024)
+            .spawn(|| loop {
+                std::thread::sleep(TRIM_EVERY);
+                release_free_memory();
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "could not start the thread that returns free memory; the daemon keeps its high-water mark");
+        }
+    });
 }

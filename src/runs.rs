@@ -299,6 +299,7 @@ impl Runs {
         let mut renew = tokio::time::interval(ledger::LISTING_LEASE / 3);
         renew.tick().await;
         let mut inserted = 0u64;
+        let mut analyze_at = ledger::ANALYZE_FIRST_AT;
         let mut failure: Option<String> = None;
         loop {
             let batch = tokio::select! {
@@ -329,6 +330,13 @@ impl Runs {
             match stored {
                 Ok(Some(n)) => {
                     inserted += n;
+                    if inserted >= analyze_at {
+                        // The claim's plan follows the run as it grows.
+                        analyze_at = inserted.saturating_mul(4);
+                        if let Err(e) = ledger::analyze_pages(&self.pool).await {
+                            tracing::warn!(%run_id, error = %e, "could not refresh the statistics of the pages table");
+                        }
+                    }
                     self.wake_dispatch.notify_one();
                 }
                 Ok(None) => {
@@ -389,8 +397,6 @@ impl Runs {
             "robots_unreachable": robots.robots_unreachable,
             "robots_unreachable_examples": robots.robots_unreachable_examples,
         });
-        // The list's buffers are free: give them back before the dispatch.
-        crate::memory::release_free_memory_soon();
         match rules::finish_listing(&self.pool, &self.settings, run_id, &listing).await {
             Ok(Some(run)) => self.announce(&run).await,
             Ok(None) => {}
@@ -620,9 +626,6 @@ impl Runs {
     /// Logs and counts a finished run, wakes the notifier, and starts the
     /// schedule's buffered fire if it has one.
     pub async fn announce(&self, run: &Run) {
-        // A finished run's memory (its page batches, reports, invokes) is
-        // free now: the daemon idles at its own size, not the run's peak.
-        crate::memory::release_free_memory_soon();
         let outcome = run.outcome.map(Outcome::as_str).unwrap_or_default();
         metrics::counter!("fanfare_runs_finished_total", "schedule" => run.schedule.clone(), "outcome" => outcome)
             .increment(1);

@@ -175,6 +175,9 @@ impl Application {
         let runs = state.runs.clone();
         let grace = runs.settings.server.shutdown_grace;
         let workers = TaskTracker::new();
+        // What a run frees (and what its keep-alive connections free when
+        // they close) goes back to the system: the daemon idles at its own size.
+        crate::memory::start_trimming();
 
         let http_stop = CancellationToken::new();
         let http_kill = CancellationToken::new();

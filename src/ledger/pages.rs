@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::{wake, PageError, PageStatus, RunStatus, LISTING_LEASE, WAKE_DISPATCH};
 
 /// How many URLs one insert statement carries.
-pub const INSERT_BATCH: usize = 5_000;
+pub const INSERT_BATCH: usize = 20_000;
 
 /// The unique index that keeps a URL once per run.
 const URL_ONCE_PER_RUN: &str = "pages_url_once_per_run";
@@ -42,6 +42,8 @@ pub async fn insert_pages<'a, A: Acquire<'a, Database = Postgres>>(
     urls: &[String],
     hosts: &[HostPolicy],
 ) -> Result<Option<u64>, sqlx::Error> {
+    // Made before the transaction, which then spends its time in the server.
+    let data = copy_text(run_id, urls);
     let mut tx = db.begin().await?;
     // Locks the run first: finishing the listing waits for this batch.
     let listing: Option<Uuid> =
@@ -54,7 +56,7 @@ pub async fn insert_pages<'a, A: Acquire<'a, Database = Postgres>>(
         return Ok(None);
     }
     add_run_hosts(&mut tx, run_id, hosts).await?;
-    let added = match copy_pages(&mut tx, run_id, urls).await {
+    let added = match copy_pages(&mut tx, data).await {
         Ok(added) => added,
         Err(e) if is_repeated_url(&e) => {
             tracing::debug!(%run_id, "the batch names URLs the run already has; inserting it without them");
@@ -62,6 +64,10 @@ pub async fn insert_pages<'a, A: Acquire<'a, Database = Postgres>>(
         }
         Err(e) => return Err(e),
     };
+    // The batch grew the connection's write buffer to its size (a few
+    // hundred KiB), which a pooled connection would otherwise keep while
+    // the daemon idles.
+    tx.shrink_buffers();
     sqlx::query(
         "update runs set total_pages = total_pages + $2, open_pages = open_pages + $2, updated_at = now(),
              listing_lease_until = now() + make_interval(secs => $3)
@@ -77,6 +83,25 @@ pub async fn insert_pages<'a, A: Acquire<'a, Database = Postgres>>(
     }
     tx.commit().await?;
     Ok(Some(added as u64))
+}
+
+/// A listing refreshes the planner's statistics of `pages` when the run
+/// has this many pages, then each time it has four times as many as at the
+/// last refresh.
+pub const ANALYZE_FIRST_AT: u64 = 10_000;
+
+/// Refreshes the planner's statistics of `pages` (`ANALYZE`, skipped when
+/// another session is analyzing the table). A listing calls it as its run
+/// grows: autovacuum looks at a table about once a minute, and until then
+/// the claim is planned for the table as it was before the listing (for an
+/// empty table: one pending page per run), and reads every pending page of
+/// a run that has hundreds of thousands by the wrong index, most of a
+/// second per claim.
+pub async fn analyze_pages<'e, E: PgExecutor<'e>>(db: E) -> Result<(), sqlx::Error> {
+    sqlx::query("analyze (skip_locked) pages")
+        .execute(db)
+        .await?;
+    Ok(())
 }
 
 /// A run's limits for one host.
@@ -157,15 +182,10 @@ async fn add_run_hosts(
     Ok(())
 }
 
-/// `COPY`s the batch's distinct URLs into the run, inside a savepoint that
+/// `COPY`s a batch (as [`copy_text`] gives it) into the run, inside a savepoint that
 /// is rolled back when the copy fails (a URL the run already has fails it
 /// on the unique index: see [`is_repeated_url`]). Returns the rows added.
-async fn copy_pages(
-    conn: &mut PgConnection,
-    run_id: Uuid,
-    urls: &[String],
-) -> Result<i64, sqlx::Error> {
-    let data = copy_text(run_id, urls);
+async fn copy_pages(conn: &mut PgConnection, data: Vec<u8>) -> Result<i64, sqlx::Error> {
     let mut savepoint = Connection::begin(&mut *conn).await?;
     let mut copy = savepoint
         .copy_in_raw("copy pages (run_id, url) from stdin")
