@@ -142,7 +142,8 @@ fn batched_script(batch: usize) -> String {
         )
         .replace("$6", &format!("array_fill(null::jsonb, array[{batch}])"))
         .replace("$7", &format!("array_fill(null::float8, array[{batch}])"))
-        .replace("$8", &format!("array_fill(0, array[{batch}])"));
+        .replace("$8", &format!("array_fill(0, array[{batch}])"))
+        .replace("$9", &format!("array_fill(0, array[{batch}])"));
     format!(
         "select nextval('bench_page_seq') - 1 as k \\gset\n\
          select array_agg(id order by id) as ids, array_agg(run_id order by id) as run_ids \
@@ -441,6 +442,12 @@ callback_secret = "{CALLBACK_SECRET}"
 admin_token = "{ADMIN_TOKEN}"
 # The page list is served from loopback.
 allow_private_networks = true
+
+# Every page is on one host (127.0.0.1:9) with no robots.txt: this measures
+# the fan-in, not politeness.
+[politeness]
+obey_robots = false
+per_host_in_flight = 1000000
 
 [[schedules]]
 name = "bench"
