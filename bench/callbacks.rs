@@ -71,12 +71,13 @@ use fanfare::startup::Overrides;
 use fanfare::{Application, Settings};
 use fanfare_crawler::contract::{CallbackAck, CallbackStatus, CrawlRequest};
 use futures::future::BoxFuture;
-use sqlx::{Connection, Executor, PgConnection};
+use sqlx::{Connection, PgConnection};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
 use fanfare_testkit as common;
 
+use common::bench::with_bench_database;
 use common::{admin_database_url, succeeded};
 
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdefghij";
@@ -257,34 +258,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     for (runs, clients) in measurements {
         let pages_url = serve_page_list(args.pages / runs).await?;
-        let name = format!("fanfare_bench_{}", Uuid::new_v4().simple());
-        admin
-            .execute(format!(r#"create database "{name}""#).as_str())
-            .await
-            .context("creating the bench database")?;
-        let mut url = url::Url::parse(&admin_url).context("DATABASE_URL is not a URL")?;
-        url.set_path(&name);
-        println!(
-            "\n== {} pages over {runs} runs, {clients} clients (database {name})",
-            args.pages / runs * runs
-        );
-        let result = measure(
-            &args,
-            runs,
-            clients,
-            max_connections,
-            url.as_str(),
-            &pages_url,
-        )
+        let args = &args;
+        let result = with_bench_database(args.keep_databases, |url| async move {
+            let name = url.rsplit('/').next().unwrap_or_default();
+            println!(
+                "\n== {} pages over {runs} runs, {clients} clients (database {name})",
+                args.pages / runs * runs
+            );
+            measure(args, runs, clients, max_connections, &url, &pages_url).await
+        })
         .await;
-        if args.keep_databases {
-            println!("  kept database {name}");
-        } else {
-            admin
-                .execute(format!(r#"drop database if exists "{name}" with (force)"#).as_str())
-                .await
-                .context("dropping the bench database")?;
-        }
         rows.push(result?);
     }
     print_table(&rows);
