@@ -132,7 +132,7 @@ async fn scenario(pages: usize, hosts: usize, per_host: u32, old: bool) -> Figur
         .collect();
     for chunk in urls.chunks(ledger::INSERT_BATCH) {
         let policies: Vec<HostPolicy> = ledger::host_policies(chunk, per_host, Duration::ZERO);
-        ledger::insert_pages(&pool, run, chunk, &policies)
+        ledger::insert_pages(&pool, &ledger::Lease::first(run), chunk, &policies)
             .await
             .expect("insert")
             .expect("listing");

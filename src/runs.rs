@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
@@ -246,46 +247,54 @@ impl Runs {
         tracing::info!(%run_id, schedule, %scheduled_for, source = %sources::describe(&sched.pages), "run started");
         let this = self.clone();
         self.tracker
-            .spawn(async move { this.list(run_id, sched).await });
+            .spawn(async move { this.list(ledger::Lease::first(run_id), sched).await });
         Ok(Some(run_id))
     }
 
     /// Takes over the listing of runs whose lister died; returns how many.
     pub async fn recover_listings(self: &Arc<Self>) -> Result<usize, sqlx::Error> {
         let abandoned = ledger::claim_abandoned_listings(&self.pool).await?;
-        for (run_id, schedule) in &abandoned {
+        for (lease, schedule) in &abandoned {
+            let run_id = lease.run_id;
             match self.settings.schedule(schedule) {
                 Some(s) => {
-                    tracing::warn!(%run_id, schedule, "taking over the listing of a run whose lister stopped");
-                    let (this, s) = (self.clone(), s.clone());
-                    let run_id = *run_id;
-                    self.tracker
-                        .spawn(async move { this.list(run_id, s).await });
+                    tracing::warn!(%run_id, schedule, "taking over the listing of a run whose lister stopped renewing its lease");
+                    let (this, s, lease) = (self.clone(), s.clone(), *lease);
+                    self.tracker.spawn(async move { this.list(lease, s).await });
                 }
                 None => {
                     let reason = format!("schedule {schedule:?} is no longer configured");
-                    self.close_run(*run_id, Closing::Failed(&reason)).await?;
+                    self.close_run(run_id, Closing::Failed(&reason)).await?;
                 }
             }
         }
         Ok(abandoned.len())
     }
 
-    /// Reads the run's page source into the ledger in batches, renewing the
-    /// listing lease, then marks the run listed (finishing it at once if it
-    /// has no pages). A source that cannot be read fails the run.
+    /// Reads the run's page source into the ledger in batches under
+    /// `lease` (renewed by a heartbeat of its own whatever the listing
+    /// waits on), then marks the run listed (finishing it at once if it
+    /// has no pages). A source that cannot be read fails the run; a lister
+    /// that loses its lease stops.
     ///
     /// Boxed: listing can finish a run, whose buffered fire starts another
     /// listing.
-    fn list(self: Arc<Self>, run_id: Uuid, schedule: Schedule) -> BoxFuture<'static, ()> {
-        let span = tracing::info_span!("list", %run_id, schedule = %schedule.name);
+    fn list(self: Arc<Self>, lease: ledger::Lease, schedule: Schedule) -> BoxFuture<'static, ()> {
+        let span = tracing::info_span!("list", run_id = %lease.run_id, schedule = %schedule.name);
         Box::pin(tracing::Instrument::instrument(
-            self.list_inner(run_id, schedule),
+            self.list_inner(lease, schedule),
             span,
         ))
     }
 
-    async fn list_inner(self: Arc<Self>, run_id: Uuid, schedule: Schedule) {
+    async fn list_inner(self: Arc<Self>, lease: ledger::Lease, schedule: Schedule) {
+        let run_id = lease.run_id;
+        let lost = CancellationToken::new();
+        let _heartbeat = AbortOnDrop(tokio::spawn(heartbeat(
+            self.pool.clone(),
+            lease,
+            lost.clone(),
+        )));
         let (tx, mut rx) = mpsc::channel::<Vec<String>>(4);
         let lister = self.lister.clone();
         let source = schedule.pages.clone();
@@ -295,30 +304,45 @@ impl Runs {
             self.lister.http().clone(),
             self.lister.policy().clone(),
         );
-        let reader = tokio::spawn(async move { lister.list(&source, limits, tx).await });
-        let mut renew = tokio::time::interval(ledger::LISTING_LEASE / 3);
-        renew.tick().await;
+        // A listing taken over keeps what the lister before it read.
+        match ledger::run_robots(&self.pool, run_id).await {
+            Ok(known) if !known.is_empty() => {
+                tracing::info!(%run_id, hosts = known.len(), "robots.txt of hosts read by an earlier lister of this run are not fetched again");
+                polite.known(known).await;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(%run_id, error = %e, "could not read what the run's robots.txt files said; the listing will be taken over");
+                return;
+            }
+        }
+        let mut reader = AbortOnDrop(tokio::spawn(async move {
+            lister.list(&source, limits, tx).await
+        }));
         let mut inserted = 0u64;
         let mut analyze_at = ledger::ANALYZE_FIRST_AT;
         let mut failure: Option<String> = None;
         loop {
             let batch = tokio::select! {
                 batch = rx.recv() => batch,
-                _ = renew.tick() => {
-                    if let Ok(false) = ledger::renew_listing_lease(&self.pool, run_id).await {
-                        tracing::warn!(%run_id, "the run is no longer listing; listing stops");
-                        reader.abort();
-                        return;
-                    }
-                    continue;
-                }
+                _ = lost.cancelled() => return,
             };
             let Some(batch) = batch else { break };
             // robots.txt is read once per host per run, as its first URL comes.
-            let (batch, hosts) = polite.filter(batch).await;
+            let filtered = tokio::select! {
+                filtered = polite.filter(batch) => filtered,
+                _ = lost.cancelled() => return,
+            };
+            let (batch, hosts) = match filtered {
+                Ok(filtered) => filtered,
+                Err(e) => {
+                    failure = Some(e.to_string());
+                    break;
+                }
+            };
             let mut tries = 0;
             let stored = loop {
-                match ledger::insert_pages(&self.pool, run_id, &batch, &hosts).await {
+                match ledger::insert_pages(&self.pool, &lease, &batch, &hosts).await {
                     Err(e) if ledger::is_unavailable(&e) && tries < 4 => {
                         tries += 1;
                         tracing::warn!(%run_id, error = %e, "could not store a batch of the page list; retrying");
@@ -340,14 +364,12 @@ impl Runs {
                     self.wake_dispatch.notify_one();
                 }
                 Ok(None) => {
-                    tracing::warn!(%run_id, "the run's page list was closed by someone else; listing stops");
-                    reader.abort();
+                    tracing::warn!(%run_id, "the run's page list was closed, or its listing taken over; this lister stops");
                     return;
                 }
                 Err(e) if ledger::is_unavailable(&e) => {
                     // Left listing: its lease runs out and the run is listed again.
                     tracing::error!(%run_id, error = %e, "could not store the page list; the listing will be taken over");
-                    reader.abort();
                     return;
                 }
                 Err(e) => {
@@ -357,7 +379,7 @@ impl Runs {
             }
         }
         drop(rx);
-        let listed = match reader.await {
+        let listed = match (&mut reader.0).await {
             Ok(result) => result,
             Err(e) => Err(sources::SourceError::Fetch {
                 url: sources::describe(&schedule.pages),
@@ -396,8 +418,11 @@ impl Runs {
             "robots_fetched": robots.robots_fetched,
             "robots_unreachable": robots.robots_unreachable,
             "robots_unreachable_examples": robots.robots_unreachable_examples,
+            "robots_too_complex": robots.robots_too_complex,
+            "robots_too_complex_examples": robots.robots_too_complex_examples,
+            "robots_match_ms": robots.robots_match_ms,
         });
-        match rules::finish_listing(&self.pool, &self.settings, run_id, &listing).await {
+        match rules::finish_listing(&self.pool, &self.settings, &lease, &listing).await {
             Ok(Some(run)) => self.announce(&run).await,
             Ok(None) => {}
             // Left in `listing`: the lease expires and the run is listed again.
@@ -664,5 +689,41 @@ impl Runs {
             Ok(None) => {}
             Err(e) => tracing::error!(schedule, error = %e, "could not read the buffered fire"),
         }
+    }
+}
+
+/// Renews `lease` every third of [`ledger::LISTING_LEASE`] until the
+/// listing ends (the task is aborted) or the lease is lost: the run is no
+/// longer listing, or another lister took it over; `lost` then tells the
+/// listing to stop. A renewal the database refuses is tried again at the
+/// next beat: should the lease lapse meanwhile, the lister's next write
+/// finds it gone.
+async fn heartbeat(pool: sqlx::PgPool, lease: ledger::Lease, lost: CancellationToken) {
+    let mut beat = tokio::time::interval(ledger::LISTING_LEASE / 3);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    beat.tick().await;
+    loop {
+        beat.tick().await;
+        match ledger::renew_listing_lease(&pool, &lease).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(run_id = %lease.run_id, "the run is no longer listing, or another lister took it over; this lister stops");
+                lost.cancel();
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(run_id = %lease.run_id, error = %e, "could not renew the listing lease; trying again");
+            }
+        }
+    }
+}
+
+/// A task aborted when this is dropped (a listing that stops, however it
+/// stops, leaves nothing of itself running).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -9,7 +9,9 @@ use sqlx::types::Json;
 use sqlx::{Acquire, Connection, PgConnection, PgExecutor, Postgres};
 use uuid::Uuid;
 
-use super::{wake, PageError, PageStatus, RunStatus, LISTING_LEASE, WAKE_DISPATCH};
+use super::{
+    wake, Lease, PageError, PageStatus, RobotsOutcome, RunStatus, LISTING_LEASE, WAKE_DISPATCH,
+};
 
 /// How many URLs one insert statement carries.
 pub const INSERT_BATCH: usize = 20_000;
@@ -19,8 +21,9 @@ const URL_ONCE_PER_RUN: &str = "pages_url_once_per_run";
 
 /// Adds pages to a listing run in one transaction; URLs already in the run
 /// are skipped. Returns how many were added, or `None` when the run is no
-/// longer listing (it was failed, or another replica finished listing it):
-/// pages are never added to a run whose page list is closed.
+/// longer listing under `lease` (it was failed, another replica finished
+/// listing it, or took the listing over): pages are never added to a run
+/// whose page list is closed, nor by a lister that lost its lease.
 ///
 /// The batch is written with `COPY` (after dropping the URLs it repeats
 /// itself), which costs the server about half of an `insert .. select ..
@@ -32,26 +35,30 @@ const URL_ONCE_PER_RUN: &str = "pages_url_once_per_run";
 ///
 /// `hosts` are the run's limits for the hosts of this batch (at least
 /// every host the batch names that the run does not know yet): each
-/// becomes a `run_hosts` row (a host the run already has keeps its row)
-/// and a `hosts` row when the host is new to the ledger. A claim only
-/// looks at hosts a run has a row for.
-#[tracing::instrument(skip(db, urls, hosts), fields(batch = urls.len()))]
+/// becomes a `run_hosts` row with what its robots.txt said (a host the run
+/// already has keeps its row) and a `hosts` row when the host is new to
+/// the ledger. A claim only looks at hosts a run has a row for.
+#[tracing::instrument(skip(db, urls, hosts), fields(run_id = %lease.run_id, batch = urls.len()))]
 pub async fn insert_pages<'a, A: Acquire<'a, Database = Postgres>>(
     db: A,
-    run_id: Uuid,
+    lease: &Lease,
     urls: &[String],
     hosts: &[HostPolicy],
 ) -> Result<Option<u64>, sqlx::Error> {
+    let run_id = lease.run_id;
     // Made before the transaction, which then spends its time in the server.
     let data = copy_text(run_id, urls);
     let mut tx = db.begin().await?;
-    // Locks the run first: finishing the listing waits for this batch.
-    let listing: Option<Uuid> =
-        sqlx::query_scalar("select id from runs where id = $1 and status = $2 for update")
-            .bind(run_id)
-            .bind(RunStatus::Listing)
-            .fetch_optional(&mut *tx)
-            .await?;
+    // Locks the run first: finishing the listing waits for this batch, and
+    // a takeover waits for it to commit.
+    let listing: Option<Uuid> = sqlx::query_scalar(
+        "select id from runs where id = $1 and status = $2 and listing_owner = $3 for update",
+    )
+    .bind(run_id)
+    .bind(RunStatus::Listing)
+    .bind(lease.owner)
+    .fetch_optional(&mut *tx)
+    .await?;
     if listing.is_none() {
         return Ok(None);
     }
@@ -114,6 +121,60 @@ pub struct HostPolicy {
     /// The least time between two dispatches to the host (from
     /// `per_host_rate` and robots.txt's `Crawl-delay`).
     pub interval: Duration,
+    /// What the host's robots.txt said.
+    pub robots: HostRobots,
+}
+
+/// What a run found in a host's robots.txt, kept with the run's limits for
+/// the host so that a listing taken over does not fetch the file again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostRobots {
+    /// What was found.
+    pub outcome: RobotsOutcome,
+    /// With [`RobotsOutcome::Rules`]: the rules for the run's crawler, as a
+    /// robots.txt of one `user-agent: *` group.
+    pub rules: Option<String>,
+    /// Why the host's pages are left out, when they are.
+    pub note: Option<String>,
+}
+
+impl HostRobots {
+    /// A host whose robots.txt was not read.
+    pub fn not_read() -> Self {
+        Self {
+            outcome: RobotsOutcome::NotRead,
+            rules: None,
+            note: None,
+        }
+    }
+}
+
+/// What `run_id`'s listing found in its hosts' robots.txt so far, host by
+/// host (hosts from before robots.txt results were kept are left out).
+pub async fn run_robots<'e, E: PgExecutor<'e>>(
+    db: E,
+    run_id: Uuid,
+) -> Result<Vec<(String, HostRobots)>, sqlx::Error> {
+    let rows: Vec<(String, RobotsOutcome, Option<String>, Option<String>)> = sqlx::query_as(
+        "select host, robots_outcome, robots_rules, robots_note from run_hosts
+         where run_id = $1 and robots_outcome is not null",
+    )
+    .bind(run_id)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(host, outcome, rules, note)| {
+            (
+                host,
+                HostRobots {
+                    outcome,
+                    rules,
+                    note,
+                },
+            )
+        })
+        .collect())
 }
 
 /// The host a page is counted under: the URL's authority without user
@@ -129,7 +190,7 @@ pub fn host_of(url: &str) -> String {
     host.to_ascii_lowercase()
 }
 
-/// The same limits for every distinct host of `urls`.
+/// The same limits for every distinct host of `urls` (robots.txt not read).
 pub fn host_policies(urls: &[String], in_flight_limit: u32, interval: Duration) -> Vec<HostPolicy> {
     let mut seen = std::collections::HashSet::new();
     urls.iter()
@@ -139,6 +200,7 @@ pub fn host_policies(urls: &[String], in_flight_limit: u32, interval: Duration) 
             host,
             in_flight_limit,
             interval,
+            robots: HostRobots::not_read(),
         })
         .collect()
 }
@@ -159,6 +221,9 @@ async fn add_run_hosts(
         .map(|h| h.in_flight_limit.min(i32::MAX as u32) as i32)
         .collect();
     let intervals: Vec<f64> = hosts.iter().map(|h| h.interval.as_secs_f64()).collect();
+    let outcomes: Vec<RobotsOutcome> = hosts.iter().map(|h| h.robots.outcome).collect();
+    let rules: Vec<Option<&str>> = hosts.iter().map(|h| h.robots.rules.as_deref()).collect();
+    let notes: Vec<Option<&str>> = hosts.iter().map(|h| h.robots.note.as_deref()).collect();
     // A host already there is left as it is (its clock belongs to claims).
     sqlx::query(
         "insert into hosts (host) select h from unnest($1::text[]) as h order by h
@@ -168,15 +233,20 @@ async fn add_run_hosts(
     .execute(&mut *conn)
     .await?;
     sqlx::query(
-        "insert into run_hosts (run_id, host, in_flight_limit, base_interval, interval)
-         select $1, host, lim, iv, iv
-         from unnest($2::text[], $3::int[], $4::float8[]) as t(host, lim, iv)
+        "insert into run_hosts (run_id, host, in_flight_limit, base_interval, interval,
+             robots_outcome, robots_rules, robots_note)
+         select $1, host, lim, iv, iv, outcome, rules, note
+         from unnest($2::text[], $3::int[], $4::float8[], $5::text[], $6::text[], $7::text[])
+             as t(host, lim, iv, outcome, rules, note)
          on conflict (run_id, host) do nothing",
     )
     .bind(run_id)
     .bind(names)
     .bind(limits)
     .bind(intervals)
+    .bind(outcomes)
+    .bind(rules)
+    .bind(notes)
     .execute(&mut *conn)
     .await?;
     Ok(())

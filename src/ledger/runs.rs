@@ -62,8 +62,31 @@ const RUN_COLUMNS: &str =
 /// How long a replica holds a run's listing without renewing it.
 pub const LISTING_LEASE: Duration = Duration::from_secs(30);
 
-/// Creates the run for (schedule, scheduled_for); `None` when it already
-/// exists (another replica, or a second fire, got there first).
+/// The right to list a run: whoever holds the run's current token. Every
+/// write of a listing names it, and one whose token was replaced (its lease
+/// expired and another lister took over) changes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// The run being listed.
+    pub run_id: Uuid,
+    /// The lister's token.
+    pub owner: Uuid,
+}
+
+impl Lease {
+    /// The lease of the lister that created `run_id` (its token is the
+    /// run's id).
+    pub fn first(run_id: Uuid) -> Self {
+        Self {
+            run_id,
+            owner: run_id,
+        }
+    }
+}
+
+/// Creates the run for (schedule, scheduled_for), its listing leased to
+/// the caller ([`Lease::first`]); `None` when it already exists (another
+/// replica, or a second fire, got there first).
 #[tracing::instrument(skip(db))]
 pub async fn create_run<'e, E: PgExecutor<'e>>(
     db: E,
@@ -72,8 +95,8 @@ pub async fn create_run<'e, E: PgExecutor<'e>>(
     trigger: Trigger,
 ) -> Result<Option<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
-        "insert into runs (id, schedule, scheduled_for, trigger, listing_lease_until)
-         values ($1, $2, $3, $4, now() + make_interval(secs => $5))
+        "insert into runs (id, schedule, scheduled_for, trigger, listing_lease_until, listing_owner)
+         values ($1, $2, $3, $4, now() + make_interval(secs => $5), $1)
          on conflict (schedule, scheduled_for) do nothing
          returning id",
     )
@@ -86,17 +109,18 @@ pub async fn create_run<'e, E: PgExecutor<'e>>(
     .await
 }
 
-/// Renews the listing lease of a run this replica is listing; `false` when
-/// the run is no longer listing.
+/// Renews `lease`; `false` when the run is no longer listing or another
+/// lister holds it now.
 pub async fn renew_listing_lease<'e, E: PgExecutor<'e>>(
     db: E,
-    run_id: Uuid,
+    lease: &Lease,
 ) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
-        "update runs set listing_lease_until = now() + make_interval(secs => $2)
-         where id = $1 and status = $3",
+        "update runs set listing_lease_until = now() + make_interval(secs => $3)
+         where id = $1 and status = $4 and listing_owner = $2",
     )
-    .bind(run_id)
+    .bind(lease.run_id)
+    .bind(lease.owner)
     .bind(LISTING_LEASE.as_secs_f64())
     .bind(RunStatus::Listing)
     .execute(db)
@@ -105,41 +129,49 @@ pub async fn renew_listing_lease<'e, E: PgExecutor<'e>>(
 }
 
 /// Takes over the listing of runs whose lister stopped renewing its lease
-/// (its replica died): each returned run is now leased to the caller.
+/// (its replica died, or it lost the database): each comes back with the
+/// caller's new lease and its schedule.
 pub async fn claim_abandoned_listings<'e, E: PgExecutor<'e>>(
     db: E,
-) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
-    sqlx::query_as(
-        "update runs set listing_lease_until = now() + make_interval(secs => $1), updated_at = now()
+) -> Result<Vec<(Lease, String)>, sqlx::Error> {
+    let rows: Vec<(Uuid, Uuid, String)> = sqlx::query_as(
+        "update runs set listing_lease_until = now() + make_interval(secs => $1), updated_at = now(),
+             listing_owner = gen_random_uuid()
          where id in (
              select id from runs
              where status = $2 and listing_lease_until < now()
              for update skip locked)
-         returning id, schedule",
+         returning id, listing_owner, schedule",
     )
     .bind(LISTING_LEASE.as_secs_f64())
     .bind(RunStatus::Listing)
     .fetch_all(db)
-    .await
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(run_id, owner, schedule)| (Lease { run_id, owner }, schedule))
+        .collect())
 }
 
 /// Moves a listing run to `running`, recording what reading its source
 /// found; returns its open pages and schedule, `None` when it was not
-/// listing. The run's row stays locked until the transaction ends.
+/// listing under `lease`. The run's row stays locked until the
+/// transaction ends.
 pub async fn mark_listed(
     conn: &mut PgConnection,
-    run_id: Uuid,
+    lease: &Lease,
     listing: &serde_json::Value,
 ) -> Result<Option<(i64, String)>, sqlx::Error> {
     sqlx::query_as(
         "update runs set status = $3, listed_at = now(), updated_at = now(), listing = $2
-         where id = $1 and status = $4
+         where id = $1 and status = $4 and listing_owner = $5
          returning open_pages, schedule",
     )
-    .bind(run_id)
+    .bind(lease.run_id)
     .bind(listing)
     .bind(RunStatus::Running)
     .bind(RunStatus::Listing)
+    .bind(lease.owner)
     .fetch_optional(conn)
     .await
 }

@@ -100,6 +100,26 @@ impl Outcome {
     }
 }
 
+/// What a run found in a host's robots.txt (`run_hosts.robots_outcome`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum RobotsOutcome {
+    /// The schedule does not obey robots.txt.
+    NotRead,
+    /// No rules: a 4xx, or a host the daemon may not reach (the crawler
+    /// refuses those pages itself).
+    Allowed,
+    /// Rules for the run's crawler (in `robots_rules`).
+    Rules,
+    /// The file could not be fetched (5xx, 429, a timeout): the host's
+    /// pages are left out of the run.
+    Unreachable,
+    /// The rules would cost more to keep or match than a listing allows:
+    /// the host's pages are left out of the run.
+    TooComplex,
+}
+
 /// What started a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type, ToSchema)]
 #[serde(rename_all = "snake_case")]

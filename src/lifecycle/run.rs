@@ -399,16 +399,17 @@ async fn finish(
 
 /// Marks a run's page list complete, recording what reading it found;
 /// finishes the run at once when every page is already terminal (or there
-/// were none).
+/// were none). Nothing changes when `lease` is no longer the run's.
 #[tracing::instrument(skip(pool, settings, listing))]
 pub async fn finish_listing(
     pool: &PgPool,
     settings: &Settings,
-    run_id: Uuid,
+    lease: &ledger::Lease,
     listing: &Value,
 ) -> Result<Option<Run>, sqlx::Error> {
+    let run_id = lease.run_id;
     let mut tx = pool.begin().await?;
-    let finished = match ledger::mark_listed(&mut tx, run_id, listing).await? {
+    let finished = match ledger::mark_listed(&mut tx, lease, listing).await? {
         Some((0, schedule)) => {
             let policy = RunPolicy::of(settings, &schedule);
             Some(finish(&mut tx, run_id, None, None, &policy).await?)

@@ -218,7 +218,7 @@ impl Race<'_> {
     async fn list(&self, replica: &Replica, finish: bool) {
         let inserted = ledger::insert_pages(
             replica.pool(),
-            self.run_id,
+            &ledger::Lease::first(self.run_id),
             &self.urls,
             &unlimited_hosts(&self.urls),
         )
@@ -233,7 +233,7 @@ impl Race<'_> {
             let finished = rules::finish_listing(
                 replica.pool(),
                 &replica.runs.settings,
-                self.run_id,
+                &ledger::Lease::first(self.run_id),
                 &listing,
             )
             .await;

@@ -82,7 +82,13 @@ fn a_report_racing_a_relisting_of_its_url_does_not_deadlock() {
             run_id,
             (lister, async move {
                 let urls = [url.to_string()];
-                ledger::insert_pages(&pool, run_id, &urls, &unlimited_hosts(&urls)).await
+                ledger::insert_pages(
+                    &pool,
+                    &ledger::Lease::first(run_id),
+                    &urls,
+                    &unlimited_hosts(&urls),
+                )
+                .await
             }),
             (callback, async move {
                 runs.complete_page(

@@ -151,10 +151,15 @@ impl Database {
         .expect("create_run")
         .expect("a new run");
         if !urls.is_empty() {
-            ledger::insert_pages(&self.observer, run_id, urls, &unlimited_hosts(urls))
-                .await
-                .expect("insert_pages")
-                .expect("the run is listing");
+            ledger::insert_pages(
+                &self.observer,
+                &ledger::Lease::first(run_id),
+                urls,
+                &unlimited_hosts(urls),
+            )
+            .await
+            .expect("insert_pages")
+            .expect("the run is listing");
         }
         run_id
     }

@@ -823,7 +823,7 @@ impl<'a> World<'a> {
         }
         let got = ledger::insert_pages(
             self.replica().pool(),
-            self.run_id,
+            &ledger::Lease::first(self.run_id),
             &self.urls[listed..],
             &unlimited_hosts(&self.urls[listed..]),
         )
@@ -961,7 +961,7 @@ impl<'a> World<'a> {
                 let got = rules::finish_listing(
                     &runs.pool,
                     &runs.settings,
-                    self.run_id,
+                    &ledger::Lease::first(self.run_id),
                     &json!({"pages": self.urls.len()}),
                 )
                 .await
