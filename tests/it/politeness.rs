@@ -411,3 +411,133 @@ async fn per_host_rate_paces_dispatches() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_listing_taken_over_reads_robots_txt_from_the_ledger_instead_of_fetching_it_again() {
+    use fanfare::ledger::{self, HostPolicy, HostRobots, Lease, RobotsOutcome, Trigger};
+
+    // Fetched now, this file would leave every page out.
+    let site = Site::start(Behaviour {
+        robots: Some((200, "User-agent: *\nDisallow: /\n".into())),
+        ..Behaviour::default()
+    })
+    .await;
+    let mut urls: Vec<String> = paths("/pub", 3).iter().map(|p| site.url(p)).collect();
+    urls.extend(paths("/private", 2).iter().map(|p| site.url(p)));
+    let app = TestApp::spawn(&schedule("taken", &urls, "obey_robots = true"), None).await;
+
+    // A first lister read robots.txt when it was kinder, stored the host's
+    // first page and stopped renewing its lease.
+    let run_id = ledger::create_run(&app.pool, "taken", chrono::Utc::now(), Trigger::Manual)
+        .await
+        .unwrap()
+        .unwrap();
+    let host = ledger::host_of(&urls[0]);
+    let policy = HostPolicy {
+        host,
+        in_flight_limit: 8,
+        interval: Duration::ZERO,
+        robots: HostRobots {
+            outcome: RobotsOutcome::Rules,
+            rules: Some("user-agent: *\ndisallow: /private\n".into()),
+            note: None,
+        },
+    };
+    let added = ledger::insert_pages(&app.pool, &Lease::first(run_id), &urls[..1], &[policy])
+        .await
+        .unwrap();
+    assert_eq!(added, Some(1));
+    sqlx::query("update runs set listing_lease_until = now() - interval '1 second' where id = $1")
+        .bind(run_id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    // The sweeper takes the listing over and lists the rest by the stored rules.
+    let finished = app.wait_finished(run_id, Duration::from_secs(30)).await;
+    assert_eq!(finished["pages"]["total"], 3, "{finished:#}");
+    assert_eq!(finished["pages"]["succeeded"], 3, "{finished:#}");
+    let listing = &finished["listing"];
+    assert_eq!(listing["disallowed_by_robots"], 2, "{listing:#}");
+    assert_eq!(listing["robots_fetched"], 1, "{listing:#}");
+    let robots_requests = site
+        .seen()
+        .iter()
+        .filter(|s| s.path == "/robots.txt")
+        .count();
+    assert_eq!(robots_requests, 0, "the takeover fetched robots.txt again");
+    let owner: uuid::Uuid = sqlx::query_scalar("select listing_owner from runs where id = $1")
+        .bind(run_id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_ne!(
+        owner, run_id,
+        "the run was listed by the lister that took it over"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_robots_txt_too_costly_to_match_leaves_the_rest_of_its_host_out_and_says_so() {
+    // Thousands of wildcard rules whose literal parts every URL names: each
+    // URL costs hundreds of scans of its path.
+    let mut rules = String::from("User-agent: *\n");
+    for i in 0..3000 {
+        rules.push_str(&format!("Disallow: /*a*a*a*a*b{i}z\n"));
+    }
+    let costly = Site::start(Behaviour {
+        robots: Some((200, rules)),
+        ..Behaviour::default()
+    })
+    .await;
+    let kind = Site::start(Behaviour {
+        robots: Some((200, "User-agent: *\nDisallow: /private\n".into())),
+        ..Behaviour::default()
+    })
+    .await;
+    let keys: String = (0..800).map(|i| format!("b{i}z")).collect();
+    let mut urls: Vec<String> = (0..120)
+        .map(|n| costly.url(&format!("/{keys}/{n}")))
+        .collect();
+    urls.extend(paths("/p", 5).iter().map(|p| kind.url(p)));
+    let app = TestApp::spawn(
+        &schedule(
+            "costly",
+            &urls,
+            "obey_robots = true\nper_host_in_flight = 64",
+        ),
+        None,
+    )
+    .await;
+    let run = app.trigger("costly").await;
+    let finished = app.wait_finished(run, Duration::from_secs(120)).await;
+    let listing = &finished["listing"];
+    assert_eq!(listing["robots_too_complex"], 1, "{listing:#}");
+    let example = listing["robots_too_complex_examples"][0]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        example.starts_with(&ledger_host(&costly.base)) && example.contains("rules cost more"),
+        "{listing:#}"
+    );
+    let left_out = listing["disallowed_by_robots"].as_u64().unwrap();
+    let total = finished["pages"]["total"].as_u64().unwrap();
+    assert!(
+        left_out > 0 && left_out < 120,
+        "the host's URLs matched before the budget ran out stay in, the rest are left out: {listing:#}"
+    );
+    assert_eq!(total + left_out, 125, "{finished:#}");
+    assert_eq!(finished["pages"]["succeeded"], total, "{finished:#}");
+    assert_eq!(
+        kind.page_requests().len(),
+        5,
+        "the other host is crawled whole"
+    );
+    assert!(listing["robots_match_ms"].as_u64().is_some(), "{listing:#}");
+    app.stop().await;
+}
+
+fn ledger_host(base: &str) -> String {
+    fanfare::ledger::host_of(base)
+}
