@@ -78,8 +78,13 @@ impl ServerSettings {
 pub struct DatabaseSettings {
     /// Connection URL; may carry a password, so it is secret.
     pub url: SecretString,
-    /// Pool size.
+    /// Pool size of the daemon's own work: callbacks, dispatch, sweeps,
+    /// cron fires, listing, notifications.
     pub max_connections: u32,
+    /// Pool size of readers (exports, console pages, the API's run and
+    /// page listings): a second pool, so that they never take a
+    /// connection from the daemon's own work.
+    pub reader_connections: u32,
 }
 
 /// Secrets for task tokens and the admin API.
@@ -417,6 +422,7 @@ struct RawServer {
 struct RawDatabase {
     url: Option<SecretString>,
     max_connections: Option<u32>,
+    reader_connections: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -773,6 +779,10 @@ impl RawConfig {
         if max_connections == 0 {
             p.add("database.max_connections", "must be at least 1");
         }
+        let reader_connections = self.database.reader_connections.unwrap_or(4);
+        if reader_connections == 0 {
+            p.add("database.reader_connections", "must be at least 1");
+        }
 
         let callback_secret = self.security.callback_secret.unwrap_or_else(|| {
             p.add(
@@ -892,6 +902,7 @@ impl RawConfig {
             database: DatabaseSettings {
                 url: db_url,
                 max_connections,
+                reader_connections,
             },
             security: SecuritySettings {
                 callback_secret,

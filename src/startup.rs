@@ -15,10 +15,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{InvokerKind, PageSource, Settings};
 use crate::dispatch::{AwsLambda, Dispatcher, LambdaApi, LocalInvoker};
-use crate::http::{AppState, Health};
+use crate::http::AppState;
 use crate::ledger::Trigger;
 use crate::notify::Notifier;
-use crate::runs::Runs;
+use crate::runs::{Runs, StartError};
 use crate::schedule::FireHandler;
 use crate::sources::Lister;
 
@@ -67,6 +67,11 @@ impl Application {
         crate::ledger::migrate(&pool)
             .await
             .context("applying database migrations (is database.url reachable?)")?;
+        let readers = crate::ledger::reader_pool(
+            secrecy::ExposeSecret::expose_secret(&settings.database.url),
+            settings.database.reader_connections,
+        )
+        .context("database.url")?;
 
         let needs_lambda = settings.schedules.iter().any(|s| {
             s.invoker == InvokerKind::Lambda || matches!(s.pages, PageSource::Lambda { .. })
@@ -118,10 +123,7 @@ impl Application {
         Ok(Self {
             listener,
             port,
-            state: AppState {
-                runs,
-                health: Arc::new(Health::default()),
-            },
+            state: AppState::new(runs, readers),
             lambda,
             local,
             cancel,
@@ -193,7 +195,10 @@ impl Application {
         workers.spawn(crate::sweep::run(runs.clone(), cancel.clone()));
         workers.spawn(Notifier::new(runs.clone()).run(cancel.clone()));
         workers.spawn(wake_on_notify(runs.clone(), cancel.clone()));
-        let fire = Arc::new(Fire { runs: runs.clone() });
+        let fire = Arc::new(Fire {
+            runs: runs.clone(),
+            cancel: cancel.clone(),
+        });
         for schedule in &runs.settings.schedules {
             if let Some(cron) = &schedule.cron {
                 let (runs, schedule, cron) = (runs.clone(), schedule.clone(), cron.clone());
@@ -243,6 +248,7 @@ impl Application {
             };
         served.context("the HTTP server task")?;
         runs.pool.close().await;
+        state.readers.close().await;
         tracing::info!("stopped");
         Ok(())
     }
@@ -256,17 +262,44 @@ fn state_port(runs: &Runs) -> u16 {
         .unwrap_or(0)
 }
 
+/// Turns cron fires into runs.
 struct Fire {
     runs: Arc<Runs>,
+    cancel: CancellationToken,
 }
 
 impl FireHandler for Fire {
+    /// Starts the fire's run, trying again with backoff while the ledger is
+    /// unavailable (the run's identity is the fire, so a try that did get
+    /// through is not repeated). The ticker waits meanwhile and fires what
+    /// fell due after; a fire still not started at shutdown is one the
+    /// next start catches up, per the schedule's catch-up policy.
     async fn fire(&self, schedule: &str, scheduled_for: DateTime<Utc>) {
         let Some(config) = self.runs.settings.schedule(schedule) else {
             return;
         };
-        if let Err(e) = self.runs.fire(config, scheduled_for, Trigger::Cron).await {
-            tracing::error!(schedule, %scheduled_for, error = %e, "could not start the run for this fire");
+        let mut tries = 0i32;
+        loop {
+            let e = match self.runs.fire(config, scheduled_for, Trigger::Cron).await {
+                Ok(_) => return,
+                Err(e) => e,
+            };
+            let transient = matches!(&e, StartError::Ledger(e) if crate::ledger::is_unavailable(e));
+            if !transient {
+                tracing::error!(schedule, %scheduled_for, error = %e, "could not start the run for this fire");
+                return;
+            }
+            tries += 1;
+            metrics::counter!("fanfare_fires_retried_total", "schedule" => schedule.to_string())
+                .increment(1);
+            tracing::warn!(schedule, %scheduled_for, tries, error = %e, "could not start the run for this fire yet; trying again");
+            tokio::select! {
+                _ = self.cancel.cancelled() => {
+                    tracing::warn!(schedule, %scheduled_for, "shutting down before this fire's run could start; the next start catches it up");
+                    return;
+                }
+                _ = tokio::time::sleep(crate::lifecycle::backoff(tries.min(5))) => {}
+            }
         }
     }
 }

@@ -243,7 +243,7 @@ pub async fn list_runs(
             "schedule must not contain NUL characters".into(),
         ));
     }
-    let runs = ledger::list_runs(&state.runs.pool, q.schedule.as_deref(), limit).await?;
+    let runs = ledger::list_runs(&state.readers, q.schedule.as_deref(), limit).await?;
     Ok(Json(RunList {
         runs: runs.iter().map(RunView::from).collect(),
     }))
@@ -291,11 +291,11 @@ pub async fn get_run(
     Path(id): Path<String>,
 ) -> Result<Json<RunDetail>, ApiError> {
     let id = parse_run_id(&id)?;
-    let run = ledger::get_run(&state.runs.pool, id)
+    let run = ledger::get_run(&state.readers, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no run has the id {id}")))?;
-    let in_flight = ledger::in_flight(&state.runs.pool, id).await?;
-    let notifications = ledger::run_notifications(&state.runs.pool, id).await?;
+    let in_flight = ledger::in_flight(&state.readers, id).await?;
+    let notifications = ledger::run_notifications(&state.readers, id).await?;
     let mut view = RunView::from(&run);
     view.pages.in_flight = Some(in_flight);
     view.pages.pending = Some(run.open_pages - in_flight);
@@ -348,8 +348,7 @@ pub async fn list_pages(
     let id = parse_run_id(&id)?;
     let status = parse_page_status(q.status.as_deref())?;
     let limit = listing_of_run(&state, id, q.limit).await?;
-    let pages =
-        ledger::list_pages(&state.runs.pool, id, status, q.after.unwrap_or(0), limit).await?;
+    let pages = ledger::list_pages(&state.readers, id, status, q.after.unwrap_or(0), limit).await?;
     let next_after = next_after(&pages, limit, |p| p.id);
     Ok(Json(PageList { pages, next_after }))
 }
@@ -362,7 +361,7 @@ async fn listing_of_run(state: &AppState, id: Uuid, limit: Option<i64>) -> Resul
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::BadRequest("limit must be 1-1000".into()));
     }
-    if ledger::get_run(&state.runs.pool, id).await?.is_none() {
+    if ledger::get_run(&state.readers, id).await?.is_none() {
         return Err(ApiError::NotFound(format!("no run has the id {id}")));
     }
     Ok(limit)
@@ -427,10 +426,10 @@ pub async fn list_changes(
         })
         .transpose()?;
     let limit = listing_of_run(&state, id, q.limit).await?;
-    let changes = ledger::run_changes(&state.runs.pool, id)
+    let changes = ledger::run_changes(&state.readers, id)
         .await?
         .map(Changes::from);
-    let pages = ledger::list_changes(&state.runs.pool, id, kind, q.after.unwrap_or(0), limit)
+    let pages = ledger::list_changes(&state.readers, id, kind, q.after.unwrap_or(0), limit)
         .await?
         .into_iter()
         .map(ChangeEntry::try_from)

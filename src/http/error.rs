@@ -40,6 +40,14 @@ pub enum ApiError {
     /// 422: readable, but it breaks the contract.
     #[error("{0}")]
     Unprocessable(String),
+    /// 429: too many of these at once; retry after `retry_after` seconds.
+    #[error("{message}")]
+    TooManyRequests {
+        /// What is limited, and to how many.
+        message: String,
+        /// Seconds to wait, sent as `Retry-After`.
+        retry_after: u64,
+    },
     /// 503: a dependency (the database) is unavailable; retry later.
     #[error("{0}")]
     Unavailable(String),
@@ -59,6 +67,7 @@ impl ApiError {
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -99,6 +108,10 @@ impl From<PathRejection> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
+        let retry_after = match &self {
+            ApiError::TooManyRequests { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        };
         let message = match &self {
             ApiError::Internal(e) => {
                 tracing::error!(error = ?e, "internal error");
@@ -112,6 +125,10 @@ impl IntoResponse for ApiError {
                 axum::http::header::WWW_AUTHENTICATE,
                 axum::http::HeaderValue::from_static("Bearer"),
             );
+        }
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
         }
         resp
     }

@@ -37,6 +37,23 @@ pub struct AppState {
     pub runs: Arc<Runs>,
     /// Readiness flags.
     pub health: Arc<Health>,
+    /// The readers' pool (`database.reader_connections`): exports, console
+    /// pages and the API's reads, apart from the daemon's own work.
+    pub readers: sqlx::PgPool,
+    /// Results exports streaming now, at most [`results::EXPORTS_AT_ONCE`].
+    pub exports: Arc<tokio::sync::Semaphore>,
+}
+
+impl AppState {
+    /// The state of the handlers of `runs`, reading through `readers`.
+    pub fn new(runs: Arc<Runs>, readers: sqlx::PgPool) -> Self {
+        Self {
+            runs,
+            health: Arc::new(Health::default()),
+            readers,
+            exports: Arc::new(tokio::sync::Semaphore::new(results::EXPORTS_AT_ONCE)),
+        }
+    }
 }
 
 /// Readiness flags set by the application.
@@ -286,6 +303,14 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
 fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!("fanfare_runs_started_total", "Runs created, by schedule.");
+    describe_counter!(
+        "fanfare_fires_retried_total",
+        "Cron fires whose run could not start yet (the ledger was unavailable) and are tried again, by schedule."
+    );
+    describe_counter!(
+        "fanfare_exports_refused_total",
+        "Results exports answered 429: as many as a replica streams at once were streaming."
+    );
     describe_counter!(
         "fanfare_runs_finished_total",
         "Runs finished, by schedule and outcome."

@@ -1,18 +1,21 @@
 //! `GET /v1/runs/{id}/results`: every page's result of a run, streamed from
 //! Postgres as JSON Lines or CSV.
 //!
-//! The rows are read with a server-side stream and written into the
-//! response body through a bounded channel: a slow client slows the reading
-//! down (the channel fills, then the socket to Postgres does), so a run of a
-//! million pages is never in memory, whatever the client's speed. A client
-//! that goes away drops the channel's receiver; the reader then stops and
-//! releases its connection.
+//! The rows are read [`ROWS_AT_ONCE`] at a time (by id, after the last one
+//! sent) from the readers' pool and written into the response body through
+//! a bounded channel: a slow client slows the reading down (the channel
+//! fills), so a run of a million pages is never in memory, whatever the
+//! client's speed, and a connection is held only while one page of rows is
+//! read, never while a client is slow to take them. A client that goes
+//! away drops the channel's receiver, and the reader stops.
+//!
+//! At most [`EXPORTS_AT_ONCE`] exports stream at once per replica; one more
+//! is answered 429 with `Retry-After`.
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -24,6 +27,12 @@ use crate::ledger::{self, PageResult};
 const CHUNK_BYTES: usize = 64 * 1024;
 /// Chunks written ahead of the client at most.
 const CHUNKS_AHEAD: usize = 4;
+/// Rows read from the ledger in one statement.
+pub const ROWS_AT_ONCE: i64 = 1000;
+/// Exports one replica streams at once.
+pub const EXPORTS_AT_ONCE: usize = 4;
+/// What a refused export is told to wait, in seconds.
+const RETRY_EXPORT_AFTER: u64 = 10;
 
 /// The export's formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +124,8 @@ pub fn csv_header(fields: &[String]) -> Vec<String> {
         (status = 400, description = "A malformed query string, an unknown `format` or `status`", body = super::error::ErrorBody),
         (status = 401, description = "Missing or wrong admin token", body = super::error::ErrorBody),
         (status = 404, description = "No run has this id", body = super::error::ErrorBody),
+        (status = 429, description = "As many exports as a replica streams at once are streaming; retry after `Retry-After` seconds", body = super::error::ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "The database is unavailable; retry later", body = super::error::ErrorBody),
     )
 )]
@@ -142,7 +153,17 @@ pub async fn export_run(
             .ok_or_else(|| ApiError::BadRequest(format!("format {f:?} must be jsonl or csv")))?,
     };
     let status = super::api::parse_page_status(status)?;
-    let run = ledger::get_run(&state.runs.pool, run_id)
+    let Ok(permit) = state.exports.clone().try_acquire_owned() else {
+        metrics::counter!("fanfare_exports_refused_total").increment(1);
+        tracing::warn!(%run_id, at_once = EXPORTS_AT_ONCE, "results export refused: as many exports as allowed are streaming");
+        return Err(ApiError::TooManyRequests {
+            message: format!(
+                "{EXPORTS_AT_ONCE} results exports are streaming from this replica; retry later"
+            ),
+            retry_after: RETRY_EXPORT_AFTER,
+        });
+    };
+    let run = ledger::get_run(&state.readers, run_id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no run has the id {run_id}")))?;
     // A run of a schedule no longer configured has no known fields: every
@@ -155,14 +176,15 @@ pub async fn export_run(
         .unwrap_or_default();
 
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(CHUNKS_AHEAD);
-    let pool = state.runs.pool.clone();
+    let pool = state.readers.clone();
     tokio::spawn(async move {
-        let mut rows = ledger::page_results(&pool, run_id, status);
+        let _permit = permit;
         let mut encoder = Encoder::new(format, fields);
-        let mut count = 0u64;
-        while let Some(row) = rows.next().await {
-            let row = match row {
-                Ok(row) => row,
+        let (mut count, mut after) = (0u64, 0i64);
+        loop {
+            let rows = match ledger::page_results(&pool, run_id, status, after, ROWS_AT_ONCE).await
+            {
+                Ok(rows) => rows,
                 Err(e) => {
                     tracing::warn!(%run_id, rows = count, error = %e, "results export stopped: reading the pages failed");
                     let _ = tx
@@ -173,15 +195,22 @@ pub async fn export_run(
                     return;
                 }
             };
-            count += 1;
-            if let Err(e) = encoder.row(&row) {
-                tracing::error!(%run_id, page_id = row.id, error = %e, "results export stopped: encoding a row failed");
-                let _ = tx.send(Err(std::io::Error::other(e))).await;
-                return;
+            let last_page = (rows.len() as i64) < ROWS_AT_ONCE;
+            for row in &rows {
+                count += 1;
+                after = row.id;
+                if let Err(e) = encoder.row(row) {
+                    tracing::error!(%run_id, page_id = row.id, error = %e, "results export stopped: encoding a row failed");
+                    let _ = tx.send(Err(std::io::Error::other(e))).await;
+                    return;
+                }
+                if encoder.len() >= CHUNK_BYTES && tx.send(Ok(encoder.take())).await.is_err() {
+                    tracing::debug!(%run_id, rows = count, "results export: the client went away");
+                    return;
+                }
             }
-            if encoder.len() >= CHUNK_BYTES && tx.send(Ok(encoder.take())).await.is_err() {
-                tracing::debug!(%run_id, rows = count, "results export: the client went away");
-                return;
+            if last_page {
+                break;
             }
         }
         let last = encoder.take();

@@ -34,11 +34,21 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// Opens a pool of at most `max_connections` to `url`; the connection itself
 /// is made lazily, so a database that is down at start is retried, not fatal.
 pub fn pool(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    named_pool(url, max_connections, "fanfare")
+}
+
+/// [`pool`] for readers (exports, console pages, the API's reads), shown
+/// as `fanfare-readers` in `pg_stat_activity`.
+pub fn reader_pool(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    named_pool(url, max_connections, "fanfare-readers")
+}
+
+fn named_pool(url: &str, max_connections: u32, name: &str) -> Result<PgPool, sqlx::Error> {
     let options: PgConnectOptions = url.parse()?;
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(options.application_name("fanfare")))
+        .connect_lazy_with(options.application_name(name)))
 }
 
 /// Applies every pending migration.

@@ -964,22 +964,27 @@ pub struct PageResult {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-/// A run's pages in id order, optionally of one state, as a stream read
-/// from the server as it is consumed (never the whole run in memory). The
-/// connection is held until the stream ends or is dropped.
-pub fn page_results<'e, E: PgExecutor<'e> + 'e>(
+/// Up to `limit` of a run's pages after `after_id` in id order, optionally
+/// of one state: an export reads a run a page at a time, holding a
+/// connection only while it reads one.
+pub async fn page_results<'e, E: PgExecutor<'e>>(
     db: E,
     run_id: Uuid,
     status: Option<PageStatus>,
-) -> futures::stream::BoxStream<'e, Result<PageResult, sqlx::Error>> {
+    after_id: i64,
+    limit: i64,
+) -> Result<Vec<PageResult>, sqlx::Error> {
     sqlx::query_as(
         "select id, url, status, attempt, result, error, finished_at from pages
-         where run_id = $1 and ($2::text is null or status = $2)
-         order by id",
+         where run_id = $1 and ($2::text is null or status = $2) and id > $3
+         order by id limit $4",
     )
     .bind(run_id)
     .bind(status)
-    .fetch(db)
+    .bind(after_id)
+    .bind(limit)
+    .fetch_all(db)
+    .await
 }
 
 /// A run's failed and timed-out pages in id order, after `after_id`.

@@ -132,3 +132,77 @@ async fn during_a_30_s_database_outage_healthz_stays_200_and_fast_while_readyz_i
     assert_eq!(outcome, "succeeded");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_cron_fire_during_a_database_outage_gets_its_run_once_the_database_is_back() {
+    use chrono::{SubsecRound, Utc};
+
+    let db = fresh_database().await;
+    let proxy = PgProxy::start(&db).await;
+    let pool = test_pool(&db).await;
+    let schedule = r#"
+[[schedules]]
+name = "tick"
+cron = "* * * * * *"
+invoker = "local"
+pages = { urls = [] }
+overlap = "allow"
+"#;
+    let settings = Settings::from_toml(&config_toml_on(&proxy.url, 0, 4, schedule))
+        .unwrap_or_else(|e| panic!("test configuration is valid: {e}"));
+    let (address, app) = AppTask::start(settings, Default::default()).await;
+    let client = reqwest::Client::new();
+    assert!(wait_ready(&client, &address, Duration::from_secs(10)).await);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Every fire from the next whole second on must get its run.
+    let window_start = Utc::now().trunc_subsecs(0) + chrono::Duration::seconds(1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    proxy.restore();
+    let window_end = Utc::now().trunc_subsecs(0) + chrono::Duration::seconds(2);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let missing = loop {
+        let fired: Vec<chrono::DateTime<Utc>> = sqlx::query_scalar(
+            "select scheduled_for from runs where schedule = 'tick'
+                 and scheduled_for between $1 and $2 order by scheduled_for",
+        )
+        .bind(window_start)
+        .bind(window_end)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let missing: Vec<_> = (0..=(window_end - window_start).num_seconds())
+            .map(|s| window_start + chrono::Duration::seconds(s))
+            .filter(|t| !fired.contains(t))
+            .collect();
+        if missing.is_empty() || Instant::now() > deadline {
+            break missing;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let metrics = client
+        .get(format!("{address}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let retried: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("fanfare_fires_retried_total{"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0);
+    println!(
+        "FIGURE fires_through_outage window_s={} missing={} fires_retried={retried}",
+        (window_end - window_start).num_seconds() + 1,
+        missing.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "fires without a run: {missing:?} (window {window_start} to {window_end})"
+    );
+    assert!(retried > 0.0, "a fire met the outage and was tried again");
+    app.stop().await;
+}

@@ -325,3 +325,91 @@ async fn results_refuse_an_unknown_run_format_or_status_and_need_the_token() {
     assert_eq!(resp.status(), 401);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_fifth_export_at_once_is_refused_with_retry_after_while_callbacks_and_reads_go_on() {
+    use fanfare::ledger::{self, Lease, Trigger};
+
+    let lambda = Arc::new(RecordingLambda::default());
+    let app = TestApp::spawn(&lambda_schedule("s", 3, None, ""), Some(lambda.clone())).await;
+    // A run big enough that an export not read stalls with most of it unsent
+    // (tens of MB, more than the loopback socket buffers hold), of a
+    // schedule no longer configured (nothing dispatches its pages).
+    let big = ledger::create_run(&app.pool, "gone", chrono::Utc::now(), Trigger::Manual)
+        .await
+        .unwrap()
+        .unwrap();
+    let pad = "x".repeat(300);
+    let urls: Vec<String> = (0..60_000)
+        .map(|i| format!("https://shop.example/{pad}/{i}"))
+        .collect();
+    let hosts = ledger::host_policies(&urls, 8, Duration::ZERO);
+    ledger::insert_pages(&app.pool, &Lease::first(big), &urls, &hosts)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let export = || {
+        app.client
+            .get(format!("{}/v1/runs/{big}/results?format=csv", app.address))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+    };
+    // Four slow readers: the answers' headers are in, their bodies unread.
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        let resp = export().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        slow.push(resp);
+    }
+    let fifth = export().await.unwrap();
+    assert_eq!(fifth.status(), 429);
+    assert_eq!(
+        fifth
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap()),
+        Some("10")
+    );
+    let body: serde_json::Value = fifth.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("results exports"),
+        "{body}"
+    );
+
+    // Meanwhile the daemon's own work and the other reads are served.
+    let run = app.trigger("s").await;
+    for r in lambda.wait_for(3).await {
+        let (status, answer) = app.report_success(&r).await;
+        assert_eq!((status, answer["status"].as_str()), (200, Some("recorded")));
+    }
+    let finished = app.wait_finished(run, Duration::from_secs(10)).await;
+    assert_eq!(finished["outcome"], "succeeded", "{finished:#}");
+    let (status, _) = app.get("/v1/runs").await;
+    assert_eq!(status, 200);
+    let (status, _) = app.get("/readyz").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        app.metric("fanfare_exports_refused_total", "").await,
+        1.0,
+        "the refusal is counted"
+    );
+
+    // The slow readers hang up; their places free up.
+    drop(slow);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let resp = export().await.unwrap();
+        if resp.status() == 200 {
+            let text = resp.text().await.unwrap();
+            assert_eq!(text.lines().count(), 60_001, "header and every page");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the exports of the readers that hung up still hold their places"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.stop().await;
+}

@@ -484,7 +484,7 @@ async fn schedules(
     let now = Utc::now();
     let views = crate::overview::schedule_views(&console.app.runs).await?;
     let names: Vec<String> = views.iter().map(|v| v.name.clone()).collect();
-    let mut recent = ledger::recent_runs(&console.app.runs.pool, &names, 30).await?;
+    let mut recent = ledger::recent_runs(&console.app.readers, &names, 30).await?;
     let rows: Vec<ScheduleRow> = views
         .into_iter()
         .map(|view| {
@@ -541,7 +541,7 @@ async fn runs(
         })?),
     };
     let mut found = ledger::list_runs_before(
-        &console.app.runs.pool,
+        &console.app.readers,
         schedule,
         statuses,
         outcome,
@@ -591,7 +591,7 @@ async fn run(
     Query(q): Query<RunQuery>,
 ) -> Result<Html<String>, UiError> {
     let id = run_id(&id)?;
-    let pool = &console.app.runs.pool;
+    let pool = &console.app.readers;
     let run = ledger::get_run(pool, id)
         .await?
         .ok_or_else(|| UiError::not_found(format!("No run has the id {id}.")))?;
@@ -664,7 +664,7 @@ async fn events(
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, UiError> {
     let id = run_id(&id)?;
-    let pool = console.app.runs.pool.clone();
+    let pool = console.app.readers.clone();
     if ledger::get_run(&pool, id).await?.is_none() {
         return Err(UiError::not_found(format!("No run has the id {id}.")));
     }
