@@ -64,6 +64,7 @@ use chrono::{DateTime, Utc};
 use clap::Parser;
 use uuid::Uuid;
 
+use fanfare_testkit::bench::{load_average, proc_stat, process_cpu_seconds};
 use fanfare_testkit::{metric_in, TestApp};
 
 #[derive(Debug, Parser)]
@@ -498,28 +499,6 @@ impl Drop for Nginx {
     }
 }
 
-/// What `/proc/PID/stat` says of a process.
-struct ProcStat {
-    ppid: u32,
-    ticks: u64,
-}
-
-fn proc_stat(pid: u32) -> Option<ProcStat> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces: fields are counted after its ')'.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    Some(ProcStat {
-        ppid: fields.get(1)?.parse().ok()?,
-        ticks: fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?,
-    })
-}
-
-fn process_cpu_seconds(pid: u32) -> Option<f64> {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Some(proc_stat(pid)?.ticks as f64 / hz)
-}
-
 /// User + system CPU seconds of this process so far.
 fn self_cpu_seconds() -> f64 {
     // SAFETY: getrusage writes into the zeroed struct it is given.
@@ -545,13 +524,6 @@ async fn postgres_cpu(app: &TestApp, database: &str) -> Option<f64> {
         .filter_map(|&pid| process_cpu_seconds(u32::try_from(pid).ok()?))
         .collect();
     (!seconds.is_empty()).then(|| seconds.iter().sum())
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|| "unknown".into())
 }
 
 fn nginx_version(binary: &Path) -> String {

@@ -1,4 +1,5 @@
-//! What the benchmarks print about where they ran.
+//! What the benchmarks print about where they ran, and the figures they
+//! share: quantiles, CPU seconds from `/proc`, the load average.
 
 use std::process::Command;
 
@@ -118,4 +119,49 @@ pub async fn copy_urls(
         copy.send(chunk).await?;
     }
     copy.finish().await
+}
+
+/// The `q` quantile (0..=1) of `values`, nearest rank; 0 when empty.
+pub fn quantile(values: &[f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize]
+}
+
+/// What `/proc/PID/stat` says of a process.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcStat {
+    /// Its parent.
+    pub ppid: u32,
+    /// User and system CPU time, in clock ticks.
+    pub ticks: u64,
+}
+
+/// `/proc/PID/stat` of `pid`, if it is running.
+pub fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces: fields are counted after its ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(ProcStat {
+        ppid: fields.get(1)?.parse().ok()?,
+        ticks: fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?,
+    })
+}
+
+/// User and system CPU seconds of process `pid` so far.
+pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(proc_stat(pid)?.ticks as f64 / hz)
+}
+
+/// The 1, 5 and 15 minute load averages, as `/proc/loadavg` has them.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".into())
 }
