@@ -7,7 +7,7 @@
 //! pages from a JSON list served on loopback, obeying robots.txt:
 //!
 //! - `robots` (twice): a site whose robots.txt is 512 KiB of `Disallow:
-//!   /*a*a…*a*b<i>` rules (5,237 of them, each 43 `*a` then `*b<i>`) and a
+//!   /*a*a…*a*b<i>` rules (5,237 of them, each 41 `*a` then `*b<i>`) and a
 //!   list of `--urls` (default 20,000) URLs on it with 2,000-character
 //!   paths: first paths of `a`s (what a regex-based matcher backtracks on),
 //!   then paths naming `b0`, `b1`, … (every rule's literal parts occur, so
@@ -95,7 +95,7 @@ fn main() -> anyhow::Result<()> {
         "FIGURE machine cores={} load_average={} commit={}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         load_average(),
-        common::git_commit()
+        common::bench::git_commit()
     );
     let app_runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -170,7 +170,7 @@ impl RobotsSite {
         let mut robots = String::from("User-agent: *\n");
         for i in 0..RULES {
             robots.push_str("Disallow: /");
-            robots.push_str(&"*a".repeat(43));
+            robots.push_str(&"*a".repeat(41));
             robots.push_str(&format!("*b{i}\n"));
         }
         // Every rule's key named in each path, until the path is long enough.
@@ -186,6 +186,11 @@ impl RobotsSite {
         };
         let plain = list(&|i| format!("/{i:06}/{}", "a".repeat(PATH_CHARS - 8)));
         let keyed = list(&|i| format!("/{i:06}/{keys}"));
+        ensure!(
+            robots.len() <= fanfare::robots::MAX_ROBOTS_BYTES,
+            "the robots.txt ({} bytes) must be read whole",
+            robots.len()
+        );
         println!(
             "FIGURE robots_site robots_txt_bytes={} rules={RULES} urls={urls} path_chars={PATH_CHARS}",
             robots.len()
@@ -215,11 +220,11 @@ async fn robots_run(args: &Args, address: &str, name: &str) -> anyhow::Result<()
     let give_up = Duration::from_secs(args.give_up);
     let listing = Arc::new(std::sync::Mutex::new(None::<Value>));
     let busy = {
-        let (http, address, listing) = (http.clone(), address.to_string(), listing.clone());
+        let (poller, at, listing) = (http.clone(), address.to_string(), listing.clone());
         // Polls the run on its own task; the probes run until it has left listing.
         let watcher = tokio::spawn(async move {
             loop {
-                let run = get_json(&http, &address, &format!("/v1/runs/{run}")).await;
+                let run = get_json(&poller, &at, &format!("/v1/runs/{run}")).await;
                 if run["status"] != "listing" || started.elapsed() > give_up {
                     *listing.lock().unwrap() = Some(run);
                     return;

@@ -95,7 +95,7 @@ fn main() -> anyhow::Result<()> {
         "FIGURE machine cores={} load_average={} commit={}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         load_average(),
-        common::git_commit()
+        common::bench::git_commit()
     );
     let db = app_runtime.block_on(common::fresh_database());
     let result = (|| {
@@ -179,7 +179,7 @@ async fn measure(
     for chunk in (0..args.export_pages).collect::<Vec<_>>().chunks(20_000) {
         let urls: Vec<String> = chunk
             .iter()
-            .map(|i| format!("https://shop.example/{pad}/{i}"))
+            .map(|i| format!("https://export.example/{pad}/{i}"))
             .collect();
         let hosts = ledger::host_policies(&urls, 8, Duration::ZERO);
         ledger::insert_pages(&pool, &Lease::first(big), &urls, &hosts).await?;
@@ -372,7 +372,12 @@ async fn report_phase(address: &str, requests: Vec<CrawlRequest>) -> Phase {
 fn print_phase(name: &str, phase: &Phase, baseline: Option<&Phase>) {
     let p99 = quantile(&phase.latencies_ms, 0.99);
     let ratio = baseline
-        .map(|b| format!(" p99_vs_baseline={:.2}", p99 / quantile(&b.latencies_ms, 0.99).max(0.01)))
+        .map(|b| {
+            format!(
+                " p99_vs_baseline={:.2}",
+                p99 / quantile(&b.latencies_ms, 0.99).max(0.01)
+            )
+        })
         .unwrap_or_default();
     println!(
         "FIGURE callbacks phase={name} clients={CLIENTS} reports={} per_s={:.0} p50_ms={:.1} p99_ms={p99:.1} max_ms={:.1} not_200={} server_errors_5xx={} cpu_s_per_1000_reports={:.3} load_average={}{ratio}",
