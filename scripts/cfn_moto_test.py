@@ -6,7 +6,7 @@ loopback port, started and stopped here, in-process) and checks the result:
   CREATE_COMPLETE with the outputs the walkthrough (deploy/README.md) uses;
 - what the first deploy depends on: no reserved concurrency unless asked, no
   deletion protection by default, the database's log group with retention, the
-  pool size from the instance class, shutdown_grace pinned, the role task's
+  pool sizes from the instance class, shutdown_grace pinned, the role task's
   SQL identical to deploy/db-role.sql;
 - what a failed create's rollback needs (moto does not model rollbacks):
   deletion protection off by default, the database kept as a snapshot;
@@ -198,13 +198,16 @@ def container(aws, family):
 
 
 def check_mapping(template):
-    """8 tasks x (pool + 1) + 10 reserved fit each class's max_connections."""
+    """8 tasks x (pool + readers + 1) + 10 reserved fit each class's max_connections."""
     for cls, row in template["Mappings"]["DatabaseClass"].items():
         gib, max_conn, pool = int(row["MemoryGiB"]), int(row["MaxConnections"]), int(row["PoolSize"])
+        readers = int(row["ReaderPoolSize"])
         formula = min(int(0.72 * gib * 1024**3 / 9531392), 5000)
         check(max_conn == formula, f"{cls}: MaxConnections {max_conn}, the formula gives {formula}")
-        check(8 * (pool + 1) + 10 <= max_conn, f"{cls}: pool {pool} overflows {max_conn}")
+        check(8 * (pool + readers + 1) + 10 <= max_conn,
+              f"{cls}: pool {pool} and readers {readers} overflow {max_conn}")
         check(1 <= pool <= 16, f"{cls}: pool {pool} out of 1..16")
+        check(1 <= readers <= 4, f"{cls}: readers {readers} out of 1..4")
     allowed = template["Parameters"]["DatabaseInstanceClass"]["AllowedValues"]
     check(sorted(allowed) == sorted(template["Mappings"]["DatabaseClass"]), "every allowed class is mapped")
     check(int(template["Parameters"]["DesiredCount"]["MaxValue"]) == 4, "DesiredCount at most 4")
@@ -226,7 +229,7 @@ def check_created_database(aws, stack):
     # path checks it.
     check(out["PublicUrl"] == "https://fanfare.example.com", out["PublicUrl"])
     check(out["CrawlerFunctionName"] == f"{name}-crawler", out["CrawlerFunctionName"])
-    check(out["DatabasePoolSize"] == "7", f"pool for db.t4g.micro: {out['DatabasePoolSize']}")
+    check(out["DatabasePoolSize"] == "6", f"pool for db.t4g.micro: {out['DatabasePoolSize']}")
     check(out["DatabaseRoleNetworkConfiguration"].startswith("awsvpcConfiguration={subnets=[subnet-"),
           out["DatabaseRoleNetworkConfiguration"])
 
@@ -249,7 +252,8 @@ def check_created_database(aws, stack):
     # The service's container: pool size, pinned grace, the config secret.
     fanfare = container(aws, f"{name}-fanfare")
     env = {e["name"]: e["value"] for e in fanfare["environment"]}
-    check(env.get("FANFARE__DATABASE__MAX_CONNECTIONS") == "7", env)
+    check(env.get("FANFARE__DATABASE__MAX_CONNECTIONS") == "6", env)
+    check(env.get("FANFARE__DATABASE__READER_CONNECTIONS") == "1", env)
     check(env.get("FANFARE__SERVER__SHUTDOWN_GRACE") == "20s", env)
     check(fanfare["stopTimeout"] == 30, fanfare.get("stopTimeout"))
     # (valueFrom of the stack's own secrets is empty: moto stubs them.)
