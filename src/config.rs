@@ -60,6 +60,12 @@ pub struct ServerSettings {
     pub idle_timeout: Duration,
     /// Connections served at once; further ones wait in the listen backlog.
     pub max_connections: usize,
+    /// Console event streams (`/ui/runs/{id}/events`) open at once on
+    /// this replica; more are answered 429.
+    pub max_event_streams: usize,
+    /// Console event streams one session may have open at once; more are
+    /// answered 429.
+    pub max_event_streams_per_session: usize,
 }
 
 impl ServerSettings {
@@ -415,6 +421,8 @@ struct RawServer {
     body_timeout: Option<String>,
     idle_timeout: Option<String>,
     max_connections: Option<usize>,
+    max_event_streams: Option<usize>,
+    max_event_streams_per_session: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -763,6 +771,14 @@ impl RawConfig {
         if server_max_connections == 0 {
             p.add("server.max_connections", "must be at least 1");
         }
+        let max_event_streams = self.server.max_event_streams.unwrap_or(256);
+        if max_event_streams == 0 {
+            p.add("server.max_event_streams", "must be at least 1");
+        }
+        let max_event_streams_per_session = self.server.max_event_streams_per_session.unwrap_or(8);
+        if max_event_streams_per_session == 0 {
+            p.add("server.max_event_streams_per_session", "must be at least 1");
+        }
 
         let db_url = self.database.url.unwrap_or_else(|| {
             p.add("database.url", "is required (postgres://user:pass@host/db)");
@@ -898,6 +914,8 @@ impl RawConfig {
                 body_timeout,
                 idle_timeout,
                 max_connections: server_max_connections,
+                max_event_streams,
+                max_event_streams_per_session,
             },
             database: DatabaseSettings {
                 url: db_url,

@@ -366,4 +366,12 @@ fn describe_metrics() {
         "fanfare_pages_waiting_on_host",
         "Ready pages held back by a host's in-flight limit, rate or Retry-After, by schedule."
     );
+    describe_gauge!(
+        "fanfare_console_event_streams",
+        "Console event streams (live progress of a run) open on this replica."
+    );
+    describe_counter!(
+        "fanfare_console_event_streams_refused_total",
+        "Console event streams answered 429, by the limit reached (session, replica)."
+    );
 }

@@ -251,6 +251,29 @@ impl TestApp {
         metric_in(&self.metrics().await, name, labels)
     }
 
+    /// Waits until the counter or gauge `name` (over label sets containing
+    /// `labels`) satisfies `done`; returns its value. The panic names `what`.
+    pub async fn wait_for_metric(
+        &self,
+        name: &str,
+        labels: &str,
+        within: Duration,
+        what: &str,
+        done: impl Fn(f64) -> bool,
+    ) -> f64 {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let value = self.metric(name, labels).await;
+            if done(value) {
+                return value;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("{what}: not within {within:?} ({name}{{{labels}}} is {value})");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// POSTs a report with a bearer token if given; returns (status, body),
     /// status 0 when the request failed.
     pub async fn post_report(

@@ -372,3 +372,70 @@ max_attempts = 1
     app.stop().await;
     site.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_page_refused_its_live_updates_says_so_and_keeps_working() {
+    let driver = ChromeDriver::start().await;
+    let lambda = std::sync::Arc::new(fanfare_testkit::RecordingLambda::default());
+    // A run that stays open (its pages are never reported), and room for
+    // one event stream per session.
+    let app = TestApp::builder()
+        .toml(&fanfare_testkit::lambda_schedule_block("s", 2, "", ""))
+        .lambda(lambda.clone())
+        .tweak(|s| s.server.max_event_streams_per_session = 1)
+        .spawn()
+        .await;
+    let run = app.trigger("s").await;
+    lambda.wait_for(2).await;
+    let c = driver.browser().await;
+    c.goto(&format!("{}/ui/login", app.address)).await.unwrap();
+    c.find(Locator::Css("input[name=token]"))
+        .await
+        .unwrap()
+        .send_keys(ADMIN_TOKEN)
+        .await
+        .unwrap();
+    click(&c, "form[action='/ui/login'] button[type=submit]").await;
+    wait_path(&c, "signed in, to the schedules", |p| p == "/ui/").await;
+
+    // The session's one stream is taken (as by another tab).
+    let cookie = c
+        .get_named_cookie("fanfare_console")
+        .await
+        .expect("the session cookie");
+    let taken = reqwest::Client::new()
+        .get(format!("{}/ui/runs/{run}/events", app.address))
+        .header("cookie", format!("fanfare_console={}", cookie.value()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(taken.status(), 200);
+
+    c.goto(&format!("{}/ui/runs/{run}", app.address))
+        .await
+        .unwrap();
+    let note = wait_text(
+        &c,
+        "[data-live=off]",
+        Duration::from_secs(10),
+        "the page says it is not live",
+        |t| !t.is_empty(),
+    )
+    .await;
+    assert!(note.contains("reloads itself"), "{note}");
+    let summary = wait_text(
+        &c,
+        "[data-percent]",
+        Duration::from_secs(5),
+        "the progress as rendered",
+        |_| true,
+    )
+    .await;
+    assert_eq!(summary, "0 of 2 pages reported (0 %)");
+    save_screenshot(&c, "console-run-page-not-live.png").await;
+
+    drop(taken);
+    c.close().await.unwrap();
+    drop(driver);
+    app.stop().await;
+}

@@ -212,19 +212,22 @@ fn hardening_keys_have_safe_defaults_and_bad_values_are_named() {
     // Longer than the AWS load balancer's 60 s idle timeout.
     assert!(settings.server.idle_timeout.as_secs() > 60);
     assert_eq!(settings.server.max_connections, 4096);
+    assert_eq!(settings.server.max_event_streams, 256);
+    assert_eq!(settings.server.max_event_streams_per_session, 8);
     let schedule = &settings.schedules[0];
     assert_eq!(schedule.max_document_bytes, 50 * 1024 * 1024);
     assert!(!schedule.sitemap_any_host);
 
     let err = Settings::from_toml(&base(
         "previous_callback_secrets = [\"too-short\"]\n[local]\nconcurrency = 0",
-        "header_timeout = \"0s\"\nmax_connections = 0\n[[schedules]]\nname = \"s\"\ninvoker = \"local\"\npages = { urls = [] }\nmax_document_bytes = 10\n",
+        "header_timeout = \"0s\"\nmax_connections = 0\nmax_event_streams_per_session = 0\n[[schedules]]\nname = \"s\"\ninvoker = \"local\"\npages = { urls = [] }\nmax_document_bytes = 10\n",
     ))
     .unwrap_err();
     let text = err.to_string();
     for expected in [
         "server.header_timeout: \"0s\" must be longer than zero",
         "server.max_connections: must be at least 1",
+        "server.max_event_streams_per_session: must be at least 1",
         "security.previous_callback_secrets[0]: is 9 bytes; it must be at least 32",
         "local.concurrency: must be at least 1",
         "schedule \"s\": max_document_bytes: must be at least 1024",

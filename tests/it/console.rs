@@ -473,3 +473,259 @@ async fn the_run_page_shows_what_changed_since_the_previous_run() {
     );
     app.stop().await;
 }
+
+/// One event stream of a run, read an event at a time.
+struct Events {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl Events {
+    /// Opens `/ui/runs/{run}/events` with `cookie`; the answer must be 200.
+    async fn open(app: &TestApp, cookie: &str, run: uuid::Uuid) -> Self {
+        let response = events_answer(app, cookie, run).await;
+        assert_eq!(response.status(), 200, "an event stream of run {run}");
+        Self {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event as (name, data), comments skipped; `None` once the
+    /// stream has ended. Panics, naming `what`, after 10 s without one.
+    async fn next(&mut self, what: &str) -> Option<(String, String)> {
+        let within = Duration::from_secs(10);
+        tokio::time::timeout(within, async {
+            loop {
+                if let Some(at) = self.buffer.find("\n\n") {
+                    let block: String = self.buffer.drain(..at + 2).collect();
+                    let mut name = None;
+                    let mut data = String::new();
+                    for line in block.lines() {
+                        if let Some(v) = line.strip_prefix("event: ") {
+                            name = Some(v.to_string());
+                        } else if let Some(v) = line.strip_prefix("data: ") {
+                            data.push_str(v);
+                        }
+                    }
+                    match name {
+                        Some(name) => return Some((name, data)),
+                        None => continue,
+                    }
+                }
+                match self.response.chunk().await.expect("the stream reads") {
+                    Some(chunk) => self.buffer.push_str(std::str::from_utf8(&chunk).unwrap()),
+                    None => return None,
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within {within:?}"))
+    }
+}
+
+/// GETs the event stream of `run` with `cookie`; returns the answer as it
+/// starts.
+async fn events_answer(app: &TestApp, cookie: &str, run: uuid::Uuid) -> reqwest::Response {
+    client()
+        .get(format!("{}/ui/runs/{run}/events", app.address))
+        .header(COOKIE_HEADER, format!("{COOKIE}={cookie}"))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Transactions committed in the test's database so far, as Postgres counts
+/// them (every `get_run` of the daemon is one).
+async fn commits(app: &TestApp) -> i64 {
+    sqlx::query_scalar(
+        "select xact_commit from pg_stat_database where datname = current_database()",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn many_streams_of_an_open_run_share_one_read_of_it_per_second() {
+    let lambda = Arc::new(RecordingLambda::default());
+    let app = TestApp::builder()
+        .toml(&lambda_schedule("s", 2, None, ""))
+        .lambda(lambda.clone())
+        .tweak(|s| s.server.max_event_streams_per_session = 100)
+        .spawn()
+        .await;
+    let run = app.trigger("s").await;
+    lambda.wait_for(2).await;
+    app.wait_listed(run, Duration::from_secs(10)).await;
+    let cookie = session(&app).await;
+    const WINDOW: usize = 5;
+    const STREAMS: usize = 40;
+    // Postgres counts a backend's transactions when it flushes its
+    // statistics, at the latest 10 s after them (PGSTAT_IDLE_INTERVAL): the
+    // windows start once the start-up's have been counted.
+    const SETTLE: usize = 11;
+
+    // One stream: the daemon's transactions over WINDOW of its events.
+    let mut first = Events::open(&app, &cookie, run).await;
+    for _ in 0..SETTLE {
+        first.next("a progress event while the counts settle").await;
+    }
+    let before = commits(&app).await;
+    for _ in 0..WINDOW {
+        first.next("a progress event of the only stream").await;
+    }
+    let alone = commits(&app).await - before;
+
+    // Forty: as many over as many events.
+    let mut others = Vec::new();
+    for _ in 1..STREAMS {
+        let mut stream = Events::open(&app, &cookie, run).await;
+        let (name, _) = stream.next("another stream's first event").await.unwrap();
+        assert_eq!(name, "progress");
+        others.push(stream);
+    }
+    // The newest stream keeps time: it has no events queued from before.
+    let clock = others.last_mut().unwrap();
+    let before = commits(&app).await;
+    for _ in 0..WINDOW {
+        clock.next("a progress event among forty streams").await;
+    }
+    let together = commits(&app).await - before;
+    // Reading the run once per stream would add (STREAMS - 1) * WINDOW
+    // (195); sharing adds none, give or take the other work's counts that
+    // Postgres had not flushed when a window began or ended.
+    let allowed = ((STREAMS - 1) * WINDOW / 4) as i64;
+    assert!(
+        together - alone <= allowed,
+        "{STREAMS} streams: {together} transactions over {WINDOW} events, one stream: {alone} (at most {allowed} more)"
+    );
+    for stream in std::iter::once(&mut first).chain(&mut others) {
+        let (name, data) = stream.next("every stream's progress").await.unwrap();
+        assert_eq!(name, "progress");
+        assert!(data.contains(r#""open":2"#), "{data}");
+    }
+    assert_eq!(
+        app.metric("fanfare_console_event_streams", "").await,
+        STREAMS as f64
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn streams_beyond_a_sessions_or_the_replicas_limit_are_answered_429() {
+    let lambda = Arc::new(RecordingLambda::default());
+    let app = TestApp::builder()
+        .toml(&lambda_schedule("s", 1, None, ""))
+        .lambda(lambda.clone())
+        .tweak(|s| {
+            s.server.max_event_streams_per_session = 3;
+            s.server.max_event_streams = 4;
+        })
+        .spawn()
+        .await;
+    let run = app.trigger("s").await;
+    lambda.wait_for(1).await;
+    let (a, b) = (session(&app).await, session(&app).await);
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(Events::open(&app, &a, run).await);
+    }
+    let refused = events_answer(&app, &a, run).await;
+    assert_eq!(refused.status(), 429, "the session's fourth stream");
+    assert_eq!(refused.headers()["retry-after"], "30");
+    // Another session still has room, until the replica is full.
+    open.push(Events::open(&app, &b, run).await);
+    let refused = events_answer(&app, &b, run).await;
+    assert_eq!(refused.status(), 429, "the replica's fifth stream");
+    assert_eq!(
+        app.metric(
+            "fanfare_console_event_streams_refused_total",
+            r#"limit="session""#
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        app.metric(
+            "fanfare_console_event_streams_refused_total",
+            r#"limit="replica""#
+        )
+        .await,
+        1.0
+    );
+    // The pages work without live updates.
+    let (status, _, body) = page(&app, Some(&a), &format!("/ui/runs/{run}")).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("http-equiv=\"refresh\""), "{body}");
+
+    // A stream whose client leaves gives its place back.
+    drop(open.remove(0));
+    app.wait_for_metric(
+        "fanfare_console_event_streams",
+        "",
+        Duration::from_secs(10),
+        "the closed stream's place given back",
+        |open| open == 3.0,
+    )
+    .await;
+    let _again = Events::open(&app, &a, run).await;
+    // A run that does not exist is a 404, and holds no place.
+    let missing = uuid::Uuid::now_v7();
+    drop(open.remove(0));
+    app.wait_for_metric(
+        "fanfare_console_event_streams",
+        "",
+        Duration::from_secs(10),
+        "the second closed stream's place given back",
+        |open| open == 3.0,
+    )
+    .await;
+    assert_eq!(events_answer(&app, &b, missing).await.status(), 404);
+    assert_eq!(app.metric("fanfare_console_event_streams", "").await, 3.0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn every_stream_of_a_run_ends_with_one_done_event_when_the_run_finishes() {
+    let lambda = Arc::new(RecordingLambda::default());
+    let app = TestApp::spawn(&lambda_schedule("s", 2, None, ""), Some(lambda.clone())).await;
+    let run = app.trigger("s").await;
+    let requests = lambda.wait_for(2).await;
+    app.report_success(&requests[0]).await;
+    let (a, b) = (session(&app).await, session(&app).await);
+    let mut streams = Vec::new();
+    for cookie in [&a, &a, &b] {
+        let mut stream = Events::open(&app, cookie, run).await;
+        let (name, _) = stream.next("a progress event").await.unwrap();
+        assert_eq!(name, "progress");
+        streams.push(stream);
+    }
+
+    app.report_success(&requests[1]).await;
+    for stream in &mut streams {
+        let mut last = None;
+        while let Some((name, data)) = stream.next("the stream's end").await {
+            assert!(last.is_none(), "nothing after done: {name} {data}");
+            if name == "done" {
+                last = Some(data);
+            } else {
+                assert_eq!(name, "progress");
+            }
+        }
+        let done = last.expect("a done event before the end");
+        assert!(
+            done.contains(r#""succeeded":2"#) && done.contains(r#""status":"finished""#),
+            "{done}"
+        );
+    }
+    app.wait_for_metric(
+        "fanfare_console_event_streams",
+        "",
+        Duration::from_secs(10),
+        "every ended stream's place given back",
+        |open| open == 0.0,
+    )
+    .await;
+    app.stop().await;
+}

@@ -9,8 +9,10 @@
 //!   [`Runs::redrive`], [`ledger::set_paused`]), then redirects (303).
 //! - Charts are SVG drawn on the server ([`svg`]); the one script,
 //!   `console.js`, follows an open run's progress over server-sent events
-//!   (`/ui/runs/{id}/events`). Without script an open run's page refreshes
-//!   itself. Every answer carries a Content-Security-Policy that allows no
+//!   (`/ui/runs/{id}/events`), one poll of the ledger per run shared by
+//!   every stream of it, and a cap on streams per session and per replica
+//!   ([`streams`]). Without script an open run's page refreshes itself.
+//!   Every answer carries a Content-Security-Policy that allows no
 //!   inline script or style.
 //!
 //! [`Runs::start`]: crate::runs::Runs::start
@@ -19,6 +21,7 @@
 
 mod pages;
 pub mod session;
+pub mod streams;
 mod svg;
 mod words;
 
@@ -47,6 +50,7 @@ use uuid::Uuid;
 
 use self::pages::{Chrome, RunView, RunsFilter, ScheduleRow};
 use self::session::{Session, SessionKey};
+use self::streams::{EventHub, ReadRun, Reading, Refused, StreamLimits, Ticket};
 use super::throttle::LogThrottle;
 use super::{ApiError, AppState};
 use crate::ledger::{self, Outcome, RunStatus, Trigger};
@@ -70,6 +74,9 @@ const TIME_SLICES: i32 = 40;
 const EVENT_EVERY: Duration = Duration::from_secs(1);
 /// An event stream ends after this; the browser reconnects (to any replica).
 const EVENT_STREAM_FOR: Duration = Duration::from_secs(600);
+/// The `Retry-After` of a refused event stream (console.js reloads the page
+/// about this often instead of following the run).
+const STREAM_RETRY_AFTER: Duration = Duration::from_secs(30);
 
 /// What the console's handlers share.
 #[derive(Clone)]
@@ -78,6 +85,8 @@ struct Console {
     key: Arc<SessionKey>,
     /// The console is served over https: the cookie is `Secure`.
     secure: bool,
+    /// The event streams of open runs on this replica.
+    streams: EventHub,
 }
 
 impl Console {
@@ -106,6 +115,15 @@ pub fn router(app: AppState) -> Router<AppState> {
             settings.security.admin_token.expose_secret(),
         )),
         secure: settings.server.public_url.scheme() == "https",
+        streams: EventHub::new(
+            read_progress(app.readers.clone()),
+            EVENT_EVERY,
+            StreamLimits {
+                total: settings.server.max_event_streams,
+                per_session: settings.server.max_event_streams_per_session,
+            },
+            app.health.clone(),
+        ),
         app: app.clone(),
     };
     let signed_in = Router::new()
@@ -205,6 +223,7 @@ impl IntoResponse for UiError {
             StatusCode::FORBIDDEN => "Refused",
             StatusCode::NOT_FOUND => "Not found",
             StatusCode::CONFLICT => "Not possible now",
+            StatusCode::TOO_MANY_REQUESTS => "Too many requests",
             StatusCode::NOT_IMPLEMENTED => "Not available",
             StatusCode::SERVICE_UNAVAILABLE => "Unavailable",
             _ => "Error",
@@ -655,54 +674,133 @@ fn progress_json(run: &ledger::Run) -> String {
     v.to_string()
 }
 
+/// Reads a run's progress from the ledger, for the event streams.
+fn read_progress(pool: sqlx::PgPool) -> ReadRun {
+    Arc::new(move |id| {
+        let pool = pool.clone();
+        Box::pin(async move {
+            match ledger::get_run(&pool, id).await {
+                Ok(Some(run)) if run.status == RunStatus::Finished => {
+                    Reading::Finished(progress_json(&run).into())
+                }
+                Ok(Some(run)) => Reading::Open(progress_json(&run).into()),
+                Ok(None) => Reading::Missing,
+                Err(e) => {
+                    tracing::warn!(run_id = %id, error = %e, "console events: reading the run failed; trying again");
+                    Reading::Unavailable
+                }
+            }
+        })
+    })
+}
+
 /// `/ui/runs/{id}/events`: a `progress` event with the run's counts every
 /// second while it is open, then one `done` event, and the stream ends.
 /// It also ends on shutdown and after [`EVENT_STREAM_FOR`]; the browser
-/// reconnects by itself.
+/// reconnects by itself. Every stream of a run on this replica shares one
+/// read of it a second ([`streams`]); beyond the streams a session or the
+/// replica may have open, the answer is 429.
 async fn events(
     State(console): State<Console>,
+    Extension(session): Extension<Session>,
     Path(id): Path<String>,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, UiError> {
+) -> Result<Response, UiError> {
     let id = run_id(&id)?;
-    let pool = console.app.readers.clone();
-    if ledger::get_run(&pool, id).await?.is_none() {
-        return Err(UiError::not_found(format!("No run has the id {id}.")));
+    if console.app.health.shutting_down.load(Ordering::SeqCst) {
+        return Ok(ended_stream());
     }
-    let health = console.app.health.clone();
-    let started = tokio::time::Instant::now();
-    let stream = futures::stream::unfold((true, false), move |(first, done)| {
-        let pool = pool.clone();
-        let health = health.clone();
-        async move {
-            if done {
+    let ticket = match console.streams.admit(session.id()) {
+        Ok(ticket) => ticket,
+        Err(refused) => return Ok(too_many_streams(id, refused)),
+    };
+    let mut readings = console.streams.follow(id);
+    let first = readings
+        .wait_for(|r| *r != Reading::Pending)
+        .await
+        .map(|r| r.clone());
+    match first {
+        // Shutdown began before the run was read.
+        Err(_) => Ok(ended_stream()),
+        Ok(Reading::Missing) => Err(UiError::not_found(format!("No run has the id {id}."))),
+        Ok(Reading::Unavailable) => Err(UiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The ledger cannot be read just now; try again shortly.",
+        )),
+        Ok(_) => Ok(Sse::new(follow(readings, ticket))
+            .keep_alive(KeepAlive::default())
+            .into_response()),
+    }
+}
+
+/// The events of one stream: the latest reading at once, then each new
+/// one, until the run finishes (`done`), its poller stops (shutdown) or
+/// [`EVENT_STREAM_FOR`] has passed. The ticket goes with the stream.
+fn follow(
+    readings: tokio::sync::watch::Receiver<Reading>,
+    ticket: Ticket,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    struct Follower {
+        readings: tokio::sync::watch::Receiver<Reading>,
+        _ticket: Ticket,
+        until: tokio::time::Instant,
+        first: bool,
+        done: bool,
+    }
+    let follower = Follower {
+        readings,
+        _ticket: ticket,
+        until: tokio::time::Instant::now() + EVENT_STREAM_FOR,
+        first: true,
+        done: false,
+    };
+    futures::stream::unfold(follower, |mut f| async move {
+        loop {
+            if f.done {
                 return None;
             }
-            if !first {
-                tokio::time::sleep(EVENT_EVERY).await;
-            }
-            if health.shutting_down.load(Ordering::SeqCst) || started.elapsed() > EVENT_STREAM_FOR {
-                return None;
-            }
-            match ledger::get_run(&pool, id).await {
-                Ok(Some(run)) => {
-                    let finished = run.status == RunStatus::Finished;
-                    let event = Event::default()
-                        .event(if finished { "done" } else { "progress" })
-                        .data(progress_json(&run));
-                    Some((Ok(event), (false, finished)))
-                }
-                Ok(None) => None,
-                Err(e) => {
-                    tracing::warn!(run_id = %id, error = %e, "console events: reading the run failed; trying again");
-                    Some((
-                        Ok(Event::default().comment("ledger unavailable")),
-                        (false, false),
-                    ))
+            if f.first {
+                f.first = false;
+            } else {
+                tokio::select! {
+                    changed = f.readings.changed() => changed.ok()?,
+                    _ = tokio::time::sleep_until(f.until) => return None,
                 }
             }
+            let reading = f.readings.borrow_and_update().clone();
+            let event = match reading {
+                Reading::Open(data) => Event::default().event("progress").data(&*data),
+                Reading::Finished(data) => {
+                    f.done = true;
+                    Event::default().event("done").data(&*data)
+                }
+                Reading::Unavailable => Event::default().comment("ledger unavailable"),
+                Reading::Missing => return None,
+                Reading::Pending => continue,
+            };
+            return Some((Ok(event), f));
         }
-    });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    })
+}
+
+/// An event stream that ends at once (the browser reconnects later).
+fn ended_stream() -> Response {
+    Sse::new(futures::stream::empty::<Result<Event, Infallible>>()).into_response()
+}
+
+/// The 429 of a stream beyond a limit: `EventSource` stops on it, and
+/// console.js reloads the page now and then instead.
+fn too_many_streams(id: Uuid, refused: Refused) -> Response {
+    tracing::debug!(run_id = %id, limit = refused.limit(), "console event stream refused: {refused}");
+    let mut response = UiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!("Not following the run live: {refused}. Reload the page for its progress."),
+    )
+    .into_response();
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(STREAM_RETRY_AFTER.as_secs()),
+    );
+    response
 }
 
 /// A download of the run's results: the admin API's export, for a browser

@@ -65,6 +65,15 @@ pub struct Session {
     pub expires: DateTime<Utc>,
 }
 
+impl Session {
+    /// What tells this session from every other: its cookie's nonce (one
+    /// per sign-in, and no credential without the rest of the cookie).
+    pub fn id(&self) -> &str {
+        // A verified value is `v1.<expires>.<nonce>.<mac>`.
+        self.value.split('.').nth(2).unwrap_or(&self.value)
+    }
+}
+
 impl SessionKey {
     /// The key of the sessions of a daemon whose admin token is `admin_token`.
     pub fn derive(admin_token: &str) -> Self {
@@ -224,6 +233,7 @@ mod tests {
         let now = at("2026-11-26T03:00:00Z");
         let a = key.verify(&key.issue(now), now).unwrap();
         let b = key.verify(&key.issue(now), now).unwrap();
+        assert_ne!(a.id(), b.id(), "each sign-in is a session of its own");
         let token = key.csrf(&a);
         assert!(key.csrf_ok(&a, &token));
         assert!(!key.csrf_ok(&b, &token));

@@ -47,4 +47,22 @@
     // The finished run's tables, charts and buttons come from the server.
     window.location.reload();
   });
+  // A dropped connection is retried by the browser itself; a refusal (429
+  // when too many streams are open, or any other error answer) closes the
+  // source for good. Then the page reloads itself now and then instead, as
+  // it does without script, but more slowly (30 to 60 s, spread out so
+  // that many pages do not come back at once).
+  source.addEventListener("error", function () {
+    if (source.readyState !== EventSource.CLOSED) {
+      return;
+    }
+    var note = document.createElement("p");
+    note.className = "muted";
+    note.setAttribute("data-live", "off");
+    note.textContent = "Live updates are not available just now; this page reloads itself every half minute or so.";
+    live.appendChild(note);
+    window.setTimeout(function () {
+      window.location.reload();
+    }, 30000 + Math.floor(Math.random() * 30000));
+  });
 })();

@@ -1,0 +1,546 @@
+//! Event-stream benchmark: many console event streams of one open run, as
+//! a script (or a great many browser tabs) would open them. Are they capped,
+//! does the run's progress cost one read of the ledger per interval however
+//! many follow it, and does the daemon keep answering everything else?
+//!
+//! The real [`fanfare::Application`] runs on a fresh database with a
+//! schedule whose pages go to a recording stand-in for the Lambda API and
+//! are never reported, so its run stays open. Then:
+//!
+//! 1. after 11 s for Postgres's counts to settle, a window of `--seconds`
+//!    (default 15) with no stream: the daemon's transactions per second
+//!    (`xact_commit` of its database in `pg_stat_database`) and its CPU,
+//!    `/healthz` probed every `--interval-ms` (default 20);
+//! 2. `--sessions` (default 5) console sessions open `--attempts` (default
+//!    5,000) event streams of the run between them, all at once; each is
+//!    answered 200 (served, and held open, reading its events) or 429
+//!    (refused; the refusals by limit come from the daemon's
+//!    `fanfare_console_event_streams_refused_total`);
+//! 3. once every attempt has its answer, a window of `--seconds` with the
+//!    served streams open, measured as in 1.
+//!
+//! Figures: served and refused; `/healthz` p50, p99 and max in each window
+//! (target p99 ≤ 100 ms); transactions per second in each window and their
+//! difference, the part due to the streams (target: at most one per open
+//! run per poll interval, here 1/s); the load average (`/proc/loadavg`);
+//! the daemon's CPU-seconds per 1,000 attempts (the burst in 2) and per
+//! second of each window. The daemon's CPU is that of its runtime's
+//! threads (named `fanfare-app`, read from `/proc/self/task/*/stat`); the
+//! clients and probes run on a thread of their own, `bench-load`, and
+//! Postgres in its own processes (the load average counts them all).
+//!
+//! It stops by itself (about `2 × --seconds` plus 11 s and the burst, under
+//! a minute with the defaults), talks only to loopback, asserts nothing about
+//! speed and drops its database at the end.
+//!
+//! ```sh
+//! cargo bench --bench event_streams
+//! cargo bench --bench event_streams -- --sessions 40   # past the replica's limit too
+//! ```
+//!
+//! It needs a Postgres it may create databases on: `DATABASE_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`). Logs are off unless
+//! `RUST_LOG` is set.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context};
+use clap::Parser;
+use fanfare::dispatch::LambdaApi;
+use fanfare::startup::Overrides;
+use fanfare::Settings;
+use sqlx::{Connection, PgConnection};
+use tokio_util::sync::CancellationToken;
+
+use fanfare_testkit as common;
+
+use common::bench::{git_commit, thousands, with_bench_database};
+use common::{AppTask, RecordingLambda};
+
+const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdefghij";
+const CALLBACK_SECRET: &str = "bench-callback-secret-0123456789abcdef";
+/// The name of the application runtime's threads, whose CPU is the daemon's.
+const APP_THREAD: &str = "fanfare-app";
+/// Postgres counts a backend's transactions when it flushes its statistics,
+/// at the latest 10 s after them (PGSTAT_IDLE_INTERVAL): the first window
+/// starts once the start-up's transactions have been counted.
+const SETTLE: Duration = Duration::from_secs(11);
+
+#[derive(Debug, Parser)]
+#[command(about = "fanfare against thousands of console event streams of one run")]
+struct Args {
+    /// Event-stream requests, all at once.
+    #[arg(long, default_value_t = 5000)]
+    attempts: usize,
+    /// Console sessions the requests are spread over.
+    #[arg(long, default_value_t = 5)]
+    sessions: usize,
+    /// Length of each measured window, in seconds.
+    #[arg(long, default_value_t = 15)]
+    seconds: u64,
+    /// Time between two `/healthz` probes, in milliseconds.
+    #[arg(long, default_value_t = 20)]
+    interval_ms: u64,
+    /// Worker threads of the application's runtime (default: one per core).
+    #[arg(long)]
+    app_threads: Option<usize>,
+    /// Keep the database (its name is printed).
+    #[arg(long)]
+    keep_database: bool,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    ensure!(args.attempts > 0, "--attempts must be at least 1");
+    ensure!(args.sessions > 0, "--sessions must be at least 1");
+    ensure!(args.interval_ms > 0, "--interval-ms must be at least 1");
+    if std::env::var_os("RUST_LOG").is_some() {
+        fanfare::telemetry::init();
+    }
+    let (soft, hard) = raise_open_file_limit()?;
+    println!("commit {}", git_commit());
+    println!("FIGURE open_files soft_limit={soft} hard_limit={hard}");
+    ensure!(
+        soft >= 2 * args.attempts as u64 + 256,
+        "the open-file limit ({soft}) is too low for {} connections in one process: raise it (ulimit -n) or pass fewer --attempts",
+        args.attempts
+    );
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all().thread_name(APP_THREAD);
+    if let Some(n) = args.app_threads {
+        builder.worker_threads(n.max(1));
+    }
+    let app_runtime = builder.build()?;
+    app_runtime.block_on(with_bench_database(args.keep_database, |url| async move {
+        let name = url.rsplit('/').next().unwrap_or_default().to_string();
+        let lambda = Arc::new(RecordingLambda::default());
+        let settings = settings(&url)?;
+        let limits = (
+            settings.server.max_event_streams,
+            settings.server.max_event_streams_per_session,
+        );
+        let (address, app) = AppTask::start(
+            settings,
+            Overrides {
+                lambda: Some(lambda.clone() as Arc<dyn LambdaApi>),
+                ..Default::default()
+            },
+        )
+        .await;
+        // The load runs on a thread of its own, so that its CPU is not
+        // counted as the daemon's and the probes do not queue behind it.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("bench-load".into())
+            .spawn(move || {
+                let measured = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("the load's runtime")
+                    .and_then(|rt| rt.block_on(measure(&args, &address, &lambda, &name, limits)));
+                let _ = tx.send(measured);
+            })?;
+        let measured = rx.await.context("the load thread ended early");
+        app.stop().await;
+        measured?
+    }))
+}
+
+fn settings(db: &str) -> anyhow::Result<Settings> {
+    let toml = common::config_toml_with(
+        db,
+        0,
+        10,
+        CALLBACK_SECRET,
+        ADMIN_TOKEN,
+        &common::lambda_schedule_block("bench", 10, "", ""),
+    );
+    Settings::from_toml(&toml).context("the benchmark's configuration")
+}
+
+/// What one window measured.
+struct Window {
+    seconds: f64,
+    commits: i64,
+    cpu: Duration,
+    healthz: Vec<Duration>,
+    healthz_failed: usize,
+    /// `/proc/loadavg` at its end.
+    loadavg: String,
+}
+
+impl Window {
+    fn commits_per_second(&self) -> f64 {
+        self.commits as f64 / self.seconds
+    }
+
+    fn print(&self, name: &str) {
+        let mut latencies = self.healthz.clone();
+        latencies.sort();
+        println!(
+            "FIGURE window={name} seconds={:.1} xact_per_s={:.2} daemon_cpu_s_per_s={:.3} healthz_requests={} healthz_not_200={} healthz_p50_ms={:.1} healthz_p99_ms={:.1} healthz_max_ms={:.1} loadavg=\"{}\"",
+            self.seconds,
+            self.commits_per_second(),
+            self.cpu.as_secs_f64() / self.seconds,
+            latencies.len() + self.healthz_failed,
+            self.healthz_failed,
+            millis(quantile(&latencies, 0.50)),
+            millis(quantile(&latencies, 0.99)),
+            millis(latencies.last().copied()),
+            self.loadavg,
+        );
+    }
+}
+
+/// How one event-stream request went.
+enum Attempt {
+    /// 200: the number of events it read until told to stop.
+    Served(usize),
+    /// 429.
+    Refused,
+    /// Another answer.
+    Other(u16),
+    /// No answer.
+    Failed,
+}
+
+async fn measure(
+    args: &Args,
+    address: &str,
+    lambda: &RecordingLambda,
+    database: &str,
+    (limit_total, limit_per_session): (usize, usize),
+) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    ensure!(
+        common::wait_ready(&http, address, Duration::from_secs(10)).await,
+        "the application did not become ready"
+    );
+    let mut stats = PgConnection::connect(&common::admin_database_url())
+        .await
+        .context("connecting to DATABASE_URL for pg_stat_database")?;
+    let run = common::trigger(&http, address, ADMIN_TOKEN, "bench").await;
+    lambda.wait_for(10).await;
+    wait_listed(&http, address, run).await?;
+    println!(
+        "FIGURE setup attempts={} sessions={} limit_total={limit_total} limit_per_session={limit_per_session} poll_interval_ms=1000 open_runs=1 window_s={} settle_s={} cores={}",
+        thousands(args.attempts),
+        args.sessions,
+        args.seconds,
+        SETTLE.as_secs(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+    );
+
+    let window_for = Duration::from_secs(args.seconds);
+    let interval = Duration::from_millis(args.interval_ms);
+    tokio::time::sleep(SETTLE).await;
+    let idle = window(&mut stats, database, address, interval, window_for).await?;
+    idle.print("no_streams");
+
+    // Per session a cookie and a client whose connections are closed after
+    // their answer (not kept idle, which would hold one of the server's
+    // connections per refusal for its idle timeout).
+    let mut sessions = Vec::new();
+    for _ in 0..args.sessions {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()?;
+        sessions.push((client, sign_in(address).await?));
+    }
+    let stop = CancellationToken::new();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let url = format!("{address}/ui/runs/{run}/events");
+    let cpu_before = daemon_cpu()?;
+    let burst = Instant::now();
+    let attempts: Vec<_> = (0..args.attempts)
+        .map(|i| {
+            let (client, cookie) = sessions[i % sessions.len()].clone();
+            let (url, stop, answered) = (url.clone(), stop.clone(), answered.clone());
+            tokio::spawn(attempt(client, url, cookie, stop, answered))
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while answered.load(Ordering::SeqCst) < args.attempts {
+        ensure!(
+            Instant::now() < deadline,
+            "only {} of {} attempts were answered within 60 s",
+            answered.load(Ordering::SeqCst),
+            args.attempts
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let burst_s = burst.elapsed().as_secs_f64();
+    let burst_cpu = daemon_cpu()? - cpu_before;
+    let metrics = common::metrics_text(&http, address).await;
+    let open_streams = common::metric_in(&metrics, "fanfare_console_event_streams", "");
+
+    let streaming = window(&mut stats, database, address, interval, window_for).await?;
+    stop.cancel();
+    let (mut served, mut refused, mut failed, mut events) = (0, 0, 0, 0);
+    let mut other = std::collections::BTreeMap::<u16, usize>::new();
+    for handle in attempts {
+        match handle.await? {
+            Attempt::Served(n) => {
+                served += 1;
+                events += n;
+            }
+            Attempt::Refused => refused += 1,
+            Attempt::Other(status) => *other.entry(status).or_default() += 1,
+            Attempt::Failed => failed += 1,
+        }
+    }
+    let refused_by = |limit: &str| {
+        common::metric_in(
+            &metrics,
+            "fanfare_console_event_streams_refused_total",
+            &format!("limit=\"{limit}\""),
+        )
+    };
+    println!(
+        "FIGURE attempts={} served={served} refused={refused} refused_session_limit={} refused_replica_limit={} other_status={other:?} failed={failed} open_streams_gauge={open_streams} burst_s={burst_s:.2} events_read={}",
+        thousands(args.attempts),
+        refused_by("session"),
+        refused_by("replica"),
+        thousands(events),
+    );
+    streaming.print("streams_open");
+    let attributable = streaming.commits_per_second() - idle.commits_per_second();
+    println!(
+        "FIGURE streams_xact_per_s={attributable:.2} target_at_most=1.00 (one open run, one read per 1 s interval)"
+    );
+    println!(
+        "FIGURE daemon_cpu_s_per_1000_attempts={:.3} burst_cpu_s={:.3}",
+        burst_cpu.as_secs_f64() * 1000.0 / args.attempts as f64,
+        burst_cpu.as_secs_f64(),
+    );
+    Ok(())
+}
+
+/// One event-stream request: a 200 is held open, reading its events,
+/// until `stop`.
+async fn attempt(
+    client: reqwest::Client,
+    url: String,
+    cookie: String,
+    stop: CancellationToken,
+    answered: Arc<AtomicUsize>,
+) -> Attempt {
+    let response = client
+        .get(&url)
+        .header(reqwest::header::COOKIE, cookie)
+        .send()
+        .await;
+    answered.fetch_add(1, Ordering::SeqCst);
+    let mut response = match response {
+        Ok(r) if r.status() == 200 => r,
+        Ok(r) if r.status() == 429 => {
+            let _ = r.bytes().await;
+            return Attempt::Refused;
+        }
+        Ok(r) => return Attempt::Other(r.status().as_u16()),
+        Err(_) => return Attempt::Failed,
+    };
+    let mut events = 0;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Attempt::Served(events),
+            chunk = response.chunk() => match chunk {
+                Ok(Some(bytes)) => {
+                    events += bytes.windows(7).filter(|w| w == b"event: ").count();
+                }
+                _ => return Attempt::Served(events),
+            },
+        }
+    }
+}
+
+/// Measures `for`: the database's commits, the daemon's CPU and `/healthz`.
+async fn window(
+    stats: &mut PgConnection,
+    database: &str,
+    address: &str,
+    interval: Duration,
+    r#for: Duration,
+) -> anyhow::Result<Window> {
+    let http = reqwest::Client::new();
+    let url = format!("{address}/healthz");
+    // The probe's connection is open before the window starts.
+    http.get(&url).send().await?.bytes().await?;
+    let started = Instant::now();
+    let commits_before = commits(stats, database).await?;
+    let cpu_before = daemon_cpu()?;
+    let stop = CancellationToken::new();
+    let probing = probe(interval, stop.clone(), || http.get(&url).send());
+    let stopper = async {
+        tokio::time::sleep(r#for).await;
+        stop.cancel();
+    };
+    let ((healthz, healthz_failed), ()) = tokio::join!(probing, stopper);
+    let commits_after = commits(stats, database).await?;
+    Ok(Window {
+        seconds: started.elapsed().as_secs_f64(),
+        commits: commits_after - commits_before,
+        cpu: daemon_cpu()? - cpu_before,
+        healthz,
+        healthz_failed,
+        loadavg: loadavg(),
+    })
+}
+
+/// Transactions committed in `database` so far.
+async fn commits(stats: &mut PgConnection, database: &str) -> anyhow::Result<i64> {
+    Ok(
+        sqlx::query_scalar("select xact_commit from pg_stat_database where datname = $1")
+            .bind(database)
+            .fetch_one(stats)
+            .await?,
+    )
+}
+
+/// Signs in with the admin token; returns the `Cookie` header value.
+async fn sign_in(address: &str) -> anyhow::Result<String> {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let response = client
+        .post(format!("{address}/ui/login"))
+        .form(&[("token", ADMIN_TOKEN)])
+        .send()
+        .await?;
+    let set = response
+        .headers()
+        .get(reqwest::header::SET_COOKIE)
+        .context("the sign-in sets a cookie")?
+        .to_str()?;
+    Ok(set.split(';').next().unwrap_or_default().to_string())
+}
+
+/// Waits until the run's pages are listed.
+async fn wait_listed(http: &reqwest::Client, address: &str, run: uuid::Uuid) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) =
+            common::get(http, address, ADMIN_TOKEN, &format!("/v1/runs/{run}")).await?;
+        if status == 200 && body["status"] != "listing" {
+            ensure!(
+                body["status"] != "finished",
+                "the run finished early: {body}"
+            );
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "run {run} still listing after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// CPU time (user and system) of this process's threads named
+/// [`APP_THREAD`]: the daemon's.
+fn daemon_cpu() -> anyhow::Result<Duration> {
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut total = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").context("/proc/self/task")? {
+        let dir = task?.path();
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+            continue; // the thread ended meanwhile
+        };
+        if comm.trim_end() != APP_THREAD {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised name: state is the 3rd field,
+        // utime the 14th and stime the 15th.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+        total += field(14).unwrap_or(0) + field(15).unwrap_or(0);
+    }
+    Ok(Duration::from_secs_f64(total as f64 / ticks))
+}
+
+/// The load average: 1, 5 and 15 minutes.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Raises the soft open-file limit to the hard one; returns both.
+fn raise_open_file_limit() -> anyhow::Result<(u64, u64)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        ensure!(
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0,
+            "getrlimit(RLIMIT_NOFILE) failed"
+        );
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not everywhere
+    Ok((limit.rlim_cur as u64, limit.rlim_max as u64))
+}
+
+/// Sends `request()` every `interval` until `stop`; returns the latencies
+/// of 200 answers and the number of other answers (or failures).
+async fn probe<F, Fut>(
+    interval: Duration,
+    stop: CancellationToken,
+    request: F,
+) -> (Vec<Duration>, usize)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = reqwest::Result<reqwest::Response>>,
+{
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let sent = Instant::now();
+        match request().await {
+            Ok(r) if r.status() == 200 => {
+                let _ = r.bytes().await;
+                latencies.push(sent.elapsed());
+            }
+            _ => errors += 1,
+        }
+    }
+    (latencies, errors)
+}
+
+fn quantile(sorted: &[Duration], q: f64) -> Option<Duration> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+    Some(sorted[i])
+}
+
+fn millis(d: Option<Duration>) -> f64 {
+    d.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
+}
