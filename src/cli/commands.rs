@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::client::{CliError, Client};
 use super::progress::{plain_line, summary_line, LiveBar, RunView};
 use super::table::{self, cell, render};
-use super::{Command, RunsCommand, SchedulesCommand, EXIT_RUN_NOT_SUCCEEDED};
+use super::{Command, ExportFormat, RunsCommand, SchedulesCommand, EXIT_RUN_NOT_SUCCEEDED};
 
 /// How often `watch` asks for the run on a terminal, and otherwise.
 const POLL_LIVE: Duration = Duration::from_millis(500);
@@ -106,6 +106,7 @@ pub(super) async fn run(command: Command) -> Result<ExitCode, CliError> {
             run_id,
             format,
             status,
+            cells,
             output,
             api,
         } => {
@@ -115,6 +116,9 @@ pub(super) async fn run(command: Command) -> Result<ExitCode, CliError> {
                 segment(&run_id),
                 format.as_str()
             );
+            if format == ExportFormat::Csv {
+                path.push_str(&format!("&cells={}", cells.as_str()));
+            }
             if let Some(s) = &status {
                 path.push_str(&format!("&status={}", query(s)));
             }

@@ -427,3 +427,41 @@ async fn the_token_and_address_come_from_the_configuration_file() {
     assert_eq!(run["id"], run_id.to_string());
     app.stop().await;
 }
+
+#[tokio::test]
+async fn export_neutralises_csv_formulas_unless_cells_raw_is_asked_for() {
+    let app = TestApp::spawn(
+        &lambda_schedule("s", 1, None, ""),
+        Some(Arc::new(RecordingLambda::default())),
+    )
+    .await;
+    let title = "=HYPERLINK(\"http://evil.example\",\"Click\")";
+    let run_id = crate::results::finished_run_with_titles(&app.pool, &[(title, "-1")]).await;
+    let run = run_id.to_string();
+    for (args, want_title, want_price) in [
+        (vec!["export", &run], format!("'{title}"), "'-1"),
+        (
+            vec!["export", &run, "--cells", "safe"],
+            format!("'{title}"),
+            "'-1",
+        ),
+        (
+            vec!["export", &run, "--cells", "raw"],
+            title.to_string(),
+            "-1",
+        ),
+    ] {
+        let out = fanfare(&app.address, &args).await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let mut reader = csv::Reader::from_reader(&out.stdout[..]);
+        let row = reader.records().next().unwrap().unwrap();
+        assert_eq!(
+            (&row[3], &row[4]),
+            (want_title.as_str(), want_price),
+            "{args:?}"
+        );
+    }
+    let out = fanfare(&app.address, &["export", &run, "--cells", "formulas"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    app.stop().await;
+}

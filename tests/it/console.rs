@@ -473,3 +473,38 @@ async fn the_run_page_shows_what_changed_since_the_previous_run() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_consoles_csv_download_neutralises_formulas_from_page_titles() {
+    let app = TestApp::spawn(
+        &lambda_schedule("s", 1, None, ""),
+        Some(Arc::new(RecordingLambda::default())),
+    )
+    .await;
+    let run_id = crate::results::finished_run_with_titles(
+        &app.pool,
+        &[("=HYPERLINK(\"http://evil.example\",\"Click\")", "@x")],
+    )
+    .await;
+    let cookie = session(&app).await;
+    let (status, _, body) = page(
+        &app,
+        Some(&cookie),
+        &format!("/ui/runs/{run_id}/results.csv"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let mut rows = csv::Reader::from_reader(body.as_bytes());
+    let row = rows.records().next().unwrap().unwrap();
+    assert_eq!(&row[3], "'=HYPERLINK(\"http://evil.example\",\"Click\")");
+    assert_eq!(&row[4], "'@x");
+    let (status, _, body) = page(
+        &app,
+        Some(&cookie),
+        &format!("/ui/runs/{run_id}/results.csv?cells=raw"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(",\"=HYPERLINK("), "{body}");
+    app.stop().await;
+}

@@ -707,22 +707,35 @@ async fn events(
 
 /// A download of the run's results: the admin API's export, for a browser
 /// that has a session cookie instead of the admin token.
-async fn results(console: &Console, id: &str, format: &str) -> Result<Response, UiError> {
-    Ok(crate::http::results::export_run(&console.app, id, Some(format), None).await?)
+async fn results(
+    console: &Console,
+    id: &str,
+    format: &str,
+    cells: Option<&str>,
+) -> Result<Response, UiError> {
+    Ok(crate::http::results::export_run(&console.app, id, Some(format), None, cells).await?)
 }
 
+#[derive(Debug, Deserialize)]
+struct CellsQuery {
+    cells: Option<String>,
+}
+
+/// The CSV download: cells a spreadsheet would run as formulas are
+/// neutralised unless `?cells=raw`.
 async fn results_csv(
     State(console): State<Console>,
     Path(id): Path<String>,
+    Query(q): Query<CellsQuery>,
 ) -> Result<Response, UiError> {
-    results(&console, &id, "csv").await
+    results(&console, &id, "csv", q.cells.as_deref()).await
 }
 
 async fn results_jsonl(
     State(console): State<Console>,
     Path(id): Path<String>,
 ) -> Result<Response, UiError> {
-    results(&console, &id, "jsonl").await
+    results(&console, &id, "jsonl", None).await
 }
 
 // ---------------------------------------------------------------------------
