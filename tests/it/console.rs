@@ -508,3 +508,45 @@ async fn the_consoles_csv_download_neutralises_formulas_from_page_titles() {
     assert!(body.contains(",\"=HYPERLINK("), "{body}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_sign_in_goes_back_only_to_a_normalised_console_path() {
+    let app = TestApp::spawn(
+        &lambda_schedule("s", 1, None, ""),
+        Some(Arc::new(RecordingLambda::default())),
+    )
+    .await;
+    for (next, want) in [
+        ("/ui/runs?status=failed", "/ui/runs?status=failed"),
+        ("/ui/runs/x/../", "/ui/runs/"),
+        ("/ui/../evil", "/ui/"),
+        ("/ui/%2e%2e/evil", "/ui/"),
+        ("/ui/.%2E/%2e%2e/evil", "/ui/"),
+        ("/ui/..%2fevil", "/ui/"),
+        ("/ui/%5c%5cevil.example", "/ui/"),
+        ("/ui\\..\\evil", "/ui/"),
+        ("//evil.example/ui/", "/ui/"),
+    ] {
+        let resp = client()
+            .post(format!("{}/ui/login", app.address))
+            .form(&[("token", ADMIN_TOKEN), ("next", next)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 303, "{next}");
+        assert_eq!(resp.headers()[LOCATION], want, "{next}");
+        // The sign-in page carries only a normalised console path on.
+        let (status, _, body) =
+            page(&app, None, &format!("/ui/login?next={}", query_value(next))).await;
+        assert_eq!(status, 200, "{next}");
+        if want == "/ui/" {
+            assert!(!body.contains(r#"name="next""#), "{next}: {body}");
+        }
+    }
+    app.stop().await;
+}
+
+/// `s` percent-encoded for a query string.
+fn query_value(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}

@@ -296,9 +296,10 @@ async fn require_session(
                 .unwrap_or_else(|| request.uri().clone());
             tracing::debug!(path = %path.path(), reason = %why, "console request without a valid session: sent to the sign-in");
             let target = match (request.method(), path.path_and_query()) {
-                (&Method::GET, Some(pq)) if safe_next(pq.as_str()).is_some() => {
-                    format!("/ui/login?next={}", pages::urlencode(pq.as_str()))
-                }
+                (&Method::GET, Some(pq)) => match safe_next(pq.as_str()) {
+                    Some(next) => format!("/ui/login?next={}", pages::urlencode(&next)),
+                    None => "/ui/login".to_string(),
+                },
                 _ => "/ui/login".to_string(),
             };
             see_other(&target)
@@ -306,16 +307,74 @@ async fn require_session(
     }
 }
 
-/// `next` when it is a console path to come back to after signing in (so a
-/// sign-in link cannot send anyone elsewhere).
-fn safe_next(next: &str) -> Option<&str> {
-    let ok = (next == "/ui" || next.starts_with("/ui/"))
-        && !next.contains("//")
-        && !next.contains('\\')
-        && next.bytes().all(|b| b.is_ascii_graphic())
-        && !next.starts_with("/ui/login")
-        && !next.starts_with("/ui/logout");
-    ok.then_some(next)
+/// `next` normalised, when it is a console path to come back to after
+/// signing in (so a sign-in link cannot send anyone elsewhere).
+///
+/// The path's dot segments are resolved, percent-encoded ones too
+/// (`/ui/%2e%2e/x` is `/x`), as a browser would before requesting it; the
+/// result must be `/ui` or under `/ui/` and not the sign-in or sign-out.
+/// Backslashes, empty segments (`//`), an encoded `/` or `\` in a segment,
+/// control characters and anything but printable ASCII are refused.
+fn safe_next(next: &str) -> Option<String> {
+    if !next.bytes().all(|b| b.is_ascii_graphic()) || next.contains('\\') {
+        return None;
+    }
+    let (path, rest) = next.split_at(next.find(['?', '#']).unwrap_or(next.len()));
+    let segments = path.strip_prefix('/')?.split('/').collect::<Vec<_>>();
+    let last = segments.len() - 1;
+    // Each kept segment as written, and decoded (for the checks).
+    let mut kept: Vec<(&str, Vec<u8>)> = Vec::new();
+    let mut ends_in_slash = false;
+    for (i, segment) in segments.iter().enumerate() {
+        let decoded = percent_decode(segment)?;
+        if (decoded.is_empty() && i != last)
+            || decoded
+                .iter()
+                .any(|&b| b == b'/' || b == b'\\' || b.is_ascii_control())
+        {
+            return None;
+        }
+        match decoded.as_slice() {
+            b"." => ends_in_slash = i == last,
+            b".." => {
+                kept.pop()?;
+                ends_in_slash = i == last;
+            }
+            _ => kept.push((segment, decoded)),
+        }
+    }
+    let mut normal = String::new();
+    for (segment, _) in &kept {
+        normal.push('/');
+        normal.push_str(segment);
+    }
+    if ends_in_slash || normal.is_empty() {
+        normal.push('/');
+    }
+    let under_ui = kept.first().is_some_and(|(s, _)| *s == "ui");
+    let sign_in_or_out = kept
+        .get(1)
+        .is_some_and(|(_, d)| d.as_slice() == b"login" || d.as_slice() == b"logout");
+    (under_ui && !sign_in_or_out).then(|| format!("{normal}{rest}"))
+}
+
+/// The bytes of a percent-encoded path segment; `None` when a `%` is not
+/// followed by two hex digits.
+fn percent_decode(segment: &str) -> Option<Vec<u8>> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = segment.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(out)
 }
 
 fn see_other(location: &str) -> Response {
@@ -375,9 +434,9 @@ async fn login_page(
 ) -> Response {
     let next = q.next.as_deref().and_then(safe_next);
     if session_of(&console, &headers).is_ok() {
-        return see_other(next.unwrap_or("/ui/"));
+        return see_other(next.as_deref().unwrap_or("/ui/"));
     }
-    Html(pages::login(next, false).into_string()).into_response()
+    Html(pages::login(next.as_deref(), false).into_string()).into_response()
 }
 
 #[derive(Deserialize)]
@@ -404,7 +463,7 @@ async fn login(
     if bool::from(form.token.as_bytes().ct_eq(expected)) {
         tracing::info!(client = %client, "console sign-in");
         let cookie = session::set_cookie(&console.key.issue(Utc::now()), console.secure);
-        let mut response = see_other(next.unwrap_or("/ui/"));
+        let mut response = see_other(next.as_deref().unwrap_or("/ui/"));
         if let Ok(v) = HeaderValue::from_str(&cookie) {
             response.headers_mut().insert(header::SET_COOKIE, v);
         }
@@ -421,7 +480,7 @@ async fn login(
     }
     (
         StatusCode::UNAUTHORIZED,
-        Html(pages::login(next, true).into_string()),
+        Html(pages::login(next.as_deref(), true).into_string()),
     )
         .into_response()
 }
@@ -848,5 +907,57 @@ async fn redrive(
             ),
             None => UiError::not_found(format!("No run has the id {id}.")),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_next;
+
+    #[test]
+    fn next_is_normalised_and_honoured_only_under_ui() {
+        for (next, want) in [
+            ("/ui", "/ui"),
+            ("/ui/", "/ui/"),
+            ("/ui/runs?status=failed", "/ui/runs?status=failed"),
+            ("/ui/runs/0193/../", "/ui/runs/"),
+            ("/ui/runs/..", "/ui/"),
+            ("/ui/./runs", "/ui/runs"),
+            ("/ui/runs/%2e/x", "/ui/runs/x"),
+            ("/ui/runs/%2E%2e", "/ui/"),
+            ("/ui/a%20b", "/ui/a%20b"),
+        ] {
+            assert_eq!(safe_next(next).as_deref(), Some(want), "{next}");
+        }
+        for next in [
+            "/ui/../evil",
+            "/ui/..",
+            "/ui/%2e%2e/evil",
+            "/ui/%2E%2E/evil",
+            "/ui/.%2e/evil",
+            "/ui/runs/../../evil",
+            "/../ui/",
+            "/ui/..%2fevil",
+            "/ui/%2f%2fevil.example",
+            "/ui/%5c%5cevil.example",
+            "/ui/\\evil.example",
+            "//evil.example/ui/",
+            "/ui//evil.example",
+            "/ui/%00",
+            "/ui/%zz",
+            "/ui/%2",
+            "https://evil.example/ui/",
+            "ui/",
+            "/uix",
+            "/",
+            "/ui/login",
+            "/ui/logout",
+            "/ui/%6cogin",
+            "/ui/runs/../login?next=/ui/",
+            "/ui/caf\u{e9}",
+            "/ui/a b",
+        ] {
+            assert_eq!(safe_next(next), None, "{next}");
+        }
     }
 }
