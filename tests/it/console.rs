@@ -550,3 +550,34 @@ async fn a_sign_in_goes_back_only_to_a_normalised_console_path() {
 fn query_value(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
+
+#[tokio::test]
+async fn a_second_redrive_from_the_console_while_the_first_is_open_is_refused() {
+    let lambda = Arc::new(RecordingLambda::default());
+    let app = TestApp::spawn(&lambda_schedule("s", 1, None, ""), Some(lambda.clone())).await;
+    let run = app.trigger("s").await;
+    let r = lambda.wait_for(1).await.remove(0);
+    app.post_report(Some(&r.callback_token), &failed(&r, false))
+        .await;
+    app.wait_finished(run, Duration::from_secs(5)).await;
+    let cookie = session(&app).await;
+    let (_, _, html) = page(&app, Some(&cookie), &format!("/ui/runs/{run}")).await;
+    let csrf = csrf_of(&html);
+    let path = format!("/ui/runs/{run}/redrive");
+    let (status, location) = post_form(&app, &cookie, &path, &[("csrf", &csrf)]).await;
+    assert_eq!(status, 303);
+    assert!(location.starts_with("/ui/runs/"), "{location}");
+    let resp = client()
+        .post(format!("{}{path}", app.address))
+        .header(COOKIE_HEADER, format!("{COOKIE}={cookie}"))
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 409);
+    let body = resp.text().await.unwrap();
+    assert!(body.contains("is being redriven already"), "{body}");
+    assert!(body.contains(&location["/ui/runs/".len()..]), "{body}");
+    assert_eq!(run_count(&app).await, 2);
+    app.stop().await;
+}

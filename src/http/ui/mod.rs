@@ -52,7 +52,7 @@ use super::{ApiError, AppState};
 use crate::ledger::{self, Outcome, RunStatus, Trigger};
 use crate::lifecycle::changes::{ChangeEntry, Changes};
 use crate::lifecycle::Closing;
-use crate::runs::StartError;
+use crate::runs::{RedriveError, StartError};
 
 /// The Content-Security-Policy of every console answer: nothing inline,
 /// nothing from elsewhere, no framing, forms only to the console.
@@ -898,15 +898,25 @@ async fn redrive(
     console.check_csrf(&session, &form.csrf)?;
     let id = run_id(&id)?;
     let runs = &console.app.runs;
-    match runs.redrive(id).await? {
-        Some(new) => Ok(see_other(&format!("/ui/runs/{new}"))),
-        None => Err(match ledger::get_run(&runs.pool, id).await? {
-            Some(_) => UiError::new(
-                StatusCode::CONFLICT,
-                format!("Run {id} has no failed or timed-out pages to redrive."),
-            ),
-            None => UiError::not_found(format!("No run has the id {id}.")),
-        }),
+    match runs.redrive(id).await {
+        Ok(new) => Ok(see_other(&format!("/ui/runs/{new}"))),
+        Err(RedriveError::UnknownRun(_)) => {
+            Err(UiError::not_found(format!("No run has the id {id}.")))
+        }
+        Err(RedriveError::NothingToRedrive(_)) => Err(UiError::new(
+            StatusCode::CONFLICT,
+            format!("Run {id} has no failed or timed-out pages to redrive."),
+        )),
+        Err(RedriveError::AlreadyOpen { open, .. }) => Err(UiError::new(
+            StatusCode::CONFLICT,
+            match open {
+                Some(open) => format!(
+                    "Run {id} is being redriven already (run {open}): redrive it again once that run has finished."
+                ),
+                None => format!("Run {id} was being redriven already: reload the page."),
+            },
+        )),
+        Err(RedriveError::Ledger(e)) => Err(e.into()),
     }
 }
 
