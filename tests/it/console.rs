@@ -581,3 +581,78 @@ async fn a_second_redrive_from_the_console_while_the_first_is_open_is_refused() 
     assert_eq!(run_count(&app).await, 2);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_signed_out_session_and_its_csrf_token_are_refused_by_every_replica() {
+    let schedule = lambda_schedule("s", 1, None, "");
+    let lambda: Arc<RecordingLambda> = Arc::new(RecordingLambda::default());
+    let a = TestApp::spawn(&schedule, Some(lambda.clone())).await;
+    let b = TestApp::spawn_on(&a.database, &schedule, Some(lambda.clone())).await;
+    // A revocation whose session has expired: deleted by the next sign-out.
+    sqlx::query(
+        "insert into revoked_console_sessions (nonce, expires_at)
+         values ('expired-nonce', now() - interval '1 minute')",
+    )
+    .execute(&a.pool)
+    .await
+    .unwrap();
+
+    let cookie = session(&a).await;
+    let other = session(&a).await;
+    for app in [&a, &b] {
+        let (status, _, body) = page(app, Some(&cookie), "/ui/").await;
+        assert_eq!(status, 200, "the session opens both replicas: {body}");
+    }
+    let (_, _, html) = page(&b, Some(&cookie), "/ui/").await;
+    let csrf = csrf_of(&html);
+
+    let (status, location) = post_form(&a, &cookie, "/ui/logout", &[("csrf", &csrf)]).await;
+    assert_eq!((status, location.as_str()), (303, "/ui/login"));
+
+    // The replica that signed it out refuses it at once; the other once it
+    // reads the list again (within a few seconds).
+    let (status, headers, _) = page(&a, Some(&cookie), "/ui/").await;
+    assert_eq!(status, 303);
+    assert_eq!(headers[LOCATION], "/ui/login?next=%2Fui%2F");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, _, _) = page(&b, Some(&cookie), "/ui/").await;
+        if status == 303 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the other replica still accepts the signed-out session"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Its CSRF token is worthless with it, on both replicas.
+    for app in [&a, &b] {
+        let (status, location) =
+            post_form(app, &cookie, "/ui/schedules/s/trigger", &[("csrf", &csrf)]).await;
+        assert_eq!((status, location.as_str()), (303, "/ui/login"));
+        // The sign-in page does not take it for a signed-in browser either.
+        let (status, _, body) = page(app, Some(&cookie), "/ui/login").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(run_count(&a).await, 0, "no run was started with it");
+    // Other sessions are untouched.
+    let (status, _, _) = page(&b, Some(&other), "/ui/").await;
+    assert_eq!(status, 200);
+
+    let nonces: Vec<String> = sqlx::query_scalar("select nonce from revoked_console_sessions")
+        .fetch_all(&a.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        nonces.len(),
+        1,
+        "the expired revocation is gone: {nonces:?}"
+    );
+    assert!(
+        cookie.contains(&format!(".{}.", nonces[0])),
+        "{cookie} {nonces:?}"
+    );
+    b.stop().await;
+    a.stop().await;
+}

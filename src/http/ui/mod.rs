@@ -3,7 +3,8 @@
 //!
 //! - Sign-in (`/ui/login`) takes the admin token and sets a signed,
 //!   expiring session cookie ([`session`]) that any replica accepts;
-//!   without one every page redirects to the sign-in.
+//!   without one every page redirects to the sign-in. Signing out revokes
+//!   the session on every replica.
 //! - Every state-changing form POSTs with the session's CSRF token and
 //!   calls what the admin API calls ([`Runs::start`], [`Runs::close_run`],
 //!   [`Runs::redrive`], [`ledger::set_paused`]), then redirects (303).
@@ -46,7 +47,7 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use self::pages::{Chrome, RunView, RunsFilter, ScheduleRow};
-use self::session::{Session, SessionKey};
+use self::session::{Revocations, Session, SessionKey};
 use super::throttle::LogThrottle;
 use super::{ApiError, AppState};
 use crate::ledger::{self, Outcome, RunStatus, Trigger};
@@ -76,6 +77,8 @@ const EVENT_STREAM_FOR: Duration = Duration::from_secs(600);
 struct Console {
     app: AppState,
     key: Arc<SessionKey>,
+    /// Sessions signed out before they expired.
+    revoked: Arc<Revocations>,
     /// The console is served over https: the cookie is `Secure`.
     secure: bool,
 }
@@ -105,6 +108,7 @@ pub fn router(app: AppState) -> Router<AppState> {
         key: Arc::new(SessionKey::derive(
             settings.security.admin_token.expose_secret(),
         )),
+        revoked: Arc::new(Revocations::default()),
         secure: settings.server.public_url.scheme() == "https",
         app: app.clone(),
     };
@@ -261,18 +265,36 @@ async fn security_headers(mut response: Response) -> Response {
     response
 }
 
-/// The session of a request's cookie, if it verifies.
-fn session_of(console: &Console, headers: &HeaderMap) -> Result<Session, String> {
+/// Why a request has no session.
+enum NoSession {
+    /// No cookie, or one that does not verify, has expired or was signed
+    /// out.
+    Refused(String),
+    /// The list of signed-out sessions could not be read.
+    Ledger(sqlx::Error),
+}
+
+/// The session of a request's cookie, if it verifies and was not signed out.
+async fn session_of(console: &Console, headers: &HeaderMap) -> Result<Session, NoSession> {
     let value = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|h| h.to_str().ok())
         .find_map(|h| session::cookie(h, session::COOKIE))
-        .ok_or_else(|| "no session cookie".to_string())?;
-    console
+        .ok_or_else(|| NoSession::Refused("no session cookie".into()))?;
+    let session = console
         .key
         .verify(value, Utc::now())
-        .map_err(|e| e.to_string())
+        .map_err(|e| NoSession::Refused(e.to_string()))?;
+    match console
+        .revoked
+        .is_revoked(&console.app.runs.pool, &session)
+        .await
+    {
+        Ok(false) => Ok(session),
+        Ok(true) => Err(NoSession::Refused("session signed out".into())),
+        Err(e) => Err(NoSession::Ledger(e)),
+    }
 }
 
 /// Lets a request with a valid session through (with the [`Session`] as an
@@ -283,12 +305,13 @@ async fn require_session(
     mut request: Request,
     next: Next,
 ) -> Response {
-    match session_of(&console, request.headers()) {
+    match session_of(&console, request.headers()).await {
         Ok(session) => {
             request.extensions_mut().insert(session);
             next.run(request).await
         }
-        Err(why) => {
+        Err(NoSession::Ledger(e)) => UiError::from(e).into_response(),
+        Err(NoSession::Refused(why)) => {
             let path = request
                 .extensions()
                 .get::<OriginalUri>()
@@ -433,7 +456,7 @@ async fn login_page(
     Query(q): Query<NextQuery>,
 ) -> Response {
     let next = q.next.as_deref().and_then(safe_next);
-    if session_of(&console, &headers).is_ok() {
+    if session_of(&console, &headers).await.is_ok() {
         return see_other(next.as_deref().unwrap_or("/ui/"));
     }
     Html(pages::login(next.as_deref(), false).into_string()).into_response()
@@ -498,6 +521,12 @@ async fn logout(
     Form(form): Form<CsrfForm>,
 ) -> Result<Response, UiError> {
     console.check_csrf(&session, &form.csrf)?;
+    // Revoked for every replica (with its CSRF token), not only deleted
+    // from this browser: a copy of the cookie is refused too.
+    console
+        .revoked
+        .revoke(&console.app.runs.pool, &session)
+        .await?;
     tracing::info!(client = %client, "console sign-out");
     let mut response = see_other("/ui/login");
     if let Ok(v) = HeaderValue::from_str(&session::clear_cookie(console.secure)) {
