@@ -251,6 +251,7 @@ def check_created_database(aws, stack):
     env = {e["name"]: e["value"] for e in fanfare["environment"]}
     check(env.get("FANFARE__DATABASE__MAX_CONNECTIONS") == "7", env)
     check(env.get("FANFARE__SERVER__SHUTDOWN_GRACE") == "20s", env)
+    check(env.get("FANFARE__SERVER__TRUSTED_PROXIES") == "10.0.0.0/16", env)
     check(fanfare["stopTimeout"] == 30, fanfare.get("stopTimeout"))
     # (valueFrom of the stack's own secrets is empty: moto stubs them.)
     secrets = {s["name"]: s.get("valueFrom") for s in fanfare["secrets"]}

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{InvokerKind, PageSource, Settings};
 use crate::dispatch::{AwsLambda, Dispatcher, LambdaApi, LocalInvoker};
+use crate::http::auth::AdminAuth;
 use crate::http::{AppState, Health};
 use crate::ledger::Trigger;
 use crate::notify::Notifier;
@@ -119,6 +120,7 @@ impl Application {
             listener,
             port,
             state: AppState {
+                auth: Arc::new(AdminAuth::new(&runs.settings)),
                 runs,
                 health: Arc::new(Health::default()),
             },

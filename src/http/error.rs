@@ -40,6 +40,14 @@ pub enum ApiError {
     /// 422: readable, but it breaks the contract.
     #[error("{0}")]
     Unprocessable(String),
+    /// 429: the client is locked out for a while (its `Retry-After`).
+    #[error("{message}")]
+    TooManyRequests {
+        /// What to tell the client.
+        message: String,
+        /// How long the lockout lasts still.
+        retry_after: std::time::Duration,
+    },
     /// 503: a dependency (the database) is unavailable; retry later.
     #[error("{0}")]
     Unavailable(String),
@@ -59,6 +67,7 @@ impl ApiError {
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -111,6 +120,12 @@ impl IntoResponse for ApiError {
             resp.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
                 axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        if let ApiError::TooManyRequests { retry_after, .. } = self {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                super::auth::Refused::retry_after_secs(retry_after).into(),
             );
         }
         resp

@@ -24,15 +24,12 @@ mod svg;
 mod words;
 
 use std::convert::Infallible;
-use std::fmt;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::{FormRejection, PathRejection, QueryRejection};
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, OriginalUri, Request, State};
-use axum::http::request::Parts;
+use axum::extract::{FromRef, FromRequest, FromRequestParts, OriginalUri, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -43,12 +40,11 @@ use chrono::{SubsecRound, Utc};
 use futures::Stream;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
-use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use self::pages::{Chrome, RunView, RunsFilter, ScheduleRow};
 use self::session::{Revocations, Session, SessionKey};
-use super::throttle::LogThrottle;
+use super::auth::{Client, Refused, Surface};
 use super::{ApiError, AppState};
 use crate::ledger::{self, Outcome, RunStatus, Trigger};
 use crate::lifecycle::changes::{ChangeEntry, Changes};
@@ -81,6 +77,12 @@ struct Console {
     revoked: Arc<Revocations>,
     /// The console is served over https: the cookie is `Secure`.
     secure: bool,
+}
+
+impl FromRef<Console> for AppState {
+    fn from_ref(console: &Console) -> AppState {
+        console.app.clone()
+    }
 }
 
 impl Console {
@@ -404,44 +406,6 @@ fn see_other(location: &str) -> Response {
     (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response()
 }
 
-/// Where a request came from, for the log: the peer's address and, behind
-/// a load balancer, the `X-Forwarded-For` it sent (as given, not trusted).
-struct Client {
-    peer: Option<SocketAddr>,
-    forwarded_for: Option<String>,
-}
-
-impl fmt::Display for Client {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.peer {
-            Some(peer) => write!(f, "{peer}")?,
-            None => f.write_str("unknown")?,
-        }
-        if let Some(xff) = &self.forwarded_for {
-            write!(f, " (X-Forwarded-For: {xff})")?;
-        }
-        Ok(())
-    }
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for Client {
-    type Rejection = Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
-        Ok(Client {
-            peer: parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0),
-            forwarded_for: parts
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-                .map(|v| v.chars().take(200).collect()),
-        })
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Sign-in and sign-out
 
@@ -474,38 +438,45 @@ async fn login(
     client: Client,
     Form(form): Form<LoginForm>,
 ) -> Response {
-    let expected = console
-        .app
-        .runs
-        .settings
-        .security
-        .admin_token
-        .expose_secret()
-        .as_bytes();
     let next = form.next.as_deref().and_then(safe_next);
-    if bool::from(form.token.as_bytes().ct_eq(expected)) {
-        tracing::info!(client = %client, "console sign-in");
-        let cookie = session::set_cookie(&console.key.issue(Utc::now()), console.secure);
-        let mut response = see_other(next.as_deref().unwrap_or("/ui/"));
-        if let Ok(v) = HeaderValue::from_str(&cookie) {
-            response.headers_mut().insert(header::SET_COOKIE, v);
+    match console
+        .app
+        .auth
+        .verify(&client, Some(&form.token), Surface::ConsoleSignIn)
+    {
+        Ok(()) => {
+            tracing::info!(client = %client, "console sign-in");
+            let cookie = session::set_cookie(&console.key.issue(Utc::now()), console.secure);
+            let mut response = see_other(next.as_deref().unwrap_or("/ui/"));
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                response.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            response
         }
-        return response;
+        Err(Refused::LockedOut { retry_after }) => {
+            let secs = Refused::retry_after_secs(retry_after);
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, secs.to_string())],
+                Html(
+                    pages::error(
+                        "Too many attempts",
+                        &format!(
+                            "Too many wrong tokens came from your address. Try again in {secs} s."
+                        ),
+                        None,
+                    )
+                    .into_string(),
+                ),
+            )
+                .into_response()
+        }
+        Err(Refused::Missing | Refused::Wrong) => (
+            StatusCode::UNAUTHORIZED,
+            Html(pages::login(next.as_deref(), true).into_string()),
+        )
+            .into_response(),
     }
-    tracing::debug!(client = %client, "console sign-in refused: wrong admin token");
-    static REFUSED: LogThrottle = LogThrottle::new(Duration::from_secs(60));
-    if let Some(refused) = REFUSED.hit() {
-        tracing::warn!(
-            refused,
-            last_client = %client,
-            "console sign-ins refused (wrong admin token) since the last such warning (each one is logged at DEBUG)"
-        );
-    }
-    (
-        StatusCode::UNAUTHORIZED,
-        Html(pages::login(next.as_deref(), true).into_string()),
-    )
-        .into_response()
 }
 
 #[derive(Deserialize)]
