@@ -19,6 +19,7 @@ pub mod client;
 mod commands;
 pub mod progress;
 pub mod table;
+mod terminal;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
