@@ -34,7 +34,7 @@ use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 
-use super::throttle::{FailureThrottle, LockoutPolicy, LogThrottle};
+use super::throttle::{Attempt, Failure, FailureThrottle, LockoutPolicy, LogThrottle};
 use super::AppState;
 use crate::config::Settings;
 
@@ -147,26 +147,40 @@ impl AdminAuth {
     ) -> Result<(), Refused> {
         let ip = client.ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         let now = Instant::now();
-        if let Some(retry_after) = self.failures.locked(ip, now) {
-            metrics::counter!("fanfare_admin_token_refused_total", "surface" => surface.as_str(), "reason" => "locked_out")
-                .increment(1);
-            tracing::debug!(
-                %client,
-                surface = surface.as_str(),
-                retry_after_ms = retry_after.as_millis() as u64,
-                "admin token not looked at: the client is locked out"
-            );
-            return Err(Refused::LockedOut { retry_after });
-        }
-        let Some(presented) = presented.filter(|t| !t.is_empty()) else {
-            return Err(Refused::Missing);
+        let attempt = match presented.filter(|t| !t.is_empty()) {
+            Some(presented) => {
+                let expected = self.token.expose_secret().as_bytes();
+                self.failures
+                    .attempt(ip, now, || bool::from(presented.as_bytes().ct_eq(expected)))
+            }
+            // No token is no guess: refused, not counted (429 all the same
+            // while the client is locked out).
+            None => match self.failures.locked(ip, now) {
+                Some(left) => Attempt::LockedOut(left),
+                None => return Err(Refused::Missing),
+            },
         };
-        let expected = self.token.expose_secret().as_bytes();
-        if bool::from(presented.as_bytes().ct_eq(expected)) {
-            self.failures.succeeded(ip);
-            return Ok(());
+        match attempt {
+            Attempt::Right => Ok(()),
+            Attempt::LockedOut(retry_after) => {
+                metrics::counter!("fanfare_admin_token_refused_total", "surface" => surface.as_str(), "reason" => "locked_out")
+                    .increment(1);
+                tracing::debug!(
+                    %client,
+                    surface = surface.as_str(),
+                    retry_after_ms = retry_after.as_millis() as u64,
+                    "admin token not looked at: the client is locked out"
+                );
+                Err(Refused::LockedOut { retry_after })
+            }
+            Attempt::Wrong(failure) => {
+                self.log_wrong(client, surface, failure);
+                Err(Refused::Wrong)
+            }
         }
-        let failure = self.failures.failed(ip, now);
+    }
+
+    fn log_wrong(&self, client: &Client, surface: Surface, failure: Failure) {
         metrics::counter!("fanfare_admin_token_refused_total", "surface" => surface.as_str(), "reason" => "wrong")
             .increment(1);
         tracing::debug!(
@@ -193,7 +207,6 @@ impl AdminAuth {
                 );
             }
         }
-        Err(Refused::Wrong)
     }
 
     /// The load balancers and proxies whose `X-Forwarded-For` is believed.

@@ -147,6 +147,18 @@ pub struct Failure {
     pub locked_for: Option<Duration>,
 }
 
+/// What an attempt came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// The right token.
+    Right,
+    /// A wrong token, counted.
+    Wrong(Failure),
+    /// The client is locked out for this long still; its token was not
+    /// looked at.
+    LockedOut(Duration),
+}
+
 /// Wrong admin tokens per client, and the lockout that slows guessing
 /// down. A client that presents no wrong token has no record and is never
 /// delayed; a locked-out client is refused whatever it presents, until its
@@ -198,24 +210,55 @@ impl FailureThrottle {
 
     /// How long `client` is still locked out, if it is.
     pub fn locked(&self, client: IpAddr, now: Instant) -> Option<Duration> {
-        let clients = self.lock();
-        let own = clients.get(&ClientKey::of(client));
-        let record = match own {
-            Some(r) => Some(r),
+        Self::locked_in(&self.lock(), &self.policy, client, now)
+    }
+
+    fn locked_in(
+        clients: &HashMap<ClientKey, Record>,
+        policy: &LockoutPolicy,
+        client: IpAddr,
+        now: Instant,
+    ) -> Option<Duration> {
+        let record = match clients.get(&ClientKey::of(client)) {
+            Some(r) => r,
             // A client without a record of its own shares the overflow
             // record when the table is full.
-            None if clients.len() >= self.policy.max_clients => clients.get(&ClientKey::Overflow),
-            None => None,
-        }?;
+            None if clients.len() >= policy.max_clients => clients.get(&ClientKey::Overflow)?,
+            None => return None,
+        };
         let until = record.locked_until?;
         (until > now).then(|| until - now)
     }
 
-    /// Counts a wrong token from `client`; locks it out past the free
-    /// failures.
-    pub fn failed(&self, client: IpAddr, now: Instant) -> Failure {
+    /// One attempt of `client` at `now`: refused unchecked while it is
+    /// locked out; otherwise `right()` decides, and a wrong token is
+    /// counted (locking the client out past the free failures) while a
+    /// right one forgets the client's wrong ones. The whole attempt holds
+    /// the table's lock, so concurrent attempts of a client whose lockout
+    /// just ended are checked one at a time: the first wrong one locks the
+    /// others out.
+    pub fn attempt(&self, client: IpAddr, now: Instant, right: impl FnOnce() -> bool) -> Attempt {
         let mut clients = self.lock();
-        let key = self.key(&mut clients, client, now);
+        if let Some(left) = Self::locked_in(&clients, &self.policy, client, now) {
+            return Attempt::LockedOut(left);
+        }
+        if right() {
+            if !clients.is_empty() {
+                clients.remove(&ClientKey::of(client));
+            }
+            return Attempt::Right;
+        }
+        Attempt::Wrong(self.count(&mut clients, client, now))
+    }
+
+    /// Counts a wrong token from `client`.
+    fn count(
+        &self,
+        clients: &mut HashMap<ClientKey, Record>,
+        client: IpAddr,
+        now: Instant,
+    ) -> Failure {
+        let key = self.key(clients, client, now);
         let policy = self.policy;
         let record = clients.entry(key).or_insert(Record {
             failures: 0,
@@ -238,14 +281,6 @@ impl FailureThrottle {
         Failure {
             failures: record.failures,
             locked_for,
-        }
-    }
-
-    /// Forgets `client`'s wrong tokens: it presented the right one.
-    pub fn succeeded(&self, client: IpAddr) {
-        let mut clients = self.lock();
-        if !clients.is_empty() {
-            clients.remove(&ClientKey::of(client));
         }
     }
 
@@ -279,6 +314,16 @@ mod lockout_tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    impl FailureThrottle {
+        /// A wrong token from `client`, which must not be locked out.
+        fn failed(&self, client: IpAddr, now: Instant) -> Failure {
+            match self.attempt(client, now, || false) {
+                Attempt::Wrong(failure) => failure,
+                other => panic!("{client} was not checked: {other:?}"),
+            }
+        }
     }
 
     #[test]
@@ -329,10 +374,21 @@ mod lockout_tests {
             throttle.failed(guesser, after).locked_for,
             Some(Duration::from_secs(2))
         );
+        // While locked out, even the right token is not looked at.
+        let mut looked = false;
+        assert_eq!(
+            throttle.attempt(guesser, after, || {
+                looked = true;
+                true
+            }),
+            Attempt::LockedOut(Duration::from_secs(2))
+        );
+        assert!(!looked);
         // The right token, once the lockout is over, forgets the failures.
-        throttle.succeeded(guesser);
+        let over = after + Duration::from_secs(2);
+        assert_eq!(throttle.attempt(guesser, over, || true), Attempt::Right);
         assert_eq!(throttle.clients(), 0);
-        assert_eq!(throttle.failed(guesser, after).failures, 1);
+        assert_eq!(throttle.failed(guesser, over).failures, 1);
     }
 
     #[test]
@@ -340,9 +396,10 @@ mod lockout_tests {
         let throttle = FailureThrottle::new(LockoutPolicy::after(10));
         let t0 = Instant::now();
         let client = ip("198.51.100.1");
-        for _ in 0..12 {
+        for _ in 0..10 {
             throttle.failed(client, t0);
         }
+        assert!(throttle.locked(client, t0).is_some());
         let later = t0 + Duration::from_secs(3600);
         assert_eq!(throttle.locked(client, later), None);
         assert_eq!(throttle.failed(client, later).failures, 1);
