@@ -255,6 +255,7 @@ def check_created_database(aws, stack):
     check(env.get("FANFARE__DATABASE__MAX_CONNECTIONS") == "6", env)
     check(env.get("FANFARE__DATABASE__READER_CONNECTIONS") == "1", env)
     check(env.get("FANFARE__SERVER__SHUTDOWN_GRACE") == "20s", env)
+    check(env.get("FANFARE__SERVER__TRUSTED_PROXIES") == "10.0.0.0/16", env)
     check(fanfare["stopTimeout"] == 30, fanfare.get("stopTimeout"))
     # (valueFrom of the stack's own secrets is empty: moto stubs them.)
     secrets = {s["name"]: s.get("valueFrom") for s in fanfare["secrets"]}

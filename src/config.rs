@@ -7,10 +7,11 @@
 //! concerns, so one `check-config` lists all of them at once.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
@@ -66,6 +67,11 @@ pub struct ServerSettings {
     /// Console event streams one session may have open at once; more are
     /// answered 429.
     pub max_event_streams_per_session: usize,
+    /// The load balancers and proxies in front of the daemon: a request
+    /// from one of them is taken to come from the nearest address in its
+    /// `X-Forwarded-For` that is not one of them (empty: the peer address
+    /// is the client).
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 impl ServerSettings {
@@ -108,6 +114,13 @@ pub struct SecuritySettings {
     /// Let page-list fetches and in-process crawls reach loopback, private,
     /// link-local and other non-public addresses (off by default).
     pub allow_private_networks: bool,
+    /// Wrong admin tokens a client may present (console sign-in and admin
+    /// API together) before it is locked out.
+    pub lockout_after_failures: u32,
+    /// The first lockout; each wrong token after it doubles it.
+    pub lockout_first: Duration,
+    /// The longest lockout.
+    pub lockout_max: Duration,
 }
 
 /// The in-process crawler.
@@ -423,6 +436,30 @@ struct RawServer {
     max_connections: Option<usize>,
     max_event_streams: Option<usize>,
     max_event_streams_per_session: Option<usize>,
+    trusted_proxies: Option<AddressList>,
+}
+
+/// A list of addresses or CIDR blocks: a TOML array, or one string of
+/// comma-separated entries (as an environment variable gives it).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum AddressList {
+    List(Vec<String>),
+    Text(String),
+}
+
+impl AddressList {
+    fn entries(&self) -> Vec<String> {
+        match self {
+            AddressList::List(list) => list.iter().map(|e| e.trim().to_string()).collect(),
+            AddressList::Text(text) => text
+                .split(',')
+                .map(str::trim)
+                .filter(|e| !e.is_empty())
+                .map(str::to_string)
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -442,6 +479,9 @@ struct RawSecurity {
     previous_callback_secrets: Vec<SecretString>,
     callback_grace: Option<String>,
     allow_private_networks: Option<bool>,
+    lockout_after_failures: Option<u32>,
+    lockout_first: Option<String>,
+    lockout_max: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -779,6 +819,25 @@ impl RawConfig {
         if max_event_streams_per_session == 0 {
             p.add("server.max_event_streams_per_session", "must be at least 1");
         }
+        let mut trusted_proxies = Vec::new();
+        for entry in self
+            .server
+            .trusted_proxies
+            .as_ref()
+            .map(AddressList::entries)
+            .unwrap_or_default()
+        {
+            let parsed = entry
+                .parse::<IpNet>()
+                .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from));
+            match parsed {
+                Ok(net) => trusted_proxies.push(net.trunc()),
+                Err(_) => p.add(
+                    "server.trusted_proxies",
+                    format!("{entry:?} is not an address or a CIDR block such as \"10.0.0.0/16\""),
+                ),
+            }
+        }
 
         let db_url = self.database.url.unwrap_or_else(|| {
             p.add("database.url", "is required (postgres://user:pass@host/db)");
@@ -845,6 +904,28 @@ impl RawConfig {
         let local_concurrency = self.local.concurrency.unwrap_or(16);
         if local_concurrency == 0 {
             p.add("local.concurrency", "must be at least 1");
+        }
+        let lockout_after_failures = self.security.lockout_after_failures.unwrap_or(10);
+        if lockout_after_failures == 0 {
+            p.add("security.lockout_after_failures", "must be at least 1");
+        }
+        let lockout_first = duration(
+            &mut p,
+            "security.lockout_first",
+            self.security.lockout_first.as_deref(),
+            Duration::from_secs(1),
+        );
+        let lockout_max = duration(
+            &mut p,
+            "security.lockout_max",
+            self.security.lockout_max.as_deref(),
+            Duration::from_secs(15 * 60),
+        );
+        if lockout_max < lockout_first {
+            p.add(
+                "security.lockout_max",
+                "must be at least security.lockout_first",
+            );
         }
         let callback_grace = duration(
             &mut p,
@@ -916,6 +997,7 @@ impl RawConfig {
                 max_connections: server_max_connections,
                 max_event_streams,
                 max_event_streams_per_session,
+                trusted_proxies,
             },
             database: DatabaseSettings {
                 url: db_url,
@@ -928,6 +1010,9 @@ impl RawConfig {
                 previous_callback_secrets: self.security.previous_callback_secrets,
                 callback_grace,
                 allow_private_networks: self.security.allow_private_networks.unwrap_or(false),
+                lockout_after_failures,
+                lockout_first,
+                lockout_max,
             },
             lambda,
             notify,

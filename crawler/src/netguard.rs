@@ -71,8 +71,10 @@ impl AddressClass {
 }
 
 /// The class of a non-public address, or `None` for a public one.
-/// IPv4-mapped and IPv4-compatible IPv6 addresses are judged by their IPv4
-/// address.
+/// IPv6 addresses that carry an IPv4 address are judged by it: IPv4-mapped
+/// (`::ffff:a.b.c.d`), IPv4-translated (`::ffff:0:a.b.c.d`), IPv4-compatible
+/// (`::a.b.c.d`), NAT64 (`64:ff9b::/96`) and 6to4 (`2002:AABB:CCDD::/48`,
+/// which a 6to4 relay delivers to the IPv4 address `AA.BB.CC.DD`).
 pub fn classify(ip: IpAddr) -> Option<AddressClass> {
     match ip {
         IpAddr::V4(v4) => classify_v4(v4),
@@ -127,8 +129,13 @@ fn classify_v6(ip: Ipv6Addr) -> Option<AddressClass> {
         AddressClass::Reserved
     } else if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
         // NAT64: judged by the IPv4 address it embeds.
-        let v4 = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
-        return classify_v4(v4);
+        return classify_v4(v4_of(s[6], s[7]));
+    } else if s[..4] == [0, 0, 0, 0] && s[4] == 0xffff && s[5] == 0 {
+        // IPv4-translated (SIIT, RFC 2765): ::ffff:0:a.b.c.d.
+        return classify_v4(v4_of(s[6], s[7]));
+    } else if s[0] == 0x2002 {
+        // 6to4 (RFC 3056): the site's IPv4 address follows the prefix.
+        return classify_v4(v4_of(s[1], s[2]));
     } else {
         return None;
     })
@@ -137,8 +144,14 @@ fn classify_v6(ip: Ipv6Addr) -> Option<AddressClass> {
 /// `::a.b.c.d` (deprecated IPv4-compatible form), except `::` and `::1`.
 fn compatible_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     let s = ip.segments();
-    (s[..6] == [0; 6] && (s[6] != 0 || s[7] > 1))
-        .then(|| Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8))
+    (s[..6] == [0; 6] && (s[6] != 0 || s[7] > 1)).then(|| v4_of(s[6], s[7]))
+}
+
+/// The IPv4 address whose two halves are `hi` and `lo`.
+fn v4_of(hi: u16, lo: u16) -> Ipv4Addr {
+    let [a, b] = hi.to_be_bytes();
+    let [c, d] = lo.to_be_bytes();
+    Ipv4Addr::new(a, b, c, d)
 }
 
 /// A fetch refused by the guard.
@@ -402,6 +415,23 @@ mod tests {
             ("::ffff:169.254.169.254", Some(LinkLocal)),
             ("::10.0.0.1", Some(Private)),
             ("64:ff9b::a9fe:a9fe", Some(LinkLocal)),
+            // 6to4: judged by the IPv4 address after 2002:.
+            ("2002:7f00:0001::", Some(Loopback)),
+            ("2002:7f00:1::1", Some(Loopback)),
+            ("2002:a9fe:a9fe::1", Some(LinkLocal)),
+            ("2002:0a00:0001:1::1", Some(Private)),
+            ("2002:c0a8:0101::", Some(Private)),
+            ("2002:6440:0001::", Some(SharedAddressSpace)),
+            ("2002::", Some(Unspecified)),
+            ("2002:e000:0001::", Some(Multicast)),
+            ("2002:0808:0808::", None),
+            ("2002:5db8:d822::1", None),
+            // IPv4-translated ::ffff:0:a.b.c.d (not IPv4-mapped ::ffff:a.b.c.d).
+            ("::ffff:0:7f00:1", Some(Loopback)),
+            ("::ffff:0:a9fe:a9fe", Some(LinkLocal)),
+            ("::ffff:0:10.0.0.1", Some(Private)),
+            ("::ffff:0:0.0.0.0", Some(Unspecified)),
+            ("::ffff:0:8.8.8.8", None),
             ("93.184.216.34", None),
             ("172.32.0.1", None),
             ("100.128.0.1", None),

@@ -166,6 +166,19 @@ async fn page_at_the_ipv6_loopback_literal_is_blocked_when_closed_and_crawled_wh
 }
 
 #[tokio::test]
+async fn pages_at_6to4_and_ipv4_translated_literals_of_loopback_are_blocked_when_closed() {
+    // Both carry 127.0.0.1: 6to4 after its 2002: prefix, IPv4-translated in
+    // its last 32 bits (::ffff:0:a.b.c.d, not the IPv4-mapped ::ffff:a.b.c.d).
+    for url in [
+        "http://[2002:7f00:1::1]:8080/",
+        "http://[::ffff:0:7f00:1]:8080/",
+    ] {
+        let message = assert_blocked(NetPolicy::closed(), url).await;
+        assert!(message.contains("is a loopback address"), "{message}");
+    }
+}
+
+#[tokio::test]
 async fn page_at_a_hostname_resolving_to_loopback_is_blocked_when_closed_and_crawled_when_open() {
     let target = Target::start("127.0.0.1").await;
     let url = format!("http://localhost:{}/", target.addr.port());

@@ -1,5 +1,7 @@
 //! The client commands: each asks the daemon's API and prints a table or
-//! text for people, or the API's JSON with `--json`.
+//! text for people, or the API's JSON with `--json`. On a terminal, text
+//! from third parties (titles, errors) is shown with its control characters
+//! escaped ([`terminal`]); pipes, files and `--json` get it as it is.
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -12,7 +14,8 @@ use serde_json::Value;
 use super::client::{CliError, Client};
 use super::progress::{plain_line, summary_line, LiveBar, RunView};
 use super::table::{self, cell, render};
-use super::{Command, RunsCommand, SchedulesCommand, EXIT_RUN_NOT_SUCCEEDED};
+use super::terminal;
+use super::{Command, ExportFormat, RunsCommand, SchedulesCommand, EXIT_RUN_NOT_SUCCEEDED};
 
 /// How often `watch` asks for the run on a terminal, and otherwise.
 const POLL_LIVE: Duration = Duration::from_millis(500);
@@ -48,7 +51,7 @@ pub(super) async fn run(command: Command) -> Result<ExitCode, CliError> {
         Command::Schedules(SchedulesCommand::List { json, api }) => {
             let client = Client::from_args(&api)?;
             let answer = client.get("/v1/schedules").await?;
-            print_json_or(json, &answer, || schedules_table(&answer))?;
+            print_json_or(json, &answer, || schedules_table(&answer, on_terminal()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Runs(RunsCommand::List {
@@ -63,13 +66,13 @@ pub(super) async fn run(command: Command) -> Result<ExitCode, CliError> {
                 path.push_str(&format!("&schedule={}", query(s)));
             }
             let answer = client.get(&path).await?;
-            print_json_or(json, &answer, || runs_table(&answer))?;
+            print_json_or(json, &answer, || runs_table(&answer, on_terminal()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Runs(RunsCommand::Show { id, json, api }) => {
             let client = Client::from_args(&api)?;
             let answer = client.get(&format!("/v1/runs/{}", segment(&id))).await?;
-            print_json_or(json, &answer, || run_text(&answer))?;
+            print_json_or(json, &answer, || run_text(&answer, on_terminal()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Runs(RunsCommand::Watch { id, json, api }) => {
@@ -106,6 +109,7 @@ pub(super) async fn run(command: Command) -> Result<ExitCode, CliError> {
             run_id,
             format,
             status,
+            cells,
             output,
             api,
         } => {
@@ -115,10 +119,13 @@ pub(super) async fn run(command: Command) -> Result<ExitCode, CliError> {
                 segment(&run_id),
                 format.as_str()
             );
+            if format == ExportFormat::Csv {
+                path.push_str(&format!("&cells={}", cells.as_str()));
+            }
             if let Some(s) = &status {
                 path.push_str(&format!("&status={}", query(s)));
             }
-            export(&client, &path, output.as_deref()).await?;
+            export(&client, &path, format, output.as_deref()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve { .. }
@@ -153,7 +160,7 @@ async fn watch(client: &Client, id: &str, json: bool) -> Result<ExitCode, CliErr
                 return Err(e);
             }
         };
-        let view = RunView::from_api(&run).ok_or_else(|| CliError::Api {
+        let mut view = RunView::from_api(&run).ok_or_else(|| CliError::Api {
             method: "GET",
             url: format!("{}{path}", client.base()),
             status: 200,
@@ -162,6 +169,9 @@ async fn watch(client: &Client, id: &str, json: bool) -> Result<ExitCode, CliErr
         if view.finished() {
             if let Some(b) = &bar {
                 b.finish();
+            }
+            if on_terminal() {
+                view.error = view.error.as_deref().map(terminal::line);
             }
             if json {
                 out(&format!("{}\n", pretty(&run)))?;
@@ -200,10 +210,12 @@ async fn watch(client: &Client, id: &str, json: bool) -> Result<ExitCode, CliErr
 
 /// Streams an export to `output` (written next to it and renamed when
 /// complete, so a failed download leaves no partial file) or to standard
-/// output.
+/// output: as it is to a pipe, with control characters escaped to a
+/// terminal.
 async fn export(
     client: &Client,
     path: &str,
+    format: ExportFormat,
     output: Option<&std::path::Path>,
 ) -> Result<(), CliError> {
     let resp = client.get_stream(path).await?;
@@ -221,6 +233,8 @@ async fn export(
         }
         None => (Box::new(std::io::stdout().lock()), None),
     };
+    let mut escaper = (output.is_none() && on_terminal())
+        .then(|| terminal::Escaper::new(format == ExportFormat::Csv));
     let fail = |partial: &Option<std::path::PathBuf>, e: CliError| {
         if let Some(p) = partial {
             let _ = std::fs::remove_file(p);
@@ -242,12 +256,20 @@ async fn export(
             )
         })?;
         bytes += chunk.len() as u64;
-        sink.write_all(&chunk).map_err(|e| {
+        let written = match escaper.as_mut() {
+            Some(e) => sink.write_all(e.push(&chunk).as_bytes()),
+            None => sink.write_all(&chunk),
+        };
+        written.map_err(|e| {
             fail(
                 &partial,
                 CliError::Output(format!("writing the export: {e}")),
             )
         })?;
+    }
+    if let Some(e) = escaper.as_mut() {
+        sink.write_all(e.finish().as_bytes())
+            .map_err(|e| CliError::Output(format!("writing the export: {e}")))?;
     }
     sink.flush().map_err(|e| {
         fail(
@@ -268,7 +290,22 @@ async fn export(
     Ok(())
 }
 
-fn schedules_table(answer: &Value) -> String {
+/// Whether standard output is a terminal (third-party text is escaped).
+fn on_terminal() -> bool {
+    std::io::stdout().is_terminal()
+}
+
+/// Each cell as a terminal should show it, when `terminal`.
+fn shown(terminal: bool, rows: Vec<Vec<String>>) -> Vec<Vec<String>> {
+    if !terminal {
+        return rows;
+    }
+    rows.into_iter()
+        .map(|row| row.iter().map(|c| terminal::line(c)).collect())
+        .collect()
+}
+
+fn schedules_table(answer: &Value, terminal: bool) -> String {
     let empty = Vec::new();
     let rows: Vec<Vec<String>> = answer["schedules"]
         .as_array()
@@ -315,11 +352,11 @@ fn schedules_table(answer: &Value) -> String {
             "NEXT FIRE (UTC)",
             "LAST RUN",
         ],
-        &rows,
+        &shown(terminal, rows),
     )
 }
 
-fn runs_table(answer: &Value) -> String {
+fn runs_table(answer: &Value, terminal: bool) -> String {
     let empty = Vec::new();
     let rows: Vec<Vec<String>> = answer["runs"]
         .as_array()
@@ -357,11 +394,11 @@ fn runs_table(answer: &Value) -> String {
             "CREATED (UTC)",
             "DURATION",
         ],
-        &rows,
+        &shown(terminal, rows),
     )
 }
 
-fn run_text(run: &Value) -> String {
+fn run_text(run: &Value, terminal: bool) -> String {
     let p = &run["pages"];
     let mut lines: Vec<(String, String)> = vec![
         ("run".into(), cell(&run["id"])),
@@ -402,6 +439,11 @@ fn run_text(run: &Value) -> String {
                 .unwrap_or_else(|| "-".into()),
         ),
     ]);
+    if terminal {
+        for (_, v) in &mut lines {
+            *v = terminal::line(v);
+        }
+    }
     let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     let mut out: String = lines
         .iter()
@@ -423,7 +465,7 @@ fn run_text(run: &Value) -> String {
             .collect();
         out.push_str(&render(
             &["EVENT", "TARGET", "STATUS", "ATTEMPTS", "LAST ERROR"],
-            &rows,
+            &shown(terminal, rows),
         ));
     }
     out
@@ -446,8 +488,14 @@ fn pretty(v: &Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
 }
 
-/// Writes to standard output; a closed pipe is an output error, not a panic.
+/// Writes to standard output (to a terminal, with control characters but
+/// newline escaped); a closed pipe is an output error, not a panic.
 fn out(text: &str) -> Result<(), CliError> {
+    let text = if on_terminal() {
+        terminal::text(text)
+    } else {
+        text.to_string()
+    };
     let mut stdout = std::io::stdout().lock();
     stdout
         .write_all(text.as_bytes())

@@ -19,6 +19,7 @@ pub mod client;
 mod commands;
 pub mod progress;
 pub mod table;
+mod terminal;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -93,6 +94,11 @@ pub enum Command {
         /// Only pages in this state (succeeded, failed, timed_out, cancelled, pending, dispatched).
         #[arg(long)]
         status: Option<String>,
+        /// CSV cells beginning with = + - @, a tab or a carriage return:
+        /// `safe` puts a single quote in front (a spreadsheet shows them as
+        /// text, not formulas); `raw` writes them as they are.
+        #[arg(long, value_enum, default_value_t = ExportCells::Safe)]
+        cells: ExportCells,
         /// Write to this file instead of standard output.
         #[arg(short, long)]
         output: Option<PathBuf>,
@@ -201,6 +207,25 @@ impl ExportFormat {
         match self {
             ExportFormat::Csv => "csv",
             ExportFormat::Jsonl => "jsonl",
+        }
+    }
+}
+
+/// How `fanfare export` asks for CSV cells that a spreadsheet would run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportCells {
+    /// A single quote in front of a cell beginning with = + - @, tab or CR.
+    Safe,
+    /// Every cell as it is.
+    Raw,
+}
+
+impl ExportCells {
+    /// The name the API takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExportCells::Safe => "safe",
+            ExportCells::Raw => "raw",
         }
     }
 }

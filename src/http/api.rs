@@ -21,7 +21,7 @@ use crate::lifecycle::changes::{ChangeEntry, Changes};
 use crate::lifecycle::run::PageCounts;
 use crate::lifecycle::Closing;
 use crate::overview::ScheduleView;
-use crate::runs::StartError;
+use crate::runs::{RedriveError, StartError};
 
 /// `axum::extract::Query` whose rejection is an [`ApiError`] (JSON 400).
 #[derive(FromRequestParts)]
@@ -485,7 +485,7 @@ pub async fn cancel_run(
     path = "/v1/runs/{id}/redrive",
     tag = "runs",
     summary = "Crawl a run's failures again",
-    description = "Starts a new run (trigger `redrive`) of the run's failed and timed-out pages, linked to it by `redrive_of`.",
+    description = "Starts a new run (trigger `redrive`) of the run's failed and timed-out pages, linked to it by `redrive_of`. A run has at most one open redrive: until it finishes, another redrive of the same run is refused with 409.",
     params(("id" = String, Path, description = "The run's id (a UUID; anything else is no run: 404)")),
     security(("admin" = [])),
     responses(
@@ -493,7 +493,7 @@ pub async fn cancel_run(
         (status = 400, description = "The path is not valid UTF-8 once percent-decoded", body = ErrorBody),
         (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
         (status = 404, description = "No run has this id", body = ErrorBody),
-        (status = 409, description = "The run has no failed or timed-out pages", body = ErrorBody),
+        (status = 409, description = "The run has no failed or timed-out pages, or a redrive of it is still open (not finished): of two requests racing, one creates the run and the other gets this", body = ErrorBody),
         (status = 503, description = "The database is unavailable; retry later", body = ErrorBody),
     )
 )]
@@ -502,20 +502,19 @@ pub async fn redrive_run(
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Redriven>), ApiError> {
     let id = parse_run_id(&id)?;
-    match state.runs.redrive(id).await? {
-        Some(run_id) => Ok((
+    match state.runs.redrive(id).await {
+        Ok(run_id) => Ok((
             StatusCode::ACCEPTED,
             Json(Redriven {
                 run_id,
                 redrive_of: id,
             }),
         )),
-        None => match ledger::get_run(&state.runs.pool, id).await? {
-            Some(_) => Err(ApiError::Conflict(format!(
-                "run {id} has no failed or timed-out pages to redrive"
-            ))),
-            None => Err(ApiError::NotFound(format!("no run has the id {id}"))),
-        },
+        Err(e @ RedriveError::UnknownRun(_)) => Err(ApiError::NotFound(e.to_string())),
+        Err(e @ (RedriveError::NothingToRedrive(_) | RedriveError::AlreadyOpen { .. })) => {
+            Err(ApiError::Conflict(e.to_string()))
+        }
+        Err(RedriveError::Ledger(e)) => Err(e.into()),
     }
 }
 

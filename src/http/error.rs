@@ -40,13 +40,14 @@ pub enum ApiError {
     /// 422: readable, but it breaks the contract.
     #[error("{0}")]
     Unprocessable(String),
-    /// 429: too many of these at once; retry after `retry_after` seconds.
+    /// 429: the client is locked out for a while, or too many of these
+    /// run at once (its `Retry-After`).
     #[error("{message}")]
     TooManyRequests {
-        /// What is limited, and to how many.
+        /// What to tell the client.
         message: String,
-        /// Seconds to wait, sent as `Retry-After`.
-        retry_after: u64,
+        /// How long to wait before asking again.
+        retry_after: std::time::Duration,
     },
     /// 503: a dependency (the database) is unavailable; retry later.
     #[error("{0}")]
@@ -108,10 +109,6 @@ impl From<PathRejection> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let retry_after = match &self {
-            ApiError::TooManyRequests { retry_after, .. } => Some(*retry_after),
-            _ => None,
-        };
         let message = match &self {
             ApiError::Internal(e) => {
                 tracing::error!(error = ?e, "internal error");
@@ -126,9 +123,11 @@ impl IntoResponse for ApiError {
                 axum::http::HeaderValue::from_static("Bearer"),
             );
         }
-        if let Some(secs) = retry_after {
-            resp.headers_mut()
-                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        if let ApiError::TooManyRequests { retry_after, .. } = self {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                super::auth::Refused::retry_after_secs(retry_after).into(),
+            );
         }
         resp
     }

@@ -2,6 +2,7 @@
 //! and the web console under `/ui/`.
 
 pub mod api;
+pub mod auth;
 pub mod callback;
 mod error;
 pub mod openapi;
@@ -21,12 +22,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use secrecy::ExposeSecret;
 use serde::Serialize;
-use subtle::ConstantTimeEq;
 use utoipa::ToSchema;
 
 pub use error::{ApiError, ErrorBody};
+
+use self::auth::{AdminAuth, Refused, Surface};
 
 use crate::runs::Runs;
 
@@ -42,12 +43,15 @@ pub struct AppState {
     pub readers: sqlx::PgPool,
     /// Results exports streaming now, at most [`results::EXPORTS_AT_ONCE`].
     pub exports: Arc<tokio::sync::Semaphore>,
+    /// The admin token, and the lockout of clients guessing it.
+    pub auth: Arc<AdminAuth>,
 }
 
 impl AppState {
     /// The state of the handlers of `runs`, reading through `readers`.
     pub fn new(runs: Arc<Runs>, readers: sqlx::PgPool) -> Self {
         Self {
+            auth: Arc::new(AdminAuth::new(&runs.settings)),
             runs,
             health: Arc::new(Health::default()),
             readers,
@@ -122,27 +126,29 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// Lets a request with the admin token through; 401 without it, 429 while
+/// its client is locked out for presenting wrong ones ([`auth`]).
 async fn require_admin(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let expected = state
-        .runs
-        .settings
-        .security
-        .admin_token
-        .expose_secret()
-        .as_bytes();
-    let ok = bearer(request.headers())
-        .map(|t| bool::from(t.as_bytes().ct_eq(expected)))
-        .unwrap_or(false);
-    if !ok {
-        return Err(ApiError::Unauthorized(
+    let client = state.auth.client(request.headers(), request.extensions());
+    match state
+        .auth
+        .verify(&client, bearer(request.headers()), Surface::Api)
+    {
+        Ok(()) => Ok(next.run(request).await),
+        Err(Refused::LockedOut { retry_after }) => Err(ApiError::TooManyRequests {
+            message:
+                "too many wrong admin tokens from this client: try again after Retry-After seconds"
+                    .into(),
+            retry_after,
+        }),
+        Err(Refused::Missing | Refused::Wrong) => Err(ApiError::Unauthorized(
             "this endpoint needs Authorization: Bearer <admin_token>".into(),
-        ));
+        )),
     }
-    Ok(next.run(request).await)
 }
 
 /// The body of `/healthz` and `/readyz`.
@@ -361,6 +367,10 @@ fn describe_metrics() {
     describe_counter!(
         "fanfare_host_throttled_total",
         "Page dispatches a site answered with 429 or 503 (the host is slowed down)."
+    );
+    describe_counter!(
+        "fanfare_admin_token_refused_total",
+        "Admin tokens refused, by surface (console, api) and reason (wrong, locked_out: not looked at while the client is locked out)."
     );
     describe_gauge!(
         "fanfare_pages_waiting_on_host",

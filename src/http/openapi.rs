@@ -147,6 +147,7 @@ pub fn document() -> Value {
             "Sent once per run and target when the run made no progress for its schedule's `stuck_after`.",
         ),
     });
+    add_lockout_answers(&mut doc);
     if let Some(tags) = doc["tags"].as_array_mut() {
         tags.push(json!({
             "name": "notifications",
@@ -154,6 +155,48 @@ pub fn document() -> Value {
         }));
     }
     doc
+}
+
+/// Adds the 429 of a client locked out for wrong admin tokens to every
+/// operation that needs the admin token (the bearer check answers it
+/// before any handler runs).
+fn add_lockout_answers(doc: &mut Value) {
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    for item in paths.values_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for op in item.values_mut() {
+            let admin = op["security"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|r| r.get("admin").is_some()));
+            if !admin {
+                continue;
+            }
+            if let Some(responses) = op["responses"].as_object_mut() {
+                responses.insert(
+                    "429".into(),
+                    json!({
+                        "description": "This client presented too many wrong admin tokens and is locked out for Retry-After seconds; its token is not looked at until then (security.lockout_after_failures)",
+                        "headers": {
+                            "Retry-After": {
+                                "description": "Seconds until the lockout ends",
+                                "required": true,
+                                "schema": { "type": "integer", "minimum": 1 }
+                            }
+                        },
+                        "content": {
+                            "application/json": {
+                                "schema": { "$ref": "#/components/schemas/ErrorBody" }
+                            }
+                        }
+                    }),
+                );
+            }
+        }
+    }
 }
 
 /// `GET /openapi.json`: this document (no authentication).

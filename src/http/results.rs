@@ -1,6 +1,12 @@
 //! `GET /v1/runs/{id}/results`: every page's result of a run, streamed from
 //! Postgres as JSON Lines or CSV.
 //!
+//! Titles and fields come from third-party pages. A spreadsheet opening the
+//! CSV would run a cell that begins with `=`, `+`, `-`, `@`, a tab or a
+//! carriage return as a formula, so by default (`cells=safe`) such a cell is
+//! written with a single quote in front (OWASP's advice for CSV injection);
+//! `cells=raw` writes every cell as it is. JSON Lines are written as they are.
+//!
 //! The rows are read [`ROWS_AT_ONCE`] at a time (by id, after the last one
 //! sent) from the readers' pool and written into the response body through
 //! a bounded channel: a slow client slows the reading down (the channel
@@ -31,8 +37,8 @@ const CHUNKS_AHEAD: usize = 4;
 pub const ROWS_AT_ONCE: i64 = 1000;
 /// Exports one replica streams at once.
 pub const EXPORTS_AT_ONCE: usize = 4;
-/// What a refused export is told to wait, in seconds.
-const RETRY_EXPORT_AFTER: u64 = 10;
+/// What a refused export is told to wait.
+const RETRY_EXPORT_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The export's formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +73,44 @@ impl Format {
     }
 }
 
+/// How CSV cells that a spreadsheet would read as a formula are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cells {
+    /// A cell beginning with `=`, `+`, `-`, `@`, a tab or a carriage return
+    /// gets a single quote in front, so a spreadsheet shows it as text.
+    Safe,
+    /// Every cell as it is (for programs that read the CSV).
+    Raw,
+}
+
+impl Cells {
+    /// `safe` or `raw`; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "safe" => Some(Cells::Safe),
+            "raw" => Some(Cells::Raw),
+            _ => None,
+        }
+    }
+
+    /// `cell` as it is written under this policy.
+    pub fn write(self, cell: String) -> String {
+        match self {
+            Cells::Safe if starts_a_formula(&cell) => format!("'{cell}"),
+            _ => cell,
+        }
+    }
+}
+
+/// Whether a spreadsheet would read `cell` as a formula (OWASP, CSV
+/// injection: `=`, `+`, `-`, `@`, tab, carriage return first).
+pub fn starts_a_formula(cell: &str) -> bool {
+    matches!(
+        cell.as_bytes().first(),
+        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r')
+    )
+}
+
 /// The query of `GET /v1/runs/{id}/results`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -78,6 +122,12 @@ pub struct ResultsQuery {
     /// timed_out, cancelled).
     #[param(pattern = "^(pending|dispatched|succeeded|failed|timed_out|cancelled)$")]
     status: Option<String>,
+    /// CSV only: `safe` (the default) writes a cell beginning with `=`, `+`,
+    /// `-`, `@`, a tab or a carriage return with a single quote in front, so
+    /// that a spreadsheet does not run it as a formula; `raw` writes every
+    /// cell as it is.
+    #[param(pattern = "^(safe|raw)$")]
+    cells: Option<String>,
 }
 
 /// The CSV columns before the schedule's extract fields.
@@ -104,13 +154,13 @@ pub fn csv_header(fields: &[String]) -> Vec<String> {
     header
 }
 
-/// `GET /v1/runs/{id}/results?format=jsonl|csv&status=S`.
+/// `GET /v1/runs/{id}/results?format=jsonl|csv&status=S&cells=safe|raw`.
 #[utoipa::path(
     get,
     path = "/v1/runs/{id}/results",
     tag = "runs",
     summary = "Export a run's results",
-    description = "Every page's result, streamed from the ledger in id order: one JSON object per line (`format=jsonl`), or CSV with the header `url,status,http_status,title,<each extract field>,content_sha256,fetch_ms,error_kind,error_message,fields_json`.",
+    description = "Every page's result, streamed from the ledger in id order: one JSON object per line (`format=jsonl`), or CSV with the header `url,status,http_status,title,<each extract field>,content_sha256,fetch_ms,error_kind,error_message,fields_json`. In CSV, a cell beginning with `=`, `+`, `-`, `@`, a tab or a carriage return is written with a single quote in front unless `cells=raw`.",
     params(
         ("id" = String, Path, description = "The run's id (a UUID; anything else is no run: 404)"),
         ResultsQuery,
@@ -121,7 +171,7 @@ pub fn csv_header(fields: &[String]) -> Vec<String> {
             (String = "application/x-ndjson"),
             (String = "text/csv"),
         )),
-        (status = 400, description = "A malformed query string, an unknown `format` or `status`", body = super::error::ErrorBody),
+        (status = 400, description = "A malformed query string, an unknown `format`, `status` or `cells`", body = super::error::ErrorBody),
         (status = 401, description = "Missing or wrong admin token", body = super::error::ErrorBody),
         (status = 404, description = "No run has this id", body = super::error::ErrorBody),
         (status = 429, description = "As many exports as a replica streams at once are streaming; retry after `Retry-After` seconds", body = super::error::ErrorBody,
@@ -134,23 +184,37 @@ pub async fn export(
     Path(id): Path<String>,
     Query(q): Query<ResultsQuery>,
 ) -> Result<Response, ApiError> {
-    export_run(&state, &id, q.format.as_deref(), q.status.as_deref()).await
+    export_run(
+        &state,
+        &id,
+        q.format.as_deref(),
+        q.status.as_deref(),
+        q.cells.as_deref(),
+    )
+    .await
 }
 
 /// The export of run `id` in `format` (`jsonl` when `None`), optionally of
-/// the pages in one `status`: what `GET /v1/runs/{id}/results` answers, and
-/// the console's download links.
+/// the pages in one `status`, CSV cells written under `cells` (`safe` when
+/// `None`): what `GET /v1/runs/{id}/results` answers, and the console's
+/// download links.
 pub async fn export_run(
     state: &AppState,
     id: &str,
     format: Option<&str>,
     status: Option<&str>,
+    cells: Option<&str>,
 ) -> Result<Response, ApiError> {
     let run_id = super::api::parse_run_id(id)?;
     let format = match format {
         None => Format::Jsonl,
         Some(f) => Format::parse(f)
             .ok_or_else(|| ApiError::BadRequest(format!("format {f:?} must be jsonl or csv")))?,
+    };
+    let cells = match cells {
+        None => Cells::Safe,
+        Some(c) => Cells::parse(c)
+            .ok_or_else(|| ApiError::BadRequest(format!("cells {c:?} must be safe or raw")))?,
     };
     let status = super::api::parse_page_status(status)?;
     let Ok(permit) = state.exports.clone().try_acquire_owned() else {
@@ -179,7 +243,7 @@ pub async fn export_run(
     let pool = state.readers.clone();
     tokio::spawn(async move {
         let _permit = permit;
-        let mut encoder = Encoder::new(format, fields);
+        let mut encoder = Encoder::new(format, cells, fields);
         let (mut count, mut after) = (0u64, 0i64);
         loop {
             let rows = match ledger::page_results(&pool, run_id, status, after, ROWS_AT_ONCE).await
@@ -239,23 +303,28 @@ pub async fn export_run(
 /// Turns pages into the export's bytes, a chunk at a time.
 struct Encoder {
     format: Format,
+    cells: Cells,
     fields: Vec<String>,
     csv: Option<csv::Writer<Vec<u8>>>,
     json: Vec<u8>,
 }
 
 impl Encoder {
-    fn new(format: Format, fields: Vec<String>) -> Self {
+    fn new(format: Format, cells: Cells, fields: Vec<String>) -> Self {
         let mut encoder = Self {
             format,
+            cells,
             csv: None,
             json: Vec::new(),
             fields,
         };
         if format == Format::Csv {
             let mut w = csv_writer();
+            let header = csv_header(&encoder.fields)
+                .into_iter()
+                .map(|h| cells.write(h));
             // Writing into a Vec cannot fail.
-            let _ = w.write_record(csv_header(&encoder.fields));
+            let _ = w.write_record(header);
             encoder.csv = Some(w);
         }
         encoder
@@ -320,7 +389,9 @@ impl Encoder {
                 } else {
                     Value::Object(extra).to_string()
                 });
-                w.write_record(&record).map_err(|e| e.to_string())
+                let cells = self.cells;
+                w.write_record(record.into_iter().map(|c| cells.write(c)))
+                    .map_err(|e| e.to_string())
             }
         }
     }
@@ -378,5 +449,39 @@ impl<'a> Facts<'a> {
             error_kind: e("kind"),
             error_message: e("message"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safe_cells_quote_what_a_spreadsheet_would_run_and_raw_cells_are_left_alone() {
+        for formula in [
+            "=HYPERLINK(\"http://evil.example\",\"x\")",
+            "+1+1",
+            "-2+3",
+            "@SUM(A1:A2)",
+            "\t=1",
+            "\r=1",
+        ] {
+            assert_eq!(Cells::Safe.write(formula.into()), format!("'{formula}"));
+            assert_eq!(Cells::Raw.write(formula.into()), formula);
+        }
+        for plain in [
+            "",
+            "Kettle",
+            " =1",
+            "'=1",
+            "9,99 €",
+            "https://a.example/=x",
+            "\n=1",
+        ] {
+            assert_eq!(Cells::Safe.write(plain.into()), plain, "{plain:?}");
+        }
+        assert_eq!(Cells::parse("safe"), Some(Cells::Safe));
+        assert_eq!(Cells::parse("raw"), Some(Cells::Raw));
+        assert_eq!(Cells::parse("Raw"), None);
     }
 }

@@ -1,5 +1,6 @@
 //! The Postgres ledger: every SQL statement fanfare runs lives here, split
-//! by table ([`runs`], [`pages`], [`changes`], [`outbox`], [`schedules`]).
+//! by table ([`runs`], [`pages`], [`changes`], [`outbox`], [`schedules`],
+//! [`sessions`]).
 //!
 //! Statements only: each function runs one statement (or one short
 //! transaction of its own) on the connection, transaction or pool it is
@@ -19,6 +20,7 @@ pub mod outbox;
 pub mod pages;
 pub mod runs;
 pub mod schedules;
+pub mod sessions;
 mod types;
 
 pub use changes::*;
@@ -26,6 +28,7 @@ pub use outbox::*;
 pub use pages::*;
 pub use runs::*;
 pub use schedules::*;
+pub use sessions::*;
 pub use types::*;
 
 /// The embedded migrations (`migrations/`).

@@ -392,19 +392,35 @@ pub async fn last_fire<'e, E: PgExecutor<'e>>(
     .await
 }
 
+/// The unique index that holds one unfinished redrive run per parent.
+const ONE_OPEN_REDRIVE: &str = "runs_one_open_redrive";
+
+/// What [`create_redrive`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedriveInsert {
+    /// It created this run.
+    Created(Uuid),
+    /// The parent has no failed or timed-out pages, or does not exist.
+    NothingToRedrive,
+    /// An unfinished redrive run of the parent exists: nothing was created.
+    AlreadyOpen,
+}
+
 /// Creates a run of `parent`'s failed and timed-out pages, already listed,
-/// in one transaction: `None` when the parent has no such pages (or does
-/// not exist).
+/// in one transaction. Whether it may is decided by its first statement:
+/// the insert of the run finds the failures, and the unique index
+/// `runs_one_open_redrive` refuses a second unfinished redrive of the same
+/// parent (a racing insert waits for the first to commit, then fails).
 pub async fn create_redrive<'a, A: Acquire<'a, Database = Postgres>>(
     db: A,
     parent: Uuid,
     now: DateTime<Utc>,
-) -> Result<Option<Uuid>, sqlx::Error> {
+) -> Result<RedriveInsert, sqlx::Error> {
     use super::PageStatus;
     let mut tx = db.begin().await?;
     let id = Uuid::now_v7();
     let failures = [PageStatus::Failed, PageStatus::TimedOut];
-    let created: Option<Uuid> = sqlx::query_scalar(
+    let created: Option<Uuid> = match sqlx::query_scalar(
         "insert into runs (id, schedule, scheduled_for, trigger, parent_run_id, status, listed_at)
          select $1, schedule, $3, $5, id, $6, now() from runs
          where id = $2 and exists (
@@ -418,9 +434,16 @@ pub async fn create_redrive<'a, A: Acquire<'a, Database = Postgres>>(
     .bind(Trigger::Redrive)
     .bind(RunStatus::Running)
     .fetch_optional(&mut *tx)
-    .await?;
+    .await
+    {
+        Ok(created) => created,
+        Err(sqlx::Error::Database(db)) if db.constraint() == Some(ONE_OPEN_REDRIVE) => {
+            return Ok(RedriveInsert::AlreadyOpen)
+        }
+        Err(e) => return Err(e),
+    };
     if created.is_none() {
-        return Ok(None);
+        return Ok(RedriveInsert::NothingToRedrive);
     }
     let added: i64 = sqlx::query_scalar(
         "with added as (
@@ -460,7 +483,23 @@ pub async fn create_redrive<'a, A: Acquire<'a, Database = Postgres>>(
     .await?;
     wake(&mut *tx, WAKE_DISPATCH).await?;
     tx.commit().await?;
-    Ok(Some(id))
+    Ok(RedriveInsert::Created(id))
+}
+
+/// The unfinished redrive run of `parent`, if there is one.
+pub async fn open_redrive_of<'e, E: PgExecutor<'e>>(
+    db: E,
+    parent: Uuid,
+) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "select id from runs
+         where parent_run_id = $1 and trigger = $2 and status <> $3",
+    )
+    .bind(parent)
+    .bind(Trigger::Redrive)
+    .bind(RunStatus::Finished)
+    .fetch_optional(db)
+    .await
 }
 
 /// A page of runs, newest first: optionally of one schedule, in one of

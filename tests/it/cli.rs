@@ -427,3 +427,203 @@ async fn the_token_and_address_come_from_the_configuration_file() {
     assert_eq!(run["id"], run_id.to_string());
     app.stop().await;
 }
+
+#[tokio::test]
+async fn export_neutralises_csv_formulas_unless_cells_raw_is_asked_for() {
+    let app = TestApp::spawn(
+        &lambda_schedule("s", 1, None, ""),
+        Some(Arc::new(RecordingLambda::default())),
+    )
+    .await;
+    let title = "=HYPERLINK(\"http://evil.example\",\"Click\")";
+    let run_id = crate::results::finished_run_with_titles(&app.pool, &[(title, "-1")]).await;
+    let run = run_id.to_string();
+    for (args, want_title, want_price) in [
+        (vec!["export", &run], format!("'{title}"), "'-1"),
+        (
+            vec!["export", &run, "--cells", "safe"],
+            format!("'{title}"),
+            "'-1",
+        ),
+        (
+            vec!["export", &run, "--cells", "raw"],
+            title.to_string(),
+            "-1",
+        ),
+    ] {
+        let out = fanfare(&app.address, &args).await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let mut reader = csv::Reader::from_reader(&out.stdout[..]);
+        let row = reader.records().next().unwrap().unwrap();
+        assert_eq!(
+            (&row[3], &row[4]),
+            (want_title.as_str(), want_price),
+            "{args:?}"
+        );
+    }
+    let out = fanfare(&app.address, &["export", &run, "--cells", "formulas"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    app.stop().await;
+}
+
+/// Runs `fanfare ARGS` against `url` with its standard output on a
+/// pseudo-terminal in raw mode (no newline translation); returns its exit
+/// code and what reached the terminal.
+async fn fanfare_on_terminal(url: &str, args: &[&str]) -> (Option<i32>, Vec<u8>) {
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let url = url.to_string();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let (mut master, mut slave) = (-1, -1);
+        // SAFETY: openpty writes two descriptors, which are owned below;
+        // the termios struct is written by tcgetattr before it is read.
+        let (master, slave) = unsafe {
+            let opened = libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            );
+            assert_eq!(opened, 0, "openpty: {}", std::io::Error::last_os_error());
+            libc::fcntl(master, libc::F_SETFD, libc::FD_CLOEXEC);
+            let mut raw: libc::termios = std::mem::zeroed();
+            libc::tcgetattr(slave, &mut raw);
+            libc::cfmakeraw(&mut raw);
+            libc::tcsetattr(slave, libc::TCSANOW, &raw);
+            (
+                std::fs::File::from_raw_fd(master),
+                OwnedFd::from_raw_fd(slave),
+            )
+        };
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_fanfare"));
+        command
+            .args(&args)
+            .env("FANFARE_URL", &url)
+            .env("FANFARE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env_remove("FANFARE_CONFIG")
+            .env_remove("FANFARE_CONFIG_TOML")
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::from(slave));
+        let mut child = command.spawn().expect("the fanfare binary runs");
+        // Our copy of the terminal's end closes with the command, so that
+        // reading ends (EIO) once the child has exited.
+        drop(command);
+        let reader = std::thread::spawn(move || {
+            let mut master = master;
+            let mut seen = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = master.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                seen.extend_from_slice(&chunk[..n]);
+            }
+            seen
+        });
+        let status = child.wait().unwrap();
+        (status.code(), reader.join().unwrap())
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn on_a_terminal_titles_and_errors_are_shown_with_control_characters_escaped() {
+    let app = TestApp::spawn(
+        &lambda_schedule("s", 1, None, ""),
+        Some(Arc::new(RecordingLambda::default())),
+    )
+    .await;
+    let title = "Kettle\x1b]0;owned\x07 \x1b[2J\u{9b}31m red\nline\tx";
+    let run_id = crate::results::finished_run_with_titles(&app.pool, &[(title, "9.99")]).await;
+    let run = run_id.to_string();
+    let raw_controls = |bytes: &[u8]| {
+        String::from_utf8_lossy(bytes)
+            .chars()
+            .any(|c| c != '\n' && (c.is_control()))
+    };
+
+    for format in ["csv", "jsonl"] {
+        let (code, shown) =
+            fanfare_on_terminal(&app.address, &["export", &run, "--format", format]).await;
+        assert_eq!(code, Some(0), "{}", String::from_utf8_lossy(&shown));
+        let shown = String::from_utf8(shown).unwrap();
+        assert!(!raw_controls(shown.as_bytes()), "{shown:?}");
+        // JSON escapes C0 controls itself; C1 ones (CSI) only the terminal escape.
+        let osc = if format == "csv" {
+            "\\x1b]0;owned\\x07"
+        } else {
+            "\\u001b]0;owned\\u0007"
+        };
+        assert!(shown.contains(osc), "{shown:?}");
+        assert!(shown.contains("\\u{9b}31m"), "{shown:?}");
+        assert_eq!(
+            shown.lines().count(),
+            if format == "csv" { 2 } else { 1 },
+            "{shown:?}"
+        );
+        // Through a pipe, the bytes are as the API sent them.
+        let piped = fanfare(&app.address, &["export", &run, "--format", format]).await;
+        assert_eq!(piped.status.code(), Some(0), "{}", text(&piped));
+        let api = app
+            .client
+            .get(format!(
+                "{}/v1/runs/{run}/results?format={format}&cells=safe",
+                app.address
+            ))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(piped.stdout, api.to_vec(), "{format}");
+    }
+
+    // A run's error and a notification's last error, in runs show and runs list.
+    sqlx::query("update runs set error = $2 where id = $1")
+        .bind(run_id)
+        .bind("listing failed: \x1b[31mboom\x1b[0m\nrun  fake  succeeded")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "insert into notifications (run_id, event, target, kind, webhook_id, payload, attempts, last_error)
+         values ($1, 'run.finished', 0, 'webhook', 'msg_test_0', '{}', 1, $2)",
+    )
+    .bind(run_id)
+    .bind("HTTP 500: \x1b[5mblink\x1b[0m")
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let (code, shown) = fanfare_on_terminal(&app.address, &["runs", "show", &run]).await;
+    assert_eq!(code, Some(0));
+    let shown = String::from_utf8(shown).unwrap();
+    assert!(!raw_controls(shown.as_bytes()), "{shown:?}");
+    assert!(
+        shown.contains("listing failed: \\x1b[31mboom\\x1b[0m\\nrun  fake  succeeded"),
+        "{shown:?}"
+    );
+    assert!(
+        shown.contains("HTTP 500: \\x1b[5mblink\\x1b[0m"),
+        "{shown:?}"
+    );
+    let (code, shown) = fanfare_on_terminal(&app.address, &["runs", "list"]).await;
+    assert_eq!(code, Some(0));
+    assert!(
+        !raw_controls(&shown),
+        "{:?}",
+        String::from_utf8_lossy(&shown)
+    );
+    let piped = fanfare(&app.address, &["runs", "show", &run]).await;
+    assert!(
+        String::from_utf8_lossy(&piped.stdout).contains("\x1b[31mboom"),
+        "{}",
+        text(&piped)
+    );
+    app.stop().await;
+}

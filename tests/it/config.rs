@@ -322,3 +322,87 @@ fn compare_and_when_default_to_fields_and_always_and_other_values_name_their_key
         ]
     );
 }
+
+#[test]
+fn trusted_proxies_and_the_lockout_threshold_are_read_and_bad_values_named() {
+    let base = |server: &str, security: &str| {
+        format!(
+            "[server]\npublic_url = \"http://a.example\"\n{server}\n[database]\nurl = \"postgres://x@h/d\"\n[security]\ncallback_secret = \"{}\"\nadmin_token = \"{}\"\n{security}\n",
+            "s".repeat(32),
+            "t".repeat(32),
+        )
+    };
+    let settings = Settings::from_toml(&base("", "")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(settings.server.trusted_proxies.is_empty());
+    assert_eq!(settings.security.lockout_after_failures, 10);
+    assert_eq!(settings.security.lockout_first.as_secs(), 1);
+    assert_eq!(settings.security.lockout_max.as_secs(), 15 * 60);
+
+    // A TOML list, or one comma-separated string (as FANFARE__SERVER__TRUSTED_PROXIES gives it).
+    for list in [
+        "[\"10.0.0.0/16\", \"192.0.2.1\", \"2001:db8::/32\"]",
+        "\"10.0.0.0/16, 192.0.2.1,2001:db8::/32\"",
+    ] {
+        let settings = Settings::from_toml(&base(
+            &format!("trusted_proxies = {list}"),
+            "lockout_after_failures = 3",
+        ))
+        .unwrap_or_else(|e| panic!("{list}: {e}"));
+        let nets: Vec<String> = settings
+            .server
+            .trusted_proxies
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(
+            nets,
+            ["10.0.0.0/16", "192.0.2.1/32", "2001:db8::/32"],
+            "{list}"
+        );
+        assert_eq!(settings.security.lockout_after_failures, 3);
+    }
+
+    let text = Settings::from_toml(&base(
+        "trusted_proxies = [\"10.0.0.0/33\", \"alb\"]",
+        "lockout_after_failures = 0\nlockout_first = \"2m\"\nlockout_max = \"1m\"",
+    ))
+    .unwrap_err()
+    .to_string();
+    for expected in [
+        "server.trusted_proxies: \"10.0.0.0/33\" is not an address or a CIDR block",
+        "server.trusted_proxies: \"alb\" is not an address or a CIDR block",
+        "security.lockout_after_failures: must be at least 1",
+        "security.lockout_max: must be at least security.lockout_first",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in {text}");
+    }
+}
+
+#[test]
+fn trusted_proxies_can_come_from_one_environment_variable() {
+    let dir = std::env::temp_dir().join(format!("fanfare-config-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("fanfare.toml");
+    std::fs::write(&file, config_toml("postgres://x@127.0.0.1/db", "")).unwrap();
+    for (value, ok) in [
+        ("10.0.0.0/16", true),
+        ("10.0.0.0/16, 192.0.2.1", true),
+        ("10.0.0.0/16,load-balancer", false),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_fanfare"))
+            .args(["check-config", "--config"])
+            .arg(&file)
+            .env("FANFARE__SERVER__TRUSTED_PROXIES", value)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.success(), ok, "{value}: {stderr}");
+        if !ok {
+            assert!(
+                stderr.contains("server.trusted_proxies: \"load-balancer\" is not an address"),
+                "{stderr}"
+            );
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -729,3 +729,186 @@ async fn every_stream_of_a_run_ends_with_one_done_event_when_the_run_finishes() 
     .await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_consoles_csv_download_neutralises_formulas_from_page_titles() {
+    let app = TestApp::spawn(
+        &lambda_schedule("s", 1, None, ""),
+        Some(Arc::new(RecordingLambda::default())),
+    )
+    .await;
+    let run_id = crate::results::finished_run_with_titles(
+        &app.pool,
+        &[("=HYPERLINK(\"http://evil.example\",\"Click\")", "@x")],
+    )
+    .await;
+    let cookie = session(&app).await;
+    let (status, _, body) = page(
+        &app,
+        Some(&cookie),
+        &format!("/ui/runs/{run_id}/results.csv"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let mut rows = csv::Reader::from_reader(body.as_bytes());
+    let row = rows.records().next().unwrap().unwrap();
+    assert_eq!(&row[3], "'=HYPERLINK(\"http://evil.example\",\"Click\")");
+    assert_eq!(&row[4], "'@x");
+    let (status, _, body) = page(
+        &app,
+        Some(&cookie),
+        &format!("/ui/runs/{run_id}/results.csv?cells=raw"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(",\"=HYPERLINK("), "{body}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_sign_in_goes_back_only_to_a_normalised_console_path() {
+    let app = TestApp::spawn(
+        &lambda_schedule("s", 1, None, ""),
+        Some(Arc::new(RecordingLambda::default())),
+    )
+    .await;
+    for (next, want) in [
+        ("/ui/runs?status=failed", "/ui/runs?status=failed"),
+        ("/ui/runs/x/../", "/ui/runs/"),
+        ("/ui/../evil", "/ui/"),
+        ("/ui/%2e%2e/evil", "/ui/"),
+        ("/ui/.%2E/%2e%2e/evil", "/ui/"),
+        ("/ui/..%2fevil", "/ui/"),
+        ("/ui/%5c%5cevil.example", "/ui/"),
+        ("/ui\\..\\evil", "/ui/"),
+        ("//evil.example/ui/", "/ui/"),
+    ] {
+        let resp = client()
+            .post(format!("{}/ui/login", app.address))
+            .form(&[("token", ADMIN_TOKEN), ("next", next)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 303, "{next}");
+        assert_eq!(resp.headers()[LOCATION], want, "{next}");
+        // The sign-in page carries only a normalised console path on.
+        let (status, _, body) =
+            page(&app, None, &format!("/ui/login?next={}", query_value(next))).await;
+        assert_eq!(status, 200, "{next}");
+        if want == "/ui/" {
+            assert!(!body.contains(r#"name="next""#), "{next}: {body}");
+        }
+    }
+    app.stop().await;
+}
+
+/// `s` percent-encoded for a query string.
+fn query_value(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+#[tokio::test]
+async fn a_second_redrive_from_the_console_while_the_first_is_open_is_refused() {
+    let lambda = Arc::new(RecordingLambda::default());
+    let app = TestApp::spawn(&lambda_schedule("s", 1, None, ""), Some(lambda.clone())).await;
+    let run = app.trigger("s").await;
+    let r = lambda.wait_for(1).await.remove(0);
+    app.post_report(Some(&r.callback_token), &failed(&r, false))
+        .await;
+    app.wait_finished(run, Duration::from_secs(5)).await;
+    let cookie = session(&app).await;
+    let (_, _, html) = page(&app, Some(&cookie), &format!("/ui/runs/{run}")).await;
+    let csrf = csrf_of(&html);
+    let path = format!("/ui/runs/{run}/redrive");
+    let (status, location) = post_form(&app, &cookie, &path, &[("csrf", &csrf)]).await;
+    assert_eq!(status, 303);
+    assert!(location.starts_with("/ui/runs/"), "{location}");
+    let resp = client()
+        .post(format!("{}{path}", app.address))
+        .header(COOKIE_HEADER, format!("{COOKIE}={cookie}"))
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 409);
+    let body = resp.text().await.unwrap();
+    assert!(body.contains("is being redriven already"), "{body}");
+    assert!(body.contains(&location["/ui/runs/".len()..]), "{body}");
+    assert_eq!(run_count(&app).await, 2);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_signed_out_session_and_its_csrf_token_are_refused_by_every_replica() {
+    let schedule = lambda_schedule("s", 1, None, "");
+    let lambda: Arc<RecordingLambda> = Arc::new(RecordingLambda::default());
+    let a = TestApp::spawn(&schedule, Some(lambda.clone())).await;
+    let b = TestApp::spawn_on(&a.database, &schedule, Some(lambda.clone())).await;
+    // A revocation whose session has expired: deleted by the next sign-out.
+    sqlx::query(
+        "insert into revoked_console_sessions (nonce, expires_at)
+         values ('expired-nonce', now() - interval '1 minute')",
+    )
+    .execute(&a.pool)
+    .await
+    .unwrap();
+
+    let cookie = session(&a).await;
+    let other = session(&a).await;
+    for app in [&a, &b] {
+        let (status, _, body) = page(app, Some(&cookie), "/ui/").await;
+        assert_eq!(status, 200, "the session opens both replicas: {body}");
+    }
+    let (_, _, html) = page(&b, Some(&cookie), "/ui/").await;
+    let csrf = csrf_of(&html);
+
+    let (status, location) = post_form(&a, &cookie, "/ui/logout", &[("csrf", &csrf)]).await;
+    assert_eq!((status, location.as_str()), (303, "/ui/login"));
+
+    // The replica that signed it out refuses it at once; the other once it
+    // reads the list again (within a few seconds).
+    let (status, headers, _) = page(&a, Some(&cookie), "/ui/").await;
+    assert_eq!(status, 303);
+    assert_eq!(headers[LOCATION], "/ui/login?next=%2Fui%2F");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, _, _) = page(&b, Some(&cookie), "/ui/").await;
+        if status == 303 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the other replica still accepts the signed-out session"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Its CSRF token is worthless with it, on both replicas.
+    for app in [&a, &b] {
+        let (status, location) =
+            post_form(app, &cookie, "/ui/schedules/s/trigger", &[("csrf", &csrf)]).await;
+        assert_eq!((status, location.as_str()), (303, "/ui/login"));
+        // The sign-in page does not take it for a signed-in browser either.
+        let (status, _, body) = page(app, Some(&cookie), "/ui/login").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(run_count(&a).await, 0, "no run was started with it");
+    // Other sessions are untouched.
+    let (status, _, _) = page(&b, Some(&other), "/ui/").await;
+    assert_eq!(status, 200);
+
+    let nonces: Vec<String> = sqlx::query_scalar("select nonce from revoked_console_sessions")
+        .fetch_all(&a.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        nonces.len(),
+        1,
+        "the expired revocation is gone: {nonces:?}"
+    );
+    assert!(
+        cookie.contains(&format!(".{}.", nonces[0])),
+        "{cookie} {nonces:?}"
+    );
+    b.stop().await;
+    a.stop().await;
+}

@@ -302,6 +302,65 @@ async fn a_redrive_crawls_the_failed_and_timed_out_pages_again_in_a_linked_run()
 }
 
 #[tokio::test]
+async fn racing_redrives_of_one_run_create_one_run_and_the_others_get_409_until_it_finishes() {
+    let lambda = Arc::new(RecordingLambda::default());
+    let app = TestApp::spawn(&lambda_schedule("again", 3, None, ""), Some(lambda.clone())).await;
+    let run = app.trigger("again").await;
+    for r in lambda.wait_for(3).await {
+        app.post_report(Some(&r.callback_token), &failed(&r, false))
+            .await;
+    }
+    app.wait_finished(run, Duration::from_secs(5)).await;
+    let redrive = |client: reqwest::Client| {
+        let url = format!("{}/v1/runs/{run}/redrive", app.address);
+        async move {
+            let resp = client
+                .post(url)
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    // Eight requests at once, each on a connection of its own.
+    let answers = futures::future::join_all((0..8).map(|_| redrive(reqwest::Client::new()))).await;
+    let created: Vec<&serde_json::Value> = answers
+        .iter()
+        .filter(|(s, _)| *s == 202)
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(created.len(), 1, "exactly one redrive run: {answers:?}");
+    let new_run: uuid::Uuid = created[0]["run_id"].as_str().unwrap().parse().unwrap();
+    for (status, body) in answers.iter().filter(|(s, _)| *s != 202) {
+        assert_eq!(*status, 409, "{body}");
+        let error = body["error"].as_str().unwrap();
+        assert!(
+            error.contains("still open") && error.contains(&new_run.to_string()),
+            "{error}"
+        );
+    }
+    let children: i64 = sqlx::query_scalar("select count(*) from runs where parent_run_id = $1")
+        .bind(run)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(children, 1);
+    assert_eq!(lambda.wait_for(6).await.len(), 6, "its 3 pages, once");
+
+    // Once the redrive run has finished, the run may be redriven again.
+    for r in &lambda.requests()[3..] {
+        app.post_report(Some(&r.callback_token), &failed(r, false))
+            .await;
+    }
+    app.wait_finished(new_run, Duration::from_secs(5)).await;
+    let (status, body) = redrive(app.client.clone()).await;
+    assert_eq!(status, 202, "{body}");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_paused_schedule_skips_its_fires_until_resumed() {
     let schedule = "[[schedules]]\nname = \"tick\"\ncron = \"* * * * * *\"\ninvoker = \"local\"\npages = { urls = [] }\n";
     let app = TestApp::spawn(schedule, None).await;

@@ -200,11 +200,15 @@ async fn admin_routes_use_the_admin_scheme_and_callbacks_the_task_token() {
                     &serde_json::json!([{"admin": []}]),
                     "{method} {path}"
                 );
-                for status in ["200", "401"] {
+                for status in ["200", "401", "429"] {
                     let answered = op["responses"][status].is_object()
                         || (status == "200" && op["responses"]["202"].is_object());
                     assert!(answered, "{method} {path} documents {status}");
                 }
+                assert!(
+                    op["responses"]["429"]["headers"]["Retry-After"]["required"] == true,
+                    "{method} {path}: the lockout's 429 documents Retry-After"
+                );
             } else {
                 assert!(security.is_null(), "{method} {path} needs no credentials");
             }

@@ -413,3 +413,116 @@ async fn a_fifth_export_at_once_is_refused_with_retry_after_while_callbacks_and_
     }
     app.stop().await;
 }
+
+/// A finished run of schedule `s` with one succeeded page per title, each
+/// with `price` (the schedule's extract field) and `note` (not extracted).
+pub(crate) async fn finished_run_with_titles(
+    pool: &sqlx::PgPool,
+    pages: &[(&str, &str)],
+) -> uuid::Uuid {
+    let run_id = uuid::Uuid::now_v7();
+    let n = pages.len() as i64;
+    sqlx::query(
+        "insert into runs (id, schedule, scheduled_for, trigger, status, outcome, total_pages,
+             open_pages, succeeded_pages, listed_at, finished_at)
+         values ($1, 's', now(), 'manual', 'finished', 'succeeded', $2, 0, $2, now(), now())",
+    )
+    .bind(run_id)
+    .bind(n)
+    .execute(pool)
+    .await
+    .unwrap();
+    for (i, (title, price)) in pages.iter().enumerate() {
+        sqlx::query(
+            "insert into pages (run_id, url, status, attempt, result, finished_at)
+             values ($1, $2, 'succeeded', 1, $3, now())",
+        )
+        .bind(run_id)
+        .bind(format!("https://a.example/{i}"))
+        .bind(json!({"http_status": 200, "title": title,
+                     "fields": {"price": price, "note": title},
+                     "bytes": 1, "content_sha256": "f".repeat(64), "fetch_ms": 3}))
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+    run_id
+}
+
+#[tokio::test]
+async fn csv_cells_that_a_spreadsheet_would_run_get_a_quote_unless_raw_is_asked_for() {
+    let app = TestApp::spawn(
+        &lambda_schedule("s", 1, None, ""),
+        Some(Arc::new(RecordingLambda::default())),
+    )
+    .await;
+    let pages = [
+        ("=HYPERLINK(\"http://evil.example\",\"Click\")", "=1+1"),
+        ("+cmd|' /C calc'!A0", "+3"),
+        ("-2+3", "-4.50"),
+        ("@SUM(1+1)*cmd|' /C calc'!A0", "@x"),
+        ("\t=1+1", "\t2"),
+        ("\r=1+1", "\r2"),
+        ("Kettle = deluxe", "9.99"),
+    ];
+    let run_id = finished_run_with_titles(&app.pool, &pages).await;
+    let quoted = |s: &str| {
+        if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+            format!("'{s}")
+        } else {
+            s.to_string()
+        }
+    };
+
+    for query in ["format=csv", "format=csv&cells=safe"] {
+        let (status, _, _, body) =
+            download(&app, &format!("/v1/runs/{run_id}/results?{query}")).await;
+        assert_eq!(status, 200, "{body}");
+        let (header, rows) = csv_rows(&body);
+        assert_eq!(header[3..5], ["title", "price"]);
+        for (row, (title, price)) in rows.iter().zip(pages) {
+            assert_eq!(row[3], quoted(title), "{query}: {row:?}");
+            assert_eq!(row[4], quoted(price), "{query}: {row:?}");
+            // Fields not extracted go into fields_json, a JSON object: "{...".
+            let extra: Value = serde_json::from_str(&row[9]).unwrap();
+            assert_eq!(extra["note"], title);
+        }
+        assert_eq!(rows[6][3], "Kettle = deluxe", "plain text is left alone");
+    }
+
+    let (status, _, _, body) = download(
+        &app,
+        &format!("/v1/runs/{run_id}/results?format=csv&cells=raw"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, rows) = csv_rows(&body);
+    for (row, (title, price)) in rows.iter().zip(pages) {
+        assert_eq!((row[3].as_str(), row[4].as_str()), (title, price));
+    }
+
+    // JSON Lines carry the text as it is, whatever cells says.
+    for query in ["format=jsonl", "format=jsonl&cells=safe"] {
+        let (status, _, _, body) =
+            download(&app, &format!("/v1/runs/{run_id}/results?{query}")).await;
+        assert_eq!(status, 200, "{body}");
+        let titles: Vec<Value> = body
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["title"].clone())
+            .collect();
+        let want: Vec<Value> = pages.iter().map(|(t, _)| json!(t)).collect();
+        assert_eq!(titles, want, "{query}");
+    }
+
+    let (status, body) = app
+        .get(&format!(
+            "/v1/runs/{run_id}/results?format=csv&cells=formulas"
+        ))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("\"formulas\""),
+        "{body}"
+    );
+    app.stop().await;
+}

@@ -3,7 +3,8 @@
 //!
 //! - Sign-in (`/ui/login`) takes the admin token and sets a signed,
 //!   expiring session cookie ([`session`]) that any replica accepts;
-//!   without one every page redirects to the sign-in.
+//!   without one every page redirects to the sign-in. Signing out revokes
+//!   the session on every replica.
 //! - Every state-changing form POSTs with the session's CSRF token and
 //!   calls what the admin API calls ([`Runs::start`], [`Runs::close_run`],
 //!   [`Runs::redrive`], [`ledger::set_paused`]), then redirects (303).
@@ -26,15 +27,12 @@ mod svg;
 mod words;
 
 use std::convert::Infallible;
-use std::fmt;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::{FormRejection, PathRejection, QueryRejection};
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, OriginalUri, Request, State};
-use axum::http::request::Parts;
+use axum::extract::{FromRef, FromRequest, FromRequestParts, OriginalUri, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -45,18 +43,17 @@ use chrono::{SubsecRound, Utc};
 use futures::Stream;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
-use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use self::pages::{Chrome, RunView, RunsFilter, ScheduleRow};
-use self::session::{Session, SessionKey};
-use self::streams::{EventHub, ReadRun, Reading, Refused, StreamLimits, Ticket};
-use super::throttle::LogThrottle;
+use self::session::{Revocations, Session, SessionKey};
+use self::streams::{EventHub, ReadRun, Reading, Refused as StreamRefused, StreamLimits, Ticket};
+use super::auth::{Client, Refused, Surface};
 use super::{ApiError, AppState};
 use crate::ledger::{self, Outcome, RunStatus, Trigger};
 use crate::lifecycle::changes::{ChangeEntry, Changes};
 use crate::lifecycle::Closing;
-use crate::runs::StartError;
+use crate::runs::{RedriveError, StartError};
 
 /// The Content-Security-Policy of every console answer: nothing inline,
 /// nothing from elsewhere, no framing, forms only to the console.
@@ -83,10 +80,18 @@ const STREAM_RETRY_AFTER: Duration = Duration::from_secs(30);
 struct Console {
     app: AppState,
     key: Arc<SessionKey>,
+    /// Sessions signed out before they expired.
+    revoked: Arc<Revocations>,
     /// The console is served over https: the cookie is `Secure`.
     secure: bool,
     /// The event streams of open runs on this replica.
     streams: EventHub,
+}
+
+impl FromRef<Console> for AppState {
+    fn from_ref(console: &Console) -> AppState {
+        console.app.clone()
+    }
 }
 
 impl Console {
@@ -114,6 +119,7 @@ pub fn router(app: AppState) -> Router<AppState> {
         key: Arc::new(SessionKey::derive(
             settings.security.admin_token.expose_secret(),
         )),
+        revoked: Arc::new(Revocations::default()),
         secure: settings.server.public_url.scheme() == "https",
         streams: EventHub::new(
             read_progress(app.readers.clone()),
@@ -280,18 +286,36 @@ async fn security_headers(mut response: Response) -> Response {
     response
 }
 
-/// The session of a request's cookie, if it verifies.
-fn session_of(console: &Console, headers: &HeaderMap) -> Result<Session, String> {
+/// Why a request has no session.
+enum NoSession {
+    /// No cookie, or one that does not verify, has expired or was signed
+    /// out.
+    Refused(String),
+    /// The list of signed-out sessions could not be read.
+    Ledger(sqlx::Error),
+}
+
+/// The session of a request's cookie, if it verifies and was not signed out.
+async fn session_of(console: &Console, headers: &HeaderMap) -> Result<Session, NoSession> {
     let value = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|h| h.to_str().ok())
         .find_map(|h| session::cookie(h, session::COOKIE))
-        .ok_or_else(|| "no session cookie".to_string())?;
-    console
+        .ok_or_else(|| NoSession::Refused("no session cookie".into()))?;
+    let session = console
         .key
         .verify(value, Utc::now())
-        .map_err(|e| e.to_string())
+        .map_err(|e| NoSession::Refused(e.to_string()))?;
+    match console
+        .revoked
+        .is_revoked(&console.app.runs.pool, &session)
+        .await
+    {
+        Ok(false) => Ok(session),
+        Ok(true) => Err(NoSession::Refused("session signed out".into())),
+        Err(e) => Err(NoSession::Ledger(e)),
+    }
 }
 
 /// Lets a request with a valid session through (with the [`Session`] as an
@@ -302,12 +326,13 @@ async fn require_session(
     mut request: Request,
     next: Next,
 ) -> Response {
-    match session_of(&console, request.headers()) {
+    match session_of(&console, request.headers()).await {
         Ok(session) => {
             request.extensions_mut().insert(session);
             next.run(request).await
         }
-        Err(why) => {
+        Err(NoSession::Ledger(e)) => UiError::from(e).into_response(),
+        Err(NoSession::Refused(why)) => {
             let path = request
                 .extensions()
                 .get::<OriginalUri>()
@@ -315,9 +340,10 @@ async fn require_session(
                 .unwrap_or_else(|| request.uri().clone());
             tracing::debug!(path = %path.path(), reason = %why, "console request without a valid session: sent to the sign-in");
             let target = match (request.method(), path.path_and_query()) {
-                (&Method::GET, Some(pq)) if safe_next(pq.as_str()).is_some() => {
-                    format!("/ui/login?next={}", pages::urlencode(pq.as_str()))
-                }
+                (&Method::GET, Some(pq)) => match safe_next(pq.as_str()) {
+                    Some(next) => format!("/ui/login?next={}", pages::urlencode(&next)),
+                    None => "/ui/login".to_string(),
+                },
                 _ => "/ui/login".to_string(),
             };
             see_other(&target)
@@ -325,58 +351,78 @@ async fn require_session(
     }
 }
 
-/// `next` when it is a console path to come back to after signing in (so a
-/// sign-in link cannot send anyone elsewhere).
-fn safe_next(next: &str) -> Option<&str> {
-    let ok = (next == "/ui" || next.starts_with("/ui/"))
-        && !next.contains("//")
-        && !next.contains('\\')
-        && next.bytes().all(|b| b.is_ascii_graphic())
-        && !next.starts_with("/ui/login")
-        && !next.starts_with("/ui/logout");
-    ok.then_some(next)
+/// `next` normalised, when it is a console path to come back to after
+/// signing in (so a sign-in link cannot send anyone elsewhere).
+///
+/// The path's dot segments are resolved, percent-encoded ones too
+/// (`/ui/%2e%2e/x` is `/x`), as a browser would before requesting it; the
+/// result must be `/ui` or under `/ui/` and not the sign-in or sign-out.
+/// Backslashes, empty segments (`//`), an encoded `/` or `\` in a segment,
+/// control characters and anything but printable ASCII are refused.
+fn safe_next(next: &str) -> Option<String> {
+    if !next.bytes().all(|b| b.is_ascii_graphic()) || next.contains('\\') {
+        return None;
+    }
+    let (path, rest) = next.split_at(next.find(['?', '#']).unwrap_or(next.len()));
+    let segments = path.strip_prefix('/')?.split('/').collect::<Vec<_>>();
+    let last = segments.len() - 1;
+    // Each kept segment as written, and decoded (for the checks).
+    let mut kept: Vec<(&str, Vec<u8>)> = Vec::new();
+    let mut ends_in_slash = false;
+    for (i, segment) in segments.iter().enumerate() {
+        let decoded = percent_decode(segment)?;
+        if (decoded.is_empty() && i != last)
+            || decoded
+                .iter()
+                .any(|&b| b == b'/' || b == b'\\' || b.is_ascii_control())
+        {
+            return None;
+        }
+        match decoded.as_slice() {
+            b"." => ends_in_slash = i == last,
+            b".." => {
+                kept.pop()?;
+                ends_in_slash = i == last;
+            }
+            _ => kept.push((segment, decoded)),
+        }
+    }
+    let mut normal = String::new();
+    for (segment, _) in &kept {
+        normal.push('/');
+        normal.push_str(segment);
+    }
+    if ends_in_slash || normal.is_empty() {
+        normal.push('/');
+    }
+    let under_ui = kept.first().is_some_and(|(s, _)| *s == "ui");
+    let sign_in_or_out = kept
+        .get(1)
+        .is_some_and(|(_, d)| d.as_slice() == b"login" || d.as_slice() == b"logout");
+    (under_ui && !sign_in_or_out).then(|| format!("{normal}{rest}"))
+}
+
+/// The bytes of a percent-encoded path segment; `None` when a `%` is not
+/// followed by two hex digits.
+fn percent_decode(segment: &str) -> Option<Vec<u8>> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = segment.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(out)
 }
 
 fn see_other(location: &str) -> Response {
     (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response()
-}
-
-/// Where a request came from, for the log: the peer's address and, behind
-/// a load balancer, the `X-Forwarded-For` it sent (as given, not trusted).
-struct Client {
-    peer: Option<SocketAddr>,
-    forwarded_for: Option<String>,
-}
-
-impl fmt::Display for Client {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.peer {
-            Some(peer) => write!(f, "{peer}")?,
-            None => f.write_str("unknown")?,
-        }
-        if let Some(xff) = &self.forwarded_for {
-            write!(f, " (X-Forwarded-For: {xff})")?;
-        }
-        Ok(())
-    }
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for Client {
-    type Rejection = Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
-        Ok(Client {
-            peer: parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0),
-            forwarded_for: parts
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-                .map(|v| v.chars().take(200).collect()),
-        })
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -393,10 +439,10 @@ async fn login_page(
     Query(q): Query<NextQuery>,
 ) -> Response {
     let next = q.next.as_deref().and_then(safe_next);
-    if session_of(&console, &headers).is_ok() {
-        return see_other(next.unwrap_or("/ui/"));
+    if session_of(&console, &headers).await.is_ok() {
+        return see_other(next.as_deref().unwrap_or("/ui/"));
     }
-    Html(pages::login(next, false).into_string()).into_response()
+    Html(pages::login(next.as_deref(), false).into_string()).into_response()
 }
 
 #[derive(Deserialize)]
@@ -411,38 +457,45 @@ async fn login(
     client: Client,
     Form(form): Form<LoginForm>,
 ) -> Response {
-    let expected = console
-        .app
-        .runs
-        .settings
-        .security
-        .admin_token
-        .expose_secret()
-        .as_bytes();
     let next = form.next.as_deref().and_then(safe_next);
-    if bool::from(form.token.as_bytes().ct_eq(expected)) {
-        tracing::info!(client = %client, "console sign-in");
-        let cookie = session::set_cookie(&console.key.issue(Utc::now()), console.secure);
-        let mut response = see_other(next.unwrap_or("/ui/"));
-        if let Ok(v) = HeaderValue::from_str(&cookie) {
-            response.headers_mut().insert(header::SET_COOKIE, v);
+    match console
+        .app
+        .auth
+        .verify(&client, Some(&form.token), Surface::ConsoleSignIn)
+    {
+        Ok(()) => {
+            tracing::info!(client = %client, "console sign-in");
+            let cookie = session::set_cookie(&console.key.issue(Utc::now()), console.secure);
+            let mut response = see_other(next.as_deref().unwrap_or("/ui/"));
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                response.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            response
         }
-        return response;
+        Err(Refused::LockedOut { retry_after }) => {
+            let secs = Refused::retry_after_secs(retry_after);
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, secs.to_string())],
+                Html(
+                    pages::error(
+                        "Too many attempts",
+                        &format!(
+                            "Too many wrong tokens came from your address. Try again in {secs} s."
+                        ),
+                        None,
+                    )
+                    .into_string(),
+                ),
+            )
+                .into_response()
+        }
+        Err(Refused::Missing | Refused::Wrong) => (
+            StatusCode::UNAUTHORIZED,
+            Html(pages::login(next.as_deref(), true).into_string()),
+        )
+            .into_response(),
     }
-    tracing::debug!(client = %client, "console sign-in refused: wrong admin token");
-    static REFUSED: LogThrottle = LogThrottle::new(Duration::from_secs(60));
-    if let Some(refused) = REFUSED.hit() {
-        tracing::warn!(
-            refused,
-            last_client = %client,
-            "console sign-ins refused (wrong admin token) since the last such warning (each one is logged at DEBUG)"
-        );
-    }
-    (
-        StatusCode::UNAUTHORIZED,
-        Html(pages::login(next, true).into_string()),
-    )
-        .into_response()
 }
 
 #[derive(Deserialize)]
@@ -458,6 +511,12 @@ async fn logout(
     Form(form): Form<CsrfForm>,
 ) -> Result<Response, UiError> {
     console.check_csrf(&session, &form.csrf)?;
+    // Revoked for every replica (with its CSRF token), not only deleted
+    // from this browser: a copy of the cookie is refused too.
+    console
+        .revoked
+        .revoke(&console.app.runs.pool, &session)
+        .await?;
     tracing::info!(client = %client, "console sign-out");
     let mut response = see_other("/ui/login");
     if let Ok(v) = HeaderValue::from_str(&session::clear_cookie(console.secure)) {
@@ -709,7 +768,7 @@ async fn events(
     if console.app.health.shutting_down.load(Ordering::SeqCst) {
         return Ok(ended_stream());
     }
-    let ticket = match console.streams.admit(session.id()) {
+    let ticket = match console.streams.admit(session.nonce()) {
         Ok(ticket) => ticket,
         Err(refused) => return Ok(too_many_streams(id, refused)),
     };
@@ -789,7 +848,7 @@ fn ended_stream() -> Response {
 
 /// The 429 of a stream beyond a limit: `EventSource` stops on it, and
 /// console.js reloads the page now and then instead.
-fn too_many_streams(id: Uuid, refused: Refused) -> Response {
+fn too_many_streams(id: Uuid, refused: StreamRefused) -> Response {
     tracing::debug!(run_id = %id, limit = refused.limit(), "console event stream refused: {refused}");
     let mut response = UiError::new(
         StatusCode::TOO_MANY_REQUESTS,
@@ -805,22 +864,35 @@ fn too_many_streams(id: Uuid, refused: Refused) -> Response {
 
 /// A download of the run's results: the admin API's export, for a browser
 /// that has a session cookie instead of the admin token.
-async fn results(console: &Console, id: &str, format: &str) -> Result<Response, UiError> {
-    Ok(crate::http::results::export_run(&console.app, id, Some(format), None).await?)
+async fn results(
+    console: &Console,
+    id: &str,
+    format: &str,
+    cells: Option<&str>,
+) -> Result<Response, UiError> {
+    Ok(crate::http::results::export_run(&console.app, id, Some(format), None, cells).await?)
 }
 
+#[derive(Debug, Deserialize)]
+struct CellsQuery {
+    cells: Option<String>,
+}
+
+/// The CSV download: cells a spreadsheet would run as formulas are
+/// neutralised unless `?cells=raw`.
 async fn results_csv(
     State(console): State<Console>,
     Path(id): Path<String>,
+    Query(q): Query<CellsQuery>,
 ) -> Result<Response, UiError> {
-    results(&console, &id, "csv").await
+    results(&console, &id, "csv", q.cells.as_deref()).await
 }
 
 async fn results_jsonl(
     State(console): State<Console>,
     Path(id): Path<String>,
 ) -> Result<Response, UiError> {
-    results(&console, &id, "jsonl").await
+    results(&console, &id, "jsonl", None).await
 }
 
 // ---------------------------------------------------------------------------
@@ -924,14 +996,76 @@ async fn redrive(
     console.check_csrf(&session, &form.csrf)?;
     let id = run_id(&id)?;
     let runs = &console.app.runs;
-    match runs.redrive(id).await? {
-        Some(new) => Ok(see_other(&format!("/ui/runs/{new}"))),
-        None => Err(match ledger::get_run(&runs.pool, id).await? {
-            Some(_) => UiError::new(
-                StatusCode::CONFLICT,
-                format!("Run {id} has no failed or timed-out pages to redrive."),
-            ),
-            None => UiError::not_found(format!("No run has the id {id}.")),
-        }),
+    match runs.redrive(id).await {
+        Ok(new) => Ok(see_other(&format!("/ui/runs/{new}"))),
+        Err(RedriveError::UnknownRun(_)) => {
+            Err(UiError::not_found(format!("No run has the id {id}.")))
+        }
+        Err(RedriveError::NothingToRedrive(_)) => Err(UiError::new(
+            StatusCode::CONFLICT,
+            format!("Run {id} has no failed or timed-out pages to redrive."),
+        )),
+        Err(RedriveError::AlreadyOpen { open, .. }) => Err(UiError::new(
+            StatusCode::CONFLICT,
+            match open {
+                Some(open) => format!(
+                    "Run {id} is being redriven already (run {open}): redrive it again once that run has finished."
+                ),
+                None => format!("Run {id} was being redriven already: reload the page."),
+            },
+        )),
+        Err(RedriveError::Ledger(e)) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_next;
+
+    #[test]
+    fn next_is_normalised_and_honoured_only_under_ui() {
+        for (next, want) in [
+            ("/ui", "/ui"),
+            ("/ui/", "/ui/"),
+            ("/ui/runs?status=failed", "/ui/runs?status=failed"),
+            ("/ui/runs/0193/../", "/ui/runs/"),
+            ("/ui/runs/..", "/ui/"),
+            ("/ui/./runs", "/ui/runs"),
+            ("/ui/runs/%2e/x", "/ui/runs/x"),
+            ("/ui/runs/%2E%2e", "/ui/"),
+            ("/ui/a%20b", "/ui/a%20b"),
+        ] {
+            assert_eq!(safe_next(next).as_deref(), Some(want), "{next}");
+        }
+        for next in [
+            "/ui/../evil",
+            "/ui/..",
+            "/ui/%2e%2e/evil",
+            "/ui/%2E%2E/evil",
+            "/ui/.%2e/evil",
+            "/ui/runs/../../evil",
+            "/../ui/",
+            "/ui/..%2fevil",
+            "/ui/%2f%2fevil.example",
+            "/ui/%5c%5cevil.example",
+            "/ui/\\evil.example",
+            "//evil.example/ui/",
+            "/ui//evil.example",
+            "/ui/%00",
+            "/ui/%zz",
+            "/ui/%2",
+            "https://evil.example/ui/",
+            "ui/",
+            "/uix",
+            "/",
+            "/ui/login",
+            "/ui/logout",
+            "/ui/%6cogin",
+            "/ui/runs/../login?next=/ui/",
+            "/ui/caf\u{e9}",
+            "/ui/a b",
+        ] {
+            assert_eq!(safe_next(next), None, "{next}");
+        }
     }
 }

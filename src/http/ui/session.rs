@@ -5,14 +5,22 @@
 //! seconds, `nonce` 16 random bytes and `mac` the HMAC-SHA256 of
 //! `v1.<expires>.<nonce>`, both base64url. The key is derived from the
 //! admin token, so every replica with the same configuration accepts every
-//! session and nothing is stored; rotating the admin token signs everyone
-//! out. Signing out deletes the cookie from the browser; a copy of it taken
-//! before stays valid until it expires (there is no server-side list to
-//! strike it from).
+//! session without storing it; rotating the admin token signs everyone
+//! out.
+//!
+//! Signing out deletes the cookie from the browser and revokes the session
+//! for every replica ([`Revocations`]): its nonce is recorded in the ledger
+//! until it would have expired, and each replica refuses a cookie whose
+//! nonce is listed, reading the list again at most every
+//! [`REVOCATIONS_TTL`] (the replica that signed it out refuses it at once).
 //!
 //! A form's CSRF token is the base64url HMAC of `csrf.` and the cookie's
 //! value under the same key: a page from another site cannot read it, and
-//! it is worthless with any other session.
+//! it is worthless with any other session, or once its session is revoked.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -20,7 +28,12 @@ use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
+use sqlx::PgPool;
 use subtle::ConstantTimeEq;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::ledger;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -56,21 +69,20 @@ impl std::fmt::Debug for SessionKey {
     }
 }
 
-/// A verified session: its cookie value (what the CSRF token is bound to)
-/// and its expiry.
+/// A verified session: its cookie value (what the CSRF token is bound to),
+/// its nonce (what a revocation names) and its expiry.
 #[derive(Debug, Clone)]
 pub struct Session {
     value: String,
+    nonce: String,
     /// When it stops being accepted.
     pub expires: DateTime<Utc>,
 }
 
 impl Session {
-    /// What tells this session from every other: its cookie's nonce (one
-    /// per sign-in, and no credential without the rest of the cookie).
-    pub fn id(&self) -> &str {
-        // A verified value is `v1.<expires>.<nonce>.<mac>`.
-        self.value.split('.').nth(2).unwrap_or(&self.value)
+    /// The nonce that tells this session from every other (base64url).
+    pub fn nonce(&self) -> &str {
+        &self.nonce
     }
 }
 
@@ -122,7 +134,7 @@ impl SessionKey {
             return Err(SessionError::BadSignature);
         }
         let mut parts = body.split('.');
-        let (Some("v1"), Some(expires), Some(_nonce), None) =
+        let (Some("v1"), Some(expires), Some(nonce), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(SessionError::Malformed);
@@ -137,6 +149,7 @@ impl SessionKey {
         }
         Ok(Session {
             value: value.to_string(),
+            nonce: nonce.to_string(),
             expires,
         })
     }
@@ -150,6 +163,58 @@ impl SessionKey {
     pub fn csrf_ok(&self, session: &Session, token: &str) -> bool {
         let expected = self.csrf(session);
         bool::from(expected.as_bytes().ct_eq(token.as_bytes()))
+    }
+}
+
+/// How long a replica answers from the list of revoked sessions it read
+/// before reading it again: how long a session signed out on one replica
+/// may still be accepted by another.
+pub const REVOCATIONS_TTL: Duration = Duration::from_secs(2);
+
+/// The sessions signed out before they expired, as this replica knows them:
+/// read from the ledger at most once per [`REVOCATIONS_TTL`] (callers that
+/// arrive while it is read wait for it and share the answer).
+#[derive(Debug, Default)]
+pub struct Revocations {
+    known: Mutex<Option<(Instant, Arc<HashSet<String>>)>>,
+}
+
+impl Revocations {
+    /// Whether `session` was signed out (on any replica, up to
+    /// [`REVOCATIONS_TTL`] ago).
+    pub async fn is_revoked(&self, pool: &PgPool, session: &Session) -> Result<bool, sqlx::Error> {
+        let mut known = self.known.lock().await;
+        let fresh = known
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < REVOCATIONS_TTL)
+            .map(|(_, set)| set.clone());
+        let set = match fresh {
+            Some(set) => set,
+            None => {
+                let set: Arc<HashSet<String>> = Arc::new(
+                    ledger::revoked_console_sessions(pool)
+                        .await?
+                        .into_iter()
+                        .collect(),
+                );
+                *known = Some((Instant::now(), set.clone()));
+                set
+            }
+        };
+        Ok(set.contains(session.nonce()))
+    }
+
+    /// Signs `session` out for every replica: recorded in the ledger, and
+    /// refused by this replica from now on.
+    pub async fn revoke(&self, pool: &PgPool, session: &Session) -> Result<(), sqlx::Error> {
+        ledger::revoke_console_session(pool, session.nonce(), session.expires).await?;
+        // After the commit, under the lock: a reading of the list that
+        // started before the commit has finished, and this one is added to it.
+        let mut known = self.known.lock().await;
+        if let Some((_, set)) = known.as_mut() {
+            Arc::make_mut(set).insert(session.nonce().to_string());
+        }
+        Ok(())
     }
 }
 
@@ -233,7 +298,7 @@ mod tests {
         let now = at("2026-11-26T03:00:00Z");
         let a = key.verify(&key.issue(now), now).unwrap();
         let b = key.verify(&key.issue(now), now).unwrap();
-        assert_ne!(a.id(), b.id(), "each sign-in is a session of its own");
+        assert_ne!(a.nonce(), b.nonce(), "each sign-in is a session of its own");
         let token = key.csrf(&a);
         assert!(key.csrf_ok(&a, &token));
         assert!(!key.csrf_ok(&b, &token));
