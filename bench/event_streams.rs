@@ -56,7 +56,10 @@ use tokio_util::sync::CancellationToken;
 
 use fanfare_testkit as common;
 
-use common::bench::{git_commit, thousands, with_bench_database};
+use common::bench::{
+    duration_quantile, git_commit, load_average, millis, raise_open_file_limit, thousands,
+    with_bench_database,
+};
 use common::{AppTask, RecordingLambda};
 
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdefghij";
@@ -189,8 +192,8 @@ impl Window {
             self.cpu.as_secs_f64() / self.seconds,
             latencies.len() + self.healthz_failed,
             self.healthz_failed,
-            millis(quantile(&latencies, 0.50)),
-            millis(quantile(&latencies, 0.99)),
+            millis(duration_quantile(&latencies, 0.50)),
+            millis(duration_quantile(&latencies, 0.99)),
             millis(latencies.last().copied()),
             self.loadavg,
         );
@@ -388,7 +391,7 @@ async fn window(
         cpu: daemon_cpu()? - cpu_before,
         healthz,
         healthz_failed,
-        loadavg: loadavg(),
+        loadavg: load_average(),
     })
 }
 
@@ -468,39 +471,6 @@ fn daemon_cpu() -> anyhow::Result<Duration> {
     Ok(Duration::from_secs_f64(total as f64 / ticks))
 }
 
-/// The load average: 1, 5 and 15 minutes.
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-/// Raises the soft open-file limit to the hard one; returns both.
-fn raise_open_file_limit() -> anyhow::Result<(u64, u64)> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
-    unsafe {
-        ensure!(
-            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0,
-            "getrlimit(RLIMIT_NOFILE) failed"
-        );
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                limit = raised;
-            }
-        }
-    }
-    #[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not everywhere
-    Ok((limit.rlim_cur as u64, limit.rlim_max as u64))
-}
-
 /// Sends `request()` every `interval` until `stop`; returns the latencies
 /// of 200 answers and the number of other answers (or failures).
 async fn probe<F, Fut>(
@@ -531,16 +501,4 @@ where
         }
     }
     (latencies, errors)
-}
-
-fn quantile(sorted: &[Duration], q: f64) -> Option<Duration> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
-    Some(sorted[i])
-}
-
-fn millis(d: Option<Duration>) -> f64 {
-    d.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
 }

@@ -50,7 +50,7 @@ use reqwest::StatusCode;
 
 use fanfare_testkit as common;
 
-use common::bench::{git_commit, thousands};
+use common::bench::{duration_quantile, git_commit, load_average, millis, thousands};
 use common::{AppTask, RecordingLambda};
 
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdefghij";
@@ -179,8 +179,8 @@ async fn measure(args: &Args, address: &str) -> anyhow::Result<()> {
     println!(
         "FIGURE genuine_before sign_ins={} p50_ms={:.2} p99_ms={:.2}",
         before.len(),
-        ms(quantile(&before, 0.50)),
-        ms(quantile(&before, 0.99)),
+        millis(duration_quantile(&before, 0.50)),
+        millis(duration_quantile(&before, 0.99)),
     );
 
     // 2. Guessing from 127.0.0.1, another client signing in meanwhile.
@@ -270,9 +270,9 @@ async fn measure(args: &Args, address: &str) -> anyhow::Result<()> {
     println!(
         "FIGURE other_client_during sign_ins={} refused={refused} p50_ms={:.2} p99_ms={:.2} max_ms={:.2}",
         during.len(),
-        ms(quantile(&during, 0.50)),
-        ms(quantile(&during, 0.99)),
-        ms(during.last().copied()),
+        millis(duration_quantile(&during, 0.50)),
+        millis(duration_quantile(&during, 0.99)),
+        millis(during.last().copied()),
     );
     let per_k = |s: f64| s / attempts.max(1) as f64 * 1000.0;
     println!(
@@ -308,7 +308,7 @@ async fn measure(args: &Args, address: &str) -> anyhow::Result<()> {
     println!(
         "FIGURE genuine_after same_client_waited_s={:.2} same_client_tries={tries} other_client_ms={:.2}",
         waited.as_secs_f64(),
-        ms(Some(took)),
+        millis(Some(took)),
     );
     println!(
         "FIGURE wall_seconds={:.1} load_average={}",
@@ -316,25 +316,6 @@ async fn measure(args: &Args, address: &str) -> anyhow::Result<()> {
         load_average().replace(' ', "/")
     );
     Ok(())
-}
-
-fn quantile(sorted: &[Duration], q: f64) -> Option<Duration> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
-    Some(sorted[i])
-}
-
-fn ms(d: Option<Duration>) -> f64 {
-    d.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|| "unknown".into())
 }
 
 /// User + system CPU seconds of a `/proc/.../stat` file (fields 14 and 15).

@@ -50,6 +50,7 @@ use tokio::net::TcpStream;
 
 use fanfare_testkit as common;
 
+use common::bench::raise_open_file_limit;
 use common::{AppTask, RecordingLambda};
 
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdefghij";
@@ -138,32 +139,6 @@ fn settings(db: &str, pages: usize, header_timeout: u64) -> anyhow::Result<Setti
     let mut settings = Settings::from_toml(&toml).context("the benchmark's configuration")?;
     settings.server.header_timeout = Duration::from_secs(header_timeout);
     Ok(settings)
-}
-
-/// Raises the soft open-file limit to the hard one; returns both.
-fn raise_open_file_limit() -> anyhow::Result<(u64, u64)> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
-    unsafe {
-        ensure!(
-            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0,
-            "getrlimit(RLIMIT_NOFILE) failed"
-        );
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                limit = raised;
-            }
-        }
-    }
-    #[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not everywhere
-    Ok((limit.rlim_cur as u64, limit.rlim_max as u64))
 }
 
 async fn measure(

@@ -181,19 +181,11 @@ overlap = "allow"
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    let metrics = client
-        .get(format!("{address}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let retried: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("fanfare_fires_retried_total{"))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0);
+    let retried = fanfare_testkit::metric_in(
+        &fanfare_testkit::metrics_text(&client, &address).await,
+        "fanfare_fires_retried_total",
+        "",
+    );
     println!(
         "FIGURE fires_through_outage window_s={} missing={} fires_retried={retried}",
         (window_end - window_start).num_seconds() + 1,
