@@ -3,7 +3,7 @@
 //!
 //! Connection failures, timeouts, 408, 429 and 5xx are retried with
 //! exponential backoff and jitter, up to
-//! [`CrawlerConfig::callback_attempts`](crate::CrawlerConfig::callback_attempts).
+//! [`CrawlerConfig::callback_attempts`](crate::CrawlerConfig::callback_attempts) ([`Reporter`]).
 //! Any other non-2xx answer (400, 401, 413, 422, and 3xx, since redirects are
 //! not followed) will not change on a retry, so it is returned at once as
 //! [`CallbackError::Rejected`]. The daemon deduplicates, so a report that
@@ -17,7 +17,7 @@ use reqwest::StatusCode;
 use url::Url;
 
 use crate::contract::{CallbackAck, CrawlRequest, Report};
-use crate::crawl::{chain_text, Crawler};
+use crate::errors::chain_text;
 
 /// At most this much of a rejection's body is kept in the error.
 const MAX_ERROR_BODY_CHARS: usize = 1024;
@@ -88,7 +88,39 @@ enum AttemptError {
     Final(CallbackError),
 }
 
-impl Crawler {
+/// Delivers reports: a client that never follows redirects (a redirected
+/// POST would lose its body or carry the bearer token somewhere
+/// unexpected), and how often and how patiently to try.
+#[derive(Debug, Clone)]
+pub struct Reporter {
+    http: reqwest::Client,
+    attempts: u32,
+    backoff: Duration,
+}
+
+impl Reporter {
+    /// A reporter sending `user_agent`, each POST bounded by `timeout`
+    /// (reading the answer included), `attempts` tries in all (at least
+    /// one), the second after `backoff`, doubling with jitter.
+    pub fn new(
+        user_agent: &str,
+        timeout: Duration,
+        attempts: u32,
+        backoff: Duration,
+    ) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .use_rustls_tls()
+            .user_agent(user_agent)
+            .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Self {
+            http,
+            attempts: attempts.max(1),
+            backoff,
+        })
+    }
+
     /// POSTs `report` as JSON to `request.callback_url` with
     /// `Authorization: Bearer {callback_token}`, retrying transient failures,
     /// and returns the daemon's acknowledgement.
@@ -99,7 +131,7 @@ impl Crawler {
     ) -> Result<CallbackAck, CallbackError> {
         let url = parse_callback_url(&request.callback_url)?;
         let body = serde_json::to_vec(report)?;
-        let attempts = self.config.callback_attempts.max(1);
+        let attempts = self.attempts;
         let mut last = String::new();
         for attempt in 1..=attempts {
             match self.post_once(&url, &request.callback_token, &body).await {
@@ -110,7 +142,7 @@ impl Crawler {
                 }
                 Err(AttemptError::Transient(error)) => {
                     if attempt < attempts {
-                        let delay = backoff(self.config.callback_backoff, attempt);
+                        let delay = backoff(self.backoff, attempt);
                         tracing::warn!(attempt, %error, ?delay, "callback failed; retrying");
                         tokio::time::sleep(delay).await;
                     } else {
@@ -130,7 +162,7 @@ impl Crawler {
         body: &[u8],
     ) -> Result<CallbackAck, AttemptError> {
         let response = self
-            .callback
+            .http
             .post(url.clone())
             .header(AUTHORIZATION, format!("Bearer {token}"))
             .header(CONTENT_TYPE, "application/json")

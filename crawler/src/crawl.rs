@@ -11,16 +11,17 @@ use std::time::{Duration, Instant, SystemTime};
 
 use html5ever::tendril::{StrTendril, TendrilSink};
 use reqwest::header::CONTENT_TYPE;
-use reqwest::{redirect, StatusCode};
+use reqwest::StatusCode;
 use scraper::{Html, HtmlTreeSink, Selector};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 use url::Url;
 
-use crate::callback::CallbackError;
+use crate::callback::{CallbackError, Reporter};
 use crate::contract::{
-    CrawlError, CrawlRequest, ErrorKind, Outcome, PageFacts, Report, MAX_REPORT_BYTES,
+    CallbackAck, CrawlError, CrawlRequest, ErrorKind, Outcome, PageFacts, Report, MAX_REPORT_BYTES,
 };
+use crate::errors::{causes, chain_text};
 use crate::netguard::{self, NetPolicy, ENV_ALLOW_PRIVATE_NETWORKS};
 
 /// Extracted text (a field or the title) longer than this many bytes is cut
@@ -188,9 +189,8 @@ impl ConfigError {
 pub struct Crawler {
     /// Follows redirects, decodes gzip; for the pages.
     pub(crate) fetch: reqwest::Client,
-    /// Never follows redirects: a redirected POST would lose its body or
-    /// carry the bearer token somewhere unexpected.
-    pub(crate) callback: reqwest::Client,
+    /// Delivers reports to the daemon.
+    callback: Reporter,
     pub(crate) config: Arc<CrawlerConfig>,
     /// [`CrawlerConfig::parse_budget_bytes`] permits, one per byte of a
     /// body held for parsing (from before its read when its length is
@@ -212,12 +212,12 @@ impl Crawler {
             .connect_timeout(config.timeout)
             .gzip(true);
         let fetch = config.net.apply(fetch, config.max_redirects).build()?;
-        let callback = reqwest::Client::builder()
-            .use_rustls_tls()
-            .user_agent(config.user_agent.clone())
-            .timeout(config.callback_timeout)
-            .redirect(redirect::Policy::none())
-            .build()?;
+        let callback = Reporter::new(
+            &config.user_agent,
+            config.callback_timeout,
+            config.callback_attempts,
+            config.callback_backoff,
+        )?;
         Ok(Self {
             fetch,
             callback,
@@ -275,6 +275,18 @@ impl Crawler {
             Ok(facts) => Outcome::Succeeded(facts),
             Err(error) => Outcome::Failed { error },
         }
+    }
+
+    /// POSTs `report` as JSON to `request.callback_url` with
+    /// `Authorization: Bearer {callback_token}`, retrying transient
+    /// failures (see [`Reporter::report`]), and returns the daemon's
+    /// acknowledgement.
+    pub async fn report(
+        &self,
+        request: &CrawlRequest,
+        report: &Report,
+    ) -> Result<CallbackAck, CallbackError> {
+        self.callback.report(request, report).await
     }
 
     /// Crawls `request` and delivers the report to its callback URL; returns
@@ -492,25 +504,6 @@ impl Crawler {
     }
 }
 
-/// The error and all its causes, outermost first. `io::Error::source`
-/// skips the error an `io::Error` wraps (and tokio-rustls wraps a rustls
-/// error in an `io::Error` inside another), so descend into those explicitly.
-fn causes<'a>(error: &'a (dyn StdError + 'static)) -> Vec<&'a (dyn StdError + 'static)> {
-    let mut out = Vec::new();
-    let mut current = Some(error);
-    while let Some(err) = current {
-        out.push(err);
-        current = match err
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-        {
-            Some(inner) => Some(inner as &(dyn StdError + 'static)),
-            None => err.source(),
-        };
-    }
-    out
-}
-
 /// Looks through the error's causes for a TLS failure (a rustls error), a
 /// DNS failure (hyper-util's connect error says "dns error"), a refused or
 /// reset connection, or an I/O timeout.
@@ -549,19 +542,6 @@ fn kind_from_sources(error: &(dyn StdError + 'static)) -> Option<ErrorKind> {
         }
     }
     None
-}
-
-/// The error and its causes, joined with ": ", skipping repeats (an
-/// `io::Error` displays the same text as the error it wraps).
-pub(crate) fn chain_text(error: &(dyn StdError + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    for err in causes(error) {
-        let text = err.to_string();
-        if parts.last() != Some(&text) {
-            parts.push(text);
-        }
-    }
-    parts.join(": ")
 }
 
 fn parse_target(raw: &str) -> Result<Url, CrawlError> {

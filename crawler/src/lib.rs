@@ -26,9 +26,10 @@
 pub mod callback;
 pub mod contract;
 pub mod crawl;
+mod errors;
 pub mod netguard;
 
-pub use callback::CallbackError;
+pub use callback::{CallbackError, Reporter};
 pub use contract::{
     CallbackAck, CallbackStatus, CrawlError, CrawlRequest, ErrorKind, Outcome, PageFacts, Report,
     UnsupportedVersion, CONTRACT_VERSION, MAX_REPORT_BYTES,
