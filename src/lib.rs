@@ -6,6 +6,8 @@
 //! has reported. See the README for the configuration, the crawler contract
 //! and the API.
 
+#![warn(missing_docs)]
+
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -75,6 +75,7 @@ pub enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// The daemon's API and its admin token.
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -102,6 +103,7 @@ pub enum Command {
         /// Write to this file instead of standard output.
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// The daemon's API and its admin token.
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -115,6 +117,7 @@ pub enum SchedulesCommand {
         /// Print the API's JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// The daemon's API and its admin token.
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -134,6 +137,7 @@ pub enum RunsCommand {
         /// Print the API's JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// The daemon's API and its admin token.
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -144,6 +148,7 @@ pub enum RunsCommand {
         /// Print the API's JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// The daemon's API and its admin token.
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -154,6 +159,7 @@ pub enum RunsCommand {
         /// Print only the finished run's JSON.
         #[arg(long)]
         json: bool,
+        /// The daemon's API and its admin token.
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -164,6 +170,7 @@ pub enum RunsCommand {
         /// Print the API's JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// The daemon's API and its admin token.
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -174,6 +181,7 @@ pub enum RunsCommand {
         /// Print the API's JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// The daemon's API and its admin token.
         #[command(flatten)]
         api: ApiArgs,
     },
