@@ -13,8 +13,8 @@
 //!    by `COPY pages (run_id, url) FROM STDIN` (text format, one
 //!    transaction) into the real `pages` table, with its indexes and its
 //!    foreign key, for a run of their own: what a listing must at least do
-//!    (the daemon's own listing of a JSON list took 1.37 × this on the
-//!    development VM, see `bench/million.rs` and the README).
+//!    (the daemon's own listing of a JSON list took 1.25 to 1.76 × this on
+//!    the development VM, see `bench/million.rs` and `docs/benchmarks.md`).
 //! 2. **Two runs** of one schedule, written directly by `insert .. select
 //!    generate_series` (not timed), finished and listed, every page
 //!    terminal: the previous run's `--pages` pages all succeeded (title,

@@ -3,8 +3,8 @@
 //! A schedule fires; fanfare lists the run's pages into its Postgres ledger,
 //! fans one asynchronous crawler invocation out per page, fans the crawlers'
 //! callbacks back in, and sends one notification when every page of the run
-//! has reported. See the README for the configuration, the crawler contract
-//! and the API.
+//! has reported. See `docs/configuration.md`, `docs/crawler-contract.md`
+//! and `docs/api.md` for the configuration, the crawler contract and the API.
 
 #![warn(missing_docs)]
 

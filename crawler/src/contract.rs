@@ -3,7 +3,7 @@
 //! The daemon sends a [`CrawlRequest`] as the Lambda event (InvocationType
 //! `Event`); the crawler answers, at least once, by POSTing a [`Report`] to
 //! `callback_url` with `Authorization: Bearer <callback_token>`. Ids are
-//! opaque to the crawler: it echoes them. The README documents both shapes
+//! opaque to the crawler: it echoes them. `docs/crawler-contract.md` documents both shapes
 //! with a full example so that a crawler in another language can implement
 //! them from that page alone.
 

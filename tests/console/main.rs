@@ -7,7 +7,7 @@
 //! so. It leaves screenshots of the run page in the target directory
 //! (`console-run-page.png`, `console-run-page-phone.png`); with
 //! `FANFARE_DOCS_SCREENSHOT=1` it also writes `docs/console-run.png`, the
-//! README's picture.
+//! picture in `docs/console.md`.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
