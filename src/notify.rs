@@ -20,8 +20,10 @@ use sha2::Sha256;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{webhook_key, NotifyTarget};
-use crate::ledger::{self, NotifyEvent, Outbound};
+use crate::ledger::{self, ChangeKind, Outbound, Outcome};
 use crate::lifecycle::backoff;
+use crate::lifecycle::changes::{ChangedPage, PageSnapshot};
+use crate::lifecycle::run::NotificationBody;
 use crate::redact;
 use crate::runs::Runs;
 use crate::telemetry::error_chain;
@@ -42,79 +44,65 @@ pub fn sign_webhook(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String
     format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
 }
 
-/// The Slack incoming-webhook message for a notification payload.
-pub fn slack_message(payload: &Value) -> Value {
-    let s = |k: &str| {
-        payload
-            .get(k)
-            .and_then(Value::as_str)
-            .unwrap_or("?")
-            .to_string()
+/// The Slack incoming-webhook message for a notification body.
+pub fn slack_message(body: &NotificationBody) -> Value {
+    let run = match body {
+        NotificationBody::Stuck(stuck) => {
+            return json!({ "text": format!(
+                ":hourglass: fanfare run of *{}* is stuck: no progress since {} ({} of {} pages still open; run {}).",
+                slack_escape(&stuck.schedule),
+                stuck.last_progress_at.to_rfc3339(),
+                stuck.pages.open,
+                stuck.pages.total,
+                stuck.run_id,
+            ) });
+        }
+        NotificationBody::Finished(run) => run,
     };
-    let n = |k: &str| payload["pages"].get(k).and_then(Value::as_i64).unwrap_or(0);
-    if payload.get("type").and_then(Value::as_str) == Some("run.stuck") {
-        return json!({ "text": format!(
-            ":hourglass: fanfare run of *{}* is stuck: no progress since {} ({} of {} pages still open; run {}).",
-            s("schedule"),
-            s("last_progress_at"),
-            n("open"),
-            n("total"),
-            s("run_id"),
-        ) });
-    }
-    let outcome = s("outcome");
-    let icon = match outcome.as_str() {
-        "succeeded" => ":white_check_mark:",
-        "partial" => ":warning:",
+    let outcome = run.outcome.map_or("unfinished", Outcome::as_str);
+    let icon = match run.outcome {
+        Some(Outcome::Succeeded) => ":white_check_mark:",
+        Some(Outcome::Partial) => ":warning:",
         _ => ":x:",
     };
+    let pages = &run.pages;
     let mut text = format!(
         "{icon} fanfare run of *{}* {outcome}: {} of {} pages succeeded, {} failed, {} timed out (run {}, scheduled for {}).",
-        s("schedule"),
-        n("succeeded"),
-        n("total"),
-        n("failed"),
-        n("timed_out"),
-        s("run_id"),
-        s("scheduled_for"),
+        slack_escape(&run.schedule),
+        pages.succeeded,
+        pages.total,
+        pages.failed,
+        pages.timed_out,
+        run.run_id,
+        run.scheduled_for.to_rfc3339(),
     );
-    if let Some(err) = payload.get("error").and_then(Value::as_str) {
+    if let Some(err) = &run.error {
         text.push_str(&format!("\nError: {}", slack_escape(err)));
     }
-    if let Some(c) = payload.get("changes").filter(|c| c.is_object()) {
-        let n = |k: &str| c.get(k).and_then(Value::as_i64).unwrap_or(0);
+    if let Some(c) = &run.changes {
         text.push_str(&format!(
             "\nSince the previous run: {} new, {} changed, {} gone, {} unchanged.",
-            n("new"),
-            n("changed"),
-            n("gone"),
-            n("unchanged"),
+            c.new, c.changed, c.gone, c.unchanged,
         ));
-        let listed = payload
-            .get("changed_pages")
-            .and_then(Value::as_array)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        for p in listed.iter().take(SLACK_CHANGES) {
+        let listed = &run.changed_pages;
+        for page in listed.iter().take(SLACK_CHANGES) {
             text.push('\n');
-            text.push_str(&change_line(p));
+            text.push_str(&change_line(page));
         }
-        let more = n("new") + n("changed") + n("gone") - listed.len().min(SLACK_CHANGES) as i64;
+        let more = c.new + c.changed + c.gone - listed.len().min(SLACK_CHANGES) as i64;
         if more > 0 {
             text.push_str(&format!("\n… and {more} more changes"));
         }
     }
-    if let Some(failed) = payload.get("failed_pages").and_then(Value::as_array) {
-        for p in failed.iter().take(10) {
-            text.push_str(&format!(
-                "\n• {}: {}",
-                slack_escape(p["url"].as_str().unwrap_or("?")),
-                slack_escape(p["error"].as_str().unwrap_or("?"))
-            ));
-        }
-        if failed.len() > 10 {
-            text.push_str(&format!("\n… and {} more", failed.len() - 10));
-        }
+    for p in run.failed_pages.iter().take(10) {
+        text.push_str(&format!(
+            "\n• {}: {}",
+            slack_escape(&p.url),
+            slack_escape(&p.error)
+        ));
+    }
+    if run.failed_pages.len() > 10 {
+        text.push_str(&format!("\n… and {} more", run.failed_pages.len() - 10));
     }
     json!({ "text": text })
 }
@@ -130,22 +118,17 @@ fn slack_escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// One change of a `run.finished` payload as a Slack line: `+ url` (new),
+/// One change of a `run.finished` body as a Slack line: `+ url` (new),
 /// `- url` (gone), `~ url: price 10 → 12, title A → B` (changed; the first
 /// three differences, each value cut at 40 characters).
-fn change_line(change: &Value) -> String {
-    let url = slack_escape(change["url"].as_str().unwrap_or("?"));
-    match change["kind"].as_str() {
-        Some("new") => format!("+ {url}"),
-        Some("gone") => format!("- {url}"),
-        _ => {
-            let (before, after) = (&change["before"], &change["after"]);
-            let shown = |v: &Value| -> String {
-                let text = match v {
-                    Value::Null => "–".to_string(),
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
+fn change_line(change: &ChangedPage) -> String {
+    let url = slack_escape(&change.url);
+    match change.kind {
+        ChangeKind::New => format!("+ {url}"),
+        ChangeKind::Gone => format!("- {url}"),
+        ChangeKind::Changed => {
+            let shown = |v: Option<&str>| -> String {
+                let text = v.unwrap_or("–");
                 let cut: String = text.chars().take(40).collect();
                 let cut = if cut.len() < text.len() {
                     cut + "…"
@@ -154,31 +137,32 @@ fn change_line(change: &Value) -> String {
                 };
                 slack_escape(&cut)
             };
+            let none = PageSnapshot {
+                title: None,
+                fields: Default::default(),
+                content_sha256: None,
+            };
+            let before = change.before.as_ref().unwrap_or(&none);
+            let after = change.after.as_ref().unwrap_or(&none);
             let mut diffs = Vec::new();
-            if before["title"] != after["title"] {
+            if before.title != after.title {
                 diffs.push(format!(
                     "title {} → {}",
-                    shown(&before["title"]),
-                    shown(&after["title"])
+                    shown(before.title.as_deref()),
+                    shown(after.title.as_deref())
                 ));
             }
-            let no_fields = serde_json::Map::new();
-            let (b, a) = (
-                before["fields"].as_object().unwrap_or(&no_fields),
-                after["fields"].as_object().unwrap_or(&no_fields),
-            );
-            let names: std::collections::BTreeSet<&String> = b.keys().chain(a.keys()).collect();
+            let names: std::collections::BTreeSet<&String> =
+                before.fields.keys().chain(after.fields.keys()).collect();
             for name in names {
-                let (old, new) = (
-                    b.get(name).unwrap_or(&Value::Null),
-                    a.get(name).unwrap_or(&Value::Null),
-                );
+                let old = before.fields.get(name).cloned().flatten();
+                let new = after.fields.get(name).cloned().flatten();
                 if old != new {
                     diffs.push(format!(
                         "{} {} → {}",
                         slack_escape(name),
-                        shown(old),
-                        shown(new)
+                        shown(old.as_deref()),
+                        shown(new.as_deref())
                     ));
                 }
             }
@@ -191,6 +175,27 @@ fn change_line(change: &Value) -> String {
             }
         }
     }
+}
+
+/// What a stored payload says, typed; a payload this release cannot read
+/// (written by a later one) is logged and shown by its type alone.
+fn read_body(n: &Outbound) -> Option<NotificationBody> {
+    match serde_json::from_value(n.payload.clone()) {
+        Ok(body) => Some(body),
+        Err(e) => {
+            tracing::warn!(webhook_id = %n.webhook_id, error = %e, "a notification's body is not one this release knows; it is shown by its type alone");
+            None
+        }
+    }
+}
+
+/// The text shown for a payload [`read_body`] could not read.
+fn unread_text(n: &Outbound) -> String {
+    format!(
+        "fanfare {} notification {} (this release cannot show its body)",
+        n.event.as_str(),
+        n.webhook_id
+    )
 }
 
 /// Delivers outbox rows; any number of replicas may run one.
@@ -331,51 +336,58 @@ impl Notifier {
                 let resp = self
                     .http
                     .post(url.expose_secret())
-                    .json(&slack_message(&n.payload))
+                    .json(&match read_body(n) {
+                        Some(body) => slack_message(&body),
+                        None => json!({ "text": unread_text(n) }),
+                    })
                     .send()
                     .await
                     .map_err(|e| format!("POST to {what}: {}", error_chain(&e.without_url())))?;
                 check_status(resp, &what).await
             }
-            NotifyTarget::Stdout if n.event == NotifyEvent::RunStuck => {
-                let p = &n.payload;
+            NotifyTarget::Stdout => {
+                let line = match read_body(n) {
+                    Some(body) => stdout_line(&body),
+                    None => unread_text(n),
+                };
                 // Above `fanfare dev`'s live progress lines, if any.
-                crate::telemetry::suspend(|| {
-                    println!(
-                        "\n⏳ run.stuck — run {} of {:?}: no progress since {}\n",
-                        p["run_id"].as_str().unwrap_or("?"),
-                        p["schedule"].as_str().unwrap_or("?"),
-                        p["last_progress_at"].as_str().unwrap_or("?"),
-                    )
-                });
+                crate::telemetry::suspend(|| println!("\n{line}\n"));
                 Ok(())
             }
-            NotifyTarget::Stdout => {
-                let p = &n.payload;
-                let c = &p["changes"];
-                let changes = if c.is_object() {
+        }
+    }
+}
+
+/// The line the stdout target prints (`fanfare dev`).
+fn stdout_line(body: &NotificationBody) -> String {
+    match body {
+        NotificationBody::Stuck(stuck) => format!(
+            "⏳ run.stuck — run {} of {:?}: no progress since {}",
+            stuck.run_id,
+            stuck.schedule,
+            stuck.last_progress_at.to_rfc3339(),
+        ),
+        NotificationBody::Finished(run) => {
+            let changes = run
+                .changes
+                .as_ref()
+                .map(|c| {
                     format!(
                         "; since the previous run {} new, {} changed, {} gone",
-                        c["new"], c["changed"], c["gone"]
+                        c.new, c.changed, c.gone
                     )
-                } else {
-                    String::new()
-                };
-                crate::telemetry::suspend(|| {
-                    println!(
-                    "\n🎺 {} {} — run {} of {:?}: {}/{} pages succeeded, {} failed, {} timed out{changes}\n",
-                    p["type"].as_str().unwrap_or("?"),
-                    p["outcome"].as_str().unwrap_or("?"),
-                    p["run_id"].as_str().unwrap_or("?"),
-                    p["schedule"].as_str().unwrap_or("?"),
-                    p["pages"]["succeeded"],
-                    p["pages"]["total"],
-                    p["pages"]["failed"],
-                    p["pages"]["timed_out"],
-                )
-                });
-                Ok(())
-            }
+                })
+                .unwrap_or_default();
+            format!(
+                "🎺 run.finished {} — run {} of {:?}: {}/{} pages succeeded, {} failed, {} timed out{changes}",
+                run.outcome.map_or("unfinished", Outcome::as_str),
+                run.run_id,
+                run.schedule,
+                run.pages.succeeded,
+                run.pages.total,
+                run.pages.failed,
+                run.pages.timed_out,
+            )
         }
     }
 }
@@ -393,6 +405,7 @@ async fn check_status(resp: reqwest::Response, what: &str) -> Result<(), String>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ledger::NotifyEvent;
     use secrecy::SecretString;
 
     #[test]
@@ -426,15 +439,16 @@ mod tests {
         ];
         pages.extend((1..=5).map(page));
         let payload = json!({
-            "type": "run.finished", "schedule": "s", "outcome": "succeeded", "run_id": "r",
-            "scheduled_for": "t", "pages": {"total": 9, "succeeded": 9},
-            "changes": {"since_run_id": "q", "new": 5, "changed": 1, "unchanged": 3, "gone": 1, "unknown": 0},
+            "type": "run.finished", "schedule": "s", "outcome": "succeeded",
+            "run_id": "01a2513a-d013-766b-b01f-ab89dd7e44ad", "trigger": "cron",
+            "scheduled_for": "2026-12-07T10:00:00Z", "started_at": "2026-12-07T10:00:00Z",
+            "finished_at": "2026-12-07T10:01:00Z", "failed_pages": [],
+            "pages": {"total": 9, "succeeded": 9, "failed": 0, "timed_out": 0, "cancelled": 0},
+            "changes": {"since_run_id": "01a2513a-cfda-704c-b84f-b15c3cdc42b5", "new": 5, "changed": 1, "unchanged": 3, "gone": 1, "unknown": 0},
             "changed_pages": pages,
         });
-        let text = slack_message(&payload)["text"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let body: NotificationBody = serde_json::from_value(payload).unwrap();
+        let text = slack_message(&body)["text"].as_str().unwrap().to_string();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[1..],
@@ -448,6 +462,39 @@ mod tests {
                 "… and 2 more changes",
             ],
             "{text}"
+        );
+    }
+
+    #[test]
+    fn a_body_this_release_cannot_read_is_shown_by_its_type_and_a_stuck_run_by_its_counts() {
+        let outbound = |payload: Value| Outbound {
+            id: 1,
+            run_id: uuid::Uuid::nil(),
+            schedule: "s".into(),
+            event: NotifyEvent::RunStuck,
+            target: 0,
+            webhook_id: "msg_x".into(),
+            payload,
+            attempts: 1,
+            created_at: Utc::now(),
+        };
+        let later = outbound(json!({"type": "run.stuck", "run_id": "not a uuid"}));
+        assert_eq!(read_body(&later), None);
+        assert_eq!(
+            unread_text(&later),
+            "fanfare run.stuck notification msg_x (this release cannot show its body)"
+        );
+        let stuck = outbound(json!({
+            "type": "run.stuck", "run_id": "01a2513a-cfda-704c-b84f-b15c3cdc42b5",
+            "schedule": "s<1>", "trigger": "cron", "scheduled_for": "2026-12-07T10:00:00Z",
+            "started_at": "2026-12-07T10:00:00Z", "last_progress_at": "2026-12-07T10:05:00Z",
+            "pages": {"total": 9, "open": 4, "succeeded": 5, "failed": 0, "timed_out": 0, "cancelled": 0},
+        }));
+        let body = read_body(&stuck).expect("a run.stuck body");
+        assert!(matches!(body, NotificationBody::Stuck(_)));
+        assert_eq!(
+            slack_message(&body)["text"],
+            ":hourglass: fanfare run of *s&lt;1&gt;* is stuck: no progress since 2026-12-07T10:05:00+00:00 (4 of 9 pages still open; run 01a2513a-cfda-704c-b84f-b15c3cdc42b5)."
         );
     }
 

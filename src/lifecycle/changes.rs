@@ -28,7 +28,7 @@ use crate::ledger::{self, ChangeCounts, ChangeKind, Run, StoredChange, Trigger};
 pub const CHANGED_PAGES_IN_NOTIFICATION: i64 = 100;
 
 /// What changed in a run since the previous run of its schedule, by kind.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Changes {
     /// The run this one was compared with (`null` only once that run was
     /// deleted).
@@ -83,7 +83,7 @@ pub struct PageSnapshot {
 }
 
 /// A page that is new, changed or gone, as `run.finished` lists it.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ChangedPage {
     /// The page's URL.
     pub url: String,

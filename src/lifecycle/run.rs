@@ -5,7 +5,7 @@
 //! ledger's statements on that transaction.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 use utoipa::ToSchema;
@@ -99,7 +99,7 @@ pub fn webhook_id(run_id: Uuid, event: NotifyEvent, target: i32) -> String {
 }
 
 /// The `type` of a `run.finished` notification: always `"run.finished"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub enum RunFinishedType {
     /// `"run.finished"`.
     #[serde(rename = "run.finished")]
@@ -107,7 +107,7 @@ pub enum RunFinishedType {
 }
 
 /// The `type` of a `run.stuck` notification: always `"run.stuck"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub enum RunStuckType {
     /// `"run.stuck"`.
     #[serde(rename = "run.stuck")]
@@ -117,7 +117,7 @@ pub enum RunStuckType {
 /// The body of a `run.finished` notification (a webhook's JSON body; Slack
 /// and stdout show a summary of it): every page of the run is terminal, or
 /// the run was closed.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RunFinished {
     /// `"run.finished"`.
     #[serde(rename = "type")]
@@ -131,6 +131,7 @@ pub struct RunFinished {
     /// How it went.
     pub outcome: Option<Outcome>,
     /// Why the run failed as a whole, or timed out, when it did.
+    #[serde(default)]
     pub error: Option<String>,
     /// Its nominal fire time.
     pub scheduled_for: DateTime<Utc>,
@@ -143,6 +144,7 @@ pub struct RunFinished {
     /// What reading its page source found (counts, invalid examples,
     /// sitemap files read); `null` when it was never listed.
     #[schema(value_type = Option<Object>)]
+    #[serde(default)]
     pub listing: Option<Value>,
     /// Its first failed and timed-out pages (at most 100,
     /// [`FAILED_PAGES_IN_NOTIFICATION`]), in id order.
@@ -150,16 +152,29 @@ pub struct RunFinished {
     /// What changed since the previous finished run of the schedule;
     /// `null` for its first run, a redrive run and a run never fully
     /// listed.
+    #[serde(default)]
     pub changes: Option<Changes>,
     /// The first pages (at most 100,
     /// [`changes::CHANGED_PAGES_IN_NOTIFICATION`]) that are new, changed or
     /// gone: this run's pages in page order, then the previous run's pages
     /// no longer listed.
+    #[serde(default)]
     pub changed_pages: Vec<ChangedPage>,
 }
 
+/// A notification's body, as the outbox keeps it and a webhook receives
+/// it; read back to show it in Slack or on a terminal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum NotificationBody {
+    /// `run.finished`.
+    Finished(Box<RunFinished>),
+    /// `run.stuck`.
+    Stuck(RunStuck),
+}
+
 /// A finished run's pages by final state.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct FinishedPageCounts {
     /// Pages listed.
     pub total: i64,
@@ -174,7 +189,7 @@ pub struct FinishedPageCounts {
 }
 
 /// A failed or timed-out page as a `run.finished` notification lists it.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct FailedPageBrief {
     /// The page's URL.
     pub url: String,
@@ -186,7 +201,7 @@ pub struct FailedPageBrief {
 
 /// The body of a `run.stuck` notification: the run made no progress for
 /// its schedule's `stuck_after` (sent once per run).
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RunStuck {
     /// `"run.stuck"`.
     #[serde(rename = "type")]
@@ -208,7 +223,7 @@ pub struct RunStuck {
 }
 
 /// A run's pages by state, as the API and `run.stuck` show them.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PageCounts {
     /// Pages listed.
     pub total: i64,
@@ -224,10 +239,10 @@ pub struct PageCounts {
     pub cancelled: i64,
     /// Open pages dispatched and not yet reported (`GET /v1/runs/{id}`
     /// only).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_flight: Option<i64>,
     /// Open pages waiting to be dispatched (`GET /v1/runs/{id}` only).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<i64>,
 }
 
