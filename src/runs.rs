@@ -22,7 +22,7 @@ use crate::ledger::{
 };
 use crate::lifecycle::page::{self, Event, Next, RetryReason};
 use crate::lifecycle::run as rules;
-use crate::lifecycle::{Closing, Completion};
+use crate::lifecycle::Closing;
 use crate::recorder::{Recorded, Recorder};
 use crate::schedule::CronSchedule;
 use crate::sources::{self, Lister};
@@ -108,6 +108,43 @@ pub struct PageAttempt {
     pub page_id: i64,
     /// The attempt (1 for the first dispatch).
     pub attempt: i32,
+    /// What decides whether another attempt is left, when the caller read
+    /// it with the page; [`Runs::page_event`] reads it when an event needs
+    /// it and it is not given.
+    pub counts: Option<AttemptCounts>,
+}
+
+/// What decides whether a page has another attempt left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptCounts {
+    /// The page's dispatches its site answered 429/503: they do not count.
+    pub site_throttles: i32,
+    /// Its schedule's `max_attempts`.
+    pub max_attempts: u32,
+}
+
+impl PageAttempt {
+    /// Attempt `attempt` of page `page_id` of run `run_id`, its counts to
+    /// be read when needed (a crawler's report names no more).
+    pub fn new(run_id: Uuid, page_id: i64, attempt: i32) -> Self {
+        Self {
+            run_id,
+            page_id,
+            attempt,
+            counts: None,
+        }
+    }
+
+    /// This attempt with the counts the caller read with the page.
+    pub fn with_counts(self, site_throttles: i32, max_attempts: u32) -> Self {
+        Self {
+            counts: Some(AttemptCounts {
+                site_throttles,
+                max_attempts,
+            }),
+            ..self
+        }
+    }
 }
 
 /// What handling a page event did.
@@ -456,68 +493,110 @@ impl Runs {
         self.wake_dispatch.notify_one();
     }
 
-    /// Moves a page to the terminal state [`page::next`] decided, in the
-    /// recorder's next batch, and announces the run when that finished it.
-    pub async fn complete_page(
-        &self,
-        run_id: Uuid,
-        page_id: i64,
-        attempt: i32,
-        status: PageStatus,
-        result: Option<serde_json::Value>,
-        error: Option<ledger::PageError>,
-    ) -> Result<Completion, sqlx::Error> {
-        let write = PageWrite {
-            run_id,
-            page_id,
-            attempt,
-            change: PageChange::Terminal {
-                status,
-                result,
-                error,
-            },
-        };
-        Ok(match self.recorder.record(write).await? {
-            Recorded::Changed { finished } => {
-                if self.dispatch_capped.swap(false, Ordering::AcqRel) {
-                    self.wake_dispatch.notify_one();
-                }
-                if let Some(run) = &finished {
-                    self.announce(run).await;
-                }
-                Completion::Recorded { finished }
-            }
-            Recorded::Unchanged => Completion::Duplicate,
-        })
-    }
-
-    /// A crawler's report about `at`: [`Self::page_event`] with the
-    /// schedule's `max_attempts`, looked up only when the event depends on it.
-    /// `result` is the report's facts, when it succeeded.
-    pub async fn report(
+    /// Something happened to page attempt `at` (see [`Event`]): the one
+    /// door of every page event (a crawler's report, a passed deadline, an
+    /// invoke error). Its next state is decided by [`page::next`] over the
+    /// attempts that count (the attempt less the dispatches its site
+    /// throttled) and written through the recorder; a run the page
+    /// finished is announced. The attempt's counts are read only when the
+    /// event depends on them and `at` does not carry them. `result` is the
+    /// report's facts, when it succeeded. Every retry counts in
+    /// `fanfare_pages_retried_total{reason}`.
+    pub async fn page_event(
         &self,
         at: PageAttempt,
         event: Event,
         result: Option<serde_json::Value>,
     ) -> Result<Handled, sqlx::Error> {
-        if !event.depends_on_attempts() {
-            return self.page_event(at, 1, event, result).await;
-        }
-        let max_attempts = self.max_attempts_of(at.run_id).await?;
-        // Dispatches the site throttled do not count against max_attempts.
-        let throttles = ledger::site_throttles(&self.pool, at.run_id, at.page_id).await?;
+        let PageAttempt {
+            run_id,
+            page_id,
+            attempt,
+            counts,
+        } = at;
+        let counts = match counts {
+            Some(counts) => counts,
+            None if event.depends_on_attempts() => AttemptCounts {
+                site_throttles: ledger::site_throttles(&self.pool, run_id, page_id).await?,
+                max_attempts: self.max_attempts_of(run_id).await?,
+            },
+            // Decided without them: any counts do.
+            None => AttemptCounts {
+                site_throttles: 0,
+                max_attempts: 1,
+            },
+        };
         let event = match event {
             Event::SiteThrottled {
                 error, retry_after, ..
             } => Event::SiteThrottled {
                 error,
                 retry_after,
-                throttles: throttles.max(0) as u32,
+                throttles: counts.site_throttles.max(0) as u32,
             },
             other => other,
         };
-        self.counted_page_event(at, at.attempt - throttles, max_attempts, event, result)
-            .await
+        let counted = attempt - counts.site_throttles;
+        let (change, retried) = match page::next(counted, counts.max_attempts, event) {
+            Next::Requeue {
+                after,
+                uses_attempt,
+                reason,
+                error,
+            } => {
+                let message = error.message.clone();
+                let change = PageChange::Requeue {
+                    after,
+                    error,
+                    // The site's throttles keep the attempt's number
+                    // (its report may still be delivered again) and
+                    // are counted apart; Lambda's give it back.
+                    refund: !uses_attempt && reason != RetryReason::SiteThrottled,
+                    site_throttle: reason == RetryReason::SiteThrottled,
+                };
+                (change, Some((reason, uses_attempt, after, message)))
+            }
+            Next::Terminal(status, error) => {
+                let change = PageChange::Terminal {
+                    status,
+                    result: result.filter(|_| status == PageStatus::Succeeded),
+                    error,
+                };
+                (change, None)
+            }
+            Next::FailRun(reason) => {
+                tracing::error!(%run_id, page_id, %reason, "the run fails");
+                let closed = self.close_run(run_id, Closing::Failed(&reason)).await?;
+                return Ok(Handled::RunFailed(closed.map(Box::new)));
+            }
+        };
+        let write = PageWrite {
+            run_id,
+            page_id,
+            attempt,
+            change,
+        };
+        Ok(match (self.recorder.record(write).await?, retried) {
+            (Recorded::Unchanged, _) => Handled::Stale,
+            (Recorded::Changed { .. }, Some((reason, uses_attempt, after, message))) => {
+                metrics::counter!("fanfare_pages_retried_total", "reason" => reason.as_str())
+                    .increment(1);
+                if reason == RetryReason::SiteThrottled {
+                    metrics::counter!("fanfare_host_throttled_total").increment(1);
+                }
+                tracing::info!(%run_id, page_id, attempt, reason = reason.as_str(), uses_attempt, retry_in = ?after, error = %message, "the page will be dispatched again");
+                Handled::Requeued
+            }
+            (Recorded::Changed { finished }, None) => {
+                if self.dispatch_capped.swap(false, Ordering::AcqRel) {
+                    self.wake_dispatch.notify_one();
+                }
+                if let Some(run) = &finished {
+                    self.announce(run).await;
+                }
+                Handled::Recorded { finished }
+            }
+        })
     }
 
     /// The `max_attempts` of a run's schedule (1 when the schedule is gone).
@@ -541,94 +620,6 @@ impl Runs {
         }
         map.insert(run_id, n);
         Ok(n)
-    }
-
-    /// Something happened to page attempt `at` (see [`Event`]): its next
-    /// state is decided by [`page::next`] and written through the
-    /// recorder. Every path that changes a page goes through here: reports,
-    /// deadlines, invoke errors. Every retry counts in
-    /// `fanfare_pages_retried_total{reason}`.
-    pub async fn page_event(
-        &self,
-        at: PageAttempt,
-        max_attempts: u32,
-        event: Event,
-        result: Option<serde_json::Value>,
-    ) -> Result<Handled, sqlx::Error> {
-        self.counted_page_event(at, at.attempt, max_attempts, event, result)
-            .await
-    }
-
-    /// [`Self::page_event`] for a page some of whose dispatches did not
-    /// count: `counted` is `at.attempt` less the dispatches its site
-    /// throttled.
-    pub async fn counted_page_event(
-        &self,
-        at: PageAttempt,
-        counted: i32,
-        max_attempts: u32,
-        event: Event,
-        result: Option<serde_json::Value>,
-    ) -> Result<Handled, sqlx::Error> {
-        let PageAttempt {
-            run_id,
-            page_id,
-            attempt,
-        } = at;
-        Ok(match page::next(counted, max_attempts, event) {
-            Next::Requeue {
-                after,
-                uses_attempt,
-                reason,
-                error,
-            } => {
-                let message = error.message.clone();
-                let write = PageWrite {
-                    run_id,
-                    page_id,
-                    attempt,
-                    change: PageChange::Requeue {
-                        after,
-                        error,
-                        // The site's throttles keep the attempt's number
-                        // (its report may still be delivered again) and
-                        // are counted apart; Lambda's give it back.
-                        refund: !uses_attempt && reason != RetryReason::SiteThrottled,
-                        site_throttle: reason == RetryReason::SiteThrottled,
-                    },
-                };
-                match self.recorder.record(write).await? {
-                    Recorded::Changed { .. } => {
-                        metrics::counter!("fanfare_pages_retried_total", "reason" => reason.as_str())
-                            .increment(1);
-                        if reason == RetryReason::SiteThrottled {
-                            metrics::counter!("fanfare_host_throttled_total").increment(1);
-                        }
-                        tracing::info!(%run_id, page_id, attempt, reason = reason.as_str(), uses_attempt, retry_in = ?after, error = %message, "the page will be dispatched again");
-                        Handled::Requeued
-                    }
-                    Recorded::Unchanged => Handled::Stale,
-                }
-            }
-            Next::Terminal(status, error) => {
-                let result = result.filter(|_| status == PageStatus::Succeeded);
-                match self
-                    .complete_page(run_id, page_id, attempt, status, result, error)
-                    .await?
-                {
-                    Completion::Recorded { finished } => Handled::Recorded { finished },
-                    Completion::Duplicate => Handled::Stale,
-                }
-            }
-            Next::FailRun(reason) => {
-                tracing::error!(%run_id, page_id, %reason, "the run fails");
-                Handled::RunFailed(
-                    self.close_run(run_id, Closing::Failed(&reason))
-                        .await?
-                        .map(Box::new),
-                )
-            }
-        })
     }
 
     /// Finishes the runs left `finishing` for longer than `grace` by a

@@ -61,15 +61,9 @@ pub async fn sweep_once(runs: &Runs) -> Result<usize, sqlx::Error> {
                 .schedule(&page.schedule)
                 .map(|s| s.max_attempts)
                 .unwrap_or(1);
-            let at = PageAttempt {
-                run_id: page.run_id,
-                page_id: page.id,
-                attempt: page.attempt,
-            };
-            let counted = page.attempt - page.site_throttles;
-            match runs
-                .counted_page_event(at, counted, max_attempts, Event::DeadlinePassed, None)
-                .await?
+            let at = PageAttempt::new(page.run_id, page.id, page.attempt)
+                .with_counts(page.site_throttles, max_attempts);
+            match runs.page_event(at, Event::DeadlinePassed, None).await?
             {
                 Handled::Requeued => {
                     tracing::warn!(run_id = %page.run_id, page_id = page.id, attempt = page.attempt, "no report by the deadline; the page will be dispatched again")

@@ -519,17 +519,9 @@ impl Lane {
                 ))
             }
         };
-        let at = PageAttempt {
-            run_id,
-            page_id,
-            attempt,
-        };
-        let counted = attempt - page.site_throttles;
-        if let Err(e) = self
-            .runs
-            .counted_page_event(at, counted, schedule.max_attempts, event, None)
-            .await
-        {
+        let at = PageAttempt::new(run_id, page_id, attempt)
+            .with_counts(page.site_throttles, schedule.max_attempts);
+        if let Err(e) = self.runs.page_event(at, event, None).await {
             // The page stays dispatched; the sweeper retries it at its deadline.
             tracing::warn!(page_id, error = %e, "could not record the invoke failure");
         }

@@ -33,7 +33,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use crate::http::serve::BodyTimedOut;
 use crate::http::throttle::LogThrottle;
 use crate::http::{bearer, ApiError, AppState, ErrorBody};
-use crate::ledger::{PageError, PageStatus};
+use crate::ledger::PageError;
 use crate::lifecycle::Event;
 use crate::runs::{Handled, PageAttempt};
 use crate::token::Claims;
@@ -121,40 +121,9 @@ async fn handle(
     let body = read_body(headers, body).await?;
     let report = parse(&body)?;
     check_matches(&report, &claims)?;
-    let (status, mut result, mut error) = outcome(report)?;
-    for value in result.iter_mut().chain(error.iter_mut()) {
-        replace_nul(value);
-    }
-
-    let event = match status {
-        PageStatus::Succeeded => Event::ReportSucceeded,
-        _ => {
-            let error = error.unwrap_or_default();
-            let retry_after = error
-                .get("retry_after_secs")
-                .and_then(serde_json::Value::as_u64)
-                .map(Duration::from_secs);
-            let error: PageError =
-                serde_json::from_value(error).map_err(|e| ApiError::Internal(e.into()))?;
-            // The site asked the crawler to slow down: the host is paced and
-            // the page waits, without using up an attempt.
-            if error.retryable && matches!(error.http_status, Some(429 | 503)) {
-                Event::SiteThrottled {
-                    error,
-                    retry_after,
-                    throttles: 0,
-                }
-            } else {
-                Event::ReportFailed(error)
-            }
-        }
-    };
-    let at = PageAttempt {
-        run_id: claims.run_id,
-        page_id: claims.page_id,
-        attempt: claims.attempt,
-    };
-    let handled = state.runs.report(at, event, result).await?;
+    let (event, result) = event_of(report)?;
+    let at = PageAttempt::new(claims.run_id, claims.page_id, claims.attempt);
+    let handled = state.runs.page_event(at, event, result).await?;
     Ok(CallbackAck {
         status: match handled {
             Handled::Requeued | Handled::Recorded { .. } | Handled::RunFailed(_) => {
@@ -243,13 +212,8 @@ fn check_matches(report: &Report, claims: &Claims) -> Result<(), ApiError> {
     Ok(())
 }
 
-type Recorded = (
-    PageStatus,
-    Option<serde_json::Value>,
-    Option<serde_json::Value>,
-);
-
-fn outcome(report: Report) -> Result<Recorded, ApiError> {
+/// The page event a report is, with the facts to store when it succeeded.
+fn event_of(report: Report) -> Result<(Event, Option<serde_json::Value>), ApiError> {
     match report.outcome {
         Outcome::Succeeded(facts) => {
             if !(100..=599).contains(&facts.http_status) {
@@ -265,12 +229,27 @@ fn outcome(report: Report) -> Result<Recorded, ApiError> {
                     "content_sha256 must be 64 hexadecimal characters".into(),
                 ));
             }
-            let result = serde_json::to_value(&facts).map_err(|e| ApiError::Internal(e.into()))?;
-            Ok((PageStatus::Succeeded, Some(result), None))
+            let mut result =
+                serde_json::to_value(&facts).map_err(|e| ApiError::Internal(e.into()))?;
+            replace_nul(&mut result);
+            Ok((Event::ReportSucceeded, Some(result)))
         }
-        Outcome::Failed { error } => {
-            let error = serde_json::to_value(&error).map_err(|e| ApiError::Internal(e.into()))?;
-            Ok((PageStatus::Failed, None, Some(error)))
+        Outcome::Failed { mut error } => {
+            error.message = error.message.replace('\0', "\u{FFFD}");
+            let retry_after = error.retry_after_secs.map(Duration::from_secs);
+            let error = PageError::from(error);
+            // The site asked the crawler to slow down: the host is paced and
+            // the page waits, without using up an attempt.
+            let event = if error.retryable && matches!(error.http_status, Some(429 | 503)) {
+                Event::SiteThrottled {
+                    error,
+                    retry_after,
+                    throttles: 0,
+                }
+            } else {
+                Event::ReportFailed(error)
+            };
+            Ok((event, None))
         }
     }
 }

@@ -11,4 +11,4 @@ pub mod page;
 pub mod run;
 
 pub use page::{backoff, Event, Next, RetryReason};
-pub use run::{Closing, Completion, RunPolicy, TargetRef};
+pub use run::{Closing, RunPolicy, TargetRef};

@@ -326,18 +326,6 @@ pub enum Closing<'a> {
     TimedOut(&'a str),
 }
 
-/// How recording a page's terminal state went.
-#[derive(Debug, Clone)]
-pub enum Completion {
-    /// The page became terminal; `finished` is set when that finished the run.
-    Recorded {
-        /// The run, when this page was its last.
-        finished: Option<Box<Run>>,
-    },
-    /// The page was already terminal; nothing changed.
-    Duplicate,
-}
-
 /// A notification body as the outbox stores it.
 fn to_json(payload: &impl Serialize) -> Result<Value, sqlx::Error> {
     // Plain structs of strings, numbers and JSON values: serializing them

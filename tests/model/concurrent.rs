@@ -175,12 +175,8 @@ impl Race<'_> {
             ),
         };
         let result = json!({"report": n});
-        let at = PageAttempt {
-            run_id: self.run_id,
-            page_id,
-            attempt,
-        };
-        let handled = runs.report(at, event, Some(result.clone())).await;
+        let at = PageAttempt::new(self.run_id, page_id, attempt);
+        let handled = runs.page_event(at, event, Some(result.clone())).await;
         let (terminal, finished) = match self.settle("report", handled) {
             Some(Handled::Recorded { finished }) => (Some(name), finished.is_some()),
             Some(Handled::Requeued) => {

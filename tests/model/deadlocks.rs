@@ -12,8 +12,9 @@
 use std::time::Duration;
 
 use fanfare::config::Tolerance;
-use fanfare::ledger::{self, PageStatus};
-use fanfare::lifecycle::{Closing, Completion};
+use fanfare::ledger;
+use fanfare::lifecycle::{Closing, Event};
+use fanfare::runs::{Handled, PageAttempt};
 use serde_json::json;
 use sqlx::Acquire;
 use uuid::Uuid;
@@ -91,13 +92,10 @@ fn a_report_racing_a_relisting_of_its_url_does_not_deadlock() {
                 .await
             }),
             (callback, async move {
-                runs.complete_page(
-                    run_id,
-                    page_id,
-                    1,
-                    PageStatus::Succeeded,
+                runs.page_event(
+                    PageAttempt::new(run_id, page_id, 1),
+                    Event::ReportSucceeded,
                     Some(json!({"report": 1})),
-                    None,
                 )
                 .await
             })
@@ -105,8 +103,8 @@ fn a_report_racing_a_relisting_of_its_url_does_not_deadlock() {
         let inserted = inserted.map_err(|e| e.to_string());
         let completed = completed.map_err(|e| e.to_string());
         assert!(
-            matches!(inserted, Ok(Some(0))) && matches!(completed, Ok(Completion::Recorded { .. })),
-            "insert_pages answered {inserted:?} and complete_page answered {:?}",
+            matches!(inserted, Ok(Some(0))) && matches!(completed, Ok(Handled::Recorded { .. })),
+            "insert_pages answered {inserted:?} and page_event answered {:?}",
             completed.map(|c| format!("{c:?}").chars().take(40).collect::<String>())
         );
         let snap = db.snapshot(run_id).await;
@@ -135,23 +133,20 @@ fn a_report_racing_the_closing_of_its_run_does_not_deadlock() {
                     .map(|r| r.is_some())
             }),
             (callback, async move {
-                runs.complete_page(
-                    run_id,
-                    page_id,
-                    1,
-                    PageStatus::Succeeded,
+                runs.page_event(
+                    PageAttempt::new(run_id, page_id, 1),
+                    Event::ReportSucceeded,
                     Some(json!({"report": 1})),
-                    None,
                 )
                 .await
-                .map(|c| matches!(c, Completion::Duplicate))
+                .map(|c| matches!(c, Handled::Stale))
             })
         );
         let closed = closed.map_err(|e| e.to_string());
         let duplicate = completed.map_err(|e| e.to_string());
         assert!(
             matches!(closed, Ok(true)) && matches!(duplicate, Ok(true)),
-            "close_run answered {closed:?} and complete_page answered (duplicate) {duplicate:?}"
+            "close_run answered {closed:?} and page_event answered (stale) {duplicate:?}"
         );
         let snap = db.snapshot(run_id).await;
         check_invariants(&snap, &policy()).unwrap();

@@ -768,13 +768,9 @@ impl<'a> World<'a> {
         let want = self
             .model
             .event(event.page, event.attempt, page_event.clone());
-        let at = PageAttempt {
-            run_id,
-            page_id,
-            attempt: event.attempt,
-        };
+        let at = PageAttempt::new(run_id, page_id, event.attempt);
         let got = runs
-            .report(at, page_event, result.clone())
+            .page_event(at, page_event, result.clone())
             .await
             .map_err(|e| format!("report failed: {e}"))?;
         let got_kind = Want::of(&got);
@@ -886,13 +882,12 @@ impl<'a> World<'a> {
         let page_id = self.model.pages[i].id;
         let runs = self.replica().runs.clone();
         let want = self.model.event(i, attempt, failure.event());
-        let at = PageAttempt {
-            run_id: self.run_id,
-            page_id,
-            attempt,
-        };
+        // As the dispatcher does, with the counts read with the page (the
+        // model's invokes are never throttled by the site).
+        let at = PageAttempt::new(self.run_id, page_id, attempt)
+            .with_counts(0, self.model.policy.max_attempts);
         let got = runs
-            .page_event(at, self.model.policy.max_attempts, failure.event(), None)
+            .page_event(at, failure.event(), None)
             .await
             .map_err(|e| format!("page_event failed: {e}"))?;
         let got = Want::of(&got);
@@ -1060,12 +1055,8 @@ impl<'a> World<'a> {
                 self.delivered.push((event, report));
                 let runs = self.replica().runs.clone();
                 Box::pin(async move {
-                    let at = PageAttempt {
-                        run_id,
-                        page_id,
-                        attempt: event.attempt,
-                    };
-                    let _ = runs.report(at, page_event, result.clone()).await;
+                    let at = PageAttempt::new(run_id, page_id, event.attempt);
+                    let _ = runs.page_event(at, page_event, result.clone()).await;
                 })
             }
             Op::Deadline { .. } => {
