@@ -361,23 +361,9 @@ impl Runs {
         let lister = self.lister.clone();
         let source = schedule.pages.clone();
         let limits = sources::ListLimits::of(&schedule);
-        let mut polite = crate::robots::Politeness::new(
-            &schedule,
-            self.lister.http().clone(),
-            self.lister.policy().clone(),
-        );
-        // A listing taken over keeps what the lister before it read.
-        match ledger::run_robots(&self.pool, run_id).await {
-            Ok(known) if !known.is_empty() => {
-                tracing::info!(%run_id, hosts = known.len(), "robots.txt of hosts read by an earlier lister of this run are not fetched again");
-                polite.known(known).await;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::error!(%run_id, error = %e, "could not read what the run's robots.txt files said; the listing will be taken over");
-                return;
-            }
-        }
+        let Some(mut polite) = self.politeness(run_id, &schedule).await else {
+            return;
+        };
         let mut reader = AbortOnDrop(tokio::spawn(async move {
             lister.list(&source, limits, tx).await
         }));
@@ -402,18 +388,7 @@ impl Runs {
                     break;
                 }
             };
-            let mut tries = 0;
-            let stored = loop {
-                match ledger::insert_pages(&self.pool, &lease, &batch, &hosts).await {
-                    Err(e) if ledger::is_unavailable(&e) && tries < 4 => {
-                        tries += 1;
-                        tracing::warn!(%run_id, error = %e, "could not store a batch of the page list; retrying");
-                        tokio::time::sleep(page::backoff(tries)).await;
-                    }
-                    other => break other,
-                }
-            };
-            match stored {
+            match self.store_batch(&lease, &batch, &hosts).await {
                 Ok(Some(n)) => {
                     inserted += n;
                     if inserted >= analyze_at {
@@ -464,7 +439,7 @@ impl Runs {
             .saturating_sub(inserted)
             .saturating_sub(robots.disallowed_by_robots);
         tracing::info!(%run_id, pages = inserted, duplicates, invalid = stats.invalid, disallowed_by_robots = robots.disallowed_by_robots, "page list read");
-        let listing = serde_json::json!({
+        let mut listing = serde_json::json!({
             "urls_read": stats.urls,
             "pages": inserted,
             "duplicates": duplicates,
@@ -475,15 +450,12 @@ impl Runs {
             "repeated_sitemaps": stats.repeated_sitemaps,
             "foreign_sitemaps": stats.foreign_sitemaps,
             "foreign_sitemap_examples": stats.foreign_sitemap_examples,
-            "disallowed_by_robots": robots.disallowed_by_robots,
-            "disallowed_examples": robots.disallowed_examples,
-            "robots_fetched": robots.robots_fetched,
-            "robots_unreachable": robots.robots_unreachable,
-            "robots_unreachable_examples": robots.robots_unreachable_examples,
-            "robots_too_complex": robots.robots_too_complex,
-            "robots_too_complex_examples": robots.robots_too_complex_examples,
-            "robots_match_ms": robots.robots_match_ms,
         });
+        if let (Some(listing), Ok(serde_json::Value::Object(robots))) =
+            (listing.as_object_mut(), serde_json::to_value(robots))
+        {
+            listing.extend(robots);
+        }
         match rules::finish_listing(&self.pool, &self.settings, &lease, &listing).await {
             Ok(Some(run)) => self.announce(&run).await,
             Ok(None) => {}
@@ -491,6 +463,55 @@ impl Runs {
             Err(e) => tracing::error!(%run_id, error = %e, "could not record the end of listing"),
         }
         self.wake_dispatch.notify_one();
+    }
+
+    /// The politeness of a listing of `schedule` for run `run_id`, with
+    /// what an earlier lister of the run read of its hosts' robots.txt;
+    /// `None` when that cannot be read (the listing is left to be taken
+    /// over).
+    async fn politeness(
+        &self,
+        run_id: Uuid,
+        schedule: &Schedule,
+    ) -> Option<crate::robots::Politeness> {
+        let mut polite = crate::robots::Politeness::new(
+            schedule,
+            self.lister.http().clone(),
+            self.lister.policy().clone(),
+        );
+        match ledger::run_robots(&self.pool, run_id).await {
+            Ok(known) if !known.is_empty() => {
+                tracing::info!(%run_id, hosts = known.len(), "robots.txt of hosts read by an earlier lister of this run are not fetched again");
+                polite.known(known).await;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(%run_id, error = %e, "could not read what the run's robots.txt files said; the listing will be taken over");
+                return None;
+            }
+        }
+        Some(polite)
+    }
+
+    /// Stores a batch of the page list under `lease`, trying again a few
+    /// times while the ledger is unavailable.
+    async fn store_batch(
+        &self,
+        lease: &ledger::Lease,
+        batch: &[String],
+        hosts: &[ledger::HostPolicy],
+    ) -> Result<Option<u64>, sqlx::Error> {
+        let mut tries = 0;
+        loop {
+            match ledger::insert_pages(&self.pool, lease, batch, hosts).await {
+                Err(e) if ledger::is_unavailable(&e) && tries < 4 => {
+                    tries += 1;
+                    tracing::warn!(run_id = %lease.run_id, error = %e, "could not store a batch of the page list; retrying");
+                    tokio::time::sleep(page::backoff(tries)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Something happened to page attempt `at` (see [`Event`]): the one
