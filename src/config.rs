@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::str::FromStr;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -17,7 +18,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::redact::SecretUrl;
-use crate::schedule::CronSchedule;
+use crate::schedule::{CronError, CronSchedule};
 
 /// Every problem found in a configuration, one line each.
 #[derive(Debug, thiserror::Error)]
@@ -150,16 +151,78 @@ pub struct NotifySettings {
     pub timeout: Duration,
 }
 
+/// A value that is none of the words its key accepts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{given:?} must be {}", one_of(.allowed))]
+pub struct NotOneOf {
+    /// The value given.
+    pub given: String,
+    /// The words accepted, in the order the message lists them.
+    pub allowed: &'static [&'static str],
+}
+
+/// `"a"`, `"a" or "b"`, `"a", "b" or "c"`.
+fn one_of(words: &[&str]) -> String {
+    let quoted: Vec<String> = words.iter().map(|w| format!("{w:?}")).collect();
+    match quoted.split_last() {
+        None => String::new(),
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+    }
+}
+
+/// Gives a fieldless enum its configuration words: `as_str` and `Display`
+/// write a value's word, `FromStr` reads one back (a [`NotOneOf`] lists
+/// them all), so each word is written once, beside its variant.
+macro_rules! words {
+    ($ty:ident { $($variant:ident => $word:literal),+ $(,)? }) => {
+        impl $ty {
+            /// The word that names the value in the configuration.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $word,)+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $ty {
+            type Err = NotOneOf;
+
+            fn from_str(s: &str) -> Result<Self, NotOneOf> {
+                match s {
+                    $($word => Ok($ty::$variant),)+
+                    _ => Err(NotOneOf {
+                        given: s.to_string(),
+                        allowed: &[$($word),+],
+                    }),
+                }
+            }
+        }
+    };
+}
+
 /// Where a schedule's crawls run (`"lambda"` or `"local"` in the API).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[schema(as = Invoker)]
 #[serde(rename_all = "snake_case")]
 pub enum InvokerKind {
-    /// AWS Lambda, InvocationType `Event`.
+    /// AWS Lambda, InvocationType `Event` (the default).
+    #[default]
     Lambda,
     /// The crawler library, in-process (development and tests).
     Local,
 }
+
+words!(InvokerKind {
+    Lambda => "lambda",
+    Local => "local",
+});
 
 /// Where a run's page list comes from.
 #[derive(Debug, Clone, PartialEq)]
@@ -204,15 +267,39 @@ pub enum NotifyTarget {
     Stdout,
 }
 
-/// Which finished runs a notify target is sent.
+/// What kind of target a [`NotifyTarget`] is; its word is stored in the
+/// outbox and labels the notification metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotifyKind {
+    /// [`NotifyTarget::Webhook`].
+    Webhook,
+    /// [`NotifyTarget::Slack`].
+    Slack,
+    /// [`NotifyTarget::Stdout`].
+    Stdout,
+}
+
+words!(NotifyKind {
+    Webhook => "webhook",
+    Slack => "slack",
+    Stdout => "stdout",
+});
+
+/// Which finished runs a notify target is sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum NotifyWhen {
     /// Every finished run (the default).
+    #[default]
     Always,
     /// Only runs in which a page is new, changed or gone since the previous
     /// run (decided when the run finishes; `run.stuck` is sent regardless).
     Changes,
 }
+
+words!(NotifyWhen {
+    Always => "always",
+    Changes => "changes",
+});
 
 /// One entry of a schedule's `notify` list: where, and for which runs.
 #[derive(Debug, Clone)]
@@ -224,41 +311,55 @@ pub struct Notify {
 }
 
 /// What makes a page `changed` since the previous run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Compare {
     /// Its title or an extracted field differs (the default).
+    #[default]
     Fields,
     /// Its body's SHA-256 differs.
     Content,
 }
 
+words!(Compare {
+    Fields => "fields",
+    Content => "content",
+});
+
 impl NotifyTarget {
-    /// The kind's name as stored in the outbox.
-    pub fn kind(&self) -> &'static str {
+    /// The target's kind (its word is stored in the outbox).
+    pub fn kind(&self) -> NotifyKind {
         match self {
-            NotifyTarget::Webhook { .. } => "webhook",
-            NotifyTarget::Slack { .. } => "slack",
-            NotifyTarget::Stdout => "stdout",
+            NotifyTarget::Webhook { .. } => NotifyKind::Webhook,
+            NotifyTarget::Slack { .. } => NotifyKind::Slack,
+            NotifyTarget::Stdout => NotifyKind::Stdout,
         }
     }
 }
 
 /// What to do with fires missed while no replica was running.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Catchup {
     /// Skip them (counted in `fanfare_fires_missed_total`).
     Skip,
-    /// Run the latest one inside the window.
+    /// Run the latest one inside the window (the default).
+    #[default]
     Once,
     /// Run every one inside the window.
     All,
 }
 
+words!(Catchup {
+    Skip => "skip",
+    Once => "once",
+    All => "all",
+});
+
 /// What to do with a fire that comes while the schedule's previous run is
 /// unfinished.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Overlap {
-    /// Skip the fire (counted and logged).
+    /// Skip the fire (counted and logged; the default).
+    #[default]
     Skip,
     /// Start it anyway.
     Allow,
@@ -267,6 +368,13 @@ pub enum Overlap {
     /// Cancel the unfinished runs, then start it.
     CancelPrevious,
 }
+
+words!(Overlap {
+    Skip => "skip",
+    Allow => "allow",
+    BufferOne => "buffer_one",
+    CancelPrevious => "cancel_previous",
+});
 
 /// A validated schedule.
 #[derive(Debug, Clone)]
@@ -625,7 +733,7 @@ enum RawTolerance {
     Text(String),
 }
 
-fn tolerance(p: &mut Problems, at: &str, raw: Option<RawTolerance>) -> Tolerance {
+fn tolerance(p: &mut Problems, at: &str, raw: Option<&RawTolerance>) -> Tolerance {
     let bad = |p: &mut Problems, v: &str| {
         p.add(
             at,
@@ -635,19 +743,19 @@ fn tolerance(p: &mut Problems, at: &str, raw: Option<RawTolerance>) -> Tolerance
     };
     match raw {
         None => Tolerance::Count(0),
-        Some(RawTolerance::Count(n)) if n >= 0 => Tolerance::Count(n),
-        Some(RawTolerance::Count(n)) => bad(p, &n.to_string()),
+        Some(&RawTolerance::Count(n)) if n >= 0 => Tolerance::Count(n),
+        Some(&RawTolerance::Count(n)) => bad(p, &n.to_string()),
         Some(RawTolerance::Text(t)) => {
             let text = t.trim();
             if let Some(pct) = text.strip_suffix('%') {
                 match pct.trim().parse::<f64>() {
                     Ok(v) if (0.0..=100.0).contains(&v) => Tolerance::Percent(v),
-                    _ => bad(p, &t),
+                    _ => bad(p, t),
                 }
             } else {
                 match text.parse::<i64>() {
                     Ok(n) if n >= 0 => Tolerance::Count(n),
-                    _ => bad(p, &t),
+                    _ => bad(p, t),
                 }
             }
         }
@@ -697,6 +805,37 @@ struct Problems(Vec<String>);
 impl Problems {
     fn add(&mut self, at: &str, msg: impl std::fmt::Display) {
         self.0.push(format!("{at}: {msg}"));
+    }
+
+    /// The duration at `at`, `default` when unset (see [`duration`]).
+    fn duration(&mut self, at: &str, raw: Option<&str>, default: Duration) -> Duration {
+        duration(self, at, raw, default)
+    }
+
+    /// `value`, with a problem at `at` when it is zero.
+    fn at_least_one<T: Copy + Default + PartialEq>(&mut self, at: &str, value: T) -> T {
+        if value == T::default() {
+            self.add(at, "must be at least 1");
+        }
+        value
+    }
+
+    /// The word at `at` read as `T`, its default when unset; a word `T`
+    /// does not know is a problem, and `fallback` stands in for it.
+    fn word<T: FromStr<Err = NotOneOf> + Default>(
+        &mut self,
+        at: &str,
+        raw: Option<&str>,
+        fallback: T,
+    ) -> T {
+        match raw.map(str::parse) {
+            None => T::default(),
+            Some(Ok(value)) => value,
+            Some(Err(e)) => {
+                self.add(at, e);
+                fallback
+            }
+        }
     }
 }
 
@@ -763,8 +902,31 @@ pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
 impl RawConfig {
     fn validate(self) -> Result<Settings, ConfigError> {
         let mut p = Problems(Vec::new());
+        let server = self.server.validate(&mut p);
+        let database = self.database.validate(&mut p);
+        let security = self.security.validate(&mut p);
+        let local = self.local.validate(&mut p);
+        let lambda = self.lambda.validate(&mut p);
+        let notify = self.notify.validate(&mut p);
+        let schedules = self.politeness.validate_schedules(self.schedules, &mut p);
+        if !p.0.is_empty() {
+            return Err(ConfigError(p.0));
+        }
+        Ok(Settings {
+            server,
+            database,
+            security,
+            lambda,
+            notify,
+            local,
+            schedules,
+        })
+    }
+}
 
-        let listen = self.server.listen.as_deref().unwrap_or("0.0.0.0:8080");
+impl RawServer {
+    fn validate(self, p: &mut Problems) -> ServerSettings {
+        let listen = self.listen.as_deref().unwrap_or("0.0.0.0:8080");
         let listen: SocketAddr = listen.parse().unwrap_or_else(|_| {
             p.add(
                 "server.listen",
@@ -772,8 +934,8 @@ impl RawConfig {
             );
             SocketAddr::from(([0, 0, 0, 0], 8080))
         });
-        let public_url = match self.server.public_url.as_deref() {
-            Some(u) => http_url(&mut p, "server.public_url", u),
+        let public_url = match self.public_url.as_deref() {
+            Some(u) => http_url(p, "server.public_url", u),
             None => {
                 p.add(
                     "server.public_url",
@@ -783,100 +945,113 @@ impl RawConfig {
             }
         }
         .unwrap_or_else(|| Url::parse(PLACEHOLDER_URL).expect("static URL"));
-        let shutdown_grace = duration(
-            &mut p,
-            "server.shutdown_grace",
-            self.server.shutdown_grace.as_deref(),
-            Duration::from_secs(20),
-        );
-        let header_timeout = duration(
-            &mut p,
-            "server.header_timeout",
-            self.server.header_timeout.as_deref(),
-            Duration::from_secs(10),
-        );
-        let body_timeout = duration(
-            &mut p,
-            "server.body_timeout",
-            self.server.body_timeout.as_deref(),
-            Duration::from_secs(30),
-        );
-        let idle_timeout = duration(
-            &mut p,
-            "server.idle_timeout",
-            self.server.idle_timeout.as_deref(),
-            Duration::from_secs(75),
-        );
-        let server_max_connections = self.server.max_connections.unwrap_or(4096);
-        if server_max_connections == 0 {
-            p.add("server.max_connections", "must be at least 1");
+        // Fields are evaluated in the order written, which is the order the
+        // problems are listed in.
+        ServerSettings {
+            listen,
+            public_url,
+            shutdown_grace: p.duration(
+                "server.shutdown_grace",
+                self.shutdown_grace.as_deref(),
+                Duration::from_secs(20),
+            ),
+            header_timeout: p.duration(
+                "server.header_timeout",
+                self.header_timeout.as_deref(),
+                Duration::from_secs(10),
+            ),
+            body_timeout: p.duration(
+                "server.body_timeout",
+                self.body_timeout.as_deref(),
+                Duration::from_secs(30),
+            ),
+            idle_timeout: p.duration(
+                "server.idle_timeout",
+                self.idle_timeout.as_deref(),
+                Duration::from_secs(75),
+            ),
+            max_connections: p.at_least_one(
+                "server.max_connections",
+                self.max_connections.unwrap_or(4096),
+            ),
+            max_event_streams: p.at_least_one(
+                "server.max_event_streams",
+                self.max_event_streams.unwrap_or(256),
+            ),
+            max_event_streams_per_session: p.at_least_one(
+                "server.max_event_streams_per_session",
+                self.max_event_streams_per_session.unwrap_or(8),
+            ),
+            trusted_proxies: trusted_proxies(p, self.trusted_proxies.as_ref()),
         }
-        let max_event_streams = self.server.max_event_streams.unwrap_or(256);
-        if max_event_streams == 0 {
-            p.add("server.max_event_streams", "must be at least 1");
-        }
-        let max_event_streams_per_session = self.server.max_event_streams_per_session.unwrap_or(8);
-        if max_event_streams_per_session == 0 {
-            p.add("server.max_event_streams_per_session", "must be at least 1");
-        }
-        let mut trusted_proxies = Vec::new();
-        for entry in self
-            .server
-            .trusted_proxies
-            .as_ref()
-            .map(AddressList::entries)
-            .unwrap_or_default()
-        {
-            let parsed = entry
-                .parse::<IpNet>()
-                .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from));
-            match parsed {
-                Ok(net) => trusted_proxies.push(net.trunc()),
-                Err(_) => p.add(
-                    "server.trusted_proxies",
-                    format!("{entry:?} is not an address or a CIDR block such as \"10.0.0.0/16\""),
-                ),
-            }
-        }
+    }
+}
 
-        let db_url = self.database.url.unwrap_or_else(|| {
+/// `server.trusted_proxies` as networks (an address is its own /32 or /128).
+fn trusted_proxies(p: &mut Problems, raw: Option<&AddressList>) -> Vec<IpNet> {
+    let mut nets = Vec::new();
+    for entry in raw.map(AddressList::entries).unwrap_or_default() {
+        let parsed = entry
+            .parse::<IpNet>()
+            .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(net) => nets.push(net.trunc()),
+            Err(_) => p.add(
+                "server.trusted_proxies",
+                format!("{entry:?} is not an address or a CIDR block such as \"10.0.0.0/16\""),
+            ),
+        }
+    }
+    nets
+}
+
+impl RawDatabase {
+    fn validate(self, p: &mut Problems) -> DatabaseSettings {
+        let url = self.url.unwrap_or_else(|| {
             p.add("database.url", "is required (postgres://user:pass@host/db)");
             SecretString::from("")
         });
-        let url = db_url.expose_secret();
-        if !(url.is_empty() || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        let text = url.expose_secret();
+        if !(text.is_empty()
+            || text.starts_with("postgres://")
+            || text.starts_with("postgresql://"))
+        {
             p.add(
                 "database.url",
                 "must start with postgres:// or postgresql://",
             );
         }
-        let max_connections = self.database.max_connections.unwrap_or(16);
-        if max_connections == 0 {
-            p.add("database.max_connections", "must be at least 1");
+        DatabaseSettings {
+            url,
+            max_connections: p.at_least_one(
+                "database.max_connections",
+                self.max_connections.unwrap_or(16),
+            ),
+            reader_connections: p.at_least_one(
+                "database.reader_connections",
+                self.reader_connections.unwrap_or(4),
+            ),
         }
-        let reader_connections = self.database.reader_connections.unwrap_or(4);
-        if reader_connections == 0 {
-            p.add("database.reader_connections", "must be at least 1");
-        }
+    }
+}
 
-        let callback_secret = self.security.callback_secret.unwrap_or_else(|| {
+impl RawSecurity {
+    fn validate(self, p: &mut Problems) -> SecuritySettings {
+        let callback_secret = self.callback_secret.unwrap_or_else(|| {
             p.add(
                 "security.callback_secret",
                 "is required (at least 32 bytes; it signs task tokens)",
             );
             SecretString::from("")
         });
-        if !callback_secret.expose_secret().is_empty() && callback_secret.expose_secret().len() < 32
-        {
+        let secret_bytes = callback_secret.expose_secret().len();
+        if secret_bytes > 0 && secret_bytes < 32 {
             p.add(
                 "security.callback_secret",
-                format!(
-                    "is {} bytes; it must be at least 32",
-                    callback_secret.expose_secret().len()
-                ),
+                format!("is {secret_bytes} bytes; it must be at least 32"),
             );
         }
-        let admin_token = self.security.admin_token.unwrap_or_else(|| {
+        let admin_token = self.admin_token.unwrap_or_else(|| {
             p.add(
                 "security.admin_token",
                 "is required (bearer token for the admin API)",
@@ -890,35 +1065,27 @@ impl RawConfig {
                 format!("is {token_chars} characters; it must be at least {MIN_ADMIN_TOKEN_CHARS} (e.g. `openssl rand -hex 32`)"),
             );
         }
-        for (i, old) in self.security.previous_callback_secrets.iter().enumerate() {
-            if old.expose_secret().len() < 32 {
+        for (i, old) in self.previous_callback_secrets.iter().enumerate() {
+            let bytes = old.expose_secret().len();
+            if bytes < 32 {
                 p.add(
                     &format!("security.previous_callback_secrets[{i}]"),
-                    format!(
-                        "is {} bytes; it must be at least 32",
-                        old.expose_secret().len()
-                    ),
+                    format!("is {bytes} bytes; it must be at least 32"),
                 );
             }
         }
-        let local_concurrency = self.local.concurrency.unwrap_or(16);
-        if local_concurrency == 0 {
-            p.add("local.concurrency", "must be at least 1");
-        }
-        let lockout_after_failures = self.security.lockout_after_failures.unwrap_or(10);
-        if lockout_after_failures == 0 {
-            p.add("security.lockout_after_failures", "must be at least 1");
-        }
-        let lockout_first = duration(
-            &mut p,
+        let lockout_after_failures = p.at_least_one(
+            "security.lockout_after_failures",
+            self.lockout_after_failures.unwrap_or(10),
+        );
+        let lockout_first = p.duration(
             "security.lockout_first",
-            self.security.lockout_first.as_deref(),
+            self.lockout_first.as_deref(),
             Duration::from_secs(1),
         );
-        let lockout_max = duration(
-            &mut p,
+        let lockout_max = p.duration(
             "security.lockout_max",
-            self.security.lockout_max.as_deref(),
+            self.lockout_max.as_deref(),
             Duration::from_secs(15 * 60),
         );
         if lockout_max < lockout_first {
@@ -927,52 +1094,77 @@ impl RawConfig {
                 "must be at least security.lockout_first",
             );
         }
-        let callback_grace = duration(
-            &mut p,
-            "security.callback_grace",
-            self.security.callback_grace.as_deref(),
-            Duration::from_secs(15 * 60),
-        );
+        SecuritySettings {
+            callback_secret,
+            admin_token,
+            previous_callback_secrets: self.previous_callback_secrets,
+            callback_grace: p.duration(
+                "security.callback_grace",
+                self.callback_grace.as_deref(),
+                Duration::from_secs(15 * 60),
+            ),
+            allow_private_networks: self.allow_private_networks.unwrap_or(false),
+            lockout_after_failures,
+            lockout_first,
+            lockout_max,
+        }
+    }
+}
 
-        let endpoint_url = self
-            .lambda
-            .endpoint_url
-            .as_deref()
-            .and_then(|u| http_url(&mut p, "lambda.endpoint_url", u));
-        let lambda = LambdaSettings {
-            region: self.lambda.region,
-            endpoint_url,
-            invoke_timeout: duration(
-                &mut p,
+impl RawLocal {
+    fn validate(self, p: &mut Problems) -> LocalSettings {
+        LocalSettings {
+            concurrency: p.at_least_one("local.concurrency", self.concurrency.unwrap_or(16)),
+        }
+    }
+}
+
+impl RawLambda {
+    fn validate(self, p: &mut Problems) -> LambdaSettings {
+        LambdaSettings {
+            region: self.region,
+            endpoint_url: self
+                .endpoint_url
+                .as_deref()
+                .and_then(|u| http_url(p, "lambda.endpoint_url", u)),
+            invoke_timeout: p.duration(
                 "lambda.invoke_timeout",
-                self.lambda.invoke_timeout.as_deref(),
+                self.invoke_timeout.as_deref(),
                 Duration::from_secs(10),
             ),
-        };
-        let notify = NotifySettings {
-            retry_for: duration(
-                &mut p,
+        }
+    }
+}
+
+impl RawNotify {
+    fn validate(self, p: &mut Problems) -> NotifySettings {
+        NotifySettings {
+            retry_for: p.duration(
                 "notify.retry_for",
-                self.notify.retry_for.as_deref(),
+                self.retry_for.as_deref(),
                 Duration::from_secs(24 * 3600),
             ),
-            timeout: duration(
-                &mut p,
+            timeout: p.duration(
                 "notify.timeout",
-                self.notify.timeout.as_deref(),
+                self.timeout.as_deref(),
                 Duration::from_secs(10),
             ),
-        };
+        }
+    }
+}
 
+impl RawPoliteness {
+    /// Validates every schedule, each over these defaults; a name used by
+    /// two schedules is a problem.
+    fn validate_schedules(self, raws: Vec<RawSchedule>, p: &mut Problems) -> Vec<Schedule> {
         let mut seen = HashSet::new();
         let mut schedules = Vec::new();
-        let polite = self.politeness;
-        for (i, mut raw) in self.schedules.into_iter().enumerate() {
-            raw.per_host_in_flight = raw.per_host_in_flight.or(polite.per_host_in_flight);
-            raw.per_host_rate = raw.per_host_rate.or_else(|| polite.per_host_rate.clone());
-            raw.obey_robots = raw.obey_robots.or(polite.obey_robots);
-            raw.user_agent = raw.user_agent.or_else(|| polite.user_agent.clone());
-            if let Some(s) = raw.validate(i, &mut p) {
+        for (i, mut raw) in raws.into_iter().enumerate() {
+            raw.per_host_in_flight = raw.per_host_in_flight.or(self.per_host_in_flight);
+            raw.per_host_rate = raw.per_host_rate.or_else(|| self.per_host_rate.clone());
+            raw.obey_robots = raw.obey_robots.or(self.obey_robots);
+            raw.user_agent = raw.user_agent.or_else(|| self.user_agent.clone());
+            if let Some(s) = raw.validate(i, p) {
                 if !seen.insert(s.name.clone()) {
                     p.add(
                         &format!("schedule {:?}", s.name),
@@ -982,277 +1174,58 @@ impl RawConfig {
                 schedules.push(s);
             }
         }
-
-        if !p.0.is_empty() {
-            return Err(ConfigError(p.0));
-        }
-        Ok(Settings {
-            server: ServerSettings {
-                listen,
-                public_url,
-                shutdown_grace,
-                header_timeout,
-                body_timeout,
-                idle_timeout,
-                max_connections: server_max_connections,
-                max_event_streams,
-                max_event_streams_per_session,
-                trusted_proxies,
-            },
-            database: DatabaseSettings {
-                url: db_url,
-                max_connections,
-                reader_connections,
-            },
-            security: SecuritySettings {
-                callback_secret,
-                admin_token,
-                previous_callback_secrets: self.security.previous_callback_secrets,
-                callback_grace,
-                allow_private_networks: self.security.allow_private_networks.unwrap_or(false),
-                lockout_after_failures,
-                lockout_first,
-                lockout_max,
-            },
-            lambda,
-            notify,
-            local: LocalSettings {
-                concurrency: local_concurrency,
-            },
-            schedules,
-        })
+        schedules
     }
 }
 
+/// A schedule's checked keys that are not copied as given, in the order
+/// their problems are listed.
+struct ScheduleLimits {
+    page_timeout: Duration,
+    max_attempts: u32,
+    max_in_flight: u32,
+    run_timeout: Duration,
+    stuck_after: Duration,
+    catchup_window: Duration,
+    tolerated_failures: Tolerance,
+}
+
 impl RawSchedule {
-    fn validate(self, index: usize, p: &mut Problems) -> Option<Schedule> {
-        let name = match self.name.as_deref().map(str::trim) {
-            Some(n) if valid_name(n) => n.to_string(),
-            Some(n) => {
-                p.add(
-                    &format!("schedules[{index}] name {n:?}"),
-                    "must be 1-64 characters of letters, digits, '-', '_' or '.'",
-                );
-                return None;
-            }
-            None => {
-                p.add(&format!("schedules[{index}]"), "name is required");
-                return None;
-            }
-        };
+    fn validate(mut self, index: usize, p: &mut Problems) -> Option<Schedule> {
+        let name = self.checked_name(index, p)?;
         let at = format!("schedule {name:?}");
-        let tz = self.timezone.as_deref().unwrap_or("UTC");
-        let cron = match self.cron.as_deref() {
-            None => None,
-            Some(expr) => match CronSchedule::new(expr, tz) {
-                Ok(c) => Some(c),
-                Err(e) if e.starts_with("unknown time zone") => {
-                    p.add(&format!("{at}: timezone"), e);
-                    None
-                }
-                Err(e) => {
-                    p.add(&format!("{at}: cron {expr:?}"), e);
-                    None
-                }
-            },
-        };
-        if self.cron.is_none() && self.timezone.is_some() {
-            if let Err(e) = tz.parse::<chrono_tz::Tz>() {
-                p.add(
-                    &format!("{at}: timezone"),
-                    format!("unknown time zone {tz:?} ({e})"),
-                );
-            }
-        }
-        let invoker = match self.invoker.as_deref().unwrap_or("lambda") {
-            "lambda" => InvokerKind::Lambda,
-            "local" => InvokerKind::Local,
-            other => {
-                p.add(
-                    &format!("{at}: invoker"),
-                    format!("{other:?} must be \"lambda\" or \"local\""),
-                );
-                InvokerKind::Local
-            }
-        };
+        let key = |k: &str| format!("{at}: {k}");
+        let cron = self.cron(&at, p);
+        let invoker = p.word(&key("invoker"), self.invoker.as_deref(), InvokerKind::Local);
         if invoker == InvokerKind::Lambda && self.function.as_deref().is_none_or(str::is_empty) {
-            p.add(
-                &format!("{at}: function"),
-                "is required with invoker = \"lambda\"",
-            );
+            p.add(&key("function"), "is required with invoker = \"lambda\"");
         }
-        let pages = match self.pages {
+        let pages = match self.pages.take() {
             None => {
                 p.add(
-                    &format!("{at}: pages"),
+                    &key("pages"),
                     "is required: { urls = [...] }, { sitemap = \"...\" }, { http = \"...\" } or { lambda = \"...\" }",
                 );
                 None
             }
-            Some(raw) => raw.validate(&format!("{at}: pages"), p),
+            Some(raw) => raw.validate(&key("pages"), p),
         };
         for (field, selector) in &self.extract {
             if let Err(e) = scraper_selector_ok(selector) {
                 p.add(
-                    &format!("{at}: extract.{field}"),
+                    &key(&format!("extract.{field}")),
                     format!("{selector:?} is not a CSS selector ({e})"),
                 );
             }
         }
-        let page_timeout = duration(
-            p,
-            &format!("{at}: page_timeout"),
-            self.page_timeout.as_deref(),
-            Duration::from_secs(300),
-        );
-        let max_attempts = self.max_attempts.unwrap_or(3);
-        if max_attempts == 0 {
-            p.add(&format!("{at}: max_attempts"), "must be at least 1");
-        }
-        let max_in_flight = self.max_in_flight.unwrap_or(100);
-        if max_in_flight == 0 {
-            p.add(&format!("{at}: max_in_flight"), "must be at least 1");
-        }
-        let run_timeout = duration(
-            p,
-            &format!("{at}: run_timeout"),
-            self.run_timeout.as_deref(),
-            Duration::from_secs(12 * 3600),
-        );
-        let stuck_after = duration(
-            p,
-            &format!("{at}: stuck_after"),
-            self.stuck_after.as_deref(),
-            Duration::from_secs(3600),
-        );
-        let catchup_window = duration(
-            p,
-            &format!("{at}: catchup_window"),
-            self.catchup_window.as_deref(),
-            Duration::from_secs(3600),
-        );
-        let tolerated_failures = tolerance(
-            p,
-            &format!("{at}: tolerated_failures"),
-            self.tolerated_failures,
-        );
-        let catchup = match self.catchup.as_deref().unwrap_or("once") {
-            "skip" => Catchup::Skip,
-            "once" => Catchup::Once,
-            "all" => Catchup::All,
-            other => {
-                p.add(
-                    &format!("{at}: catchup"),
-                    format!("{other:?} must be \"skip\", \"once\" or \"all\""),
-                );
-                Catchup::Skip
-            }
-        };
-        let overlap = match self.overlap.as_deref().unwrap_or("skip") {
-            "skip" => Overlap::Skip,
-            "allow" => Overlap::Allow,
-            "buffer_one" => Overlap::BufferOne,
-            "cancel_previous" => Overlap::CancelPrevious,
-            other => {
-                p.add(
-                    &format!("{at}: overlap"),
-                    format!("{other:?} must be \"skip\", \"allow\", \"buffer_one\" or \"cancel_previous\""),
-                );
-                Overlap::Skip
-            }
-        };
-        if self.max_document_bytes.is_some_and(|b| b < 1024) {
-            p.add(
-                &format!("{at}: max_document_bytes"),
-                "must be at least 1024",
-            );
-        }
-        if self.max_pages == Some(0) {
-            p.add(&format!("{at}: max_pages"), "must be at least 1");
-        }
-        if self.max_invokes_per_second == Some(0) {
-            p.add(
-                &format!("{at}: max_invokes_per_second"),
-                "must be at least 1 (leave it out for no limit)",
-            );
-        }
-        let per_host_in_flight = self
-            .per_host_in_flight
-            .unwrap_or(DEFAULT_PER_HOST_IN_FLIGHT);
-        if per_host_in_flight == 0 {
-            p.add(&format!("{at}: per_host_in_flight"), "must be at least 1");
-        }
-        let per_host_interval = match self.per_host_rate.as_deref().map(rate_interval) {
-            None => Duration::ZERO,
-            Some(Ok(interval)) => interval,
-            Some(Err(e)) => {
-                p.add(&format!("{at}: per_host_rate"), e);
-                Duration::ZERO
-            }
-        };
-        if let Some(agent) = &self.user_agent {
-            if let Err(e) = user_agent_ok(agent) {
-                p.add(&format!("{at}: user_agent"), e);
-            }
-        }
-        let compare = match self.compare.as_deref().unwrap_or("fields") {
-            "fields" => Compare::Fields,
-            "content" => Compare::Content,
-            other => {
-                p.add(
-                    &format!("{at}: compare"),
-                    format!("{other:?} must be \"fields\" or \"content\""),
-                );
-                Compare::Fields
-            }
-        };
+        let limits = self.limits(&at, p);
+        let catchup = p.word(&key("catchup"), self.catchup.as_deref(), Catchup::Skip);
+        let overlap = p.word(&key("overlap"), self.overlap.as_deref(), Overlap::Skip);
+        let (per_host_in_flight, per_host_interval) = self.per_host(&at, p);
+        let compare = p.word(&key("compare"), self.compare.as_deref(), Compare::Fields);
         let mut notify = Vec::new();
-        for (i, t) in self.notify.into_iter().enumerate() {
-            let tat = format!("{at}: notify[{i}]");
-            let when = match t.when.as_deref().unwrap_or("always") {
-                "always" => NotifyWhen::Always,
-                "changes" => NotifyWhen::Changes,
-                other => {
-                    p.add(
-                        &format!("{tat}.when"),
-                        format!("{other:?} must be \"always\" or \"changes\""),
-                    );
-                    NotifyWhen::Always
-                }
-            };
-            let target = match (t.webhook, t.slack, t.stdout) {
-                (Some(w), None, None) => {
-                    if let Err(e) = webhook_key(&w.secret) {
-                        p.add(&format!("{tat}.webhook.secret"), e);
-                    }
-                    if let Some(old) = &w.previous_secret {
-                        if let Err(e) = webhook_key(old) {
-                            p.add(&format!("{tat}.webhook.previous_secret"), e);
-                        }
-                    }
-                    let at = format!("{tat}.webhook.url");
-                    secret_http_url(p, &at, w.url.expose_secret()).map(|url| {
-                        NotifyTarget::Webhook {
-                            url: SecretUrl::new(url),
-                            secret: w.secret,
-                            previous_secret: w.previous_secret,
-                        }
-                    })
-                }
-                (None, Some(s), None) => {
-                    let at = format!("{tat}.slack.url");
-                    secret_http_url(p, &at, s.url.expose_secret())
-                        .map(|_| NotifyTarget::Slack { url: s.url })
-                }
-                (None, None, Some(_)) => Some(NotifyTarget::Stdout),
-                _ => {
-                    p.add(&tat, "must have exactly one of webhook, slack or stdout");
-                    None
-                }
-            };
-            if let Some(target) = target {
-                notify.push(Notify { target, when });
-            }
+        for (i, t) in std::mem::take(&mut self.notify).into_iter().enumerate() {
+            notify.extend(t.validate(&key(&format!("notify[{i}]")), p));
         }
         Some(Schedule {
             name,
@@ -1261,9 +1234,9 @@ impl RawSchedule {
             function: self.function.filter(|f| !f.is_empty()),
             pages: pages.unwrap_or(PageSource::Urls(Vec::new())),
             extract: self.extract,
-            page_timeout,
-            max_attempts,
-            max_in_flight,
+            page_timeout: limits.page_timeout,
+            max_attempts: limits.max_attempts,
+            max_in_flight: limits.max_in_flight,
             max_invokes_per_second: self.max_invokes_per_second,
             per_host_in_flight,
             per_host_interval,
@@ -1274,14 +1247,173 @@ impl RawSchedule {
                 .max_document_bytes
                 .unwrap_or(DEFAULT_MAX_DOCUMENT_BYTES),
             sitemap_any_host: self.sitemap_any_host.unwrap_or(false),
-            run_timeout,
-            tolerated_failures,
-            stuck_after,
+            run_timeout: limits.run_timeout,
+            tolerated_failures: limits.tolerated_failures,
+            stuck_after: limits.stuck_after,
             catchup,
-            catchup_window,
+            catchup_window: limits.catchup_window,
             overlap,
             compare,
             notify,
+        })
+    }
+
+    /// The trimmed name; without a valid one the schedule's other problems
+    /// could not say which schedule they are in, so it is not checked further.
+    fn checked_name(&self, index: usize, p: &mut Problems) -> Option<String> {
+        match self.name.as_deref().map(str::trim) {
+            Some(n) if valid_name(n) => Some(n.to_string()),
+            Some(n) => {
+                p.add(
+                    &format!("schedules[{index}] name {n:?}"),
+                    "must be 1-64 characters of letters, digits, '-', '_' or '.'",
+                );
+                None
+            }
+            None => {
+                p.add(&format!("schedules[{index}]"), "name is required");
+                None
+            }
+        }
+    }
+
+    /// `cron` in `timezone`; the time zone is checked even without a cron.
+    fn cron(&self, at: &str, p: &mut Problems) -> Option<CronSchedule> {
+        let tz = self.timezone.as_deref().unwrap_or("UTC");
+        let Some(expr) = self.cron.as_deref() else {
+            if self.timezone.is_some() {
+                if let Err(e) = tz.parse::<chrono_tz::Tz>() {
+                    p.add(
+                        &format!("{at}: timezone"),
+                        format!("unknown time zone {tz:?} ({e})"),
+                    );
+                }
+            }
+            return None;
+        };
+        match CronSchedule::new(expr, tz) {
+            Ok(c) => Some(c),
+            Err(e @ CronError::UnknownTimeZone(_)) => {
+                p.add(&format!("{at}: timezone"), e);
+                None
+            }
+            Err(e @ CronError::Expression(_)) => {
+                p.add(&format!("{at}: cron {expr:?}"), e);
+                None
+            }
+        }
+    }
+
+    fn limits(&self, at: &str, p: &mut Problems) -> ScheduleLimits {
+        let key = |k: &str| format!("{at}: {k}");
+        ScheduleLimits {
+            page_timeout: p.duration(
+                &key("page_timeout"),
+                self.page_timeout.as_deref(),
+                Duration::from_secs(300),
+            ),
+            max_attempts: p.at_least_one(&key("max_attempts"), self.max_attempts.unwrap_or(3)),
+            max_in_flight: p.at_least_one(&key("max_in_flight"), self.max_in_flight.unwrap_or(100)),
+            run_timeout: p.duration(
+                &key("run_timeout"),
+                self.run_timeout.as_deref(),
+                Duration::from_secs(12 * 3600),
+            ),
+            stuck_after: p.duration(
+                &key("stuck_after"),
+                self.stuck_after.as_deref(),
+                Duration::from_secs(3600),
+            ),
+            catchup_window: p.duration(
+                &key("catchup_window"),
+                self.catchup_window.as_deref(),
+                Duration::from_secs(3600),
+            ),
+            tolerated_failures: tolerance(
+                p,
+                &key("tolerated_failures"),
+                self.tolerated_failures.as_ref(),
+            ),
+        }
+    }
+
+    /// Checks the listing and pacing keys; returns `per_host_in_flight` and
+    /// the interval of `per_host_rate`.
+    fn per_host(&self, at: &str, p: &mut Problems) -> (u32, Duration) {
+        let key = |k: &str| format!("{at}: {k}");
+        if self.max_document_bytes.is_some_and(|b| b < 1024) {
+            p.add(&key("max_document_bytes"), "must be at least 1024");
+        }
+        if self.max_pages == Some(0) {
+            p.add(&key("max_pages"), "must be at least 1");
+        }
+        if self.max_invokes_per_second == Some(0) {
+            p.add(
+                &key("max_invokes_per_second"),
+                "must be at least 1 (leave it out for no limit)",
+            );
+        }
+        let in_flight = p.at_least_one(
+            &key("per_host_in_flight"),
+            self.per_host_in_flight
+                .unwrap_or(DEFAULT_PER_HOST_IN_FLIGHT),
+        );
+        let interval = match self.per_host_rate.as_deref().map(rate_interval) {
+            None => Duration::ZERO,
+            Some(Ok(interval)) => interval,
+            Some(Err(e)) => {
+                p.add(&key("per_host_rate"), e);
+                Duration::ZERO
+            }
+        };
+        if let Some(agent) = &self.user_agent {
+            if let Err(e) = user_agent_ok(agent) {
+                p.add(&key("user_agent"), e);
+            }
+        }
+        (in_flight, interval)
+    }
+}
+
+impl RawNotifyTarget {
+    /// The target at `at` (`schedule "x": notify[0]`).
+    fn validate(self, at: &str, p: &mut Problems) -> Option<Notify> {
+        let when = p.word(
+            &format!("{at}.when"),
+            self.when.as_deref(),
+            NotifyWhen::Always,
+        );
+        let target = match (self.webhook, self.slack, self.stdout) {
+            (Some(w), None, None) => w.validate(&format!("{at}.webhook"), p),
+            (None, Some(s), None) => {
+                secret_http_url(p, &format!("{at}.slack.url"), s.url.expose_secret())
+                    .map(|_| NotifyTarget::Slack { url: s.url })
+            }
+            (None, None, Some(_)) => Some(NotifyTarget::Stdout),
+            _ => {
+                p.add(at, "must have exactly one of webhook, slack or stdout");
+                None
+            }
+        };
+        target.map(|target| Notify { target, when })
+    }
+}
+
+impl RawWebhook {
+    fn validate(self, at: &str, p: &mut Problems) -> Option<NotifyTarget> {
+        if let Err(e) = webhook_key(&self.secret) {
+            p.add(&format!("{at}.secret"), e);
+        }
+        if let Some(old) = &self.previous_secret {
+            if let Err(e) = webhook_key(old) {
+                p.add(&format!("{at}.previous_secret"), e);
+            }
+        }
+        let url = secret_http_url(p, &format!("{at}.url"), self.url.expose_secret())?;
+        Some(NotifyTarget::Webhook {
+            url: SecretUrl::new(url),
+            secret: self.secret,
+            previous_secret: self.previous_secret,
         })
     }
 }
@@ -1340,4 +1472,50 @@ fn scraper_selector_ok(selector: &str) -> Result<(), String> {
     scraper::Selector::parse(selector)
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_word_reads_back_as_its_value() {
+        for v in [InvokerKind::Lambda, InvokerKind::Local] {
+            assert_eq!(v.as_str().parse(), Ok(v));
+        }
+        for v in [Catchup::Skip, Catchup::Once, Catchup::All] {
+            assert_eq!(v.as_str().parse(), Ok(v));
+        }
+        for v in [
+            Overlap::Skip,
+            Overlap::Allow,
+            Overlap::BufferOne,
+            Overlap::CancelPrevious,
+        ] {
+            assert_eq!(v.as_str().parse(), Ok(v));
+        }
+        for v in [Compare::Fields, Compare::Content] {
+            assert_eq!(v.as_str().parse(), Ok(v));
+        }
+        for v in [NotifyWhen::Always, NotifyWhen::Changes] {
+            assert_eq!(v.as_str().parse(), Ok(v));
+        }
+        for v in [NotifyKind::Webhook, NotifyKind::Slack, NotifyKind::Stdout] {
+            assert_eq!(v.as_str().parse(), Ok(v));
+        }
+    }
+
+    #[test]
+    fn an_unknown_word_lists_the_allowed_ones() {
+        let err = "sideways".parse::<InvokerKind>().unwrap_err();
+        assert_eq!(err.to_string(), r#""sideways" must be "lambda" or "local""#);
+        let err = "Skip".parse::<Catchup>().unwrap_err();
+        assert_eq!(err.allowed, ["skip", "once", "all"]);
+    }
+
+    #[test]
+    fn a_target_kind_is_stored_by_its_word() {
+        assert_eq!(NotifyTarget::Stdout.kind().as_str(), "stdout");
+        assert_eq!(NotifyKind::Webhook.to_string(), "webhook");
+    }
 }

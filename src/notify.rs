@@ -260,7 +260,7 @@ impl Notifier {
                 n.schedule, n.target
             )),
         };
-        let kind = target.map(NotifyTarget::kind).unwrap_or("unknown");
+        let kind = target.map_or("unknown", |t| t.kind().as_str());
         let stored = match result {
             Ok(()) => {
                 metrics::counter!("fanfare_notifications_sent_total", "kind" => kind).increment(1);

@@ -47,13 +47,31 @@ const FIELDS: [(&str, u32, u32); 6] = [
     ("day of week", 0, 7),
 ];
 
+/// Why a cron expression and time zone make no [`CronSchedule`]. The two
+/// are told apart because the configuration names a different key for each
+/// (`timezone` or `cron`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CronError {
+    /// The time zone is not an IANA name.
+    #[error("unknown time zone {0:?} (use an IANA name such as \"Europe/Paris\" or \"UTC\")")]
+    UnknownTimeZone(String),
+    /// The expression is malformed or never fires; the text says why
+    /// (`seconds must be 0-59`).
+    #[error("{0}")]
+    Expression(String),
+}
+
 impl CronSchedule {
     /// Parses `expr` and resolves `timezone`; the error says what is wrong
     /// (`seconds must be 0-59`, `unknown time zone "Mars/Base"`).
-    pub fn new(expr: &str, timezone: &str) -> Result<Self, String> {
+    pub fn new(expr: &str, timezone: &str) -> Result<Self, CronError> {
         let tz: Tz = timezone
             .parse()
-            .map_err(|_| format!("unknown time zone {timezone:?} (use an IANA name such as \"Europe/Paris\" or \"UTC\")"))?;
+            .map_err(|_| CronError::UnknownTimeZone(timezone.to_string()))?;
+        Self::in_zone(expr, tz).map_err(CronError::Expression)
+    }
+
+    fn in_zone(expr: &str, tz: Tz) -> Result<Self, String> {
         let trimmed = expr.trim();
         let fields: Vec<&str> = trimmed.split_whitespace().collect();
         let named: &[(&str, u32, u32)] = match fields.len() {
@@ -178,7 +196,7 @@ mod tests {
     #[test]
     fn out_of_range_seconds_are_named() {
         let err = CronSchedule::new("61 * * * * *", "UTC").unwrap_err();
-        assert_eq!(err, "seconds must be 0-59");
+        assert_eq!(err, CronError::Expression("seconds must be 0-59".into()));
     }
 
     #[test]
@@ -214,14 +232,18 @@ mod tests {
 
     #[test]
     fn unknown_time_zones_and_wrong_field_counts_are_rejected() {
-        assert!(CronSchedule::new("0 0 3 * * *", "Mars/Base")
-            .unwrap_err()
-            .contains("unknown time zone \"Mars/Base\""));
+        let err = CronSchedule::new("0 0 3 * * *", "Mars/Base").unwrap_err();
+        assert_eq!(err, CronError::UnknownTimeZone("Mars/Base".into()));
+        assert!(err
+            .to_string()
+            .starts_with("unknown time zone \"Mars/Base\""));
         assert!(CronSchedule::new("0 0 3 *", "UTC")
             .unwrap_err()
+            .to_string()
             .contains("has 4 fields"));
         assert!(CronSchedule::new("0 0 25 * * *", "UTC")
             .unwrap_err()
+            .to_string()
             .contains("hours must be 0-23"));
     }
 }

@@ -11,7 +11,7 @@ use sqlx::{PgConnection, PgPool};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::config::{Compare, NotifyWhen, Settings, Tolerance};
+use crate::config::{Compare, NotifyKind, NotifyWhen, Settings, Tolerance};
 use crate::ledger::{self, FailedPage, NotifyEvent, Outcome, PageStatus, Run, RunStatus, Trigger};
 
 use super::changes::{self, ChangedPage, Changes, RunChanges};
@@ -25,8 +25,8 @@ pub const FAILED_PAGES_IN_NOTIFICATION: i64 = 100;
 pub struct TargetRef {
     /// Index in the schedule's `notify` list.
     pub index: i32,
-    /// `webhook`, `slack` or `stdout`.
-    pub kind: &'static str,
+    /// What kind of target it is (stored in the outbox by its word).
+    pub kind: NotifyKind,
     /// Which finished runs it is sent.
     pub when: NotifyWhen,
 }
@@ -353,8 +353,16 @@ async fn queue_notifications(
         .collect();
     for target in &targets {
         let id = webhook_id(run_id, event, target.index);
-        ledger::insert_notification(tx, run_id, event, target.index, target.kind, &id, payload)
-            .await?;
+        ledger::insert_notification(
+            tx,
+            run_id,
+            event,
+            target.index,
+            target.kind.as_str(),
+            &id,
+            payload,
+        )
+        .await?;
     }
     if !targets.is_empty() {
         ledger::wake(&mut *tx, ledger::WAKE_NOTIFY).await?;

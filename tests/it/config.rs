@@ -63,6 +63,34 @@ pages = { urls = [] }
 }
 
 #[test]
+fn an_unknown_policy_word_is_named_with_its_key_and_every_allowed_word() {
+    let found = problems(
+        r#"
+[[schedules]]
+name = "words"
+invoker = "local"
+pages = { urls = [] }
+catchup = "sometimes"
+overlap = "queue"
+compare = "bytes"
+
+[[schedules.notify]]
+stdout = {}
+when = "never"
+"#,
+    );
+    assert_eq!(
+        found,
+        [
+            r#"schedule "words": catchup: "sometimes" must be "skip", "once" or "all""#,
+            r#"schedule "words": overlap: "queue" must be "skip", "allow", "buffer_one" or "cancel_previous""#,
+            r#"schedule "words": compare: "bytes" must be "fields" or "content""#,
+            r#"schedule "words": notify[0].when: "never" must be "always" or "changes""#,
+        ]
+    );
+}
+
+#[test]
 fn unknown_keys_and_missing_secrets_are_named() {
     let err = Settings::from_toml("[server]\nlisten = \"127.0.0.1:0\"\npublik_url = \"x\"\n")
         .unwrap_err();
