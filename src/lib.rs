@@ -8,6 +8,7 @@
 
 #![warn(missing_docs)]
 
+pub mod actions;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -1,8 +1,9 @@
 //! The run lifecycle shared by every worker: firing (pause, overlap and
 //! catch-up policies), starting a run (listing its pages into the ledger,
 //! under a lease another replica takes over if this one dies), recording
-//! page results, closing runs early (cancel, failure, timeout), redriving
-//! failures, and announcing finished runs.
+//! page results, closing runs early (cancel, failure, timeout), and
+//! announcing finished runs. The operator's actions over it are in
+//! [`crate::actions`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,9 +18,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::config::{Catchup, Overlap, Schedule, Settings};
-use crate::ledger::{
-    self, Outcome, PageChange, PageStatus, PageWrite, RedriveInsert, Run, Trigger,
-};
+use crate::ledger::{self, Outcome, PageChange, PageStatus, PageWrite, Run, Trigger};
 use crate::lifecycle::page::{self, Event, Next, RetryReason};
 use crate::lifecycle::run as rules;
 use crate::lifecycle::Closing;
@@ -71,29 +70,6 @@ pub enum StartError {
     /// No schedule has that name.
     #[error("unknown schedule {0:?}")]
     UnknownSchedule(String),
-    /// The ledger failed.
-    #[error(transparent)]
-    Ledger(#[from] sqlx::Error),
-}
-
-/// Why a run could not be redriven.
-#[derive(Debug, thiserror::Error)]
-pub enum RedriveError {
-    /// No run has this id.
-    #[error("no run has the id {0}")]
-    UnknownRun(Uuid),
-    /// The run has no failed or timed-out pages.
-    #[error("run {0} has no failed or timed-out pages to redrive")]
-    NothingToRedrive(Uuid),
-    /// A redrive of the run has not finished yet (`open`: that redrive run,
-    /// unless it finished in the meantime).
-    #[error("a redrive of run {parent} is still open{}: redrive again once it has finished", .open.map(|o| format!(" (run {o})")).unwrap_or_default())]
-    AlreadyOpen {
-        /// The run asked to be redriven.
-        parent: Uuid,
-        /// Its open redrive run.
-        open: Option<Uuid>,
-    },
     /// The ledger failed.
     #[error(transparent)]
     Ledger(#[from] sqlx::Error),
@@ -670,29 +646,6 @@ impl Runs {
             self.announce(run).await;
         }
         Ok(closed)
-    }
-
-    /// Starts a new run of `parent`'s failed and timed-out pages, unless a
-    /// redrive of it is still open (two requests racing create one run).
-    pub async fn redrive(&self, parent: Uuid) -> Result<Uuid, RedriveError> {
-        let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
-        match ledger::create_redrive(&self.pool, parent, now).await? {
-            RedriveInsert::Created(run_id) => {
-                metrics::counter!("fanfare_runs_started_total", "schedule" => "redrive")
-                    .increment(1);
-                tracing::info!(%run_id, parent = %parent, "redrive run started");
-                self.wake_dispatch.notify_one();
-                Ok(run_id)
-            }
-            RedriveInsert::AlreadyOpen => Err(RedriveError::AlreadyOpen {
-                parent,
-                open: ledger::open_redrive_of(&self.pool, parent).await?,
-            }),
-            RedriveInsert::NothingToRedrive => match ledger::get_run(&self.pool, parent).await? {
-                Some(_) => Err(RedriveError::NothingToRedrive(parent)),
-                None => Err(RedriveError::UnknownRun(parent)),
-            },
-        }
     }
 
     /// Logs and counts a finished run, wakes the notifier, and starts the

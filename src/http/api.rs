@@ -6,7 +6,7 @@
 use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::Json;
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -19,9 +19,7 @@ use crate::ledger::{
 };
 use crate::lifecycle::changes::{ChangeEntry, Changes};
 use crate::lifecycle::run::PageCounts;
-use crate::lifecycle::Closing;
 use crate::overview::ScheduleView;
-use crate::runs::{RedriveError, StartError};
 
 /// `axum::extract::Query` whose rejection is an [`ApiError`] (JSON 400).
 #[derive(FromRequestParts)]
@@ -187,18 +185,8 @@ pub async fn trigger(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<Triggered>), ApiError> {
-    // Microseconds: the precision Postgres keeps, so the stored key equals this one.
-    let now = Utc::now().trunc_subsecs(6);
-    match state.runs.start(&name, now, Trigger::Manual).await {
-        Ok(Some(run_id)) => Ok((StatusCode::ACCEPTED, Json(Triggered { run_id }))),
-        Ok(None) => Err(ApiError::Conflict(format!(
-            "a run of {name:?} for {now} exists already"
-        ))),
-        Err(StartError::UnknownSchedule(name)) => Err(ApiError::NotFound(format!(
-            "no schedule is called {name:?}"
-        ))),
-        Err(StartError::Ledger(e)) => Err(e.into()),
-    }
+    let run_id = state.actions().trigger(&name).await?;
+    Ok((StatusCode::ACCEPTED, Json(Triggered { run_id })))
 }
 
 /// The query of `GET /v1/runs`.
@@ -466,16 +454,8 @@ pub async fn cancel_run(
     Path(id): Path<String>,
 ) -> Result<Json<RunView>, ApiError> {
     let id = parse_run_id(&id)?;
-    match state.runs.close_run(id, Closing::Cancelled).await? {
-        Some(run) => Ok(Json(RunView::from(&run))),
-        None => match ledger::get_run(&state.runs.pool, id).await? {
-            Some(run) if run.status == RunStatus::Finishing => Err(ApiError::Conflict(format!(
-                "every page of run {id} has reported; it is finishing"
-            ))),
-            Some(_) => Err(ApiError::Conflict(format!("run {id} has finished already"))),
-            None => Err(ApiError::NotFound(format!("no run has the id {id}"))),
-        },
-    }
+    let run = state.actions().cancel(id).await?;
+    Ok(Json(RunView::from(&run)))
 }
 
 /// `POST /v1/runs/{id}/redrive`: a new run of the run's failed and
@@ -502,20 +482,14 @@ pub async fn redrive_run(
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Redriven>), ApiError> {
     let id = parse_run_id(&id)?;
-    match state.runs.redrive(id).await {
-        Ok(run_id) => Ok((
-            StatusCode::ACCEPTED,
-            Json(Redriven {
-                run_id,
-                redrive_of: id,
-            }),
-        )),
-        Err(e @ RedriveError::UnknownRun(_)) => Err(ApiError::NotFound(e.to_string())),
-        Err(e @ (RedriveError::NothingToRedrive(_) | RedriveError::AlreadyOpen { .. })) => {
-            Err(ApiError::Conflict(e.to_string()))
-        }
-        Err(RedriveError::Ledger(e)) => Err(e.into()),
-    }
+    let run_id = state.actions().redrive(id).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Redriven {
+            run_id,
+            redrive_of: id,
+        }),
+    ))
 }
 
 async fn set_paused(
@@ -523,12 +497,12 @@ async fn set_paused(
     name: &str,
     paused: bool,
 ) -> Result<Json<PauseState>, ApiError> {
-    if state.runs.settings.schedule(name).is_none() {
-        return Err(ApiError::NotFound(format!(
-            "no schedule is called {name:?}"
-        )));
+    let actions = state.actions();
+    if paused {
+        actions.pause(name).await?;
+    } else {
+        actions.resume(name).await?;
     }
-    ledger::set_paused(&state.runs.pool, name, paused).await?;
     tracing::info!(
         schedule = name,
         paused,

@@ -109,8 +109,7 @@ async fn handle(
     let token = bearer(headers)
         .ok_or_else(|| ApiError::Unauthorized("missing bearer task token".into()))?;
     let claims = state
-        .runs
-        .signer
+        .signer()
         .verify(token, Utc::now())
         .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
     let span = tracing::Span::current();

@@ -8,6 +8,8 @@ use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::actions::ActionError;
+
 /// The body of every error answer.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ErrorBody {
@@ -92,6 +94,25 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+/// An operator action refused or failed: an unknown schedule or run is
+/// 404, an action the run's or schedule's state does not allow is 409, the
+/// ledger's errors answer as [`sqlx::Error`]s do (503 when unavailable).
+impl From<ActionError> for ApiError {
+    fn from(e: ActionError) -> Self {
+        match e {
+            ActionError::UnknownSchedule(_) | ActionError::UnknownRun(_) => {
+                ApiError::NotFound(e.to_string())
+            }
+            ActionError::RunExists { .. }
+            | ActionError::RunFinishing(_)
+            | ActionError::RunFinished(_)
+            | ActionError::NothingToRedrive(_)
+            | ActionError::RedriveOpen { .. } => ApiError::Conflict(e.to_string()),
+            ActionError::LedgerUnavailable(e) | ActionError::Ledger(e) => e.into(),
+        }
+    }
+}
+
 /// A query string that does not fit the endpoint's parameters.
 impl From<QueryRejection> for ApiError {
     fn from(e: QueryRejection) -> Self {
@@ -130,5 +151,55 @@ impl IntoResponse for ApiError {
             );
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    #[test]
+    fn action_errors_answer_404_409_or_as_the_ledger_does() {
+        let id = Uuid::nil();
+        for (e, status) in [
+            (
+                ActionError::UnknownSchedule("s".into()),
+                StatusCode::NOT_FOUND,
+            ),
+            (ActionError::UnknownRun(id), StatusCode::NOT_FOUND),
+            (
+                ActionError::RunExists {
+                    schedule: "s".into(),
+                    scheduled_for: chrono::Utc::now(),
+                },
+                StatusCode::CONFLICT,
+            ),
+            (ActionError::RunFinishing(id), StatusCode::CONFLICT),
+            (ActionError::RunFinished(id), StatusCode::CONFLICT),
+            (ActionError::NothingToRedrive(id), StatusCode::CONFLICT),
+            (
+                ActionError::RedriveOpen {
+                    parent: id,
+                    open: None,
+                },
+                StatusCode::CONFLICT,
+            ),
+            (
+                ActionError::from(sqlx::Error::PoolTimedOut),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                ActionError::from(sqlx::Error::RowNotFound),
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+        ] {
+            let said = e.to_string();
+            let api = ApiError::from(e);
+            assert_eq!(api.status(), status, "{said}");
+            if status.is_client_error() {
+                assert_eq!(api.to_string(), said, "a client error says what was wrong");
+            }
+        }
     }
 }

@@ -29,7 +29,10 @@ pub use error::{ApiError, ErrorBody};
 
 use self::auth::{AdminAuth, Refused, Surface};
 
+use crate::actions::Actions;
+use crate::config::Settings;
 use crate::runs::Runs;
+use crate::token::TokenSigner;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -57,6 +60,27 @@ impl AppState {
             readers,
             exports: Arc::new(tokio::sync::Semaphore::new(results::EXPORTS_AT_ONCE)),
         }
+    }
+
+    /// The operator's actions (trigger, cancel, redrive, pause, resume).
+    pub fn actions(&self) -> Actions<'_> {
+        Actions::new(&self.runs)
+    }
+
+    /// The validated configuration.
+    pub fn settings(&self) -> &Settings {
+        &self.runs.settings
+    }
+
+    /// The daemon's own pool (writes, and reads that must see them), as
+    /// opposed to [`Self::readers`].
+    pub fn ledger(&self) -> &sqlx::PgPool {
+        &self.runs.pool
+    }
+
+    /// Signs and verifies task tokens.
+    pub fn signer(&self) -> &TokenSigner {
+        &self.runs.signer
     }
 }
 
@@ -247,12 +271,8 @@ async fn check_database(state: &AppState) -> DatabaseCheck {
             return check;
         }
     }
-    let check = match tokio::time::timeout(
-        Duration::from_secs(2),
-        crate::ledger::ready(&state.runs.pool),
-    )
-    .await
-    {
+    let ready = crate::ledger::ready(state.ledger());
+    let check = match tokio::time::timeout(Duration::from_secs(2), ready).await {
         Ok(Ok(true)) => DatabaseCheck::Ready,
         Ok(Ok(false)) => {
             tracing::warn!("not ready: database migrations are not all applied");

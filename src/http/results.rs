@@ -233,8 +233,7 @@ pub async fn export_run(
     // A run of a schedule no longer configured has no known fields: every
     // field then goes to fields_json.
     let fields: Vec<String> = state
-        .runs
-        .settings
+        .settings()
         .schedule(&run.schedule)
         .map(|s| s.extract.keys().cloned().collect())
         .unwrap_or_default();

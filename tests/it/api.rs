@@ -238,3 +238,62 @@ async fn the_trigger_command_starts_a_run_through_the_api() {
     std::fs::remove_dir_all(&dir).ok();
     app.stop().await;
 }
+
+#[tokio::test]
+async fn actions_on_an_unknown_run_or_schedule_are_404_and_on_a_finished_run_409() {
+    let lambda = Arc::new(RecordingLambda::default());
+    let app = TestApp::spawn(&lambda_schedule("s", 1, None, ""), Some(lambda.clone())).await;
+    let run = app.trigger("s").await;
+    let r = lambda.wait_for(1).await.remove(0);
+    app.post_report(Some(&r.callback_token), &succeeded(&r))
+        .await;
+    app.wait_finished(run, Duration::from_secs(5)).await;
+    let post = |path: String| {
+        let app = &app;
+        async move {
+            let resp = app
+                .client
+                .post(format!("{}{path}", app.address))
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let body: serde_json::Value = resp.json().await.unwrap();
+            (
+                status,
+                body["error"].as_str().unwrap_or_default().to_string(),
+            )
+        }
+    };
+    let unknown = uuid::Uuid::from_u128(7);
+    for (path, status, says) in [
+        (
+            format!("/v1/runs/{run}/cancel"),
+            409,
+            "has finished already",
+        ),
+        (
+            format!("/v1/runs/{unknown}/cancel"),
+            404,
+            "no run has the id",
+        ),
+        (
+            format!("/v1/runs/{run}/redrive"),
+            409,
+            "no failed or timed-out pages",
+        ),
+        (
+            format!("/v1/runs/{unknown}/redrive"),
+            404,
+            "no run has the id",
+        ),
+        ("/v1/schedules/nope/pause".to_string(), 404, "\"nope\""),
+        ("/v1/schedules/nope/resume".to_string(), 404, "\"nope\""),
+    ] {
+        let (got, error) = post(path.clone()).await;
+        assert_eq!(got, status, "{path}: {error}");
+        assert!(error.contains(says), "{path}: {error}");
+    }
+    app.stop().await;
+}

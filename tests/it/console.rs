@@ -912,3 +912,64 @@ async fn a_signed_out_session_and_its_csrf_token_are_refused_by_every_replica() 
     b.stop().await;
     a.stop().await;
 }
+
+#[tokio::test]
+async fn console_actions_on_an_unknown_run_or_schedule_are_404_and_on_a_finished_run_409() {
+    let lambda = Arc::new(RecordingLambda::default());
+    let app = TestApp::spawn(&lambda_schedule("s", 1, None, ""), Some(lambda.clone())).await;
+    let run = app.trigger("s").await;
+    let r = lambda.wait_for(1).await.remove(0);
+    app.post_report(Some(&r.callback_token), &succeeded(&r))
+        .await;
+    app.wait_finished(run, Duration::from_secs(5)).await;
+    let cookie = session(&app).await;
+    let (_, _, html) = page(&app, Some(&cookie), &format!("/ui/runs/{run}")).await;
+    let csrf = csrf_of(&html);
+    let unknown = uuid::Uuid::from_u128(7);
+    for (path, status, says) in [
+        (
+            format!("/ui/runs/{run}/cancel"),
+            409,
+            "has finished already",
+        ),
+        (
+            format!("/ui/runs/{unknown}/cancel"),
+            404,
+            "No run has the id",
+        ),
+        (
+            format!("/ui/runs/{run}/redrive"),
+            409,
+            "no failed or timed-out pages",
+        ),
+        (
+            format!("/ui/runs/{unknown}/redrive"),
+            404,
+            "No run has the id",
+        ),
+        (
+            "/ui/schedules/nope/pause".to_string(),
+            404,
+            "No schedule is called",
+        ),
+        (
+            "/ui/schedules/nope/resume".to_string(),
+            404,
+            "No schedule is called",
+        ),
+    ] {
+        let resp = client()
+            .post(format!("{}{path}", app.address))
+            .header(COOKIE_HEADER, format!("{COOKIE}={cookie}"))
+            .form(&[("csrf", csrf.as_str())])
+            .send()
+            .await
+            .unwrap();
+        let got = resp.status().as_u16();
+        let body = resp.text().await.unwrap();
+        assert_eq!(got, status, "{path}: {body}");
+        assert!(body.contains(says), "{path}: {body}");
+    }
+    assert_eq!(run_count(&app).await, 1, "no refused action started a run");
+    app.stop().await;
+}

@@ -6,8 +6,8 @@
 //!   without one every page redirects to the sign-in. Signing out revokes
 //!   the session on every replica.
 //! - Every state-changing form POSTs with the session's CSRF token and
-//!   calls what the admin API calls ([`Runs::start`], [`Runs::close_run`],
-//!   [`Runs::redrive`], [`ledger::set_paused`]), then redirects (303).
+//!   calls the operator's action the admin API calls ([`Actions`]), then
+//!   redirects (303).
 //! - Charts are SVG drawn on the server ([`svg`]); the one script,
 //!   `console.js`, follows an open run's progress over server-sent events
 //!   (`/ui/runs/{id}/events`), one poll of the ledger per run shared by
@@ -16,9 +16,7 @@
 //!   Every answer carries a Content-Security-Policy that allows no
 //!   inline script or style.
 //!
-//! [`Runs::start`]: crate::runs::Runs::start
-//! [`Runs::close_run`]: crate::runs::Runs::close_run
-//! [`Runs::redrive`]: crate::runs::Runs::redrive
+//! [`Actions`]: crate::actions::Actions
 
 mod pages;
 pub mod session;
@@ -39,7 +37,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
-use chrono::{SubsecRound, Utc};
+use chrono::Utc;
 use futures::Stream;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
@@ -50,10 +48,9 @@ use self::session::{Revocations, Session, SessionKey};
 use self::streams::{EventHub, ReadRun, Reading, Refused as StreamRefused, StreamLimits, Ticket};
 use super::auth::{Client, Refused, Surface};
 use super::{ApiError, AppState};
-use crate::ledger::{self, Outcome, RunStatus, Trigger};
+use crate::actions::ActionError;
+use crate::ledger::{self, Outcome, RunStatus};
 use crate::lifecycle::changes::{ChangeEntry, Changes};
-use crate::lifecycle::Closing;
-use crate::runs::{RedriveError, StartError};
 
 /// The Content-Security-Policy of every console answer: nothing inline,
 /// nothing from elsewhere, no framing, forms only to the console.
@@ -114,7 +111,7 @@ impl Console {
 /// The console's routes, every one under `/ui` (merged into the daemon's
 /// router; a path under `/ui/` that is none of them answers a 404 page).
 pub fn router(app: AppState) -> Router<AppState> {
-    let settings = &app.runs.settings;
+    let settings = app.settings();
     let console = Console {
         key: Arc::new(SessionKey::derive(
             settings.security.admin_token.expose_secret(),
@@ -200,6 +197,44 @@ impl From<ApiError> for UiError {
 impl From<sqlx::Error> for UiError {
     fn from(e: sqlx::Error) -> Self {
         ApiError::from(e).into()
+    }
+}
+
+/// An operator action refused or failed, said as the console says it: an
+/// unknown schedule or run is a 404 page, an action the run's or schedule's
+/// state does not allow a 409 page, the ledger's errors as [`sqlx::Error`]s.
+impl From<ActionError> for UiError {
+    fn from(e: ActionError) -> Self {
+        let conflict = |message: String| Self::new(StatusCode::CONFLICT, message);
+        match e {
+            ActionError::UnknownSchedule(name) => {
+                Self::not_found(format!("No schedule is called {name:?}."))
+            }
+            ActionError::UnknownRun(id) => Self::not_found(format!("No run has the id {id}.")),
+            ActionError::RunExists {
+                schedule,
+                scheduled_for,
+            } => conflict(format!(
+                "A run of {schedule:?} for {scheduled_for} exists already."
+            )),
+            ActionError::RunFinishing(id) => conflict(format!(
+                "Every page of run {id} has reported; it is finishing."
+            )),
+            ActionError::RunFinished(id) => conflict(format!("Run {id} has finished already.")),
+            ActionError::NothingToRedrive(id) => conflict(format!(
+                "Run {id} has no failed or timed-out pages to redrive."
+            )),
+            ActionError::RedriveOpen {
+                parent,
+                open: Some(open),
+            } => conflict(format!(
+                "Run {parent} is being redriven already (run {open}): redrive it again once that run has finished."
+            )),
+            ActionError::RedriveOpen { parent, open: None } => conflict(format!(
+                "Run {parent} was being redriven already: reload the page."
+            )),
+            ActionError::LedgerUnavailable(e) | ActionError::Ledger(e) => e.into(),
+        }
     }
 }
 
@@ -309,7 +344,7 @@ async fn session_of(console: &Console, headers: &HeaderMap) -> Result<Session, N
         .map_err(|e| NoSession::Refused(e.to_string()))?;
     match console
         .revoked
-        .is_revoked(&console.app.runs.pool, &session)
+        .is_revoked(console.app.ledger(), &session)
         .await
     {
         Ok(false) => Ok(session),
@@ -515,7 +550,7 @@ async fn logout(
     // from this browser: a copy of the cookie is refused too.
     console
         .revoked
-        .revoke(&console.app.runs.pool, &session)
+        .revoke(console.app.ledger(), &session)
         .await?;
     tracing::info!(client = %client, "console sign-out");
     let mut response = see_other("/ui/login");
@@ -635,8 +670,7 @@ async fn runs(
     };
     let names: Vec<String> = console
         .app
-        .runs
-        .settings
+        .settings()
         .schedules
         .iter()
         .map(|s| s.name.clone())
@@ -905,19 +939,8 @@ async fn trigger(
     Form(form): Form<CsrfForm>,
 ) -> Result<Response, UiError> {
     console.check_csrf(&session, &form.csrf)?;
-    // Microseconds: the precision Postgres keeps (as the API does).
-    let now = Utc::now().trunc_subsecs(6);
-    match console.app.runs.start(&name, now, Trigger::Manual).await {
-        Ok(Some(run_id)) => Ok(see_other(&format!("/ui/runs/{run_id}"))),
-        Ok(None) => Err(UiError::new(
-            StatusCode::CONFLICT,
-            format!("A run of {name:?} for {now} exists already."),
-        )),
-        Err(StartError::UnknownSchedule(name)) => Err(UiError::not_found(format!(
-            "No schedule is called {name:?}."
-        ))),
-        Err(StartError::Ledger(e)) => Err(e.into()),
-    }
+    let run_id = console.app.actions().trigger(&name).await?;
+    Ok(see_other(&format!("/ui/runs/{run_id}")))
 }
 
 async fn set_paused(
@@ -928,12 +951,12 @@ async fn set_paused(
     paused: bool,
 ) -> Result<Response, UiError> {
     console.check_csrf(session, csrf)?;
-    if console.app.runs.settings.schedule(name).is_none() {
-        return Err(UiError::not_found(format!(
-            "No schedule is called {name:?}."
-        )));
+    let actions = console.app.actions();
+    if paused {
+        actions.pause(name).await?;
+    } else {
+        actions.resume(name).await?;
     }
-    ledger::set_paused(&console.app.runs.pool, name, paused).await?;
     tracing::info!(
         schedule = name,
         paused,
@@ -969,22 +992,9 @@ async fn cancel(
 ) -> Result<Response, UiError> {
     console.check_csrf(&session, &form.csrf)?;
     let id = run_id(&id)?;
-    let runs = &console.app.runs;
-    if runs.close_run(id, Closing::Cancelled).await?.is_some() {
-        tracing::info!(run_id = %id, "run cancelled from the console");
-        return Ok(see_other(&format!("/ui/runs/{id}")));
-    }
-    Err(match ledger::get_run(&runs.pool, id).await? {
-        Some(run) if run.status == RunStatus::Finishing => UiError::new(
-            StatusCode::CONFLICT,
-            format!("Every page of run {id} has reported; it is finishing."),
-        ),
-        Some(_) => UiError::new(
-            StatusCode::CONFLICT,
-            format!("Run {id} has finished already."),
-        ),
-        None => UiError::not_found(format!("No run has the id {id}.")),
-    })
+    console.app.actions().cancel(id).await?;
+    tracing::info!(run_id = %id, "run cancelled from the console");
+    Ok(see_other(&format!("/ui/runs/{id}")))
 }
 
 async fn redrive(
@@ -995,32 +1005,71 @@ async fn redrive(
 ) -> Result<Response, UiError> {
     console.check_csrf(&session, &form.csrf)?;
     let id = run_id(&id)?;
-    let runs = &console.app.runs;
-    match runs.redrive(id).await {
-        Ok(new) => Ok(see_other(&format!("/ui/runs/{new}"))),
-        Err(RedriveError::UnknownRun(_)) => {
-            Err(UiError::not_found(format!("No run has the id {id}.")))
-        }
-        Err(RedriveError::NothingToRedrive(_)) => Err(UiError::new(
-            StatusCode::CONFLICT,
-            format!("Run {id} has no failed or timed-out pages to redrive."),
-        )),
-        Err(RedriveError::AlreadyOpen { open, .. }) => Err(UiError::new(
-            StatusCode::CONFLICT,
-            match open {
-                Some(open) => format!(
-                    "Run {id} is being redriven already (run {open}): redrive it again once that run has finished."
-                ),
-                None => format!("Run {id} was being redriven already: reload the page."),
-            },
-        )),
-        Err(RedriveError::Ledger(e)) => Err(e.into()),
-    }
+    let new = console.app.actions().redrive(id).await?;
+    Ok(see_other(&format!("/ui/runs/{new}")))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::safe_next;
+    use super::{safe_next, ActionError, StatusCode, UiError};
+
+    #[test]
+    fn action_errors_are_the_same_status_pages_as_the_apis_answers() {
+        let id = uuid::Uuid::nil();
+        let open = uuid::Uuid::from_u128(1);
+        for (e, status, says) in [
+            (
+                ActionError::UnknownSchedule("s".into()),
+                StatusCode::NOT_FOUND,
+                "No schedule is called \"s\".",
+            ),
+            (
+                ActionError::UnknownRun(id),
+                StatusCode::NOT_FOUND,
+                "No run has the id",
+            ),
+            (
+                ActionError::RunFinishing(id),
+                StatusCode::CONFLICT,
+                "it is finishing.",
+            ),
+            (
+                ActionError::RunFinished(id),
+                StatusCode::CONFLICT,
+                "has finished already.",
+            ),
+            (
+                ActionError::NothingToRedrive(id),
+                StatusCode::CONFLICT,
+                "no failed or timed-out pages",
+            ),
+            (
+                ActionError::RedriveOpen {
+                    parent: id,
+                    open: Some(open),
+                },
+                StatusCode::CONFLICT,
+                "is being redriven already (run 00000000-0000-0000-0000-000000000001)",
+            ),
+            (
+                ActionError::RedriveOpen {
+                    parent: id,
+                    open: None,
+                },
+                StatusCode::CONFLICT,
+                "reload the page",
+            ),
+            (
+                ActionError::from(sqlx::Error::PoolTimedOut),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+            ),
+        ] {
+            let page = UiError::from(e);
+            assert_eq!(page.status, status, "{}", page.message);
+            assert!(page.message.contains(says), "{}", page.message);
+        }
+    }
 
     #[test]
     fn next_is_normalised_and_honoured_only_under_ui() {
