@@ -91,19 +91,8 @@ fn main() -> anyhow::Result<()> {
     if std::env::var_os("RUST_LOG").is_some() {
         fanfare::telemetry::init();
     }
-    println!(
-        "FIGURE machine cores={} load_average={} commit={}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        load_average(),
-        common::bench::git_commit()
-    );
-    let app_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let load = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    common::bench::print_machine();
+    let (app_runtime, load) = common::bench::runtimes()?;
     if matches!(args.scenario, Scenario::Robots | Scenario::Both) {
         let sites = load.block_on(RobotsSite::start(args.urls))?;
         for (name, list) in [("plain", &sites.plain_list), ("keys", &sites.keys_list)] {

@@ -84,19 +84,8 @@ fn main() -> anyhow::Result<()> {
     if std::env::var_os("RUST_LOG").is_some() {
         fanfare::telemetry::init();
     }
-    let app_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let load = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    println!(
-        "FIGURE machine cores={} load_average={} commit={}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        load_average(),
-        common::bench::git_commit()
-    );
+    let (app_runtime, load) = common::bench::runtimes()?;
+    common::bench::print_machine();
     let db = app_runtime.block_on(common::fresh_database());
     let result = (|| {
         let list = load.block_on(serve_list(args.pages))?;

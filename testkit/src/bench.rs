@@ -206,3 +206,29 @@ pub fn raise_open_file_limit() -> std::io::Result<(u64, u64)> {
     #[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not everywhere
     Ok((limit.rlim_cur as u64, limit.rlim_max as u64))
 }
+
+/// Prints the machine line every benchmark starts with: cores, load
+/// average, the checkout's commit.
+pub fn print_machine() {
+    println!(
+        "FIGURE machine cores={} load_average={} commit={}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_average(),
+        git_commit()
+    );
+}
+
+/// The runtimes of a benchmark that runs the application in-process: a
+/// multi-threaded one of two workers for the application (one per vCPU of
+/// a small Fargate task), and a current-thread one for the load, so that
+/// the load's queueing does not show as the server's latency.
+pub fn runtimes() -> std::io::Result<(tokio::runtime::Runtime, tokio::runtime::Runtime)> {
+    let app = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let load = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok((app, load))
+}

@@ -241,13 +241,7 @@ async fn the_trigger_command_starts_a_run_through_the_api() {
 
 #[tokio::test]
 async fn actions_on_an_unknown_run_or_schedule_are_404_and_on_a_finished_run_409() {
-    let lambda = Arc::new(RecordingLambda::default());
-    let app = TestApp::spawn(&lambda_schedule("s", 1, None, ""), Some(lambda.clone())).await;
-    let run = app.trigger("s").await;
-    let r = lambda.wait_for(1).await.remove(0);
-    app.post_report(Some(&r.callback_token), &succeeded(&r))
-        .await;
-    app.wait_finished(run, Duration::from_secs(5)).await;
+    let (app, run) = app_with_a_finished_run().await;
     let post = |path: String| {
         let app = &app;
         async move {

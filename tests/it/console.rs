@@ -661,26 +661,12 @@ async fn streams_beyond_a_sessions_or_the_replicas_limit_are_answered_429() {
 
     // A stream whose client leaves gives its place back.
     drop(open.remove(0));
-    app.wait_for_metric(
-        "fanfare_console_event_streams",
-        "",
-        Duration::from_secs(10),
-        "the closed stream's place given back",
-        |open| open == 3.0,
-    )
-    .await;
+    streams_open(&app, 3.0, "the closed stream's place given back").await;
     let _again = Events::open(&app, &a, run).await;
     // A run that does not exist is a 404, and holds no place.
     let missing = uuid::Uuid::now_v7();
     drop(open.remove(0));
-    app.wait_for_metric(
-        "fanfare_console_event_streams",
-        "",
-        Duration::from_secs(10),
-        "the second closed stream's place given back",
-        |open| open == 3.0,
-    )
-    .await;
+    streams_open(&app, 3.0, "the second closed stream's place given back").await;
     assert_eq!(events_answer(&app, &b, missing).await.status(), 404);
     assert_eq!(app.metric("fanfare_console_event_streams", "").await, 3.0);
     app.stop().await;
@@ -719,14 +705,7 @@ async fn every_stream_of_a_run_ends_with_one_done_event_when_the_run_finishes() 
             "{done}"
         );
     }
-    app.wait_for_metric(
-        "fanfare_console_event_streams",
-        "",
-        Duration::from_secs(10),
-        "every ended stream's place given back",
-        |open| open == 0.0,
-    )
-    .await;
+    streams_open(&app, 0.0, "every ended stream's place given back").await;
     app.stop().await;
 }
 
@@ -915,13 +894,7 @@ async fn a_signed_out_session_and_its_csrf_token_are_refused_by_every_replica() 
 
 #[tokio::test]
 async fn console_actions_on_an_unknown_run_or_schedule_are_404_and_on_a_finished_run_409() {
-    let lambda = Arc::new(RecordingLambda::default());
-    let app = TestApp::spawn(&lambda_schedule("s", 1, None, ""), Some(lambda.clone())).await;
-    let run = app.trigger("s").await;
-    let r = lambda.wait_for(1).await.remove(0);
-    app.post_report(Some(&r.callback_token), &succeeded(&r))
-        .await;
-    app.wait_finished(run, Duration::from_secs(5)).await;
+    let (app, run) = app_with_a_finished_run().await;
     let cookie = session(&app).await;
     let (_, _, html) = page(&app, Some(&cookie), &format!("/ui/runs/{run}")).await;
     let csrf = csrf_of(&html);
@@ -972,4 +945,17 @@ async fn console_actions_on_an_unknown_run_or_schedule_are_404_and_on_a_finished
     }
     assert_eq!(run_count(&app).await, 1, "no refused action started a run");
     app.stop().await;
+}
+
+/// Waits until `n` console event streams are open on `app`, failing with
+/// `why` after 10 s.
+async fn streams_open(app: &TestApp, n: f64, why: &str) {
+    app.wait_for_metric(
+        "fanfare_console_event_streams",
+        "",
+        Duration::from_secs(10),
+        why,
+        |open| open == n,
+    )
+    .await;
 }

@@ -20,3 +20,17 @@ pub fn lambda_schedule(
         .unwrap_or_default();
     fanfare_testkit::lambda_schedule_block(name, pages, extra, &notify)
 }
+
+/// An application with the one-page Lambda schedule `s`, and a run of it
+/// that succeeded.
+pub async fn app_with_a_finished_run() -> (TestApp, uuid::Uuid) {
+    let lambda = std::sync::Arc::new(RecordingLambda::default());
+    let app = TestApp::spawn(&lambda_schedule("s", 1, None, ""), Some(lambda.clone())).await;
+    let run = app.trigger("s").await;
+    let r = lambda.wait_for(1).await.remove(0);
+    app.post_report(Some(&r.callback_token), &succeeded(&r))
+        .await;
+    app.wait_finished(run, std::time::Duration::from_secs(5))
+        .await;
+    (app, run)
+}
