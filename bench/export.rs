@@ -230,7 +230,9 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             8,
             CALLBACK_SECRET,
             ADMIN_TOKEN,
-            "[[schedules]]\nname = \"export\"\ninvoker = \"local\"\npages = { urls = [] }\nextract = { price = \".price\", name = \"h1\" }\n",
+            &fanfare_testkit::schedule("export")
+                .extract(r#"{ price = ".price", name = "h1" }"#)
+                .to_string(),
         ),
     )?;
     let log = std::fs::File::create(dir.join("daemon.log"))?;

@@ -118,18 +118,13 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn schedule(name: &str, list: &str) -> String {
-    format!(
-        r#"
-[[schedules]]
-name = "{name}"
-invoker = "lambda"
-function = "crawler-fn"
-pages = {{ http = "{list}" }}
-obey_robots = true
-max_in_flight = 100000
-max_pages = 1000000
-"#
-    )
+    common::schedule(name)
+        .lambda("crawler-fn")
+        .pages(&format!(r#"{{ http = "{list}" }}"#))
+        .key("obey_robots", true)
+        .key("max_in_flight", 100000)
+        .key("max_pages", 1000000)
+        .to_string()
 }
 
 async fn start(db: &common::TestDatabase, schedule: &str) -> anyhow::Result<(String, AppTask)> {

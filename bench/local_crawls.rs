@@ -179,22 +179,12 @@ fn ms(d: Duration) -> f64 {
 
 async fn measure(args: &Args, site: &str) -> anyhow::Result<()> {
     let db = common::fresh_database().await;
-    let urls: Vec<String> = (1..=args.pages)
-        .map(|i| format!("\"{site}/p/{i}\""))
-        .collect();
-    let schedule = format!(
-        r#"
-[[schedules]]
-name = "big-pages"
-invoker = "local"
-pages = {{ urls = [{}] }}
-extract = {{ heading = "h1.name", first_price = "li.item .price", legal = "footer.legal", missing = "table.none td" }}
-max_in_flight = {}
-page_timeout = "10m"
-"#,
-        urls.join(", "),
-        args.max_in_flight
-    );
+    let schedule = common::schedule("big-pages")
+        .urls((1..=args.pages).map(|i| format!("{site}/p/{i}")))
+        .extract(r#"{ heading = "h1.name", first_price = "li.item .price", legal = "footer.legal", missing = "table.none td" }"#)
+        .key("max_in_flight", args.max_in_flight)
+        .text("page_timeout", "10m")
+        .to_string();
     let toml = common::config_toml_with(&db, 0, 10, CALLBACK_SECRET, ADMIN_TOKEN, &schedule);
     let settings = Settings::from_toml(&toml).context("the bench configuration")?;
     let concurrency = settings.local.concurrency;

@@ -90,23 +90,13 @@ fn main() -> anyhow::Result<()> {
     let result = (|| {
         let list = load.block_on(serve_list(args.pages))?;
         let schedules = format!(
-            r#"
-[[schedules]]
-name = "load"
-invoker = "lambda"
-function = "crawler-fn"
-pages = {{ http = "{list}" }}
-max_in_flight = 1000000
-page_timeout = "15m"
-
-[[schedules]]
-name = "tick"
-cron = "* * * * * *"
-invoker = "lambda"
-function = "crawler-fn"
-pages = {{ urls = [] }}
-overlap = "allow"
-"#
+            "{}{}",
+            common::schedule("load")
+                .lambda("crawler-fn")
+                .pages(&format!(r#"{{ http = "{list}" }}"#))
+                .key("max_in_flight", 1000000)
+                .text("page_timeout", "15m"),
+            common::schedule("tick").lambda("crawler-fn").every_second()
         );
         let toml =
             common::config_toml_with(db.url(), 0, 16, CALLBACK_SECRET, ADMIN_TOKEN, &schedules)

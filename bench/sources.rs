@@ -271,10 +271,12 @@ async fn measure(args: &Args, case: &str, database_url: &str) -> anyhow::Result<
     } else {
         format!("{{ http = \"{doc_url}\" }}")
     };
-    let schedule = format!(
-        "[[schedules]]\nname = \"bench\"\ninvoker = \"lambda\"\nfunction = \"crawler\"\npages = {pages}\nmax_in_flight = 1\nmax_pages = {}\n",
-        args.urls.max(1_000_000) + 1
-    );
+    let schedule = common::schedule("bench")
+        .lambda("crawler")
+        .pages(&pages)
+        .key("max_in_flight", 1)
+        .key("max_pages", args.urls.max(1_000_000) + 1)
+        .to_string();
     let settings = Settings::from_toml(&common::config_toml_with(
         database_url,
         0,

@@ -18,6 +18,47 @@ pub async fn wait_ready(client: &reqwest::Client, address: &str, within: Duratio
     false
 }
 
+/// Waits until the run reaches `status` (past `listing`: any other word
+/// than `listing`; else `finished`) as `GET /v1/runs/{id}` shows it; returns
+/// that view. Answers other than 200 (the ledger unreachable) are waited
+/// out.
+pub async fn wait_run(
+    client: &reqwest::Client,
+    address: &str,
+    admin_token: &str,
+    run: Uuid,
+    until: RunState,
+    within: Duration,
+) -> serde_json::Value {
+    let path = format!("/v1/runs/{run}");
+    crate::eventually(&format!("run {run} {until:?}"), within, || async {
+        match get(client, address, admin_token, &path).await {
+            Ok((200, view)) if until.reached(&view) => Ok(view),
+            Ok((status, view)) => Err(format!("{status} {view:#}")),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await
+}
+
+/// What [`wait_run`] waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    /// The page list is complete: the status is past `listing`.
+    Listed,
+    /// The run is finished.
+    Finished,
+}
+
+impl RunState {
+    fn reached(self, view: &serde_json::Value) -> bool {
+        match self {
+            RunState::Listed => view["status"].is_string() && view["status"] != "listing",
+            RunState::Finished => view["status"] == "finished",
+        }
+    }
+}
+
 /// POSTs a trigger for `schedule`; returns the run id.
 pub async fn trigger(
     client: &reqwest::Client,

@@ -13,7 +13,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::api;
+use crate::api::{self, RunState};
 use crate::config::{config_toml_with, ADMIN_TOKEN, CALLBACK_SECRET};
 use crate::db::TestDatabase;
 use crate::metrics::metric_in;
@@ -261,17 +261,15 @@ impl TestApp {
         what: &str,
         done: impl Fn(f64) -> bool,
     ) -> f64 {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
+        crate::eventually(what, within, || async {
             let value = self.metric(name, labels).await;
             if done(value) {
-                return value;
+                Ok(value)
+            } else {
+                Err(format!("{name}{{{labels}}} is {value}"))
             }
-            if tokio::time::Instant::now() > deadline {
-                panic!("{what}: not within {within:?} ({name}{{{labels}}} is {value})");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 
     /// POSTs a report with a bearer token if given; returns (status, body),
@@ -313,33 +311,31 @@ impl TestApp {
     /// test that snapshots the ledger to show it unchanged waits for this
     /// first.
     pub async fn wait_listed(&self, run_id: Uuid, within: Duration) {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let (status, run) = self.get(&format!("/v1/runs/{run_id}")).await;
-            if status == 200 && run["status"] != "listing" {
-                return;
-            }
-            if tokio::time::Instant::now() > deadline {
-                panic!("run {run_id} was still listing after {within:?}: {status} {run:#}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let listed = RunState::Listed;
+        api::wait_run(
+            &self.client,
+            &self.address,
+            ADMIN_TOKEN,
+            run_id,
+            listed,
+            within,
+        )
+        .await;
     }
 
     /// Waits until the run is finished; returns its API view. Answers
     /// other than 200 (the ledger unreachable) are waited out.
     pub async fn wait_finished(&self, run_id: Uuid, within: Duration) -> serde_json::Value {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let (status, run) = self.get(&format!("/v1/runs/{run_id}")).await;
-            if status == 200 && run["status"] == "finished" {
-                return run;
-            }
-            if tokio::time::Instant::now() > deadline {
-                panic!("run {run_id} did not finish in {within:?}: {status} {run:#}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let finished = RunState::Finished;
+        api::wait_run(
+            &self.client,
+            &self.address,
+            ADMIN_TOKEN,
+            run_id,
+            finished,
+            within,
+        )
+        .await
     }
 
     /// Every page of a run through `GET /v1/runs/{id}/pages`, in id order.

@@ -66,21 +66,143 @@ pub fn webhook_block(url: &str) -> String {
 /// A schedule block using a Lambda stand-in, with URLs
 /// `http://127.0.0.1:9/p/1..=pages`; `extra` and then `notify` are appended.
 pub fn lambda_schedule_block(name: &str, pages: usize, extra: &str, notify: &str) -> String {
-    let urls: Vec<String> = (1..=pages)
-        .map(|i| format!("\"http://127.0.0.1:9/p/{i}\""))
-        .collect();
-    format!(
-        r#"
-[[schedules]]
-name = "{name}"
-invoker = "lambda"
-function = "crawler-fn"
-pages = {{ urls = [{}] }}
-extract = {{ price = ".price" }}
-max_in_flight = 10000
-{extra}
-{notify}
-"#,
-        urls.join(", ")
-    )
+    schedule(name)
+        .lambda("crawler-fn")
+        .urls((1..=pages).map(|i| format!("http://127.0.0.1:9/p/{i}")))
+        .extract(r#"{ price = ".price" }"#)
+        .key("max_in_flight", 10000)
+        .raw(extra)
+        .notify_block(notify)
+        .to_string()
+}
+
+/// A `[[schedules]]` block named `name`: crawled in-process, no pages and
+/// no cron until the builder's methods say otherwise. Displays as TOML.
+///
+/// ```ignore
+/// let toml = schedule("shop").sitemap(&site.sitemap_url()).extract(r#"{ price = ".price" }"#)
+///     .key("max_in_flight", 64).webhook(&receiver.url).to_string();
+/// ```
+pub fn schedule(name: &str) -> ScheduleToml {
+    ScheduleToml {
+        name: name.to_string(),
+        invoker: "invoker = \"local\"".to_string(),
+        pages: "{ urls = [] }".to_string(),
+        keys: Vec::new(),
+        tail: Vec::new(),
+    }
+}
+
+/// A schedule being built by [`schedule`].
+#[derive(Debug, Clone)]
+pub struct ScheduleToml {
+    name: String,
+    invoker: String,
+    pages: String,
+    keys: Vec<String>,
+    tail: Vec<String>,
+}
+
+impl ScheduleToml {
+    /// Crawled by the Lambda function `function` (the tests' stand-in).
+    pub fn lambda(mut self, function: &str) -> Self {
+        self.invoker = format!("invoker = \"lambda\"\nfunction = \"{function}\"");
+        self
+    }
+
+    /// Fires on `cron` (croner syntax, seconds first when six fields).
+    pub fn cron(self, cron: &str) -> Self {
+        self.text("cron", cron)
+    }
+
+    /// Fires every second, `overlap = "allow"`.
+    pub fn every_second(self) -> Self {
+        self.cron("* * * * * *").text("overlap", "allow")
+    }
+
+    /// A static list of pages.
+    pub fn urls<I>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: std::fmt::Display,
+    {
+        let urls: Vec<String> = urls.into_iter().map(|u| format!("\"{u}\"")).collect();
+        self.pages = format!("{{ urls = [{}] }}", urls.join(", "));
+        self
+    }
+
+    /// Pages from the sitemap at `url`.
+    pub fn sitemap(mut self, url: &str) -> Self {
+        self.pages = format!("{{ sitemap = \"{url}\" }}");
+        self
+    }
+
+    /// Pages from the `pages` inline table as written, e.g.
+    /// `{ json = "http://…" }`.
+    pub fn pages(mut self, table: &str) -> Self {
+        self.pages = table.to_string();
+        self
+    }
+
+    /// The `extract` inline table as written.
+    pub fn extract(self, table: &str) -> Self {
+        self.key("extract", table)
+    }
+
+    /// `key = value` with `value` written as TOML as it is (numbers, tables,
+    /// booleans, arrays).
+    pub fn key(mut self, key: &str, value: impl std::fmt::Display) -> Self {
+        self.keys.push(format!("{key} = {value}"));
+        self
+    }
+
+    /// `key = "value"`.
+    pub fn text(self, key: &str, value: &str) -> Self {
+        self.key(key, format!("\"{value}\""))
+    }
+
+    /// A webhook target to `url`, signed with [`WEBHOOK_SECRET`].
+    pub fn webhook(mut self, url: &str) -> Self {
+        self.tail.push(webhook_block(url));
+        self
+    }
+
+    /// A Slack target to `url`.
+    pub fn slack(mut self, url: &str) -> Self {
+        self.tail.push(format!(
+            "[[schedules.notify]]\nslack = {{ url = \"{url}\" }}\n"
+        ));
+        self
+    }
+
+    /// Keys written as they are, after the others (several lines allowed).
+    pub fn raw(mut self, keys: &str) -> Self {
+        if !keys.trim().is_empty() {
+            self.keys.push(keys.trim_end().to_string());
+        }
+        self
+    }
+
+    /// A `[[schedules.notify]]` block (or several) written as it is, after
+    /// every key.
+    pub fn notify_block(mut self, toml: &str) -> Self {
+        if !toml.trim().is_empty() {
+            self.tail.push(toml.to_string());
+        }
+        self
+    }
+}
+
+impl std::fmt::Display for ScheduleToml {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "\n[[schedules]]\nname = \"{}\"", self.name)?;
+        writeln!(f, "{}\npages = {}", self.invoker, self.pages)?;
+        for key in &self.keys {
+            writeln!(f, "{key}")?;
+        }
+        for block in &self.tail {
+            writeln!(f, "{block}")?;
+        }
+        Ok(())
+    }
 }

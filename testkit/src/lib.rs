@@ -12,7 +12,8 @@
 //! - [`webhooks`]: loopback webhook receivers and Standard Webhooks
 //!   signatures computed independently of fanfare's code;
 //! - [`metrics`]: samples of a Prometheus text exposition;
-//! - [`proxy`]: a loopback proxy to a test database that can be cut.
+//! - [`proxy`]: a loopback proxy to a test database that can be cut;
+//! - [`wait`]: [`eventually`], the one way a test waits for a condition.
 //!
 //! A dev-dependency of `fanfare` only; never published.
 
@@ -25,17 +26,19 @@ pub mod lambda;
 pub mod metrics;
 pub mod proxy;
 pub mod reports;
+pub mod wait;
 pub mod webhooks;
 
-pub use api::{get, metrics_text, post_callback, trigger, wait_ready};
+pub use api::{get, metrics_text, post_callback, trigger, wait_ready, wait_run, RunState};
 pub use app::{AppTask, TestApp, TestAppBuilder};
 pub use config::{
-    config_toml, config_toml_with, lambda_schedule_block, webhook_block, ADMIN_TOKEN,
-    CALLBACK_SECRET, WEBHOOK_SECRET,
+    config_toml, config_toml_with, lambda_schedule_block, schedule, webhook_block, ScheduleToml,
+    ADMIN_TOKEN, CALLBACK_SECRET, WEBHOOK_SECRET,
 };
 pub use db::{admin_database_url, fresh_database, TestDatabase, DATABASE_PREFIX};
 pub use lambda::RecordingLambda;
 pub use metrics::metric_in;
 pub use proxy::PgProxy;
 pub use reports::{failed, succeeded};
+pub use wait::{eventually, holds, secs};
 pub use webhooks::{by_webhook_id, expected_signature, header, Delivery, Hit, Policy, Receiver};

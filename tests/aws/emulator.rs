@@ -175,12 +175,12 @@ async fn the_real_crawler_under_cargo_lambdas_emulator_crawls_twenty_demo_pages_
     eprintln!("cargo lambda watch: first invoke answered after {first_invoke:?}");
 
     let receiver = Receiver::start(0).await;
-    let schedule = format!(
-        "[[schedules]]\nname = \"emulated\"\ninvoker = \"lambda\"\nfunction = \"{FUNCTION}\"\n\
-         pages = {{ sitemap = \"{}\" }}\nextract = {{ name = \"h1.name\", price = \".price\" }}\n{}",
-        shop.sitemap_url(),
-        webhook_to(&receiver)
-    );
+    let schedule = fanfare_testkit::schedule("emulated")
+        .lambda(FUNCTION)
+        .sitemap(&shop.sitemap_url())
+        .extract(r#"{ name = "h1.name", price = ".price" }"#)
+        .webhook(&receiver.url)
+        .to_string();
     // The emulator answers an Event invoke only when the crawl is done.
     let app = spawn_app(&lambda_section(&emulator.url, "60s"), &schedule).await;
     let run_id = app.trigger("emulated").await;

@@ -31,11 +31,6 @@ pub fn lambda_section(endpoint: &str, invoke_timeout: &str) -> String {
     )
 }
 
-/// A `[[schedules.notify]]` webhook block for `receiver`.
-pub fn webhook_to(receiver: &Receiver) -> String {
-    fanfare_testkit::webhook_block(&receiver.url)
-}
-
 /// Starts the application on a fresh database with its Lambda client
 /// built from `lambda` (a `[lambda]` section) by the application itself.
 pub async fn spawn_app(lambda: &str, schedules: &str) -> TestApp {

@@ -248,20 +248,12 @@ impl Moto {
 
     /// Waits until at least `n` invokes were recorded.
     pub async fn wait_for_invokes(&self, n: usize, within: Duration) -> Vec<RecordedInvoke> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
+        fanfare_testkit::eventually(&format!("{n} Invoke requests at moto"), within, || async {
             let got = self.invokes().await;
-            if got.len() >= n {
-                return got;
-            }
-            if tokio::time::Instant::now() > deadline {
-                panic!(
-                    "expected {n} Invoke requests at moto within {within:?}, saw {}",
-                    got.len()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            let seen = got.len();
+            fanfare_testkit::holds(seen >= n, format!("{seen} seen")).map(|()| got)
+        })
+        .await
     }
 }
 
@@ -311,11 +303,13 @@ fn parse_invoke(entry: &Value) -> Option<RecordedInvoke> {
 }
 
 fn crawler_schedule(name: &str, pages: &str, receiver: &Receiver) -> String {
-    format!(
-        "[[schedules]]\nname = \"{name}\"\ninvoker = \"lambda\"\nfunction = \"crawler\"\n\
-         pages = {pages}\nextract = {{ price = \".price\" }}\nmax_in_flight = 10000\n{}",
-        webhook_to(receiver)
-    )
+    fanfare_testkit::schedule(name)
+        .lambda("crawler")
+        .pages(pages)
+        .extract(r#"{ price = ".price" }"#)
+        .key("max_in_flight", 10000)
+        .webhook(&receiver.url)
+        .to_string()
 }
 
 /// Plays the crawler for every request: a succeeded report each, each

@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use fanfare::demo::DemoSite;
-use fanfare_testkit::{TestApp, ADMIN_TOKEN};
+use fanfare_testkit::{eventually, holds, schedule, secs, TestApp, ADMIN_TOKEN};
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 
@@ -59,21 +59,14 @@ impl ChromeDriver {
             profile,
         };
         let http = reqwest::Client::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(resp) = http.get(format!("{}/status", driver.url)).send().await {
-                let body: serde_json::Value = resp.json().await.unwrap_or_default();
-                if body["value"]["ready"] == true {
-                    return driver;
-                }
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "chromedriver did not become ready on {} within 30 s",
-                driver.url
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let status = format!("{}/status", driver.url);
+        eventually("chromedriver is ready", secs(30), || async {
+            let resp = http.get(&status).send().await.map_err(|e| e.to_string())?;
+            let body: serde_json::Value = resp.json().await.unwrap_or_default();
+            holds(body["value"]["ready"] == true, &body)
+        })
+        .await;
+        driver
     }
 
     /// A headless Chromium session (as root it needs --no-sandbox; the
@@ -129,27 +122,21 @@ async fn wait_text(
     what: &str,
     done: impl Fn(&str) -> bool,
 ) -> String {
-    let deadline = tokio::time::Instant::now() + within;
-    let mut last = String::new();
-    loop {
-        if let Ok(e) = c.find(Locator::Css(css)).await {
-            if let Ok(text) = e.text().await {
-                if done(&text) {
-                    return text;
-                }
-                last = text;
-            }
+    eventually(what, within, || async {
+        let text = match c.find(Locator::Css(css)).await {
+            Ok(e) => e.text().await.map_err(|e| format!("{css}: {e}"))?,
+            Err(e) => return Err(format!("{css}: {e}")),
+        };
+        if done(&text) {
+            return Ok(text);
         }
-        if tokio::time::Instant::now() > deadline {
-            let url = c
-                .current_url()
-                .await
-                .map(|u| u.to_string())
-                .unwrap_or_default();
-            panic!("{what}: {css} on {url} still reads {last:?} after {within:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        let url = c.current_url().await.map(|u| u.to_string());
+        Err(format!(
+            "{css} on {} reads {text:?}",
+            url.unwrap_or_default()
+        ))
+    })
+    .await
 }
 
 async fn path_of(c: &Client) -> String {
@@ -163,23 +150,16 @@ async fn path_of(c: &Client) -> String {
 /// Waits until the browser is on a path that satisfies `done` (a click
 /// that submits a form returns before the next page has loaded); returns it.
 async fn wait_path(c: &Client, what: &str, done: impl Fn(&str) -> bool) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
+    eventually(what, secs(15), || async {
         let path = path_of(c).await;
         let loaded = c
             .execute("return document.readyState", vec![])
             .await
             .map(|s| s == "complete")
             .unwrap_or(false);
-        if loaded && done(&path) {
-            return path;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: still on {path} after 15 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        holds(loaded && done(&path), format!("on {path}")).map(|()| path)
+    })
+    .await
 }
 
 async fn click(c: &Client, css: &str) {
@@ -209,27 +189,13 @@ async fn an_operator_signs_in_triggers_the_demo_watches_it_finish_and_redrives_i
     let mut urls = site.page_urls();
     urls.extend((1..=3).map(|i| format!("{}/slow/{}", site.base_url(), 1500 + i)));
     urls.push(missing.clone());
-    let urls = urls
-        .iter()
-        .map(|u| format!("{u:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let app = TestApp::spawn(
-        &format!(
-            r#"
-[[schedules]]
-name = "demo"
-cron = "0 0 6 * * *"
-timezone = "Europe/Paris"
-invoker = "local"
-pages = {{ urls = [{urls}] }}
-extract = {{ name = "h1.name", price = ".price" }}
-max_attempts = 1
-"#
-        ),
-        None,
-    )
-    .await;
+    let schedule = schedule("demo")
+        .cron("0 0 6 * * *")
+        .text("timezone", "Europe/Paris")
+        .urls(urls)
+        .extract(r#"{ name = "h1.name", price = ".price" }"#)
+        .key("max_attempts", 1);
+    let app = TestApp::spawn(&schedule.to_string(), None).await;
     let c = driver.browser().await;
 
     // Signing in: the console sends us to the form, then back.

@@ -27,20 +27,14 @@ use crate::helpers::*;
 const PAGES: usize = 300;
 
 fn shop(sitemap: &str, receiver: &Receiver) -> String {
-    format!(
-        r#"
-[[schedules]]
-name = "shop"
-invoker = "local"
-pages = {{ sitemap = "{sitemap}" }}
-extract = {{ name = "h1.name", price = ".price" }}
-page_timeout = "5s"
-max_attempts = 5
-max_in_flight = 50
-{}
-"#,
-        webhook_to(receiver)
-    )
+    schedule("shop")
+        .sitemap(sitemap)
+        .extract(r#"{ name = "h1.name", price = ".price" }"#)
+        .text("page_timeout", "5s")
+        .key("max_attempts", 5)
+        .key("max_in_flight", 50)
+        .webhook(&receiver.url)
+        .to_string()
 }
 
 /// The checks both tests make once the run finished.
@@ -72,11 +66,7 @@ async fn postgres_connections_terminated_every_300_ms_mid_run_lose_no_page_and_c
     let first_at = Arc::new(Mutex::new(None::<DateTime<Utc>>));
     let started = Instant::now();
     let run = app.trigger("shop").await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while app.get(&format!("/v1/runs/{run}")).await.1["status"] == "listing" {
-        assert!(Instant::now() < deadline, "the run did not finish listing");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    app.wait_listed(run, secs(30)).await;
     let terminator = {
         let (stop, terminated, rounds) = (stop.clone(), terminated.clone(), rounds.clone());
         let first_at = first_at.clone();
@@ -183,7 +173,7 @@ async fn a_postgres_connection_terminated_while_the_run_stores_its_page_list_doe
     };
     let app = TestApp::spawn(&shop(&sitemap, &receiver), None).await;
     let database = database_name(&app.database);
-    let mut admin = PgConnection::connect(&admin_database_url()).await.unwrap();
+    let admin = PgConnection::connect(&admin_database_url()).await.unwrap();
     let mut holder = PgConnection::connect(&app.database).await.unwrap();
 
     let started = Instant::now();
@@ -197,30 +187,25 @@ async fn a_postgres_connection_terminated_while_the_run_stores_its_page_list_doe
         .await
         .unwrap();
     gate.add_permits(1);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let waiting: Vec<i32> = loop {
+    let admin = &tokio::sync::Mutex::new(admin);
+    let waiting: Vec<i32> = eventually("the listing waits for the run's row", secs(20), || async {
         let waiting: Vec<i32> = sqlx::query_scalar(
             "select pid from pg_stat_activity
              where datname = $1 and wait_event_type = 'Lock' and query like '%for update%'",
         )
         .bind(&database)
-        .fetch_all(&mut admin)
+        .fetch_all(&mut *admin.lock().await)
         .await
         .unwrap();
-        if !waiting.is_empty() {
-            break waiting;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the listing never waited for the run's row"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+        holds(!waiting.is_empty(), "no backend waiting on a lock").map(|()| waiting)
+    })
+    .await;
+    let mut admin = admin.lock().await;
     let terminated: i64 = sqlx::query_scalar(
         "select count(*) from unnest($1::int[]) as pid where pg_terminate_backend(pid)",
     )
     .bind(&waiting)
-    .fetch_one(&mut admin)
+    .fetch_one(&mut *admin)
     .await
     .unwrap();
     lock.commit().await.unwrap();

@@ -11,8 +11,8 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 pub use fanfare_testkit::{
-    admin_database_url, by_webhook_id, failed, fresh_database, succeeded, wait_ready, Receiver,
-    RecordingLambda, TestApp, ADMIN_TOKEN, CALLBACK_SECRET,
+    admin_database_url, by_webhook_id, eventually, failed, fresh_database, holds, schedule, secs,
+    succeeded, wait_ready, Receiver, RecordingLambda, TestApp, ADMIN_TOKEN, CALLBACK_SECRET,
 };
 
 /// How many SIGKILL trials to run: `FANFARE_FAULT_TRIALS`, default 20.
@@ -68,15 +68,11 @@ pub fn config_toml_on(
     )
 }
 
-/// A `[[schedules.notify]]` block for a webhook to `receiver`.
-pub fn webhook_to(receiver: &Receiver) -> String {
-    fanfare_testkit::webhook_block(&receiver.url)
-}
-
 /// A schedule block using a Lambda stand-in, with URLs
 /// `http://127.0.0.1:9/p/1..=pages` and a webhook to `receiver`.
 pub fn lambda_schedule(name: &str, pages: usize, receiver: &Receiver, extra: &str) -> String {
-    fanfare_testkit::lambda_schedule_block(name, pages, extra, &webhook_to(receiver))
+    let webhook = fanfare_testkit::webhook_block(&receiver.url);
+    fanfare_testkit::lambda_schedule_block(name, pages, extra, &webhook)
 }
 
 /// POSTs a trigger for `schedule` to a daemon; returns the run id.

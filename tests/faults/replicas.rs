@@ -3,7 +3,7 @@
 //! instant, so every fire time of the window must have exactly one run.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use uuid::Uuid;
@@ -26,18 +26,10 @@ async fn three_replicas_on_an_every_second_schedule_start_exactly_one_run_per_fi
     let dir = Workdir::new("replicas");
     let db = fresh_database().await;
     let pool = test_pool(&db).await;
-    let schedules = format!(
-        r#"
-[[schedules]]
-name = "tick"
-cron = "* * * * * *"
-invoker = "local"
-pages = {{ urls = [] }}
-overlap = "allow"
-{}
-"#,
-        webhook_to(&receiver)
-    );
+    let schedules = schedule("tick")
+        .every_second()
+        .webhook(&receiver.url)
+        .to_string();
     let mut replicas = Vec::new();
     for name in ["a", "b", "c"] {
         let mut d = Daemon::spawn(name, dir.path(), &db, 6, &schedules);
@@ -61,42 +53,20 @@ overlap = "allow"
     let window_end = Utc::now().trunc_subsecs(0) - chrono::Duration::seconds(1);
 
     // A run whose lister was killed is taken over when its 30 s lease ends.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let unfinished_at_end = count(
-        &pool,
-        "select count(*) from runs where scheduled_for <= $1 and status <> 'finished'",
-        window_end,
-    )
+    const UNFINISHED: &str =
+        "select count(*) from runs where scheduled_for <= $1 and status <> 'finished'";
+    const UNDELIVERED: &str = "select count(*) from notifications n join runs r on r.id = n.run_id
+         where r.scheduled_for <= $1 and n.status <> 'delivered'";
+    let unfinished_at_end = count(&pool, UNFINISHED, window_end).await;
+    eventually("the window's runs finish and notify", secs(60), || async {
+        let unfinished = count(&pool, UNFINISHED, window_end).await;
+        let undelivered = count(&pool, UNDELIVERED, window_end).await;
+        holds(
+            unfinished == 0 && undelivered == 0,
+            format!("{unfinished} runs unfinished, {undelivered} notifications undelivered"),
+        )
+    })
     .await;
-    while count(
-        &pool,
-        "select count(*) from runs where scheduled_for <= $1 and status <> 'finished'",
-        window_end,
-    )
-    .await
-        > 0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the window's runs did not all finish"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    while count(
-        &pool,
-        "select count(*) from notifications n join runs r on r.id = n.run_id
-         where r.scheduled_for <= $1 and n.status <> 'delivered'",
-        window_end,
-    )
-    .await
-        > 0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the window's notifications were not all delivered"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
     let mut clean_stops = 0;
     for d in &mut replicas {
         clean_stops += usize::from(d.sigterm(Duration::from_secs(10)).await);

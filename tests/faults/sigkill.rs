@@ -80,21 +80,14 @@ async fn progress(pool: &PgPool, run: Uuid) -> (String, i64, i64) {
 }
 
 fn schedules(site: &DemoSite, receiver: &Receiver) -> String {
-    format!(
-        r#"
-[[schedules]]
-name = "shop"
-invoker = "local"
-pages = {{ sitemap = "{}" }}
-extract = {{ name = "h1.name", price = ".price" }}
-page_timeout = "2s"
-max_attempts = 5
-max_in_flight = 50
-{}
-"#,
-        site.sitemap_url(),
-        webhook_to(receiver)
-    )
+    schedule("shop")
+        .sitemap(&site.sitemap_url())
+        .extract(r#"{ name = "h1.name", price = ".price" }"#)
+        .text("page_timeout", "2s")
+        .key("max_attempts", 5)
+        .key("max_in_flight", 50)
+        .webhook(&receiver.url)
+        .to_string()
 }
 
 async fn trial(n: usize, point: KillPoint, config: &str, dir: &Workdir, db: &str) -> Trial {
@@ -129,18 +122,15 @@ async fn trial(n: usize, point: KillPoint, config: &str, dir: &Workdir, db: &str
     let mut second = Daemon::spawn(&format!("trial{n}-second"), dir.path(), db, 16, config);
     second.wait_ready(Duration::from_secs(30)).await;
     let restart_s = killed.elapsed().as_secs_f64();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if progress(&pool, run).await.0 == "finished" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "trial {n} ({point:?}): run {run} did not finish within 120 s of the restart; log:\n{}",
-            second.log_tail(30)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = format!("trial {n} ({point:?}): run {run} finishes after the restart");
+    eventually(&what, secs(120), || async {
+        let phase = progress(&pool, run).await.0;
+        holds(
+            phase == "finished",
+            format!("{phase}; log:\n{}", second.log_tail(30)),
+        )
+    })
+    .await;
     let finish_s = started.elapsed().as_secs_f64();
     let finished = Instant::now();
     // Time for the notification to leave, unless the killed daemon held it.

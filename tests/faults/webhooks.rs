@@ -2,7 +2,7 @@
 //! delivery, then recovers: each run's notification is retried with backoff
 //! under the same webhook-id until it is accepted, once.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::helpers::*;
 
@@ -22,16 +22,7 @@ async fn a_webhook_receiver_down_for_five_seconds_gets_each_notification_accepte
         },
     ))
     .await;
-    let schedule = format!(
-        r#"
-[[schedules]]
-name = "empty"
-invoker = "local"
-pages = {{ urls = [] }}
-{}
-"#,
-        webhook_to(&receiver)
-    );
+    let schedule = schedule("empty").webhook(&receiver.url).to_string();
     let app = TestApp::spawn(&schedule, None).await;
     let mut runs = Vec::new();
     for _ in 0..RUNS {
@@ -43,15 +34,12 @@ pages = {{ urls = [] }}
         app.wait_finished(run, Duration::from_secs(10)).await;
         receiver.wait_delivered(run, Duration::from_secs(40)).await;
         // The delivery is recorded just after the receiver answers.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let state = loop {
+        let state = eventually("the delivery is recorded", secs(5), || async {
             let (_, body) = app.get(&format!("/v1/runs/{run}")).await;
             let state = body["notifications"][0].clone();
-            if state["status"] == "delivered" || Instant::now() > deadline {
-                break state;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+            holds(state["status"] == "delivered", &state).map(|()| state)
+        })
+        .await;
         checks.push((run, state));
     }
     // Room for a duplicate delivery to show up.

@@ -100,10 +100,13 @@ impl Shop {
     /// A schedule `name` over this shop, crawled in-process, extracting
     /// `price`; `notify` is appended.
     pub fn schedule(&self, name: &str, extra: &str, notify: &str) -> String {
-        format!(
-            "[[schedules]]\nname = \"{name}\"\ninvoker = \"local\"\npages = {{ http = \"{}/pages.json\" }}\nextract = {{ price = \".price\" }}\nmax_attempts = 1\n{extra}\n{notify}\n",
-            self.base
-        )
+        fanfare_testkit::schedule(name)
+            .pages(&format!("{{ http = \"{}/pages.json\" }}", self.base))
+            .extract(r#"{ price = ".price" }"#)
+            .key("max_attempts", 1)
+            .raw(extra)
+            .notify_block(notify)
+            .to_string()
     }
 }
 

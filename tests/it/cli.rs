@@ -37,14 +37,10 @@ fn text(out: &Output) -> String {
 
 /// A schedule crawling the demo site in-process: `paths` on it.
 fn local_schedule(name: &str, site: &DemoSite, paths: &[&str]) -> String {
-    let urls: Vec<String> = paths
-        .iter()
-        .map(|p| format!("\"{}{p}\"", site.base_url()))
-        .collect();
-    format!(
-        "[[schedules]]\nname = \"{name}\"\ninvoker = \"local\"\npages = {{ urls = [{}] }}\nextract = {{ price = \".price\" }}\n",
-        urls.join(", ")
-    )
+    fanfare_testkit::schedule(name)
+        .urls(paths.iter().map(|p| format!("{}{p}", site.base_url())))
+        .extract(r#"{ price = ".price" }"#)
+        .to_string()
 }
 
 #[tokio::test]

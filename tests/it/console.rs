@@ -309,15 +309,10 @@ async fn text_from_page_lists_and_crawlers_is_escaped_in_the_console() {
     );
     let server = tokio::spawn(async move { axum::serve(listener, list).await });
     let lambda = Arc::new(RecordingLambda::default());
-    let schedule = format!(
-        r#"
-[[schedules]]
-name = "s"
-invoker = "lambda"
-function = "crawler-fn"
-pages = {{ http = "{list_url}" }}
-"#
-    );
+    let schedule = schedule("s")
+        .lambda("crawler-fn")
+        .pages(&format!(r#"{{ http = "{list_url}" }}"#))
+        .to_string();
     let app = TestApp::spawn(&schedule, Some(lambda.clone())).await;
     let run = app.trigger("s").await;
     let request = lambda.wait_for(1).await.remove(0);
@@ -849,18 +844,15 @@ async fn a_signed_out_session_and_its_csrf_token_are_refused_by_every_replica() 
     let (status, headers, _) = page(&a, Some(&cookie), "/ui/").await;
     assert_eq!(status, 303);
     assert_eq!(headers[LOCATION], "/ui/login?next=%2Fui%2F");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let (status, _, _) = page(&b, Some(&cookie), "/ui/").await;
-        if status == 303 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the other replica still accepts the signed-out session"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        "the other replica refuses the signed-out session",
+        secs(15),
+        || async {
+            let (status, _, _) = page(&b, Some(&cookie), "/ui/").await;
+            holds(status == 303, format!("/ui/ answered {status}"))
+        },
+    )
+    .await;
     // Its CSRF token is worthless with it, on both replicas.
     for app in [&a, &b] {
         let (status, location) =

@@ -85,36 +85,27 @@ async fn dispatched(pool: &PgPool, run: Uuid) -> i64 {
 /// Polls until `run` has `n` pages dispatched; panics after 30 s, or at once
 /// when more than `n` are.
 async fn wait_dispatched(pool: &PgPool, run: Uuid, n: i64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually(&format!("{n} pages dispatched"), secs(30), || async {
         let now = dispatched(pool, run).await;
         assert!(now <= n, "{now} pages dispatched, expected {n}");
-        if now == n {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{now} pages dispatched after 30 s, expected {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        holds(now == n, format!("{now} dispatched"))
+    })
+    .await
 }
 
 /// Polls until the ledger has dispatched some pages of `run` and the
 /// stand-in holds an invoke; returns how many the first claim took.
 async fn first_claim(pool: &PgPool, run: Uuid, gate: &Gate) -> i64 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually("a first claim held at the stand-in", secs(30), || async {
         let claimed = dispatched(pool, run).await;
-        if claimed > 0 && gate.arrived.load(Ordering::SeqCst) > 0 {
-            return claimed;
+        let arrived = gate.arrived.load(Ordering::SeqCst);
+        if claimed > 0 && arrived > 0 {
+            Ok(claimed)
+        } else {
+            Err(format!("{claimed} dispatched, {arrived} at the stand-in"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nothing dispatched within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 /// Every page of `run` went through exactly once, as attempt 1.
@@ -158,15 +149,11 @@ async fn the_next_claim_overlaps_the_invokes_of_the_current_batch_but_never_runs
     // Let everything through: every page is invoked once.
     gate.release(PAGES);
     wait_dispatched(&app.pool, run, PAGES as i64).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while gate.passed().len() < PAGES {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} of {PAGES} invokes went through",
-            gate.passed().len()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("every invoke through", secs(30), || async {
+        let passed = gate.passed().len();
+        holds(passed >= PAGES, format!("{passed} of {PAGES}"))
+    })
+    .await;
     assert_once_each(&gate.passed(), run, PAGES);
     let metrics = app.metrics().await;
     assert_eq!(

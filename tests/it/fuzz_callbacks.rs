@@ -527,19 +527,14 @@ fn no_callback_gets_a_5xx_or_a_panic_and_a_refused_one_changes_nothing() {
         // Pages are dispatched before the listing commits: wait for the run
         // to leave `listing`, so the fingerprint below changes only through
         // the fuzz's own requests.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while sqlx::query_scalar::<_, String>("select status from runs")
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-            == "listing"
-        {
-            assert!(
-                Instant::now() < deadline,
-                "the run was still listing after 20 s"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        fanfare_testkit::eventually("the run is listed", Duration::from_secs(20), || async {
+            let status: String = sqlx::query_scalar("select status from runs")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            fanfare_testkit::holds(status != "listing", status)
+        })
+        .await;
         let target = Target {
             requests,
             run_id,

@@ -3,8 +3,8 @@
 //! stand-in for the Lambda API, loopback webhook receivers.
 
 pub use fanfare_testkit::{
-    config_toml, failed, fresh_database, succeeded, Delivery, Receiver, RecordingLambda, TestApp,
-    ADMIN_TOKEN, CALLBACK_SECRET, WEBHOOK_SECRET,
+    config_toml, eventually, failed, fresh_database, holds, schedule, secs, succeeded, Delivery,
+    Receiver, RecordingLambda, TestApp, ADMIN_TOKEN, CALLBACK_SECRET, WEBHOOK_SECRET,
 };
 
 /// A schedule block using the recording Lambda stand-in, with URLs

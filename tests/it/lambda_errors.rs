@@ -31,6 +31,14 @@ impl Seen {
     fn all(&self) -> Vec<(Instant, CrawlRequest)> {
         self.0.lock().unwrap().clone()
     }
+
+    async fn wait_for(&self, n: usize) {
+        eventually(&format!("{n} invokes"), secs(20), || async {
+            let seen = self.all().len();
+            holds(seen >= n, format!("{seen} invokes"))
+        })
+        .await
+    }
 }
 
 fn accepted() -> InvokeOutput {
@@ -71,15 +79,7 @@ async fn throttling_backs_off_for_retry_after_and_never_uses_up_an_attempt() {
     )
     .await;
     let run = app.trigger("t").await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while seen.all().len() < 4 {
-        assert!(
-            Instant::now() < deadline,
-            "expected 4 invokes, saw {}",
-            seen.all().len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    seen.wait_for(4).await;
     let calls = seen.all();
     assert_eq!(rule.num_calls(), 4);
     for pair in calls.windows(2) {
@@ -151,9 +151,10 @@ async fn an_event_over_256_kib_fails_before_it_is_sent() {
     let rule = mock!(aws_sdk_lambda::Client::invoke).then_output(accepted);
     let client = mock_client!(aws_sdk_lambda, RuleMode::MatchAny, &[&rule]);
     let long_url = format!("http://127.0.0.1:9/{}", "a".repeat(270 * 1024));
-    let schedule = format!(
-        "[[schedules]]\nname = \"huge\"\ninvoker = \"lambda\"\nfunction = \"crawler\"\npages = {{ urls = [\"{long_url}\"] }}\n"
-    );
+    let schedule = schedule("huge")
+        .lambda("crawler")
+        .urls([long_url])
+        .to_string();
     let app = spawn(&schedule, AwsLambda::from_client(client)).await;
     let run = app.trigger("huge").await;
     let finished = app.wait_finished(run, Duration::from_secs(10)).await;
@@ -261,15 +262,7 @@ async fn service_errors_are_retried_within_the_pages_attempts() {
     )
     .await;
     let run = app.trigger("five").await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while seen.all().len() < 3 {
-        assert!(
-            Instant::now() < deadline,
-            "expected 3 invokes, saw {}",
-            seen.all().len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    seen.wait_for(3).await;
     let attempts: Vec<u32> = seen.all().iter().map(|(_, r)| r.attempt).collect();
     assert_eq!(attempts, vec![1, 2, 3], "each 5xx uses up an attempt");
     let last = &seen.all()[2].1;

@@ -362,8 +362,8 @@ async fn racing_redrives_of_one_run_create_one_run_and_the_others_get_409_until_
 
 #[tokio::test]
 async fn a_paused_schedule_skips_its_fires_until_resumed() {
-    let schedule = "[[schedules]]\nname = \"tick\"\ncron = \"* * * * * *\"\ninvoker = \"local\"\npages = { urls = [] }\n";
-    let app = TestApp::spawn(schedule, None).await;
+    let schedule = schedule("tick").cron("* * * * * *").to_string();
+    let app = TestApp::spawn(&schedule, None).await;
     let post = |path: &str| {
         app.client
             .post(format!("{}{path}", app.address))
@@ -407,9 +407,13 @@ async fn a_paused_schedule_skips_its_fires_until_resumed() {
 }
 
 fn every_second(name: &str, overlap: &str) -> String {
-    format!(
-        "[[schedules]]\nname = \"{name}\"\ncron = \"* * * * * *\"\ninvoker = \"lambda\"\nfunction = \"f\"\npages = {{ urls = [\"http://127.0.0.1:9/x\"] }}\noverlap = \"{overlap}\"\npage_timeout = \"1h\"\n"
-    )
+    schedule(name)
+        .cron("* * * * * *")
+        .lambda("f")
+        .urls(["http://127.0.0.1:9/x"])
+        .text("overlap", overlap)
+        .text("page_timeout", "1h")
+        .to_string()
 }
 
 #[tokio::test]
@@ -526,9 +530,12 @@ async fn catchup_runs_when(app: &TestApp, at_least: usize) -> Vec<chrono::DateTi
 fn minutely(catchup: &str, window: &str) -> String {
     // Catch-up fires go through the overlap policy like any fire: "all"
     // needs overlap = "allow" to run them side by side.
-    format!(
-        "[[schedules]]\nname = \"m\"\ncron = \"0 * * * * *\"\ninvoker = \"local\"\npages = {{ urls = [] }}\ncatchup = \"{catchup}\"\ncatchup_window = \"{window}\"\noverlap = \"allow\"\n"
-    )
+    schedule("m")
+        .cron("0 * * * * *")
+        .text("catchup", catchup)
+        .text("catchup_window", window)
+        .text("overlap", "allow")
+        .to_string()
 }
 
 #[tokio::test]
@@ -656,18 +663,10 @@ async fn sigterm_turns_readiness_off_at_once_and_exits_within_the_shutdown_grace
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let slow: Vec<String> = (0..4)
-        .map(|i| format!("\"{}/slow/{}\"", site.base_url(), 8000 + i))
-        .collect();
-    let config = config_toml(
-        &db,
-        &format!(
-            "[[schedules]]\nname = \"slow\"\ninvoker = \"local\"\npages = {{ urls = [{}] }}\n",
-            slow.join(", ")
-        ),
-    )
-    .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
-    .replace("shutdown_grace = \"5s\"", "shutdown_grace = \"2s\"");
+    let slow = (0..4).map(|i| format!("{}/slow/{}", site.base_url(), 8000 + i));
+    let config = config_toml(&db, &schedule("slow").urls(slow).to_string())
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
+        .replace("shutdown_grace = \"5s\"", "shutdown_grace = \"2s\"");
     let dir = std::env::temp_dir().join(format!("fanfare-sigterm-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("fanfare.toml");

@@ -136,11 +136,11 @@ async fn serve(State(site): State<Arc<Site>>, headers: HeaderMap, request: Reque
 
 /// A schedule of `urls` crawled in-process, with `extra` keys.
 fn schedule(name: &str, urls: &[String], extra: &str) -> String {
-    let urls: Vec<String> = urls.iter().map(|u| format!("{u:?}")).collect();
-    format!(
-        "[[schedules]]\nname = \"{name}\"\ninvoker = \"local\"\npages = {{ urls = [{}] }}\nmax_in_flight = 1000\n{extra}\n",
-        urls.join(", ")
-    )
+    fanfare_testkit::schedule(name)
+        .urls(urls)
+        .key("max_in_flight", 1000)
+        .raw(extra)
+        .to_string()
 }
 
 fn paths(prefix: &str, n: usize) -> Vec<String> {

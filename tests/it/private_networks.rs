@@ -28,20 +28,8 @@ async fn wait_finished(
     address: &str,
     run: uuid::Uuid,
 ) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, body) = common::get(client, address, ADMIN_TOKEN, &format!("/v1/runs/{run}"))
-            .await
-            .unwrap();
-        if body["status"] == "finished" {
-            return body;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "run {run} did not finish: {body:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let finished = common::RunState::Finished;
+    common::wait_run(client, address, ADMIN_TOKEN, run, finished, secs(20)).await
 }
 
 #[tokio::test]
@@ -49,14 +37,9 @@ async fn a_page_aimed_at_the_daemons_own_metrics_fails_as_blocked_when_private_n
 {
     let db = fresh_database().await;
     let port = free_port();
-    let schedule = format!(
-        r#"
-[[schedules]]
-name = "inward"
-invoker = "local"
-pages = {{ urls = ["http://127.0.0.1:{port}/metrics"] }}
-"#
-    );
+    let schedule = schedule("inward")
+        .urls([format!("http://127.0.0.1:{port}/metrics")])
+        .to_string();
     let toml = common::config_toml_with(&db, port, 20, CALLBACK_SECRET, ADMIN_TOKEN, &schedule);
     assert!(toml.contains("allow_private_networks = true"));
     let toml = toml.replace(
@@ -131,18 +114,9 @@ async fn no_more_in_process_crawls_run_at_once_than_local_concurrency() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, target).await });
-    let urls: Vec<String> = (1..=8).map(|i| format!("\"{base}/p/{i}\"")).collect();
     let schedule = format!(
-        r#"
-[local]
-concurrency = 2
-
-[[schedules]]
-name = "few-at-a-time"
-invoker = "local"
-pages = {{ urls = [{}] }}
-"#,
-        urls.join(", ")
+        "[local]\nconcurrency = 2\n{}",
+        schedule("few-at-a-time").urls((1..=8).map(|i| format!("{base}/p/{i}")))
     );
     let app = TestApp::spawn(&schedule, None).await;
 

@@ -27,21 +27,12 @@ fn verify_signature(d: &Delivery) {
 async fn a_thousand_page_run_through_the_local_crawler_ends_in_one_signed_webhook() {
     let site = DemoSite::start(1000).await.unwrap();
     let receiver = Receiver::start(0).await;
-    let schedule = format!(
-        r#"
-[[schedules]]
-name = "shop"
-invoker = "local"
-pages = {{ sitemap = "{}" }}
-extract = {{ name = "h1.name", price = ".price" }}
-max_in_flight = 64
-
-[[schedules.notify]]
-webhook = {{ url = "{}", secret = "{WEBHOOK_SECRET}" }}
-"#,
-        site.sitemap_url(),
-        receiver.url
-    );
+    let schedule = schedule("shop")
+        .sitemap(&site.sitemap_url())
+        .extract(r#"{ name = "h1.name", price = ".price" }"#)
+        .key("max_in_flight", 64)
+        .webhook(&receiver.url)
+        .to_string();
     let app = TestApp::spawn(&schedule, None).await;
     let run = app.trigger("shop").await;
     let finished = app.wait_finished(run, Duration::from_secs(120)).await;
@@ -85,18 +76,7 @@ webhook = {{ url = "{}", secret = "{WEBHOOK_SECRET}" }}
 #[tokio::test]
 async fn an_empty_page_list_finishes_at_once_as_succeeded_and_still_notifies() {
     let receiver = Receiver::start(0).await;
-    let schedule = format!(
-        r#"
-[[schedules]]
-name = "empty"
-invoker = "local"
-pages = {{ urls = [] }}
-
-[[schedules.notify]]
-webhook = {{ url = "{}", secret = "{WEBHOOK_SECRET}" }}
-"#,
-        receiver.url
-    );
+    let schedule = schedule("empty").webhook(&receiver.url).to_string();
     let app = TestApp::spawn(&schedule, None).await;
     let run = app.trigger("empty").await;
     let finished = app.wait_finished(run, Duration::from_secs(5)).await;
@@ -112,19 +92,10 @@ webhook = {{ url = "{}", secret = "{WEBHOOK_SECRET}" }}
 async fn a_source_that_cannot_be_read_fails_the_run_with_the_reason_and_notifies() {
     let site = DemoSite::start(3).await.unwrap();
     let receiver = Receiver::start(0).await;
-    let schedule = format!(
-        r#"
-[[schedules]]
-name = "broken"
-invoker = "local"
-pages = {{ sitemap = "{}/status/404" }}
-
-[[schedules.notify]]
-webhook = {{ url = "{}", secret = "{WEBHOOK_SECRET}" }}
-"#,
-        site.base_url(),
-        receiver.url
-    );
+    let schedule = schedule("broken")
+        .sitemap(&format!("{}/status/404", site.base_url()))
+        .webhook(&receiver.url)
+        .to_string();
     let app = TestApp::spawn(&schedule, None).await;
     let run = app.trigger("broken").await;
     let finished = app.wait_finished(run, Duration::from_secs(10)).await;
@@ -269,18 +240,7 @@ async fn a_page_with_no_report_is_redispatched_then_times_out() {
 #[tokio::test]
 async fn a_receiver_that_fails_at_first_gets_the_same_webhook_id_until_it_answers() {
     let receiver = Receiver::start(2).await;
-    let schedule = format!(
-        r#"
-[[schedules]]
-name = "retry"
-invoker = "local"
-pages = {{ urls = [] }}
-
-[[schedules.notify]]
-webhook = {{ url = "{}", secret = "{WEBHOOK_SECRET}" }}
-"#,
-        receiver.url
-    );
+    let schedule = schedule("retry").webhook(&receiver.url).to_string();
     let app = TestApp::spawn(&schedule, None).await;
     let run = app.trigger("retry").await;
     let d = receiver.wait_for(3, Duration::from_secs(20)).await;
@@ -304,18 +264,7 @@ webhook = {{ url = "{}", secret = "{WEBHOOK_SECRET}" }}
 #[tokio::test]
 async fn slack_gets_a_message_with_the_runs_facts() {
     let slack = Receiver::start(0).await;
-    let schedule = format!(
-        r#"
-[[schedules]]
-name = "to-slack"
-invoker = "local"
-pages = {{ urls = [] }}
-
-[[schedules.notify]]
-slack = {{ url = "{}" }}
-"#,
-        slack.url
-    );
+    let schedule = schedule("to-slack").slack(&slack.url).to_string();
     let app = TestApp::spawn(&schedule, None).await;
     let run = app.trigger("to-slack").await;
     let d = slack.wait_for(1, Duration::from_secs(10)).await;
@@ -329,15 +278,9 @@ slack = {{ url = "{}" }}
 #[tokio::test]
 async fn two_replicas_ticking_the_same_cron_create_one_run_per_fire() {
     let db = fresh_database().await;
-    let schedule = r#"
-[[schedules]]
-name = "every-second"
-cron = "* * * * * *"
-invoker = "local"
-pages = { urls = [] }
-"#;
-    let a = TestApp::spawn_on(&db, schedule, None).await;
-    let b = TestApp::spawn_on(&db, schedule, None).await;
+    let schedule = schedule("every-second").cron("* * * * * *").to_string();
+    let a = TestApp::spawn_on(&db, &schedule, None).await;
+    let b = TestApp::spawn_on(&db, &schedule, None).await;
     tokio::time::sleep(Duration::from_millis(3500)).await;
     a.stop().await;
     b.stop().await;

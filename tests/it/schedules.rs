@@ -12,14 +12,11 @@ use crate::helpers::*;
 /// does not fire while a test runs), then a trigger-only Lambda schedule.
 fn schedules() -> String {
     format!(
-        r#"
-[[schedules]]
-name = "new-year"
-cron = "0 0 3 1 1 *"
-timezone = "America/Chicago"
-invoker = "local"
-pages = {{ urls = ["http://127.0.0.1:9/ny"] }}
-{}"#,
+        "{}{}",
+        schedule("new-year")
+            .cron("0 0 3 1 1 *")
+            .text("timezone", "America/Chicago")
+            .urls(["http://127.0.0.1:9/ny"]),
         lambda_schedule("adhoc", 1, None, "")
     )
 }

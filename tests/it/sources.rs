@@ -38,9 +38,12 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 }
 
 fn schedule(name: &str, pages: &str, extra: &str) -> String {
-    format!(
-        "[[schedules]]\nname = \"{name}\"\ninvoker = \"lambda\"\nfunction = \"crawler\"\npages = {pages}\nmax_in_flight = 100000\n{extra}\n"
-    )
+    fanfare_testkit::schedule(name)
+        .lambda("crawler")
+        .pages(pages)
+        .key("max_in_flight", 100000)
+        .raw(extra)
+        .to_string()
 }
 
 #[tokio::test]
@@ -501,21 +504,9 @@ async fn a_sitemap_on_loopback_with_the_guard_closed_fails_the_run_as_blocked_wi
     let client = reqwest::Client::new();
     assert!(fanfare_testkit::wait_ready(&client, &address, Duration::from_secs(5)).await);
     let run = fanfare_testkit::trigger(&client, &address, ADMIN_TOKEN, "closed").await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let finished = loop {
-        let (_, view) =
-            fanfare_testkit::get(&client, &address, ADMIN_TOKEN, &format!("/v1/runs/{run}"))
-                .await
-                .unwrap();
-        if view["status"] == "finished" {
-            break view;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the run did not finish: {view:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let finished = fanfare_testkit::RunState::Finished;
+    let finished =
+        fanfare_testkit::wait_run(&client, &address, ADMIN_TOKEN, run, finished, secs(10)).await;
     assert_eq!(finished["outcome"], "failed");
     let error = finished["error"].as_str().unwrap();
     assert!(
