@@ -77,7 +77,7 @@ use uuid::Uuid;
 
 use fanfare_testkit as common;
 
-use common::bench::with_bench_database;
+use common::bench::{load_average, process_cpu_seconds, thread_cpu_seconds, with_bench_database};
 use common::{admin_database_url, succeeded};
 
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdefghij";
@@ -581,6 +581,10 @@ struct Job {
 /// The figures of the callback phase.
 struct Callbacks {
     recorded: usize,
+    /// CPU seconds of this process while the reports were posted, less the
+    /// load threads' own: the daemon's (NaN when the clients ran on its
+    /// runtime).
+    daemon_cpu: f64,
     wall: Duration,
     p50_ms: f64,
     p99_ms: f64,
@@ -627,7 +631,8 @@ async fn post_callbacks(
         next: AtomicUsize::new(0),
     });
 
-    let (seen, wall) = if load_threads == 0 {
+    let cpu_before = process_cpu_seconds(std::process::id()).unwrap_or(0.0);
+    let (seen, wall, load_cpu) = if load_threads == 0 {
         let started = Instant::now();
         let tasks: Vec<_> = (0..clients)
             .map(|_| tokio::spawn(client(work.clone())))
@@ -636,7 +641,8 @@ async fn post_callbacks(
         for t in tasks {
             seen.push(t.await?);
         }
-        (seen, started.elapsed())
+        // The clients ran on the application's threads: not separable.
+        (seen, started.elapsed(), f64::NAN)
     } else {
         let threads = load_threads.min(clients);
         let go = Arc::new(Barrier::new(threads + 1));
@@ -645,31 +651,37 @@ async fn post_callbacks(
             let share = clients / threads + usize::from(t < clients % threads);
             let work = work.clone();
             let go = go.clone();
-            handles.push(std::thread::spawn(move || -> anyhow::Result<Vec<Seen>> {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                go.wait();
-                rt.block_on(async move {
-                    let tasks: Vec<_> = (0..share)
-                        .map(|_| tokio::spawn(client(work.clone())))
-                        .collect();
-                    let mut seen = Vec::new();
-                    for t in tasks {
-                        seen.push(t.await?);
-                    }
-                    Ok(seen)
-                })
-            }));
+            handles.push(std::thread::spawn(
+                move || -> anyhow::Result<(Vec<Seen>, f64)> {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    go.wait();
+                    let seen = rt.block_on(async move {
+                        let tasks: Vec<_> = (0..share)
+                            .map(|_| tokio::spawn(client(work.clone())))
+                            .collect();
+                        let mut seen = Vec::new();
+                        for t in tasks {
+                            seen.push(t.await?);
+                        }
+                        Ok::<_, anyhow::Error>(seen)
+                    })?;
+                    Ok((seen, thread_cpu_seconds()))
+                },
+            ));
         }
         let joined = tokio::task::spawn_blocking(move || {
             go.wait();
             let started = Instant::now();
             let mut seen = Vec::new();
+            let mut load_cpu = 0.0;
             for h in handles {
-                seen.extend(h.join().map_err(|_| anyhow!("a load thread panicked"))??);
+                let (s, cpu) = h.join().map_err(|_| anyhow!("a load thread panicked"))??;
+                seen.extend(s);
+                load_cpu += cpu;
             }
-            Ok::<_, anyhow::Error>((seen, started.elapsed()))
+            Ok::<_, anyhow::Error>((seen, started.elapsed(), load_cpu))
         })
         .await??;
         joined
@@ -691,8 +703,10 @@ async fn post_callbacks(
         let rank = ((q * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len());
         f64::from(latencies[rank - 1]) / 1000.0
     };
+    let process_cpu = process_cpu_seconds(std::process::id()).unwrap_or(0.0) - cpu_before;
     Ok(Callbacks {
         recorded: latencies.len(),
+        daemon_cpu: process_cpu - load_cpu,
         wall,
         p50_ms: quantile(0.50),
         p99_ms: quantile(0.99),
@@ -972,8 +986,10 @@ fn print_table(rows: &[Row]) {
             of_batched
         );
         println!(
-            "FIGURE callbacks runs={} clients={} recorded_per_s={:.0} p50_ms={:.2} p99_ms={:.2} naive_pgbench_per_s={naive} x_naive={x_naive} batched_pgbench_per_s={batched} of_batched={of_batched}",
-            r.runs, r.clients, c.per_second(), c.p50_ms, c.p99_ms
+            "FIGURE callbacks runs={} clients={} recorded_per_s={:.0} p50_ms={:.2} p99_ms={:.2} daemon_cpu_s_per_1000={:.3} naive_pgbench_per_s={naive} x_naive={x_naive} batched_pgbench_per_s={batched} of_batched={of_batched} load_average={}",
+            r.runs, r.clients, c.per_second(), c.p50_ms, c.p99_ms,
+            c.daemon_cpu / c.recorded.max(1) as f64 * 1000.0,
+            load_average()
         );
     }
     let combos: BTreeSet<(usize, usize)> = rows.iter().map(|r| (r.runs, r.clients)).collect();

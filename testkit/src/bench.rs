@@ -158,6 +158,20 @@ pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
     Some(proc_stat(pid)?.ticks as f64 / hz)
 }
 
+/// User and system CPU seconds of the calling thread so far
+/// (`getrusage(RUSAGE_THREAD)`): a benchmark's load threads read it before
+/// they end, so the process's CPU less theirs is the server's.
+pub fn thread_cpu_seconds() -> f64 {
+    // SAFETY: an all-zero rusage is valid, and getrusage writes only it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a rusage of this stack frame.
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
 /// The 1, 5 and 15 minute load averages, as `/proc/loadavg` has them.
 pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
