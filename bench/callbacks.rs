@@ -510,15 +510,6 @@ impl LambdaApi for Recorder {
             Ok(None)
         })
     }
-
-    fn invoke_sync(
-        &self,
-        function: &str,
-        _payload: Vec<u8>,
-    ) -> BoxFuture<'_, Result<Vec<u8>, String>> {
-        let message = format!("{function}: no lister in the benchmark");
-        Box::pin(async move { Err(message) })
-    }
 }
 
 async fn wait_ready(http: &reqwest::Client, address: &str) -> anyhow::Result<()> {

@@ -175,15 +175,6 @@ impl LambdaApi for NullLambda {
     ) -> BoxFuture<'_, Result<Option<String>, InvokeError>> {
         Box::pin(async { Ok(None) })
     }
-
-    fn invoke_sync(
-        &self,
-        function: &str,
-        _payload: Vec<u8>,
-    ) -> BoxFuture<'_, Result<Vec<u8>, String>> {
-        let function = function.to_string();
-        Box::pin(async move { Err(format!("{function}: no lister in this bench")) })
-    }
 }
 
 /// A body generated chunk by chunk: `head`, then `count` times `item(i)`

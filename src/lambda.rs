@@ -54,10 +54,15 @@ pub trait LambdaApi: Send + Sync {
         payload: Vec<u8>,
     ) -> BoxFuture<'_, Result<Option<String>, InvokeError>>;
     /// Invokes `function` with InvocationType `RequestResponse` and returns
-    /// its answer; a function error is an `Err` carrying its message.
+    /// its answer; a function error is an `Err` carrying its message. By
+    /// default an API answers only `Event` invokes: every synchronous invoke
+    /// (a lister Lambda's) fails, naming the function.
     fn invoke_sync(
         &self,
         function: &str,
-        payload: Vec<u8>,
-    ) -> BoxFuture<'_, Result<Vec<u8>, String>>;
+        _payload: Vec<u8>,
+    ) -> BoxFuture<'_, Result<Vec<u8>, String>> {
+        let message = format!("{function}: this Lambda API answers only Event invokes");
+        Box::pin(async move { Err(message) })
+    }
 }

@@ -87,13 +87,4 @@ impl LambdaApi for RecordingLambda {
             Ok(None)
         })
     }
-
-    fn invoke_sync(
-        &self,
-        function: &str,
-        _payload: Vec<u8>,
-    ) -> BoxFuture<'_, Result<Vec<u8>, String>> {
-        let function = function.to_string();
-        Box::pin(async move { Err(format!("{function}: no lister in this test")) })
-    }
 }

@@ -57,15 +57,6 @@ impl LambdaApi for LosingLambda {
             Ok(Some(format!("req-{page}-{attempt}")))
         })
     }
-
-    fn invoke_sync(
-        &self,
-        function: &str,
-        _payload: Vec<u8>,
-    ) -> BoxFuture<'_, Result<Vec<u8>, String>> {
-        let function = function.to_string();
-        Box::pin(async move { Err(format!("{function}: no lister in this test")) })
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,11 +7,7 @@ use crate::helpers::*;
 
 #[tokio::test]
 async fn admin_endpoints_need_the_admin_token() {
-    let app = TestApp::spawn(
-        &lambda_schedule("s", 1, None, ""),
-        Some(Arc::new(RecordingLambda::default())),
-    )
-    .await;
+    let app = app_with_one_lambda_page().await;
     for (method, path) in [("POST", "/v1/schedules/s/trigger"), ("GET", "/v1/runs")] {
         for token in [None, Some("wrong-token-0123456789")] {
             let mut req = app
@@ -34,11 +30,7 @@ async fn admin_endpoints_need_the_admin_token() {
 
 #[tokio::test]
 async fn triggering_an_unknown_schedule_is_404() {
-    let app = TestApp::spawn(
-        &lambda_schedule("s", 1, None, ""),
-        Some(Arc::new(RecordingLambda::default())),
-    )
-    .await;
+    let app = app_with_one_lambda_page().await;
     let resp = app
         .client
         .post(format!("{}/v1/schedules/nope/trigger", app.address))

@@ -426,11 +426,7 @@ async fn the_token_and_address_come_from_the_configuration_file() {
 
 #[tokio::test]
 async fn export_neutralises_csv_formulas_unless_cells_raw_is_asked_for() {
-    let app = TestApp::spawn(
-        &lambda_schedule("s", 1, None, ""),
-        Some(Arc::new(RecordingLambda::default())),
-    )
-    .await;
+    let app = app_with_one_lambda_page().await;
     let title = "=HYPERLINK(\"http://evil.example\",\"Click\")";
     let run_id = crate::results::finished_run_with_titles(&app.pool, &[(title, "-1")]).await;
     let run = run_id.to_string();
@@ -528,11 +524,7 @@ async fn fanfare_on_terminal(url: &str, args: &[&str]) -> (Option<i32>, Vec<u8>)
 
 #[tokio::test]
 async fn on_a_terminal_titles_and_errors_are_shown_with_control_characters_escaped() {
-    let app = TestApp::spawn(
-        &lambda_schedule("s", 1, None, ""),
-        Some(Arc::new(RecordingLambda::default())),
-    )
-    .await;
+    let app = app_with_one_lambda_page().await;
     let title = "Kettle\x1b]0;owned\x07 \x1b[2J\u{9b}31m red\nline\tx";
     let run_id = crate::results::finished_run_with_titles(&app.pool, &[(title, "9.99")]).await;
     let run = run_id.to_string();

@@ -95,11 +95,7 @@ async fn run_count(app: &TestApp) -> i64 {
 
 #[tokio::test]
 async fn without_a_session_every_console_page_redirects_to_the_sign_in() {
-    let app = TestApp::spawn(
-        &lambda_schedule("s", 1, None, ""),
-        Some(Arc::new(RecordingLambda::default())),
-    )
-    .await;
+    let app = app_with_one_lambda_page().await;
     let run = uuid::Uuid::now_v7();
     for (path, next) in [
         ("/ui/", "%2Fui%2F"),
@@ -141,11 +137,7 @@ async fn without_a_session_every_console_page_redirects_to_the_sign_in() {
 
 #[tokio::test]
 async fn a_wrong_admin_token_gets_a_401_page_and_no_session() {
-    let app = TestApp::spawn(
-        &lambda_schedule("s", 1, None, ""),
-        Some(Arc::new(RecordingLambda::default())),
-    )
-    .await;
+    let app = app_with_one_lambda_page().await;
     let wrong = "not-the-admin-token-but-just-as-long-00000";
     for token in [wrong, "", &ADMIN_TOKEN[..ADMIN_TOKEN.len() - 1]] {
         let resp = sign_in(&app, token).await;
@@ -184,11 +176,7 @@ async fn the_session_cookie_is_secure_when_the_console_is_served_over_https() {
 
 #[tokio::test]
 async fn forged_edited_and_expired_session_cookies_are_sent_to_the_sign_in() {
-    let app = TestApp::spawn(
-        &lambda_schedule("s", 1, None, ""),
-        Some(Arc::new(RecordingLambda::default())),
-    )
-    .await;
+    let app = app_with_one_lambda_page().await;
     let genuine = session(&app).await;
     let (status, _, body) = page(&app, Some(&genuine), "/ui/").await;
     assert_eq!(status, 200, "{body}");
@@ -215,11 +203,7 @@ async fn forged_edited_and_expired_session_cookies_are_sent_to_the_sign_in() {
 
 #[tokio::test]
 async fn forms_without_their_csrf_token_are_refused_and_change_nothing() {
-    let app = TestApp::spawn(
-        &lambda_schedule("s", 1, None, ""),
-        Some(Arc::new(RecordingLambda::default())),
-    )
-    .await;
+    let app = app_with_one_lambda_page().await;
     let cookie = session(&app).await;
     let (_, _, overview) = page(&app, Some(&cookie), "/ui/").await;
     let csrf = csrf_of(&overview);
@@ -706,11 +690,7 @@ async fn every_stream_of_a_run_ends_with_one_done_event_when_the_run_finishes() 
 
 #[tokio::test]
 async fn the_consoles_csv_download_neutralises_formulas_from_page_titles() {
-    let app = TestApp::spawn(
-        &lambda_schedule("s", 1, None, ""),
-        Some(Arc::new(RecordingLambda::default())),
-    )
-    .await;
+    let app = app_with_one_lambda_page().await;
     let run_id = crate::results::finished_run_with_titles(
         &app.pool,
         &[("=HYPERLINK(\"http://evil.example\",\"Click\")", "@x")],
@@ -741,11 +721,7 @@ async fn the_consoles_csv_download_neutralises_formulas_from_page_titles() {
 
 #[tokio::test]
 async fn a_sign_in_goes_back_only_to_a_normalised_console_path() {
-    let app = TestApp::spawn(
-        &lambda_schedule("s", 1, None, ""),
-        Some(Arc::new(RecordingLambda::default())),
-    )
-    .await;
+    let app = app_with_one_lambda_page().await;
     for (next, want) in [
         ("/ui/runs?status=failed", "/ui/runs?status=failed"),
         ("/ui/runs/x/../", "/ui/runs/"),

@@ -62,15 +62,6 @@ impl LambdaApi for Gate {
             Ok(None)
         })
     }
-
-    fn invoke_sync(
-        &self,
-        function: &str,
-        _payload: Vec<u8>,
-    ) -> BoxFuture<'_, Result<Vec<u8>, String>> {
-        let function = function.to_string();
-        Box::pin(async move { Err(format!("{function}: no lister in this test")) })
-    }
 }
 
 /// Pages of `run` the ledger has dispatched (claimed).

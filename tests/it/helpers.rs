@@ -21,6 +21,13 @@ pub fn lambda_schedule(
     fanfare_testkit::lambda_schedule_block(name, pages, extra, &notify)
 }
 
+/// An application with the one-page Lambda schedule `s` over a recording
+/// stand-in that nobody reads.
+pub async fn app_with_one_lambda_page() -> TestApp {
+    let lambda = std::sync::Arc::new(RecordingLambda::default());
+    TestApp::spawn(&lambda_schedule("s", 1, None, ""), Some(lambda)).await
+}
+
 /// An application with the one-page Lambda schedule `s`, and a run of it
 /// that succeeded.
 pub async fn app_with_a_finished_run() -> (TestApp, uuid::Uuid) {

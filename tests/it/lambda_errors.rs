@@ -239,12 +239,11 @@ async fn access_denied_fails_the_run_fast_with_the_reason_in_its_notification() 
     .await;
 }
 
-#[tokio::test]
-async fn service_errors_are_retried_within_the_pages_attempts() {
-    let seen = Seen::default();
-    let s = seen.clone();
-    let rule = mock!(aws_sdk_lambda::Client::invoke)
-        .match_requests(move |input| s.record(input))
+/// Two `ServiceException`s (500), then accepted invokes; each invoke is
+/// recorded in `seen`.
+fn two_service_errors_then_accepted(seen: Seen) -> aws_smithy_mocks::Rule {
+    mock!(aws_sdk_lambda::Client::invoke)
+        .match_requests(move |input| seen.record(input))
         .sequence()
         .error(|| {
             SdkInvokeError::ServiceException(
@@ -254,14 +253,27 @@ async fn service_errors_are_retried_within_the_pages_attempts() {
         .times(2)
         .output(accepted)
         .repeatedly()
-        .build();
-    let client = mock_client!(aws_sdk_lambda, RuleMode::Sequential, &[&rule]);
+        .build()
+}
+
+/// A one-page schedule `five` of `max_attempts` over `rule`; its run.
+async fn run_five(rule: &aws_smithy_mocks::Rule, max_attempts: u32) -> (TestApp, uuid::Uuid) {
+    let client = mock_client!(aws_sdk_lambda, RuleMode::Sequential, &[rule]);
+    let extra = format!("max_attempts = {max_attempts}");
     let app = spawn(
-        &lambda_schedule("five", 1, None, "max_attempts = 3"),
+        &lambda_schedule("five", 1, None, &extra),
         AwsLambda::from_client(client),
     )
     .await;
     let run = app.trigger("five").await;
+    (app, run)
+}
+
+#[tokio::test]
+async fn service_errors_are_retried_within_the_pages_attempts() {
+    let seen = Seen::default();
+    let rule = two_service_errors_then_accepted(seen.clone());
+    let (app, run) = run_five(&rule, 3).await;
     seen.wait_for(3).await;
     let attempts: Vec<u32> = seen.all().iter().map(|(_, r)| r.attempt).collect();
     assert_eq!(attempts, vec![1, 2, 3], "each 5xx uses up an attempt");
@@ -280,24 +292,8 @@ async fn service_errors_are_retried_within_the_pages_attempts() {
     app.stop().await;
 
     // With one attempt fewer, the same errors fail the page.
-    let rule = mock!(aws_sdk_lambda::Client::invoke)
-        .sequence()
-        .error(|| {
-            SdkInvokeError::ServiceException(
-                ServiceException::builder().message("internal").build(),
-            )
-        })
-        .times(2)
-        .output(accepted)
-        .repeatedly()
-        .build();
-    let client = mock_client!(aws_sdk_lambda, RuleMode::Sequential, &[&rule]);
-    let app = spawn(
-        &lambda_schedule("five", 1, None, "max_attempts = 2"),
-        AwsLambda::from_client(client),
-    )
-    .await;
-    let run = app.trigger("five").await;
+    let rule = two_service_errors_then_accepted(Seen::default());
+    let (app, run) = run_five(&rule, 2).await;
     let finished = app.wait_finished(run, Duration::from_secs(15)).await;
     assert_eq!(finished["outcome"], "failed");
     assert_eq!(rule.num_calls(), 2);

@@ -235,11 +235,7 @@ async fn results_export_as_jsonl_and_csv_read_back_field_by_field() {
 
 #[tokio::test]
 async fn results_of_a_run_whose_schedule_is_gone_put_every_field_in_fields_json() {
-    let app = TestApp::spawn(
-        &lambda_schedule("s", 1, None, ""),
-        Some(Arc::new(RecordingLambda::default())),
-    )
-    .await;
+    let app = app_with_one_lambda_page().await;
     // A finished run of a schedule this configuration no longer has.
     let run_id = uuid::Uuid::now_v7();
     sqlx::query(
@@ -451,11 +447,7 @@ pub(crate) async fn finished_run_with_titles(
 
 #[tokio::test]
 async fn csv_cells_that_a_spreadsheet_would_run_get_a_quote_unless_raw_is_asked_for() {
-    let app = TestApp::spawn(
-        &lambda_schedule("s", 1, None, ""),
-        Some(Arc::new(RecordingLambda::default())),
-    )
-    .await;
+    let app = app_with_one_lambda_page().await;
     let pages = [
         ("=HYPERLINK(\"http://evil.example\",\"Click\")", "=1+1"),
         ("+cmd|' /C calc'!A0", "+3"),
