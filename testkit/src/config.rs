@@ -84,3 +84,19 @@ max_in_flight = 10000
         urls.join(", ")
     )
 }
+
+/// A schedule block crawled by the in-process crawler (`invoker =
+/// "local"`), with these page URLs; `extra` (further keys) is appended.
+pub fn local_schedule_block(name: &str, urls: &[String], extra: &str) -> String {
+    let urls: Vec<String> = urls.iter().map(|u| format!("{u:?}")).collect();
+    format!(
+        r#"
+[[schedules]]
+name = "{name}"
+invoker = "local"
+pages = {{ urls = [{}] }}
+{extra}
+"#,
+        urls.join(", ")
+    )
+}

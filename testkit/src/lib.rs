@@ -12,7 +12,9 @@
 //! - [`webhooks`]: loopback webhook receivers and Standard Webhooks
 //!   signatures computed independently of fanfare's code;
 //! - [`metrics`]: samples of a Prometheus text exposition;
-//! - [`proxy`]: a loopback proxy to a test database that can be cut.
+//! - [`proxy`]: a loopback proxy to a test database that can be cut;
+//! - [`forward_proxy`]: a loopback HTTP forward proxy that records what it
+//!   forwards and checks its credentials.
 //!
 //! A dev-dependency of `fanfare` only; never published.
 
@@ -21,6 +23,7 @@ pub mod app;
 pub mod bench;
 pub mod config;
 pub mod db;
+pub mod forward_proxy;
 pub mod lambda;
 pub mod metrics;
 pub mod proxy;
@@ -30,10 +33,11 @@ pub mod webhooks;
 pub use api::{get, metrics_text, post_callback, trigger, wait_ready};
 pub use app::{AppTask, TestApp, TestAppBuilder};
 pub use config::{
-    config_toml, config_toml_with, lambda_schedule_block, webhook_block, ADMIN_TOKEN,
-    CALLBACK_SECRET, WEBHOOK_SECRET,
+    config_toml, config_toml_with, lambda_schedule_block, local_schedule_block, webhook_block,
+    ADMIN_TOKEN, CALLBACK_SECRET, WEBHOOK_SECRET,
 };
 pub use db::{admin_database_url, fresh_database, TestDatabase, DATABASE_PREFIX};
+pub use forward_proxy::{ForwardProxy, Forwarded};
 pub use lambda::RecordingLambda;
 pub use metrics::metric_in;
 pub use proxy::PgProxy;
