@@ -152,14 +152,10 @@ impl CrawlerConfig {
             config.net = NetPolicy::allowing_private(allow);
         }
         if let Some(value) = lookup(ENV_PROXY_URL) {
-            // The value is a secret: the error shows it redacted.
+            // The value is a secret: the error does not quote it.
             match ProxyUrl::parse(&value) {
                 Ok(proxy) => config.proxy = Some(proxy),
-                Err(e) => {
-                    let shown = ProxyUrl::parse(&value)
-                        .map_or_else(|_| "[redacted]".to_string(), |p| p.to_string());
-                    return Err(ConfigError::new(ENV_PROXY_URL, &shown, e.to_string()));
-                }
+                Err(e) => return Err(ConfigError::new(ENV_PROXY_URL, "[redacted]", e.to_string())),
             }
         }
         Ok(config)
@@ -1061,6 +1057,24 @@ mod tests {
             let error = CrawlerConfig::from_lookup(lookup(&[(name, value)])).unwrap_err();
             assert_eq!(error.name, name);
             assert!(error.to_string().contains(name), "{error}");
+        }
+    }
+
+    #[test]
+    fn the_crawlers_own_proxy_comes_from_the_environment_and_a_bad_one_is_named_unquoted() {
+        let config = CrawlerConfig::from_lookup(lookup(&[(
+            ENV_PROXY_URL,
+            "http://u:env-s3cret@proxy.example:3128",
+        )]))
+        .unwrap();
+        let proxy = config.proxy.as_ref().expect("the proxy is read");
+        assert_eq!(proxy.expose().password(), Some("env-s3cret"));
+        assert!(!format!("{config:?}").contains("env-s3cret"));
+        assert_eq!(CrawlerConfig::default().proxy, None);
+        for bad in ["socks5://u:env-s3cret@p.example:1080", "u:env-s3cret@p"] {
+            let error = CrawlerConfig::from_lookup(lookup(&[(ENV_PROXY_URL, bad)])).unwrap_err();
+            assert_eq!(error.name, ENV_PROXY_URL);
+            assert!(!error.to_string().contains("env-s3cret"), "{error}");
         }
     }
 
