@@ -12,6 +12,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use fanfare_crawler::proxy::{ProxyOn, ProxyRoute, ProxyUrl};
 use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -412,6 +413,9 @@ pub struct Schedule {
     /// The `User-Agent` the crawler sends (and robots.txt is matched for);
     /// the crawler's own when unset.
     pub user_agent: Option<String>,
+    /// The forward proxy the crawler fetches pages through; directly when
+    /// unset.
+    pub proxy: Option<ScheduleProxy>,
     /// The most pages one run may list; a longer list fails the run.
     pub max_pages: usize,
     /// The largest page-list document (after decompression) read.
@@ -436,6 +440,48 @@ pub struct Schedule {
     /// Where the run's notification goes.
     pub notify: Vec<Notify>,
 }
+
+/// Which proxy a schedule's pages go through.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProxyVia {
+    /// The crawler's own (`proxy = "crawler"`: its
+    /// `FANFARE_CRAWLER_PROXY_URL`), so the event carries no credentials.
+    Crawler,
+    /// These proxies, one per page in turn (never empty). `Debug` hides
+    /// their passwords.
+    Urls(Vec<ProxyUrl>),
+}
+
+/// A schedule's `proxy` and `proxy_on`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleProxy {
+    /// Which proxy.
+    pub via: ProxyVia,
+    /// Always, or only after the site refused the direct fetch.
+    pub on: ProxyOn,
+}
+
+impl ScheduleProxy {
+    /// The event's `proxy` for one attempt of one page. With several
+    /// proxies, page `id`'s attempt `attempt` goes through proxy
+    /// `(id + attempt - 1) mod n`: pages in turn, and each retry of a page
+    /// through the next proxy.
+    pub fn route(&self, page_id: i64, attempt: i32) -> ProxyRoute {
+        let url = match &self.via {
+            ProxyVia::Crawler => None,
+            ProxyVia::Urls(urls) if urls.is_empty() => None,
+            ProxyVia::Urls(urls) => {
+                let turn =
+                    (i128::from(page_id) + i128::from(attempt) - 1).rem_euclid(urls.len() as i128);
+                urls.get(turn as usize).cloned()
+            }
+        };
+        ProxyRoute { url, on: self.on }
+    }
+}
+
+/// The words of `proxy_on`.
+const PROXY_ON_WORDS: &[&str] = &["always", "blocked"];
 
 /// The environment variable whose value, when set, is the whole
 /// configuration file's text: it takes the place of the file.
@@ -530,6 +576,79 @@ struct RawPoliteness {
     per_host_rate: Option<String>,
     obey_robots: Option<bool>,
     user_agent: Option<String>,
+    proxy: Option<RawProxy>,
+    proxy_on: Option<String>,
+}
+
+/// A `proxy` key: one string (a URL, `"crawler"` or `"none"`) or a list of
+/// URLs. Held as secrets: the URLs carry credentials.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+enum RawProxy {
+    One(SecretString),
+    List(Vec<SecretString>),
+}
+
+/// A `proxy` key, checked.
+enum ProxyChoice {
+    /// `"none"`: fetch directly, whatever `[politeness]` says.
+    Direct,
+    /// Through a proxy.
+    Via(ProxyVia),
+}
+
+/// The `proxy` key at `at`; `None` (with a problem) when it is unusable.
+fn proxy_choice(p: &mut Problems, at: &str, raw: &RawProxy) -> Option<ProxyChoice> {
+    // A problem never quotes the value: it carries credentials.
+    let url = |p: &mut Problems, at: &str, raw: &str| match ProxyUrl::parse(raw) {
+        Ok(u) => Some(u),
+        Err(e) => {
+            p.add(at, e);
+            None
+        }
+    };
+    match raw {
+        RawProxy::One(one) => match one.expose_secret().trim() {
+            "crawler" => Some(ProxyChoice::Via(ProxyVia::Crawler)),
+            "none" => Some(ProxyChoice::Direct),
+            text => url(p, at, text).map(|u| ProxyChoice::Via(ProxyVia::Urls(vec![u]))),
+        },
+        RawProxy::List(list) if list.is_empty() => {
+            p.add(at, "must name at least one proxy (or be \"none\")");
+            None
+        }
+        RawProxy::List(list) => {
+            let mut urls = Vec::new();
+            for (i, one) in list.iter().enumerate() {
+                let at = format!("{at}[{i}]");
+                match one.expose_secret().trim() {
+                    word @ ("crawler" | "none") => {
+                        p.add(&at, format!("{word:?} stands alone, not in a list"));
+                    }
+                    text => urls.extend(url(p, &at, text)),
+                }
+            }
+            (urls.len() == list.len()).then_some(ProxyChoice::Via(ProxyVia::Urls(urls)))
+        }
+    }
+}
+
+/// The `proxy_on` word at `at`; a problem, and `always`, when unknown.
+fn proxy_on(p: &mut Problems, at: &str, raw: Option<&str>) -> ProxyOn {
+    match raw.map(str::trim) {
+        None | Some("always") => ProxyOn::Always,
+        Some("blocked") => ProxyOn::Blocked,
+        Some(other) => {
+            p.add(
+                at,
+                NotOneOf {
+                    given: other.to_string(),
+                    allowed: PROXY_ON_WORDS,
+                },
+            );
+            ProxyOn::Always
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -632,6 +751,8 @@ struct RawSchedule {
     per_host_rate: Option<String>,
     obey_robots: Option<bool>,
     user_agent: Option<String>,
+    proxy: Option<RawProxy>,
+    proxy_on: Option<String>,
     max_pages: Option<usize>,
     max_document_bytes: Option<usize>,
     sitemap_any_host: Option<bool>,
@@ -1159,12 +1280,55 @@ impl RawPoliteness {
     fn validate_schedules(self, raws: Vec<RawSchedule>, p: &mut Problems) -> Vec<Schedule> {
         let mut seen = HashSet::new();
         let mut schedules = Vec::new();
+        // Checked once here, so a mistake is named at its own key, not in
+        // every schedule that inherits it.
+        let default_proxy = match &self.proxy {
+            None => None,
+            Some(raw) => proxy_choice(p, "politeness.proxy", raw),
+        };
+        let default_on = proxy_on(p, "politeness.proxy_on", self.proxy_on.as_deref());
+        if self.proxy_on.is_some() && self.proxy.is_none() {
+            p.add(
+                "politeness.proxy_on",
+                "is set but politeness.proxy is not; set proxy_on beside each schedule's proxy",
+            );
+        }
         for (i, mut raw) in raws.into_iter().enumerate() {
             raw.per_host_in_flight = raw.per_host_in_flight.or(self.per_host_in_flight);
             raw.per_host_rate = raw.per_host_rate.or_else(|| self.per_host_rate.clone());
             raw.obey_robots = raw.obey_robots.or(self.obey_robots);
             raw.user_agent = raw.user_agent.or_else(|| self.user_agent.clone());
-            if let Some(s) = raw.validate(i, p) {
+            let own_proxy = raw.proxy.take();
+            let own_on = raw.proxy_on.take();
+            if let Some(mut s) = raw.validate(i, p) {
+                let at = format!("schedule {:?}", s.name);
+                let choice = match &own_proxy {
+                    Some(raw) => proxy_choice(p, &format!("{at}: proxy"), raw),
+                    None => default_proxy.as_ref().map(|c| match c {
+                        ProxyChoice::Direct => ProxyChoice::Direct,
+                        ProxyChoice::Via(via) => ProxyChoice::Via(via.clone()),
+                    }),
+                };
+                let on = match &own_on {
+                    Some(word) => proxy_on(p, &format!("{at}: proxy_on"), Some(word)),
+                    None => default_on,
+                };
+                // (A proxy key with a mistake has its own problem already.)
+                let no_proxy = match &choice {
+                    Some(ProxyChoice::Direct) => true,
+                    Some(ProxyChoice::Via(_)) => false,
+                    None => own_proxy.is_none() && self.proxy.is_none(),
+                };
+                if own_on.is_some() && no_proxy {
+                    p.add(
+                        &format!("{at}: proxy_on"),
+                        "is set but the schedule has no proxy (set proxy here or in [politeness])",
+                    );
+                }
+                s.proxy = match choice {
+                    Some(ProxyChoice::Via(via)) => Some(ScheduleProxy { via, on }),
+                    _ => None,
+                };
                 if !seen.insert(s.name.clone()) {
                     p.add(
                         &format!("schedule {:?}", s.name),
@@ -1242,6 +1406,8 @@ impl RawSchedule {
             per_host_interval,
             obey_robots: self.obey_robots.unwrap_or(true),
             user_agent: self.user_agent,
+            // Set over the `[politeness]` default by `validate_schedules`.
+            proxy: None,
             max_pages: self.max_pages.unwrap_or(DEFAULT_MAX_PAGES),
             max_document_bytes: self
                 .max_document_bytes

@@ -9,6 +9,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use fanfare_crawler::crawl::{Crawler, CrawlerConfig};
 use fanfare_crawler::netguard::NetPolicy;
+use fanfare_crawler::proxy::ENV_PROXY_URL;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -106,10 +107,20 @@ impl Application {
         // The in-process crawler's reach follows [security]
         // allow_private_networks, also when a test passes its own crawler
         // settings: the config switch is the one truth.
-        let crawler_config = CrawlerConfig {
+        let mut crawler_config = CrawlerConfig {
             net: NetPolicy::allowing_private(runs.settings.security.allow_private_networks),
             ..overrides.crawler.unwrap_or_default()
         };
+        // `proxy = "crawler"` means the crawler's own proxy: in-process,
+        // the daemon's FANFARE_CRAWLER_PROXY_URL, as on Lambda.
+        if crawler_config.proxy.is_none() {
+            crawler_config.proxy = CrawlerConfig::from_lookup(|name| {
+                (name == ENV_PROXY_URL)
+                    .then(|| std::env::var(name).ok())
+                    .flatten()
+            })?
+            .proxy;
+        }
         let crawler =
             Crawler::new(crawler_config).context("building the local crawler's HTTP client")?;
         let cancel = CancellationToken::new();

@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::proxy::ProxyRoute;
+
 /// The contract version this crate speaks. A report with any other version
 /// is rejected by the daemon.
 pub const CONTRACT_VERSION: u32 = 1;
@@ -21,7 +23,8 @@ pub const MAX_REPORT_BYTES: usize = 256 * 1024;
 
 /// One page to crawl: the Lambda event.
 ///
-/// `Debug` redacts `callback_token`, so a request can be logged whole.
+/// `Debug` redacts `callback_token` and the proxy's password, so a request
+/// can be logged whole.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct CrawlRequest {
@@ -46,6 +49,10 @@ pub struct CrawlRequest {
     /// crawler's own when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
+    /// Fetch the page through this proxy (the schedule's `proxy`); directly
+    /// when absent. Its URL carries the proxy's credentials, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyRoute>,
     /// When the daemon stops waiting for this attempt.
     pub deadline: DateTime<Utc>,
 }
@@ -77,6 +84,7 @@ impl std::fmt::Debug for CrawlRequest {
             .field("callback_url", &self.callback_url)
             .field("callback_token", &"[redacted]")
             .field("user_agent", &self.user_agent)
+            .field("proxy", &self.proxy)
             .field("deadline", &self.deadline)
             .finish()
     }
@@ -157,6 +165,11 @@ pub struct PageFacts {
     pub content_sha256: String,
     /// Milliseconds from request start to the end of the body.
     pub fetch_ms: u64,
+    /// Whether the page was fetched through the event's proxy (with `proxy`
+    /// `on = "blocked"`, only after the site refused the direct fetch).
+    /// Absent means false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub via_proxy: bool,
 }
 
 /// Why a crawl failed.
@@ -356,6 +369,7 @@ mod tests {
             bytes: 18211,
             content_sha256: "ab12".into(),
             fetch_ms: 212,
+            via_proxy: false,
         };
         let report = Report::for_request(&request(), Outcome::Succeeded(facts));
         let json = serde_json::to_string(&report).unwrap();
@@ -427,6 +441,25 @@ mod tests {
         let debug = format!("{request:?}");
         assert!(!debug.contains("s3cr3t-token"), "{debug}");
         assert!(debug.contains("[redacted]"));
+    }
+
+    #[test]
+    fn request_debug_output_hides_the_proxy_password() {
+        let json = REQUEST.replace(
+            r#""deadline""#,
+            r#""proxy":{"url":"http://bob:pr0xy-s3cret@proxy.example:8080","on":"blocked"},"deadline""#,
+        );
+        let request: CrawlRequest = serde_json::from_str(&json).unwrap();
+        let debug = format!("{request:?}");
+        assert!(!debug.contains("pr0xy-s3cret"), "{debug}");
+        assert!(
+            debug.contains("bob:[redacted]@proxy.example:8080"),
+            "{debug}"
+        );
+        // The wire keeps the credentials: the crawler needs them.
+        assert!(serde_json::to_string(&request)
+            .unwrap()
+            .contains("pr0xy-s3cret"));
     }
 
     #[test]

@@ -4,9 +4,9 @@
 //! [`ErrorKind`] and a `retryable` flag; it never panics and never returns a
 //! Rust error, because a failed page is a result to report, not a crash.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::error::Error as StdError;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use html5ever::tendril::{StrTendril, TendrilSink};
@@ -22,7 +22,8 @@ use crate::contract::{
     CallbackAck, CrawlError, CrawlRequest, ErrorKind, Outcome, PageFacts, Report, MAX_REPORT_BYTES,
 };
 use crate::errors::{causes, chain_text};
-use crate::netguard::{self, NetPolicy, ENV_ALLOW_PRIVATE_NETWORKS};
+use crate::netguard::{self, NetPolicy, TargetRefused, ENV_ALLOW_PRIVATE_NETWORKS};
+use crate::proxy::{self, ProxyOn, ProxyUrl, ENV_PROXY_URL};
 
 /// Extracted text (a field or the title) longer than this many bytes is cut
 /// at a character boundary, so that a selector matching a whole page cannot
@@ -73,6 +74,9 @@ pub struct CrawlerConfig {
     /// Bytes of HTML held for parsing at once by a crawler and its clones
     /// (at least 1); see [`PARSE_BUDGET_BYTES`].
     pub parse_budget_bytes: usize,
+    /// The crawler's own proxy ([`ENV_PROXY_URL`]): used for an event whose
+    /// `proxy` names no URL. `Debug` hides its password.
+    pub proxy: Option<ProxyUrl>,
 }
 
 impl Default for CrawlerConfig {
@@ -92,14 +96,16 @@ impl Default for CrawlerConfig {
             callback_backoff: Duration::from_millis(200),
             net: NetPolicy::closed(),
             parse_budget_bytes: PARSE_BUDGET_BYTES,
+            proxy: None,
         }
     }
 }
 
 impl CrawlerConfig {
     /// The defaults, overridden by [`ENV_TIMEOUT_SECS`],
-    /// [`ENV_MAX_BODY_BYTES`], [`ENV_USER_AGENT`] and
-    /// [`ENV_ALLOW_PRIVATE_NETWORKS`] where they are set.
+    /// [`ENV_MAX_BODY_BYTES`], [`ENV_USER_AGENT`],
+    /// [`ENV_ALLOW_PRIVATE_NETWORKS`] and [`ENV_PROXY_URL`] where they are
+    /// set.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
@@ -144,6 +150,13 @@ impl CrawlerConfig {
                 }
             };
             config.net = NetPolicy::allowing_private(allow);
+        }
+        if let Some(value) = lookup(ENV_PROXY_URL) {
+            // The value is a secret: the error does not quote it.
+            match ProxyUrl::parse(&value) {
+                Ok(proxy) => config.proxy = Some(proxy),
+                Err(e) => return Err(ConfigError::new(ENV_PROXY_URL, "[redacted]", e.to_string())),
+            }
         }
         Ok(config)
     }
@@ -196,7 +209,14 @@ pub struct Crawler {
     /// body held for parsing (from before its read when its length is
     /// announced, else from the end of its read) until it is parsed.
     parsing: Arc<tokio::sync::Semaphore>,
+    /// One client per distinct proxy, kept across pages (and, on Lambda,
+    /// across invocations) for its connection pool.
+    proxied: Arc<Mutex<HashMap<ProxyUrl, reqwest::Client>>>,
 }
+
+/// Distinct proxies whose clients are kept at once; past it the cache
+/// starts over (a schedule names a handful).
+const MAX_PROXY_CLIENTS: usize = 64;
 
 impl Crawler {
     /// Builds the HTTP clients (rustls, gzip, limited redirects). The fetch
@@ -224,6 +244,7 @@ impl Crawler {
             parsing: Arc::new(tokio::sync::Semaphore::new(
                 config.parse_budget_bytes.clamp(1, MAX_PARSE_BUDGET),
             )),
+            proxied: Arc::default(),
             config: Arc::new(config),
         })
     }
@@ -306,6 +327,7 @@ impl Crawler {
                     http_status = facts.http_status,
                     bytes = facts.bytes,
                     fetch_ms = facts.fetch_ms,
+                    via_proxy = facts.via_proxy,
                     "page crawled"
                 ),
                 Outcome::Failed { error } => tracing::info!(
@@ -340,26 +362,41 @@ impl Crawler {
         // budget in between.
         let timeout = self.config.timeout;
         let started = Instant::now();
-        let mut get = self.fetch.get(url.clone());
-        if let Some(agent) = request.user_agent.as_deref() {
-            // Checked by the daemon's configuration; a bad one is ignored.
-            if let Ok(agent) = reqwest::header::HeaderValue::from_str(agent) {
-                get = get.header(reqwest::header::USER_AGENT, agent);
+        // Checked by the daemon's configuration; a bad one is ignored.
+        let agent = request
+            .user_agent
+            .as_deref()
+            .and_then(|agent| reqwest::header::HeaderValue::from_str(agent).ok());
+        let proxy = self.proxy_for(request)?;
+        // With `blocked`, the direct fetch and the one through the proxy
+        // share the one timeout: the retry happens inside this attempt, so
+        // the ledger's accounting of attempts is the same either way.
+        let send = async {
+            match &proxy {
+                None => Ok((self.send_direct(&url, agent.as_ref()).await?, false)),
+                Some((proxy, ProxyOn::Always)) => {
+                    Ok((self.send_proxied(proxy, &url, agent.as_ref()).await?, true))
+                }
+                Some((proxy, ProxyOn::Blocked)) => {
+                    match self.send_direct(&url, agent.as_ref()).await {
+                        Err(error) if refused_by_site(&error) => {
+                            tracing::info!(
+                                reason = %error,
+                                proxy = %proxy,
+                                "the site refused the direct fetch; fetching through the proxy"
+                            );
+                            Ok((self.send_proxied(proxy, &url, agent.as_ref()).await?, true))
+                        }
+                        direct => Ok((direct?, false)),
+                    }
+                }
             }
-        }
-        let mut response = tokio::time::timeout(timeout, get.send())
+        };
+        let (mut response, via_proxy) = tokio::time::timeout(timeout, send)
             .await
-            .map_err(|_| self.timed_out(&url, "no response headers in time"))?
-            .map_err(|e| self.classify(&e, &url))?;
+            .map_err(|_| self.timed_out(&url, "no response headers in time"))??;
         let mut fetching = started.elapsed();
         let status = response.status();
-        if !status.is_success() {
-            let mut error = status_error(status, response.url());
-            if matches!(status.as_u16(), 429 | 503) {
-                error.retry_after_secs = retry_after(response.headers(), SystemTime::now());
-            }
-            return Err(error);
-        }
         if let Some(length) = response.content_length() {
             if length > max {
                 return Err(too_large(response.url(), max, &format!("{length} bytes")));
@@ -438,7 +475,153 @@ impl Crawler {
             bytes,
             content_sha256: hex::encode(hasher.finalize()),
             fetch_ms,
+            via_proxy,
         })
+    }
+
+    /// The proxy `request` is to be fetched through and when, if any: its
+    /// own URL, else the crawler's ([`CrawlerConfig::proxy`]).
+    fn proxy_for(&self, request: &CrawlRequest) -> Result<Option<(ProxyUrl, ProxyOn)>, CrawlError> {
+        let Some(route) = &request.proxy else {
+            return Ok(None);
+        };
+        match route.url.as_ref().or(self.config.proxy.as_ref()) {
+            Some(url) => Ok(Some((url.clone(), route.on))),
+            None => Err(CrawlError::new(
+                ErrorKind::Other,
+                format!(
+                    "the event asks for the crawler's own proxy, but this crawler has none \
+                     ({ENV_PROXY_URL} is not set)"
+                ),
+                false,
+            )),
+        }
+    }
+
+    /// GETs `url` directly (the guarded client follows redirects); only a
+    /// 2xx answer is `Ok`.
+    async fn send_direct(
+        &self,
+        url: &Url,
+        agent: Option<&reqwest::header::HeaderValue>,
+    ) -> Result<reqwest::Response, CrawlError> {
+        let mut get = self.fetch.get(url.clone());
+        if let Some(agent) = agent {
+            get = get.header(reqwest::header::USER_AGENT, agent.clone());
+        }
+        let response = get.send().await.map_err(|e| self.classify(&e, url))?;
+        success_only(response)
+    }
+
+    /// GETs `url` through `proxy`, following redirects itself: the proxy
+    /// resolves the target's name, so the network guard checks the target
+    /// ([`NetPolicy::check_target`]) before the request and before every
+    /// redirect hop. Only a 2xx answer is `Ok`. Error messages never carry
+    /// the proxy's password.
+    async fn send_proxied(
+        &self,
+        proxy: &ProxyUrl,
+        url: &Url,
+        agent: Option<&reqwest::header::HeaderValue>,
+    ) -> Result<reqwest::Response, CrawlError> {
+        let client = self.proxied_client(proxy)?;
+        let mut target = url.clone();
+        let mut hops = 0usize;
+        loop {
+            if let Err(refused) = self.config.net.check_target(&target).await {
+                return Err(match refused {
+                    TargetRefused::Blocked(b) => blocked(&b, hops > 0),
+                    TargetRefused::Unresolved { host, error } => CrawlError::new(
+                        ErrorKind::Dns,
+                        format!("{target}: {host} did not resolve: {error}"),
+                        true,
+                    ),
+                });
+            }
+            let mut get = client.get(target.clone());
+            if let Some(agent) = agent {
+                get = get.header(reqwest::header::USER_AGENT, agent.clone());
+            }
+            let response = get.send().await.map_err(|e| {
+                let mut error = self.classify(&e, &target);
+                error.message = proxy::scrub(
+                    format!("through the proxy {proxy}: {}", error.message),
+                    proxy,
+                );
+                error
+            })?;
+            let status = response.status();
+            if status == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+                return Err(CrawlError::new(
+                    ErrorKind::Connect,
+                    format!("the proxy {proxy} refused its credentials (HTTP 407) for {target}"),
+                    false,
+                ));
+            }
+            let location = matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308)
+                .then(|| response.headers().get(reqwest::header::LOCATION))
+                .flatten();
+            let Some(location) = location else {
+                return success_only(response);
+            };
+            hops += 1;
+            if hops > self.config.max_redirects {
+                return Err(CrawlError::new(
+                    ErrorKind::Redirect,
+                    format!(
+                        "{url} redirected more than {} times (or in a loop)",
+                        self.config.max_redirects
+                    ),
+                    false,
+                ));
+            }
+            let next = location
+                .to_str()
+                .ok()
+                .and_then(|l| target.join(l).ok())
+                .filter(|next| matches!(next.scheme(), "http" | "https"));
+            let Some(next) = next else {
+                return Err(CrawlError::new(
+                    ErrorKind::Redirect,
+                    format!("{target} redirected to a Location that is not an http(s) URL"),
+                    false,
+                ));
+            };
+            target = next;
+        }
+    }
+
+    /// The client for `proxy`, built once and then reused: it sends every
+    /// request through the proxy (credentials from the URL's userinfo as
+    /// `Proxy-Authorization`), follows no redirects itself and uses no
+    /// proxy from the environment.
+    fn proxied_client(&self, proxy: &ProxyUrl) -> Result<reqwest::Client, CrawlError> {
+        let mut clients = self.proxied.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(client) = clients.get(proxy) {
+            return Ok(client.clone());
+        }
+        let unusable = |e: reqwest::Error| {
+            CrawlError::new(
+                ErrorKind::Other,
+                proxy::scrub(format!("the proxy {proxy} cannot be used: {e}"), proxy),
+                false,
+            )
+        };
+        let via = reqwest::Proxy::all(proxy.expose().as_str()).map_err(unusable)?;
+        let client = reqwest::Client::builder()
+            .use_rustls_tls()
+            .user_agent(self.config.user_agent.clone())
+            .connect_timeout(self.config.timeout)
+            .gzip(true)
+            .proxy(via)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(unusable)?;
+        if clients.len() >= MAX_PROXY_CLIENTS {
+            clients.clear();
+        }
+        clients.insert(proxy.clone(), client.clone());
+        Ok(client)
     }
 
     /// Sorts a reqwest error into an [`ErrorKind`] by walking its source
@@ -593,6 +776,28 @@ fn blocked(refusal: &netguard::Blocked, on_redirect: bool) -> CrawlError {
         refusal.to_string()
     };
     CrawlError::new(ErrorKind::Blocked, message, false)
+}
+
+/// `response` when it is a 2xx, else its status as an error (with the
+/// site's `Retry-After` for a 429 or 503).
+fn success_only(response: reqwest::Response) -> Result<reqwest::Response, CrawlError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let mut error = status_error(status, response.url());
+    if matches!(status.as_u16(), 429 | 503) {
+        error.retry_after_secs = retry_after(response.headers(), SystemTime::now());
+    }
+    Err(error)
+}
+
+/// Whether a direct fetch's failure looks like the site refusing this
+/// crawler's address (403, 429, or a refused or reset connection), so that
+/// `proxy_on = "blocked"` tries again through the proxy. A refusal by the
+/// network guard is not one: the proxy must not get around it.
+fn refused_by_site(error: &CrawlError) -> bool {
+    matches!(error.http_status, Some(403 | 429)) || error.kind == ErrorKind::Connect
 }
 
 /// 408, 429 and 5xx may pass on a later attempt; other statuses will not.
@@ -856,6 +1061,24 @@ mod tests {
     }
 
     #[test]
+    fn the_crawlers_own_proxy_comes_from_the_environment_and_a_bad_one_is_named_unquoted() {
+        let config = CrawlerConfig::from_lookup(lookup(&[(
+            ENV_PROXY_URL,
+            "http://u:env-s3cret@proxy.example:3128",
+        )]))
+        .unwrap();
+        let proxy = config.proxy.as_ref().expect("the proxy is read");
+        assert_eq!(proxy.expose().password(), Some("env-s3cret"));
+        assert!(!format!("{config:?}").contains("env-s3cret"));
+        assert_eq!(CrawlerConfig::default().proxy, None);
+        for bad in ["socks5://u:env-s3cret@p.example:1080", "u:env-s3cret@p"] {
+            let error = CrawlerConfig::from_lookup(lookup(&[(ENV_PROXY_URL, bad)])).unwrap_err();
+            assert_eq!(error.name, ENV_PROXY_URL);
+            assert!(!error.to_string().contains("env-s3cret"), "{error}");
+        }
+    }
+
+    #[test]
     fn private_networks_are_closed_unless_the_environment_opens_them() {
         assert!(!CrawlerConfig::default().net.allows_private());
         for (value, open) in [
@@ -1042,6 +1265,7 @@ mod tests {
             bytes: 1,
             content_sha256: "00".into(),
             fetch_ms: 1,
+            via_proxy: false,
         };
         let report = fit_report(Report::for_request(&request, Outcome::Succeeded(facts)));
         let error = report.outcome.error().expect("replaced by a failure");

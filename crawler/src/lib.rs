@@ -28,6 +28,7 @@ pub mod contract;
 pub mod crawl;
 mod errors;
 pub mod netguard;
+pub mod proxy;
 
 pub use callback::{CallbackError, Reporter};
 pub use contract::{
@@ -35,3 +36,4 @@ pub use contract::{
     UnsupportedVersion, CONTRACT_VERSION, MAX_REPORT_BYTES,
 };
 pub use crawl::{ConfigError, Crawler, CrawlerConfig};
+pub use proxy::{ProxyOn, ProxyRoute, ProxyUrl};

@@ -6,7 +6,9 @@
 //! `FANFARE_CRAWLER_MAX_BODY_BYTES`, `FANFARE_CRAWLER_USER_AGENT`,
 //! `FANFARE_CRAWLER_ALLOW_PRIVATE_NETWORKS` (default false: pages on
 //! loopback, link-local, private and other non-public addresses, and the
-//! Lambda runtime API, are refused as `blocked`); logs filtered by
+//! Lambda runtime API, are refused as `blocked`), `FANFARE_CRAWLER_PROXY_URL`
+//! (the crawler's own proxy, for events whose `proxy` names none; a
+//! secret, logged with its password redacted); logs filtered by
 //! `RUST_LOG`, default `info`). A bad value fails the cold start
 //! naming the variable. When the report cannot be delivered the invocation
 //! fails, so that Lambda's asynchronous retry redelivers the event.
@@ -26,6 +28,7 @@ async fn main() -> Result<(), Error> {
         timeout = ?crawler.config().timeout,
         max_body_bytes = crawler.config().max_body_bytes,
         allow_private_networks = crawler.config().net.allows_private(),
+        proxy = crawler.config().proxy.as_ref().map(|p| p.to_string()),
         "crawler ready"
     );
     lambda_runtime::run(service_fn(|event: LambdaEvent<CrawlRequest>| {

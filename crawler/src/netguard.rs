@@ -17,7 +17,15 @@
 //! - no proxy from the environment (a proxy would resolve names itself).
 //!
 //! Call [`NetPolicy::check_url`] before the first request too: an IP-literal
-//! URL never reaches the resolver. A refusal is a [`Blocked`] error in the
+//! URL never reaches the resolver.
+//!
+//! Through a forward proxy the client resolves only the proxy's name; the
+//! proxy resolves the target. So a fetch through a proxy checks the target
+//! itself with [`NetPolicy::check_target`] (before the request and before
+//! each redirect hop), stricter than the resolver: the target is refused
+//! when *any* of its addresses is not public, since the proxy may pick any
+//! of them. The proxy's own address is the operator's choice and is not
+//! checked. A refusal is a [`Blocked`] error in the
 //! reqwest error's source chain; [`find_blocked`] digs it out.
 
 use std::error::Error as StdError;
@@ -320,6 +328,55 @@ impl NetPolicy {
     }
 }
 
+/// Why [`NetPolicy::check_target`] refused a target.
+#[derive(Debug)]
+pub enum TargetRefused {
+    /// The target is (or resolves to) an address the policy refuses.
+    Blocked(Blocked),
+    /// The target's name did not resolve.
+    Unresolved {
+        /// The host as named in the URL.
+        host: String,
+        /// The resolver's error.
+        error: std::io::Error,
+    },
+}
+
+impl NetPolicy {
+    /// For a fetch through a proxy: refuses `url` when its host is an IP
+    /// literal the policy refuses, or a name any of whose addresses the
+    /// policy refuses. An open policy checks nothing (and resolves
+    /// nothing). The proxy resolves the name again when it connects, so a
+    /// name that changes its answers between the two (DNS rebinding) is
+    /// the proxy's to refuse.
+    pub async fn check_target(&self, url: &Url) -> Result<(), TargetRefused> {
+        if self.allow_private {
+            return Ok(());
+        }
+        self.check_url(url).map_err(TargetRefused::Blocked)?;
+        let Some(Host::Domain(host)) = url.host() else {
+            return Ok(());
+        };
+        let port = url.port_or_known_default().unwrap_or(80);
+        let found = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|error| TargetRefused::Unresolved {
+                host: host.to_string(),
+                error,
+            })?;
+        for addr in found {
+            if let Some(class) = self.refusal(addr.ip()) {
+                return Err(TargetRefused::Blocked(Blocked {
+                    host: host.to_string(),
+                    addr: addr.ip(),
+                    class,
+                }));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The error a guarded client's redirect policy gives past the limit (the
 /// same condition as reqwest's own `limited` policy).
 #[derive(Debug)]
@@ -497,6 +554,33 @@ mod tests {
             Some("127.0.0.1".parse().unwrap())
         );
         assert_eq!(runtime_api_address(Some("garbage".into())), None);
+    }
+
+    #[tokio::test]
+    async fn a_proxied_target_is_checked_by_its_resolved_addresses() {
+        let closed = NetPolicy {
+            allow_private: false,
+            runtime_api: None,
+            exceptions: vec![],
+        };
+        for url in [
+            "http://localhost:8080/",
+            "http://127.0.0.1/",
+            "http://[::1]/",
+        ] {
+            match closed.check_target(&Url::parse(url).unwrap()).await {
+                Err(TargetRefused::Blocked(b)) => assert_eq!(b.class, AddressClass::Loopback),
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+        assert!(closed
+            .check_target(&Url::parse("http://93.184.216.34/").unwrap())
+            .await
+            .is_ok());
+        assert!(NetPolicy::open()
+            .check_target(&Url::parse("http://localhost/").unwrap())
+            .await
+            .is_ok());
     }
 
     #[tokio::test]

@@ -65,6 +65,7 @@ fn request(url: impl Into<String>) -> CrawlRequest {
         callback_url: "http://127.0.0.1:9/v1/callbacks".into(),
         callback_token: "token-1".into(),
         user_agent: None,
+        proxy: None,
         deadline: Utc.with_ymd_and_hms(2026, 11, 26, 3, 5, 0).unwrap(),
     }
 }

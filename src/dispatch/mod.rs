@@ -477,6 +477,11 @@ impl Lane {
             extract: self.schedule.extract.clone(),
             callback_url: self.callback_url.clone(),
             user_agent: self.schedule.user_agent.clone(),
+            proxy: self
+                .schedule
+                .proxy
+                .as_ref()
+                .map(|proxy| proxy.route(page.id, page.attempt)),
             callback_token: self.runs.signer.sign(&Claims {
                 run_id: page.run_id,
                 page_id: page.id,

@@ -13,6 +13,8 @@
 //!   signatures computed independently of fanfare's code;
 //! - [`metrics`]: samples of a Prometheus text exposition;
 //! - [`proxy`]: a loopback proxy to a test database that can be cut;
+//! - [`forward_proxy`]: a loopback HTTP forward proxy that records what it
+//!   forwards and checks its credentials;
 //! - [`wait`]: [`eventually`], the one way a test waits for a condition.
 //!
 //! A dev-dependency of `fanfare` only; never published.
@@ -22,6 +24,7 @@ pub mod app;
 pub mod bench;
 pub mod config;
 pub mod db;
+pub mod forward_proxy;
 pub mod lambda;
 pub mod metrics;
 pub mod proxy;
@@ -36,6 +39,7 @@ pub use config::{
     ADMIN_TOKEN, CALLBACK_SECRET, WEBHOOK_SECRET,
 };
 pub use db::{admin_database_url, fresh_database, TestDatabase, DATABASE_PREFIX};
+pub use forward_proxy::{ForwardProxy, Forwarded};
 pub use lambda::RecordingLambda;
 pub use metrics::metric_in;
 pub use proxy::PgProxy;

@@ -17,6 +17,7 @@ mod lockout;
 mod openapi;
 mod politeness;
 mod private_networks;
+mod proxies;
 mod results;
 mod runs;
 mod schedules;
