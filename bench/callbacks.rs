@@ -63,8 +63,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context};
 use axum::body::Bytes;
-use axum::routing::get;
-use axum::Router;
 use clap::Parser;
 use fanfare::dispatch::{InvokeError, LambdaApi};
 use fanfare::startup::Overrides;
@@ -444,24 +442,10 @@ max_in_flight = {pages}
     )
 }
 
-/// Serves `http://127.0.0.1:PORT/pages.json`: a JSON array of `pages`
-/// distinct URLs.
+/// Serves a JSON list of `pages` distinct URLs; returns its URL.
 async fn serve_page_list(pages: usize) -> anyhow::Result<String> {
-    let urls: Vec<String> = (1..=pages)
-        .map(|i| format!("http://127.0.0.1:9/p/{i}"))
-        .collect();
-    let body = Bytes::from(serde_json::to_vec(&urls)?);
-    let app = Router::new().route(
-        "/pages.json",
-        get(move || {
-            let body = body.clone();
-            async move { ([("content-type", "application/json")], body) }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/pages.json", listener.local_addr()?);
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok(url)
+    let urls = (1..=pages).map(|i| format!("http://127.0.0.1:9/p/{i}"));
+    Ok(common::bench::serve_page_list(urls).await?)
 }
 
 /// A Lambda API stand-in that keeps every Event invoke's request.

@@ -57,9 +57,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context};
-use axum::body::Bytes;
-use axum::routing::get;
-use axum::Router;
 use chrono::{DateTime, Utc};
 use clap::Parser;
 use uuid::Uuid;
@@ -327,24 +324,10 @@ fn seconds(d: chrono::TimeDelta) -> f64 {
     d.num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6
 }
 
-/// Serves `http://127.0.0.1:PORT/pages.json`: a JSON array of `pages`
-/// distinct URLs.
+/// Serves a JSON list of `pages` distinct URLs; returns its URL.
 async fn serve_page_list(pages: usize) -> anyhow::Result<String> {
-    let urls: Vec<String> = (1..=pages)
-        .map(|i| format!("https://shop.example/products/{i}"))
-        .collect();
-    let body = Bytes::from(serde_json::to_vec(&urls)?);
-    let app = Router::new().route(
-        "/pages.json",
-        get(move || {
-            let body = body.clone();
-            async move { ([("content-type", "application/json")], body) }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/pages.json", listener.local_addr()?);
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok(url)
+    let urls = (1..=pages).map(|i| format!("https://shop.example/products/{i}"));
+    Ok(fanfare_testkit::bench::serve_page_list(urls).await?)
 }
 
 /// nginx as a Lambda Invoke API that accepts every Event invoke, in the

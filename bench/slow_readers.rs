@@ -38,8 +38,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
-use axum::routing::get;
-use axum::Router;
 use chrono::{SubsecRound, Utc};
 use clap::Parser;
 use fanfare::dispatch::LambdaApi;
@@ -124,15 +122,8 @@ fn main() -> anyhow::Result<()> {
 
 /// Serves the `load` schedule's page list; returns its URL.
 async fn serve_list(pages: usize) -> anyhow::Result<String> {
-    let urls: Vec<String> = (0..pages)
-        .map(|i| format!("https://shop.example/p/{i}"))
-        .collect();
-    let body = serde_json::to_string(&urls)?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/pages.json", listener.local_addr()?);
-    let app = Router::new().route("/pages.json", get(move || async move { body }));
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok(url)
+    let urls = (0..pages).map(|i| format!("https://shop.example/p/{i}"));
+    Ok(common::bench::serve_page_list(urls).await?)
 }
 
 async fn measure(

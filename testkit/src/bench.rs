@@ -246,3 +246,23 @@ pub fn runtimes() -> std::io::Result<(tokio::runtime::Runtime, tokio::runtime::R
         .build()?;
     Ok((app, load))
 }
+
+/// Serves `urls` as a JSON array at `http://127.0.0.1:PORT/pages.json` on
+/// a task of its own (a schedule's `pages = { http = … }`); returns that
+/// URL.
+pub async fn serve_page_list(urls: impl IntoIterator<Item = String>) -> std::io::Result<String> {
+    use axum::routing::get;
+    let urls: Vec<String> = urls.into_iter().collect();
+    let body = axum::body::Bytes::from(serde_json::to_vec(&urls)?);
+    let app = axum::Router::new().route(
+        "/pages.json",
+        get(move || {
+            let body = body.clone();
+            async move { ([("content-type", "application/json")], body) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/pages.json", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(url)
+}
