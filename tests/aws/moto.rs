@@ -141,6 +141,13 @@ impl Moto {
         aws_sdk_lambda::Client::from_conf(config)
     }
 
+    /// Creates each of `names` (see [`Moto::create_function`]).
+    pub async fn create_functions(&mut self, names: &[&str]) {
+        for name in names {
+            self.create_function(name).await;
+        }
+    }
+
     /// Creates the IAM role (once) and a function `name` with any zip.
     pub async fn create_function(&mut self, name: &str) {
         if !self.role_created {
@@ -302,6 +309,19 @@ fn parse_invoke(entry: &Value) -> Option<RecordedInvoke> {
     })
 }
 
+/// Starts recording, then the daemon with schedule `listed`, whose pages
+/// come from the `lister` Lambda and are crawled by `crawler`.
+async fn spawn_listed(moto: &Moto) -> (TestApp, Receiver) {
+    moto.start_recording().await;
+    let receiver = Receiver::start(0).await;
+    let lister = r#"{ lambda = "lister", payload = { site = "shop" } }"#;
+    let schedule = crawler_schedule("listed", lister, &receiver);
+    (
+        spawn_app(&lambda_section(&moto.url, "10s"), &schedule).await,
+        receiver,
+    )
+}
+
 fn crawler_schedule(name: &str, pages: &str, receiver: &Receiver) -> String {
     fanfare_testkit::schedule(name)
         .lambda("crawler")
@@ -424,25 +444,14 @@ async fn a_lister_function_is_invoked_request_response_with_its_payload_and_its_
 ) {
     use_test_aws_credentials();
     let mut moto = Moto::start().await;
-    moto.create_function("lister").await;
-    moto.create_function("crawler").await;
+    moto.create_functions(&["lister", "crawler"]).await;
     // The lister's answer: strings and objects with "url"; invalid entries
     // are skipped.
     moto.queue_result(
         r#"["http://127.0.0.1:9/a", {"url": "http://127.0.0.1:9/b"}, "not a url", "http://127.0.0.1:9/c"]"#,
     )
     .await;
-    moto.start_recording().await;
-    let receiver = Receiver::start(0).await;
-    let app = spawn_app(
-        &lambda_section(&moto.url, "10s"),
-        &crawler_schedule(
-            "listed",
-            r#"{ lambda = "lister", payload = { site = "shop" } }"#,
-            &receiver,
-        ),
-    )
-    .await;
+    let (app, receiver) = spawn_listed(&moto).await;
 
     let run_id = app.trigger("listed").await;
     let invokes = moto.wait_for_invokes(4, Duration::from_secs(30)).await;
@@ -497,22 +506,11 @@ async fn a_lister_answering_with_a_function_error_fails_the_run_with_that_error_
 ) {
     use_test_aws_credentials();
     let mut moto = Moto::start().await;
-    moto.create_function("lister").await;
-    moto.create_function("crawler").await;
+    moto.create_functions(&["lister", "crawler"]).await;
     // Over 6,000,000 bytes: moto answers X-Amz-Function-Error: Unhandled,
     // {"errorType": "Function.ResponseSizeTooLarge", "errorMessage": ...}.
     moto.queue_result(&"x".repeat(6_000_001)).await;
-    moto.start_recording().await;
-    let receiver = Receiver::start(0).await;
-    let app = spawn_app(
-        &lambda_section(&moto.url, "10s"),
-        &crawler_schedule(
-            "listed",
-            r#"{ lambda = "lister", payload = { site = "shop" } }"#,
-            &receiver,
-        ),
-    )
-    .await;
+    let (app, receiver) = spawn_listed(&moto).await;
 
     let run_id = app.trigger("listed").await;
     let run = app.wait_finished(run_id, Duration::from_secs(30)).await;

@@ -162,6 +162,19 @@ async fn wait_path(c: &Client, what: &str, done: impl Fn(&str) -> bool) -> Strin
     .await
 }
 
+/// Fills in the sign-in form the browser is on with the admin token and
+/// waits to land on the schedules.
+async fn sign_in(c: &Client) {
+    c.find(Locator::Css("input[name=token]"))
+        .await
+        .unwrap()
+        .send_keys(ADMIN_TOKEN)
+        .await
+        .unwrap();
+    click(c, "form[action='/ui/login'] button[type=submit]").await;
+    wait_path(c, "signed in, to the schedules", |p| p == "/ui/").await;
+}
+
 async fn click(c: &Client, css: &str) {
     c.find(Locator::Css(css))
         .await
@@ -201,14 +214,7 @@ async fn an_operator_signs_in_triggers_the_demo_watches_it_finish_and_redrives_i
     // Signing in: the console sends us to the form, then back.
     c.goto(&format!("{}/ui/", app.address)).await.unwrap();
     assert_eq!(path_of(&c).await, "/ui/login");
-    c.find(Locator::Css("input[name=token]"))
-        .await
-        .unwrap()
-        .send_keys(ADMIN_TOKEN)
-        .await
-        .unwrap();
-    click(&c, "form[action='/ui/login'] button[type=submit]").await;
-    wait_path(&c, "signed in, to the schedules", |p| p == "/ui/").await;
+    sign_in(&c).await;
 
     // The demo schedule, its cron in words, and no run yet.
     let card = wait_text(
@@ -355,14 +361,7 @@ async fn a_run_page_refused_its_live_updates_says_so_and_keeps_working() {
     lambda.wait_for(2).await;
     let c = driver.browser().await;
     c.goto(&format!("{}/ui/login", app.address)).await.unwrap();
-    c.find(Locator::Css("input[name=token]"))
-        .await
-        .unwrap()
-        .send_keys(ADMIN_TOKEN)
-        .await
-        .unwrap();
-    click(&c, "form[action='/ui/login'] button[type=submit]").await;
-    wait_path(&c, "signed in, to the schedules", |p| p == "/ui/").await;
+    sign_in(&c).await;
 
     // The session's one stream is taken (as by another tab).
     let cookie = c
