@@ -539,13 +539,32 @@ struct CsrfForm {
     csrf: String,
 }
 
+/// A form POST whose CSRF token belongs to the signed-in session: the only
+/// way an action's handler gets its session, so none can forget the check.
+/// Read last (it reads the body).
+struct Checked(Session);
+
+impl FromRequest<Console> for Checked {
+    type Rejection = UiError;
+
+    async fn from_request(req: Request, console: &Console) -> Result<Self, UiError> {
+        let session = req.extensions().get::<Session>().cloned().ok_or_else(|| {
+            UiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "This form has no session.",
+            )
+        })?;
+        let Form(form) = Form::<CsrfForm>::from_request(req, console).await?;
+        console.check_csrf(&session, &form.csrf)?;
+        Ok(Checked(session))
+    }
+}
+
 async fn logout(
     State(console): State<Console>,
-    Extension(session): Extension<Session>,
     client: Client,
-    Form(form): Form<CsrfForm>,
+    Checked(session): Checked,
 ) -> Result<Response, UiError> {
-    console.check_csrf(&session, &form.csrf)?;
     // Revoked for every replica (with its CSRF token), not only deleted
     // from this browser: a copy of the cookie is refused too.
     console
@@ -934,23 +953,14 @@ async fn results_jsonl(
 
 async fn trigger(
     State(console): State<Console>,
-    Extension(session): Extension<Session>,
     Path(name): Path<String>,
-    Form(form): Form<CsrfForm>,
+    _: Checked,
 ) -> Result<Response, UiError> {
-    console.check_csrf(&session, &form.csrf)?;
     let run_id = console.app.actions().trigger(&name).await?;
     Ok(see_other(&format!("/ui/runs/{run_id}")))
 }
 
-async fn set_paused(
-    console: &Console,
-    session: &Session,
-    name: &str,
-    csrf: &str,
-    paused: bool,
-) -> Result<Response, UiError> {
-    console.check_csrf(session, csrf)?;
+async fn set_paused(console: &Console, name: &str, paused: bool) -> Result<Response, UiError> {
     let actions = console.app.actions();
     if paused {
         actions.pause(name).await?;
@@ -968,29 +978,25 @@ async fn set_paused(
 
 async fn pause(
     State(console): State<Console>,
-    Extension(session): Extension<Session>,
     Path(name): Path<String>,
-    Form(form): Form<CsrfForm>,
+    _: Checked,
 ) -> Result<Response, UiError> {
-    set_paused(&console, &session, &name, &form.csrf, true).await
+    set_paused(&console, &name, true).await
 }
 
 async fn resume(
     State(console): State<Console>,
-    Extension(session): Extension<Session>,
     Path(name): Path<String>,
-    Form(form): Form<CsrfForm>,
+    _: Checked,
 ) -> Result<Response, UiError> {
-    set_paused(&console, &session, &name, &form.csrf, false).await
+    set_paused(&console, &name, false).await
 }
 
 async fn cancel(
     State(console): State<Console>,
-    Extension(session): Extension<Session>,
     Path(id): Path<String>,
-    Form(form): Form<CsrfForm>,
+    _: Checked,
 ) -> Result<Response, UiError> {
-    console.check_csrf(&session, &form.csrf)?;
     let id = run_id(&id)?;
     console.app.actions().cancel(id).await?;
     tracing::info!(run_id = %id, "run cancelled from the console");
@@ -999,11 +1005,9 @@ async fn cancel(
 
 async fn redrive(
     State(console): State<Console>,
-    Extension(session): Extension<Session>,
     Path(id): Path<String>,
-    Form(form): Form<CsrfForm>,
+    _: Checked,
 ) -> Result<Response, UiError> {
-    console.check_csrf(&session, &form.csrf)?;
     let id = run_id(&id)?;
     let new = console.app.actions().redrive(id).await?;
     Ok(see_other(&format!("/ui/runs/{new}")))
