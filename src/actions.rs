@@ -151,11 +151,14 @@ impl<'a> Actions<'a> {
         self.set_paused(schedule, false).await
     }
 
-    async fn set_paused(&self, schedule: &str, paused: bool) -> Result<(), ActionError> {
+    /// Pauses (`paused`) or resumes `schedule`, and logs it.
+    pub async fn set_paused(&self, schedule: &str, paused: bool) -> Result<(), ActionError> {
         if self.runs.settings.schedule(schedule).is_none() {
             return Err(ActionError::UnknownSchedule(schedule.to_string()));
         }
         ledger::set_paused(&self.runs.pool, schedule, paused).await?;
+        let done = if paused { "paused" } else { "resumed" };
+        tracing::info!(schedule, paused, "schedule {done}");
         Ok(())
     }
 }

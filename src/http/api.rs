@@ -497,18 +497,7 @@ async fn set_paused(
     name: &str,
     paused: bool,
 ) -> Result<Json<PauseState>, ApiError> {
-    let actions = state.actions();
-    if paused {
-        actions.pause(name).await?;
-    } else {
-        actions.resume(name).await?;
-    }
-    tracing::info!(
-        schedule = name,
-        paused,
-        "schedule {}",
-        if paused { "paused" } else { "resumed" }
-    );
+    state.actions().set_paused(name, paused).await?;
     Ok(Json(PauseState {
         schedule: name.to_string(),
         paused,

@@ -961,18 +961,7 @@ async fn trigger(
 }
 
 async fn set_paused(console: &Console, name: &str, paused: bool) -> Result<Response, UiError> {
-    let actions = console.app.actions();
-    if paused {
-        actions.pause(name).await?;
-    } else {
-        actions.resume(name).await?;
-    }
-    tracing::info!(
-        schedule = name,
-        paused,
-        "schedule {} from the console",
-        if paused { "paused" } else { "resumed" }
-    );
+    console.app.actions().set_paused(name, paused).await?;
     Ok(see_other("/ui/"))
 }
 
