@@ -13,6 +13,7 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use chrono::Utc;
+use fanfare_crawler::{field_text, same_field_value};
 use hmac::{Hmac, Mac};
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
@@ -154,15 +155,18 @@ fn change_line(change: &ChangedPage) -> String {
             }
             let names: std::collections::BTreeSet<&String> =
                 before.fields.keys().chain(after.fields.keys()).collect();
+            let null = Value::Null;
             for name in names {
-                let old = before.fields.get(name).cloned().flatten();
-                let new = after.fields.get(name).cloned().flatten();
-                if old != new {
+                // Compared by their text, as the ledger compares them: a
+                // price 1299 is the text "1299".
+                let old = before.fields.get(name).unwrap_or(&null);
+                let new = after.fields.get(name).unwrap_or(&null);
+                if !same_field_value(old, new) {
                     diffs.push(format!(
                         "{} {} → {}",
                         slack_escape(name),
-                        shown(old.as_deref()),
-                        shown(new.as_deref())
+                        shown(field_text(old).as_deref()),
+                        shown(field_text(new).as_deref())
                     ));
                 }
             }
