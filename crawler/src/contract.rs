@@ -293,7 +293,6 @@ pub struct PageFacts {
     /// null when nothing matched. A crawler that only extracts text sends
     /// strings and nulls.
     #[serde(default)]
-    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, Object>))]
     pub fields: BTreeMap<String, Value>,
     /// Size of the body in bytes.
     pub bytes: u64,

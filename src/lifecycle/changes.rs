@@ -78,7 +78,6 @@ pub struct PageSnapshot {
     pub title: Option<String>,
     /// Its extracted fields as the crawler reported them: strings,
     /// numbers, arrays, null where nothing matched.
-    #[schema(value_type = BTreeMap<String, Object>)]
     pub fields: BTreeMap<String, Value>,
     /// Lowercase hex SHA-256 of its body.
     pub content_sha256: Option<String>,
