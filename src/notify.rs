@@ -470,6 +470,20 @@ mod tests {
     }
 
     #[test]
+    fn a_slack_change_line_shows_typed_values_and_skips_a_number_equal_to_its_text() {
+        let change: ChangedPage = serde_json::from_value(json!({
+            "url": "https://shop.example/p/1", "kind": "changed",
+            "before": {"title": "T", "fields": {"price": "1299", "stock": 5, "tags": ["a"], "gone": "x"}},
+            "after": {"title": "T", "fields": {"price": 1399, "stock": "5", "tags": ["a", "b"], "gone": null}},
+        }))
+        .unwrap();
+        assert_eq!(
+            change_line(&change),
+            r#"~ https://shop.example/p/1: gone x → –, price 1299 → 1399, tags ["a"] → ["a","b"]"#
+        );
+    }
+
+    #[test]
     fn a_body_this_release_cannot_read_is_shown_by_its_type_and_a_stuck_run_by_its_counts() {
         let outbound = |payload: Value| Outbound {
             id: 1,
