@@ -13,7 +13,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use fanfare_crawler::extract::check_field;
-use fanfare_crawler::FieldSpec;
+use fanfare_crawler::{FieldSpec, FieldTable, ValueType};
 use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -1472,12 +1472,6 @@ fn valid_name(n: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-/// The keys a field table takes, in the order a message lists them.
-const FIELD_TABLE_KEYS: &[&str] = &["css", "meta", "jsonld", "attr", "all", "type", "regex"];
-
-/// The words a field table's `type` takes.
-const FIELD_TYPES: &[&str] = &["text", "number"];
-
 /// One `extract` entry at `at`: a selector string or a table, checked by
 /// the crawler's own rules ([`check_field`]) so that what passes here
 /// compiles there. Each mistake is a problem naming the key (and the word).
@@ -1492,17 +1486,17 @@ fn field_spec(p: &mut Problems, at: &str, raw: serde_json::Value) -> Option<Fiel
                 match k.as_str() {
                     "all" if !v.is_boolean() => p.add(&at, "must be true or false"),
                     "type" => match v.as_str() {
-                        Some(w) if FIELD_TYPES.contains(&w) => {}
+                        Some(w) if ValueType::WORDS.contains(&w) => {}
                         given => p.add(
                             &at,
                             NotOneOf {
                                 given: given.map_or_else(|| v.to_string(), str::to_string),
-                                allowed: FIELD_TYPES,
+                                allowed: ValueType::WORDS,
                             },
                         ),
                     },
                     "all" => {}
-                    k if FIELD_TABLE_KEYS.contains(&k) => {
+                    k if FieldTable::KEYS.contains(&k) => {
                         if !v.is_string() {
                             p.add(&at, "must be a string");
                         }
@@ -1511,7 +1505,7 @@ fn field_spec(p: &mut Problems, at: &str, raw: serde_json::Value) -> Option<Fiel
                         &at,
                         format!(
                             "is not a key of a field table; it takes {}",
-                            one_of(FIELD_TABLE_KEYS)
+                            one_of(FieldTable::KEYS)
                         ),
                     ),
                 }

@@ -189,13 +189,23 @@ pub enum ValueType {
 }
 
 impl ValueType {
+    /// Every type word, in the order a message lists them.
+    pub const WORDS: &'static [&'static str] =
+        &[ValueType::Text.as_str(), ValueType::Number.as_str()];
+
     /// The word that names it in a table's `type`.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             ValueType::Text => "text",
             ValueType::Number => "number",
         }
     }
+}
+
+impl FieldTable {
+    /// The keys a table takes, in the order a message lists them.
+    pub const KEYS: &'static [&'static str] =
+        &["css", "meta", "jsonld", "attr", "all", "type", "regex"];
 }
 
 /// A field value's text: a string as it is, a number or boolean as JSON
@@ -516,6 +526,34 @@ mod tests {
         let report: Report = serde_json::from_str(typed).unwrap();
         assert_eq!(report.outcome.facts().unwrap().fields["price"], 1299);
         assert_eq!(serde_json::to_string(&report).unwrap(), typed);
+    }
+
+    #[test]
+    fn table_keys_and_type_words_are_the_names_on_the_wire() {
+        let full = FieldTable {
+            css: Some("a".into()),
+            meta: Some("m".into()),
+            jsonld: Some("j".into()),
+            attr: Some("href".into()),
+            all: true,
+            value_type: Some(ValueType::Number),
+            regex: Some("r".into()),
+        };
+        let json = serde_json::to_value(&full).unwrap();
+        let mut keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut documented = FieldTable::KEYS.to_vec();
+        keys.sort_unstable();
+        documented.sort_unstable();
+        assert_eq!(keys, documented);
+        for t in [ValueType::Text, ValueType::Number] {
+            assert_eq!(serde_json::to_value(t).unwrap(), t.as_str());
+        }
+        assert_eq!(ValueType::WORDS, ["text", "number"]);
     }
 
     #[test]
