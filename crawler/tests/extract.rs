@@ -4,12 +4,10 @@
 #[allow(dead_code)] // Only its `serve` is used here.
 mod support;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::routing::get;
 use axum::Router;
-use chrono::{TimeZone, Utc};
 use fanfare_crawler::netguard::NetPolicy;
 use fanfare_crawler::{
     CrawlRequest, Crawler, CrawlerConfig, ErrorKind, FieldSpec, Outcome, PageFacts,
@@ -46,22 +44,21 @@ fn crawler() -> Crawler {
     .unwrap()
 }
 
-/// `fields` as the daemon would send them: each spec written as JSON.
+/// A request for `url` with `fields` as the daemon would send them: the
+/// event's JSON, each spec written as JSON.
 fn request(url: String, fields: Value) -> CrawlRequest {
-    let extract: BTreeMap<String, FieldSpec> =
-        serde_json::from_value(fields).expect("field specs parse");
-    CrawlRequest {
-        version: CONTRACT_VERSION,
-        run_id: "run-1".into(),
-        page_id: "page-1".into(),
-        attempt: 1,
-        url,
-        extract,
-        callback_url: "http://127.0.0.1:9/v1/callbacks".into(),
-        callback_token: "token-1".into(),
-        user_agent: None,
-        deadline: Utc.with_ymd_and_hms(2026, 11, 26, 3, 5, 0).unwrap(),
-    }
+    serde_json::from_value(json!({
+        "version": CONTRACT_VERSION,
+        "run_id": "run-1",
+        "page_id": "page-1",
+        "attempt": 1,
+        "url": url,
+        "extract": fields,
+        "callback_url": "http://127.0.0.1:9/v1/callbacks",
+        "callback_token": "token-1",
+        "deadline": "2026-11-26T03:05:00Z",
+    }))
+    .expect("the event parses")
 }
 
 async fn crawl(path: &str, fields: Value) -> PageFacts {
