@@ -12,7 +12,9 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use fanfare_crawler::extract::check_field;
 use fanfare_crawler::proxy::{ProxyOn, ProxyRoute, ProxyUrl};
+use fanfare_crawler::{FieldSpec, FieldTable, ValueType};
 use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -390,8 +392,10 @@ pub struct Schedule {
     pub function: Option<String>,
     /// Where its page list comes from.
     pub pages: PageSource,
-    /// Field name -> CSS selector.
-    pub extract: BTreeMap<String, String>,
+    /// Field name -> how it is extracted: a CSS selector, or a table
+    /// (`css`/`meta`/`jsonld`, `attr`, `all`, `type`, `regex`), each
+    /// checked by the crawler's own rules.
+    pub extract: BTreeMap<String, FieldSpec>,
     /// How long one attempt of a page may take before it is retried.
     pub page_timeout: Duration,
     /// Dispatches of one page at most.
@@ -741,8 +745,10 @@ struct RawSchedule {
     invoker: Option<String>,
     function: Option<String>,
     pages: Option<RawPages>,
+    /// Read as plain values, so that a table's mistakes are named here
+    /// (its key, its word) rather than by the deserializer.
     #[serde(default)]
-    extract: BTreeMap<String, String>,
+    extract: BTreeMap<String, serde_json::Value>,
     page_timeout: Option<String>,
     max_attempts: Option<u32>,
     max_in_flight: Option<u32>,
@@ -1374,14 +1380,12 @@ impl RawSchedule {
             }
             Some(raw) => raw.validate(&key("pages"), p),
         };
-        for (field, selector) in &self.extract {
-            if let Err(e) = scraper_selector_ok(selector) {
-                p.add(
-                    &key(&format!("extract.{field}")),
-                    format!("{selector:?} is not a CSS selector ({e})"),
-                );
-            }
-        }
+        let extract = std::mem::take(&mut self.extract)
+            .into_iter()
+            .filter_map(|(field, raw)| {
+                field_spec(p, &key(&format!("extract.{field}")), raw).map(|spec| (field, spec))
+            })
+            .collect();
         let limits = self.limits(&at, p);
         let catchup = p.word(&key("catchup"), self.catchup.as_deref(), Catchup::Skip);
         let overlap = p.word(&key("overlap"), self.overlap.as_deref(), Overlap::Skip);
@@ -1397,7 +1401,7 @@ impl RawSchedule {
             invoker,
             function: self.function.filter(|f| !f.is_empty()),
             pages: pages.unwrap_or(PageSource::Urls(Vec::new())),
-            extract: self.extract,
+            extract,
             page_timeout: limits.page_timeout,
             max_attempts: limits.max_attempts,
             max_in_flight: limits.max_in_flight,
@@ -1634,10 +1638,70 @@ fn valid_name(n: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-fn scraper_selector_ok(selector: &str) -> Result<(), String> {
-    scraper::Selector::parse(selector)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+/// One `extract` entry at `at`: a selector string or a table, checked by
+/// the crawler's own rules ([`check_field`]) so that what passes here
+/// compiles there. Each mistake is a problem naming the key (and the word).
+fn field_spec(p: &mut Problems, at: &str, raw: serde_json::Value) -> Option<FieldSpec> {
+    use serde_json::Value;
+    let spec = match raw {
+        Value::String(css) => FieldSpec::Selector(css),
+        Value::Object(table) => {
+            let before = p.0.len();
+            for (k, v) in &table {
+                let at = format!("{at}.{k}");
+                match k.as_str() {
+                    "all" if !v.is_boolean() => p.add(&at, "must be true or false"),
+                    "type" => match v.as_str() {
+                        Some(w) if ValueType::WORDS.contains(&w) => {}
+                        given => p.add(
+                            &at,
+                            NotOneOf {
+                                given: given.map_or_else(|| v.to_string(), str::to_string),
+                                allowed: ValueType::WORDS,
+                            },
+                        ),
+                    },
+                    "all" => {}
+                    k if FieldTable::KEYS.contains(&k) => {
+                        if !v.is_string() {
+                            p.add(&at, "must be a string");
+                        }
+                    }
+                    _ => p.add(
+                        &at,
+                        format!(
+                            "is not a key of a field table; it takes {}",
+                            one_of(FieldTable::KEYS)
+                        ),
+                    ),
+                }
+            }
+            if p.0.len() > before {
+                return None;
+            }
+            match serde_json::from_value(Value::Object(table)) {
+                Ok(spec) => spec,
+                Err(e) => {
+                    p.add(at, e);
+                    return None;
+                }
+            }
+        }
+        _ => {
+            p.add(
+                at,
+                "must be a CSS selector string or a table such as { css = \"a.next\", attr = \"href\" }",
+            );
+            return None;
+        }
+    };
+    match check_field(&spec) {
+        Ok(()) => Some(spec),
+        Err(e) => {
+            p.add(at, e);
+            None
+        }
+    }
 }
 
 #[cfg(test)]

@@ -15,8 +15,16 @@ use axum::Router;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// Extraction rules for the demo shop's product pages: field name -> CSS selector.
-pub const DEMO_EXTRACT: &[(&str, &str)] = &[("name", "h1.name"), ("price", ".price")];
+/// Extraction rules for the demo shop's product pages: field name -> its
+/// spec as TOML (a CSS selector, or a table reading the page's JSON-LD).
+pub const DEMO_EXTRACT: &[(&str, &str)] = &[
+    ("name", r#""h1.name""#),
+    ("price", r#"".price""#),
+    (
+        "offer_price",
+        r#"{ jsonld = "Product.offers.price", type = "number" }"#,
+    ),
+];
 
 /// The longest `/slow/{ms}` will wait, so a typo can't hold a connection for hours.
 const MAX_SLOW_MS: u64 = 60_000;
@@ -183,6 +191,10 @@ async fn product(State(shop): State<Shop>, Path(n): Path<String>) -> Response {
 <head>
 <meta charset="utf-8">
 <title>Product {n} | Demo Shop</title>
+<script type="application/ld+json">
+{{"@context": "https://schema.org", "@type": "Product", "name": "Product {n}",
+  "offers": {{"@type": "Offer", "price": "{price}", "priceCurrency": "EUR"}}}}
+</script>
 </head>
 <body>
 <nav><a href="/">Demo Shop</a>{prev}{next}</nav>

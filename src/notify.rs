@@ -13,6 +13,7 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use chrono::Utc;
+use fanfare_crawler::{field_text, same_field_value};
 use hmac::{Hmac, Mac};
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
@@ -154,15 +155,18 @@ fn change_line(change: &ChangedPage) -> String {
             }
             let names: std::collections::BTreeSet<&String> =
                 before.fields.keys().chain(after.fields.keys()).collect();
+            let null = Value::Null;
             for name in names {
-                let old = before.fields.get(name).cloned().flatten();
-                let new = after.fields.get(name).cloned().flatten();
-                if old != new {
+                // Compared by their text, as the ledger compares them: a
+                // price 1299 is the text "1299".
+                let old = before.fields.get(name).unwrap_or(&null);
+                let new = after.fields.get(name).unwrap_or(&null);
+                if !same_field_value(old, new) {
                     diffs.push(format!(
                         "{} {} → {}",
                         slack_escape(name),
-                        shown(old.as_deref()),
-                        shown(new.as_deref())
+                        shown(field_text(old).as_deref()),
+                        shown(field_text(new).as_deref())
                     ));
                 }
             }
@@ -462,6 +466,20 @@ mod tests {
                 "… and 2 more changes",
             ],
             "{text}"
+        );
+    }
+
+    #[test]
+    fn a_slack_change_line_shows_typed_values_and_skips_a_number_equal_to_its_text() {
+        let change: ChangedPage = serde_json::from_value(json!({
+            "url": "https://shop.example/p/1", "kind": "changed",
+            "before": {"title": "T", "fields": {"price": "1299", "stock": 5, "tags": ["a"], "gone": "x"}},
+            "after": {"title": "T", "fields": {"price": 1399, "stock": "5", "tags": ["a", "b"], "gone": null}},
+        }))
+        .unwrap();
+        assert_eq!(
+            change_line(&change),
+            r#"~ https://shop.example/p/1: gone x → –, price 1299 → 1399, tags ["a"] → ["a","b"]"#
         );
     }
 

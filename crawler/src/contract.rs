@@ -7,10 +7,12 @@
 //! with a full example so that a crawler in another language can implement
 //! them from that page alone.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
 
 use crate::proxy::ProxyRoute;
 
@@ -38,9 +40,10 @@ pub struct CrawlRequest {
     pub attempt: u32,
     /// The page to fetch.
     pub url: String,
-    /// Fields to extract: field name -> CSS selector (text of the first match).
+    /// Fields to extract: field name -> a CSS selector (the text of its
+    /// first match) or a table ([`FieldSpec`]).
     #[serde(default)]
-    pub extract: BTreeMap<String, String>,
+    pub extract: BTreeMap<String, FieldSpec>,
     /// Where to POST the report.
     pub callback_url: String,
     /// Bearer token for the callback, bound to this run, page and attempt.
@@ -87,6 +90,154 @@ impl std::fmt::Debug for CrawlRequest {
             .field("proxy", &self.proxy)
             .field("deadline", &self.deadline)
             .finish()
+    }
+}
+
+/// How one field is extracted: a CSS selector string (the trimmed text of
+/// its first match), or a table saying where the value comes from and what
+/// is done with it. A selector serializes as a JSON string, a table as a
+/// JSON object.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum FieldSpec {
+    /// A CSS selector: the text of its first match, whitespace collapsed.
+    Selector(String),
+    /// A table: exactly one of `css`, `meta` or `jsonld`, and optionally
+    /// `attr`, `all`, `type` and `regex`.
+    Table(FieldTable),
+}
+
+impl From<&str> for FieldSpec {
+    fn from(css: &str) -> Self {
+        FieldSpec::Selector(css.to_string())
+    }
+}
+
+// By hand rather than `untagged`, so that a table with a mistake is
+// refused naming it (an unknown key, a bad `type` word) instead of "did not
+// match any variant".
+impl<'de> Deserialize<'de> for FieldSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{self, MapAccess, Visitor};
+
+        struct Spec;
+
+        impl<'de> Visitor<'de> for Spec {
+            type Value = FieldSpec;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a CSS selector string or a table with one of css, meta or jsonld")
+            }
+
+            fn visit_str<E: de::Error>(self, css: &str) -> Result<FieldSpec, E> {
+                Ok(FieldSpec::Selector(css.to_string()))
+            }
+
+            fn visit_string<E: de::Error>(self, css: String) -> Result<FieldSpec, E> {
+                Ok(FieldSpec::Selector(css))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<FieldSpec, A::Error> {
+                FieldTable::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(FieldSpec::Table)
+            }
+        }
+
+        deserializer.deserialize_any(Spec)
+    }
+}
+
+/// A field given as a table. Exactly one of `css`, `meta` and `jsonld` says
+/// where its values come from; the other keys say what is made of them.
+/// `docs/crawler-contract.md` gives the rules and examples.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldTable {
+    /// A CSS selector: its matches' text (or `attr`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub css: Option<String>,
+    /// The `content` of the `<meta>` tags whose `property`, `name` or
+    /// `itemprop` is this (ASCII case-insensitive), e.g. `og:price:amount`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<String>,
+    /// A path into the page's JSON-LD: a schema.org type, then property
+    /// names, e.g. `Product.offers.price`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jsonld: Option<String>,
+    /// With `css`: this attribute of the match instead of its text
+    /// (`href` and `src` resolved against the page's URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attr: Option<String>,
+    /// Every match, as a JSON array (empty when nothing matched), instead of
+    /// the first match.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all: bool,
+    /// What each value is turned into: `text` or `number`; unset, a value is
+    /// text, except that JSON-LD values keep their JSON type.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub value_type: Option<ValueType>,
+    /// A regular expression applied to each value's text: its first capture
+    /// group, else the whole match; no match gives null.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+}
+
+/// What a field's values are turned into (a table's `type`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueType {
+    /// A JSON string.
+    Text,
+    /// A JSON number, read locale-tolerantly (`1.299,00 €` and `$1,299.00`
+    /// are both 1299); null when the text holds no number.
+    Number,
+}
+
+impl ValueType {
+    /// Every type word, in the order a message lists them.
+    pub const WORDS: &'static [&'static str] =
+        &[ValueType::Text.as_str(), ValueType::Number.as_str()];
+
+    /// The word that names it in a table's `type`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ValueType::Text => "text",
+            ValueType::Number => "number",
+        }
+    }
+}
+
+impl FieldTable {
+    /// The keys a table takes, in the order a message lists them.
+    pub const KEYS: &'static [&'static str] =
+        &["css", "meta", "jsonld", "attr", "all", "type", "regex"];
+}
+
+/// A field value's text: a string as it is, a number or boolean as JSON
+/// writes it, an array or object as its JSON text; `None` for null.
+///
+/// This is what values are compared and shown by, so that a price read as
+/// text (`"1299"`) and as a number (`1299`) are the same value.
+pub fn field_text(value: &Value) -> Option<Cow<'_, str>> {
+    match value {
+        Value::Null => None,
+        Value::String(s) => Some(Cow::Borrowed(s)),
+        other => Some(Cow::Owned(other.to_string())),
+    }
+}
+
+/// Whether two field values are the same by [`field_text`]; an array is
+/// compared element by element the same way.
+pub fn same_field_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Array(a), Value::Array(b)) => {
+            a.len() == b.len() && a.iter().zip(b).all(|(a, b)| same_field_value(a, b))
+        }
+        (Value::Array(_), _) | (_, Value::Array(_)) => false,
+        _ => field_text(a) == field_text(b),
     }
 }
 
@@ -156,9 +307,11 @@ pub struct PageFacts {
     /// Text of the page's `<title>`, trimmed; null when there is none.
     #[serde(default)]
     pub title: Option<String>,
-    /// Field name -> trimmed text of the first match; null when nothing matched.
+    /// Field name -> its value: a string, a number, an array (`all`) or
+    /// null when nothing matched. A crawler that only extracts text sends
+    /// strings and nulls.
     #[serde(default)]
-    pub fields: BTreeMap<String, Option<String>>,
+    pub fields: BTreeMap<String, Value>,
     /// Size of the body in bytes.
     pub bytes: u64,
     /// Lowercase hex SHA-256 of the body.
@@ -348,8 +501,88 @@ mod tests {
     #[test]
     fn request_round_trips_to_the_documented_json() {
         let request = request();
-        assert_eq!(request.extract["price"], ".price");
+        assert_eq!(request.extract["price"], FieldSpec::from(".price"));
         assert_eq!(serde_json::to_string(&request).unwrap(), REQUEST);
+    }
+
+    #[test]
+    fn field_tables_serialize_as_objects_beside_plain_selectors() {
+        let json = r##"{"version":1,"run_id":"r-1","page_id":"p-1","attempt":1,"url":"https://shop.example.com/item/1","extract":{"next":{"css":"a.next","attr":"href"},"price":{"jsonld":"Product.offers.price","type":"number"},"tags":{"css":".tag","all":true,"regex":"#(\\w+)"},"title":"h1"},"callback_url":"https://fanfare.example.com/v1/callbacks","callback_token":"tok","deadline":"2026-11-26T03:05:00Z"}"##;
+        let request: CrawlRequest = serde_json::from_str(json).unwrap();
+        assert_eq!(request.extract["title"], FieldSpec::from("h1"));
+        assert_eq!(
+            request.extract["price"],
+            FieldSpec::Table(FieldTable {
+                jsonld: Some("Product.offers.price".into()),
+                value_type: Some(ValueType::Number),
+                ..FieldTable::default()
+            })
+        );
+        let FieldSpec::Table(tags) = &request.extract["tags"] else {
+            panic!("a table")
+        };
+        assert!(tags.all);
+        assert_eq!(tags.regex.as_deref(), Some("#(\\w+)"));
+        assert_eq!(serde_json::to_string(&request).unwrap(), json);
+    }
+
+    #[test]
+    fn typed_field_values_round_trip_and_text_only_reports_still_parse() {
+        let json = r#"{"version":1,"run_id":"r","page_id":"p","attempt":1,"outcome":"succeeded","http_status":200,"title":null,"fields":{"a":"9.99","b":null},"bytes":1,"content_sha256":"00","fetch_ms":1}"#;
+        let report: Report = serde_json::from_str(json).unwrap();
+        let facts = report.outcome.facts().unwrap();
+        assert_eq!(facts.fields["a"], "9.99");
+        assert_eq!(facts.fields["b"], Value::Null);
+        assert_eq!(serde_json::to_string(&report).unwrap(), json);
+
+        let typed = r#"{"version":1,"run_id":"r","page_id":"p","attempt":1,"outcome":"succeeded","http_status":200,"title":"T","fields":{"price":1299,"rating":4.4,"tags":["a","b"]},"bytes":1,"content_sha256":"00","fetch_ms":1}"#;
+        let report: Report = serde_json::from_str(typed).unwrap();
+        assert_eq!(report.outcome.facts().unwrap().fields["price"], 1299);
+        assert_eq!(serde_json::to_string(&report).unwrap(), typed);
+    }
+
+    #[test]
+    fn table_keys_and_type_words_are_the_names_on_the_wire() {
+        let full = FieldTable {
+            css: Some("a".into()),
+            meta: Some("m".into()),
+            jsonld: Some("j".into()),
+            attr: Some("href".into()),
+            all: true,
+            value_type: Some(ValueType::Number),
+            regex: Some("r".into()),
+        };
+        let json = serde_json::to_value(&full).unwrap();
+        let mut keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut documented = FieldTable::KEYS.to_vec();
+        keys.sort_unstable();
+        documented.sort_unstable();
+        assert_eq!(keys, documented);
+        for t in [ValueType::Text, ValueType::Number] {
+            assert_eq!(serde_json::to_value(t).unwrap(), t.as_str());
+        }
+        assert_eq!(ValueType::WORDS, ["text", "number"]);
+    }
+
+    #[test]
+    fn field_values_are_the_same_by_their_text() {
+        use serde_json::json;
+        assert!(same_field_value(&json!(1299), &json!("1299")));
+        assert!(same_field_value(&json!(9.99), &json!("9.99")));
+        assert!(same_field_value(&json!([1, "b"]), &json!(["1", "b"])));
+        assert!(same_field_value(&Value::Null, &Value::Null));
+        assert!(!same_field_value(&json!(1299), &json!(1399)));
+        assert!(!same_field_value(&json!(1299), &Value::Null));
+        assert!(!same_field_value(&json!(["a"]), &json!("a")));
+        assert!(!same_field_value(&json!("null"), &Value::Null));
+        assert_eq!(field_text(&json!(["a", 1])).as_deref(), Some(r#"["a",1]"#));
+        assert_eq!(field_text(&json!("x")).as_deref(), Some("x"));
+        assert_eq!(field_text(&Value::Null), None);
     }
 
     #[test]
@@ -365,7 +598,7 @@ mod tests {
         let facts = PageFacts {
             http_status: 200,
             title: Some("Item 1".into()),
-            fields: BTreeMap::from([("price".to_string(), Some("9.99".to_string()))]),
+            fields: BTreeMap::from([("price".to_string(), Value::from("9.99"))]),
             bytes: 18211,
             content_sha256: "ab12".into(),
             fetch_ms: 212,

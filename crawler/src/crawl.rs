@@ -1,18 +1,19 @@
-//! The crawl itself: fetch one page with reqwest, extract facts with scraper.
+//! The crawl itself: fetch one page with reqwest, parse it with scraper and
+//! hand it to [`Extractor`] for its facts.
 //!
 //! [`Crawler::crawl`] turns every failure into an [`Outcome::Failed`] with an
 //! [`ErrorKind`] and a `retryable` flag; it never panics and never returns a
 //! Rust error, because a failed page is a result to report, not a crash.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::error::Error as StdError;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use html5ever::tendril::{StrTendril, TendrilSink};
 use reqwest::header::CONTENT_TYPE;
 use reqwest::StatusCode;
-use scraper::{Html, HtmlTreeSink, Selector};
+use scraper::{Html, HtmlTreeSink};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 use url::Url;
@@ -22,13 +23,11 @@ use crate::contract::{
     CallbackAck, CrawlError, CrawlRequest, ErrorKind, Outcome, PageFacts, Report, MAX_REPORT_BYTES,
 };
 use crate::errors::{causes, chain_text};
+use crate::extract::Extractor;
 use crate::netguard::{self, NetPolicy, TargetRefused, ENV_ALLOW_PRIVATE_NETWORKS};
 use crate::proxy::{self, ProxyOn, ProxyUrl, ENV_PROXY_URL};
 
-/// Extracted text (a field or the title) longer than this many bytes is cut
-/// at a character boundary, so that a selector matching a whole page cannot
-/// push the report over [`MAX_REPORT_BYTES`].
-pub const MAX_TEXT_BYTES: usize = 8 * 1024;
+pub use crate::extract::MAX_TEXT_BYTES;
 
 /// The default [`CrawlerConfig::parse_budget_bytes`]: the most HTML (in
 /// bytes) one [`Crawler`] and its clones hold for parsing at once (or one
@@ -354,7 +353,7 @@ impl Crawler {
             .check_url(&url)
             .map_err(|b| blocked(&b, false))?;
         // Before fetching: a bad selector fails the same way whatever the page.
-        let fields = compile_selectors(&request.extract)?;
+        let extractor = Extractor::new(&request.extract)?;
         let max = self.config.max_body_bytes;
 
         // The fetch timeout covers connecting, redirects and headers, then
@@ -458,16 +457,18 @@ impl Crawler {
         // for 10 MiB): on a blocking thread, never on the async runtime's
         // workers, which serve the daemon's HTTP and dispatch. The body is
         // moved in and freed there, chunk by chunk as it is parsed.
-        let (title, fields) =
-            tokio::task::spawn_blocking(move || extract(&parse(body, charset.as_deref()), &fields))
-                .await
-                .map_err(|e| {
-                    CrawlError::new(
-                        ErrorKind::Other,
-                        format!("{final_url}: extracting the page's facts failed: {e}"),
-                        false,
-                    )
-                })?;
+        let page_url = final_url.clone();
+        let (title, fields) = tokio::task::spawn_blocking(move || {
+            extractor.extract(&parse(body, charset.as_deref()), &page_url)
+        })
+        .await
+        .map_err(|e| {
+            CrawlError::new(
+                ErrorKind::Other,
+                format!("{final_url}: extracting the page's facts failed: {e}"),
+                false,
+            )
+        })?;
         Ok(PageFacts {
             http_status: status.as_u16(),
             title,
@@ -750,22 +751,6 @@ fn parse_target(raw: &str) -> Result<Url, CrawlError> {
     }
 }
 
-fn compile_selectors(
-    extract: &BTreeMap<String, String>,
-) -> Result<Vec<(String, Selector)>, CrawlError> {
-    extract
-        .iter()
-        .map(|(field, css)| match Selector::parse(css) {
-            Ok(selector) => Ok((field.clone(), selector)),
-            Err(e) => Err(CrawlError::new(
-                ErrorKind::InvalidSelector,
-                format!("field {field:?} has an invalid CSS selector {css:?}: {e}"),
-                false,
-            )),
-        })
-        .collect()
-}
-
 /// A fetch the network guard refused: never retryable (the same URL
 /// resolves to the same kind of address), the message naming the address
 /// class.
@@ -910,60 +895,6 @@ struct ParsePermit {
     _permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
-static TITLE: LazyLock<Selector> =
-    LazyLock::new(|| Selector::parse("title").expect("`title` is a valid selector"));
-
-const HTML_NAMESPACE: &str = "http://www.w3.org/1999/xhtml";
-
-/// Extracts synchronously: `scraper::Html` is `!Send`, so it must never
-/// live across an `.await`.
-fn extract(
-    document: &Html,
-    fields: &[(String, Selector)],
-) -> (Option<String>, BTreeMap<String, Option<String>>) {
-    // An SVG <title> is a tooltip, not the page's title.
-    let title = document
-        .select(&TITLE)
-        .find(|element| &*element.value().name.ns == HTML_NAMESPACE)
-        .map(|element| collapse_whitespace(element.text()))
-        .filter(|title| !title.is_empty());
-    let fields = fields
-        .iter()
-        .map(|(name, selector)| {
-            let text = document
-                .select(selector)
-                .next()
-                .map(|element| collapse_whitespace(element.text()));
-            (name.clone(), text)
-        })
-        .collect();
-    (title, fields)
-}
-
-/// Joins the text pieces as they are (`9<b>.99</b>` is one word), collapses
-/// runs of whitespace to one space, trims, and stops at [`MAX_TEXT_BYTES`]
-/// on a character boundary.
-fn collapse_whitespace<'a>(pieces: impl Iterator<Item = &'a str>) -> String {
-    let mut out = String::new();
-    let mut pending_space = false;
-    for c in pieces.flat_map(str::chars) {
-        if c.is_whitespace() {
-            pending_space = !out.is_empty();
-            continue;
-        }
-        let needed = c.len_utf8() + usize::from(pending_space);
-        if out.len() + needed > MAX_TEXT_BYTES {
-            break;
-        }
-        if pending_space {
-            out.push(' ');
-            pending_space = false;
-        }
-        out.push(c);
-    }
-    out
-}
-
 /// Replaces the outcome with a [`ErrorKind::TooLarge`] failure when the
 /// report would exceed [`MAX_REPORT_BYTES`]; the daemon would answer 413,
 /// and a report it refuses helps no one.
@@ -1095,40 +1026,6 @@ mod tests {
     }
 
     #[test]
-    fn whitespace_inside_extracted_text_is_collapsed_and_trimmed() {
-        let html = "<p class=a>\n  Hello \t\n <b> big </b>\n world  </p><p class=a>second</p>\
-                    <span class=price> 9<b>.99</b> </span>";
-        let fields = vec![
-            ("a".to_string(), Selector::parse(".a").unwrap()),
-            ("price".to_string(), Selector::parse(".price").unwrap()),
-        ];
-        let (title, fields) = extract(&Html::parse_document(html), &fields);
-        assert_eq!(title, None);
-        assert_eq!(fields["a"].as_deref(), Some("Hello big world"));
-        assert_eq!(fields["price"].as_deref(), Some("9.99"));
-    }
-
-    #[test]
-    fn empty_title_is_none_and_svg_title_is_ignored() {
-        let (title, _) = extract(&Html::parse_document("<title>  \n </title><p>x</p>"), &[]);
-        assert_eq!(title, None);
-        let (title, _) = extract(
-            &Html::parse_document("<body><svg><title>icon</title></svg><p>no title</p></body>"),
-            &[],
-        );
-        assert_eq!(title, None);
-    }
-
-    #[test]
-    fn long_extracted_text_is_cut_at_a_character_boundary() {
-        let long = "é".repeat(MAX_TEXT_BYTES);
-        let text = collapse_whitespace([long.as_str()].into_iter());
-        assert!(text.len() <= MAX_TEXT_BYTES);
-        assert!(text.len() > MAX_TEXT_BYTES - 4);
-        assert!(text.chars().all(|c| c == 'é'));
-    }
-
-    #[test]
     fn declared_charset_is_honoured_and_utf8_is_the_default() {
         assert_eq!(decode(b"caf\xe9", Some("ISO-8859-1")), "café");
         assert_eq!(decode("café".as_bytes(), None), "café");
@@ -1256,7 +1153,7 @@ mod tests {
         }))
         .unwrap();
         let fields = (0..64)
-            .map(|i| (format!("f{i}"), Some("x".repeat(MAX_TEXT_BYTES))))
+            .map(|i| (format!("f{i}"), "x".repeat(MAX_TEXT_BYTES).into()))
             .collect();
         let facts = PageFacts {
             http_status: 200,

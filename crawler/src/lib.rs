@@ -2,7 +2,8 @@
 //!
 //! The fanfare daemon fans a run out as one [`CrawlRequest`] per page. Each
 //! request is crawled by [`Crawler::handle`]: [`Crawler::crawl`] fetches the
-//! page with reqwest and extracts fields with CSS selectors, then
+//! page with reqwest and extracts its fields ([`extract`]: CSS selectors,
+//! attributes, `<meta>` tags, JSON-LD, typed values), then
 //! [`Crawler::report`] POSTs the resulting [`Report`] to the daemon's
 //! callback URL, retrying transient failures.
 //!
@@ -27,13 +28,15 @@ pub mod callback;
 pub mod contract;
 pub mod crawl;
 mod errors;
+pub mod extract;
 pub mod netguard;
 pub mod proxy;
 
 pub use callback::{CallbackError, Reporter};
 pub use contract::{
-    CallbackAck, CallbackStatus, CrawlError, CrawlRequest, ErrorKind, Outcome, PageFacts, Report,
-    UnsupportedVersion, CONTRACT_VERSION, MAX_REPORT_BYTES,
+    field_text, same_field_value, CallbackAck, CallbackStatus, CrawlError, CrawlRequest, ErrorKind,
+    FieldSpec, FieldTable, Outcome, PageFacts, Report, UnsupportedVersion, ValueType,
+    CONTRACT_VERSION, MAX_REPORT_BYTES,
 };
 pub use crawl::{ConfigError, Crawler, CrawlerConfig};
 pub use proxy::{ProxyOn, ProxyRoute, ProxyUrl};

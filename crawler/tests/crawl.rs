@@ -73,7 +73,7 @@ fn request(url: impl Into<String>) -> CrawlRequest {
 fn with_fields(mut request: CrawlRequest, fields: &[(&str, &str)]) -> CrawlRequest {
     request.extract = fields
         .iter()
-        .map(|(name, css)| (name.to_string(), css.to_string()))
+        .map(|(name, css)| (name.to_string(), (*css).into()))
         .collect();
     request
 }
@@ -128,13 +128,14 @@ async fn page_with_title_and_selectors_reports_its_facts() {
 
     assert_eq!(facts.http_status, 200);
     assert_eq!(facts.title.as_deref(), Some("Blue Widget | Shop"));
-    assert_eq!(facts.fields["name"].as_deref(), Some("Blue Widget"));
-    assert_eq!(facts.fields["price"].as_deref(), Some("$ 9.99"));
+    assert_eq!(facts.fields["name"].as_str(), Some("Blue Widget"));
+    assert_eq!(facts.fields["price"].as_str(), Some("$ 9.99"));
+    assert_eq!(facts.fields["desc"].as_str(), Some("Made of blue things."));
     assert_eq!(
-        facts.fields["desc"].as_deref(),
-        Some("Made of blue things.")
+        facts.fields["sku"],
+        serde_json::Value::Null,
+        "no match is null"
     );
-    assert_eq!(facts.fields["sku"], None, "no match is null");
     assert_eq!(facts.fields.len(), 4);
     assert_eq!(facts.bytes, PAGE.len() as u64);
     assert_eq!(facts.content_sha256, sha256_hex(PAGE.as_bytes()));
@@ -413,7 +414,7 @@ async fn redirect_is_followed_to_the_final_page() {
 
     assert_eq!(facts.http_status, 200);
     assert_eq!(facts.title.as_deref(), Some("Blue Widget | Shop"));
-    assert_eq!(facts.fields["price"].as_deref(), Some("$ 9.99"));
+    assert_eq!(facts.fields["price"].as_str(), Some("$ 9.99"));
     assert_eq!(facts.content_sha256, sha256_hex(PAGE.as_bytes()));
 }
 
@@ -663,8 +664,8 @@ async fn handle_crawls_the_page_and_delivers_its_report() {
     assert_eq!(report.page_id, "page-1");
     assert_eq!(report.attempt, 2);
     let facts = report.outcome.facts().expect("the page was crawled");
-    assert_eq!(facts.fields["price"].as_deref(), Some("$ 9.99"));
-    assert_eq!(facts.fields["sku"], None);
+    assert_eq!(facts.fields["price"].as_str(), Some("$ 9.99"));
+    assert_eq!(facts.fields["sku"], serde_json::Value::Null);
     let received = receiver.received();
     assert_eq!(received.len(), 1);
     let sent: Report = serde_json::from_str(&received[0].body).unwrap();

@@ -176,7 +176,7 @@ async fn lambda_event_is_crawled_reported_and_answered_with_the_report() {
     assert_eq!(report.run_id, "run-9");
     let facts = report.outcome.facts().expect("crawled");
     assert_eq!(facts.title.as_deref(), Some("Hi"));
-    assert_eq!(facts.fields["h"].as_deref(), Some("Hello"));
+    assert_eq!(facts.fields["h"].as_str(), Some("Hello"));
     let received = receiver.received();
     assert_eq!(received.len(), 1);
     assert_eq!(received[0].authorization.as_deref(), Some("Bearer tok-9"));

@@ -91,7 +91,7 @@ fn request(url: impl Into<String>) -> CrawlRequest {
         page_id: "page-1".into(),
         attempt: 1,
         url: url.into(),
-        extract: BTreeMap::from([("h".to_string(), "h1".to_string())]),
+        extract: BTreeMap::from([("h".to_string(), "h1".into())]),
         callback_url: "http://127.0.0.1:9/v1/callbacks".into(),
         callback_token: "token-1".into(),
         user_agent: None,
@@ -131,7 +131,7 @@ async fn assert_crawled(url: &str) {
         panic!("{url} was not crawled with the guard open: {outcome:?}");
     };
     assert_eq!(facts.title.as_deref(), Some("Internal"));
-    assert_eq!(facts.fields["h"].as_deref(), Some("secret"));
+    assert_eq!(facts.fields["h"].as_str(), Some("secret"));
 }
 
 #[tokio::test]

@@ -34,7 +34,7 @@ pub fn dev_config(database_url: &str, port: u16, sitemap: &str) -> String {
     let secret = Alphanumeric.sample_string(&mut rand::rng(), 48);
     let extract = DEMO_EXTRACT
         .iter()
-        .map(|(k, v)| format!("{k} = {v:?}"))
+        .map(|(k, v)| format!("{k} = {v}"))
         .collect::<Vec<_>>()
         .join(", ");
     format!(
@@ -145,4 +145,28 @@ pub fn banner(api: &str, site: &str) -> String {
          \n\
          Each run shows as one line below; Ctrl-C stops.\n"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fanfare_crawler::{FieldSpec, ValueType};
+
+    #[test]
+    fn the_demo_schedule_reads_its_json_ld_price_as_a_number() {
+        let config = dev_config(
+            "postgres://x@127.0.0.1/db",
+            0,
+            "http://127.0.0.1:1/sitemap.xml",
+        );
+        let settings =
+            crate::config::Settings::from_toml(&config).expect("the dev config is valid");
+        let demo = settings.schedule("demo").expect("the demo schedule");
+        assert_eq!(demo.extract["name"], FieldSpec::from("h1.name"));
+        let FieldSpec::Table(price) = &demo.extract["offer_price"] else {
+            panic!("offer_price is a table: {:?}", demo.extract)
+        };
+        assert_eq!(price.jsonld.as_deref(), Some("Product.offers.price"));
+        assert_eq!(price.value_type, Some(ValueType::Number));
+    }
 }

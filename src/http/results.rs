@@ -354,14 +354,18 @@ impl Encoder {
             }
             Format::Csv => {
                 let w = self.csv.as_mut().expect("a CSV encoder has a writer");
+                // A number is written as JSON writes it, and never taken for
+                // a formula (a price of -5 stays -5); an array or object as
+                // its JSON text.
                 let text = |v: Option<&Value>| match v {
-                    None | Some(Value::Null) => String::new(),
-                    Some(Value::String(s)) => s.clone(),
-                    Some(other) => other.to_string(),
+                    None | Some(Value::Null) => (String::new(), false),
+                    Some(Value::String(s)) => (s.clone(), false),
+                    Some(Value::Number(n)) => (n.to_string(), true),
+                    Some(other) => (other.to_string(), false),
                 };
-                let mut record: Vec<String> = Vec::with_capacity(self.fields.len() + 9);
-                record.push(page.url.clone());
-                record.push(page.status.as_str().to_string());
+                let mut record: Vec<(String, bool)> = Vec::with_capacity(self.fields.len() + 9);
+                record.push((page.url.clone(), false));
+                record.push((page.status.as_str().to_string(), false));
                 record.push(text(facts.http_status));
                 record.push(text(facts.title));
                 let mut extra = Map::new();
@@ -384,13 +388,17 @@ impl Encoder {
                 record.push(text(facts.error_kind));
                 record.push(text(facts.error_message));
                 record.push(if extra.is_empty() {
-                    String::new()
+                    (String::new(), false)
                 } else {
-                    Value::Object(extra).to_string()
+                    (Value::Object(extra).to_string(), false)
                 });
                 let cells = self.cells;
-                w.write_record(record.into_iter().map(|c| cells.write(c)))
-                    .map_err(|e| e.to_string())
+                w.write_record(
+                    record
+                        .into_iter()
+                        .map(|(c, number)| if number { c } else { cells.write(c) }),
+                )
+                .map_err(|e| e.to_string())
             }
         }
     }

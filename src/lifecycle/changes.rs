@@ -76,8 +76,9 @@ impl Changes {
 pub struct PageSnapshot {
     /// Its `<title>`, when it had one.
     pub title: Option<String>,
-    /// Its extracted fields (null where the selector matched nothing).
-    pub fields: BTreeMap<String, Option<String>>,
+    /// Its extracted fields as the crawler reported them: strings,
+    /// numbers, arrays, null where nothing matched.
+    pub fields: BTreeMap<String, Value>,
     /// Lowercase hex SHA-256 of its body.
     pub content_sha256: Option<String>,
 }

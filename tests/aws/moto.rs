@@ -400,10 +400,7 @@ async fn a_run_of_fifty_pages_makes_exactly_fifty_event_invokes_of_the_configure
         assert_eq!(request.run_id, run_id.to_string());
         assert_eq!(request.attempt, 1);
         assert_eq!(request.callback_url, app.callback_url());
-        assert_eq!(
-            request.extract.get("price").map(String::as_str),
-            Some(".price")
-        );
+        assert_eq!(request.extract.get("price"), Some(&".price".into()));
         assert!(request.deadline > chrono::Utc::now(), "deadline ahead");
         assert_valid_token(&request);
         assert!(

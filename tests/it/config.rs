@@ -434,3 +434,55 @@ fn trusted_proxies_can_come_from_one_environment_variable() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn each_mistake_in_an_extract_table_is_named_with_its_field_and_key() {
+    let found = problems(
+        r#"
+[[schedules]]
+name = "fields"
+invoker = "local"
+pages = { urls = [] }
+
+[schedules.extract]
+ok_text = "h1"
+ok_table = { css = ".tag", all = true, type = "number", regex = "(\\d+)" }
+ok_meta = { meta = "og:price:amount", type = "number" }
+ok_jsonld = { jsonld = "Product.offers.price", all = true }
+colour = { css = "a", colour = "red" }
+kind = { css = ".price", type = "price" }
+neither = { attr = "href" }
+both = { css = "a", jsonld = "Product.name" }
+bad_css = { css = "a[", attr = "href" }
+bad_regex = { css = ".price", regex = "([0-9]+" }
+long_regex = { css = ".price", regex = "REGEX" }
+attr_on_meta = { meta = "og:image", attr = "href" }
+bad_path = { jsonld = "Product..price" }
+all_word = { css = "a", all = "yes" }
+number = 12
+"#
+        .replace("REGEX", &"a".repeat(1100))
+        .as_str(),
+    );
+    let at = r#"schedule "fields": extract."#;
+    let expect = [
+        "colour.colour: is not a key of a field table; it takes \"css\", \"meta\", \"jsonld\", \"attr\", \"all\", \"type\" or \"regex\"".to_string(),
+        r#"kind.type: "price" must be "text" or "number""#.into(),
+        "neither: a table needs one of css, meta or jsonld".into(),
+        "both: has css and jsonld; give exactly one of css, meta or jsonld".into(),
+        r#"bad_css: "a[" is not a CSS selector"#.into(),
+        r#"bad_regex: regex "([0-9]+" is not a regular expression"#.into(),
+        "long_regex: regex is 1100 bytes long; at most 1024".into(),
+        "attr_on_meta: attr goes only with css".into(),
+        r#"bad_path: jsonld "Product..price" must be a schema.org type then properties"#.into(),
+        "all_word.all: must be true or false".into(),
+        "number: must be a CSS selector string or a table".into(),
+    ];
+    for e in &expect {
+        assert!(
+            found.iter().any(|f| f.starts_with(&format!("{at}{e}"))),
+            "missing {e:?} in {found:#?}"
+        );
+    }
+    assert_eq!(found.len(), expect.len(), "{found:#?}");
+}

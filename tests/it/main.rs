@@ -9,6 +9,7 @@ mod config;
 mod console;
 mod deploy;
 mod dispatch;
+mod extraction;
 mod fuzz_callbacks;
 mod helpers;
 mod lambda_errors;

@@ -292,7 +292,7 @@ async fn webhook_payloads_are_documented_as_the_schemas_of_what_is_sent() {
     }];
     let snapshot = |price: &str| fanfare::lifecycle::changes::PageSnapshot {
         title: Some("A".into()),
-        fields: [("price".to_string(), Some(price.to_string()))].into(),
+        fields: [("price".to_string(), price.into())].into(),
         content_sha256: Some("00".into()),
     };
     let changes = fanfare::lifecycle::changes::RunChanges {

@@ -152,7 +152,7 @@ async fn dispatch_keeps_at_most_max_in_flight_pages_unreported() {
         assert_eq!(r.run_id, run.to_string());
         assert_eq!(r.attempt, 1);
         assert!(r.callback_url.ends_with("/v1/callbacks"));
-        assert_eq!(r.extract.get("price").map(String::as_str), Some(".price"));
+        assert_eq!(r.extract.get("price"), Some(&".price".into()));
     }
     app.stop().await;
 }

@@ -3,6 +3,7 @@
 //! script or style.
 
 use chrono::{DateTime, Utc};
+use fanfare_crawler::{field_text, same_field_value};
 use maud::{html, Markup, DOCTYPE};
 use serde_json::Value;
 use uuid::Uuid;
@@ -450,7 +451,10 @@ fn snapshot_text(s: &PageSnapshot, only: Option<&[String]>) -> String {
     }
     for (name, value) in &s.fields {
         if wanted(name) {
-            parts.push(format!("{name}: {}", value.as_deref().unwrap_or("—")));
+            parts.push(format!(
+                "{name}: {}",
+                field_text(value).as_deref().unwrap_or("—")
+            ));
         }
     }
     if parts.is_empty() {
@@ -475,8 +479,13 @@ fn change_texts(c: &ChangeEntry) -> (String, String) {
             if b.title != a.title {
                 names.push("title".to_string());
             }
+            let null = Value::Null;
             for name in b.fields.keys().chain(a.fields.keys()) {
-                if b.fields.get(name) != a.fields.get(name) && !names.contains(name) {
+                let (old, new) = (
+                    b.fields.get(name).unwrap_or(&null),
+                    a.fields.get(name).unwrap_or(&null),
+                );
+                if !same_field_value(old, new) && !names.contains(name) {
                     names.push(name.clone());
                 }
             }
