@@ -84,3 +84,33 @@ max_in_flight = 10000
         urls.join(", ")
     )
 }
+
+/// A schedule that crawls from `start`, following links, with the
+/// in-process crawler: `pages_keys` go into its `pages` table after
+/// `crawl` (`max_depth = 2, exclude = ["*/cart*"]`); `extra` and then
+/// `notify` are appended.
+pub fn crawl_schedule_block(
+    name: &str,
+    start: &str,
+    pages_keys: &str,
+    extra: &str,
+    notify: &str,
+) -> String {
+    let keys = if pages_keys.is_empty() {
+        String::new()
+    } else {
+        format!(", {pages_keys}")
+    };
+    format!(
+        r#"
+[[schedules]]
+name = "{name}"
+invoker = "local"
+pages = {{ crawl = "{start}"{keys} }}
+extract = {{ price = ".price" }}
+max_in_flight = 64
+{extra}
+{notify}
+"#
+    )
+}

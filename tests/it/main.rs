@@ -13,6 +13,7 @@ mod fuzz_callbacks;
 mod helpers;
 mod lambda_errors;
 mod lifecycle;
+mod links;
 mod lockout;
 mod openapi;
 mod politeness;
