@@ -1539,7 +1539,7 @@ impl RawPages {
                     &key("follow_links"),
                     "cannot be false with crawl (a crawl follows links; use urls for a fixed list)",
                 );
-                false
+                true
             }
             (Some(_), _) => true,
             (None, follow) => follow.unwrap_or(false),
