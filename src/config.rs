@@ -1612,7 +1612,7 @@ impl RawPages {
         if given != 1 {
             p.add(
                 at,
-                "must have exactly one of urls, sitemap, http, lambda or crawl",
+                "must have exactly one of urls, sitemap, http or lambda (or crawl, to follow links from start URLs)",
             );
             return None;
         }

@@ -63,9 +63,8 @@ pub struct RunView {
     #[schema(value_type = Option<Object>)]
     pub listing: Option<Value>,
     /// What following links found (links reported, pages added, links
-    /// left out by reason, with examples); absent for a run that follows
-    /// no links.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// left out by reason, with examples); `null` until the run records a
+    /// report carrying links, and for a run that follows none.
     pub discovery: Option<Discovery>,
     /// The run whose failed and timed-out pages this run crawls again.
     pub redrive_of: Option<Uuid>,

@@ -146,8 +146,8 @@ pub struct RunFinished {
     #[schema(value_type = Option<Object>)]
     #[serde(default)]
     pub listing: Option<Value>,
-    /// What following links found, for a run that followed links.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// What following links found; `null` for a run that followed no links.
+    #[serde(default)]
     pub discovery: Option<ledger::Discovery>,
     /// Its first failed and timed-out pages (at most 100,
     /// [`FAILED_PAGES_IN_NOTIFICATION`]), in id order.

@@ -285,7 +285,7 @@ async fn a_report_with_links_on_a_schedule_that_does_not_follow_them_adds_nothin
     assert_eq!((status, body["status"].as_str()), (200, Some("recorded")));
     let shown = app.wait_finished(run, WITHIN).await;
     assert_eq!(shown["pages"]["total"], 1, "{shown:#}");
-    assert!(shown.get("discovery").is_none(), "{shown:#}");
+    assert!(shown["discovery"].is_null(), "{shown:#}");
     let pages = app.pages(run).await;
     assert_eq!(pages.len(), 1);
     assert!(
