@@ -108,7 +108,6 @@ name = "{name}"
 invoker = "local"
 pages = {{ crawl = "{start}"{keys} }}
 extract = {{ price = ".price" }}
-max_in_flight = 64
 {extra}
 {notify}
 "#
