@@ -133,7 +133,10 @@ impl Discoverer {
             return Ok(None);
         };
         // A redrive crawls its parent's failures again, not the site.
-        let Some(rules) = schedule.links.clone().filter(|_| run.trigger != Trigger::Redrive)
+        let Some(rules) = schedule
+            .links
+            .clone()
+            .filter(|_| run.trigger != Trigger::Redrive)
         else {
             return Ok(None);
         };
@@ -255,10 +258,7 @@ mod tests {
             obey_robots: true,
             hosts: HashMap::from([(
                 "shop.example".to_string(),
-                HostRules::Rules(RobotsRules::parse(
-                    "fanfare-crawler",
-                    robots.as_bytes(),
-                )),
+                HostRules::Rules(RobotsRules::parse("fanfare-crawler", robots.as_bytes())),
             )]),
             complete: true,
         }

@@ -442,13 +442,13 @@ impl Crawler {
             (title, fields, links)
         })
         .await
-                .map_err(|e| {
-                    CrawlError::new(
-                        ErrorKind::Other,
-                        format!("{final_url}: extracting the page's facts failed: {e}"),
-                        false,
-                    )
-                })?;
+        .map_err(|e| {
+            CrawlError::new(
+                ErrorKind::Other,
+                format!("{final_url}: extracting the page's facts failed: {e}"),
+                false,
+            )
+        })?;
         Ok(PageFacts {
             http_status: status.as_u16(),
             title,
@@ -754,9 +754,8 @@ fn extract(
     (title, fields)
 }
 
-static LINKS: LazyLock<Selector> = LazyLock::new(|| {
-    Selector::parse("a[href], area[href]").expect("the link selector is valid")
-});
+static LINKS: LazyLock<Selector> =
+    LazyLock::new(|| Selector::parse("a[href], area[href]").expect("the link selector is valid"));
 static BASE: LazyLock<Selector> =
     LazyLock::new(|| Selector::parse("base[href]").expect("`base[href]` is a valid selector"));
 
@@ -1189,9 +1188,15 @@ mod tests {
             ..all
         };
         let found = links(html, "http://shop.example.com/dir/page", polite);
-        assert!(!found.contains(&"http://shop.example.com/n".to_string()), "{found:?}");
+        assert!(
+            !found.contains(&"http://shop.example.com/n".to_string()),
+            "{found:?}"
+        );
         let two = LinksWanted { max: 2, ..all };
-        assert_eq!(links(html, "http://shop.example.com/dir/page", two).len(), 2);
+        assert_eq!(
+            links(html, "http://shop.example.com/dir/page", two).len(),
+            2
+        );
     }
 
     #[test]
@@ -1254,7 +1259,11 @@ mod tests {
         };
         let report = fit_report(Report::for_request(&request, Outcome::Succeeded(facts)));
         let kept = &report.outcome.facts().expect("still a success").links;
-        assert!(!kept.is_empty() && kept.len() < links.len(), "{}", kept.len());
+        assert!(
+            !kept.is_empty() && kept.len() < links.len(),
+            "{}",
+            kept.len()
+        );
         assert_eq!(kept[..], links[..kept.len()], "the first links are kept");
         assert!(serde_json::to_vec(&report).unwrap().len() <= MAX_REPORT_BYTES);
     }

@@ -511,7 +511,9 @@ pub(crate) use record_pages_head;
 /// (to at least 0.25 s, at most 60 s, once per interval) and pauses the
 /// host for the retry delay; each page that succeeded eases a throttled
 /// interval back by a tenth, down to the run's base interval.
-pub const RECORD_PAGES: &str = concat!(record_pages_head!(), "
+pub const RECORD_PAGES: &str = concat!(
+    record_pages_head!(),
+    "
     moved as (
         update runs r set open_pages = r.open_pages - c.n,
             succeeded_pages = r.succeeded_pages + c.succeeded,
@@ -524,7 +526,8 @@ pub const RECORD_PAGES: &str = concat!(record_pages_head!(), "
         from counts c where r.id = c.run_id
         returning r.id, r.status)
     select ch.id, ch.status, m.status as run_status, 0::bigint as run_added
-    from changed ch left join moved m on m.id = ch.run_id and ch.status <> 'pending'");
+    from changed ch left join moved m on m.id = ch.run_id and ch.status <> 'pending'"
+);
 
 /// Writes a batch of page changes in one statement ([`RECORD_PAGES`]) and
 /// returns the writes that changed their page. At most one write per page

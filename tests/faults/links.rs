@@ -49,7 +49,10 @@ async fn two_replicas_crawling_one_growing_run_with_one_killed_lose_no_page_and_
         if done >= (PAGES / 5) as i64 {
             break done;
         }
-        assert!(Instant::now() < deadline, "the crawl made no progress: {done} pages");
+        assert!(
+            Instant::now() < deadline,
+            "the crawl made no progress: {done} pages"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     a.sigkill();
@@ -86,7 +89,12 @@ async fn two_replicas_crawling_one_growing_run_with_one_killed_lose_no_page_and_
     assert_eq!(rows.len(), PAGES);
     let attempts: HashMap<String, i32> = rows
         .into_iter()
-        .map(|(url, attempt)| (url.strip_prefix(&site.url("")).unwrap().to_string(), attempt))
+        .map(|(url, attempt)| {
+            (
+                url.strip_prefix(&site.url("")).unwrap().to_string(),
+                attempt,
+            )
+        })
         .collect();
     for i in 0..PAGES {
         let path = format!("/n/{i}");
@@ -99,9 +107,7 @@ async fn two_replicas_crawling_one_growing_run_with_one_killed_lose_no_page_and_
     }
 
     // One notification (delivered at least once, under one webhook-id).
-    receiver
-        .wait_delivered(run, Duration::from_secs(90))
-        .await;
+    receiver.wait_delivered(run, Duration::from_secs(90)).await;
     let ids = by_webhook_id(&receiver.hits_for(run));
     assert_eq!(ids.len(), 1, "{ids:?}");
     let outbox: i64 = sqlx::query_scalar(

@@ -160,7 +160,11 @@ async fn include_and_exclude_patterns_leave_links_out_and_count_them() {
         "max_depth = 3, include = [\"{}\"], exclude = [\"*/n/1\"]",
         site.url("/n/*")
     );
-    let app = TestApp::spawn(&crawl_schedule_block("shop", &site.home(), &keys, "", ""), None).await;
+    let app = TestApp::spawn(
+        &crawl_schedule_block("shop", &site.home(), &keys, "", ""),
+        None,
+    )
+    .await;
     let run = app.trigger("shop").await;
     let shown = app.wait_finished(run, WITHIN).await;
 
@@ -380,4 +384,43 @@ fn url_globs_match_whole_urls_with_stars_only() {
     let long = "a".repeat(2000);
     assert!(!g("*a*a*a*a*a*a*a*a*a*b").matches(&long));
     assert!(UrlGlob::new("").is_err());
+}
+
+#[tokio::test]
+async fn the_demo_shop_is_crawled_from_its_home_page_by_the_demo_crawl_schedule() {
+    let site = fanfare::demo::DemoSite::start(12).await.unwrap();
+    let db = crate::helpers::fresh_database().await;
+    let config = fanfare::dev::dev_config(&db, 0, &site.sitemap_url());
+    let settings = Settings::from_toml(&config).unwrap();
+    let (address, app) =
+        fanfare_testkit::AppTask::start(settings, fanfare::startup::Overrides::default()).await;
+    let client = reqwest::Client::new();
+    let token = fanfare::dev::DEV_ADMIN_TOKEN;
+    let run = fanfare_testkit::trigger(&client, &address, token, "demo-crawl").await;
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    let shown = loop {
+        let (_, shown) = fanfare_testkit::get(&client, &address, token, &format!("/v1/runs/{run}"))
+            .await
+            .unwrap();
+        if shown["status"] == "finished" {
+            break shown;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{shown:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The home page and its 12 products; the sitemap and pages.json are
+    // excluded by pattern.
+    assert_eq!(shown["outcome"], "succeeded", "{shown:#}");
+    assert_eq!(shown["pages"]["total"], 13, "{shown:#}");
+    let d = &shown["discovery"];
+    assert!(d["left_out"]["pattern"].as_i64().unwrap() >= 2, "{d:#}");
+    assert!(
+        d["examples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["url"] == site.sitemap_url()),
+        "{d:#}"
+    );
+    app.stop().await;
 }
