@@ -11,9 +11,8 @@ use uuid::Uuid;
 
 use super::pages::{record_pages_head, PageChange, PageWrite};
 
-/// Examples of left-out links a run keeps, about: a batch adds its own
-/// while the run has fewer than 12, so a few more may come with it.
-pub const DISCOVERY_EXAMPLES: usize = 12;
+/// Examples of left-out links a run keeps per reason (distinct URLs).
+pub const EXAMPLES_PER_REASON: usize = 3;
 
 /// Why a link a report carried did not become a page of its run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
@@ -220,10 +219,10 @@ impl FindingArrays {
 /// (parameters in [`FindingArrays`]).
 ///
 /// A link of a report that changed its page (a success, not a repeat) is
-/// judged in order: `depth` when the page it is on is at its run's
-/// `max_depth`; `host` when it leads to another host than that page's
+/// judged in order: `host` when it leads to another host than that page's
 /// (`same_host`) or to a host the run has no `run_hosts` row for (so no
-/// robots.txt read); `known` when the run has the URL. The new URLs, each
+/// robots.txt read); `known` when the run has the URL; `depth` when the
+/// page it is on is at its run's `max_depth`. The new URLs, each
 /// once (the shallowest finding wins), are numbered per run by depth and
 /// the finding page, and those within `max_pages` less the run's pages
 /// are inserted, each with its depth and the page it was found on (a
@@ -232,8 +231,9 @@ impl FindingArrays {
 /// grow by the pages added in the same update that takes the recorded
 /// pages off them, so a report that finds pages keeps its run open: the
 /// run moves to `finishing` only when nothing is open after the batch.
-/// The run's `discovery` adds up the batch's counts and keeps a few
-/// examples of what was left out.
+/// The run's `discovery` adds up the batch's counts and keeps up to
+/// [`EXAMPLES_PER_REASON`] distinct examples of each reason a link was
+/// left out for.
 pub const RECORD_PAGES_FINDING: &str = concat!(
     record_pages_head!(),
     "
@@ -248,12 +248,12 @@ pub const RECORD_PAGES_FINDING: &str = concat!(
         where ch.status = 'succeeded'),
     judged as materialized (
         select f.run_id, l.url, l.host, f.id as found_on, f.depth + 1 as depth, f.max_pages,
-            case when f.depth >= f.max_depth then 'depth'
-                when f.same_host and l.host <> f.host then 'host'
+            case when f.same_host and l.host <> f.host then 'host'
                 when not f.same_host and not exists (
                     select 1 from run_hosts h where h.run_id = f.run_id and h.host = l.host) then 'host'
                 when exists (
                     select 1 from pages p where p.run_id = f.run_id and md5(p.url) = md5(l.url)) then 'known'
+                when f.depth >= f.max_depth then 'depth'
                 else 'new' end as verdict
         from finders f
         join unnest($10::bigint[], $11::text[], $12::text[]) as l(page_id, url, host)
@@ -315,10 +315,15 @@ pub const RECORD_PAGES_FINDING: &str = concat!(
                     'host', coalesce((r.discovery->'left_out'->>'host')::bigint, 0) + d.off_host,
                     'robots', coalesce((r.discovery->'left_out'->>'robots')::bigint, 0) + d.off_robots,
                     'cap', coalesce((r.discovery->'left_out'->>'cap')::bigint, 0) + d.off_cap),
-                'examples', case
-                    when jsonb_array_length(coalesce(r.discovery->'examples', '[]')) >= 12
-                    then r.discovery->'examples'
-                    else coalesce(r.discovery->'examples', '[]') || d.examples end) end,
+                'examples', coalesce(r.discovery->'examples', '[]') || coalesce((
+                    select jsonb_agg(n.x) from (
+                        select u.x, row_number() over (partition by u.x->>'reason') as rn
+                        from (select distinct t.x from jsonb_array_elements(d.examples) as t(x)) u
+                        where not coalesce(r.discovery->'examples', '[]') @> jsonb_build_array(u.x)) n
+                    where n.rn + (
+                        select count(*) from jsonb_array_elements(coalesce(r.discovery->'examples', '[]'))
+                            as e(x)
+                        where e.x->>'reason' = n.x->>'reason') <= 3), '[]')) end,
             updated_at = now()
         from counts c left join found d on d.run_id = c.run_id
         where r.id = c.run_id
