@@ -152,12 +152,14 @@ pub(crate) struct FindingArrays {
 impl FindingArrays {
     /// The arrays of `writes`' found links; `None` when no write carries any.
     pub(crate) fn of(writes: &[PageWrite]) -> Option<Self> {
-        let found = |w: &PageWrite| match &w.change {
-            PageChange::Terminal {
-                found: Some(found), ..
-            } => Some(found.clone()),
-            _ => None,
-        };
+        fn found(w: &PageWrite) -> Option<&FoundLinks> {
+            match &w.change {
+                PageChange::Terminal {
+                    found: Some(found), ..
+                } => Some(found),
+                _ => None,
+            }
+        }
         if !writes.iter().any(|w| found(w).is_some()) {
             return None;
         }
@@ -176,7 +178,6 @@ impl FindingArrays {
         };
         for w in writes {
             let Some(found) = found(w) else { continue };
-            let found = *found;
             a.pages.push(w.page_id);
             a.max_depth.push(found.max_depth);
             a.same_host.push(found.same_host);
@@ -184,11 +185,11 @@ impl FindingArrays {
             a.reported.push(found.reported);
             a.off_pattern.push(found.off_pattern);
             a.off_robots.push(found.off_robots);
-            a.examples.push(Json(found.examples));
-            for (url, host) in found.links {
+            a.examples.push(Json(found.examples.clone()));
+            for (url, host) in &found.links {
                 a.link_pages.push(w.page_id);
-                a.link_urls.push(url);
-                a.link_hosts.push(host);
+                a.link_urls.push(url.clone());
+                a.link_hosts.push(host.clone());
             }
         }
         Some(a)
