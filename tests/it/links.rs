@@ -428,3 +428,69 @@ async fn the_demo_shop_is_crawled_from_its_home_page_by_the_demo_crawl_schedule(
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_report_adds_its_links_once_and_its_repeat_adds_nothing() {
+    let lambda = std::sync::Arc::new(RecordingLambda::default());
+    let schedule =
+        "[[schedules]]\nname = \"crawl\"\ninvoker = \"lambda\"\nfunction = \"crawler-fn\"\n\
+                    pages = { crawl = \"http://127.0.0.1:9/p/1\" }\nmax_in_flight = 100\n";
+    let app = TestApp::spawn(schedule, Some(lambda.clone())).await;
+    let run = app.trigger("crawl").await;
+    let first = lambda.wait_for(1).await.remove(0);
+    let wanted = first.links.expect("a crawl asks for links");
+    assert!(wanted.skip_nofollow && wanted.max > 0, "{wanted:?}");
+    let mut report = crate::helpers::succeeded(&first);
+    report["links"] = serde_json::json!([
+        "http://127.0.0.1:9/p/2",
+        "http://127.0.0.1:9/p/3",
+        "http://127.0.0.1:9/p/2#again",
+        "http://other.example/x",
+        "ftp://127.0.0.1:9/p/4"
+    ]);
+    let (status, body) = app.post_report(Some(&first.callback_token), &report).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("recorded")));
+    let (_, shown) = app.get(&format!("/v1/runs/{run}")).await;
+    assert_eq!(shown["pages"]["total"], 3, "{shown:#}");
+    assert_eq!(
+        shown["pages"]["open"], 2,
+        "the report kept its run open: {shown:#}"
+    );
+    // The crawler's retry of the same report is a duplicate and adds nothing.
+    let (status, body) = app.post_report(Some(&first.callback_token), &report).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("duplicate")));
+    let (_, shown) = app.get(&format!("/v1/runs/{run}")).await;
+    assert_eq!(shown["pages"]["total"], 3, "{shown:#}");
+    assert_eq!(shown["discovery"]["found"], 3, "{shown:#}");
+
+    for request in lambda.wait_for(3).await.into_iter().skip(1) {
+        let mut report = crate::helpers::succeeded(&request);
+        report["links"] = serde_json::json!(["http://127.0.0.1:9/p/1"]);
+        let (status, _) = app
+            .post_report(Some(&request.callback_token), &report)
+            .await;
+        assert_eq!(status, 200);
+    }
+    let shown = app.wait_finished(run, WITHIN).await;
+    let d = &shown["discovery"];
+    assert_eq!(shown["pages"]["total"], 3, "{shown:#}");
+    assert_eq!(
+        (
+            d["found"].as_i64(),
+            d["added"].as_i64(),
+            d["known"].as_i64()
+        ),
+        (Some(5), Some(2), Some(2)),
+        "{d:#}"
+    );
+    assert_eq!(d["left_out"]["host"], 1, "{d:#}");
+    let pages = app.pages(run).await;
+    let first_id = pages[0]["id"].as_i64().unwrap();
+    for p in &pages[1..] {
+        assert_eq!(
+            (p["depth"].as_i64(), p["found_on"].as_i64()),
+            (Some(1), Some(first_id)),
+            "{p}"
+        );
+    }
+}
