@@ -187,6 +187,21 @@ impl Writer {
                 return;
             }
         };
+        // Pages found by following links: each run's count is on each of
+        // its writes, so it is taken once per run.
+        if recorded.iter().any(|r| r.run_added > 0) {
+            let run_of: HashMap<i64, Uuid> = writes.iter().map(|w| (w.page_id, w.run_id)).collect();
+            let mut counted: HashSet<Uuid> = HashSet::new();
+            let found: i64 = recorded
+                .iter()
+                .filter(|r| r.run_added > 0)
+                .filter_map(|r| {
+                    let run = run_of.get(&r.page_id)?;
+                    counted.insert(*run).then_some(r.run_added)
+                })
+                .sum();
+            metrics::counter!("fanfare_pages_found_total").increment(found.max(0) as u64);
+        }
         let changed: HashMap<i64, PageRecorded> =
             recorded.into_iter().map(|r| (r.page_id, r)).collect();
         // Runs this batch moved to `finishing`, each finished once, by the
