@@ -120,6 +120,8 @@ async fn a_crawl_takes_every_page_within_max_depth_once_and_counts_the_deeper_li
     assert_eq!(body["pages"]["total"], 13);
     assert_eq!(body["discovery"], *d);
 
+    assert_eq!(app.metric("fanfare_pages_found_total", "").await, 12.0);
+
     // The console's run page shows the same counts.
     let page = console_run_page(&app, run).await;
     assert!(page.contains("Links followed"), "{page}");
