@@ -5,9 +5,8 @@
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgArguments;
 use sqlx::types::Json;
-use sqlx::{PgConnection, Postgres};
+use sqlx::Postgres;
 use utoipa::ToSchema;
-use uuid::Uuid;
 
 use super::pages::{record_pages_head, PageChange, PageWrite};
 
@@ -120,15 +119,6 @@ pub struct FoundLinks {
     pub max_pages: i64,
 }
 
-/// Locks `runs` (in id order, as every batch does) for the transaction.
-pub(crate) async fn lock_runs(conn: &mut PgConnection, runs: &[Uuid]) -> Result<(), sqlx::Error> {
-    sqlx::query("select 1 from runs where id = any($1) order by id for no key update")
-        .bind(runs)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
 /// The found links of a batch, as the arrays [`RECORD_PAGES_FINDING`]
 /// takes after [`super::RECORD_PAGES`]'s: $10 the finding page of each
 /// link, $11 its URL, $12 its host; then one entry per finding write:
@@ -226,15 +216,20 @@ impl FindingArrays {
 /// page it is on is at its run's `max_depth`. The new URLs, each
 /// once (the shallowest finding wins), are numbered per run by depth and
 /// the finding page, and those within `max_pages` less the run's pages
-/// are inserted, each with its depth and the page it was found on (a
-/// URL that a concurrent listing inserted meanwhile is skipped by the
-/// unique index and counted as known). The run's open and total counts
+/// (read from the run's row as locked, so up to date) are inserted, each
+/// with its depth and the page it was found on. A URL that a batch
+/// committed after this statement's snapshot was taken (while it waited
+/// for the run's lock) inserted is skipped by the unique index and counted
+/// as known; it took a place under the cap, so a run whose batches race
+/// near `max_pages` may stop a few pages short of it, never over it. The run's open and total counts
 /// grow by the pages added in the same update that takes the recorded
 /// pages off them, so a report that finds pages keeps its run open: the
 /// run moves to `finishing` only when nothing is open after the batch.
 /// The run's `discovery` adds up the batch's counts and keeps up to
 /// [`EXAMPLES_PER_REASON`] distinct examples of each reason a link was
-/// left out for.
+/// left out for. When pages were added, the dispatchers are woken
+/// (`pg_notify` on [`super::WAKE_CHANNEL`] with [`super::WAKE_DISPATCH`],
+/// delivered at commit).
 pub const RECORD_PAGES_FINDING: &str = concat!(
     record_pages_head!(),
     "
@@ -328,14 +323,27 @@ pub const RECORD_PAGES_FINDING: &str = concat!(
             updated_at = now()
         from counts c left join found d on d.run_id = c.run_id
         where r.id = c.run_id
-        returning r.id, r.status, coalesce(d.added, 0) as added)
+        returning r.id, r.status, coalesce(d.added, 0) as added),
+    woke as (
+        select pg_notify('fanfare_wake', 'dispatch') from (select 1 from added limit 1) a)
     select ch.id, ch.status, m.status as run_status, coalesce(m.added, 0)::bigint as run_added
-    from changed ch left join moved m on m.id = ch.run_id and ch.status <> 'pending'"
+    from changed ch left join moved m on m.id = ch.run_id and ch.status <> 'pending'
+        cross join (select count(*) from woke) w"
 );
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_finding_statement_wakes_the_dispatchers_on_their_channel() {
+        let wake = format!(
+            "pg_notify('{}', '{}')",
+            super::super::WAKE_CHANNEL,
+            super::super::WAKE_DISPATCH
+        );
+        assert!(RECORD_PAGES_FINDING.contains(&wake));
+    }
 
     #[test]
     fn an_empty_discovery_reads_from_an_empty_object() {

@@ -535,8 +535,8 @@ pub const RECORD_PAGES: &str = concat!(
 /// depending on the join order, so callers put it in the next batch.
 /// Committed on its own unless `db` is a transaction.
 #[tracing::instrument(skip_all, fields(writes = writes.len()))]
-pub async fn record_pages<'a, A: Acquire<'a, Database = Postgres>>(
-    db: A,
+pub async fn record_pages<'e, E: PgExecutor<'e>>(
+    db: E,
     writes: &[PageWrite],
 ) -> Result<Vec<PageRecorded>, sqlx::Error> {
     let n = writes.len();
@@ -594,7 +594,7 @@ pub async fn record_pages<'a, A: Acquire<'a, Database = Postgres>>(
     };
     let query = sqlx::query_as(statement)
         .bind(pages)
-        .bind(&runs)
+        .bind(runs)
         .bind(attempts)
         .bind(statuses)
         .bind(results)
@@ -602,24 +602,11 @@ pub async fn record_pages<'a, A: Acquire<'a, Database = Postgres>>(
         .bind(delays)
         .bind(refunds)
         .bind(throttles);
-    let rows: Vec<(i64, PageStatus, Option<RunStatus>, i64)> = match finding {
-        None => query.fetch_all(&mut *db.acquire().await?).await?,
-        Some(finding) => {
-            // The runs are locked by a statement of their own first, so
-            // that the recording statement's snapshot (taken when it
-            // starts) holds every page a batch before it added: the pages
-            // it finds are checked against all of them, and the cap
-            // counts them.
-            let mut tx = db.begin().await?;
-            super::links::lock_runs(&mut tx, &runs).await?;
-            let rows = finding.bind(query).fetch_all(&mut *tx).await?;
-            if rows.iter().any(|r| r.3 > 0) {
-                wake(&mut *tx, WAKE_DISPATCH).await?;
-            }
-            tx.commit().await?;
-            rows
-        }
+    let query = match finding {
+        None => query,
+        Some(finding) => finding.bind(query),
     };
+    let rows: Vec<(i64, PageStatus, Option<RunStatus>, i64)> = query.fetch_all(db).await?;
     Ok(rows
         .into_iter()
         .map(|(page_id, status, run_status, run_added)| PageRecorded {
