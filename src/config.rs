@@ -245,6 +245,94 @@ pub enum PageSource {
     },
 }
 
+/// How many links the crawler reports per page, at most (the request's
+/// `links.max`).
+pub const MAX_LINKS_PER_PAGE: u32 = 1000;
+/// A crawl's `max_depth` when it sets none.
+pub const DEFAULT_MAX_DEPTH: u32 = 3;
+/// The deepest `max_depth` accepted.
+pub const MAX_DEPTH_LIMIT: u32 = 100;
+/// Patterns in one `include` or `exclude` list, at most.
+const MAX_PATTERNS: usize = 100;
+/// The longest pattern accepted, in bytes.
+const MAX_PATTERN_BYTES: usize = 1024;
+
+/// How a run grows by following the links of its pages (`pages = { crawl =
+/// ... }`, or another source with `follow_links = true`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkRules {
+    /// Links are followed from pages up to this depth: the listed (start)
+    /// pages are depth 0, a page they link to depth 1, and so on.
+    pub max_depth: u32,
+    /// A followed URL must match one of these (any URL when empty).
+    pub include: Vec<UrlGlob>,
+    /// A followed URL must match none of these.
+    pub exclude: Vec<UrlGlob>,
+    /// Only links to the host of the page they are on are followed; when
+    /// false, links to any host the run already crawls (whose robots.txt
+    /// it has read) are.
+    pub same_host: bool,
+    /// Links marked `rel="nofollow"` are not followed.
+    pub obey_nofollow: bool,
+}
+
+impl LinkRules {
+    /// Whether `url` passes `include` and `exclude`.
+    pub fn admits(&self, url: &str) -> bool {
+        (self.include.is_empty() || self.include.iter().any(|g| g.matches(url)))
+            && !self.exclude.iter().any(|g| g.matches(url))
+    }
+}
+
+/// A URL pattern of `include` / `exclude`: a glob matched against the
+/// whole URL (as the crawler reports it: scheme and host lowercased, no
+/// fragment), where `*` stands for any run of characters, `/` included,
+/// and every other character for itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlGlob(String);
+
+impl UrlGlob {
+    /// A pattern; empty, or longer than 1024 bytes, is refused.
+    pub fn new(pattern: &str) -> Result<Self, String> {
+        if pattern.is_empty() {
+            return Err("an empty pattern matches nothing; leave it out".into());
+        }
+        if pattern.len() > MAX_PATTERN_BYTES {
+            return Err(format!("is longer than {MAX_PATTERN_BYTES} bytes"));
+        }
+        Ok(Self(pattern.to_string()))
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether the whole of `url` matches. Linear in the URL per star
+    /// (the classic backtrack to the last `*`), never exponential.
+    pub fn matches(&self, url: &str) -> bool {
+        let (p, u) = (self.0.as_bytes(), url.as_bytes());
+        let (mut i, mut j) = (0, 0);
+        let mut star: Option<(usize, usize)> = None;
+        while j < u.len() {
+            if i < p.len() && p[i] == b'*' {
+                star = Some((i, j));
+                i += 1;
+            } else if i < p.len() && p[i] == u[j] {
+                i += 1;
+                j += 1;
+            } else if let Some((si, sj)) = star {
+                i = si + 1;
+                j = sj + 1;
+                star = Some((si, sj + 1));
+            } else {
+                return false;
+            }
+        }
+        p[i..].iter().all(|&c| c == b'*')
+    }
+}
+
 /// One notification target.
 #[derive(Debug, Clone)]
 pub enum NotifyTarget {
@@ -390,8 +478,10 @@ pub struct Schedule {
     pub invoker: InvokerKind,
     /// The crawler function (name or ARN) for the Lambda invoker.
     pub function: Option<String>,
-    /// Where its page list comes from.
+    /// Where its page list comes from (for a crawl, its start URLs).
     pub pages: PageSource,
+    /// How its runs follow links, when they do.
+    pub links: Option<LinkRules>,
     /// Field name -> how it is extracted: a CSS selector, or a table
     /// (`css`/`meta`/`jsonld`, `attr`, `all`, `type`, `regex`), each
     /// checked by the crawler's own rules.
@@ -893,6 +983,13 @@ fn tolerance(p: &mut Problems, at: &str, raw: Option<&RawTolerance>) -> Toleranc
 #[serde(deny_unknown_fields)]
 struct RawPages {
     urls: Option<Vec<String>>,
+    crawl: Option<RawStartUrls>,
+    follow_links: Option<bool>,
+    max_depth: Option<u32>,
+    include: Option<Vec<String>>,
+    exclude: Option<Vec<String>>,
+    same_host: Option<bool>,
+    obey_nofollow: Option<bool>,
     sitemap: Option<String>,
     http: Option<String>,
     lambda: Option<String>,
@@ -1370,15 +1467,18 @@ impl RawSchedule {
         if invoker == InvokerKind::Lambda && self.function.as_deref().is_none_or(str::is_empty) {
             p.add(&key("function"), "is required with invoker = \"lambda\"");
         }
-        let pages = match self.pages.take() {
+        let (pages, links) = match self.pages.take() {
             None => {
                 p.add(
                     &key("pages"),
-                    "is required: { urls = [...] }, { sitemap = \"...\" }, { http = \"...\" } or { lambda = \"...\" }",
+                    "is required: { urls = [...] }, { sitemap = \"...\" }, { http = \"...\" }, { lambda = \"...\" } or { crawl = \"...\" }",
                 );
-                None
+                (None, None)
             }
-            Some(raw) => raw.validate(&key("pages"), p),
+            Some(raw) => {
+                let links = raw.link_rules(&key("pages"), p);
+                (raw.validate(&key("pages"), p), links)
+            }
         };
         let extract = std::mem::take(&mut self.extract)
             .into_iter()
@@ -1401,6 +1501,7 @@ impl RawSchedule {
             invoker,
             function: self.function.filter(|f| !f.is_empty()),
             pages: pages.unwrap_or(PageSource::Urls(Vec::new())),
+            links,
             extract,
             page_timeout: limits.page_timeout,
             max_attempts: limits.max_attempts,
@@ -1588,9 +1689,88 @@ impl RawWebhook {
     }
 }
 
+/// `crawl = "https://..."` or `crawl = ["https://...", ...]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawStartUrls {
+    One(String),
+    Many(Vec<String>),
+}
+
 impl RawPages {
+    /// The link rules of a crawl, or of another source with
+    /// `follow_links = true`; each link key given without either is a
+    /// problem.
+    fn link_rules(&self, at: &str, p: &mut Problems) -> Option<LinkRules> {
+        let key = |k: &str| format!("{at}.{k}");
+        let follow = match (&self.crawl, self.follow_links) {
+            (Some(_), Some(false)) => {
+                p.add(
+                    &key("follow_links"),
+                    "cannot be false with crawl (a crawl follows links; use urls for a fixed list)",
+                );
+                true
+            }
+            (Some(_), _) => true,
+            (None, follow) => follow.unwrap_or(false),
+        };
+        if !follow {
+            for (name, given) in [
+                ("max_depth", self.max_depth.is_some()),
+                ("include", self.include.is_some()),
+                ("exclude", self.exclude.is_some()),
+                ("same_host", self.same_host.is_some()),
+                ("obey_nofollow", self.obey_nofollow.is_some()),
+            ] {
+                if given {
+                    p.add(
+                        &key(name),
+                        "only goes with crawl = ... or follow_links = true",
+                    );
+                }
+            }
+            return None;
+        }
+        let max_depth = self.max_depth.unwrap_or(DEFAULT_MAX_DEPTH);
+        if max_depth > MAX_DEPTH_LIMIT {
+            p.add(
+                &key("max_depth"),
+                format!("{max_depth} is deeper than {MAX_DEPTH_LIMIT}"),
+            );
+        }
+        let globs = |p: &mut Problems, name: &str, list: &Option<Vec<String>>| {
+            let list = list.as_deref().unwrap_or_default();
+            if list.len() > MAX_PATTERNS {
+                p.add(
+                    &key(name),
+                    format!("has {} patterns; at most {MAX_PATTERNS}", list.len()),
+                );
+            }
+            list.iter()
+                .enumerate()
+                .filter_map(|(i, g)| match UrlGlob::new(g) {
+                    Ok(g) => Some(g),
+                    Err(e) => {
+                        p.add(&format!("{at}.{name}[{i}] {g:?}"), e);
+                        None
+                    }
+                })
+                .collect::<Vec<_>>()
+        };
+        let include = globs(p, "include", &self.include);
+        let exclude = globs(p, "exclude", &self.exclude);
+        Some(LinkRules {
+            max_depth: max_depth.min(MAX_DEPTH_LIMIT),
+            include,
+            exclude,
+            same_host: self.same_host.unwrap_or(true),
+            obey_nofollow: self.obey_nofollow.unwrap_or(true),
+        })
+    }
+
     fn validate(self, at: &str, p: &mut Problems) -> Option<PageSource> {
         let given = [
+            self.crawl.is_some(),
             self.urls.is_some(),
             self.sitemap.is_some(),
             self.http.is_some(),
@@ -1600,15 +1780,29 @@ impl RawPages {
         .filter(|b| **b)
         .count();
         if given != 1 {
-            p.add(at, "must have exactly one of urls, sitemap, http or lambda");
+            p.add(
+                at,
+                "must have exactly one of urls, sitemap, http or lambda (or crawl, to follow links from start URLs)",
+            );
             return None;
         }
         if self.payload.is_some() && self.lambda.is_none() {
             p.add(&format!("{at}.payload"), "only goes with lambda");
         }
-        if let Some(urls) = self.urls {
+        // A crawl's start URLs are listed as a list of URLs is.
+        let (urls, list_key) = match self.crawl {
+            Some(RawStartUrls::One(u)) => (Some(vec![u]), "crawl"),
+            Some(RawStartUrls::Many(urls)) => {
+                if urls.is_empty() {
+                    p.add(&format!("{at}.crawl"), "must name at least one start URL");
+                }
+                (Some(urls), "crawl")
+            }
+            None => (self.urls, "urls"),
+        };
+        if let Some(urls) = urls {
             for (i, u) in urls.iter().enumerate() {
-                http_url(p, &format!("{at}.urls[{i}]"), u);
+                http_url(p, &format!("{at}.{list_key}[{i}]"), u);
             }
             return Some(PageSource::Urls(urls));
         }

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod dev;
+pub mod discovery;
 pub mod dispatch;
 pub mod http;
 pub mod lambda;

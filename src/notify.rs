@@ -80,6 +80,9 @@ pub fn slack_message(body: &NotificationBody) -> Value {
     if let Some(err) = &run.error {
         text.push_str(&format!("\nError: {}", slack_escape(err)));
     }
+    if let Some(d) = &run.discovery {
+        text.push_str(&format!("\n{}.", discovery_text(d)));
+    }
     if let Some(c) = &run.changes {
         text.push_str(&format!(
             "\nSince the previous run: {} new, {} changed, {} gone, {} unchanged.",
@@ -106,6 +109,31 @@ pub fn slack_message(body: &NotificationBody) -> Value {
         text.push_str(&format!("\n… and {} more", run.failed_pages.len() - 10));
     }
     json!({ "text": text })
+}
+
+/// One line of what following links found: `followed links: 120 found,
+/// 30 pages added, 80 known, left out 4 by pattern, 6 by depth`.
+fn discovery_text(d: &crate::ledger::Discovery) -> String {
+    let off = &d.left_out;
+    let left: Vec<String> = [
+        ("pattern", off.pattern),
+        ("depth", off.depth),
+        ("host", off.host),
+        ("robots.txt", off.robots),
+        ("max_pages", off.cap),
+    ]
+    .iter()
+    .filter(|(_, n)| *n > 0)
+    .map(|(why, n)| format!("{n} by {why}"))
+    .collect();
+    let mut text = format!(
+        "followed links: {} found, {} pages added, {} known",
+        d.found, d.added, d.known
+    );
+    if !left.is_empty() {
+        text.push_str(&format!(", left out {}", left.join(", ")));
+    }
+    text
 }
 
 /// How many changed pages a Slack message lists at most.
@@ -382,8 +410,13 @@ fn stdout_line(body: &NotificationBody) -> String {
                     )
                 })
                 .unwrap_or_default();
+            let found = run
+                .discovery
+                .as_ref()
+                .map(|d| format!("; {}", discovery_text(d)))
+                .unwrap_or_default();
             format!(
-                "🎺 run.finished {} — run {} of {:?}: {}/{} pages succeeded, {} failed, {} timed out{changes}",
+                "🎺 run.finished {} — run {} of {:?}: {}/{} pages succeeded, {} failed, {} timed out{found}{changes}",
                 run.outcome.map_or("unfinished", Outcome::as_str),
                 run.run_id,
                 run.schedule,

@@ -106,6 +106,9 @@ impl Drop for AbortOnDrop {
 struct Writer {
     pool: PgPool,
     settings: Arc<Settings>,
+    /// Pages this recorder added by following links, and when it next
+    /// refreshes the planner's statistics of `pages`.
+    found: std::sync::Mutex<(u64, u64)>,
 }
 
 impl Recorder {
@@ -113,7 +116,11 @@ impl Recorder {
     /// change.
     pub fn new(pool: PgPool, settings: Arc<Settings>) -> Arc<Self> {
         Arc::new(Self {
-            writer: Arc::new(Writer { pool, settings }),
+            writer: Arc::new(Writer {
+                pool,
+                settings,
+                found: std::sync::Mutex::new((0, ledger::ANALYZE_FIRST_AT)),
+            }),
             queue: OnceLock::new(),
         })
     }
@@ -187,6 +194,22 @@ impl Writer {
                 return;
             }
         };
+        // Pages found by following links: each run's count is on each of
+        // its writes, so it is taken once per run.
+        if recorded.iter().any(|r| r.run_added > 0) {
+            let run_of: HashMap<i64, Uuid> = writes.iter().map(|w| (w.page_id, w.run_id)).collect();
+            let mut counted: HashSet<Uuid> = HashSet::new();
+            let found: i64 = recorded
+                .iter()
+                .filter(|r| r.run_added > 0)
+                .filter_map(|r| {
+                    let run = run_of.get(&r.page_id)?;
+                    counted.insert(*run).then_some(r.run_added)
+                })
+                .sum();
+            metrics::counter!("fanfare_pages_found_total").increment(found.max(0) as u64);
+            self.found(found.max(0) as u64);
+        }
         let changed: HashMap<i64, PageRecorded> =
             recorded.into_iter().map(|r| (r.page_id, r)).collect();
         // Runs this batch moved to `finishing`, each finished once, by the
@@ -228,6 +251,25 @@ impl Writer {
             let run = first.then(|| finished.remove(&run_id)).flatten();
             let _ = reply.send(Ok(Recorded::Changed { finished: run }));
         }
+    }
+
+    /// Counts pages added by following links; past each threshold (as a
+    /// listing does: [`ledger::ANALYZE_FIRST_AT`], then four times the last)
+    /// the planner's statistics of `pages` are refreshed in the background,
+    /// so that claims are planned for the runs as they have grown.
+    fn found(&self, added: u64) {
+        let mut found = self.found.lock().unwrap_or_else(|e| e.into_inner());
+        found.0 += added;
+        if found.0 < found.1 {
+            return;
+        }
+        found.1 = found.0.saturating_mul(4);
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            if let Err(e) = ledger::analyze_pages(&pool).await {
+                tracing::warn!(error = %e, "could not refresh the statistics of the pages table");
+            }
+        });
     }
 
     async fn write_statement(

@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::config::{Catchup, Overlap, Schedule, Settings};
+use crate::discovery::Discoverer;
 use crate::ledger::{self, Outcome, PageChange, PageStatus, PageWrite, Run, Trigger};
 use crate::lifecycle::page::{self, Event, Next, RetryReason};
 use crate::lifecycle::run as rules;
@@ -53,6 +54,8 @@ pub struct Runs {
     pub wake_notify: Notify,
     /// Records page changes in batches.
     pub recorder: Arc<Recorder>,
+    /// Judges the links reports carry, for runs that follow them.
+    discoverer: Discoverer,
     /// Each recent run's `max_attempts` (from its schedule), so a failure
     /// report does not read the run's row: bounded, cleared when full.
     max_attempts: std::sync::Mutex<HashMap<Uuid, u32>>,
@@ -149,6 +152,7 @@ impl Runs {
         tracker: TaskTracker,
     ) -> Arc<Self> {
         let recorder = Recorder::new(pool.clone(), settings.clone());
+        let discoverer = Discoverer::new(pool.clone(), settings.clone());
         Arc::new_cyclic(|me| Runs {
             pool,
             signer: TokenSigner::new(settings.security.callback_secret.clone())
@@ -160,6 +164,7 @@ impl Runs {
             dispatch_capped: AtomicBool::new(false),
             wake_notify: Notify::new(),
             recorder,
+            discoverer,
             max_attempts: std::sync::Mutex::new(HashMap::new()),
             me: me.clone(),
         })
@@ -505,6 +510,20 @@ impl Runs {
         event: Event,
         result: Option<serde_json::Value>,
     ) -> Result<Handled, sqlx::Error> {
+        self.page_report(at, event, result, Vec::new()).await
+    }
+
+    /// [`Runs::page_event`] for a crawler's report, with the links it
+    /// carried: when the report makes the page succeed and its run follows
+    /// links, those the run may take join it in the statement that records
+    /// the report ([`Discoverer::judge`]); otherwise they are dropped.
+    pub async fn page_report(
+        &self,
+        at: PageAttempt,
+        event: Event,
+        result: Option<serde_json::Value>,
+        links: Vec<String>,
+    ) -> Result<Handled, sqlx::Error> {
         let PageAttempt {
             run_id,
             page_id,
@@ -554,10 +573,16 @@ impl Runs {
                 (change, Some((reason, uses_attempt, after, message)))
             }
             Next::Terminal(status, error) => {
+                let found = if status == PageStatus::Succeeded && !links.is_empty() {
+                    self.discoverer.judge(run_id, links).await?
+                } else {
+                    None
+                };
                 let change = PageChange::Terminal {
                     status,
                     result: result.filter(|_| status == PageStatus::Succeeded),
                     error,
+                    found,
                 };
                 (change, None)
             }

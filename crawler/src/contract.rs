@@ -58,6 +58,23 @@ pub struct CrawlRequest {
     pub proxy: Option<ProxyRoute>,
     /// When the daemon stops waiting for this attempt.
     pub deadline: DateTime<Utc>,
+    /// Report the page's links ([`PageFacts::links`]) this way; absent:
+    /// report none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub links: Option<LinksWanted>,
+}
+
+/// Which of a page's links a crawler reports, when the daemon follows them.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinksWanted {
+    /// Report at most this many links (the first ones in document order,
+    /// after dropping repeats); a crawler may report fewer to keep the
+    /// report within [`MAX_REPORT_BYTES`].
+    pub max: u32,
+    /// Leave out links whose `rel` includes `nofollow`.
+    #[serde(default)]
+    pub skip_nofollow: bool,
 }
 
 impl CrawlRequest {
@@ -89,6 +106,7 @@ impl std::fmt::Debug for CrawlRequest {
             .field("user_agent", &self.user_agent)
             .field("proxy", &self.proxy)
             .field("deadline", &self.deadline)
+            .field("links", &self.links)
             .finish()
     }
 }
@@ -323,6 +341,13 @@ pub struct PageFacts {
     /// Absent means false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub via_proxy: bool,
+    /// The page's links, when the request asked for them
+    /// ([`CrawlRequest::links`]): absolute http(s) URLs (resolved against
+    /// the page's final URL or its `<base href>`), without fragment, scheme
+    /// and host lowercased, default port removed, each once, in document
+    /// order. Absent when none were asked for or found.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<String>,
 }
 
 /// Why a crawl failed.
@@ -603,6 +628,7 @@ mod tests {
             content_sha256: "ab12".into(),
             fetch_ms: 212,
             via_proxy: false,
+            links: Vec::new(),
         };
         let report = Report::for_request(&request(), Outcome::Succeeded(facts));
         let json = serde_json::to_string(&report).unwrap();

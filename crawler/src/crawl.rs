@@ -7,20 +7,21 @@
 
 use std::collections::HashMap;
 use std::error::Error as StdError;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use html5ever::tendril::{StrTendril, TendrilSink};
 use reqwest::header::CONTENT_TYPE;
 use reqwest::StatusCode;
-use scraper::{Html, HtmlTreeSink};
+use scraper::{Html, HtmlTreeSink, Selector};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 use url::Url;
 
 use crate::callback::{CallbackError, Reporter};
 use crate::contract::{
-    CallbackAck, CrawlError, CrawlRequest, ErrorKind, Outcome, PageFacts, Report, MAX_REPORT_BYTES,
+    CallbackAck, CrawlError, CrawlRequest, ErrorKind, LinksWanted, Outcome, PageFacts, Report,
+    MAX_REPORT_BYTES,
 };
 use crate::errors::{causes, chain_text};
 use crate::extract::Extractor;
@@ -28,6 +29,15 @@ use crate::netguard::{self, NetPolicy, TargetRefused, ENV_ALLOW_PRIVATE_NETWORKS
 use crate::proxy::{self, ProxyOn, ProxyUrl, ENV_PROXY_URL};
 
 pub use crate::extract::MAX_TEXT_BYTES;
+
+/// The most links one report carries, whatever the request asks.
+pub const MAX_LINKS: u32 = 10_000;
+/// A link longer than this many bytes (after resolving) is left out.
+pub const MAX_LINK_BYTES: usize = 2048;
+/// The most bytes of links one report carries, all links together; the
+/// report as a whole must still fit [`MAX_REPORT_BYTES`] (see
+/// [`fit_report`]), which drops links from the end first.
+pub const MAX_LINKS_BYTES: usize = 192 * 1024;
 
 /// The default [`CrawlerConfig::parse_budget_bytes`]: the most HTML (in
 /// bytes) one [`Crawler`] and its clones hold for parsing at once (or one
@@ -457,9 +467,15 @@ impl Crawler {
         // for 10 MiB): on a blocking thread, never on the async runtime's
         // workers, which serve the daemon's HTTP and dispatch. The body is
         // moved in and freed there, chunk by chunk as it is parsed.
+        let links_wanted = request.links;
         let page_url = final_url.clone();
-        let (title, fields) = tokio::task::spawn_blocking(move || {
-            extractor.extract(&parse(body, charset.as_deref()), &page_url)
+        let (title, fields, links) = tokio::task::spawn_blocking(move || {
+            let document = parse(body, charset.as_deref());
+            let (title, fields) = extractor.extract(&document, &page_url);
+            let links = links_wanted
+                .map(|wanted| links_of(&document, &page_url, wanted))
+                .unwrap_or_default();
+            (title, fields, links)
         })
         .await
         .map_err(|e| {
@@ -477,6 +493,7 @@ impl Crawler {
             content_sha256: hex::encode(hasher.finalize()),
             fetch_ms,
             via_proxy,
+            links,
         })
     }
 
@@ -895,11 +912,86 @@ struct ParsePermit {
     _permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
+static LINKS: LazyLock<Selector> =
+    LazyLock::new(|| Selector::parse("a[href], area[href]").expect("the link selector is valid"));
+static BASE: LazyLock<Selector> =
+    LazyLock::new(|| Selector::parse("base[href]").expect("`base[href]` is a valid selector"));
+
+/// The document's links as [`PageFacts::links`] describes them: resolved
+/// against the first `<base href>` (itself resolved against `page`) or
+/// `page`, http(s) only, without fragment, each once, at most
+/// `wanted.max` (and [`MAX_LINKS`]) of them and [`MAX_LINKS_BYTES`] in
+/// all; with `skip_nofollow`, those whose `rel` says `nofollow` are left
+/// out. The `url` crate lowercases scheme and host and drops a default
+/// port as it parses.
+fn links_of(document: &Html, page: &Url, wanted: LinksWanted) -> Vec<String> {
+    let base = document
+        .select(&BASE)
+        .next()
+        .and_then(|b| b.value().attr("href"))
+        .and_then(|href| page.join(href.trim()).ok())
+        .filter(|b| matches!(b.scheme(), "http" | "https"))
+        .unwrap_or_else(|| page.clone());
+    let max = wanted.max.min(MAX_LINKS) as usize;
+    let mut seen = std::collections::HashSet::new();
+    let mut links = Vec::new();
+    let mut bytes = 0usize;
+    for element in document.select(&LINKS) {
+        if links.len() >= max {
+            break;
+        }
+        let value = element.value();
+        if wanted.skip_nofollow
+            && value.attr("rel").is_some_and(|rel| {
+                rel.split_ascii_whitespace()
+                    .any(|r| r.eq_ignore_ascii_case("nofollow"))
+            })
+        {
+            continue;
+        }
+        let Some(href) = value.attr("href") else {
+            continue;
+        };
+        let Ok(mut url) = base.join(href.trim()) else {
+            continue;
+        };
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            continue;
+        }
+        url.set_fragment(None);
+        let url = String::from(url);
+        if url.len() > MAX_LINK_BYTES || bytes + url.len() > MAX_LINKS_BYTES {
+            continue;
+        }
+        if seen.insert(url.clone()) {
+            bytes += url.len();
+            links.push(url);
+        }
+    }
+    links
+}
+
 /// Replaces the outcome with a [`ErrorKind::TooLarge`] failure when the
 /// report would exceed [`MAX_REPORT_BYTES`]; the daemon would answer 413,
 /// and a report it refuses helps no one.
-pub(crate) fn fit_report(report: Report) -> Report {
-    let size = serde_json::to_vec(&report).map_or(0, |json| json.len());
+pub(crate) fn fit_report(mut report: Report) -> Report {
+    let mut size = serde_json::to_vec(&report).map_or(0, |json| json.len());
+    // Links are what a report can spare: the last ones go first, each
+    // taking its bytes, quotes and comma with it.
+    while size > MAX_REPORT_BYTES {
+        let Outcome::Succeeded(facts) = &mut report.outcome else {
+            break;
+        };
+        if facts.links.is_empty() {
+            break;
+        }
+        let mut excess = size - MAX_REPORT_BYTES;
+        while excess > 0 {
+            let Some(link) = facts.links.pop() else { break };
+            excess = excess.saturating_sub(link.len() + 3);
+        }
+        size = serde_json::to_vec(&report).map_or(0, |json| json.len());
+    }
     if size <= MAX_REPORT_BYTES {
         return report;
     }
@@ -1163,6 +1255,7 @@ mod tests {
             content_sha256: "00".into(),
             fetch_ms: 1,
             via_proxy: false,
+            links: Vec::new(),
         };
         let report = fit_report(Report::for_request(&request, Outcome::Succeeded(facts)));
         let error = report.outcome.error().expect("replaced by a failure");
@@ -1172,5 +1265,126 @@ mod tests {
 
         let small = Report::for_request(&request, Outcome::failed(ErrorKind::Dns, "x", true));
         assert_eq!(fit_report(small.clone()), small);
+    }
+
+    fn links(html: &str, page: &str, wanted: LinksWanted) -> Vec<String> {
+        let document = parse([html.as_bytes()], None);
+        links_of(&document, &Url::parse(page).unwrap(), wanted)
+    }
+
+    #[test]
+    fn links_are_absolute_normalized_http_only_and_each_once() {
+        let html = r##"<html><body>
+            <a href="/a#top">a</a>
+            <a href="b?x=1">b</a>
+            <a href="HTTP://Shop.Example.COM:80/c">c</a>
+            <a href="https://other.example:443/d#frag">d</a>
+            <a href="/a">a again</a>
+            <a href="mailto:x@example.com">mail</a>
+            <a href="javascript:void(0)">js</a>
+            <a href="ftp://shop.example.com/f">ftp</a>
+            <a href="/n" rel="external NoFollow">nofollow</a>
+            <area href="/map">
+            <a>no href</a>
+        </body></html>"##;
+        let all = LinksWanted {
+            max: 100,
+            skip_nofollow: false,
+        };
+        assert_eq!(
+            links(html, "http://shop.example.com/dir/page", all),
+            [
+                "http://shop.example.com/a",
+                "http://shop.example.com/dir/b?x=1",
+                "http://shop.example.com/c",
+                "https://other.example/d",
+                "http://shop.example.com/n",
+                "http://shop.example.com/map",
+            ]
+        );
+        let polite = LinksWanted {
+            skip_nofollow: true,
+            ..all
+        };
+        let found = links(html, "http://shop.example.com/dir/page", polite);
+        assert!(
+            !found.contains(&"http://shop.example.com/n".to_string()),
+            "{found:?}"
+        );
+        let two = LinksWanted { max: 2, ..all };
+        assert_eq!(
+            links(html, "http://shop.example.com/dir/page", two).len(),
+            2
+        );
+    }
+
+    #[test]
+    fn links_resolve_against_the_base_href() {
+        let html = r#"<html><head><base href="https://cdn.example/en/"></head>
+            <body><a href="item/1">1</a><a href="/top">top</a></body></html>"#;
+        let wanted = LinksWanted {
+            max: 10,
+            skip_nofollow: true,
+        };
+        assert_eq!(
+            links(html, "https://shop.example/x/y", wanted),
+            ["https://cdn.example/en/item/1", "https://cdn.example/top"]
+        );
+    }
+
+    #[test]
+    fn links_are_bounded_in_bytes() {
+        let long = format!("/{}", "x".repeat(MAX_LINK_BYTES));
+        let mut html = format!(r#"<a href="{long}">too long</a>"#);
+        for i in 0..200 {
+            html.push_str(&format!(r#"<a href="/{i}/{}">p</a>"#, "y".repeat(1500)));
+        }
+        let found = links(
+            &html,
+            "https://a.example/",
+            LinksWanted {
+                max: MAX_LINKS,
+                skip_nofollow: false,
+            },
+        );
+        assert!(found.iter().all(|l| l.len() <= MAX_LINK_BYTES));
+        let total: usize = found.iter().map(String::len).sum();
+        assert!(total <= MAX_LINKS_BYTES, "{total}");
+        assert!(found.len() > 100 && found.len() < 200, "{}", found.len());
+    }
+
+    #[test]
+    fn an_oversized_report_sheds_links_before_it_fails() {
+        let request: CrawlRequest = serde_json::from_value(serde_json::json!({
+            "version": 1, "run_id": "r", "page_id": "p", "attempt": 1,
+            "url": "https://a.example/", "callback_url": "https://d.example/v1/callbacks",
+            "callback_token": "t", "deadline": "2026-11-26T03:05:00Z"
+        }))
+        .unwrap();
+        let fields = (0..20)
+            .map(|i| (format!("f{i}"), "x".repeat(MAX_TEXT_BYTES).into()))
+            .collect();
+        let links: Vec<String> = (0..2000)
+            .map(|i| format!("https://a.example/{i}/{}", "z".repeat(100)))
+            .collect();
+        let facts = PageFacts {
+            http_status: 200,
+            title: None,
+            fields,
+            bytes: 1,
+            content_sha256: "00".into(),
+            fetch_ms: 1,
+            via_proxy: false,
+            links: links.clone(),
+        };
+        let report = fit_report(Report::for_request(&request, Outcome::Succeeded(facts)));
+        let kept = &report.outcome.facts().expect("still a success").links;
+        assert!(
+            !kept.is_empty() && kept.len() < links.len(),
+            "{}",
+            kept.len()
+        );
+        assert_eq!(kept[..], links[..kept.len()], "the first links are kept");
+        assert!(serde_json::to_vec(&report).unwrap().len() <= MAX_REPORT_BYTES);
     }
 }

@@ -67,6 +67,7 @@ fn request(url: impl Into<String>) -> CrawlRequest {
         user_agent: None,
         proxy: None,
         deadline: Utc.with_ymd_and_hms(2026, 11, 26, 3, 5, 0).unwrap(),
+        links: None,
     }
 }
 

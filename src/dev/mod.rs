@@ -65,7 +65,21 @@ max_in_flight = 8
 
 [[schedules.notify]]
 stdout = {{}}
-"#
+
+# The same shop crawled from its home page, following its links
+# (`fanfare trigger demo-crawl`).
+[[schedules]]
+name = "demo-crawl"
+invoker = "local"
+pages = {{ crawl = "{home}", exclude = ["*.xml", "*.json"] }}
+extract = {{ {extract} }}
+page_timeout = "30s"
+max_in_flight = 8
+
+[[schedules.notify]]
+stdout = {{}}
+"#,
+        home = sitemap.strip_suffix("sitemap.xml").unwrap_or(sitemap),
     )
 }
 
@@ -136,6 +150,7 @@ pub fn banner(api: &str, site: &str) -> String {
          \x20 API:        {api}\n\
          \x20 demo site:  {site}  ({DEMO_PAGES} product pages)\n\
          \x20 schedule:   \"demo\", now and at every minute; the crawler runs in-process\n\
+         \x20             \"demo-crawl\" crawls the shop from its home page, on trigger\n\
          \n\
          From another terminal:\n\
          \x20 export FANFARE_URL={api} FANFARE_ADMIN_TOKEN={DEV_ADMIN_TOKEN}\n\

@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fanfare_crawler::contract::{CrawlRequest, CONTRACT_VERSION};
+use fanfare_crawler::contract::{CrawlRequest, LinksWanted, CONTRACT_VERSION};
 use futures::future::BoxFuture;
 use metrics::{Counter, Gauge, Histogram};
 use tokio::sync::{Notify, Semaphore};
@@ -489,6 +489,10 @@ impl Lane {
                 expires: page.deadline + self.token_grace,
             }),
             deadline: page.deadline,
+            links: self.schedule.links.as_ref().map(|links| LinksWanted {
+                max: crate::config::MAX_LINKS_PER_PAGE,
+                skip_nofollow: links.obey_nofollow,
+            }),
         }
     }
 

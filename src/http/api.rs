@@ -15,7 +15,8 @@ use uuid::Uuid;
 use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::ledger::{
-    self, ChangeKind, NotificationState, Outcome, Page, PageStatus, Run, RunStatus, Trigger,
+    self, ChangeKind, Discovery, NotificationState, Outcome, Page, PageStatus, Run, RunStatus,
+    Trigger,
 };
 use crate::lifecycle::changes::{ChangeEntry, Changes};
 use crate::lifecycle::run::PageCounts;
@@ -61,6 +62,10 @@ pub struct RunView {
     /// sitemap files read); `null` while listing.
     #[schema(value_type = Option<Object>)]
     pub listing: Option<Value>,
+    /// What following links found (links reported, pages added, links
+    /// left out by reason, with examples); `null` until the run records a
+    /// report carrying links, and for a run that follows none.
+    pub discovery: Option<Discovery>,
     /// The run whose failed and timed-out pages this run crawls again.
     pub redrive_of: Option<Uuid>,
     /// When it was reported stuck.
@@ -87,6 +92,7 @@ impl From<&Run> for RunView {
             error: run.error.clone(),
             pages: crate::lifecycle::run::page_counts(run),
             listing: run.listing.clone(),
+            discovery: run.discovery.as_ref().map(|d| d.0.clone()),
             redrive_of: run.parent_run_id,
             stuck_at: run.stuck_at,
             created_at: run.created_at,

@@ -120,9 +120,9 @@ async fn handle(
     let body = read_body(headers, body).await?;
     let report = parse(&body)?;
     check_matches(&report, &claims)?;
-    let (event, result) = event_of(report)?;
+    let (event, result, links) = event_of(report)?;
     let at = PageAttempt::new(claims.run_id, claims.page_id, claims.attempt);
-    let handled = state.runs.page_event(at, event, result).await?;
+    let handled = state.runs.page_report(at, event, result, links).await?;
     Ok(CallbackAck {
         status: match handled {
             Handled::Requeued | Handled::Recorded { .. } | Handled::RunFailed(_) => {
@@ -211,10 +211,20 @@ fn check_matches(report: &Report, claims: &Claims) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The page event a report is, with the facts to store when it succeeded.
-fn event_of(report: Report) -> Result<(Event, Option<serde_json::Value>), ApiError> {
+/// A report's page event, facts to store and links.
+type ReportEvent = (Event, Option<serde_json::Value>, Vec<String>);
+
+/// The page event a report is, with the facts to store when it succeeded
+/// and the links it found (which are not stored with the facts).
+fn event_of(report: Report) -> Result<ReportEvent, ApiError> {
     match report.outcome {
-        Outcome::Succeeded(facts) => {
+        Outcome::Succeeded(mut facts) => {
+            let mut links = std::mem::take(&mut facts.links);
+            links.iter_mut().for_each(|l| {
+                if l.contains('\0') {
+                    *l = l.replace('\0', "%00");
+                }
+            });
             if !(100..=599).contains(&facts.http_status) {
                 return Err(ApiError::Unprocessable(format!(
                     "http_status {} is not an HTTP status code",
@@ -231,7 +241,7 @@ fn event_of(report: Report) -> Result<(Event, Option<serde_json::Value>), ApiErr
             let mut result =
                 serde_json::to_value(&facts).map_err(|e| ApiError::Internal(e.into()))?;
             replace_nul(&mut result);
-            Ok((Event::ReportSucceeded, Some(result)))
+            Ok((Event::ReportSucceeded, Some(result), links))
         }
         Outcome::Failed { mut error } => {
             error.message = error.message.replace('\0', "\u{FFFD}");
@@ -248,7 +258,7 @@ fn event_of(report: Report) -> Result<(Event, Option<serde_json::Value>), ApiErr
             } else {
                 Event::ReportFailed(error)
             };
-            Ok((event, None))
+            Ok((event, None, Vec::new()))
         }
     }
 }

@@ -16,6 +16,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
 pub mod changes;
+pub mod links;
 pub mod outbox;
 pub mod pages;
 pub mod runs;
@@ -24,6 +25,7 @@ pub mod sessions;
 mod types;
 
 pub use changes::*;
+pub use links::*;
 pub use outbox::*;
 pub use pages::*;
 pub use runs::*;

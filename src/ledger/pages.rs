@@ -390,6 +390,9 @@ pub enum PageChange {
         result: Option<serde_json::Value>,
         /// Why it did not succeed.
         error: Option<PageError>,
+        /// The links the report found, to add to the run (a success of a
+        /// run that follows links only).
+        found: Option<Box<super::FoundLinks>>,
     },
     /// The attempt goes back to pending, to be dispatched again after
     /// `after`, recording `error` (if the page is still dispatched on that
@@ -419,36 +422,23 @@ pub struct PageRecorded {
     /// Its run's status after the batch, when the write made the page
     /// terminal (so the run's counters changed); `None` for a requeue.
     pub run_status: Option<RunStatus>,
+    /// Pages the batch added to the page's run by following links (the
+    /// same number on every write of that run).
+    pub run_added: i64,
 }
 
-/// The statement of [`record_pages`]: every write of a batch in one
-/// statement. $1 page ids, $2 run ids, $3 attempts, $4 statuses, $5
-/// results, $6 errors, $7 requeue delays in seconds (null: terminal), $8
-/// refunds (0/1), $9 site throttles (0/1).
-///
-/// Lock order: the batch's runs, in id order, before any of their pages
-/// (the `any(array(...))` initplan runs before the first page row is
-/// locked), as insert_pages and close_open_pages take them and as every
-/// other batch does: concurrent batches queue on the runs they share
-/// instead of deadlocking. A terminal write changes an open page only; a
-/// requeue changes the page only while it is dispatched on that attempt: a
-/// late or repeated write is a no-op and returns no row. Each touched run's
-/// counters change once, by the number of its pages that became terminal,
-/// and a `running` run whose open pages reach zero moves to `finishing`
-/// in the same statement.
-///
-/// Host pacing changes in the same statement, on the touched runs'
-/// `run_hosts` rows (locked after their run, so batches sharing a row
-/// queue on the run first): a site throttle doubles the host's interval
-/// (to at least 0.25 s, at most 60 s, once per interval) and pauses the
-/// host for the retry delay; each page that succeeded eases a throttled
-/// interval back by a tenth, down to the run's base interval.
-pub const RECORD_PAGES: &str = "with input as (
+/// The part of [`RECORD_PAGES`] and [`RECORD_PAGES_FINDING`] up to the
+/// run counters: the writes, the runs locked, the pages changed, the
+/// hosts paced, the per-run counts.
+macro_rules! record_pages_head {
+    () => {
+        "with input as (
         select * from unnest($1::bigint[], $2::uuid[], $3::int[], $4::text[], $5::jsonb[],
                 $6::jsonb[], $7::float8[], $8::int[], $9::int[])
             as t(page_id, run_id, attempt, status, result, error, retry_after, refund, throttle)),
     locked as materialized (
-        select id from runs where id in (select run_id from input) order by id for no key update),
+        select id, total_pages from runs where id in (select run_id from input)
+        order by id for no key update),
     changed as (
         update pages p set
             status = i.status,
@@ -466,7 +456,7 @@ pub const RECORD_PAGES: &str = "with input as (
             and p.run_id = any(array(select id from locked))
             and case when i.retry_after is null then p.status in ('pending', 'dispatched')
                 else p.status = 'dispatched' and p.attempt = i.attempt end
-        returning p.id, p.run_id, p.status, p.host, i.throttle, i.retry_after),
+        returning p.id, p.run_id, p.status, p.host, p.depth, i.throttle, i.retry_after),
     paced as (
         update run_hosts h set
             interval = case
@@ -494,6 +484,36 @@ pub const RECORD_PAGES: &str = "with input as (
             count(*) filter (where status = 'timed_out') as timed_out,
             count(*) filter (where status = 'cancelled') as cancelled
         from changed where status <> 'pending' group by run_id),
+"
+    };
+}
+pub(crate) use record_pages_head;
+
+/// The statement of [`record_pages`]: every write of a batch in one
+/// statement. $1 page ids, $2 run ids, $3 attempts, $4 statuses, $5
+/// results, $6 errors, $7 requeue delays in seconds (null: terminal), $8
+/// refunds (0/1), $9 site throttles (0/1).
+///
+/// Lock order: the batch's runs, in id order, before any of their pages
+/// (the `any(array(...))` initplan runs before the first page row is
+/// locked), as insert_pages and close_open_pages take them and as every
+/// other batch does: concurrent batches queue on the runs they share
+/// instead of deadlocking. A terminal write changes an open page only; a
+/// requeue changes the page only while it is dispatched on that attempt: a
+/// late or repeated write is a no-op and returns no row. Each touched run's
+/// counters change once, by the number of its pages that became terminal,
+/// and a `running` run whose open pages reach zero moves to `finishing`
+/// in the same statement.
+///
+/// Host pacing changes in the same statement, on the touched runs'
+/// `run_hosts` rows (locked after their run, so batches sharing a row
+/// queue on the run first): a site throttle doubles the host's interval
+/// (to at least 0.25 s, at most 60 s, once per interval) and pauses the
+/// host for the retry delay; each page that succeeded eases a throttled
+/// interval back by a tenth, down to the run's base interval.
+pub const RECORD_PAGES: &str = concat!(
+    record_pages_head!(),
+    "
     moved as (
         update runs r set open_pages = r.open_pages - c.n,
             succeeded_pages = r.succeeded_pages + c.succeeded,
@@ -505,8 +525,9 @@ pub const RECORD_PAGES: &str = "with input as (
             updated_at = now()
         from counts c where r.id = c.run_id
         returning r.id, r.status)
-    select ch.id, ch.status, m.status as run_status
-    from changed ch left join moved m on m.id = ch.run_id and ch.status <> 'pending'";
+    select ch.id, ch.status, m.status as run_status, 0::bigint as run_added
+    from changed ch left join moved m on m.id = ch.run_id and ch.status <> 'pending'"
+);
 
 /// Writes a batch of page changes in one statement ([`RECORD_PAGES`]) and
 /// returns the writes that changed their page. At most one write per page
@@ -541,6 +562,7 @@ pub async fn record_pages<'e, E: PgExecutor<'e>>(
                 status,
                 result,
                 error,
+                ..
             } => {
                 statuses.push(status.as_str());
                 results.push(result.as_ref().filter(|_| *status == PageStatus::Succeeded));
@@ -564,7 +586,13 @@ pub async fn record_pages<'e, E: PgExecutor<'e>>(
             }
         }
     }
-    let rows: Vec<(i64, PageStatus, Option<RunStatus>)> = sqlx::query_as(RECORD_PAGES)
+    let finding = super::links::FindingArrays::of(writes);
+    let statement = if finding.is_some() {
+        super::links::RECORD_PAGES_FINDING
+    } else {
+        RECORD_PAGES
+    };
+    let query = sqlx::query_as(statement)
         .bind(pages)
         .bind(runs)
         .bind(attempts)
@@ -573,15 +601,19 @@ pub async fn record_pages<'e, E: PgExecutor<'e>>(
         .bind(errors)
         .bind(delays)
         .bind(refunds)
-        .bind(throttles)
-        .fetch_all(db)
-        .await?;
+        .bind(throttles);
+    let query = match finding {
+        None => query,
+        Some(finding) => finding.bind(query),
+    };
+    let rows: Vec<(i64, PageStatus, Option<RunStatus>, i64)> = query.fetch_all(db).await?;
     Ok(rows
         .into_iter()
-        .map(|(page_id, status, run_status)| PageRecorded {
+        .map(|(page_id, status, run_status, run_added)| PageRecorded {
             page_id,
             status,
             run_status,
+            run_added,
         })
         .collect())
 }
@@ -894,6 +926,11 @@ pub struct Page {
     pub dispatched_at: Option<DateTime<Utc>>,
     /// When it became terminal.
     pub finished_at: Option<DateTime<Utc>>,
+    /// Links followed to reach it: 0 for a listed page, 1 for a page a
+    /// listed page links to, and so on.
+    pub depth: i32,
+    /// The page whose report carried the link to it (none for a listed page).
+    pub found_on: Option<i64>,
 }
 
 /// A run's pages in id order, optionally of one state, after `after_id`.
@@ -905,7 +942,8 @@ pub async fn list_pages<'e, E: PgExecutor<'e>>(
     limit: i64,
 ) -> Result<Vec<Page>, sqlx::Error> {
     sqlx::query_as(
-        "select id, url, status, attempt, result, error, dispatched_at, finished_at from pages
+        "select id, url, status, attempt, result, error, dispatched_at, finished_at, depth, found_on
+         from pages
          where run_id = $1 and ($2::text is null or status = $2) and id > $3
          order by id limit $4",
     )
@@ -995,7 +1033,8 @@ pub async fn list_failures<'e, E: PgExecutor<'e>>(
     limit: i64,
 ) -> Result<Vec<Page>, sqlx::Error> {
     sqlx::query_as(
-        "select id, url, status, attempt, result, error, dispatched_at, finished_at from pages
+        "select id, url, status, attempt, result, error, dispatched_at, finished_at, depth, found_on
+         from pages
          where run_id = $1 and status in ('failed', 'timed_out') and id > $2
          order by id limit $3",
     )

@@ -52,12 +52,15 @@ pub struct Run {
     pub stuck_at: Option<DateTime<Utc>>,
     /// Its last progress.
     pub updated_at: DateTime<Utc>,
+    /// What following links found, for a run that has recorded a report
+    /// carrying links.
+    pub discovery: Option<sqlx::types::Json<super::Discovery>>,
 }
 
 const RUN_COLUMNS: &str =
     "id, schedule, scheduled_for, trigger, status, outcome, error, total_pages, \
      open_pages, succeeded_pages, failed_pages, timed_out_pages, cancelled_pages, created_at, \
-     listed_at, finished_at, listing, parent_run_id, stuck_at, updated_at";
+     listed_at, finished_at, listing, parent_run_id, stuck_at, updated_at, discovery";
 
 /// How long a replica holds a run's listing without renewing it.
 pub const LISTING_LEASE: Duration = Duration::from_secs(30);

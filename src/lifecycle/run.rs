@@ -146,6 +146,9 @@ pub struct RunFinished {
     #[schema(value_type = Option<Object>)]
     #[serde(default)]
     pub listing: Option<Value>,
+    /// What following links found; `null` for a run that followed no links.
+    #[serde(default)]
+    pub discovery: Option<ledger::Discovery>,
     /// Its first failed and timed-out pages (at most 100,
     /// [`FAILED_PAGES_IN_NOTIFICATION`]), in id order.
     pub failed_pages: Vec<FailedPageBrief>,
@@ -267,6 +270,7 @@ pub fn finished_payload(run: &Run, failed: &[FailedPage], changes: &RunChanges) 
             cancelled: run.cancelled_pages,
         },
         listing: run.listing.clone(),
+        discovery: run.discovery.as_ref().map(|d| d.0.clone()),
         failed_pages: failed
             .iter()
             .map(|p| FailedPageBrief {

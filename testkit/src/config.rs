@@ -206,3 +206,27 @@ impl std::fmt::Display for ScheduleToml {
         Ok(())
     }
 }
+
+/// A schedule that crawls from `start`, following links, with the
+/// in-process crawler: `pages_keys` go into its `pages` table after
+/// `crawl` (`max_depth = 2, exclude = ["*/cart*"]`); `extra` and then
+/// `notify` are appended.
+pub fn crawl_schedule_block(
+    name: &str,
+    start: &str,
+    pages_keys: &str,
+    extra: &str,
+    notify: &str,
+) -> String {
+    let keys = if pages_keys.is_empty() {
+        String::new()
+    } else {
+        format!(", {pages_keys}")
+    };
+    schedule(name)
+        .pages(&format!("{{ crawl = \"{start}\"{keys} }}"))
+        .extract(r#"{ price = ".price" }"#)
+        .raw(extra)
+        .notify_block(notify)
+        .to_string()
+}

@@ -8,6 +8,7 @@
 //!   the one [`TestApp`] the tests talk to;
 //! - [`api`]: calls to a running daemon's API (in-process or a subprocess);
 //! - [`lambda`]: a Lambda API stand-in that records every invoke;
+//! - [`linksite`]: a loopback site of pages linked as a tree, for crawls;
 //! - [`reports`]: contract reports, as a crawler sends them;
 //! - [`webhooks`]: loopback webhook receivers and Standard Webhooks
 //!   signatures computed independently of fanfare's code;
@@ -26,6 +27,7 @@ pub mod config;
 pub mod db;
 pub mod forward_proxy;
 pub mod lambda;
+pub mod linksite;
 pub mod metrics;
 pub mod proxy;
 pub mod reports;
@@ -35,12 +37,13 @@ pub mod webhooks;
 pub use api::{get, metrics_text, post_callback, trigger, wait_ready, wait_run, RunState};
 pub use app::{AppTask, TestApp, TestAppBuilder};
 pub use config::{
-    config_toml, config_toml_with, lambda_schedule_block, schedule, webhook_block, ScheduleToml,
-    ADMIN_TOKEN, CALLBACK_SECRET, WEBHOOK_SECRET,
+    config_toml, config_toml_with, crawl_schedule_block, lambda_schedule_block, schedule,
+    webhook_block, ScheduleToml, ADMIN_TOKEN, CALLBACK_SECRET, WEBHOOK_SECRET,
 };
 pub use db::{admin_database_url, fresh_database, TestDatabase, DATABASE_PREFIX};
 pub use forward_proxy::{ForwardProxy, Forwarded};
 pub use lambda::RecordingLambda;
+pub use linksite::{LinkSite, LinkSiteSpec};
 pub use metrics::metric_in;
 pub use proxy::PgProxy;
 pub use reports::{failed, succeeded};

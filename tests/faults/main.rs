@@ -11,6 +11,8 @@
 //! - `lost_events`: an invoker that silently drops a tenth of the events;
 //! - `database`: the daemon's Postgres connections terminated repeatedly;
 //! - `webhooks`: a webhook receiver that fails for a while, then recovers;
+//! - `links`: a run that grows by following links, recorded by two
+//!   replicas, one killed with SIGKILL and replaced;
 //! - `outage`: the database unreachable for 30 s; `/healthz` (the load
 //!   balancer's check) stays 200, `/readyz` 503, the daemon resumes.
 //!
@@ -20,6 +22,7 @@
 mod database;
 mod duplicates;
 mod helpers;
+mod links;
 mod lost_events;
 mod outage;
 mod procs;

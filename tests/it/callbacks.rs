@@ -290,6 +290,7 @@ async fn a_run_left_finishing_by_a_daemon_that_died_is_finished_by_the_sweeper_o
                 status: fanfare::ledger::PageStatus::Succeeded,
                 result: Some(succeeded(last)["result"].clone()),
                 error: None,
+                found: None,
             },
         }],
     )

@@ -14,6 +14,7 @@ mod fuzz_callbacks;
 mod helpers;
 mod lambda_errors;
 mod lifecycle;
+mod links;
 mod lockout;
 mod openapi;
 mod politeness;

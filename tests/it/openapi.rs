@@ -259,6 +259,7 @@ fn finished_run() -> Run {
         parent_run_id: None,
         stuck_at: None,
         updated_at: at,
+        discovery: None,
     }
 }
 

@@ -683,6 +683,24 @@ pub fn run(chrome: &Chrome<'_>, v: &RunView, now: DateTime<Utc>) -> Markup {
                     }
                 }
             }
+            @if let Some(d) = &run.discovery {
+                section.card {
+                    h2 { "Links followed" }
+                    dl.facts {
+                        dt { "links found" } dd { (d.0.found) }
+                        dt { "pages added" } dd { (d.0.added) }
+                        dt { "already in the run" } dd { (d.0.known) }
+                        dt { "left out by pattern" } dd { (d.0.left_out.pattern) }
+                        dt { "left out by depth" } dd { (d.0.left_out.depth) }
+                        dt { "left out by host" } dd { (d.0.left_out.host) }
+                        dt { "left out by robots.txt" } dd { (d.0.left_out.robots) }
+                        dt { "left out by max_pages" } dd { (d.0.left_out.cap) }
+                        @for e in &d.0.examples {
+                            dt { "e.g. " (e.reason.as_str()) } dd { (e.url) }
+                        }
+                    }
+                }
+            }
             @if let Some(Value::Object(listing)) = &run.listing {
                 section.card {
                     h2 { "Listing" }
