@@ -24,6 +24,7 @@ use crate::contract::{
 use crate::errors::{causes, chain_text};
 use crate::netguard::{self, NetPolicy, TargetRefused, ENV_ALLOW_PRIVATE_NETWORKS};
 use crate::proxy::{self, ProxyOn, ProxyUrl, ENV_PROXY_URL};
+use crate::render::{RenderConfig, Renderer, ENV_CHROMIUM};
 
 /// Extracted text (a field or the title) longer than this many bytes is cut
 /// at a character boundary, so that a selector matching a whole page cannot
@@ -77,7 +78,18 @@ pub struct CrawlerConfig {
     /// The crawler's own proxy ([`ENV_PROXY_URL`]): used for an event whose
     /// `proxy` names no URL. `Debug` hides its password.
     pub proxy: Option<ProxyUrl>,
+    /// The browser for pages whose request asks to render them
+    /// ([`ENV_CHROMIUM`]); found where it is usually installed when unset.
+    pub chromium: Option<std::path::PathBuf>,
+    /// Pages rendering in the browser at once, at most (at least 1;
+    /// [`ENV_BROWSERS`]).
+    pub browsers: usize,
+    /// The longest render a request may ask for.
+    pub max_render_timeout: Duration,
 }
+
+/// Environment variable for [`CrawlerConfig::browsers`].
+pub const ENV_BROWSERS: &str = "FANFARE_CRAWLER_BROWSERS";
 
 impl Default for CrawlerConfig {
     fn default() -> Self {
@@ -97,6 +109,9 @@ impl Default for CrawlerConfig {
             net: NetPolicy::closed(),
             parse_budget_bytes: PARSE_BUDGET_BYTES,
             proxy: None,
+            chromium: None,
+            browsers: 2,
+            max_render_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -150,6 +165,13 @@ impl CrawlerConfig {
                 }
             };
             config.net = NetPolicy::allowing_private(allow);
+        }
+        if let Some(value) = lookup(ENV_CHROMIUM).filter(|v| !v.is_empty()) {
+            config.chromium = Some(value.into());
+        }
+        if let Some(value) = lookup(ENV_BROWSERS) {
+            config.browsers = usize::try_from(parse_positive(ENV_BROWSERS, &value)?)
+                .unwrap_or(usize::MAX);
         }
         if let Some(value) = lookup(ENV_PROXY_URL) {
             // The value is a secret: the error does not quote it.
@@ -212,6 +234,9 @@ pub struct Crawler {
     /// One client per distinct proxy, kept across pages (and, on Lambda,
     /// across invocations) for its connection pool.
     proxied: Arc<Mutex<HashMap<ProxyUrl, reqwest::Client>>>,
+    /// The browser, for requests that ask to render (it starts at the
+    /// first such request).
+    renderer: Arc<Renderer>,
 }
 
 /// Distinct proxies whose clients are kept at once; past it the cache
@@ -238,9 +263,18 @@ impl Crawler {
             config.callback_attempts,
             config.callback_backoff,
         )?;
+        let renderer = Renderer::new(RenderConfig {
+            chromium: config.chromium.clone(),
+            pages: config.browsers.max(1),
+            max_timeout: config.max_render_timeout,
+            user_agent: config.user_agent.clone(),
+            max_body_bytes: config.max_body_bytes,
+            net: config.net.clone(),
+        })?;
         Ok(Self {
             fetch,
             callback,
+            renderer: Arc::new(renderer),
             parsing: Arc::new(tokio::sync::Semaphore::new(
                 config.parse_budget_bytes.clamp(1, MAX_PARSE_BUDGET),
             )),
@@ -355,6 +389,9 @@ impl Crawler {
             .map_err(|b| blocked(&b, false))?;
         // Before fetching: a bad selector fails the same way whatever the page.
         let fields = compile_selectors(&request.extract)?;
+        if let Some(how) = &request.render {
+            return self.render_and_extract(request, &url, how, fields).await;
+        }
         let max = self.config.max_body_bytes;
 
         // The fetch timeout covers connecting, redirects and headers, then
@@ -458,9 +495,13 @@ impl Crawler {
         // for 10 MiB): on a blocking thread, never on the async runtime's
         // workers, which serve the daemon's HTTP and dispatch. The body is
         // moved in and freed there, chunk by chunk as it is parsed.
-        let (title, fields) =
-            tokio::task::spawn_blocking(move || extract(&parse(body, charset.as_deref()), &fields))
-                .await
+        let (title, fields, looks_unrendered) = tokio::task::spawn_blocking(move || {
+            let document = parse(body, charset.as_deref());
+            let (title, fields) = extract(&document, &fields);
+            let shell = fields.values().any(Option::is_none) && looks_like_app_shell(&document);
+            (title, fields, shell)
+        })
+        .await
                 .map_err(|e| {
                     CrawlError::new(
                         ErrorKind::Other,
@@ -476,7 +517,66 @@ impl Crawler {
             content_sha256: hex::encode(hasher.finalize()),
             fetch_ms,
             via_proxy,
+            rendered: false,
+            looks_unrendered,
         })
+    }
+
+    /// Renders the page in the browser and extracts from the rendered
+    /// document, as a plain fetch extracts from the served one.
+    async fn render_and_extract(
+        &self,
+        request: &CrawlRequest,
+        url: &Url,
+        how: &crate::contract::RenderRequest,
+        fields: Vec<(String, Selector)>,
+    ) -> Result<PageFacts, CrawlError> {
+        if let Some(selector) = &how.wait_for {
+            if let Err(e) = Selector::parse(selector) {
+                return Err(CrawlError::new(
+                    ErrorKind::InvalidSelector,
+                    format!("wait_for {selector:?} is not a valid CSS selector: {e}"),
+                    false,
+                ));
+            }
+        }
+        let rendered = self
+            .renderer
+            .render(url, how, request.user_agent.as_deref())
+            .await?;
+        for refused in &rendered.refused {
+            tracing::info!(%refused, "the network guard refused one of the page's requests");
+        }
+        let bytes = rendered.html.len() as u64;
+        let content_sha256 = hex::encode(Sha256::digest(rendered.html.as_bytes()));
+        let _parsing = self.hold_parse_budget(self.parse_weight(bytes)).await;
+        let html = rendered.html;
+        let (title, fields) =
+            tokio::task::spawn_blocking(move || extract(&Html::parse_document(&html), &fields))
+                .await
+                .map_err(|e| {
+                    CrawlError::new(
+                        ErrorKind::Other,
+                        format!("{url}: extracting the rendered page's facts failed: {e}"),
+                        false,
+                    )
+                })?;
+        Ok(PageFacts {
+            http_status: rendered.http_status,
+            title,
+            fields,
+            bytes,
+            content_sha256,
+            fetch_ms: rendered.render_ms,
+            via_proxy: false,
+            rendered: true,
+            looks_unrendered: false,
+        })
+    }
+
+    /// The renderer this crawler's rendered pages go through.
+    pub fn renderer(&self) -> &Renderer {
+        &self.renderer
     }
 
     /// The proxy `request` is to be fetched through and when, if any: its
@@ -769,7 +869,7 @@ fn compile_selectors(
 /// A fetch the network guard refused: never retryable (the same URL
 /// resolves to the same kind of address), the message naming the address
 /// class.
-fn blocked(refusal: &netguard::Blocked, on_redirect: bool) -> CrawlError {
+pub(crate) fn blocked(refusal: &netguard::Blocked, on_redirect: bool) -> CrawlError {
     let message = if on_redirect {
         format!("a redirect was refused: {refusal}")
     } else {
@@ -801,7 +901,7 @@ fn refused_by_site(error: &CrawlError) -> bool {
 }
 
 /// 408, 429 and 5xx may pass on a later attempt; other statuses will not.
-fn status_error(status: StatusCode, url: &Url) -> CrawlError {
+pub(crate) fn status_error(status: StatusCode, url: &Url) -> CrawlError {
     let retryable = status == StatusCode::REQUEST_TIMEOUT
         || status == StatusCode::TOO_MANY_REQUESTS
         || status.is_server_error();
@@ -938,6 +1038,62 @@ fn extract(
         })
         .collect();
     (title, fields)
+}
+
+/// Visible text (outside scripts, styles and templates) under this many
+/// characters is "little text".
+const SHELL_TEXT_CHARS: usize = 100;
+
+static SHELL_ROOT: LazyLock<Selector> = LazyLock::new(|| {
+    Selector::parse("#root, #app, #__next, #__nuxt, #___gatsby, [data-reactroot], [ng-app], app-root")
+        .expect("a valid selector")
+});
+static SCRIPT: LazyLock<Selector> =
+    LazyLock::new(|| Selector::parse("script").expect("a valid selector"));
+static NOSCRIPT: LazyLock<Selector> =
+    LazyLock::new(|| Selector::parse("noscript").expect("a valid selector"));
+static BODY: LazyLock<Selector> =
+    LazyLock::new(|| Selector::parse("body").expect("a valid selector"));
+
+/// Whether the document looks like a page its scripts fill in: it has
+/// scripts and little visible text, and either an app's root element with
+/// nothing in it (`<div id="root"></div>`, `#app`, `#__next`, ...), a
+/// `<noscript>` asking for JavaScript, or no visible text at all.
+fn looks_like_app_shell(document: &Html) -> bool {
+    if document.select(&SCRIPT).next().is_none() {
+        return false;
+    }
+    let text = visible_text_chars(document);
+    if text >= SHELL_TEXT_CHARS {
+        return false;
+    }
+    let empty_root = document
+        .select(&SHELL_ROOT)
+        .any(|root| root.text().all(|t| t.trim().is_empty()));
+    let asks_for_javascript = document.select(&NOSCRIPT).any(|n| {
+        n.text()
+            .any(|t| t.to_ascii_lowercase().contains("javascript"))
+    });
+    empty_root || asks_for_javascript || text == 0
+}
+
+/// Characters of text in the body outside `script`, `style`, `noscript`
+/// and `template`, whitespace not counted.
+fn visible_text_chars(document: &Html) -> usize {
+    let Some(body) = document.select(&BODY).next() else {
+        return 0;
+    };
+    body.descendants()
+        .filter_map(|node| {
+            let text = node.value().as_text()?;
+            let hidden = node.ancestors().any(|a| {
+                a.value().as_element().is_some_and(|e| {
+                    matches!(e.name(), "script" | "style" | "noscript" | "template")
+                })
+            });
+            (!hidden).then(|| text.chars().filter(|c| !c.is_whitespace()).count())
+        })
+        .sum()
 }
 
 /// Joins the text pieces as they are (`9<b>.99</b>` is one word), collapses
@@ -1120,6 +1276,30 @@ mod tests {
     }
 
     #[test]
+    fn app_shells_look_unrendered_and_served_pages_do_not() {
+        let shell = |html: &str| looks_like_app_shell(&Html::parse_document(html));
+        // An empty root element that a bundle fills.
+        assert!(shell(
+            r#"<html><body><div id="root"></div><script src="/app.js"></script></body></html>"#
+        ));
+        // A <noscript> asking for JavaScript, the rest a spinner.
+        assert!(shell(
+            "<body><noscript>You need to enable JavaScript to run this app.</noscript>\
+             <div class=spinner>Loading…</div><script>boot()</script></body>"
+        ));
+        // Price and title there, scripts only for tracking.
+        assert!(!shell(
+            "<body><h1>Blue kettle</h1><p>A kettle that is blue and boils water fast, \
+             with a lid that stays shut and a handle that stays cool. Made of steel. \
+             Holds 1.7 litres. Ships in two days from our warehouse. Free returns for \
+             thirty days.</p><span class=price>29.99</span><div id=app></div>\
+             <script>track()</script></body>"
+        ));
+        // Little text but no scripts: nothing a browser would add.
+        assert!(!shell("<body><div id=root></div></body>"));
+    }
+
+    #[test]
     fn long_extracted_text_is_cut_at_a_character_boundary() {
         let long = "é".repeat(MAX_TEXT_BYTES);
         let text = collapse_whitespace([long.as_str()].into_iter());
@@ -1266,6 +1446,8 @@ mod tests {
             content_sha256: "00".into(),
             fetch_ms: 1,
             via_proxy: false,
+            rendered: false,
+            looks_unrendered: false,
         };
         let report = fit_report(Report::for_request(&request, Outcome::Succeeded(facts)));
         let error = report.outcome.error().expect("replaced by a failure");

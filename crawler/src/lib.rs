@@ -29,6 +29,7 @@ pub mod crawl;
 mod errors;
 pub mod netguard;
 pub mod proxy;
+pub mod render;
 
 pub use callback::{CallbackError, Reporter};
 pub use contract::{

@@ -333,6 +333,7 @@ fn request_through(proxy: &ForwardProxy, url: String) -> CrawlRequest {
             url: Some(ProxyUrl::parse(&proxy.url).unwrap()),
             on: ProxyOn::Always,
         }),
+        render: None,
         deadline: Utc::now() + chrono::Duration::minutes(5),
     }
 }
