@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::config::{Catchup, Overlap, Schedule, Settings};
+use crate::config::{Catchup, Overlap, RenderMode, Schedule, Settings};
 use crate::ledger::{self, Outcome, PageChange, PageStatus, PageWrite, Run, Trigger};
 use crate::lifecycle::page::{self, Event, Next, RetryReason};
 use crate::lifecycle::run as rules;
@@ -367,6 +367,14 @@ impl Runs {
             match self.store_batch(&lease, &batch, &hosts).await {
                 Ok(Some(n)) => {
                     inserted += n;
+                    // Hosts an earlier run learned need the browser go
+                    // straight to it (a page claimed before this is sent
+                    // on after its plain fetch, as without the shortcut).
+                    if schedule.render.mode == RenderMode::Auto {
+                        if let Err(e) = ledger::mark_known_hosts(&self.pool, &schedule.name, run_id).await {
+                            tracing::warn!(%run_id, error = %e, "could not mark the pages of hosts known to need the browser");
+                        }
+                    }
                     if inserted >= analyze_at {
                         // The claim's plan follows the run as it grows.
                         analyze_at = inserted.saturating_mul(4);
@@ -523,7 +531,19 @@ impl Runs {
                 max_attempts: 1,
             },
         };
+        // Whether an unrendered-looking page goes on to the browser is its
+        // schedule's `render`.
+        let mut auto_render = None;
         let event = match event {
+            Event::LooksUnrendered { .. } => {
+                let schedule = ledger::run_schedule(&self.pool, run_id).await?;
+                let schedule = schedule.and_then(|s| self.settings.schedule(&s));
+                let auto = schedule.filter(|s| s.render.mode == RenderMode::Auto);
+                auto_render = auto.map(|s| (s.name.clone(), s.render.render_after));
+                Event::LooksUnrendered {
+                    auto: auto_render.is_some(),
+                }
+            }
             Event::SiteThrottled {
                 error, retry_after, ..
             } => Event::SiteThrottled {
@@ -548,8 +568,10 @@ impl Runs {
                     // The site's throttles keep the attempt's number
                     // (its report may still be delivered again) and
                     // are counted apart; Lambda's give it back.
-                    refund: !uses_attempt && reason != RetryReason::SiteThrottled,
+                    refund: !uses_attempt
+                        && !matches!(reason, RetryReason::SiteThrottled | RetryReason::Render),
                     site_throttle: reason == RetryReason::SiteThrottled,
+                    to_browser: reason == RetryReason::Render,
                 };
                 (change, Some((reason, uses_attempt, after, message)))
             }
@@ -580,6 +602,16 @@ impl Runs {
                     .increment(1);
                 if reason == RetryReason::SiteThrottled {
                     metrics::counter!("fanfare_host_throttled_total").increment(1);
+                }
+                if let (RetryReason::Render, Some((schedule, render_after))) = (reason, &auto_render) {
+                    metrics::counter!("fanfare_pages_escalated_total").increment(1);
+                    let after = i32::try_from(*render_after).unwrap_or(i32::MAX);
+                    match ledger::note_escalation(&self.pool, schedule, run_id, page_id, after).await {
+                        Ok(true) => tracing::debug!(%run_id, page_id, "the page's host goes straight to the browser"),
+                        Ok(false) => {}
+                        // Only the shortcut is lost: the host's pages still escalate one by one.
+                        Err(e) => tracing::warn!(%run_id, page_id, error = %e, "could not note the host's render"),
+                    }
                 }
                 tracing::info!(%run_id, page_id, attempt, reason = reason.as_str(), uses_attempt, retry_in = ?after, error = %message, "the page will be dispatched again");
                 Handled::Requeued

@@ -406,6 +406,12 @@ pub enum PageChange {
         /// `max_attempts`), the run's interval for the page's host doubles
         /// (at most once per interval) and the host waits `after`.
         site_throttle: bool,
+        /// The page goes on to the browser (its plain fetch looked
+        /// unrendered): it is marked `render` and `escalated`, and the
+        /// plain dispatch is counted with `site_throttles` (dispatches that
+        /// do not count against `max_attempts`) while its attempt number
+        /// is kept, so a late copy of the plain report stays stale.
+        to_browser: bool,
     },
 }
 
@@ -445,8 +451,9 @@ pub struct PageRecorded {
 /// interval back by a tenth, down to the run's base interval.
 pub const RECORD_PAGES: &str = "with input as (
         select * from unnest($1::bigint[], $2::uuid[], $3::int[], $4::text[], $5::jsonb[],
-                $6::jsonb[], $7::float8[], $8::int[], $9::int[])
-            as t(page_id, run_id, attempt, status, result, error, retry_after, refund, throttle)),
+                $6::jsonb[], $7::float8[], $8::int[], $9::int[], $10::bool[])
+            as t(page_id, run_id, attempt, status, result, error, retry_after, refund, throttle,
+                to_browser)),
     locked as materialized (
         select id from runs where id in (select run_id from input) order by id for no key update),
     changed as (
@@ -454,7 +461,9 @@ pub const RECORD_PAGES: &str = "with input as (
             status = i.status,
             error = i.error,
             attempt = p.attempt - i.refund,
-            site_throttles = p.site_throttles + i.throttle,
+            site_throttles = p.site_throttles + i.throttle + i.to_browser::int,
+            render = p.render or i.to_browser,
+            escalated = p.escalated or i.to_browser,
             reported_attempt = case when i.retry_after is null then i.attempt else p.reported_attempt end,
             result = case when i.retry_after is null then i.result else p.result end,
             finished_at = case when i.retry_after is null then now() else p.finished_at end,
@@ -532,6 +541,7 @@ pub async fn record_pages<'e, E: PgExecutor<'e>>(
         Vec::with_capacity(n),
     );
     let mut throttles = Vec::with_capacity(n);
+    let mut to_browsers = Vec::with_capacity(n);
     for w in writes {
         pages.push(w.page_id);
         runs.push(w.run_id);
@@ -548,12 +558,14 @@ pub async fn record_pages<'e, E: PgExecutor<'e>>(
                 delays.push(None);
                 refunds.push(0i32);
                 throttles.push(0i32);
+                to_browsers.push(false);
             }
             PageChange::Requeue {
                 after,
                 error,
                 refund,
                 site_throttle,
+                to_browser,
             } => {
                 statuses.push(PageStatus::Pending.as_str());
                 results.push(None);
@@ -561,6 +573,7 @@ pub async fn record_pages<'e, E: PgExecutor<'e>>(
                 delays.push(Some(after.as_secs_f64()));
                 refunds.push(i32::from(*refund));
                 throttles.push(i32::from(*site_throttle));
+                to_browsers.push(*to_browser);
             }
         }
     }
@@ -574,6 +587,7 @@ pub async fn record_pages<'e, E: PgExecutor<'e>>(
         .bind(delays)
         .bind(refunds)
         .bind(throttles)
+        .bind(to_browsers)
         .fetch_all(db)
         .await?;
     Ok(rows
@@ -604,6 +618,8 @@ pub struct ClaimedPage {
     pub dispatch_at: DateTime<Utc>,
     /// When this attempt's report is due.
     pub deadline: DateTime<Utc>,
+    /// The page goes to the browser.
+    pub render: bool,
 }
 
 /// Whether `schedule`'s unfinished runs have a page to dispatch now (pending,
@@ -759,14 +775,15 @@ pub const CLAIM_PAGES: &str = "with mine as materialized (
             deadline = k.start + make_interval(secs => k.iv * (k.rn - 1) + $3),
             not_before = null, updated_at = now()
         from picked k where p.id = k.id
-        returning p.id, p.run_id, p.url, p.attempt, p.site_throttles, p.dispatched_at, p.deadline),
+        returning p.id, p.run_id, p.url, p.attempt, p.site_throttles, p.dispatched_at, p.deadline,
+            p.render),
     clocked as (
         update hosts h set next_at = s.start + make_interval(secs => s.iv * s.n)
         from (select host, min(start) as start, max(iv) as iv, count(*) as n
               from picked group by host) s
         where h.host = s.host)
     select c.id, c.run_id, c.url, c.attempt, c.site_throttles, c.dispatched_at as dispatch_at,
-        c.deadline, (select n from flight) as in_flight_before
+        c.deadline, c.render, (select n from flight) as in_flight_before
     from claimed c";
 
 /// Claims up to `limit` ready pages of `schedule`'s unfinished runs within

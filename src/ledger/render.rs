@@ -1,0 +1,91 @@
+//! Statements for pages that need a browser (`render`): which hosts a
+//! schedule has learned need it, and a run's counts of plain, rendered
+//! and escalated pages.
+
+use sqlx::PgExecutor;
+use uuid::Uuid;
+
+/// Counts one more page of page `page_id`'s host in run `run_id` of
+/// `schedule` sent on to the browser; once `render_after` of them in one run have,
+/// the host needs the browser (for this run and the schedule's next ones)
+/// and the run's pending pages of the host are marked to go straight to
+/// it. Returns whether the host needs the browser.
+pub async fn note_escalation<'e, E: PgExecutor<'e>>(
+    db: E,
+    schedule: &str,
+    run_id: Uuid,
+    page_id: i64,
+    render_after: i32,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "with page as (select host from pages where id = $2 and run_id = $3),
+        learned as (
+            insert into render_hosts as r (schedule, host, run_id, escalations, needs_browser)
+            select $1, host, $3, 1, 1 >= $4 from page
+            on conflict (schedule, host) do update set
+                escalations = case when r.run_id = excluded.run_id then r.escalations + 1 else 1 end,
+                run_id = excluded.run_id,
+                needs_browser = r.needs_browser
+                    or (case when r.run_id = excluded.run_id then r.escalations + 1 else 1 end) >= $4,
+                updated_at = now()
+            returning needs_browser),
+        marked as (
+            update pages set render = true, updated_at = now()
+            where run_id = $3 and host = (select host from page) and status = 'pending' and not render
+                and (select needs_browser from learned))
+        select coalesce((select needs_browser from learned), false)",
+    )
+    .bind(schedule)
+    .bind(page_id)
+    .bind(run_id)
+    .bind(render_after)
+    .fetch_one(db)
+    .await
+}
+
+/// Marks run `run_id`'s pending pages whose host `schedule` has learned
+/// needs the browser, so that they go straight to it; returns how many.
+pub async fn mark_known_hosts<'e, E: PgExecutor<'e>>(
+    db: E,
+    schedule: &str,
+    run_id: Uuid,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "update pages p set render = true, updated_at = now()
+         from render_hosts r
+         where p.run_id = $2 and p.status = 'pending' and not p.render
+             and r.schedule = $1 and r.host = p.host and r.needs_browser",
+    )
+    .bind(schedule)
+    .bind(run_id)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// A run's pages by how they were fetched.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, sqlx::FromRow)]
+pub struct RenderCounts {
+    /// Fetched as served only.
+    pub plain: i64,
+    /// Sent to the browser (from the start or escalated).
+    pub rendered: i64,
+    /// Sent on to the browser after their plain fetch looked unrendered.
+    pub escalated: i64,
+}
+
+/// Run `run_id`'s [`RenderCounts`].
+pub async fn render_counts<'e, E: PgExecutor<'e>>(
+    db: E,
+    run_id: Uuid,
+) -> Result<RenderCounts, sqlx::Error> {
+    sqlx::query_as(
+        "select count(*) filter (where not render) as plain,
+             count(*) filter (where render) as rendered,
+             count(*) filter (where escalated) as escalated
+         from pages where run_id = $1",
+    )
+    .bind(run_id)
+    .fetch_one(db)
+    .await
+}
