@@ -233,12 +233,13 @@ impl Dispatcher {
                 }
                 continue;
             }
-            let claimed = ledger::claim_pages(
+            let claimed = ledger::claim_pages_to(
                 &self.runs.pool,
                 &schedule.name,
                 schedule.max_in_flight as i64,
                 batch,
                 schedule.page_timeout,
+                schedule.render.mode == RenderMode::Always,
             )
             .await?;
             lane.metrics.in_flight.set(claimed.in_flight as f64);

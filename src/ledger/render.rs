@@ -64,7 +64,18 @@ pub async fn mark_known_hosts<'e, E: PgExecutor<'e>>(
 }
 
 /// A run's pages by how they were fetched.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, sqlx::FromRow)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    sqlx::FromRow,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
 pub struct RenderCounts {
     /// Fetched as served only.
     pub plain: i64,
