@@ -1595,7 +1595,9 @@ impl RawSchedule {
     /// renders are each named.
     fn render(&self, at: &str, invoker: InvokerKind, p: &mut Problems) -> RenderSettings {
         let key = |k: &str| format!("{at}: {k}");
-        let mode = p.word(&key("render"), self.render.as_deref(), RenderMode::Never);
+        // An unknown word stands in as "auto", so the other render keys are
+        // still checked without also being called unused.
+        let mode = p.word(&key("render"), self.render.as_deref(), RenderMode::Auto);
         let mut settings = RenderSettings {
             mode,
             ..RenderSettings::default()
