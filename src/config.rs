@@ -1676,10 +1676,7 @@ impl RawSchedule {
                 );
             }
             if mode == RenderMode::Always && self.render_after.is_some() {
-                p.add(
-                    &key("render_after"),
-                    "is only used with render = \"auto\"",
-                );
+                p.add(&key("render_after"), "is only used with render = \"auto\"");
             }
         }
         settings

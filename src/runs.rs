@@ -371,7 +371,9 @@ impl Runs {
                     // straight to it (a page claimed before this is sent
                     // on after its plain fetch, as without the shortcut).
                     if schedule.render.mode == RenderMode::Auto {
-                        if let Err(e) = ledger::mark_known_hosts(&self.pool, &schedule.name, run_id).await {
+                        if let Err(e) =
+                            ledger::mark_known_hosts(&self.pool, &schedule.name, run_id).await
+                        {
                             tracing::warn!(%run_id, error = %e, "could not mark the pages of hosts known to need the browser");
                         }
                     }
@@ -603,14 +605,22 @@ impl Runs {
                 if reason == RetryReason::SiteThrottled {
                     metrics::counter!("fanfare_host_throttled_total").increment(1);
                 }
-                if let (RetryReason::Render, Some((schedule, render_after))) = (reason, &auto_render) {
+                if let (RetryReason::Render, Some((schedule, render_after))) =
+                    (reason, &auto_render)
+                {
                     metrics::counter!("fanfare_pages_escalated_total").increment(1);
                     let after = i32::try_from(*render_after).unwrap_or(i32::MAX);
-                    match ledger::note_escalation(&self.pool, schedule, run_id, page_id, after).await {
-                        Ok(true) => tracing::debug!(%run_id, page_id, "the page's host goes straight to the browser"),
+                    match ledger::note_escalation(&self.pool, schedule, run_id, page_id, after)
+                        .await
+                    {
+                        Ok(true) => {
+                            tracing::debug!(%run_id, page_id, "the page's host goes straight to the browser")
+                        }
                         Ok(false) => {}
                         // Only the shortcut is lost: the host's pages still escalate one by one.
-                        Err(e) => tracing::warn!(%run_id, page_id, error = %e, "could not note the host's render"),
+                        Err(e) => {
+                            tracing::warn!(%run_id, page_id, error = %e, "could not note the host's render")
+                        }
                     }
                 }
                 tracing::info!(%run_id, page_id, attempt, reason = reason.as_str(), uses_attempt, retry_in = ?after, error = %message, "the page will be dispatched again");

@@ -170,8 +170,8 @@ impl CrawlerConfig {
             config.chromium = Some(value.into());
         }
         if let Some(value) = lookup(ENV_BROWSERS) {
-            config.browsers = usize::try_from(parse_positive(ENV_BROWSERS, &value)?)
-                .unwrap_or(usize::MAX);
+            config.browsers =
+                usize::try_from(parse_positive(ENV_BROWSERS, &value)?).unwrap_or(usize::MAX);
         }
         if let Some(value) = lookup(ENV_PROXY_URL) {
             // The value is a secret: the error does not quote it.
@@ -502,13 +502,13 @@ impl Crawler {
             (title, fields, shell)
         })
         .await
-                .map_err(|e| {
-                    CrawlError::new(
-                        ErrorKind::Other,
-                        format!("{final_url}: extracting the page's facts failed: {e}"),
-                        false,
-                    )
-                })?;
+        .map_err(|e| {
+            CrawlError::new(
+                ErrorKind::Other,
+                format!("{final_url}: extracting the page's facts failed: {e}"),
+                false,
+            )
+        })?;
         Ok(PageFacts {
             http_status: status.as_u16(),
             title,
@@ -1045,8 +1045,10 @@ fn extract(
 const SHELL_TEXT_CHARS: usize = 100;
 
 static SHELL_ROOT: LazyLock<Selector> = LazyLock::new(|| {
-    Selector::parse("#root, #app, #__next, #__nuxt, #___gatsby, [data-reactroot], [ng-app], app-root")
-        .expect("a valid selector")
+    Selector::parse(
+        "#root, #app, #__next, #__nuxt, #___gatsby, [data-reactroot], [ng-app], app-root",
+    )
+    .expect("a valid selector")
 });
 static SCRIPT: LazyLock<Selector> =
     LazyLock::new(|| Selector::parse("script").expect("a valid selector"));

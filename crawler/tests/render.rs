@@ -121,7 +121,9 @@ async fn a_page_its_script_fills_in_is_read_as_rendered_and_looks_unrendered_whe
         .route("/item", get(|| async { Html(SHELL) }))
         .route(
             "/api/item",
-            get(|| async { axum::Json(serde_json::json!({"name": "Blue kettle", "price": "29.99"})) }),
+            get(|| async {
+                axum::Json(serde_json::json!({"name": "Blue kettle", "price": "29.99"}))
+            }),
         );
     let addr = serve(app).await;
     let url = format!("http://{addr}/item");
@@ -187,7 +189,10 @@ async fn a_rendered_pages_requests_to_loopback_link_local_and_redirects_into_the
     let hop = format!("http://{to}/redirected");
     let app = Router::new()
         .route("/", get(move || async move { Html(page) }))
-        .route("/hop", get(move || async move { Redirect::temporary(&hop) }));
+        .route(
+            "/hop",
+            get(move || async move { Redirect::temporary(&hop) }),
+        );
     let addr = serve(app).await;
     let crawler = crawler();
     let how = render(Some("#done"), &[], Duration::from_secs(20));
@@ -292,7 +297,11 @@ async fn blocked_resource_types_are_never_fetched() {
     let how = render(None, &[ResourceType::Image], Duration::from_secs(20));
     let outcome = crawler.crawl(&request(url.clone(), Some(how))).await;
     assert!(outcome.facts().is_some_and(|f| f.rendered), "{outcome:?}");
-    assert_eq!(images.load(Ordering::SeqCst), 0, "a blocked image was fetched");
+    assert_eq!(
+        images.load(Ordering::SeqCst),
+        0,
+        "a blocked image was fetched"
+    );
     // Unblocked, the same image is fetched: the count above could move.
     let how = render(None, &[], Duration::from_secs(20));
     let outcome = crawler.crawl(&request(url, Some(how))).await;

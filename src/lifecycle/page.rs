@@ -443,7 +443,11 @@ mod tests {
                 other => panic!("auto sends the page to the browser, got {other:?}"),
             }
             assert_eq!(
-                next(attempt, max_attempts, Event::LooksUnrendered { auto: false }),
+                next(
+                    attempt,
+                    max_attempts,
+                    Event::LooksUnrendered { auto: false }
+                ),
                 Next::Terminal(PageStatus::Succeeded, None)
             );
         }

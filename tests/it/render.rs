@@ -101,8 +101,8 @@ async fn prices(app: &TestApp, run: uuid::Uuid) -> BTreeMap<String, (Option<Stri
 }
 
 #[tokio::test]
-async fn never_reads_only_static_prices_always_renders_every_page_and_auto_renders_only_the_script_pages()
-{
+async fn never_reads_only_static_prices_always_renders_every_page_and_auto_renders_only_the_script_pages(
+) {
     let shop = Shop::start(Ipv4Addr::LOCALHOST).await;
     let urls: Vec<String> = (1..=3)
         .map(|i| shop.script(i))
@@ -182,8 +182,8 @@ async fn never_reads_only_static_prices_always_renders_every_page_and_auto_rende
 }
 
 #[tokio::test]
-async fn a_host_that_needed_the_browser_render_after_times_goes_straight_to_it_in_this_run_and_the_next()
-{
+async fn a_host_that_needed_the_browser_render_after_times_goes_straight_to_it_in_this_run_and_the_next(
+) {
     let shells = Shop::start(Ipv4Addr::LOCALHOST).await;
     let statics = Shop::start(Ipv4Addr::new(127, 0, 0, 2)).await;
     let urls: Vec<String> = (1..=5)

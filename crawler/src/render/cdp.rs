@@ -193,7 +193,10 @@ impl Reader {
                     .and_then(Value::as_str)
                     .unwrap_or("the browser answered with an error")
                     .to_string()),
-                None => Ok(message.get_mut("result").map(Value::take).unwrap_or_default()),
+                None => Ok(message
+                    .get_mut("result")
+                    .map(Value::take)
+                    .unwrap_or_default()),
             };
             if let Some(tx) = lock(&self.pending).remove(&id) {
                 let _ = tx.send(answer);
@@ -201,14 +204,23 @@ impl Reader {
             return;
         }
         let (Some(method), Some(session)) = (
-            message.get("method").and_then(Value::as_str).map(str::to_string),
-            message.get("sessionId").and_then(Value::as_str).map(str::to_string),
+            message
+                .get("method")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            message
+                .get("sessionId")
+                .and_then(Value::as_str)
+                .map(str::to_string),
         ) else {
             return;
         };
         let event = Event {
             method,
-            params: message.get_mut("params").map(Value::take).unwrap_or_default(),
+            params: message
+                .get_mut("params")
+                .map(Value::take)
+                .unwrap_or_default(),
         };
         if let Some(tx) = lock(&self.sessions).get(&session) {
             let _ = tx.send(event);
@@ -234,7 +246,9 @@ async fn read_message(
         buf.extend_from_slice(piece.strip_suffix(&[0]).unwrap_or(piece));
         from_browser.consume(taken);
         if buf.len() > MAX_MESSAGE_BYTES {
-            return Err(std::io::Error::other("a message from the browser is too large"));
+            return Err(std::io::Error::other(
+                "a message from the browser is too large",
+            ));
         }
         if done {
             return Ok(true);
@@ -259,7 +273,10 @@ mod tests {
         let mut events = cdp.events("s1");
         let call = tokio::spawn({
             let cdp = cdp.clone();
-            async move { cdp.call(Some("s1"), "Page.navigate", json!({"url": "x"})).await }
+            async move {
+                cdp.call(Some("s1"), "Page.navigate", json!({"url": "x"}))
+                    .await
+            }
         });
         let mut their_read = BufReader::new(their_read);
         let mut sent = Vec::new();
@@ -297,15 +314,23 @@ mod tests {
         assert!(read_message(&mut their_read, &mut sent).await.unwrap());
         let id = serde_json::from_slice::<Value>(&sent).unwrap()["id"].clone();
         their_write
-            .write_all(format!(r#"{{"id":{id},"error":{{"message":"no such method"}}}}"#).as_bytes())
+            .write_all(
+                format!(r#"{{"id":{id},"error":{{"message":"no such method"}}}}"#).as_bytes(),
+            )
             .await
             .unwrap();
         their_write.write_all(b"\0").await.unwrap();
         let error = call.await.unwrap().unwrap_err();
-        assert!(error.contains("Target.nothing") && error.contains("no such method"), "{error}");
+        assert!(
+            error.contains("Target.nothing") && error.contains("no such method"),
+            "{error}"
+        );
         drop(their_write);
         drop(their_read);
-        let error = cdp.call(None, "Browser.getVersion", json!({})).await.unwrap_err();
+        let error = cdp
+            .call(None, "Browser.getVersion", json!({}))
+            .await
+            .unwrap_err();
         assert!(error.contains("exited"), "{error}");
     }
 }

@@ -127,7 +127,11 @@ pub fn find_chromium(explicit: Option<&Path>) -> Result<PathBuf, String> {
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     for dir in std::env::split_paths(&path) {
-        if let Some(found) = KNOWN_NAMES.iter().map(|n| dir.join(n)).find(|p| p.is_file()) {
+        if let Some(found) = KNOWN_NAMES
+            .iter()
+            .map(|n| dir.join(n))
+            .find(|p| p.is_file())
+        {
             return Ok(found);
         }
     }
@@ -219,9 +223,11 @@ impl Renderer {
         if slot.take().is_some() {
             tracing::warn!("the browser exited; starting another");
         }
-        let browser = Arc::new(Browser::launch(&self.config).await.map_err(|message| {
-            CrawlError::new(ErrorKind::Other, message, false)
-        })?);
+        let browser = Arc::new(
+            Browser::launch(&self.config)
+                .await
+                .map_err(|message| CrawlError::new(ErrorKind::Other, message, false))?,
+        );
         *slot = Some(browser.clone());
         Ok(browser)
     }
@@ -386,10 +392,17 @@ impl Page<'_> {
     async fn render(&self) -> Result<Rendered, CrawlError> {
         let context = self
             .cdp
-            .call(None, "Target.createBrowserContext", json!({ "disposeOnDetach": true }))
+            .call(
+                None,
+                "Target.createBrowserContext",
+                json!({ "disposeOnDetach": true }),
+            )
             .await
             .map_err(|e| self.browser_error(&e))?;
-        let context = context["browserContextId"].as_str().unwrap_or_default().to_string();
+        let context = context["browserContextId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let started = Instant::now();
         let result = tokio::time::timeout(self.bound, self.render_in(&context, started)).await;
         // Closes the page and drops everything it stored, whatever happened.
@@ -448,7 +461,10 @@ impl Page<'_> {
             )
             .await
             .map_err(|e| self.browser_error(&e))?;
-        let session = session["sessionId"].as_str().unwrap_or_default().to_string();
+        let session = session["sessionId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let mut events = self.cdp.events(&session);
         let result = self.drive(&session, &target, &mut events, started).await;
         self.cdp.forget(&session);
@@ -483,11 +499,20 @@ impl Page<'_> {
             let selector = serde_json::to_string(selector).unwrap_or_default();
             format!("(() => {{ try {{ return document.querySelector({selector}) !== null }} catch (e) {{ return false }} }})()")
         });
-        let blocked: HashSet<&'static str> =
-            self.how.block.iter().copied().map(cdp_resource_type).collect();
+        let blocked: HashSet<&'static str> = self
+            .how
+            .block
+            .iter()
+            .copied()
+            .map(cdp_resource_type)
+            .collect();
 
         let progress = Arc::new(std::sync::Mutex::new(Progress::default()));
-        let navigate = self.cdp.call(Some(session), "Page.navigate", json!({ "url": self.url.as_str() }));
+        let navigate = self.cdp.call(
+            Some(session),
+            "Page.navigate",
+            json!({ "url": self.url.as_str() }),
+        );
         tokio::pin!(navigate);
         let mut navigated = false;
         let mut tick = tokio::time::interval(WAIT_FOR_EVERY);
@@ -540,7 +565,8 @@ impl Page<'_> {
         let http_status = progress.document_status.unwrap_or(200);
         if !(200..300).contains(&http_status) {
             return Err(crate::crawl::status_error(
-                reqwest::StatusCode::from_u16(http_status).unwrap_or(reqwest::StatusCode::BAD_GATEWAY),
+                reqwest::StatusCode::from_u16(http_status)
+                    .unwrap_or(reqwest::StatusCode::BAD_GATEWAY),
                 self.url,
             ));
         }
@@ -595,7 +621,10 @@ impl Page<'_> {
     ) {
         let id = params["requestId"].as_str().unwrap_or_default().to_string();
         let kind = params["resourceType"].as_str().unwrap_or_default();
-        let url = params["request"]["url"].as_str().unwrap_or_default().to_string();
+        let url = params["request"]["url"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let is_document = kind == "Document" && params["frameId"].as_str() == Some(main_frame);
         let fail = |reason: &str| {
             self.cdp.send(
@@ -611,7 +640,9 @@ impl Page<'_> {
         let parsed = match Url::parse(&url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => u,
             _ => {
-                lock(progress).refused.push(format!("{url}: not an http(s) URL"));
+                lock(progress)
+                    .refused
+                    .push(format!("{url}: not an http(s) URL"));
                 fail("BlockedByClient");
                 return;
             }
@@ -724,13 +755,22 @@ enum FetchFailure {
 
 /// Request headers the crawler's client sets itself (or that would be
 /// wrong on a hop it makes on its own).
-const SKIPPED_REQUEST_HEADERS: [&str; 5] =
-    ["host", "user-agent", "accept-encoding", "content-length", "connection"];
+const SKIPPED_REQUEST_HEADERS: [&str; 5] = [
+    "host",
+    "user-agent",
+    "accept-encoding",
+    "content-length",
+    "connection",
+];
 
 /// Response headers that describe the body as it came over the wire, not
 /// as it is handed to the browser (decoded, whole).
-const SKIPPED_RESPONSE_HEADERS: [&str; 4] =
-    ["content-encoding", "content-length", "transfer-encoding", "connection"];
+const SKIPPED_RESPONSE_HEADERS: [&str; 4] = [
+    "content-encoding",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+];
 
 impl Fetch {
     /// Fetches the request `paused` describes; the status, and the
@@ -783,15 +823,16 @@ impl Fetch {
             }
             Ok((status, headers, body))
         };
-        let (status, headers, body) = tokio::time::timeout(self.timeout, fetch)
-            .await
-            .map_err(|_| {
-                FetchFailure::Other(CrawlError::new(
-                    ErrorKind::Timeout,
-                    format!("{url} did not answer within {:?}", self.timeout),
-                    true,
-                ))
-            })??;
+        let (status, headers, body) =
+            tokio::time::timeout(self.timeout, fetch)
+                .await
+                .map_err(|_| {
+                    FetchFailure::Other(CrawlError::new(
+                        ErrorKind::Timeout,
+                        format!("{url} did not answer within {:?}", self.timeout),
+                        true,
+                    ))
+                })??;
         let command = json!({
             "requestId": paused["requestId"],
             "responseCode": status,
@@ -834,9 +875,14 @@ mod tests {
             "--proxy-bypass-list=<-loopback>",
             "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
         ] {
-            assert!(flags.iter().any(|f| f == flag), "{flag} missing from {flags:?}");
+            assert!(
+                flags.iter().any(|f| f == flag),
+                "{flag} missing from {flags:?}"
+            );
         }
         assert!(flags.iter().any(|f| f.starts_with("--proxy-server=")));
-        assert!(!flags.iter().any(|f| f.starts_with("--remote-debugging-port")));
+        assert!(!flags
+            .iter()
+            .any(|f| f.starts_with("--remote-debugging-port")));
     }
 }
