@@ -367,16 +367,6 @@ impl Runs {
             match self.store_batch(&lease, &batch, &hosts).await {
                 Ok(Some(n)) => {
                     inserted += n;
-                    // Hosts an earlier run learned need the browser go
-                    // straight to it (a page claimed before this is sent
-                    // on after its plain fetch, as without the shortcut).
-                    if schedule.render.mode == RenderMode::Auto {
-                        if let Err(e) =
-                            ledger::mark_known_hosts(&self.pool, &schedule.name, run_id).await
-                        {
-                            tracing::warn!(%run_id, error = %e, "could not mark the pages of hosts known to need the browser");
-                        }
-                    }
                     if inserted >= analyze_at {
                         // The claim's plan follows the run as it grows.
                         analyze_at = inserted.saturating_mul(4);

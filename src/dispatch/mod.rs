@@ -239,7 +239,11 @@ impl Dispatcher {
                 schedule.max_in_flight as i64,
                 batch,
                 schedule.page_timeout,
-                schedule.render.mode == RenderMode::Always,
+                match schedule.render.mode {
+                    RenderMode::Never => ledger::ClaimRender::Marked,
+                    RenderMode::Always => ledger::ClaimRender::All,
+                    RenderMode::Auto => ledger::ClaimRender::Learned,
+                },
             )
             .await?;
             lane.metrics.in_flight.set(claimed.in_flight as f64);
@@ -484,8 +488,8 @@ impl Lane {
     }
 
     /// Whether `page` goes to the browser: every page with `render =
-    /// "always"`, with `"auto"` those marked (sent on after a plain fetch,
-    /// or of a host known to need it).
+    /// "always"`, with `"auto"` those the claim marked (sent on after a
+    /// plain fetch, or of a host the schedule learned needs it).
     fn renders(&self, page: &ClaimedPage) -> bool {
         match self.schedule.render.mode {
             RenderMode::Never => false,

@@ -695,8 +695,9 @@ pub const CLAIM_HOSTS: i64 = 4_096;
 
 /// The statement of [`claim_pages`]. $1 schedule, $2 batch size, $3 page
 /// timeout (s), $4 the schedule's max_in_flight, $5 the pacing horizon (s),
-/// $6 the most hosts, $7 whether every page claimed goes to the browser
-/// (it is marked `render`).
+/// $6 the most hosts, $7 whether every page claimed goes to the browser,
+/// $8 whether the pages of hosts the schedule learned need the browser
+/// (`render_hosts`) go to it (either way they are marked `render`).
 ///
 /// Hosts of the schedule's runs with a ready page, whose clock
 /// (`hosts.next_at`) is inside the horizon, oldest turn first; each host's
@@ -774,7 +775,11 @@ pub const CLAIM_PAGES: &str = "with mine as materialized (
         update pages p set status = 'dispatched', attempt = p.attempt + 1,
             dispatched_at = k.start + make_interval(secs => k.iv * (k.rn - 1)),
             deadline = k.start + make_interval(secs => k.iv * (k.rn - 1) + $3),
-            not_before = null, render = p.render or $7, updated_at = now()
+            not_before = null,
+            render = p.render or $7 or ($8 and exists (
+                select 1 from render_hosts r
+                where r.schedule = $1 and r.host = p.host and r.needs_browser)),
+            updated_at = now()
         from picked k where p.id = k.id
         returning p.id, p.run_id, p.url, p.attempt, p.site_throttles, p.dispatched_at, p.deadline,
             p.render),
@@ -801,11 +806,31 @@ pub async fn claim_pages<'a, A: Acquire<'a, Database = Postgres>>(
     limit: i64,
     page_timeout: Duration,
 ) -> Result<Claim, sqlx::Error> {
-    claim_pages_to(db, schedule, max_in_flight, limit, page_timeout, false).await
+    claim_pages_to(
+        db,
+        schedule,
+        max_in_flight,
+        limit,
+        page_timeout,
+        ClaimRender::Marked,
+    )
+    .await
 }
 
-/// [`claim_pages`], marking every page claimed `render` when `render_all`
-/// (a schedule whose every page goes to the browser).
+/// Which claimed pages go to the browser (are marked `render`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimRender {
+    /// Those already marked (sent on after a plain fetch).
+    Marked,
+    /// Every page.
+    All,
+    /// Those already marked, and those of hosts the schedule learned need
+    /// the browser ([`crate::ledger::note_escalation`]).
+    Learned,
+}
+
+/// [`claim_pages`], marking the pages claimed that go to the browser as
+/// `render` says.
 #[tracing::instrument(skip(db))]
 pub async fn claim_pages_to<'a, A: Acquire<'a, Database = Postgres>>(
     db: A,
@@ -813,7 +838,7 @@ pub async fn claim_pages_to<'a, A: Acquire<'a, Database = Postgres>>(
     max_in_flight: i64,
     limit: i64,
     page_timeout: Duration,
-    render_all: bool,
+    render: ClaimRender,
 ) -> Result<Claim, sqlx::Error> {
     let mut tx = db.begin().await?;
     sqlx::query("select pg_advisory_xact_lock(hashtextextended('fanfare.claim', 0))")
@@ -826,7 +851,8 @@ pub async fn claim_pages_to<'a, A: Acquire<'a, Database = Postgres>>(
         .bind(max_in_flight)
         .bind(PACING_HORIZON.as_secs_f64())
         .bind(CLAIM_HOSTS)
-        .bind(render_all)
+        .bind(render == ClaimRender::All)
+        .bind(render == ClaimRender::Learned)
         .fetch_all(&mut *tx)
         .await?;
     let in_flight_before = match rows.first() {

@@ -6,10 +6,10 @@ use sqlx::PgExecutor;
 use uuid::Uuid;
 
 /// Counts one more page of page `page_id`'s host in run `run_id` of
-/// `schedule` sent on to the browser; once `render_after` of them in one run have,
-/// the host needs the browser (for this run and the schedule's next ones)
-/// and the run's pending pages of the host are marked to go straight to
-/// it. Returns whether the host needs the browser.
+/// `schedule` sent on to the browser; once `render_after` of them in one
+/// run have, the host needs the browser, for this run and the schedule's
+/// next ones (a claim sends its pages straight there). Returns whether the
+/// host needs the browser.
 pub async fn note_escalation<'e, E: PgExecutor<'e>>(
     db: E,
     schedule: &str,
@@ -28,11 +28,7 @@ pub async fn note_escalation<'e, E: PgExecutor<'e>>(
                 needs_browser = r.needs_browser
                     or (case when r.run_id = excluded.run_id then r.escalations + 1 else 1 end) >= $4,
                 updated_at = now()
-            returning needs_browser),
-        marked as (
-            update pages set render = true, updated_at = now()
-            where run_id = $3 and host = (select host from page) and status = 'pending' and not render
-                and (select needs_browser from learned))
+            returning needs_browser)
         select coalesce((select needs_browser from learned), false)",
     )
     .bind(schedule)
@@ -41,26 +37,6 @@ pub async fn note_escalation<'e, E: PgExecutor<'e>>(
     .bind(render_after)
     .fetch_one(db)
     .await
-}
-
-/// Marks run `run_id`'s pending pages whose host `schedule` has learned
-/// needs the browser, so that they go straight to it; returns how many.
-pub async fn mark_known_hosts<'e, E: PgExecutor<'e>>(
-    db: E,
-    schedule: &str,
-    run_id: Uuid,
-) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(
-        "update pages p set render = true, updated_at = now()
-         from render_hosts r
-         where p.run_id = $2 and p.status = 'pending' and not p.render
-             and r.schedule = $1 and r.host = p.host and r.needs_browser",
-    )
-    .bind(schedule)
-    .bind(run_id)
-    .execute(db)
-    .await?;
-    Ok(done.rows_affected())
 }
 
 /// A run's pages by how they were fetched.

@@ -218,6 +218,21 @@ async fn a_host_that_needed_the_browser_render_after_times_goes_straight_to_it_i
         serde_json::json!({ "plain": 3, "rendered": 5, "escalated": 2 }),
         "two pages of the shell host escalate, its other three go straight to the browser: {first:#}"
     );
+    let cookie = crate::console::session(&app).await;
+    let (status, _, body) =
+        crate::console::page(&app, Some(&cookie), &format!("/ui/runs/{run}")).await;
+    assert_eq!(status, 200);
+    let section = body
+        .split(r#"id="rendering""#)
+        .nth(1)
+        .unwrap_or_else(|| panic!("the run page has a rendering section: {body}"));
+    for fact in [
+        "<dt>as served</dt><dd>3</dd>",
+        "<dt>in a browser</dt><dd>5</dd>",
+        "<dt>sent on to the browser</dt><dd>2</dd>",
+    ] {
+        assert!(section.contains(fact), "{fact} missing: {section}");
+    }
 
     let run = app.trigger("learns").await;
     let second = app.wait_finished(run, within).await;
