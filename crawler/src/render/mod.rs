@@ -242,7 +242,16 @@ struct Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.profile);
+        // The profile holds many small files: removed off the async
+        // runtime's threads when there is one.
+        let profile = std::mem::take(&mut self.profile);
+        let remove = move || {
+            let _ = std::fs::remove_dir_all(profile);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(remove)),
+            Err(_) => remove(),
+        }
     }
 }
 
