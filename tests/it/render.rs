@@ -244,3 +244,41 @@ async fn a_host_that_needed_the_browser_render_after_times_goes_straight_to_it_i
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_api_document_describes_render_in_the_event_and_rendered_in_the_report() {
+    let app = TestApp::spawn(&schedule("s").to_string(), None).await;
+    let (status, doc) = app.get("/openapi.json").await;
+    assert_eq!(status, 200);
+    let schemas = &doc["components"]["schemas"];
+    let render = &schemas["CrawlRequest"]["properties"]["render"];
+    assert!(
+        render
+            .to_string()
+            .contains("#/components/schemas/RenderRequest"),
+        "{render:#}"
+    );
+    let request = &schemas["RenderRequest"]["properties"];
+    for key in ["wait_for", "block", "timeout_ms"] {
+        assert!(
+            request.get(key).is_some(),
+            "RenderRequest.{key}: {request:#}"
+        );
+    }
+    assert_eq!(
+        schemas["ResourceType"]["enum"],
+        serde_json::json!(["image", "font", "media", "stylesheet"])
+    );
+    for key in ["rendered", "looks_unrendered"] {
+        assert_eq!(
+            schemas["PageFacts"]["properties"][key]["type"], "boolean",
+            "PageFacts.{key}: {:#}",
+            schemas["PageFacts"]
+        );
+    }
+    let counts = &schemas["RenderCounts"]["properties"];
+    for key in ["plain", "rendered", "escalated"] {
+        assert!(counts.get(key).is_some(), "RenderCounts.{key}: {counts:#}");
+    }
+    app.stop().await;
+}
