@@ -274,6 +274,33 @@ async fn a_wait_for_that_never_matches_fails_clearly_within_the_render_timeout()
 }
 
 #[tokio::test]
+async fn a_rendered_page_that_answers_404_fails_as_its_status_without_waiting_for_wait_for() {
+    let app = Router::new().route(
+        "/gone",
+        get(|| async { (axum::http::StatusCode::NOT_FOUND, Html("<h1>Not here</h1>")) }),
+    );
+    let addr = serve(app).await;
+    let how = render(Some(".price"), &[], Duration::from_secs(20));
+    let started = Instant::now();
+    let outcome = crawler()
+        .crawl(&request(format!("http://{addr}/gone"), Some(how)))
+        .await;
+    let Outcome::Failed { error } = outcome else {
+        panic!("a 404 rendered: {outcome:?}");
+    };
+    assert_eq!(error.kind, ErrorKind::HttpStatus, "{error}");
+    assert_eq!(error.http_status, Some(404), "{error}");
+    assert!(!error.retryable);
+    assert!(error.message.contains("404"), "{error}");
+    // Well inside the 20 s bound: the status ends the render.
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn blocked_resource_types_are_never_fetched() {
     let images = Arc::new(AtomicUsize::new(0));
     let counted = images.clone();

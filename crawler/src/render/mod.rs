@@ -442,6 +442,12 @@ impl Page<'_> {
         )
     }
 
+    fn status_error(&self, status: u16) -> CrawlError {
+        let status =
+            reqwest::StatusCode::from_u16(status).unwrap_or(reqwest::StatusCode::BAD_GATEWAY);
+        crate::crawl::status_error(status, self.url)
+    }
+
     fn browser_error(&self, message: &str) -> CrawlError {
         CrawlError::new(
             ErrorKind::Other,
@@ -550,6 +556,11 @@ impl Page<'_> {
                     if let Some(error) = lock(&progress).document_error.take() {
                         return Err(error);
                     }
+                    // A page that answered 404 or 500 is that answer, not
+                    // a wait for a wait_for that will never match.
+                    if let Some(status) = lock(&progress).document_status.filter(|s| *s >= 400) {
+                        return Err(self.status_error(status));
+                    }
                     let ready = match &wait_for {
                         Some(test) => navigated && self.evaluate(session, test).await? == Value::Bool(true),
                         None => {
@@ -573,11 +584,7 @@ impl Page<'_> {
         let progress = std::mem::take(&mut *lock(&progress));
         let http_status = progress.document_status.unwrap_or(200);
         if !(200..300).contains(&http_status) {
-            return Err(crate::crawl::status_error(
-                reqwest::StatusCode::from_u16(http_status)
-                    .unwrap_or(reqwest::StatusCode::BAD_GATEWAY),
-                self.url,
-            ));
+            return Err(self.status_error(http_status));
         }
         Ok(Rendered {
             http_status,
