@@ -525,15 +525,19 @@ impl Runs {
         };
         // Whether an unrendered-looking page goes on to the browser is its
         // schedule's `render`.
-        let mut auto_render = None;
         let event = match event {
             Event::LooksUnrendered { .. } => {
                 let schedule = ledger::run_schedule(&self.pool, run_id).await?;
                 let schedule = schedule.and_then(|s| self.settings.schedule(&s));
                 let auto = schedule.filter(|s| s.render.mode == RenderMode::Auto);
-                auto_render = auto.map(|s| (s.name.clone(), s.render.render_after));
+                if let Some(schedule) = auto {
+                    // Counted before the page is requeued, so that no claim
+                    // of the host's next page can come before it.
+                    self.note_escalation(schedule, run_id, page_id, attempt)
+                        .await;
+                }
                 Event::LooksUnrendered {
-                    auto: auto_render.is_some(),
+                    auto: auto.is_some(),
                 }
             }
             Event::SiteThrottled {
@@ -595,23 +599,8 @@ impl Runs {
                 if reason == RetryReason::SiteThrottled {
                     metrics::counter!("fanfare_host_throttled_total").increment(1);
                 }
-                if let (RetryReason::Render, Some((schedule, render_after))) =
-                    (reason, &auto_render)
-                {
+                if reason == RetryReason::Render {
                     metrics::counter!("fanfare_pages_escalated_total").increment(1);
-                    let after = i32::try_from(*render_after).unwrap_or(i32::MAX);
-                    match ledger::note_escalation(&self.pool, schedule, run_id, page_id, after)
-                        .await
-                    {
-                        Ok(true) => {
-                            tracing::debug!(%run_id, page_id, "the page's host goes straight to the browser")
-                        }
-                        Ok(false) => {}
-                        // Only the shortcut is lost: the host's pages still escalate one by one.
-                        Err(e) => {
-                            tracing::warn!(%run_id, page_id, error = %e, "could not note the host's render")
-                        }
-                    }
                 }
                 tracing::info!(%run_id, page_id, attempt, reason = reason.as_str(), uses_attempt, retry_in = ?after, error = %message, "the page will be dispatched again");
                 Handled::Requeued
@@ -626,6 +615,27 @@ impl Runs {
                 Handled::Recorded { finished }
             }
         })
+    }
+
+    /// Counts page `page_id` (on attempt `attempt`, still dispatched) of
+    /// run `run_id` as sent on to the browser for its host; once
+    /// `render_after` pages of the host have been, the host goes straight
+    /// to the browser. A failure only loses the shortcut: the host's pages
+    /// are still sent on one by one.
+    async fn note_escalation(&self, schedule: &Schedule, run_id: Uuid, page_id: i64, attempt: i32) {
+        let after = i32::try_from(schedule.render.render_after).unwrap_or(i32::MAX);
+        let noted =
+            ledger::note_escalation(&self.pool, &schedule.name, run_id, page_id, attempt, after)
+                .await;
+        match noted {
+            Ok(true) => {
+                tracing::debug!(%run_id, page_id, "the page's host goes straight to the browser")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(%run_id, page_id, error = %e, "could not note that the page's host needed the browser")
+            }
+        }
     }
 
     /// The `max_attempts` of a run's schedule (1 when the schedule is gone).

@@ -6,7 +6,9 @@ use sqlx::PgExecutor;
 use uuid::Uuid;
 
 /// Counts one more page of page `page_id`'s host in run `run_id` of
-/// `schedule` sent on to the browser; once `render_after` of them in one
+/// `schedule` sent on to the browser (when the page is still dispatched on
+/// `attempt` and was not sent on before: a late copy of a report counts
+/// nothing); once `render_after` of them in one
 /// run have, the host needs the browser, for this run and the schedule's
 /// next ones (a claim sends its pages straight there). Returns whether the
 /// host needs the browser.
@@ -15,10 +17,14 @@ pub async fn note_escalation<'e, E: PgExecutor<'e>>(
     schedule: &str,
     run_id: Uuid,
     page_id: i64,
+    attempt: i32,
     render_after: i32,
 ) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(
-        "with page as (select host from pages where id = $2 and run_id = $3),
+        "with page as (
+            select host from pages
+            where id = $2 and run_id = $3 and status = 'dispatched' and attempt = $5
+                and not escalated),
         learned as (
             insert into render_hosts as r (schedule, host, run_id, escalations, needs_browser)
             select $1, host, $3, 1, 1 >= $4 from page
@@ -35,6 +41,7 @@ pub async fn note_escalation<'e, E: PgExecutor<'e>>(
     .bind(page_id)
     .bind(run_id)
     .bind(render_after)
+    .bind(attempt)
     .fetch_one(db)
     .await
 }
