@@ -12,6 +12,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use fanfare_crawler::contract::{RenderRequest, ResourceType};
 use fanfare_crawler::extract::check_field;
 use fanfare_crawler::proxy::{ProxyOn, ProxyRoute, ProxyUrl};
 use fanfare_crawler::{FieldSpec, FieldTable, ValueType};
@@ -132,6 +133,8 @@ pub struct SecuritySettings {
 pub struct LocalSettings {
     /// In-process crawls running at once in this daemon.
     pub concurrency: usize,
+    /// Pages rendering in the daemon's browser at once.
+    pub browsers: usize,
 }
 
 /// How to reach the Lambda API.
@@ -226,6 +229,77 @@ words!(InvokerKind {
     Lambda => "lambda",
     Local => "local",
 });
+
+/// Whether a schedule's pages are rendered in a browser.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RenderMode {
+    /// Never: the HTML as served (the default).
+    #[default]
+    Never,
+    /// Every page.
+    Always,
+    /// A page whose plain fetch looks unrendered is sent on to the browser;
+    /// a host that needed it `render_after` times goes straight there.
+    Auto,
+}
+
+words!(RenderMode {
+    Never => "never",
+    Always => "always",
+    Auto => "auto",
+});
+
+/// A schedule's `render_timeout` when it sets none.
+pub const DEFAULT_RENDER_TIMEOUT: Duration = Duration::from_secs(20);
+/// The longest `render_timeout`.
+pub const MAX_RENDER_TIMEOUT: Duration = Duration::from_secs(60);
+/// A schedule's `render_after` when it sets none.
+pub const DEFAULT_RENDER_AFTER: u32 = 3;
+/// A schedule's `block` when it sets none.
+pub const DEFAULT_BLOCK: [ResourceType; 3] =
+    [ResourceType::Image, ResourceType::Font, ResourceType::Media];
+
+/// How a schedule's pages are rendered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderSettings {
+    /// Never, always, or when the plain fetch looks unrendered.
+    pub mode: RenderMode,
+    /// The page counts as rendered once this CSS selector matches.
+    pub wait_for: Option<String>,
+    /// Resource types the browser does not fetch.
+    pub block: Vec<ResourceType>,
+    /// The most time one render may take.
+    pub timeout: Duration,
+    /// The Lambda function that renders (for `invoker = "lambda"`).
+    pub browser_function: Option<String>,
+    /// With `auto`: after this many of a host's pages in a run needed the
+    /// browser, its other pages go straight to it.
+    pub render_after: u32,
+}
+
+impl Default for RenderSettings {
+    fn default() -> Self {
+        Self {
+            mode: RenderMode::Never,
+            wait_for: None,
+            block: DEFAULT_BLOCK.to_vec(),
+            timeout: DEFAULT_RENDER_TIMEOUT,
+            browser_function: None,
+            render_after: DEFAULT_RENDER_AFTER,
+        }
+    }
+}
+
+impl RenderSettings {
+    /// The event's `render` for a page that goes to the browser.
+    pub fn request(&self) -> RenderRequest {
+        RenderRequest {
+            wait_for: self.wait_for.clone(),
+            block: self.block.clone(),
+            timeout_ms: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
 
 /// Where a run's page list comes from.
 #[derive(Debug, Clone, PartialEq)]
@@ -510,6 +584,8 @@ pub struct Schedule {
     /// The forward proxy the crawler fetches pages through; directly when
     /// unset.
     pub proxy: Option<ScheduleProxy>,
+    /// Whether and how pages are rendered in a browser.
+    pub render: RenderSettings,
     /// The most pages one run may list; a longer list fails the run.
     pub max_pages: usize,
     /// The largest page-list document (after decompression) read.
@@ -809,6 +885,7 @@ struct RawSecurity {
 #[serde(deny_unknown_fields)]
 struct RawLocal {
     concurrency: Option<usize>,
+    browsers: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -849,6 +926,12 @@ struct RawSchedule {
     user_agent: Option<String>,
     proxy: Option<RawProxy>,
     proxy_on: Option<String>,
+    render: Option<String>,
+    wait_for: Option<String>,
+    block: Option<Vec<String>>,
+    render_timeout: Option<String>,
+    browser_function: Option<String>,
+    render_after: Option<u32>,
     max_pages: Option<usize>,
     max_document_bytes: Option<usize>,
     sitemap_any_host: Option<bool>,
@@ -1339,6 +1422,7 @@ impl RawLocal {
     fn validate(self, p: &mut Problems) -> LocalSettings {
         LocalSettings {
             concurrency: p.at_least_one("local.concurrency", self.concurrency.unwrap_or(16)),
+            browsers: p.at_least_one("local.browsers", self.browsers.unwrap_or(2)),
         }
     }
 }
@@ -1491,6 +1575,7 @@ impl RawSchedule {
         let overlap = p.word(&key("overlap"), self.overlap.as_deref(), Overlap::Skip);
         let (per_host_in_flight, per_host_interval) = self.per_host(&at, p);
         let compare = p.word(&key("compare"), self.compare.as_deref(), Compare::Fields);
+        let render = self.render(&at, invoker, p);
         let mut notify = Vec::new();
         for (i, t) in std::mem::take(&mut self.notify).into_iter().enumerate() {
             notify.extend(t.validate(&key(&format!("notify[{i}]")), p));
@@ -1513,6 +1598,7 @@ impl RawSchedule {
             user_agent: self.user_agent,
             // Set over the `[politeness]` default by `validate_schedules`.
             proxy: None,
+            render,
             max_pages: self.max_pages.unwrap_or(DEFAULT_MAX_PAGES),
             max_document_bytes: self
                 .max_document_bytes
@@ -1606,6 +1692,99 @@ impl RawSchedule {
                 self.tolerated_failures.as_ref(),
             ),
         }
+    }
+
+    /// The render keys, checked: a wrong word, selector, resource type or
+    /// duration, a lambda schedule that renders without
+    /// `browser_function`, and a render key on a schedule that never
+    /// renders are each named.
+    fn render(&self, at: &str, invoker: InvokerKind, p: &mut Problems) -> RenderSettings {
+        let key = |k: &str| format!("{at}: {k}");
+        // An unknown word stands in as "auto", so the other render keys are
+        // still checked without also being called unused.
+        let mode = p.word(&key("render"), self.render.as_deref(), RenderMode::Auto);
+        let mut settings = RenderSettings {
+            mode,
+            ..RenderSettings::default()
+        };
+        if let Some(selector) = &self.wait_for {
+            match scraper_selector_ok(selector) {
+                Ok(()) => settings.wait_for = Some(selector.clone()),
+                Err(e) => p.add(
+                    &key("wait_for"),
+                    format!("{selector:?} is not a CSS selector ({e})"),
+                ),
+            }
+        }
+        if let Some(words) = &self.block {
+            settings.block.clear();
+            for word in words {
+                match ResourceType::ALL.iter().find(|t| t.as_str() == word) {
+                    Some(kind) if !settings.block.contains(kind) => settings.block.push(*kind),
+                    Some(_) => {}
+                    None => p.add(
+                        &key("block"),
+                        format!(
+                            "{word:?} must be {}",
+                            one_of(&ResourceType::ALL.map(ResourceType::as_str))
+                        ),
+                    ),
+                }
+            }
+        }
+        settings.timeout = p.duration(
+            &key("render_timeout"),
+            self.render_timeout.as_deref(),
+            DEFAULT_RENDER_TIMEOUT,
+        );
+        if settings.timeout > MAX_RENDER_TIMEOUT {
+            p.add(
+                &key("render_timeout"),
+                format!(
+                    "{:?} is longer than the most a render may take, {}",
+                    self.render_timeout.as_deref().unwrap_or_default(),
+                    humantime::format_duration(MAX_RENDER_TIMEOUT)
+                ),
+            );
+            settings.timeout = MAX_RENDER_TIMEOUT;
+        }
+        settings.render_after = self.render_after.unwrap_or(DEFAULT_RENDER_AFTER);
+        if self.render_after == Some(0) {
+            p.add(&key("render_after"), "must be at least 1");
+        }
+        settings.browser_function = self.browser_function.clone().filter(|f| !f.is_empty());
+        if self.browser_function.as_deref() == Some("") {
+            p.add(&key("browser_function"), "must not be empty");
+        }
+        if mode == RenderMode::Never {
+            let set = [
+                ("wait_for", self.wait_for.is_some()),
+                ("block", self.block.is_some()),
+                ("render_timeout", self.render_timeout.is_some()),
+                ("browser_function", self.browser_function.is_some()),
+                ("render_after", self.render_after.is_some()),
+            ];
+            for (name, _) in set.iter().filter(|(_, set)| *set) {
+                p.add(
+                    &key(name),
+                    "is set but the schedule never renders (set render = \"always\" or \"auto\")",
+                );
+            }
+        } else {
+            if invoker == InvokerKind::Lambda && self.browser_function.is_none() {
+                p.add(
+                    &key("browser_function"),
+                    format!(
+                        "is required with render = \"{mode}\" and invoker = \"lambda\" \
+                         (the Lambda function that renders pages)"
+                    ),
+                );
+            }
+            if mode == RenderMode::Always && self.render_after.is_some() {
+                p.add(&key("render_after"), "is only used with render = \"auto\"");
+            }
+        }
+        settings
     }
 
     /// Checks the listing and pacing keys; returns `per_host_in_flight` and
@@ -1896,6 +2075,13 @@ fn field_spec(p: &mut Problems, at: &str, raw: serde_json::Value) -> Option<Fiel
             None
         }
     }
+}
+
+/// Whether `selector` parses as CSS, as the crawler's browser reads it.
+fn scraper_selector_ok(selector: &str) -> Result<(), String> {
+    scraper::Selector::parse(selector)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

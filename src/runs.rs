@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::config::{Catchup, Overlap, Schedule, Settings};
+use crate::config::{Catchup, Overlap, RenderMode, Schedule, Settings};
 use crate::discovery::Discoverer;
 use crate::ledger::{self, Outcome, PageChange, PageStatus, PageWrite, Run, Trigger};
 use crate::lifecycle::page::{self, Event, Next, RetryReason};
@@ -542,7 +542,23 @@ impl Runs {
                 max_attempts: 1,
             },
         };
+        // Whether an unrendered-looking page goes on to the browser is its
+        // schedule's `render`.
         let event = match event {
+            Event::LooksUnrendered { .. } => {
+                let schedule = ledger::run_schedule(&self.pool, run_id).await?;
+                let schedule = schedule.and_then(|s| self.settings.schedule(&s));
+                let auto = schedule.filter(|s| s.render.mode == RenderMode::Auto);
+                if let Some(schedule) = auto {
+                    // Counted before the page is requeued, so that no claim
+                    // of the host's next page can come before it.
+                    self.note_escalation(schedule, run_id, page_id, attempt)
+                        .await;
+                }
+                Event::LooksUnrendered {
+                    auto: auto.is_some(),
+                }
+            }
             Event::SiteThrottled {
                 error, retry_after, ..
             } => Event::SiteThrottled {
@@ -567,8 +583,10 @@ impl Runs {
                     // The site's throttles keep the attempt's number
                     // (its report may still be delivered again) and
                     // are counted apart; Lambda's give it back.
-                    refund: !uses_attempt && reason != RetryReason::SiteThrottled,
+                    refund: !uses_attempt
+                        && !matches!(reason, RetryReason::SiteThrottled | RetryReason::Render),
                     site_throttle: reason == RetryReason::SiteThrottled,
+                    to_browser: reason == RetryReason::Render,
                 };
                 (change, Some((reason, uses_attempt, after, message)))
             }
@@ -606,6 +624,9 @@ impl Runs {
                 if reason == RetryReason::SiteThrottled {
                     metrics::counter!("fanfare_host_throttled_total").increment(1);
                 }
+                if reason == RetryReason::Render {
+                    metrics::counter!("fanfare_pages_escalated_total").increment(1);
+                }
                 tracing::info!(%run_id, page_id, attempt, reason = reason.as_str(), uses_attempt, retry_in = ?after, error = %message, "the page will be dispatched again");
                 Handled::Requeued
             }
@@ -619,6 +640,27 @@ impl Runs {
                 Handled::Recorded { finished }
             }
         })
+    }
+
+    /// Counts page `page_id` (on attempt `attempt`, still dispatched) of
+    /// run `run_id` as sent on to the browser for its host; once
+    /// `render_after` pages of the host have been, the host goes straight
+    /// to the browser. A failure only loses the shortcut: the host's pages
+    /// are still sent on one by one.
+    async fn note_escalation(&self, schedule: &Schedule, run_id: Uuid, page_id: i64, attempt: i32) {
+        let after = i32::try_from(schedule.render.render_after).unwrap_or(i32::MAX);
+        let noted =
+            ledger::note_escalation(&self.pool, &schedule.name, run_id, page_id, attempt, after)
+                .await;
+        match noted {
+            Ok(true) => {
+                tracing::debug!(%run_id, page_id, "the page's host goes straight to the browser")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(%run_id, page_id, error = %e, "could not note that the page's host needed the browser")
+            }
+        }
     }
 
     /// The `max_attempts` of a run's schedule (1 when the schedule is gone).

@@ -109,6 +109,7 @@ impl Application {
         // settings: the config switch is the one truth.
         let mut crawler_config = CrawlerConfig {
             net: NetPolicy::allowing_private(runs.settings.security.allow_private_networks),
+            browsers: runs.settings.local.browsers,
             ..overrides.crawler.unwrap_or_default()
         };
         // `proxy = "crawler"` means the crawler's own proxy: in-process,

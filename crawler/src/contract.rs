@@ -56,6 +56,10 @@ pub struct CrawlRequest {
     /// when absent. Its URL carries the proxy's credentials, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<ProxyRoute>,
+    /// Render the page in a headless browser (its scripts run) and extract
+    /// from the rendered document; fetched as served when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub render: Option<RenderRequest>,
     /// When the daemon stops waiting for this attempt.
     pub deadline: DateTime<Utc>,
     /// Report the page's links ([`PageFacts::links`]) this way; absent:
@@ -105,6 +109,7 @@ impl std::fmt::Debug for CrawlRequest {
             .field("callback_token", &"[redacted]")
             .field("user_agent", &self.user_agent)
             .field("proxy", &self.proxy)
+            .field("render", &self.render)
             .field("deadline", &self.deadline)
             .field("links", &self.links)
             .finish()
@@ -259,6 +264,58 @@ pub fn same_field_value(a: &Value, b: &Value) -> bool {
     }
 }
 
+/// How to render a page in a browser (the request's `render`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenderRequest {
+    /// A CSS selector: the page counts as rendered once it matches. Without
+    /// it, once the load event has fired and the page's requests have been
+    /// quiet for a moment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_for: Option<String>,
+    /// Resource types the browser does not fetch.
+    #[serde(default)]
+    pub block: Vec<ResourceType>,
+    /// The most time the render may take, in milliseconds, from opening the
+    /// page to reading its document (the crawler caps it at its own limit).
+    pub timeout_ms: u64,
+}
+
+/// A resource type a render may leave unfetched.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResourceType {
+    /// Images (`<img>`, CSS backgrounds, favicons).
+    Image,
+    /// Web fonts.
+    Font,
+    /// Audio and video.
+    Media,
+    /// Style sheets.
+    Stylesheet,
+}
+
+impl ResourceType {
+    /// Every resource type, in wire order.
+    pub const ALL: [ResourceType; 4] = [
+        ResourceType::Image,
+        ResourceType::Font,
+        ResourceType::Media,
+        ResourceType::Stylesheet,
+    ];
+
+    /// The snake_case name used on the wire (and in the configuration).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceType::Image => "image",
+            ResourceType::Font => "font",
+            ResourceType::Media => "media",
+            ResourceType::Stylesheet => "stylesheet",
+        }
+    }
+}
+
 /// A request in a contract version this crate does not speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("unsupported contract version {version}: this crawler speaks version {CONTRACT_VERSION}")]
@@ -348,6 +405,17 @@ pub struct PageFacts {
     /// order. Absent when none were asked for or found.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub links: Vec<String>,
+    /// Whether the page was rendered in a browser (the request's `render`);
+    /// the fields were then read from the rendered document. Absent means
+    /// false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rendered: bool,
+    /// The plain fetch's verdict: a field found nothing and the document
+    /// looks like an app shell that scripts fill in (little text, an empty
+    /// root element, mostly scripts). Only set on pages that were not
+    /// rendered; absent means false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub looks_unrendered: bool,
 }
 
 /// Why a crawl failed.
@@ -629,6 +697,8 @@ mod tests {
             fetch_ms: 212,
             via_proxy: false,
             links: Vec::new(),
+            rendered: false,
+            looks_unrendered: false,
         };
         let report = Report::for_request(&request(), Outcome::Succeeded(facts));
         let json = serde_json::to_string(&report).unwrap();
@@ -729,6 +799,36 @@ mod tests {
         let error = request.check_version().unwrap_err();
         assert_eq!(error.version, 2);
         assert!(error.to_string().contains("version 2"), "{error}");
+    }
+
+    #[test]
+    fn render_request_round_trips_and_old_requests_have_none() {
+        assert_eq!(request().render, None);
+        let json = REQUEST.replace(
+            r#""deadline""#,
+            r##""render":{"wait_for":"#price","block":["image","font"],"timeout_ms":20000},"deadline""##,
+        );
+        let request: CrawlRequest = serde_json::from_str(&json).unwrap();
+        let render = request.render.as_ref().expect("render is read");
+        assert_eq!(render.wait_for.as_deref(), Some("#price"));
+        assert_eq!(render.block, [ResourceType::Image, ResourceType::Font]);
+        assert_eq!(render.timeout_ms, 20_000);
+        assert_eq!(serde_json::to_string(&request).unwrap(), json);
+        for kind in ResourceType::ALL {
+            assert_eq!(
+                serde_json::to_value(kind).unwrap(),
+                serde_json::Value::String(kind.as_str().to_string())
+            );
+        }
+    }
+
+    #[test]
+    fn rendered_and_looks_unrendered_are_sent_only_when_true() {
+        let json = r#"{"version":1,"run_id":"r","page_id":"p","attempt":1,"outcome":"succeeded","http_status":200,"title":null,"fields":{},"bytes":1,"content_sha256":"00","fetch_ms":1,"rendered":true}"#;
+        let report: Report = serde_json::from_str(json).unwrap();
+        let facts = report.outcome.facts().unwrap();
+        assert!(facts.rendered && !facts.looks_unrendered);
+        assert_eq!(serde_json::to_string(&report).unwrap(), json);
     }
 
     #[test]

@@ -27,6 +27,7 @@ use crate::errors::{causes, chain_text};
 use crate::extract::Extractor;
 use crate::netguard::{self, NetPolicy, TargetRefused, ENV_ALLOW_PRIVATE_NETWORKS};
 use crate::proxy::{self, ProxyOn, ProxyUrl, ENV_PROXY_URL};
+use crate::render::{RenderConfig, Renderer, ENV_CHROMIUM};
 
 pub use crate::extract::MAX_TEXT_BYTES;
 
@@ -86,7 +87,18 @@ pub struct CrawlerConfig {
     /// The crawler's own proxy ([`ENV_PROXY_URL`]): used for an event whose
     /// `proxy` names no URL. `Debug` hides its password.
     pub proxy: Option<ProxyUrl>,
+    /// The browser for pages whose request asks to render them
+    /// ([`ENV_CHROMIUM`]); found where it is usually installed when unset.
+    pub chromium: Option<std::path::PathBuf>,
+    /// Pages rendering in the browser at once, at most (at least 1;
+    /// [`ENV_BROWSERS`]).
+    pub browsers: usize,
+    /// The longest render a request may ask for.
+    pub max_render_timeout: Duration,
 }
+
+/// Environment variable for [`CrawlerConfig::browsers`].
+pub const ENV_BROWSERS: &str = "FANFARE_CRAWLER_BROWSERS";
 
 impl Default for CrawlerConfig {
     fn default() -> Self {
@@ -106,6 +118,9 @@ impl Default for CrawlerConfig {
             net: NetPolicy::closed(),
             parse_budget_bytes: PARSE_BUDGET_BYTES,
             proxy: None,
+            chromium: None,
+            browsers: 2,
+            max_render_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -159,6 +174,13 @@ impl CrawlerConfig {
                 }
             };
             config.net = NetPolicy::allowing_private(allow);
+        }
+        if let Some(value) = lookup(ENV_CHROMIUM).filter(|v| !v.is_empty()) {
+            config.chromium = Some(value.into());
+        }
+        if let Some(value) = lookup(ENV_BROWSERS) {
+            config.browsers =
+                usize::try_from(parse_positive(ENV_BROWSERS, &value)?).unwrap_or(usize::MAX);
         }
         if let Some(value) = lookup(ENV_PROXY_URL) {
             // The value is a secret: the error does not quote it.
@@ -221,6 +243,9 @@ pub struct Crawler {
     /// One client per distinct proxy, kept across pages (and, on Lambda,
     /// across invocations) for its connection pool.
     proxied: Arc<Mutex<HashMap<ProxyUrl, reqwest::Client>>>,
+    /// The browser, for requests that ask to render (it starts at the
+    /// first such request).
+    renderer: Arc<Renderer>,
 }
 
 /// Distinct proxies whose clients are kept at once; past it the cache
@@ -247,9 +272,18 @@ impl Crawler {
             config.callback_attempts,
             config.callback_backoff,
         )?;
+        let renderer = Renderer::new(RenderConfig {
+            chromium: config.chromium.clone(),
+            pages: config.browsers.max(1),
+            max_timeout: config.max_render_timeout,
+            user_agent: config.user_agent.clone(),
+            max_body_bytes: config.max_body_bytes,
+            net: config.net.clone(),
+        })?;
         Ok(Self {
             fetch,
             callback,
+            renderer: Arc::new(renderer),
             parsing: Arc::new(tokio::sync::Semaphore::new(
                 config.parse_budget_bytes.clamp(1, MAX_PARSE_BUDGET),
             )),
@@ -364,6 +398,9 @@ impl Crawler {
             .map_err(|b| blocked(&b, false))?;
         // Before fetching: a bad selector fails the same way whatever the page.
         let extractor = Extractor::new(&request.extract)?;
+        if let Some(how) = &request.render {
+            return self.render_and_extract(request, &url, how, extractor).await;
+        }
         let max = self.config.max_body_bytes;
 
         // The fetch timeout covers connecting, redirects and headers, then
@@ -469,13 +506,15 @@ impl Crawler {
         // moved in and freed there, chunk by chunk as it is parsed.
         let links_wanted = request.links;
         let page_url = final_url.clone();
-        let (title, fields, links) = tokio::task::spawn_blocking(move || {
+        let (title, fields, links, looks_unrendered) = tokio::task::spawn_blocking(move || {
             let document = parse(body, charset.as_deref());
             let (title, fields) = extractor.extract(&document, &page_url);
             let links = links_wanted
                 .map(|wanted| links_of(&document, &page_url, wanted))
                 .unwrap_or_default();
-            (title, fields, links)
+            let shell =
+                fields.values().any(serde_json::Value::is_null) && looks_like_app_shell(&document);
+            (title, fields, links, shell)
         })
         .await
         .map_err(|e| {
@@ -494,7 +533,75 @@ impl Crawler {
             fetch_ms,
             via_proxy,
             links,
+            rendered: false,
+            looks_unrendered,
         })
+    }
+
+    /// Renders the page in the browser and extracts from the rendered
+    /// document, as a plain fetch extracts from the served one.
+    async fn render_and_extract(
+        &self,
+        request: &CrawlRequest,
+        url: &Url,
+        how: &crate::contract::RenderRequest,
+        extractor: Extractor,
+    ) -> Result<PageFacts, CrawlError> {
+        if let Some(selector) = &how.wait_for {
+            if let Err(e) = Selector::parse(selector) {
+                return Err(CrawlError::new(
+                    ErrorKind::InvalidSelector,
+                    format!("wait_for {selector:?} is not a valid CSS selector: {e}"),
+                    false,
+                ));
+            }
+        }
+        let rendered = self
+            .renderer
+            .render(url, how, request.user_agent.as_deref())
+            .await?;
+        for refused in &rendered.refused {
+            tracing::info!(%refused, "the network guard refused one of the page's requests");
+        }
+        let bytes = rendered.html.len() as u64;
+        let content_sha256 = hex::encode(Sha256::digest(rendered.html.as_bytes()));
+        let _parsing = self.hold_parse_budget(self.parse_weight(bytes)).await;
+        let html = rendered.html;
+        let page_url = url.clone();
+        let links_wanted = request.links;
+        let (title, fields, links) = tokio::task::spawn_blocking(move || {
+            let document = Html::parse_document(&html);
+            let (title, fields) = extractor.extract(&document, &page_url);
+            let links = links_wanted
+                .map(|wanted| links_of(&document, &page_url, wanted))
+                .unwrap_or_default();
+            (title, fields, links)
+        })
+        .await
+        .map_err(|e| {
+            CrawlError::new(
+                ErrorKind::Other,
+                format!("{url}: extracting the rendered page's facts failed: {e}"),
+                false,
+            )
+        })?;
+        Ok(PageFacts {
+            http_status: rendered.http_status,
+            title,
+            fields,
+            bytes,
+            content_sha256,
+            fetch_ms: rendered.render_ms,
+            via_proxy: false,
+            links,
+            rendered: true,
+            looks_unrendered: false,
+        })
+    }
+
+    /// The renderer this crawler's rendered pages go through.
+    pub fn renderer(&self) -> &Renderer {
+        &self.renderer
     }
 
     /// The proxy `request` is to be fetched through and when, if any: its
@@ -771,7 +878,7 @@ fn parse_target(raw: &str) -> Result<Url, CrawlError> {
 /// A fetch the network guard refused: never retryable (the same URL
 /// resolves to the same kind of address), the message naming the address
 /// class.
-fn blocked(refusal: &netguard::Blocked, on_redirect: bool) -> CrawlError {
+pub(crate) fn blocked(refusal: &netguard::Blocked, on_redirect: bool) -> CrawlError {
     let message = if on_redirect {
         format!("a redirect was refused: {refusal}")
     } else {
@@ -803,7 +910,7 @@ fn refused_by_site(error: &CrawlError) -> bool {
 }
 
 /// 408, 429 and 5xx may pass on a later attempt; other statuses will not.
-fn status_error(status: StatusCode, url: &Url) -> CrawlError {
+pub(crate) fn status_error(status: StatusCode, url: &Url) -> CrawlError {
     let retryable = status == StatusCode::REQUEST_TIMEOUT
         || status == StatusCode::TOO_MANY_REQUESTS
         || status.is_server_error();
@@ -971,6 +1078,64 @@ fn links_of(document: &Html, page: &Url, wanted: LinksWanted) -> Vec<String> {
     links
 }
 
+/// Visible text (outside scripts, styles and templates) under this many
+/// characters is "little text".
+const SHELL_TEXT_CHARS: usize = 100;
+
+static SHELL_ROOT: LazyLock<Selector> = LazyLock::new(|| {
+    Selector::parse(
+        "#root, #app, #__next, #__nuxt, #___gatsby, [data-reactroot], [ng-app], app-root",
+    )
+    .expect("a valid selector")
+});
+static SCRIPT: LazyLock<Selector> =
+    LazyLock::new(|| Selector::parse("script").expect("a valid selector"));
+static NOSCRIPT: LazyLock<Selector> =
+    LazyLock::new(|| Selector::parse("noscript").expect("a valid selector"));
+static BODY: LazyLock<Selector> =
+    LazyLock::new(|| Selector::parse("body").expect("a valid selector"));
+
+/// Whether the document looks like a page its scripts fill in: it has
+/// scripts and little visible text, and either an app's root element with
+/// nothing in it (`<div id="root"></div>`, `#app`, `#__next`, ...), a
+/// `<noscript>` asking for JavaScript, or no visible text at all.
+fn looks_like_app_shell(document: &Html) -> bool {
+    if document.select(&SCRIPT).next().is_none() {
+        return false;
+    }
+    let text = visible_text_chars(document);
+    if text >= SHELL_TEXT_CHARS {
+        return false;
+    }
+    let empty_root = document
+        .select(&SHELL_ROOT)
+        .any(|root| root.text().all(|t| t.trim().is_empty()));
+    let asks_for_javascript = document.select(&NOSCRIPT).any(|n| {
+        n.text()
+            .any(|t| t.to_ascii_lowercase().contains("javascript"))
+    });
+    empty_root || asks_for_javascript || text == 0
+}
+
+/// Characters of text in the body outside `script`, `style`, `noscript`
+/// and `template`, whitespace not counted.
+fn visible_text_chars(document: &Html) -> usize {
+    let Some(body) = document.select(&BODY).next() else {
+        return 0;
+    };
+    body.descendants()
+        .filter_map(|node| {
+            let text = node.value().as_text()?;
+            let hidden = node.ancestors().any(|a| {
+                a.value().as_element().is_some_and(|e| {
+                    matches!(e.name(), "script" | "style" | "noscript" | "template")
+                })
+            });
+            (!hidden).then(|| text.chars().filter(|c| !c.is_whitespace()).count())
+        })
+        .sum()
+}
+
 /// Replaces the outcome with a [`ErrorKind::TooLarge`] failure when the
 /// report would exceed [`MAX_REPORT_BYTES`]; the daemon would answer 413,
 /// and a report it refuses helps no one.
@@ -1118,6 +1283,30 @@ mod tests {
     }
 
     #[test]
+    fn app_shells_look_unrendered_and_served_pages_do_not() {
+        let shell = |html: &str| looks_like_app_shell(&Html::parse_document(html));
+        // An empty root element that a bundle fills.
+        assert!(shell(
+            r#"<html><body><div id="root"></div><script src="/app.js"></script></body></html>"#
+        ));
+        // A <noscript> asking for JavaScript, the rest a spinner.
+        assert!(shell(
+            "<body><noscript>You need to enable JavaScript to run this app.</noscript>\
+             <div class=spinner>Loading…</div><script>boot()</script></body>"
+        ));
+        // Price and title there, scripts only for tracking.
+        assert!(!shell(
+            "<body><h1>Blue kettle</h1><p>A kettle that is blue and boils water fast, \
+             with a lid that stays shut and a handle that stays cool. Made of steel. \
+             Holds 1.7 litres. Ships in two days from our warehouse. Free returns for \
+             thirty days.</p><span class=price>29.99</span><div id=app></div>\
+             <script>track()</script></body>"
+        ));
+        // Little text but no scripts: nothing a browser would add.
+        assert!(!shell("<body><div id=root></div></body>"));
+    }
+
+    #[test]
     fn declared_charset_is_honoured_and_utf8_is_the_default() {
         assert_eq!(decode(b"caf\xe9", Some("ISO-8859-1")), "café");
         assert_eq!(decode("café".as_bytes(), None), "café");
@@ -1256,6 +1445,8 @@ mod tests {
             fetch_ms: 1,
             via_proxy: false,
             links: Vec::new(),
+            rendered: false,
+            looks_unrendered: false,
         };
         let report = fit_report(Report::for_request(&request, Outcome::Succeeded(facts)));
         let error = report.outcome.error().expect("replaced by a failure");
@@ -1376,6 +1567,8 @@ mod tests {
             fetch_ms: 1,
             via_proxy: false,
             links: links.clone(),
+            rendered: false,
+            looks_unrendered: false,
         };
         let report = fit_report(Report::for_request(&request, Outcome::Succeeded(facts)));
         let kept = &report.outcome.facts().expect("still a success").links;

@@ -31,6 +31,7 @@ mod errors;
 pub mod extract;
 pub mod netguard;
 pub mod proxy;
+pub mod render;
 
 pub use callback::{CallbackError, Reporter};
 pub use contract::{

@@ -96,6 +96,7 @@ fn request(url: impl Into<String>) -> CrawlRequest {
         callback_token: "token-1".into(),
         user_agent: None,
         proxy: None,
+        render: None,
         deadline: Utc.with_ymd_and_hms(2026, 11, 26, 3, 5, 0).unwrap(),
         links: None,
     }

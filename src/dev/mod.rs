@@ -110,6 +110,10 @@ pub async fn run() -> anyhow::Result<()> {
     let app = Application::build(settings).await?;
     let api = format!("http://127.0.0.1:{}", app.port());
     println!("{}", banner(&api, &site.base_url()));
+    println!(
+        "{}",
+        browser_status(fanfare_crawler::render::find_chromium(None))
+    );
     let stop = app.shutdown_token();
     tokio::spawn(async move {
         crate::startup::shutdown_signal().await;
@@ -128,6 +132,19 @@ pub async fn run() -> anyhow::Result<()> {
         pg.stop().await?;
     }
     result
+}
+
+/// The line `fanfare dev` prints about the browser that renders pages
+/// (`render = "always"` or `"auto"`): which one was found, or what to
+/// install.
+pub fn browser_status(found: Result<PathBuf, String>) -> String {
+    match found {
+        Ok(path) => format!(
+            "  browser:    {} (for schedules with render = \"always\" or \"auto\")\n",
+            path.display()
+        ),
+        Err(missing) => format!("  browser:    none: {missing}\n"),
+    }
 }
 
 /// What `fanfare dev` prints when it is up: where the console, the API and
@@ -183,5 +200,17 @@ mod tests {
         };
         assert_eq!(price.jsonld.as_deref(), Some("Product.offers.price"));
         assert_eq!(price.value_type, Some(ValueType::Number));
+    }
+
+    #[test]
+    fn the_browser_line_names_the_browser_or_says_what_to_install() {
+        let found = browser_status(Ok(PathBuf::from("/usr/bin/chromium")));
+        assert!(found.contains("/usr/bin/chromium"), "{found}");
+        let missing = browser_status(fanfare_crawler::render::find_chromium(Some(
+            std::path::Path::new("/nonexistent/chrome"),
+        )));
+        assert!(missing.contains("none"), "{missing}");
+        assert!(missing.contains("apt-get install chromium"), "{missing}");
+        assert!(missing.contains("FANFARE_CHROMIUM"), "{missing}");
     }
 }

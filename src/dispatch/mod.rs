@@ -50,7 +50,7 @@ pub use lambda::{classify, AwsLambda, LambdaInvoker, MAX_EVENT_BYTES};
 pub use local::LocalInvoker;
 pub use pace::Pace;
 
-use crate::config::{InvokerKind, Schedule};
+use crate::config::{InvokerKind, RenderMode, Schedule};
 use crate::ledger::{self, ClaimedPage};
 use crate::lifecycle::{self, Event};
 use crate::runs::{PageAttempt, Runs};
@@ -113,11 +113,19 @@ impl Dispatcher {
                         )) as Arc<dyn Invoker>
                     }),
                 };
+                let browser_invoker = match (&schedule.invoker, &schedule.render.browser_function) {
+                    (InvokerKind::Lambda, Some(function)) => lambda.as_ref().map(|api| {
+                        Arc::new(LambdaInvoker::new(api.clone(), function.clone()))
+                            as Arc<dyn Invoker>
+                    }),
+                    _ => invoker.clone(),
+                };
                 Arc::new(Lane {
                     runs: runs.clone(),
                     schedule: schedule.clone(),
                     pace: Pace::new(schedule.max_invokes_per_second),
                     invoker,
+                    browser_invoker,
                     queued: AtomicUsize::new(0),
                     room_below: AtomicUsize::new(usize::MAX),
                     room: room.clone(),
@@ -225,12 +233,17 @@ impl Dispatcher {
                 }
                 continue;
             }
-            let claimed = ledger::claim_pages(
+            let claimed = ledger::claim_pages_to(
                 &self.runs.pool,
                 &schedule.name,
                 schedule.max_in_flight as i64,
                 batch,
                 schedule.page_timeout,
+                match schedule.render.mode {
+                    RenderMode::Never => ledger::ClaimRender::Marked,
+                    RenderMode::Always => ledger::ClaimRender::All,
+                    RenderMode::Auto => ledger::ClaimRender::Learned,
+                },
             )
             .await?;
             lane.metrics.in_flight.set(claimed.in_flight as f64);
@@ -331,6 +344,9 @@ struct Lane {
     pace: Pace,
     /// `None`: a Lambda schedule without a Lambda client.
     invoker: Option<Arc<dyn Invoker>>,
+    /// Where the pages that go to the browser are invoked: the schedule's
+    /// `browser_function` on Lambda, else the same as the others.
+    browser_invoker: Option<Arc<dyn Invoker>>,
     /// Pages claimed and not yet through their invoke.
     queued: AtomicUsize,
     /// The lane has room for another claim once `queued` is below this.
@@ -438,7 +454,12 @@ impl Lane {
         if self.run_failed(page.run_id) {
             return;
         }
-        let Some(invoker) = &self.invoker else {
+        let invoker = if self.renders(&page) {
+            &self.browser_invoker
+        } else {
+            &self.invoker
+        };
+        let Some(invoker) = invoker else {
             let error = InvokeError::FunctionUnusable("no Lambda client is configured".into());
             self.invoke_failed(&page, error).await;
             return;
@@ -466,6 +487,17 @@ impl Lane {
         }
     }
 
+    /// Whether `page` goes to the browser: every page with `render =
+    /// "always"`, with `"auto"` those the claim marked (sent on after a
+    /// plain fetch, or of a host the schedule learned needs it).
+    fn renders(&self, page: &ClaimedPage) -> bool {
+        match self.schedule.render.mode {
+            RenderMode::Never => false,
+            RenderMode::Always => true,
+            RenderMode::Auto => page.render,
+        }
+    }
+
     /// The Lambda event for one claimed page.
     fn request_for(&self, page: &ClaimedPage) -> CrawlRequest {
         CrawlRequest {
@@ -482,6 +514,7 @@ impl Lane {
                 .proxy
                 .as_ref()
                 .map(|proxy| proxy.route(page.id, page.attempt)),
+            render: self.renders(page).then(|| self.schedule.render.request()),
             callback_token: self.runs.signer.sign(&Claims {
                 run_id: page.run_id,
                 page_id: page.id,

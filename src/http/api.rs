@@ -112,6 +112,10 @@ pub struct RunDetail {
     pub run: RunView,
     /// Its notifications, by event and target.
     pub notifications: Vec<NotificationState>,
+    /// Its pages by how they were fetched: as served (`plain`), in a
+    /// browser (`rendered`), and sent on to the browser after their plain
+    /// fetch looked unrendered (`escalated`, part of `rendered`).
+    pub render: ledger::RenderCounts,
 }
 
 /// `GET /v1/runs`.
@@ -290,12 +294,14 @@ pub async fn get_run(
         .ok_or_else(|| ApiError::NotFound(format!("no run has the id {id}")))?;
     let in_flight = ledger::in_flight(&state.readers, id).await?;
     let notifications = ledger::run_notifications(&state.readers, id).await?;
+    let render = ledger::render_counts(&state.readers, id).await?;
     let mut view = RunView::from(&run);
     view.pages.in_flight = Some(in_flight);
     view.pages.pending = Some(run.open_pages - in_flight);
     Ok(Json(RunDetail {
         run: view,
         notifications,
+        render,
     }))
 }
 

@@ -238,10 +238,20 @@ fn event_of(report: Report) -> Result<ReportEvent, ApiError> {
                     "content_sha256 must be 64 hexadecimal characters".into(),
                 ));
             }
+            if facts.rendered {
+                metrics::counter!("fanfare_pages_rendered_total").increment(1);
+            }
+            // Whether it goes on to the browser is the schedule's
+            // `render` (decided by the lifecycle).
+            let event = if facts.looks_unrendered && !facts.rendered {
+                Event::LooksUnrendered { auto: false }
+            } else {
+                Event::ReportSucceeded
+            };
             let mut result =
                 serde_json::to_value(&facts).map_err(|e| ApiError::Internal(e.into()))?;
             replace_nul(&mut result);
-            Ok((Event::ReportSucceeded, Some(result), links))
+            Ok((event, Some(result), links))
         }
         Outcome::Failed { mut error } => {
             error.message = error.message.replace('\0', "\u{FFFD}");

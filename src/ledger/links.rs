@@ -120,10 +120,10 @@ pub struct FoundLinks {
 }
 
 /// The found links of a batch, as the arrays [`RECORD_PAGES_FINDING`]
-/// takes after [`super::RECORD_PAGES`]'s: $10 the finding page of each
-/// link, $11 its URL, $12 its host; then one entry per finding write:
-/// $13 page, $14 max_depth, $15 same_host, $16 max_pages, $17 links
-/// reported, $18 left out by pattern, $19 by robots, $20 examples (jsonb
+/// takes after [`super::RECORD_PAGES`]'s: $11 the finding page of each
+/// link, $12 its URL, $13 its host; then one entry per finding write:
+/// $14 page, $15 max_depth, $16 same_host, $17 max_pages, $18 links
+/// reported, $19 left out by pattern, $20 by robots, $21 examples (jsonb
 /// array).
 pub(crate) struct FindingArrays {
     link_pages: Vec<i64>,
@@ -234,8 +234,8 @@ pub const RECORD_PAGES_FINDING: &str = concat!(
     record_pages_head!(),
     "
     wants as (
-        select * from unnest($13::bigint[], $14::int[], $15::bool[], $16::bigint[], $17::bigint[],
-                $18::bigint[], $19::bigint[], $20::jsonb[])
+        select * from unnest($14::bigint[], $15::int[], $16::bool[], $17::bigint[], $18::bigint[],
+                $19::bigint[], $20::bigint[], $21::jsonb[])
             as w(page_id, max_depth, same_host, max_pages, reported, off_pattern, off_robots, examples)),
     finders as materialized (
         select ch.id, ch.run_id, ch.host, ch.depth, w.max_depth, w.same_host, w.max_pages,
@@ -252,7 +252,7 @@ pub const RECORD_PAGES_FINDING: &str = concat!(
                 when f.depth >= f.max_depth then 'depth'
                 else 'new' end as verdict
         from finders f
-        join unnest($10::bigint[], $11::text[], $12::text[]) as l(page_id, url, host)
+        join unnest($11::bigint[], $12::text[], $13::text[]) as l(page_id, url, host)
             on l.page_id = f.id),
     fresh as materialized (
         select distinct on (run_id, url) run_id, url, depth, found_on, max_pages

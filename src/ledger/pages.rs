@@ -409,6 +409,12 @@ pub enum PageChange {
         /// `max_attempts`), the run's interval for the page's host doubles
         /// (at most once per interval) and the host waits `after`.
         site_throttle: bool,
+        /// The page goes on to the browser (its plain fetch looked
+        /// unrendered): it is marked `render` and `escalated`, and the
+        /// plain dispatch is counted with `site_throttles` (dispatches that
+        /// do not count against `max_attempts`) while its attempt number
+        /// is kept, so a late copy of the plain report stays stale.
+        to_browser: bool,
     },
 }
 
@@ -434,8 +440,9 @@ macro_rules! record_pages_head {
     () => {
         "with input as (
         select * from unnest($1::bigint[], $2::uuid[], $3::int[], $4::text[], $5::jsonb[],
-                $6::jsonb[], $7::float8[], $8::int[], $9::int[])
-            as t(page_id, run_id, attempt, status, result, error, retry_after, refund, throttle)),
+                $6::jsonb[], $7::float8[], $8::int[], $9::int[], $10::bool[])
+            as t(page_id, run_id, attempt, status, result, error, retry_after, refund, throttle,
+                to_browser)),
     locked as materialized (
         select id, total_pages from runs where id in (select run_id from input)
         order by id for no key update),
@@ -444,7 +451,9 @@ macro_rules! record_pages_head {
             status = i.status,
             error = i.error,
             attempt = p.attempt - i.refund,
-            site_throttles = p.site_throttles + i.throttle,
+            site_throttles = p.site_throttles + i.throttle + i.to_browser::int,
+            render = p.render or i.to_browser,
+            escalated = p.escalated or i.to_browser,
             reported_attempt = case when i.retry_after is null then i.attempt else p.reported_attempt end,
             result = case when i.retry_after is null then i.result else p.result end,
             finished_at = case when i.retry_after is null then now() else p.finished_at end,
@@ -492,7 +501,7 @@ pub(crate) use record_pages_head;
 /// The statement of [`record_pages`]: every write of a batch in one
 /// statement. $1 page ids, $2 run ids, $3 attempts, $4 statuses, $5
 /// results, $6 errors, $7 requeue delays in seconds (null: terminal), $8
-/// refunds (0/1), $9 site throttles (0/1).
+/// refunds (0/1), $9 site throttles (0/1), $10 sent on to the browser.
 ///
 /// Lock order: the batch's runs, in id order, before any of their pages
 /// (the `any(array(...))` initplan runs before the first page row is
@@ -553,6 +562,7 @@ pub async fn record_pages<'e, E: PgExecutor<'e>>(
         Vec::with_capacity(n),
     );
     let mut throttles = Vec::with_capacity(n);
+    let mut to_browsers = Vec::with_capacity(n);
     for w in writes {
         pages.push(w.page_id);
         runs.push(w.run_id);
@@ -570,12 +580,14 @@ pub async fn record_pages<'e, E: PgExecutor<'e>>(
                 delays.push(None);
                 refunds.push(0i32);
                 throttles.push(0i32);
+                to_browsers.push(false);
             }
             PageChange::Requeue {
                 after,
                 error,
                 refund,
                 site_throttle,
+                to_browser,
             } => {
                 statuses.push(PageStatus::Pending.as_str());
                 results.push(None);
@@ -583,6 +595,7 @@ pub async fn record_pages<'e, E: PgExecutor<'e>>(
                 delays.push(Some(after.as_secs_f64()));
                 refunds.push(i32::from(*refund));
                 throttles.push(i32::from(*site_throttle));
+                to_browsers.push(*to_browser);
             }
         }
     }
@@ -601,7 +614,8 @@ pub async fn record_pages<'e, E: PgExecutor<'e>>(
         .bind(errors)
         .bind(delays)
         .bind(refunds)
-        .bind(throttles);
+        .bind(throttles)
+        .bind(to_browsers);
     let query = match finding {
         None => query,
         Some(finding) => finding.bind(query),
@@ -636,6 +650,8 @@ pub struct ClaimedPage {
     pub dispatch_at: DateTime<Utc>,
     /// When this attempt's report is due.
     pub deadline: DateTime<Utc>,
+    /// The page goes to the browser.
+    pub render: bool,
 }
 
 /// Whether `schedule`'s unfinished runs have a page to dispatch now (pending,
@@ -711,7 +727,9 @@ pub const CLAIM_HOSTS: i64 = 4_096;
 
 /// The statement of [`claim_pages`]. $1 schedule, $2 batch size, $3 page
 /// timeout (s), $4 the schedule's max_in_flight, $5 the pacing horizon (s),
-/// $6 the most hosts.
+/// $6 the most hosts, $7 whether every page claimed goes to the browser,
+/// $8 whether the pages of hosts the schedule learned need the browser
+/// (`render_hosts`) go to it (either way they are marked `render`).
 ///
 /// Hosts of the schedule's runs with a ready page, whose clock
 /// (`hosts.next_at`) is inside the horizon, oldest turn first; each host's
@@ -789,16 +807,21 @@ pub const CLAIM_PAGES: &str = "with mine as materialized (
         update pages p set status = 'dispatched', attempt = p.attempt + 1,
             dispatched_at = k.start + make_interval(secs => k.iv * (k.rn - 1)),
             deadline = k.start + make_interval(secs => k.iv * (k.rn - 1) + $3),
-            not_before = null, updated_at = now()
+            not_before = null,
+            render = p.render or $7 or ($8 and exists (
+                select 1 from render_hosts r
+                where r.schedule = $1 and r.host = p.host and r.needs_browser)),
+            updated_at = now()
         from picked k where p.id = k.id
-        returning p.id, p.run_id, p.url, p.attempt, p.site_throttles, p.dispatched_at, p.deadline),
+        returning p.id, p.run_id, p.url, p.attempt, p.site_throttles, p.dispatched_at, p.deadline,
+            p.render),
     clocked as (
         update hosts h set next_at = s.start + make_interval(secs => s.iv * s.n)
         from (select host, min(start) as start, max(iv) as iv, count(*) as n
               from picked group by host) s
         where h.host = s.host)
     select c.id, c.run_id, c.url, c.attempt, c.site_throttles, c.dispatched_at as dispatch_at,
-        c.deadline, (select n from flight) as in_flight_before
+        c.deadline, c.render, (select n from flight) as in_flight_before
     from claimed c";
 
 /// Claims up to `limit` ready pages of `schedule`'s unfinished runs within
@@ -808,13 +831,46 @@ pub const CLAIM_PAGES: &str = "with mine as materialized (
 /// schedules and replicas), so the in-flight counts a claim reads hold
 /// until it commits; `SKIP LOCKED` keeps a claim from waiting on pages a
 /// recorder batch is changing.
-#[tracing::instrument(skip(db))]
 pub async fn claim_pages<'a, A: Acquire<'a, Database = Postgres>>(
     db: A,
     schedule: &str,
     max_in_flight: i64,
     limit: i64,
     page_timeout: Duration,
+) -> Result<Claim, sqlx::Error> {
+    claim_pages_to(
+        db,
+        schedule,
+        max_in_flight,
+        limit,
+        page_timeout,
+        ClaimRender::Marked,
+    )
+    .await
+}
+
+/// Which claimed pages go to the browser (are marked `render`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimRender {
+    /// Those already marked (sent on after a plain fetch).
+    Marked,
+    /// Every page.
+    All,
+    /// Those already marked, and those of hosts the schedule learned need
+    /// the browser ([`crate::ledger::note_escalation`]).
+    Learned,
+}
+
+/// [`claim_pages`], marking the pages claimed that go to the browser as
+/// `render` says.
+#[tracing::instrument(skip(db))]
+pub async fn claim_pages_to<'a, A: Acquire<'a, Database = Postgres>>(
+    db: A,
+    schedule: &str,
+    max_in_flight: i64,
+    limit: i64,
+    page_timeout: Duration,
+    render: ClaimRender,
 ) -> Result<Claim, sqlx::Error> {
     let mut tx = db.begin().await?;
     sqlx::query("select pg_advisory_xact_lock(hashtextextended('fanfare.claim', 0))")
@@ -827,6 +883,8 @@ pub async fn claim_pages<'a, A: Acquire<'a, Database = Postgres>>(
         .bind(max_in_flight)
         .bind(PACING_HORIZON.as_secs_f64())
         .bind(CLAIM_HOSTS)
+        .bind(render == ClaimRender::All)
+        .bind(render == ClaimRender::Learned)
         .fetch_all(&mut *tx)
         .await?;
     let in_flight_before = match rows.first() {

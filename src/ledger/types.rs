@@ -169,6 +169,8 @@ pub enum ErrorKind {
     Invoke,
     /// The run's `run_timeout` passed before the page finished.
     RunTimeout,
+    /// The page as served looked unrendered; it went on to the browser.
+    Unrendered,
     /// Anything else (an unknown kind a crawler sent).
     #[serde(other)]
     Other,

@@ -49,6 +49,13 @@ pub enum Event {
     Cancelled,
     /// The run's `run_timeout` passed (the note says so).
     RunTimedOut(String),
+    /// The crawler fetched the page as served and it looks unrendered (a
+    /// field found nothing in what looks like an app shell); `auto` is
+    /// whether its schedule has `render = "auto"`.
+    LooksUnrendered {
+        /// The schedule sends such pages on to the browser.
+        auto: bool,
+    },
 }
 
 impl Event {
@@ -81,6 +88,8 @@ pub enum RetryReason {
     Throttled,
     /// The site throttled the crawler (429/503).
     SiteThrottled,
+    /// The page goes on to the browser.
+    Render,
 }
 
 impl RetryReason {
@@ -92,6 +101,7 @@ impl RetryReason {
             RetryReason::Invoke => "invoke",
             RetryReason::Throttled => "throttled",
             RetryReason::SiteThrottled => "site_throttled",
+            RetryReason::Render => "render",
         }
     }
 }
@@ -128,7 +138,22 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 pub fn next(attempt: i32, max_attempts: u32, event: Event) -> Next {
     let attempts_left = attempt < 0 || (attempt as u32) < max_attempts;
     match event {
-        Event::ReportSucceeded => Next::Terminal(PageStatus::Succeeded, None),
+        Event::ReportSucceeded | Event::LooksUnrendered { auto: false } => {
+            Next::Terminal(PageStatus::Succeeded, None)
+        }
+        // Sent on to the browser at once, without using up an attempt: the
+        // plain fetch worked, it only could not see what scripts add.
+        Event::LooksUnrendered { auto: true } => Next::Requeue {
+            after: Duration::ZERO,
+            uses_attempt: false,
+            reason: RetryReason::Render,
+            error: PageError::new(
+                ErrorKind::Unrendered,
+                "the page as served looks unrendered (a field found nothing in an app shell); \
+                 sent on to the browser",
+                true,
+            ),
+        },
         // A site that throttles is waited for without using up an attempt,
         // up to `max_attempts` times; after that the report is a failure
         // like any other.
@@ -246,6 +271,8 @@ mod tests {
             Event::FunctionUnusable("not found".into()),
             Event::Cancelled,
             Event::RunTimedOut("run_timeout passed".into()),
+            Event::LooksUnrendered { auto: false },
+            Event::LooksUnrendered { auto: true },
         ]
     }
 
@@ -267,6 +294,8 @@ mod tests {
             (Event::FunctionUnusable(_), _) => "fail run".into(),
             (Event::Cancelled, _) => "terminal cancelled".into(),
             (Event::RunTimedOut(_), _) => "terminal timed_out run_timeout".into(),
+            (Event::LooksUnrendered { auto: false }, _) => "terminal succeeded".into(),
+            (Event::LooksUnrendered { auto: true }, _) => "requeue render refunds".into(),
         }
     }
 
@@ -393,6 +422,35 @@ mod tests {
             next(2, 2, throttled(None, 2)),
             Next::Terminal(PageStatus::Failed, Some(crawl_error(true)))
         );
+    }
+
+    #[test]
+    fn an_unrendered_looking_page_goes_on_to_the_browser_at_once_only_with_auto() {
+        for (attempt, max_attempts) in [(1, 1), (3, 3), (1, 5)] {
+            match next(attempt, max_attempts, Event::LooksUnrendered { auto: true }) {
+                Next::Requeue {
+                    after,
+                    uses_attempt,
+                    reason,
+                    error,
+                } => {
+                    assert_eq!(after, Duration::ZERO);
+                    assert!(!uses_attempt, "the plain fetch does not use an attempt");
+                    assert_eq!(reason, RetryReason::Render);
+                    assert_eq!(error.kind, ErrorKind::Unrendered);
+                    assert!(error.message.contains("browser"), "{}", error.message);
+                }
+                other => panic!("auto sends the page to the browser, got {other:?}"),
+            }
+            assert_eq!(
+                next(
+                    attempt,
+                    max_attempts,
+                    Event::LooksUnrendered { auto: false }
+                ),
+                Next::Terminal(PageStatus::Succeeded, None)
+            );
+        }
     }
 
     #[test]

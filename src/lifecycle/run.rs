@@ -163,6 +163,11 @@ pub struct RunFinished {
     /// no longer listed.
     #[serde(default)]
     pub changed_pages: Vec<ChangedPage>,
+    /// Its pages by how they were fetched: as served (`plain`), in a
+    /// browser (`rendered`), and sent on to the browser after their plain
+    /// fetch looked unrendered (`escalated`, part of `rendered`).
+    #[serde(default)]
+    pub render: ledger::RenderCounts,
 }
 
 /// A notification's body, as the outbox keeps it and a webhook receives
@@ -285,6 +290,8 @@ pub fn finished_payload(run: &Run, failed: &[FailedPage], changes: &RunChanges) 
             .collect(),
         changes: changes.summary.clone(),
         changed_pages: changes.pages.clone(),
+        // Counted by the caller, in the finishing transaction.
+        render: ledger::RenderCounts::default(),
     }
 }
 
@@ -399,7 +406,9 @@ async fn finish(
     // In this transaction: a crash leaves neither the changes nor the
     // notifications that tell them.
     let changes = changes::compare(tx, &run, policy.compare).await?;
-    let payload = to_json(&finished_payload(&run, &failed, &changes))?;
+    let mut finished = finished_payload(&run, &failed, &changes);
+    finished.render = ledger::render_counts(&mut *tx, run_id).await?;
+    let payload = to_json(&finished)?;
     queue_notifications(
         tx,
         run_id,

@@ -486,3 +486,92 @@ number = 12
     }
     assert_eq!(found.len(), expect.len(), "{found:#?}");
 }
+
+#[test]
+fn render_keys_default_to_never_and_every_mistake_is_named_at_its_key() {
+    use fanfare::config::RenderMode;
+    use fanfare_crawler::contract::ResourceType;
+    use fanfare_testkit::schedule;
+
+    let valid = [
+        schedule("plain").to_string(),
+        schedule("shop")
+            .text("render", "auto")
+            .text("wait_for", "#price")
+            .key("block", r#"["image", "stylesheet"]"#)
+            .text("render_timeout", "45s")
+            .key("render_after", 5)
+            .to_string(),
+        schedule("spa")
+            .lambda("crawler")
+            .text("render", "always")
+            .text("browser_function", "crawler-browser")
+            .to_string(),
+        "[local]\nbrowsers = 4\n".to_string(),
+    ]
+    .concat();
+    let settings = Settings::from_toml(&config_toml("postgres://x@127.0.0.1/db", &valid))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(settings.local.browsers, 4);
+    let plain = &settings.schedule("plain").unwrap().render;
+    assert_eq!(plain.mode, RenderMode::Never);
+    assert_eq!(
+        plain.block,
+        [ResourceType::Image, ResourceType::Font, ResourceType::Media]
+    );
+    assert_eq!(plain.timeout, std::time::Duration::from_secs(20));
+    assert_eq!(plain.render_after, 3);
+    let shop = &settings.schedule("shop").unwrap().render;
+    assert_eq!(shop.mode, RenderMode::Auto);
+    assert_eq!(shop.wait_for.as_deref(), Some("#price"));
+    assert_eq!(shop.block, [ResourceType::Image, ResourceType::Stylesheet]);
+    assert_eq!(shop.request().timeout_ms, 45_000);
+    assert_eq!(shop.render_after, 5);
+    let spa = &settings.schedule("spa").unwrap().render;
+    assert_eq!(spa.browser_function.as_deref(), Some("crawler-browser"));
+
+    let found = problems(
+        &[
+            schedule("words")
+                .text("render", "sometimes")
+                .text("wait_for", "..bad")
+                .key("block", r#"["image", "video"]"#)
+                .text("render_timeout", "5m")
+                .key("render_after", 0)
+                .to_string(),
+            schedule("lambda")
+                .lambda("crawler")
+                .text("render", "auto")
+                .to_string(),
+            schedule("never")
+                .text("wait_for", "#x")
+                .text("browser_function", "f")
+                .to_string(),
+            schedule("always")
+                .text("render", "always")
+                .key("render_after", 2)
+                .to_string(),
+            "[local]\nbrowsers = 0\n".to_string(),
+        ]
+        .concat(),
+    );
+    let expect = [
+        r#"schedule "words": render: "sometimes" must be "never", "always" or "auto""#,
+        r#"schedule "words": wait_for: "..bad" is not a CSS selector"#,
+        r#"schedule "words": block: "video" must be "image", "font", "media" or "stylesheet""#,
+        r#"schedule "words": render_timeout: "5m" is longer than the most a render may take, 1m"#,
+        r#"schedule "words": render_after: must be at least 1"#,
+        r#"schedule "lambda": browser_function: is required with render = "auto" and invoker = "lambda""#,
+        r#"schedule "never": wait_for: is set but the schedule never renders"#,
+        r#"schedule "never": browser_function: is set but the schedule never renders"#,
+        r#"schedule "always": render_after: is only used with render = "auto""#,
+        "local.browsers: must be at least 1",
+    ];
+    for e in expect {
+        assert!(
+            found.iter().any(|f| f.starts_with(e)),
+            "missing {e:?} in {found:#?}"
+        );
+    }
+    assert_eq!(found.len(), expect.len(), "{found:#?}");
+}

@@ -28,7 +28,7 @@ async fn sign_in(app: &TestApp, token: &str) -> reqwest::Response {
 }
 
 /// Signs in with the admin token; returns the session cookie's value.
-async fn session(app: &TestApp) -> String {
+pub(crate) async fn session(app: &TestApp) -> String {
     let resp = sign_in(app, ADMIN_TOKEN).await;
     assert_eq!(resp.status(), 303);
     let set = resp.headers()[SET_COOKIE].to_str().unwrap().to_string();
@@ -40,7 +40,7 @@ async fn session(app: &TestApp) -> String {
 }
 
 /// GETs a console page with `cookie`; returns (status, headers, body).
-async fn page(
+pub(crate) async fn page(
     app: &TestApp,
     cookie: Option<&str>,
     path: &str,

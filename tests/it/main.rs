@@ -20,6 +20,7 @@ mod openapi;
 mod politeness;
 mod private_networks;
 mod proxies;
+mod render;
 mod results;
 mod runs;
 mod schedules;

@@ -334,6 +334,7 @@ fn request_through(proxy: &ForwardProxy, url: String) -> CrawlRequest {
             on: ProxyOn::Always,
         }),
         links: None,
+        render: None,
         deadline: Utc::now() + chrono::Duration::minutes(5),
     }
 }

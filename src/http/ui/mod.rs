@@ -757,6 +757,7 @@ async fn run(
         None
     };
     let notifications = ledger::run_notifications(pool, id).await?;
+    let render = ledger::render_counts(pool, id).await?;
     let view = RunView {
         run,
         over_time,
@@ -772,6 +773,7 @@ async fn run(
         changes_after,
         changes_next,
         notifications,
+        render,
     };
     let csrf = console.key.csrf(&session);
     Ok(Html(

@@ -397,6 +397,9 @@ pub struct RunView {
     pub changes_next: Option<i64>,
     /// Its notifications.
     pub notifications: Vec<NotificationState>,
+    /// Its pages by how they were fetched (as served, in a browser, sent
+    /// on to the browser).
+    pub render: crate::ledger::RenderCounts,
 }
 
 /// The lower bounds (ms) of the fetch_ms chart's buckets.
@@ -698,6 +701,16 @@ pub fn run(chrome: &Chrome<'_>, v: &RunView, now: DateTime<Utc>) -> Markup {
                         @for e in &d.0.examples {
                             dt { "e.g. " (e.reason.as_str()) } dd { (e.url) }
                         }
+                    }
+                }
+            }
+            @if v.render.rendered > 0 {
+                section.card #rendering {
+                    h2 { "Rendering" }
+                    dl.facts {
+                        dt { "as served" } dd { (v.render.plain) }
+                        dt { "in a browser" } dd { (v.render.rendered) }
+                        dt { "sent on to the browser" } dd { (v.render.escalated) }
                     }
                 }
             }
