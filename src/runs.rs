@@ -38,22 +38,22 @@ pub struct Runs {
     /// The validated configuration.
     pub settings: Arc<Settings>,
     /// Signs and verifies task tokens.
-    pub signer: TokenSigner,
+    pub(crate) signer: TokenSigner,
     /// Reads page sources.
-    pub lister: Lister,
+    pub(crate) lister: Lister,
     /// Background work (listing, local crawls), drained at shutdown.
-    pub tracker: TaskTracker,
+    pub(crate) tracker: TaskTracker,
     /// Notified when pages may be dispatchable (a run listed pages, a page
     /// finished and freed an in-flight slot the dispatcher was waiting for).
-    pub wake_dispatch: Notify,
+    pub(crate) wake_dispatch: Notify,
     /// Set by the dispatcher when a schedule is at its `max_in_flight`: the
     /// next recorded page wakes it (and clears this), instead of every
     /// recorded page waking it for nothing.
-    pub dispatch_capped: AtomicBool,
+    pub(crate) dispatch_capped: AtomicBool,
     /// Notified when a notification was queued.
-    pub wake_notify: Notify,
+    pub(crate) wake_notify: Notify,
     /// Records page changes in batches.
-    pub recorder: Arc<Recorder>,
+    pub(crate) recorder: Arc<Recorder>,
     /// Judges the links reports carry, for runs that follow them.
     discoverer: Discoverer,
     /// Each recent run's `max_attempts` (from its schedule), so a failure
@@ -61,7 +61,7 @@ pub struct Runs {
     max_attempts: std::sync::Mutex<HashMap<Uuid, u32>>,
     /// This value's own `Arc` (built with `Arc::new_cyclic`), for work that
     /// outlives a borrow.
-    pub me: std::sync::Weak<Runs>,
+    pub(crate) me: std::sync::Weak<Runs>,
 }
 
 /// How many runs' `max_attempts` [`Runs`] keeps at most.
