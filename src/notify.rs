@@ -83,6 +83,9 @@ pub fn slack_message(body: &NotificationBody) -> Value {
     if let Some(d) = &run.discovery {
         text.push_str(&format!("\n{}.", discovery_text(d)));
     }
+    if let Some(r) = render_text(&run.render) {
+        text.push_str(&format!("\n{r}."));
+    }
     if let Some(c) = &run.changes {
         text.push_str(&format!(
             "\nSince the previous run: {} new, {} changed, {} gone, {} unchanged.",
@@ -109,6 +112,17 @@ pub fn slack_message(body: &NotificationBody) -> Value {
         text.push_str(&format!("\n… and {} more", run.failed_pages.len() - 10));
     }
     json!({ "text": text })
+}
+
+/// What rendering did, when any page went to the browser: `rendered in a
+/// browser: 100 (36 sent on after a plain fetch), 50 as served`.
+fn render_text(r: &crate::ledger::RenderCounts) -> Option<String> {
+    (r.rendered > 0).then(|| {
+        format!(
+            "rendered in a browser: {} ({} sent on after a plain fetch), {} as served",
+            r.rendered, r.escalated, r.plain
+        )
+    })
 }
 
 /// One line of what following links found: `followed links: 120 found,
@@ -414,7 +428,10 @@ fn stdout_line(body: &NotificationBody) -> String {
                 .discovery
                 .as_ref()
                 .map(|d| format!("; {}", discovery_text(d)))
-                .unwrap_or_default();
+                .unwrap_or_default()
+                + &render_text(&run.render)
+                    .map(|r| format!("; {r}"))
+                    .unwrap_or_default();
             format!(
                 "🎺 run.finished {} — run {} of {:?}: {}/{} pages succeeded, {} failed, {} timed out{found}{changes}",
                 run.outcome.map_or("unfinished", Outcome::as_str),
@@ -500,6 +517,28 @@ mod tests {
             ],
             "{text}"
         );
+    }
+
+    #[test]
+    fn slack_and_the_terminal_say_how_many_pages_a_browser_rendered_only_when_one_did() {
+        let mut payload = json!({
+            "type": "run.finished", "schedule": "spa", "outcome": "succeeded",
+            "run_id": "01a2513a-d013-766b-b01f-ab89dd7e44ad", "trigger": "manual",
+            "scheduled_for": "2026-12-07T10:00:00Z", "started_at": "2026-12-07T10:00:00Z",
+            "finished_at": "2026-12-07T10:01:00Z", "failed_pages": [],
+            "pages": {"total": 150, "succeeded": 150, "failed": 0, "timed_out": 0, "cancelled": 0},
+            "render": {"plain": 50, "rendered": 100, "escalated": 36},
+        });
+        let said = "rendered in a browser: 100 (36 sent on after a plain fetch), 50 as served";
+        let body: NotificationBody = serde_json::from_value(payload.clone()).unwrap();
+        let slack = slack_message(&body)["text"].as_str().unwrap().to_string();
+        assert!(slack.lines().any(|l| l == format!("{said}.")), "{slack}");
+        assert!(stdout_line(&body).contains(said), "{}", stdout_line(&body));
+
+        payload["render"] = json!({"plain": 150, "rendered": 0, "escalated": 0});
+        let body: NotificationBody = serde_json::from_value(payload).unwrap();
+        let slack = slack_message(&body)["text"].as_str().unwrap().to_string();
+        assert!(!slack.contains("browser"), "{slack}");
     }
 
     #[test]
