@@ -200,19 +200,14 @@ async fn run(
     let started = Instant::now();
     let run = common::trigger(client, address, ADMIN_TOKEN, schedule).await;
     let deadline = started + Duration::from_secs(args.timeout_secs);
-    let shown = loop {
-        let (_, body) =
-            common::get(client, address, ADMIN_TOKEN, &format!("/v1/runs/{run}")).await?;
-        if body["status"] == "finished" {
-            break body;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "{schedule}: the run did not finish in {} s: {body}",
-            args.timeout_secs
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let shown = common::bench::finished_by(client, address, run, deadline)
+        .await?
+        .with_context(|| {
+            format!(
+                "{schedule}: the run did not finish in {} s",
+                args.timeout_secs
+            )
+        })?;
     let seconds = started.elapsed().as_secs_f64();
     let cpu_seconds = process_cpu_seconds(pid).unwrap_or(0.0) - cpu_before;
     let pages = shown["pages"]["total"].as_i64().unwrap_or(0);

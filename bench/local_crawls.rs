@@ -254,17 +254,7 @@ async fn measure(args: &Args, site: &str) -> anyhow::Result<()> {
     let started = Instant::now();
     let run = common::trigger(&client, &address, ADMIN_TOKEN, "big-pages").await;
     let deadline = started + Duration::from_secs(args.timeout_secs);
-    let finished = loop {
-        let (_, body) =
-            common::get(&client, &address, ADMIN_TOKEN, &format!("/v1/runs/{run}")).await?;
-        if body["status"] == "finished" {
-            break Some(body);
-        }
-        if Instant::now() > deadline {
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let finished = common::bench::finished_by(&client, &address, run, deadline).await?;
     let duration = started.elapsed();
     stop.store(true, Ordering::Relaxed);
     let _ = prober.join();

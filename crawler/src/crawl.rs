@@ -1425,14 +1425,19 @@ mod tests {
         assert_eq!(kind_from_sources(&unknown), None);
     }
 
-    #[test]
-    fn oversized_report_becomes_a_too_large_failure() {
-        let request: CrawlRequest = serde_json::from_value(serde_json::json!({
-            "version": 1, "run_id": "r", "page_id": "p", "attempt": 3,
+    /// A request for `https://a.example/` on `attempt`.
+    fn a_request(attempt: u32) -> CrawlRequest {
+        serde_json::from_value(serde_json::json!({
+            "version": 1, "run_id": "r", "page_id": "p", "attempt": attempt,
             "url": "https://a.example/", "callback_url": "https://d.example/v1/callbacks",
             "callback_token": "t", "deadline": "2026-11-26T03:05:00Z"
         }))
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn oversized_report_becomes_a_too_large_failure() {
+        let request = a_request(3);
         let fields = (0..64)
             .map(|i| (format!("f{i}"), "x".repeat(MAX_TEXT_BYTES).into()))
             .collect();
@@ -1546,12 +1551,7 @@ mod tests {
 
     #[test]
     fn an_oversized_report_sheds_links_before_it_fails() {
-        let request: CrawlRequest = serde_json::from_value(serde_json::json!({
-            "version": 1, "run_id": "r", "page_id": "p", "attempt": 1,
-            "url": "https://a.example/", "callback_url": "https://d.example/v1/callbacks",
-            "callback_token": "t", "deadline": "2026-11-26T03:05:00Z"
-        }))
-        .unwrap();
+        let request = a_request(1);
         let fields = (0..20)
             .map(|i| (format!("f{i}"), "x".repeat(MAX_TEXT_BYTES).into()))
             .collect();

@@ -266,3 +266,25 @@ pub async fn serve_page_list(urls: impl IntoIterator<Item = String>) -> std::io:
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(url)
 }
+
+/// Polls `GET /v1/runs/{run}` every 50 ms until the run is finished and
+/// returns its view, or `None` once `deadline` has passed (a benchmark
+/// reports a run that did not finish instead of panicking).
+pub async fn finished_by(
+    client: &reqwest::Client,
+    address: &str,
+    run: uuid::Uuid,
+    deadline: std::time::Instant,
+) -> reqwest::Result<Option<serde_json::Value>> {
+    let path = format!("/v1/runs/{run}");
+    loop {
+        let (_, body) = crate::api::get(client, address, crate::ADMIN_TOKEN, &path).await?;
+        if body["status"] == "finished" {
+            return Ok(Some(body));
+        }
+        if std::time::Instant::now() > deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
