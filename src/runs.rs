@@ -185,34 +185,39 @@ impl Runs {
             tracing::info!(%scheduled_for, "the schedule is paused; this fire is skipped");
             return Ok(None);
         }
-        let open = ledger::open_runs_of(&self.pool, name).await?;
-        if !open.is_empty() {
-            match schedule.overlap {
-                Overlap::Allow => {}
-                Overlap::Skip => {
-                    metrics::counter!("fanfare_fires_skipped_total", "schedule" => name.to_string(), "reason" => "overlap").increment(1);
-                    tracing::warn!(%scheduled_for, unfinished = open.len(), "the previous run is unfinished; this fire is skipped (overlap = \"skip\")");
-                    return Ok(None);
+        let buffer = match schedule.overlap {
+            Overlap::Allow => return self.start(name, scheduled_for, trigger).await,
+            Overlap::CancelPrevious => {
+                for run_id in ledger::open_runs_of(&self.pool, name).await? {
+                    tracing::warn!(%run_id, %scheduled_for, "cancelling the unfinished run for a new fire (overlap = \"cancel_previous\")");
+                    self.close_run(run_id, Closing::Cancelled).await?;
                 }
-                Overlap::BufferOne => {
-                    ledger::buffer_fire(&self.pool, name, scheduled_for).await?;
-                    tracing::info!(%scheduled_for, "the previous run is unfinished; this fire waits for it (overlap = \"buffer_one\")");
-                    // The run may have finished meanwhile, with no one left to
-                    // start the buffered fire.
-                    if ledger::open_runs_of(&self.pool, name).await?.is_empty() {
-                        self.start_buffered(name).await;
-                    }
-                    return Ok(None);
-                }
-                Overlap::CancelPrevious => {
-                    for run_id in open {
-                        tracing::warn!(%run_id, %scheduled_for, "cancelling the unfinished run for a new fire (overlap = \"cancel_previous\")");
-                        self.close_run(run_id, Closing::Cancelled).await?;
-                    }
-                }
+                return self.start(name, scheduled_for, trigger).await;
+            }
+            Overlap::Skip => false,
+            Overlap::BufferOne => true,
+        };
+        match ledger::start_run_unless_open(&self.pool, name, scheduled_for, trigger, buffer)
+            .await?
+        {
+            ledger::ExclusiveStart::Started(run_id) => {
+                self.begin(run_id, schedule.clone(), scheduled_for);
+                Ok(Some(run_id))
+            }
+            ledger::ExclusiveStart::Exists => {
+                tracing::info!(%scheduled_for, "run for this fire exists already; nothing to do");
+                Ok(None)
+            }
+            ledger::ExclusiveStart::Open(_) if buffer => {
+                tracing::info!(%scheduled_for, "the previous run is unfinished; this fire waits for it (overlap = \"buffer_one\")");
+                Ok(None)
+            }
+            ledger::ExclusiveStart::Open(unfinished) => {
+                metrics::counter!("fanfare_fires_skipped_total", "schedule" => name.to_string(), "reason" => "overlap").increment(1);
+                tracing::warn!(%scheduled_for, unfinished, "the previous run is unfinished; this fire is skipped (overlap = \"skip\")");
+                Ok(None)
             }
         }
-        self.start(name, scheduled_for, trigger).await
     }
 
     /// Starts the runs of fires missed while no replica was running, per
@@ -284,14 +289,19 @@ impl Runs {
             tracing::info!(schedule, %scheduled_for, "run for this fire exists already; nothing to do");
             return Ok(None);
         };
+        self.begin(run_id, sched, scheduled_for);
+        Ok(Some(run_id))
+    }
+
+    /// Lists a run just created: its first lease is this replica's.
+    fn begin(self: &Arc<Self>, run_id: Uuid, sched: Schedule, scheduled_for: DateTime<Utc>) {
         tracing::Span::current().record("run_id", tracing::field::display(run_id));
-        metrics::counter!("fanfare_runs_started_total", "schedule" => schedule.to_string())
+        metrics::counter!("fanfare_runs_started_total", "schedule" => sched.name.clone())
             .increment(1);
-        tracing::info!(%run_id, schedule, %scheduled_for, source = %sources::describe(&sched.pages), "run started");
+        tracing::info!(%run_id, schedule = %sched.name, %scheduled_for, source = %sources::describe(&sched.pages), "run started");
         let this = self.clone();
         self.tracker
             .spawn(async move { this.list(ledger::Lease::first(run_id), sched).await });
-        Ok(Some(run_id))
     }
 
     /// Takes over the listing of runs whose lister died; returns how many.
@@ -746,15 +756,16 @@ impl Runs {
         let Some(this) = self.me.upgrade() else {
             return;
         };
-        match ledger::take_buffered_fire(&self.pool, schedule).await {
-            Ok(Some(fire)) => {
+        let Some(sched) = self.settings.schedule(schedule).cloned() else {
+            return;
+        };
+        match ledger::start_buffered_run(&self.pool, schedule).await {
+            Ok(Some((run_id, fire))) => {
                 tracing::info!(schedule, scheduled_for = %fire, "starting the buffered fire");
-                if let Err(e) = this.start(schedule, fire, Trigger::Cron).await {
-                    tracing::error!(schedule, error = %e, "could not start the buffered fire");
-                }
+                this.begin(run_id, sched, fire);
             }
             Ok(None) => {}
-            Err(e) => tracing::error!(schedule, error = %e, "could not read the buffered fire"),
+            Err(e) => tracing::error!(schedule, error = %e, "could not start the buffered fire"),
         }
     }
 }

@@ -16,6 +16,7 @@ mod harness;
 mod integrity;
 mod leases;
 mod model;
+mod overlap;
 mod regressions;
 
 use std::cell::RefCell;
