@@ -26,12 +26,23 @@ struct Spec {
     default: Option<String>,
 }
 
+/// The options of `usage`; an option's description may go on over the
+/// indented lines below it, `[default: X]` ending its last one.
 fn specs(usage: &str) -> Vec<Spec> {
-    usage
-        .lines()
-        .filter_map(|line| {
-            let rest = line.trim_start().strip_prefix("--")?;
-            let mut words = rest.split_whitespace();
+    let mut options: Vec<(String, String)> = Vec::new();
+    for line in usage.lines() {
+        let text = line.trim();
+        if let Some(rest) = text.strip_prefix("--") {
+            options.push((rest.to_string(), String::new()));
+        } else if let Some((_, description)) = options.last_mut().filter(|_| !text.is_empty()) {
+            description.push(' ');
+            description.push_str(text);
+        }
+    }
+    options
+        .into_iter()
+        .filter_map(|(first, more)| {
+            let mut words = first.split_whitespace();
             let name = words.next()?.to_string();
             let placeholder = words
                 .next()
@@ -41,7 +52,8 @@ fn specs(usage: &str) -> Vec<Spec> {
                             .all(|c| c.is_ascii_uppercase() || ",._".contains(c))
                 })
                 .map(str::to_string);
-            let default = line
+            let whole = format!("{first}{more}");
+            let default = whole
                 .trim_end()
                 .strip_suffix(']')
                 .and_then(|l| l.rsplit_once("[default: "))
@@ -173,7 +185,8 @@ test: what a benchmark's options look like
 
   --pages N              pages in the run [default: 100]
   --clients N,...        client counts, one measurement each [default: 8,32]
-  --pgbench PATH         the pgbench binary [default: pgbench]
+  --pgbench PATH         the pgbench binary, a description long enough to go
+                         on over two lines [default: pgbench]
   --app-threads N        worker threads (default: one per core)
   --skip-pgbench         measure the daemon only
 ";
