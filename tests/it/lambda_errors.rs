@@ -94,14 +94,8 @@ async fn throttling_backs_off_for_retry_after_and_never_uses_up_an_attempt() {
         "throttled invokes use up no attempt"
     );
     let accepted = &calls[3].1;
-    let (status, body) = app
-        .post_report(Some(&accepted.callback_token), &succeeded(accepted))
-        .await;
-    assert_eq!((status, body["status"].as_str()), (200, Some("recorded")));
-    assert_eq!(
-        app.wait_finished(run, Duration::from_secs(5)).await["outcome"],
-        "succeeded"
-    );
+    app.report_recorded(accepted, &succeeded(accepted)).await;
+    assert_eq!(app.wait_outcome(run, secs(5)).await, "succeeded");
     let metrics = app.metrics().await;
     assert!(
         metrics.contains(r#"fanfare_invokes_total{schedule="t",outcome="throttled"} 3"#),
@@ -133,8 +127,7 @@ async fn a_request_too_large_answer_fails_the_page_without_retry() {
         AwsLambda::from_client(client),
     )
     .await;
-    let run = app.trigger("big").await;
-    let finished = app.wait_finished(run, Duration::from_secs(10)).await;
+    let (run, finished) = app.run_once("big", Duration::from_secs(10)).await;
     assert_eq!(finished["outcome"], "failed");
     assert_eq!(finished["pages"]["failed"], 1);
     assert_eq!(rule.num_calls(), 1, "no retry");
@@ -156,8 +149,7 @@ async fn an_event_over_256_kib_fails_before_it_is_sent() {
         .urls([long_url])
         .to_string();
     let app = spawn(&schedule, AwsLambda::from_client(client)).await;
-    let run = app.trigger("huge").await;
-    let finished = app.wait_finished(run, Duration::from_secs(10)).await;
+    let (run, finished) = app.run_once("huge", Duration::from_secs(10)).await;
     assert_eq!(finished["pages"]["failed"], 1);
     assert_eq!(rule.num_calls(), 0, "nothing was sent");
     let (_, pages) = app.get(&format!("/v1/runs/{run}/pages")).await;
@@ -183,8 +175,7 @@ async fn assert_run_fails_fast(
         AwsLambda::from_client(client),
     )
     .await;
-    let run = app.trigger("gone").await;
-    let finished = app.wait_finished(run, Duration::from_secs(10)).await;
+    let (_, finished) = app.run_once("gone", Duration::from_secs(10)).await;
     assert_eq!(finished["outcome"], "failed");
     let error = finished["error"].as_str().unwrap();
     assert!(
@@ -280,10 +271,7 @@ async fn service_errors_are_retried_within_the_pages_attempts() {
     let last = &seen.all()[2].1;
     app.post_report(Some(&last.callback_token), &succeeded(last))
         .await;
-    assert_eq!(
-        app.wait_finished(run, Duration::from_secs(5)).await["outcome"],
-        "succeeded"
-    );
+    assert_eq!(app.wait_outcome(run, secs(5)).await, "succeeded");
     let metrics = app.metrics().await;
     assert!(
         metrics.contains(r#"fanfare_pages_retried_total{reason="invoke"} 2"#),
