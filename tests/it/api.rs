@@ -188,17 +188,8 @@ async fn the_trigger_command_starts_a_run_through_the_api() {
 #[tokio::test]
 async fn actions_on_an_unknown_run_or_schedule_are_404_and_on_a_finished_run_409() {
     let (app, run) = app_with_a_finished_run().await;
-    let (run, unknown) = (run.to_string(), uuid::Uuid::from_u128(7).to_string());
-    let (run, unknown) = (run.as_str(), unknown.as_str());
-    for (kind, id, action, status, says) in [
-        ("runs", run, "cancel", 409, "has finished already"),
-        ("runs", unknown, "cancel", 404, "no run has the id"),
-        ("runs", run, "redrive", 409, "no failed or timed-out pages"),
-        ("runs", unknown, "redrive", 404, "no run has the id"),
-        ("schedules", "nope", "pause", 404, "\"nope\""),
-        ("schedules", "nope", "resume", 404, "\"nope\""),
-    ] {
-        let path = format!("/v1/{kind}/{id}/{action}");
+    for (action, status, says, _) in refused_actions(run) {
+        let path = format!("/v1/{action}");
         let (got, body) = app.post(&path).await;
         let error = body["error"].as_str().unwrap_or_default();
         assert_eq!(got, status, "{path}: {error}");

@@ -849,17 +849,8 @@ async fn a_signed_out_session_and_its_csrf_token_are_refused_by_every_replica() 
 async fn console_actions_on_an_unknown_run_or_schedule_are_404_and_on_a_finished_run_409() {
     let (app, run) = app_with_a_finished_run().await;
     let (cookie, csrf) = signed_in_at(&app, &format!("/ui/runs/{run}")).await;
-    let (run, unknown) = (run.to_string(), uuid::Uuid::from_u128(7).to_string());
-    let (run, unknown) = (run.as_str(), unknown.as_str());
-    for (kind, id, action, status, says) in [
-        ("runs", run, "cancel", 409, "has finished already"),
-        ("runs", unknown, "cancel", 404, "No run has the id"),
-        ("runs", run, "redrive", 409, "no failed or timed-out pages"),
-        ("runs", unknown, "redrive", 404, "No run has the id"),
-        ("schedules", "nope", "pause", 404, "No schedule is called"),
-        ("schedules", "nope", "resume", 404, "No schedule is called"),
-    ] {
-        let path = format!("/ui/{kind}/{id}/{action}");
+    for (action, status, _, says) in refused_actions(run) {
+        let path = format!("/ui/{action}");
         let resp = form_answer(&app, &cookie, &path, &[("csrf", &csrf)]).await;
         let got = resp.status().as_u16();
         let body = resp.text().await.unwrap();

@@ -97,6 +97,35 @@ pub async fn app_with_one_lambda_page_and(
         .await
 }
 
+/// The actions refused once the run of [`app_with_a_finished_run`] has
+/// finished, the same through the API and the console: (path below `/v1/`
+/// or `/ui/`, status, what the API's error says, what the console's page
+/// says).
+pub fn refused_actions(run: uuid::Uuid) -> Vec<(String, u16, &'static str, &'static str)> {
+    let unknown = uuid::Uuid::from_u128(7);
+    let finished = "has finished already";
+    let nothing = "no failed or timed-out pages";
+    let (no_run, no_schedule) = ("no run has the id", "No schedule is called");
+    vec![
+        (format!("runs/{run}/cancel"), 409, finished, finished),
+        (
+            format!("runs/{unknown}/cancel"),
+            404,
+            no_run,
+            "No run has the id",
+        ),
+        (format!("runs/{run}/redrive"), 409, nothing, nothing),
+        (
+            format!("runs/{unknown}/redrive"),
+            404,
+            no_run,
+            "No run has the id",
+        ),
+        ("schedules/nope/pause".into(), 404, "\"nope\"", no_schedule),
+        ("schedules/nope/resume".into(), 404, "\"nope\"", no_schedule),
+    ]
+}
+
 /// An application with the one-page Lambda schedule `s`, and a run of it
 /// that succeeded.
 pub async fn app_with_a_finished_run() -> (TestApp, uuid::Uuid) {
