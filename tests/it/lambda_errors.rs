@@ -28,6 +28,15 @@ impl Seen {
         true
     }
 
+    /// A request matcher for a mock rule that records every invoke here.
+    fn recorder(
+        &self,
+    ) -> impl Fn(&aws_sdk_lambda::operation::invoke::InvokeInput) -> bool + Send + Sync + 'static
+    {
+        let seen = self.clone();
+        move |input| seen.record(input)
+    }
+
     fn all(&self) -> Vec<(Instant, CrawlRequest)> {
         self.0.lock().unwrap().clone()
     }
@@ -62,9 +71,8 @@ async fn spawn(schedule: &str, api: AwsLambda) -> TestApp {
 #[tokio::test]
 async fn throttling_backs_off_for_retry_after_and_never_uses_up_an_attempt() {
     let seen = Seen::default();
-    let s = seen.clone();
     let rule = mock!(aws_sdk_lambda::Client::invoke)
-        .match_requests(move |input| s.record(input))
+        .match_requests(seen.recorder())
         .sequence()
         .error(throttled)
         .times(3)
@@ -111,9 +119,8 @@ async fn throttling_backs_off_for_retry_after_and_never_uses_up_an_attempt() {
 #[tokio::test]
 async fn a_request_too_large_answer_fails_the_page_without_retry() {
     let seen = Seen::default();
-    let s = seen.clone();
     let rule = mock!(aws_sdk_lambda::Client::invoke)
-        .match_requests(move |input| s.record(input))
+        .match_requests(seen.recorder())
         .then_error(|| {
             SdkInvokeError::RequestTooLargeException(
                 RequestTooLargeException::builder()
@@ -234,7 +241,7 @@ async fn access_denied_fails_the_run_fast_with_the_reason_in_its_notification() 
 /// recorded in `seen`.
 fn two_service_errors_then_accepted(seen: Seen) -> aws_smithy_mocks::Rule {
     mock!(aws_sdk_lambda::Client::invoke)
-        .match_requests(move |input| seen.record(input))
+        .match_requests(seen.recorder())
         .sequence()
         .error(|| {
             SdkInvokeError::ServiceException(
