@@ -9,15 +9,27 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
+/// `fanfare ARGS` with none of the CLI's settings in its environment.
+fn fanfare_command(args: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_fanfare"));
+    command.args(args);
+    for setting in [
+        "FANFARE_URL",
+        "FANFARE_ADMIN_TOKEN",
+        "FANFARE_CONFIG",
+        "FANFARE_CONFIG_TOML",
+    ] {
+        command.env_remove(setting);
+    }
+    command
+}
+
 /// Runs `fanfare ARGS` against `url` with the admin token in the
 /// environment, no configuration.
 async fn fanfare(url: &str, args: &[&str]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_fanfare"))
-        .args(args)
+    fanfare_command(args)
         .env("FANFARE_URL", url)
         .env("FANFARE_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env_remove("FANFARE_CONFIG")
-        .env_remove("FANFARE_CONFIG_TOML")
         .env("RUST_LOG", "warn")
         .stdin(std::process::Stdio::null())
         .output()
@@ -328,12 +340,8 @@ async fn a_refused_connection_or_a_missing_token_exits_2_naming_what_is_wrong() 
         );
     }
 
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fanfare"))
-        .args(["runs", "list"])
+    let out = fanfare_command(&["runs", "list"])
         .env("FANFARE_URL", &url)
-        .env_remove("FANFARE_ADMIN_TOKEN")
-        .env_remove("FANFARE_CONFIG")
-        .env_remove("FANFARE_CONFIG_TOML")
         .output()
         .await
         .unwrap();
@@ -365,12 +373,8 @@ async fn the_token_and_address_come_from_the_configuration_file() {
         )
         .replace("listen = \"127.0.0.1:", "listen = \"0.0.0.0:"),
     );
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fanfare"))
-        .args(["runs", "show", &run_id.to_string(), "--json", "--config"])
+    let out = fanfare_command(&["runs", "show", &run_id.to_string(), "--json", "--config"])
         .arg(config.path())
-        .env_remove("FANFARE_URL")
-        .env_remove("FANFARE_ADMIN_TOKEN")
-        .env_remove("FANFARE_CONFIG_TOML")
         .output()
         .await
         .unwrap();

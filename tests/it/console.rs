@@ -527,13 +527,7 @@ async fn commits(app: &TestApp) -> i64 {
 
 #[tokio::test]
 async fn many_streams_of_an_open_run_share_one_read_of_it_per_second() {
-    let lambda = Arc::new(RecordingLambda::default());
-    let app = TestApp::builder()
-        .toml(&lambda_schedule("s", 2, None, ""))
-        .lambda(lambda.clone())
-        .tweak(|s| s.server.max_event_streams_per_session = 100)
-        .spawn()
-        .await;
+    let (app, lambda) = lambda_app_with(2, |s| s.server.max_event_streams_per_session = 100).await;
     let run = app.trigger("s").await;
     lambda.wait_for(2).await;
     app.wait_listed(run, Duration::from_secs(10)).await;
@@ -593,16 +587,11 @@ async fn many_streams_of_an_open_run_share_one_read_of_it_per_second() {
 
 #[tokio::test]
 async fn streams_beyond_a_sessions_or_the_replicas_limit_are_answered_429() {
-    let lambda = Arc::new(RecordingLambda::default());
-    let app = TestApp::builder()
-        .toml(&lambda_schedule("s", 1, None, ""))
-        .lambda(lambda.clone())
-        .tweak(|s| {
-            s.server.max_event_streams_per_session = 3;
-            s.server.max_event_streams = 4;
-        })
-        .spawn()
-        .await;
+    let (app, lambda) = lambda_app_with(1, |s| {
+        s.server.max_event_streams_per_session = 3;
+        s.server.max_event_streams = 4;
+    })
+    .await;
     let run = app.trigger("s").await;
     lambda.wait_for(1).await;
     let (a, b) = (session(&app).await, session(&app).await);

@@ -89,12 +89,23 @@ pub async fn app_with_one_lambda_page() -> TestApp {
 pub async fn app_with_one_lambda_page_and(
     tweak: impl FnOnce(&mut fanfare::Settings) + 'static,
 ) -> TestApp {
-    TestApp::builder()
-        .toml(&lambda_schedule("s", 1, None, ""))
-        .lambda(std::sync::Arc::new(RecordingLambda::default()))
+    lambda_app_with(1, tweak).await.0
+}
+
+/// An application with the Lambda schedule `s` of `pages` pages over a
+/// recording stand-in, its settings changed by `tweak`; returns both.
+pub async fn lambda_app_with(
+    pages: usize,
+    tweak: impl FnOnce(&mut fanfare::Settings) + 'static,
+) -> (TestApp, std::sync::Arc<RecordingLambda>) {
+    let lambda = std::sync::Arc::new(RecordingLambda::default());
+    let app = TestApp::builder()
+        .toml(&lambda_schedule("s", pages, None, ""))
+        .lambda(lambda.clone())
         .tweak(tweak)
         .spawn()
-        .await
+        .await;
+    (app, lambda)
 }
 
 /// The actions refused once the run of [`app_with_a_finished_run`] has
