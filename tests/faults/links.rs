@@ -15,6 +15,15 @@ use crate::procs::{Daemon, Workdir};
 /// Pages of the site (a tree of fanout 6: depth 4 holds them all).
 const PAGES: usize = 1500;
 
+/// The count `sql` answers about `run` (its `$1`).
+async fn count_of(pool: &sqlx::PgPool, sql: &str, run: uuid::Uuid) -> i64 {
+    sqlx::query_scalar(sql)
+        .bind(run)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_crawling_one_growing_run_with_one_killed_lose_no_page_and_notify_once() {
     let site = LinkSite::start(LinkSiteSpec::tree(PAGES, 6)).await;
@@ -39,13 +48,12 @@ async fn two_replicas_crawling_one_growing_run_with_one_killed_lose_no_page_and_
     // Kill `a` once a fifth of the site is done, while both record.
     let deadline = Instant::now() + Duration::from_secs(120);
     let done_at_kill = loop {
-        let done: i64 = sqlx::query_scalar(
+        let done = count_of(
+            &pool,
             "select count(*) from pages where run_id = $1 and status = 'succeeded'",
+            run,
         )
-        .bind(run)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+        .await;
         if done >= (PAGES / 5) as i64 {
             break done;
         }
@@ -110,13 +118,12 @@ async fn two_replicas_crawling_one_growing_run_with_one_killed_lose_no_page_and_
     receiver.wait_delivered(run, Duration::from_secs(90)).await;
     let ids = by_webhook_id(&receiver.hits_for(run));
     assert_eq!(ids.len(), 1, "{ids:?}");
-    let outbox: i64 = sqlx::query_scalar(
+    let outbox = count_of(
+        &pool,
         "select count(*) from notifications where run_id = $1 and event = 'run.finished'",
+        run,
     )
-    .bind(run)
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    .await;
     assert_eq!(outbox, 1);
     println!(
         "FIGURE links_replicas pages={PAGES} done_at_kill={done_at_kill} refetched={}",
