@@ -426,9 +426,7 @@ pub async fn list_changes(
         })
         .transpose()?;
     let limit = listing_of_run(&state, id, q.limit).await?;
-    let changes = ledger::run_changes(&state.readers, id)
-        .await?
-        .map(Changes::from);
+    let changes = ledger::run_changes(&state.readers, id).await?;
     let pages = ledger::list_changes(&state.readers, id, kind, q.after.unwrap_or(0), limit)
         .await?
         .into_iter()

@@ -1,8 +1,9 @@
 //! Statements on the `page_changes` table and the comparison counts on
 //! `runs`: what changed in a run since the previous run of its schedule.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgExecutor};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{ChangeKind, RunStatus, Trigger};
@@ -29,21 +30,27 @@ pub async fn previous_run(
     .await
 }
 
-/// What the comparison of a run with its previous run counted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow, Serialize)]
+/// What changed in a run since the previous run of its schedule, by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow, Serialize, Deserialize, ToSchema)]
+#[schema(as = Changes)]
 pub struct ChangeCounts {
-    /// The run it was compared with (`None` once that run was deleted).
+    /// The run this one was compared with (`null` only once that run was
+    /// deleted).
     pub since_run_id: Option<Uuid>,
-    /// Pages crawled now that the previous run did not have (or had gone).
+    /// Pages crawled now that the previous run did not have, or had gone
+    /// (404/410).
     pub new: i64,
-    /// Pages crawled in both runs that differ.
+    /// Pages crawled in both runs whose title or an extracted field differs
+    /// (their body's SHA-256, with the schedule's `compare = "content"`).
     pub changed: i64,
     /// Pages crawled in both runs that do not differ.
     pub unchanged: i64,
-    /// Pages of the previous run no longer listed or now answering 404/410.
+    /// Pages of the previous run that are no longer listed, or now answer
+    /// HTTP 404 or 410.
     pub gone: i64,
-    /// Pages of this run that could not be compared: failed for another
-    /// reason (or not crawled) now or in the previous run, or gone in both.
+    /// Pages of this run that could not be compared: they failed for
+    /// another reason (timeout, 5xx, ...) or were not crawled, now or in
+    /// the previous run, or answered 404/410 in both.
     pub unknown: i64,
 }
 
