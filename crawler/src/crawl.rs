@@ -1473,24 +1473,29 @@ mod tests {
         .unwrap()
     }
 
-    #[test]
-    fn oversized_report_becomes_a_too_large_failure() {
-        let request = a_request(3);
-        let fields = (0..64)
-            .map(|i| (format!("f{i}"), "x".repeat(MAX_TEXT_BYTES).into()))
-            .collect();
-        let facts = PageFacts {
+    /// A page's facts with `count` fields of [`MAX_TEXT_BYTES`] each and
+    /// `links`.
+    fn full_fields(count: usize, links: Vec<String>) -> PageFacts {
+        PageFacts {
             http_status: 200,
             title: None,
-            fields,
+            fields: (0..count)
+                .map(|i| (format!("f{i}"), "x".repeat(MAX_TEXT_BYTES).into()))
+                .collect(),
             bytes: 1,
             content_sha256: "00".into(),
             fetch_ms: 1,
             via_proxy: false,
-            links: Vec::new(),
+            links,
             rendered: false,
             looks_unrendered: false,
-        };
+        }
+    }
+
+    #[test]
+    fn oversized_report_becomes_a_too_large_failure() {
+        let request = a_request(3);
+        let facts = full_fields(64, Vec::new());
         let report = fit_report(Report::for_request(&request, Outcome::Succeeded(facts)));
         let error = report.outcome.error().expect("replaced by a failure");
         assert_eq!(error.kind, ErrorKind::TooLarge);
@@ -1590,24 +1595,10 @@ mod tests {
     #[test]
     fn an_oversized_report_sheds_links_before_it_fails() {
         let request = a_request(1);
-        let fields = (0..20)
-            .map(|i| (format!("f{i}"), "x".repeat(MAX_TEXT_BYTES).into()))
-            .collect();
         let links: Vec<String> = (0..2000)
             .map(|i| format!("https://a.example/{i}/{}", "z".repeat(100)))
             .collect();
-        let facts = PageFacts {
-            http_status: 200,
-            title: None,
-            fields,
-            bytes: 1,
-            content_sha256: "00".into(),
-            fetch_ms: 1,
-            via_proxy: false,
-            links: links.clone(),
-            rendered: false,
-            looks_unrendered: false,
-        };
+        let facts = full_fields(20, links.clone());
         let report = fit_report(Report::for_request(&request, Outcome::Succeeded(facts)));
         let kept = &report.outcome.facts().expect("still a success").links;
         assert!(
