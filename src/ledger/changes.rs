@@ -6,7 +6,7 @@ use sqlx::{PgConnection, PgExecutor};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{ChangeKind, RunStatus, Trigger};
+use super::{ChangeKind, RunRows, RunStatus, Trigger};
 
 /// The run a finished run is compared with: the latest other run of the
 /// same schedule created before it that is finished, was listed to the end
@@ -207,23 +207,16 @@ pub struct StoredChange {
     pub after: Option<serde_json::Value>,
 }
 
-/// A run's changes in id order, optionally of one kind, after `after_id`.
+/// A run's changes in id order, optionally of one kind.
 pub async fn list_changes<'e, E: PgExecutor<'e>>(
     db: E,
-    run_id: Uuid,
-    kind: Option<ChangeKind>,
-    after_id: i64,
-    limit: i64,
+    rows: RunRows<ChangeKind>,
 ) -> Result<Vec<StoredChange>, sqlx::Error> {
-    sqlx::query_as(
+    rows.query(
         "select id, url, kind, before, after from page_changes
          where run_id = $1 and ($2::text is null or kind = $2) and id > $3
          order by id limit $4",
     )
-    .bind(run_id)
-    .bind(kind)
-    .bind(after_id)
-    .bind(limit)
     .fetch_all(db)
     .await
 }

@@ -132,7 +132,13 @@ pub async fn compare(
         return Ok(RunChanges::default());
     };
     let counts = ledger::compare_runs(tx, run.id, since, compare == Compare::Content).await?;
-    let pages = ledger::list_changes(&mut *tx, run.id, None, 0, CHANGED_PAGES_IN_NOTIFICATION)
+    let first = ledger::RunRows {
+        run_id: run.id,
+        only: None,
+        after_id: 0,
+        limit: CHANGED_PAGES_IN_NOTIFICATION,
+    };
+    let pages = ledger::list_changes(&mut *tx, first)
         .await?
         .into_iter()
         .map(|c| ChangeEntry::try_from(c).map(|e| e.page))

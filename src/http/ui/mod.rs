@@ -745,7 +745,13 @@ async fn run(
     };
     let changes = ledger::run_changes(pool, id).await?;
     let changes_after = q.changes_after.unwrap_or(0).max(0);
-    let mut change_rows = ledger::list_changes(pool, id, None, changes_after, PAGE_SIZE + 1)
+    let rows = ledger::RunRows {
+        run_id: id,
+        only: None,
+        after_id: changes_after,
+        limit: PAGE_SIZE + 1,
+    };
+    let mut change_rows = ledger::list_changes(pool, rows)
         .await?
         .into_iter()
         .map(ChangeEntry::try_from)
