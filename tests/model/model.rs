@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fanfare::config::Tolerance;
-use fanfare::ledger::{self, ErrorKind, PageError};
-use fanfare::lifecycle::page::{self, Event as PageEvent, Next};
+use fanfare::ledger::{self, PageError};
+use fanfare::lifecycle::page::{self, Event as PageEvent, Next, Retry};
 use fanfare::lifecycle::{run as rules, Closing};
 use fanfare::runs::{Handled, PageAttempt};
 use fanfare::sweep;
 use fanfare::Settings;
+use fanfare_crawler::ErrorKind;
 use proptest::prelude::*;
 use serde_json::json;
 use uuid::Uuid;
@@ -343,7 +344,7 @@ impl Model {
     /// daemon's own transition function says.
     fn event(&mut self, i: usize, attempt: i32, event: PageEvent) -> Want {
         match page::next(attempt, self.policy.max_attempts, event) {
-            Next::Requeue { uses_attempt, .. } => {
+            Next::Requeue(Retry { uses_attempt, .. }) => {
                 let page = &self.pages[i];
                 if page.state == State::Dispatched && page.attempt == attempt {
                     self.requeue(i, !uses_attempt);
