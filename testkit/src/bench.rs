@@ -1,6 +1,7 @@
 //! What the benchmarks print about where they ran, and the figures they
 //! share: quantiles, CPU seconds from `/proc`, the load average.
 
+use std::collections::HashMap;
 use std::process::Command;
 
 /// The checkout's short commit, with "(with uncommitted changes)" when
@@ -156,6 +157,38 @@ pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     Some(proc_stat(pid)?.ticks as f64 / hz)
+}
+
+/// CPU seconds used so far by each Postgres backend connected to
+/// `database` (read through `pool`), by process id, when the server runs
+/// on this machine. Two readings give a workload's Postgres CPU with
+/// [`postgres_cpu_since`]; backends of other databases (other tests,
+/// other benches on the same server) are not counted.
+pub async fn postgres_cpu(pool: &sqlx::PgPool, database: &str) -> HashMap<u32, f64> {
+    let pids: Vec<i32> = sqlx::query_scalar("select pid from pg_stat_activity where datname = $1")
+        .bind(database)
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default();
+    pids.into_iter()
+        .filter_map(|pid| {
+            let pid = u32::try_from(pid).ok()?;
+            Some((pid, process_cpu_seconds(pid)?))
+        })
+        .collect()
+}
+
+/// The CPU seconds `after`'s backends used since `before` (a backend
+/// started in between counts from zero; one that ended in between is
+/// lost, so the pool should keep its connections); `None` when no backend
+/// could be read (a server on another machine).
+pub fn postgres_cpu_since(before: &HashMap<u32, f64>, after: &HashMap<u32, f64>) -> Option<f64> {
+    (!after.is_empty()).then(|| {
+        after
+            .iter()
+            .map(|(pid, s)| s - before.get(pid).copied().unwrap_or(0.0))
+            .sum()
+    })
 }
 
 /// User and system CPU seconds of the calling thread so far
