@@ -31,6 +31,7 @@ pub mod linksite;
 pub mod metrics;
 pub mod proxy;
 pub mod reports;
+pub mod tls_site;
 pub mod wait;
 pub mod webhooks;
 
@@ -47,5 +48,6 @@ pub use linksite::{LinkSite, LinkSiteSpec};
 pub use metrics::metric_in;
 pub use proxy::PgProxy;
 pub use reports::{failed, succeeded};
+pub use tls_site::{TlsSite, TEST_CA_PEM};
 pub use wait::{eventually, holds, secs};
 pub use webhooks::{by_webhook_id, expected_signature, header, Delivery, Hit, Policy, Receiver};
