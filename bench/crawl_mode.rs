@@ -49,10 +49,9 @@ use fanfare_testkit as common;
 use common::bench::{
     load_average, postgres_cpu, postgres_cpu_since, print_machine, process_cpu_seconds,
 };
-use common::{AppTask, LinkSite, LinkSiteSpec, Receiver};
+// The kit's tokens: `finished_by` reads the run with the kit's admin token.
+use common::{AppTask, LinkSite, LinkSiteSpec, Receiver, ADMIN_TOKEN, CALLBACK_SECRET};
 
-const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdefghij";
-const CALLBACK_SECRET: &str = "bench-callback-secret-0123456789abcdef";
 const FANOUT: usize = 8;
 
 #[derive(Debug, Parser)]

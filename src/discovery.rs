@@ -461,6 +461,53 @@ mod tests {
     }
 
     #[test]
+    fn known_urls_leave_out_only_what_was_added_for_that_run_until_forgotten() {
+        let known = KnownUrls::default();
+        let (run, other) = (Uuid::new_v4(), Uuid::new_v4());
+        let links = || {
+            normalized(vec![
+                "https://shop.example/a".into(),
+                "https://shop.example/b".into(),
+                "https://shop.example/c".into(),
+            ])
+        };
+        known.add(run, ["https://shop.example/a", "https://shop.example/c"]);
+        let mut left = links();
+        known.drop_known(run, &mut left);
+        assert_eq!(
+            left,
+            [(
+                "https://shop.example/b".to_string(),
+                "shop.example".to_string()
+            )]
+        );
+        let mut left = links();
+        known.drop_known(other, &mut left);
+        assert_eq!(left, links(), "another run's links are its own");
+        known.forget(run);
+        let mut left = links();
+        known.drop_known(run, &mut left);
+        assert_eq!(left, links());
+        assert_eq!(known.held().total, 0);
+    }
+
+    #[test]
+    fn known_urls_start_over_past_their_bound() {
+        let known = KnownUrls::default();
+        let run = Uuid::new_v4();
+        let urls: Vec<String> = (0..KNOWN_URLS_HELD + 1)
+            .map(|i| format!("https://shop.example/{i}"))
+            .collect();
+        known.add(run, urls[..KNOWN_URLS_HELD].iter().map(String::as_str));
+        assert_eq!(known.held().total, KNOWN_URLS_HELD);
+        known.add(run, [urls[KNOWN_URLS_HELD].as_str()]);
+        assert_eq!(known.held().total, 1, "it started over");
+        let mut left = normalized(vec![urls[0].clone()]);
+        known.drop_known(run, &mut left);
+        assert_eq!(left.len(), 1, "a forgotten URL goes to the ledger again");
+    }
+
+    #[test]
     fn patterns_then_robots_leave_links_out_and_count_them() {
         let run = run(
             &["https://shop.example/*"],
