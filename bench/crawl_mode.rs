@@ -15,12 +15,22 @@
 //! site), succeeded, one notification to a loopback webhook receiver. It
 //! prints `FIGURE` lines: pages/s of each run (trigger to finished), the
 //! crawl/list ratio (the target is at least 0.8), CPU-seconds per 1,000
-//! pages of this process (daemon, crawler and site: they share it) from
-//! `/proc`, peak RSS (`VmHWM`, target under 256 MB) and the load average.
+//! pages of this process (daemon, crawler and site: they share it) and of
+//! the Postgres backends serving the bench's database, from `/proc`; the
+//! steady rate (pages that finished between the run's 10% and 90% mark,
+//! over that time: the ramp-up of a crawl, whose tree's depth limits what
+//! is in flight at first, is what the whole-run rate has besides), peak
+//! RSS (`VmHWM`, target under 256 MB) and the load average.
+//!
+//! `--auto-explain-ms N` loads Postgres's `auto_explain` for the bench's
+//! database: every statement slower than N ms is logged with its plan and
+//! the time of each step (`EXPLAIN ANALYZE`) to the server's log. It slows
+//! the statements it times; figures of such a run are not figures.
 //!
 //! ```sh
 //! cargo bench --bench crawl_mode                      # 20,000 pages
 //! cargo bench --bench crawl_mode -- --pages 2000      # smoke run
+//! cargo bench --bench crawl_mode -- --auto-explain-ms 20   # plans, to the server log
 //! ```
 //!
 //! It needs a Postgres it may create a database on (`DATABASE_URL`, default
@@ -33,7 +43,9 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context};
 use fanfare_testkit as common;
 
-use common::bench::{load_average, print_machine, process_cpu_seconds};
+use common::bench::{
+    load_average, postgres_cpu, postgres_cpu_since, print_machine, process_cpu_seconds,
+};
 use common::{LinkSite, LinkSiteSpec, Receiver, ADMIN_TOKEN};
 
 const FANOUT: usize = 8;
@@ -43,6 +55,7 @@ struct Args {
     pages: usize,
     max_in_flight: usize,
     timeout_secs: u64,
+    auto_explain_ms: Option<u64>,
 }
 
 /// The command line, as `--help` prints it.
@@ -52,6 +65,8 @@ fanfare: a run that follows links against the same pages listed
   --pages N             pages of the site [default: 20000]
   --max-in-flight N     the schedules' max_in_flight [default: 1000]
   --timeout-secs N      give up on a run after this many seconds [default: 900]
+  --auto-explain-ms N   log the plan of each statement slower than N ms (Postgres's
+                        auto_explain, with timings) to the server's log
 ";
 
 /// What one run measured.
@@ -59,6 +74,10 @@ struct Measured {
     pages: i64,
     seconds: f64,
     cpu_seconds: f64,
+    /// The Postgres backends' CPU seconds (`None`: not on this machine).
+    pg_cpu_seconds: Option<f64>,
+    /// Pages per second between the run's 10% and 90% mark.
+    steady_rate: f64,
 }
 
 impl Measured {
@@ -66,8 +85,8 @@ impl Measured {
         self.pages as f64 / self.seconds
     }
 
-    fn cpu_per_thousand(&self) -> f64 {
-        self.cpu_seconds * 1000.0 / self.pages as f64
+    fn per_thousand(&self, cpu_seconds: f64) -> f64 {
+        cpu_seconds * 1000.0 / self.pages as f64
     }
 }
 
@@ -108,6 +127,27 @@ async fn measure(
     depth: u32,
 ) -> anyhow::Result<()> {
     let db = common::fresh_database().await;
+    // One connection of the bench's own, to find the backends serving the
+    // bench's database.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(db.url())
+        .await
+        .context("connect to the bench's database")?;
+    if let Some(ms) = args.auto_explain_ms {
+        for setting in [
+            "session_preload_libraries = 'auto_explain'".to_string(),
+            format!("auto_explain.log_min_duration = {ms}"),
+            "auto_explain.log_analyze = on".to_string(),
+            "auto_explain.log_nested_statements = on".to_string(),
+        ] {
+            sqlx::query(&format!(r#"alter database "{}" set {setting}"#, db.name()))
+                .execute(&pool)
+                .await
+                .context("set up auto_explain")?;
+        }
+        println!("crawl_mode: statements over {ms} ms are logged with their plans to the server's log; the figures are slowed by it");
+    }
     let list = common::schedule("list")
         .urls((0..args.pages).map(|i| list_site.url(&format!("/n/{i}"))))
         .extract(r#"{ price = ".price" }"#)
@@ -125,24 +165,36 @@ async fn measure(
     let (address, app) = common::bench::start_app(settings, None).await?;
     let client = reqwest::Client::new();
 
-    let list = run(args, &client, &address, "list", list_site, receiver).await?;
-    let crawl = run(args, &client, &address, "crawl", crawl_site, receiver).await?;
+    let database = (&pool, db.name());
+    let list = run(
+        args, &client, &address, "list", list_site, receiver, database,
+    )
+    .await?;
+    let crawl = run(
+        args, &client, &address, "crawl", crawl_site, receiver, database,
+    )
+    .await?;
     let hwm_mb = common::bench::status_field(None, "VmHWM:").unwrap_or(0) / 1024;
     for (name, m) in [("list", &list), ("crawl", &crawl)] {
         println!(
-            "FIGURE crawl_mode {name}: {} pages in {:.1} s, {:.0} pages/s, {:.2} CPU-s per 1,000 pages",
+            "FIGURE crawl_mode {name}: {} pages in {:.1} s, {:.0} pages/s ({:.0} pages/s between 10% and 90%), CPU-s per 1,000 pages: {:.2} this process, {} Postgres",
             m.pages,
             m.seconds,
             m.rate(),
-            m.cpu_per_thousand()
+            m.steady_rate,
+            m.per_thousand(m.cpu_seconds),
+            m.pg_cpu_seconds
+                .map_or("n/a".into(), |s| format!("{:.2}", m.per_thousand(s)))
         );
     }
     println!(
-        "FIGURE crawl_mode ratio: crawl/list {:.2} (target >= 0.8); peak RSS (VmHWM, daemon + crawler + site) {hwm_mb} MB (target < 256 MB); load average {}",
+        "FIGURE crawl_mode ratio: crawl/list {:.2} (target >= 0.8), between 10% and 90% {:.2}; peak RSS (VmHWM, daemon + crawler + site) {hwm_mb} MB (target < 256 MB); load average {}",
         crawl.rate() / list.rate(),
+        crawl.steady_rate / list.steady_rate,
         load_average()
     );
     app.stop().await;
+    pool.close().await;
     drop(db);
     Ok(())
 }
@@ -155,8 +207,10 @@ async fn run(
     schedule: &str,
     site: &LinkSite,
     receiver: &Receiver,
+    (pool, database): (&sqlx::PgPool, &str),
 ) -> anyhow::Result<Measured> {
     let pid = std::process::id();
+    let pg_before = postgres_cpu(pool, database).await;
     let cpu_before = process_cpu_seconds(pid).unwrap_or(0.0);
     let started = Instant::now();
     let run = common::trigger(client, address, ADMIN_TOKEN, schedule).await;
@@ -171,6 +225,21 @@ async fn run(
         })?;
     let seconds = started.elapsed().as_secs_f64();
     let cpu_seconds = process_cpu_seconds(pid).unwrap_or(0.0) - cpu_before;
+    let pg_cpu_seconds = postgres_cpu_since(&pg_before, &postgres_cpu(pool, database).await);
+    // The 10% and 90% marks of the pages' finishing times.
+    let (from, to): (Option<f64>, Option<f64>) = sqlx::query_as(
+        "select percentile_disc(0.1) within group (order by extract(epoch from finished_at))::float8,
+             percentile_disc(0.9) within group (order by extract(epoch from finished_at))::float8
+         from pages where run_id = $1",
+    )
+    .bind(run)
+    .fetch_one(pool)
+    .await
+    .context("read the pages' finishing times")?;
+    let steady_rate = match (from, to) {
+        (Some(from), Some(to)) if to > from => 0.8 * args.pages as f64 / (to - from),
+        _ => f64::NAN,
+    };
     let pages = shown["pages"]["total"].as_i64().unwrap_or(0);
     ensure!(
         pages == args.pages as i64 && shown["pages"]["succeeded"] == pages,
@@ -205,5 +274,7 @@ async fn run(
         pages,
         seconds,
         cpu_seconds,
+        pg_cpu_seconds,
+        steady_rate,
     })
 }

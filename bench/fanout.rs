@@ -60,7 +60,10 @@ use anyhow::{anyhow, bail, ensure, Context};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use fanfare_testkit::bench::{load_average, proc_stat, process_cpu_seconds, self_cpu_seconds};
+use fanfare_testkit::bench::{
+    load_average, postgres_cpu, postgres_cpu_since, proc_stat, process_cpu_seconds,
+    self_cpu_seconds,
+};
 use fanfare_testkit::{metric_in, TestApp};
 
 #[derive(Debug, serde::Deserialize)]
@@ -192,7 +195,7 @@ async fn measure(args: &Args, nginx: &Nginx, pages_url: &str) -> anyhow::Result<
 
     let requests_before = nginx.requests()?;
     let nginx_cpu_before = nginx.cpu_seconds();
-    let pg_before = postgres_cpu(&app, &database).await;
+    let pg_before = postgres_cpu(&app.pool, &database).await;
     let self_before = self_cpu_seconds();
     let started = Instant::now();
     let run_id = app.trigger("bench").await;
@@ -221,7 +224,7 @@ async fn measure(args: &Args, nginx: &Nginx, pages_url: &str) -> anyhow::Result<
     let wall = started.elapsed();
     let self_cpu = self_cpu_seconds() - self_before;
     let nginx_cpu = nginx.cpu_seconds() - nginx_cpu_before;
-    let pg_cpu = postgres_cpu(&app, &database).await;
+    let pg_cpu = postgres_cpu_since(&pg_before, &postgres_cpu(&app.pool, &database).await);
     let requests = nginx.requests()? - requests_before;
 
     let ledger: (i64, i64, i64, Option<DateTime<Utc>>, Option<DateTime<Utc>>) = sqlx::query_as(
@@ -291,9 +294,9 @@ async fn measure(args: &Args, nginx: &Nginx, pages_url: &str) -> anyhow::Result<
         self_cpu / window * 100.0,
         per_1000(self_cpu),
         per_1000(nginx_cpu),
-        match (pg_before, pg_cpu) {
-            (Some(b), Some(a)) => format!("{:.2} ({:.3} per 1,000)", a - b, per_1000(a - b)),
-            _ => "n/a (Postgres is not on this machine)".into(),
+        match pg_cpu {
+            Some(pg) => format!("{pg:.2} ({:.3} per 1,000)", per_1000(pg)),
+            None => "n/a (Postgres is not on this machine)".into(),
         }
     );
     app.stop().await;
@@ -460,21 +463,6 @@ impl Drop for Nginx {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// CPU seconds used so far by the Postgres backends connected to
-/// `database`, when they run on this machine.
-async fn postgres_cpu(app: &TestApp, database: &str) -> Option<f64> {
-    let pids: Vec<i32> = sqlx::query_scalar("select pid from pg_stat_activity where datname = $1")
-        .bind(database)
-        .fetch_all(&app.pool)
-        .await
-        .ok()?;
-    let seconds: Vec<f64> = pids
-        .iter()
-        .filter_map(|&pid| process_cpu_seconds(u32::try_from(pid).ok()?))
-        .collect();
-    (!seconds.is_empty()).then(|| seconds.iter().sum())
 }
 
 fn nginx_version(binary: &Path) -> String {

@@ -29,7 +29,8 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use crate::config::Settings;
-use crate::ledger::{self, PageRecorded, PageWrite, Run, RunStatus};
+use crate::discovery::KnownUrls;
+use crate::ledger::{self, PageChange, PageRecorded, PageWrite, Run, RunStatus};
 use crate::lifecycle::run as rules;
 
 /// The most changes one batch carries.
@@ -109,17 +110,22 @@ struct Writer {
     /// Pages this recorder added by following links, and when it next
     /// refreshes the planner's statistics of `pages`.
     found: std::sync::Mutex<(u64, u64)>,
+    /// Where the links a committed batch says its runs have are
+    /// remembered.
+    known: Arc<KnownUrls>,
 }
 
 impl Recorder {
-    /// A recorder writing to `pool`; its batching task starts with the first
-    /// change.
-    pub fn new(pool: PgPool, settings: Arc<Settings>) -> Arc<Self> {
+    /// A recorder writing to `pool`, remembering in `known` the links its
+    /// batches found in their runs; its batching task starts with the
+    /// first change.
+    pub fn new(pool: PgPool, settings: Arc<Settings>, known: Arc<KnownUrls>) -> Arc<Self> {
         Arc::new(Self {
             writer: Arc::new(Writer {
                 pool,
                 settings,
                 found: std::sync::Mutex::new((0, ledger::ANALYZE_FIRST_AT)),
+                known,
             }),
             queue: OnceLock::new(),
         })
@@ -212,6 +218,24 @@ impl Writer {
         }
         let changed: HashMap<i64, PageRecorded> =
             recorded.into_iter().map(|r| (r.page_id, r)).collect();
+        // Committed: the links the statement says their runs have are
+        // remembered, so that later reports need not send them.
+        for write in &writes {
+            let (
+                Some(r),
+                PageChange::Terminal {
+                    found: Some(found), ..
+                },
+            ) = (changed.get(&write.page_id), &write.change)
+            else {
+                continue;
+            };
+            let urls = r
+                .links_in_run
+                .iter()
+                .filter_map(|&i| found.links.get(i).map(|(url, _)| url.as_str()));
+            self.known.add(write.run_id, urls);
+        }
         // Runs this batch moved to `finishing`, each finished once, by the
         // first of its changes.
         let mut finishing: Vec<Uuid> = Vec::new();
@@ -235,6 +259,7 @@ impl Writer {
         }
         let mut finished: HashMap<Uuid, Box<Run>> = HashMap::new();
         for run_id in finishing {
+            self.known.forget(run_id);
             // The pages are recorded whatever happens now: a failure to
             // finish leaves the run to the sweeper, not the reports to a retry.
             match rules::finish_finishing(&self.pool, &self.settings, run_id).await {

@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::config::{Catchup, Overlap, RenderMode, Schedule, Settings};
-use crate::discovery::Discoverer;
+use crate::discovery::{Discoverer, KnownUrls};
 use crate::ledger::{self, Outcome, PageChange, PageStatus, PageWrite, Run, Trigger};
 use crate::lifecycle::page::{self, Event, Next, RetryReason};
 use crate::lifecycle::run as rules;
@@ -151,8 +151,14 @@ impl Runs {
         lister: Lister,
         tracker: TaskTracker,
     ) -> Arc<Self> {
-        let recorder = Recorder::new(pool.clone(), settings.clone());
-        let discoverer = Discoverer::new(pool.clone(), settings.clone());
+        let known = Arc::new(KnownUrls::default());
+        let recorder = Recorder::new(pool.clone(), settings.clone(), known.clone());
+        let discoverer = Discoverer::new(
+            pool.clone(),
+            settings.clone(),
+            (lister.http().clone(), lister.policy().clone()),
+            known,
+        );
         Arc::new_cyclic(|me| Runs {
             pool,
             signer: TokenSigner::new(settings.security.callback_secret.clone())

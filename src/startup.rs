@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use fanfare_crawler::crawl::{Crawler, CrawlerConfig};
+use fanfare_crawler::crawl::{Crawler, CrawlerConfig, ENV_EXTRA_CA};
 use fanfare_crawler::netguard::NetPolicy;
 use fanfare_crawler::proxy::ENV_PROXY_URL;
 use tokio::net::TcpListener;
@@ -113,14 +113,19 @@ impl Application {
             ..overrides.crawler.unwrap_or_default()
         };
         // `proxy = "crawler"` means the crawler's own proxy: in-process,
-        // the daemon's FANFARE_CRAWLER_PROXY_URL, as on Lambda.
-        if crawler_config.proxy.is_none() {
-            crawler_config.proxy = CrawlerConfig::from_lookup(|name| {
-                (name == ENV_PROXY_URL)
+        // the daemon's FANFARE_CRAWLER_PROXY_URL, as on Lambda; so with
+        // the CA certificates of FANFARE_CRAWLER_EXTRA_CA.
+        if crawler_config.proxy.is_none() || crawler_config.extra_roots_pem.is_empty() {
+            let env = CrawlerConfig::from_lookup(|name| {
+                [ENV_PROXY_URL, ENV_EXTRA_CA]
+                    .contains(&name)
                     .then(|| std::env::var(name).ok())
                     .flatten()
-            })?
-            .proxy;
+            })?;
+            crawler_config.proxy = crawler_config.proxy.or(env.proxy);
+            if crawler_config.extra_roots_pem.is_empty() {
+                crawler_config.extra_roots_pem = env.extra_roots_pem;
+            }
         }
         let crawler =
             Crawler::new(crawler_config).context("building the local crawler's HTTP client")?;

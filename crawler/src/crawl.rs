@@ -95,10 +95,17 @@ pub struct CrawlerConfig {
     pub browsers: usize,
     /// The longest render a request may ask for.
     pub max_render_timeout: Duration,
+    /// CA certificates (PEM) trusted for page fetches besides the public
+    /// roots the crawler ships with, directly and through a proxy
+    /// ([`ENV_EXTRA_CA`]); empty for none.
+    pub extra_roots_pem: Vec<u8>,
 }
 
 /// Environment variable for [`CrawlerConfig::browsers`].
 pub const ENV_BROWSERS: &str = "FANFARE_CRAWLER_BROWSERS";
+/// Environment variable naming a PEM file for
+/// [`CrawlerConfig::extra_roots_pem`].
+pub const ENV_EXTRA_CA: &str = "FANFARE_CRAWLER_EXTRA_CA";
 
 impl Default for CrawlerConfig {
     fn default() -> Self {
@@ -121,6 +128,7 @@ impl Default for CrawlerConfig {
             chromium: None,
             browsers: 2,
             max_render_timeout: Duration::from_secs(60),
+            extra_roots_pem: Vec::new(),
         }
     }
 }
@@ -128,8 +136,8 @@ impl Default for CrawlerConfig {
 impl CrawlerConfig {
     /// The defaults, overridden by [`ENV_TIMEOUT_SECS`],
     /// [`ENV_MAX_BODY_BYTES`], [`ENV_USER_AGENT`],
-    /// [`ENV_ALLOW_PRIVATE_NETWORKS`] and [`ENV_PROXY_URL`] where they are
-    /// set.
+    /// [`ENV_ALLOW_PRIVATE_NETWORKS`], [`ENV_PROXY_URL`] and
+    /// [`ENV_EXTRA_CA`] where they are set.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
@@ -181,6 +189,28 @@ impl CrawlerConfig {
         if let Some(value) = lookup(ENV_BROWSERS) {
             config.browsers =
                 usize::try_from(parse_positive(ENV_BROWSERS, &value)?).unwrap_or(usize::MAX);
+        }
+        if let Some(path) = lookup(ENV_EXTRA_CA).filter(|v| !v.is_empty()) {
+            let pem = std::fs::read(&path).map_err(|e| {
+                ConfigError::new(ENV_EXTRA_CA, &path, format!("cannot be read: {e}"))
+            })?;
+            match reqwest::Certificate::from_pem_bundle(&pem) {
+                Ok(certs) if !certs.is_empty() => config.extra_roots_pem = pem,
+                Ok(_) => {
+                    return Err(ConfigError::new(
+                        ENV_EXTRA_CA,
+                        &path,
+                        "holds no PEM certificate",
+                    ))
+                }
+                Err(e) => {
+                    return Err(ConfigError::new(
+                        ENV_EXTRA_CA,
+                        &path,
+                        format!("holds no usable PEM certificates: {e}"),
+                    ))
+                }
+            }
         }
         if let Some(value) = lookup(ENV_PROXY_URL) {
             // The value is a secret: the error does not quote it.
@@ -252,6 +282,19 @@ pub struct Crawler {
 /// starts over (a schedule names a handful).
 const MAX_PROXY_CLIENTS: usize = 64;
 
+/// `builder` trusting the CA certificates of `pem` too (none when empty).
+fn trusting(
+    builder: reqwest::ClientBuilder,
+    pem: &[u8],
+) -> Result<reqwest::ClientBuilder, reqwest::Error> {
+    if pem.is_empty() {
+        return Ok(builder);
+    }
+    Ok(reqwest::Certificate::from_pem_bundle(pem)?
+        .into_iter()
+        .fold(builder, |b, cert| b.add_root_certificate(cert)))
+}
+
 impl Crawler {
     /// Builds the HTTP clients (rustls, gzip, limited redirects). The fetch
     /// client is guarded by [`CrawlerConfig::net`] (resolver, every redirect
@@ -265,6 +308,7 @@ impl Crawler {
             .user_agent(config.user_agent.clone())
             .connect_timeout(config.timeout)
             .gzip(true);
+        let fetch = trusting(fetch, &config.extra_roots_pem)?;
         let fetch = config.net.apply(fetch, config.max_redirects).build()?;
         let callback = Reporter::new(
             &config.user_agent,
@@ -735,8 +779,9 @@ impl Crawler {
             .connect_timeout(self.config.timeout)
             .gzip(true)
             .proxy(via)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
+            .redirect(reqwest::redirect::Policy::none());
+        let client = trusting(client, &self.config.extra_roots_pem)
+            .and_then(|c| c.build())
             .map_err(unusable)?;
         if clients.len() >= MAX_PROXY_CLIENTS {
             clients.clear();

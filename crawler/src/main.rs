@@ -8,7 +8,9 @@
 //! loopback, link-local, private and other non-public addresses, and the
 //! Lambda runtime API, are refused as `blocked`), `FANFARE_CRAWLER_PROXY_URL`
 //! (the crawler's own proxy, for events whose `proxy` names none; a
-//! secret, logged with its password redacted), `FANFARE_CHROMIUM` and
+//! secret, logged with its password redacted), `FANFARE_CRAWLER_EXTRA_CA`
+//! (a PEM file of CA certificates trusted besides the public roots),
+//! `FANFARE_CHROMIUM` and
 //! `FANFARE_CRAWLER_BROWSERS` (the browser that renders events with
 //! `render`, and how many pages it renders at once); logs filtered by
 //! `RUST_LOG`, default `info`). A bad value fails the cold start

@@ -210,10 +210,10 @@ impl FindingArrays {
 /// (parameters in [`FindingArrays`]).
 ///
 /// A link of a report that changed its page (a success, not a repeat) is
-/// judged in order: `host` when it leads to another host than that page's
-/// (`same_host`) or to a host the run has no `run_hosts` row for (so no
-/// robots.txt read); `known` when the run has the URL; `depth` when the
-/// page it is on is at its run's `max_depth`. The new URLs, each
+/// judged in order: `known` when the run has the URL; `host` when it leads
+/// to another host than that page's (`same_host`) or to a host the run has
+/// no `run_hosts` row for (so no robots.txt read); `depth` when the page
+/// it is on is at its run's `max_depth`. The new URLs, each
 /// once (the shallowest finding wins), are numbered per run by depth and
 /// the finding page, and those within `max_pages` less the run's pages
 /// (read from the run's row as locked, so up to date) are inserted, each
@@ -229,7 +229,10 @@ impl FindingArrays {
 /// [`EXAMPLES_PER_REASON`] distinct examples of each reason a link was
 /// left out for. When pages were added, the dispatchers are woken
 /// (`pg_notify` on [`super::WAKE_CHANNEL`] with [`super::WAKE_DISPATCH`],
-/// delivered at commit).
+/// delivered at commit). Each changed page's row says which of its links
+/// the run has once the statement commits (`in_run`: their places in $12,
+/// from 1): those it had, and the new ones within the cap (added, or added
+/// by a racing batch).
 pub const RECORD_PAGES_FINDING: &str = concat!(
     record_pages_head!(),
     "
@@ -244,15 +247,16 @@ pub const RECORD_PAGES_FINDING: &str = concat!(
         where ch.status = 'succeeded'),
     judged as materialized (
         select f.run_id, l.url, l.host, f.id as found_on, f.depth + 1 as depth, f.max_pages,
-            case when f.same_host and l.host <> f.host then 'host'
+            l.n,
+            case when exists (
+                    select 1 from pages p where p.run_id = f.run_id and md5(p.url) = md5(l.url)) then 'known'
+                when f.same_host and l.host <> f.host then 'host'
                 when not f.same_host and not exists (
                     select 1 from run_hosts h where h.run_id = f.run_id and h.host = l.host) then 'host'
-                when exists (
-                    select 1 from pages p where p.run_id = f.run_id and md5(p.url) = md5(l.url)) then 'known'
                 when f.depth >= f.max_depth then 'depth'
                 else 'new' end as verdict
         from finders f
-        join unnest($11::bigint[], $12::text[], $13::text[]) as l(page_id, url, host)
+        join unnest($11::bigint[], $12::text[], $13::text[]) with ordinality as l(page_id, url, host, n)
             on l.page_id = f.id),
     fresh as materialized (
         select distinct on (run_id, url) run_id, url, depth, found_on, max_pages
@@ -325,9 +329,16 @@ pub const RECORD_PAGES_FINDING: &str = concat!(
         where r.id = c.run_id
         returning r.id, r.status, coalesce(d.added, 0) as added),
     woke as (
-        select pg_notify('fanfare_wake', 'dispatch') from (select 1 from added limit 1) a)
-    select ch.id, ch.status, m.status as run_status, coalesce(m.added, 0)::bigint as run_added
+        select pg_notify('fanfare_wake', 'dispatch') from (select 1 from added limit 1) a),
+    kept as (
+        select j.found_on, array_agg(j.n::int) as ns
+        from judged j left join ranked r on r.run_id = j.run_id and r.url = j.url
+        where j.verdict = 'known' or (j.verdict = 'new' and r.rn <= r.room)
+        group by j.found_on)
+    select ch.id, ch.status, m.status as run_status, coalesce(m.added, 0)::bigint as run_added,
+        kp.ns as in_run
     from changed ch left join moved m on m.id = ch.run_id and ch.status <> 'pending'
+        left join kept kp on kp.found_on = ch.id
         cross join (select count(*) from woke) w"
 );
 

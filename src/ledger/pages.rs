@@ -1,6 +1,7 @@
 //! Statements on the `pages` table (and the run counters that change with
 //! a page in the same statement).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -204,6 +205,20 @@ pub fn host_policies(urls: &[String], in_flight_limit: u32, interval: Duration) 
             robots: HostRobots::not_read(),
         })
         .collect()
+}
+
+/// Gives `run_id` a row for each of `hosts` it has none for (hosts a
+/// report's links lead to, their robots.txt read while the run crawls;
+/// [`super::RECORD_PAGES_FINDING`] adds a link only on a host of its
+/// run), in a transaction of its own; a host the run has keeps its row.
+pub async fn add_hosts(
+    pool: &sqlx::PgPool,
+    run_id: Uuid,
+    hosts: &[HostPolicy],
+) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    add_run_hosts(&mut tx, run_id, hosts).await?;
+    tx.commit().await
 }
 
 /// Gives `run_id` a `run_hosts` row (and the ledger a `hosts` row) for
@@ -420,7 +435,7 @@ pub enum PageChange {
 }
 
 /// What [`record_pages`] did to one write that changed its page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PageRecorded {
     /// The page.
     pub page_id: i64,
@@ -432,6 +447,10 @@ pub struct PageRecorded {
     /// Pages the batch added to the page's run by following links (the
     /// same number on every write of that run).
     pub run_added: i64,
+    /// Of the links the write found ([`super::FoundLinks::links`]), the places
+    /// of those its run has now (had already, or added by this batch or a
+    /// racing one); empty without links.
+    pub links_in_run: Vec<usize>,
 }
 
 /// The part of [`RECORD_PAGES`] and [`RECORD_PAGES_FINDING`] up to the
@@ -457,6 +476,8 @@ macro_rules! record_pages_head {
             escalated = p.escalated or i.to_browser,
             reported_attempt = case when i.retry_after is null then i.attempt else p.reported_attempt end,
             result = case when i.retry_after is null then i.result else p.result end,
+            via_proxy = case when i.retry_after is null and i.result is not null
+                then coalesce((i.result->>'via_proxy')::boolean, false) else p.via_proxy end,
             finished_at = case when i.retry_after is null then now() else p.finished_at end,
             not_before = case when i.retry_after is null then null
                 else now() + make_interval(secs => i.retry_after) end,
@@ -535,7 +556,7 @@ pub const RECORD_PAGES: &str = concat!(
             updated_at = now()
         from counts c where r.id = c.run_id
         returning r.id, r.status)
-    select ch.id, ch.status, m.status as run_status, 0::bigint as run_added
+    select ch.id, ch.status, m.status as run_status, 0::bigint as run_added, null::int[] as in_run
     from changed ch left join moved m on m.id = ch.run_id and ch.status <> 'pending'"
 );
 
@@ -601,6 +622,20 @@ pub async fn record_pages<'e, E: PgExecutor<'e>>(
         }
     }
     let finding = super::links::FindingArrays::of(writes);
+    // Where each write's links start in the statement's array of links.
+    let mut first_link = HashMap::new();
+    if finding.is_some() {
+        let mut at = 1usize;
+        for w in writes {
+            if let PageChange::Terminal {
+                found: Some(found), ..
+            } = &w.change
+            {
+                first_link.insert(w.page_id, at);
+                at += found.links.len();
+            }
+        }
+    }
     let statement = if finding.is_some() {
         super::links::RECORD_PAGES_FINDING
     } else {
@@ -621,17 +656,29 @@ pub async fn record_pages<'e, E: PgExecutor<'e>>(
         None => query,
         Some(finding) => finding.bind(query),
     };
-    let rows: Vec<(i64, PageStatus, Option<RunStatus>, i64)> = query.fetch_all(db).await?;
+    let rows: Vec<RecordedRow> = query.fetch_all(db).await?;
     Ok(rows
         .into_iter()
-        .map(|(page_id, status, run_status, run_added)| PageRecorded {
-            page_id,
-            status,
-            run_status,
-            run_added,
+        .map(|(page_id, status, run_status, run_added, in_run)| {
+            let first = first_link.get(&page_id).copied().unwrap_or(1);
+            PageRecorded {
+                page_id,
+                status,
+                run_status,
+                run_added,
+                links_in_run: in_run
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|n| usize::try_from(n).ok()?.checked_sub(first))
+                    .collect(),
+            }
         })
         .collect())
 }
+
+/// A row of [`RECORD_PAGES`]: page, status, run status, pages the run
+/// gained, the places of the page's links its run has.
+type RecordedRow = (i64, PageStatus, Option<RunStatus>, i64, Option<Vec<i32>>);
 
 /// A page claimed for dispatch.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -990,6 +1037,9 @@ pub struct Page {
     pub depth: i32,
     /// The page whose report carried the link to it (none for a listed page).
     pub found_on: Option<i64>,
+    /// Whether its successful report came through a proxy (the report's
+    /// `via_proxy`); none until a report succeeded.
+    pub via_proxy: Option<bool>,
 }
 
 /// A run's pages in id order, optionally of one state.
@@ -998,7 +1048,8 @@ pub async fn list_pages<'e, E: PgExecutor<'e>>(
     rows: RunRows<PageStatus>,
 ) -> Result<Vec<Page>, sqlx::Error> {
     rows.query(
-        "select id, url, status, attempt, result, error, dispatched_at, finished_at, depth, found_on
+        "select id, url, status, attempt, result, error, dispatched_at, finished_at, depth, found_on,
+             via_proxy
          from pages
          where run_id = $1 and ($2::text is null or status = $2) and id > $3
          order by id limit $4",
@@ -1078,7 +1129,8 @@ pub async fn list_failures<'e, E: PgExecutor<'e>>(
     limit: i64,
 ) -> Result<Vec<Page>, sqlx::Error> {
     sqlx::query_as(
-        "select id, url, status, attempt, result, error, dispatched_at, finished_at, depth, found_on
+        "select id, url, status, attempt, result, error, dispatched_at, finished_at, depth, found_on,
+             via_proxy
          from pages
          where run_id = $1 and status in ('failed', 'timed_out') and id > $2
          order by id limit $3",

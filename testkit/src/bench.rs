@@ -4,6 +4,7 @@
 //! `/proc` ([`Sampler`]), the load average, and what they print about
 //! where they ran.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -200,6 +201,38 @@ pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
     Some(proc_stat(pid)?.ticks as f64 / hz)
 }
 
+/// CPU seconds used so far by each Postgres backend connected to
+/// `database` (read through `pool`), by process id, when the server runs
+/// on this machine. Two readings give a workload's Postgres CPU with
+/// [`postgres_cpu_since`]; backends of other databases (other tests,
+/// other benches on the same server) are not counted.
+pub async fn postgres_cpu(pool: &sqlx::PgPool, database: &str) -> HashMap<u32, f64> {
+    let pids: Vec<i32> = sqlx::query_scalar("select pid from pg_stat_activity where datname = $1")
+        .bind(database)
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default();
+    pids.into_iter()
+        .filter_map(|pid| {
+            let pid = u32::try_from(pid).ok()?;
+            Some((pid, process_cpu_seconds(pid)?))
+        })
+        .collect()
+}
+
+/// The CPU seconds `after`'s backends used since `before` (a backend
+/// started in between counts from zero; one that ended in between is
+/// lost, so the pool should keep its connections); `None` when no backend
+/// could be read (a server on another machine).
+pub fn postgres_cpu_since(before: &HashMap<u32, f64>, after: &HashMap<u32, f64>) -> Option<f64> {
+    (!after.is_empty()).then(|| {
+        after
+            .iter()
+            .map(|(pid, s)| s - before.get(pid).copied().unwrap_or(0.0))
+            .sum()
+    })
+}
+
 /// User and system CPU seconds of the calling thread so far
 /// (`getrusage(RUSAGE_THREAD)`): a benchmark's load threads read it before
 /// they end, so the process's CPU less theirs is the server's.
@@ -308,7 +341,7 @@ pub async fn serve_page_list(urls: impl IntoIterator<Item = String>) -> std::io:
     Ok(url)
 }
 
-/// Polls `GET /v1/runs/{run}` every 50 ms until the run is finished and
+/// Polls `GET /v1/runs/{run}` every 200 ms until the run is finished and
 /// returns its view, or `None` once `deadline` has passed (a benchmark
 /// reports a run that did not finish instead of panicking).
 pub async fn finished_by(
@@ -326,7 +359,9 @@ pub async fn finished_by(
         if std::time::Instant::now() > deadline {
             return Ok(None);
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // Each read counts the run's pages in Postgres: reading more often
+        // would load the server the bench measures.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
 

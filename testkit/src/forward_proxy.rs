@@ -7,8 +7,10 @@
 //! unless `Proxy-Authorization` carries its user and password (Basic), and
 //! forwards the rest with a `Via` header, redirects not followed, so a
 //! target can tell a proxied request from a direct one. `CONNECT` (how an
-//! `https://` page goes through a proxy) is recorded and refused with
-//! `501`: the tests' targets are plain HTTP.
+//! `https://` page goes through a proxy) is recorded with its target
+//! (`host:port`) and, with the right credentials, answered `200` and
+//! tunnelled: the bytes go both ways unread (TLS is between the client and
+//! the target, so the target sees no `Via`).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -28,7 +30,8 @@ pub const VIA: &str = "1.1 fanfare-testkit-proxy";
 pub struct Forwarded {
     /// `GET`, `CONNECT`, …
     pub method: String,
-    /// The request target as sent: absolute-form for an `http://` page.
+    /// The request target as sent: absolute-form for an `http://` page,
+    /// `host:port` for a `CONNECT`.
     pub target: String,
     /// Whether `Proxy-Authorization` carried the proxy's credentials (the
     /// request was forwarded only then).
@@ -140,7 +143,10 @@ async fn forward(State(shared): State<Shared>, request: Request) -> Response {
         )
             .into_response();
     }
-    if method == axum::http::Method::CONNECT || request.uri().scheme().is_none() {
+    if method == axum::http::Method::CONNECT {
+        return tunnel(request, target);
+    }
+    if request.uri().scheme().is_none() {
         return (
             StatusCode::NOT_IMPLEMENTED,
             "only absolute-form http requests",
@@ -171,4 +177,20 @@ async fn forward(State(shared): State<Shared>, request: Request) -> Response {
     }
     let bytes = answer.bytes().await.unwrap_or_default();
     response.body(Body::from(bytes)).unwrap()
+}
+
+/// Answers a `CONNECT` to `target` with `200` and, once the client's
+/// connection is handed over, copies bytes between it and `target` until
+/// either side closes.
+fn tunnel(request: Request, target: String) -> Response {
+    tokio::spawn(async move {
+        let Ok(upgraded) = hyper::upgrade::on(request).await else {
+            return;
+        };
+        let mut client = hyper_util::rt::TokioIo::new(upgraded);
+        if let Ok(mut server) = tokio::net::TcpStream::connect(&target).await {
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+        }
+    });
+    StatusCode::OK.into_response()
 }

@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod net;
 pub mod proxy;
 pub mod reports;
+pub mod tls_site;
 pub mod wait;
 pub mod webhooks;
 
@@ -50,5 +51,6 @@ pub use linksite::{LinkSite, LinkSiteSpec};
 pub use metrics::metric_in;
 pub use proxy::PgProxy;
 pub use reports::{failed, succeeded};
+pub use tls_site::{TlsSite, TEST_CA_PEM};
 pub use wait::{eventually, eventually_notified, holds, secs};
 pub use webhooks::{by_webhook_id, expected_signature, header, Delivery, Hit, Policy, Receiver};

@@ -155,6 +155,12 @@ async fn page(State(site): State<Arc<LinkSite>>, Path(i): Path<String>) -> Respo
 }
 
 async fn robots(State(site): State<Arc<LinkSite>>) -> Response {
+    *site
+        .hits
+        .lock()
+        .unwrap()
+        .entry("/robots.txt".to_string())
+        .or_default() += 1;
     match &site.spec.robots {
         Some(body) => body.clone().into_response(),
         None => StatusCode::NOT_FOUND.into_response(),

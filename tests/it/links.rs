@@ -226,6 +226,67 @@ async fn links_robots_txt_disallows_are_left_out_and_counted() {
 }
 
 #[tokio::test]
+async fn a_host_first_seen_in_a_link_has_its_robots_txt_read_once_and_obeyed() {
+    let mut other = LinkSiteSpec::tree(4, 3);
+    other.robots = Some("User-agent: *\nDisallow: /n/2\n".into());
+    let other = LinkSite::start(other).await;
+    // Every page of the start site links to the other site's home page.
+    let mut start = LinkSiteSpec::tree(4, 3);
+    start.extra_links = vec![other.home()];
+    let start = LinkSite::start(start).await;
+    let app = TestApp::spawn(
+        &crawl_schedule_block(
+            "shop",
+            &start.home(),
+            "max_depth = 2, same_host = false",
+            "obey_robots = true",
+            "",
+        ),
+        None,
+    )
+    .await;
+    let run = app.trigger("shop").await;
+    let shown = app.wait_finished(run, WITHIN).await;
+
+    let mut urls: Vec<String> = app
+        .pages(run)
+        .await
+        .iter()
+        .map(|p| {
+            assert_eq!(p["status"], "succeeded", "{p}");
+            p["url"].as_str().unwrap().to_string()
+        })
+        .collect();
+    urls.sort();
+    let mut expected: Vec<String> = (0..4)
+        .map(|i| start.url(&format!("/n/{i}")))
+        .chain([0, 1, 3].map(|i| other.url(&format!("/n/{i}"))))
+        .collect();
+    expected.sort();
+    assert_eq!(urls, expected, "{shown:#}");
+    assert!(!other.hits().contains_key("/n/2"), "{:?}", other.hits());
+    assert_eq!(
+        other.hits().get("/robots.txt"),
+        Some(&1),
+        "the new host's robots.txt is read once, whichever pages link to it"
+    );
+    let d = &shown["discovery"];
+    assert_eq!(
+        (
+            d["left_out"]["robots"].as_i64(),
+            d["left_out"]["host"].as_i64()
+        ),
+        (Some(1), Some(0)),
+        "{d:#}"
+    );
+    assert!(d["examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["reason"] == "robots" && e["url"] == other.url("/n/2")));
+}
+
+#[tokio::test]
 async fn max_pages_caps_a_crawl_and_the_links_past_it_are_counted() {
     let receiver = Receiver::accepting().await;
     let site = LinkSite::start(LinkSiteSpec::tree(40, 3)).await;

@@ -21,7 +21,7 @@ use fanfare::Settings;
 use fanfare_crawler::netguard::NetPolicy;
 use fanfare_crawler::proxy::{ProxyOn, ProxyRoute, ProxyUrl};
 use fanfare_crawler::{CrawlRequest, Crawler, CrawlerConfig, ErrorKind, Outcome, CONTRACT_VERSION};
-use fanfare_testkit::ForwardProxy;
+use fanfare_testkit::{ForwardProxy, Forwarded, TlsSite, TEST_CA_PEM};
 
 use crate::helpers::*;
 
@@ -215,6 +215,16 @@ async fn with_proxy_on_blocked_only_the_page_the_site_refuses_goes_through_the_p
         .collect();
     assert_eq!(titles[&walled], "Walled 1", "{pages:#?}");
     assert_eq!(titles[&open], "Page 1");
+    // The ledger keeps which way each page came.
+    let via: BTreeMap<String, Option<bool>> = pages
+        .iter()
+        .map(|p| (p["url"].as_str().unwrap().into(), p["via_proxy"].as_bool()))
+        .collect();
+    assert_eq!(
+        via,
+        BTreeMap::from([(walled.clone(), Some(true)), (open.clone(), Some(false))]),
+        "{pages:#?}"
+    );
     assert_eq!(
         proxy.forwarded(),
         vec![walled],
@@ -228,6 +238,41 @@ async fn with_proxy_on_blocked_only_the_page_the_site_refuses_goes_through_the_p
             "the retry through the proxy is the same attempt"
         );
     }
+}
+
+#[tokio::test]
+async fn the_ledger_keeps_whether_a_report_came_through_a_proxy_and_a_crawler_that_does_not_say_means_no(
+) {
+    let lambda = Arc::new(RecordingLambda::default());
+    let app = TestApp::spawn(&lambda_schedule("s", 3, None, ""), Some(lambda.clone())).await;
+    let run = app.trigger("s").await;
+    let requests = lambda.wait_for(3).await;
+    let mut through = succeeded(&requests[0]);
+    through["via_proxy"] = true.into();
+    // A version 1 crawler that predates the field sends none.
+    let silent = succeeded(&requests[1]);
+    for (request, report) in requests.iter().zip([through, silent]) {
+        let (status, body) = app
+            .post_report(Some(&request.callback_token), &report)
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let via: BTreeMap<String, Option<bool>> = app
+        .pages(run)
+        .await
+        .iter()
+        .map(|p| (p["id"].to_string(), p["via_proxy"].as_bool()))
+        .collect();
+    let id = |r: &CrawlRequest| r.page_id.clone();
+    assert_eq!(
+        via,
+        BTreeMap::from([
+            (id(&requests[0]), Some(true)),
+            (id(&requests[1]), Some(false)),
+            (id(&requests[2]), None),
+        ]),
+        "the third page has no report yet"
+    );
 }
 
 /// A `tracing` writer into a shared buffer.
@@ -377,6 +422,50 @@ async fn through_a_proxy_the_guard_still_refuses_private_targets_and_the_proxy_s
     let facts = outcome.facts().expect("crawled with the guard open");
     assert!(facts.via_proxy);
     assert_eq!(facts.title.as_deref(), Some("Page 1"));
+}
+
+#[tokio::test]
+async fn an_https_page_goes_through_the_proxys_connect_tunnel_with_its_credentials() {
+    let site = TlsSite::start().await;
+    let proxy = ForwardProxy::start(USER, PASSWORD).await;
+    let url = site.url("/p/1");
+    let crawler = |extra_roots_pem: &[u8]| {
+        Crawler::new(CrawlerConfig {
+            timeout: Duration::from_secs(5),
+            net: NetPolicy::open(),
+            extra_roots_pem: extra_roots_pem.to_vec(),
+            ..CrawlerConfig::default()
+        })
+        .unwrap()
+    };
+
+    let outcome = crawler(TEST_CA_PEM)
+        .crawl(&request_through(&proxy, url.clone()))
+        .await;
+    let facts = outcome.facts().expect("fetched through the tunnel");
+    assert!(facts.via_proxy);
+    assert_eq!(facts.title.as_deref(), Some("Secure /p/1"));
+    let tunnel = Forwarded {
+        method: "CONNECT".into(),
+        target: site.addr.to_string(),
+        authorized: true,
+    };
+    assert_eq!(
+        proxy.seen(),
+        vec![tunnel.clone()],
+        "one tunnel, to the site"
+    );
+    assert_eq!(site.served(), 1);
+
+    // Without the test CA the tunnel is made and TLS then fails: the
+    // crawler trusts the test CA only when told to.
+    let outcome = crawler(&[])
+        .crawl(&request_through(&proxy, url.clone()))
+        .await;
+    let error = outcome.error().expect("an untrusted certificate fails");
+    assert_eq!(error.kind, ErrorKind::Tls, "{error}");
+    assert_eq!(proxy.seen(), vec![tunnel.clone(), tunnel]);
+    assert_eq!(site.served(), 1);
 }
 
 #[tokio::test]
