@@ -535,6 +535,7 @@ impl Crawler {
             links,
             rendered: false,
             looks_unrendered,
+            served_sufficed: false,
         })
     }
 
@@ -556,10 +557,31 @@ impl Crawler {
                 ));
             }
         }
+        // Every request of the page through its proxy when it always
+        // fetches through one; with `proxy_on = "blocked"` the browser's
+        // requests go direct (a refusal fails the render like any error).
+        let proxy = match self.proxy_for(request)? {
+            Some((proxy, ProxyOn::Always)) => Some((self.proxied_client(&proxy)?, proxy)),
+            Some((_, ProxyOn::Blocked)) | None => None,
+        };
         let rendered = self
             .renderer
-            .render(url, how, request.user_agent.as_deref())
-            .await?;
+            .render_through(
+                url,
+                how,
+                request.user_agent.as_deref(),
+                proxy.as_ref().map(|(client, _)| client),
+            )
+            .await
+            .map_err(|mut error| {
+                if let Some((_, proxy)) = &proxy {
+                    error.message = proxy::scrub(
+                        format!("through the proxy {proxy}: {}", error.message),
+                        proxy,
+                    );
+                }
+                error
+            })?;
         for refused in &rendered.refused {
             tracing::info!(%refused, "the network guard refused one of the page's requests");
         }
@@ -567,15 +589,23 @@ impl Crawler {
         let content_sha256 = hex::encode(Sha256::digest(rendered.html.as_bytes()));
         let _parsing = self.hold_parse_budget(self.parse_weight(bytes)).await;
         let html = rendered.html;
+        let served = rendered.served;
         let page_url = url.clone();
         let links_wanted = request.links;
-        let (title, fields, links) = tokio::task::spawn_blocking(move || {
+        let (title, fields, links, served_sufficed) = tokio::task::spawn_blocking(move || {
+            // The plain fetch's verdict on the document as served: whether
+            // this page needed the browser at all.
+            let served = parse([served], None);
+            let (_, served_fields) = extractor.extract(&served, &page_url);
+            let served_sufficed = !(served_fields.values().any(serde_json::Value::is_null)
+                && looks_like_app_shell(&served));
+            drop(served);
             let document = Html::parse_document(&html);
             let (title, fields) = extractor.extract(&document, &page_url);
             let links = links_wanted
                 .map(|wanted| links_of(&document, &page_url, wanted))
                 .unwrap_or_default();
-            (title, fields, links)
+            (title, fields, links, served_sufficed)
         })
         .await
         .map_err(|e| {
@@ -592,10 +622,11 @@ impl Crawler {
             bytes,
             content_sha256,
             fetch_ms: rendered.render_ms,
-            via_proxy: false,
+            via_proxy: proxy.is_some(),
             links,
             rendered: true,
             looks_unrendered: false,
+            served_sufficed,
         })
     }
 
@@ -1452,6 +1483,7 @@ mod tests {
             links: Vec::new(),
             rendered: false,
             looks_unrendered: false,
+            served_sufficed: false,
         };
         let report = fit_report(Report::for_request(&request, Outcome::Succeeded(facts)));
         let error = report.outcome.error().expect("replaced by a failure");
@@ -1569,6 +1601,7 @@ mod tests {
             links: links.clone(),
             rendered: false,
             looks_unrendered: false,
+            served_sufficed: false,
         };
         let report = fit_report(Report::for_request(&request, Outcome::Succeeded(facts)));
         let kept = &report.outcome.facts().expect("still a success").links;

@@ -25,6 +25,7 @@ fn policy(max_attempts: u32) -> Policy {
         max_in_flight: 8,
         tolerated: Tolerance::Count(0),
         targets: 2,
+        render_auto: false,
     }
 }
 
