@@ -148,7 +148,7 @@ fn report() -> impl Strategy<Value = Report> {
         3 => Just(Report::Succeeded),
         1 => Just(Report::Failed),
         2 => Just(Report::Retryable),
-        2 => Just(Report::Unrendered),
+        3 => Just(Report::Unrendered),
     ]
 }
 
