@@ -6,12 +6,12 @@
 //! renders it twice), and the run's notification is one.
 
 use std::net::Ipv4Addr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fanfare_testkit::appshop::{script_price, static_price, AppShop, EXTRACT};
 
 use crate::helpers::*;
-use crate::procs::{Daemon, Workdir};
+use crate::procs::{run_with_a_replica_killed, Workdir};
 
 /// App shells on 127.0.0.1, filled in by script.
 const SCRIPT_PAGES: usize = 24;
@@ -44,51 +44,20 @@ async fn two_replicas_rendering_an_auto_run_with_one_killed_lose_no_page_render_
             .text("page_timeout", "15s")
             .webhook(&receiver.url)
     );
-    let mut a = Daemon::spawn("a", dir.path(), &db, 6, &schedules);
-    let mut b = Daemon::spawn("b", dir.path(), &db, 6, &schedules);
-    a.wait_ready(Duration::from_secs(30)).await;
-    b.wait_ready(Duration::from_secs(30)).await;
-    let client = reqwest::Client::new();
-    let run = trigger(&client, &a.address, "auto").await;
-
-    // Kill `a` once a few pages have been rendered, while both render.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let rendered_at_kill = loop {
-        let rendered: i64 = sqlx::query_scalar(
-            "select count(*) from pages where run_id = $1 and status = 'succeeded' and render",
-        )
-        .bind(run)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        if rendered >= 4 {
-            break rendered;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no page was rendered: {rendered}\n{}",
-            a.log_tail(20)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    a.sigkill();
-    let mut c = Daemon::spawn("c", dir.path(), &db, 6, &schedules);
-    c.wait_ready(Duration::from_secs(30)).await;
-
+    let killed = run_with_a_replica_killed(
+        dir.path(),
+        &db,
+        &pool,
+        &schedules,
+        "auto",
+        "select count(*) from pages where run_id = $1 and status = 'succeeded' and render",
+        // A few pages rendered, while both render.
+        4,
+        Duration::from_secs(240),
+    )
+    .await;
+    let (run, rendered_at_kill, shown) = (killed.run, killed.count_at_kill, &killed.finished);
     let total = (SCRIPT_PAGES + STATIC_PAGES) as i64;
-    let deadline = Instant::now() + Duration::from_secs(240);
-    let shown = loop {
-        let (_, shown) = get(&client, &b.address, &format!("/v1/runs/{run}")).await;
-        if shown["status"] == "finished" {
-            break shown;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the run did not finish: {shown:#}\n{}",
-            c.log_tail(20)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
     assert_eq!(shown["outcome"], "succeeded", "{shown:#}");
     assert_eq!(shown["pages"]["total"], total, "{shown:#}");
     assert_eq!(shown["pages"]["succeeded"], total, "{shown:#}");
@@ -155,21 +124,11 @@ async fn two_replicas_rendering_an_auto_run_with_one_killed_lose_no_page_render_
     );
 
     // One notification (delivered at least once, under one webhook-id).
-    receiver.wait_delivered(run, Duration::from_secs(90)).await;
-    let ids = by_webhook_id(&receiver.hits_for(run));
-    assert_eq!(ids.len(), 1, "{ids:?}");
-    let outbox: i64 = sqlx::query_scalar(
-        "select count(*) from notifications where run_id = $1 and event = 'run.finished'",
-    )
-    .bind(run)
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    assert_eq!(outbox, 1);
+    assert_notified_once(&receiver, &pool, run).await;
     println!(
         "FIGURE render_replicas pages={total} rendered_at_kill={rendered_at_kill} \
          escalated={escalated_pages} renders={} browser_retries={crash_retries}",
         shells.renders()
     );
-    drop((b, c));
+    drop(killed);
 }

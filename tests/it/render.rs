@@ -112,6 +112,19 @@ async fn never_reads_only_static_prices_always_renders_every_page_and_auto_rende
     app.stop().await;
 }
 
+/// An `auto` schedule of `urls` that learns a host after two of its pages
+/// needed the browser, one page at a time (so "after two" is not
+/// overtaken by pages already in flight).
+fn learning_schedule(name: &str, urls: &[String]) -> fanfare_testkit::ScheduleToml {
+    schedule(name)
+        .urls(urls)
+        .extract(EXTRACT)
+        .text("render", "auto")
+        .text("wait_for", ".price")
+        .key("render_after", 2)
+        .key("max_in_flight", 1)
+}
+
 #[tokio::test]
 async fn a_host_that_needed_the_browser_render_after_times_goes_straight_to_it_in_this_run_and_the_next(
 ) {
@@ -121,16 +134,7 @@ async fn a_host_that_needed_the_browser_render_after_times_goes_straight_to_it_i
         .map(|i| shells.script(i))
         .chain((1..=3).map(|i| statics.plain(i)))
         .collect();
-    let schedules = schedule("learns")
-        .urls(&urls)
-        .extract(EXTRACT)
-        .text("render", "auto")
-        .text("wait_for", ".price")
-        .key("render_after", 2)
-        // One page at a time, so "after two" is not overtaken by pages
-        // already in flight.
-        .key("max_in_flight", 1)
-        .to_string();
+    let schedules = learning_schedule("learns", &urls).to_string();
     let app = TestApp::spawn(&schedules, None).await;
     let within = Duration::from_secs(120);
 
@@ -180,14 +184,7 @@ async fn a_host_that_needed_the_browser_render_after_times_goes_straight_to_it_i
 async fn a_learned_host_goes_back_to_plain_fetches_once_a_run_rendered_its_pages_without_need() {
     let shop = Shop::start(Ipv4Addr::LOCALHOST).await;
     let urls: Vec<String> = (1..=3).map(|i| shop.switching(i)).collect();
-    let schedules = schedule("unlearns")
-        .urls(&urls)
-        .extract(EXTRACT)
-        .text("render", "auto")
-        .text("wait_for", ".price")
-        .key("render_after", 2)
-        .key("max_in_flight", 1)
-        .to_string();
+    let schedules = learning_schedule("unlearns", &urls).to_string();
     let app = TestApp::spawn(&schedules, None).await;
     let within = Duration::from_secs(120);
     let run_once = || async {
