@@ -32,7 +32,6 @@ async fn two_replicas_crawling_one_growing_run_with_one_killed_lose_no_page_and_
     let killed = run_with_a_replica_killed(
         dir.path(),
         &db,
-        &pool,
         &schedules,
         "crawl",
         "select count(*) from pages where run_id = $1 and status = 'succeeded'",

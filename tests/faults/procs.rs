@@ -7,10 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::helpers::{config_toml_on, get, trigger, wait_ready};
+use crate::helpers::{config_toml_on, get, test_pool, trigger, wait_ready};
 
 /// A free loopback port: bound, read, released.
 pub fn free_port() -> u16 {
@@ -200,9 +199,9 @@ pub struct KilledMidRun {
     pub count_at_kill: i64,
     /// The finished run, as `GET /v1/runs/{id}` shows it.
     pub finished: serde_json::Value,
-    /// The replicas still running: the one that raced the killed one, and
-    /// its replacement.
-    pub replicas: (Daemon, Daemon),
+    /// The replicas still running (the one that raced the killed one, and
+    /// its replacement), until this is dropped.
+    _replicas: (Daemon, Daemon),
 }
 
 /// Starts replicas `a` and `b` of `schedules` on `db`, triggers
@@ -212,7 +211,6 @@ pub struct KilledMidRun {
 pub async fn run_with_a_replica_killed(
     dir: &Path,
     db: &str,
-    pool: &PgPool,
     schedules: &str,
     schedule: &str,
     count_sql: &str,
@@ -224,13 +222,14 @@ pub async fn run_with_a_replica_killed(
     a.wait_ready(Duration::from_secs(30)).await;
     b.wait_ready(Duration::from_secs(30)).await;
     let client = reqwest::Client::new();
+    let pool = test_pool(db).await;
     let run = trigger(&client, &a.address, schedule).await;
 
     let deadline = Instant::now() + within;
     let count_at_kill = loop {
         let count: i64 = sqlx::query_scalar(count_sql)
             .bind(run)
-            .fetch_one(pool)
+            .fetch_one(&pool)
             .await
             .expect("count for the kill");
         if count >= kill_at {
@@ -264,6 +263,6 @@ pub async fn run_with_a_replica_killed(
         run,
         count_at_kill,
         finished,
-        replicas: (b, c),
+        _replicas: (b, c),
     }
 }

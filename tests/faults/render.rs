@@ -47,7 +47,6 @@ async fn two_replicas_rendering_an_auto_run_with_one_killed_lose_no_page_render_
     let killed = run_with_a_replica_killed(
         dir.path(),
         &db,
-        &pool,
         &schedules,
         "auto",
         "select count(*) from pages where run_id = $1 and status = 'succeeded' and render",
