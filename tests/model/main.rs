@@ -14,6 +14,7 @@
 mod concurrent;
 mod deadlocks;
 mod harness;
+mod holdback;
 mod integrity;
 mod leases;
 mod model;
