@@ -39,8 +39,8 @@ use fanfare_testkit as common;
 use common::bench::{load_average, print_machine, process_cpu_seconds};
 use common::{AppTask, LinkSite, LinkSiteSpec, Receiver};
 
-const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdefghij";
-const CALLBACK_SECRET: &str = "bench-callback-secret-0123456789abcdef";
+// The test kit's: its finished_by polls with them.
+use fanfare_testkit::{ADMIN_TOKEN, CALLBACK_SECRET};
 const FANOUT: usize = 8;
 
 #[derive(Debug, Parser)]

@@ -47,8 +47,8 @@ use fanfare_testkit as common;
 
 use common::AppTask;
 
-const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdefghij";
-const CALLBACK_SECRET: &str = "bench-callback-secret-0123456789abcdef";
+// The test kit's: its finished_by polls with them.
+use fanfare_testkit::{ADMIN_TOKEN, CALLBACK_SECRET};
 
 #[derive(Debug, Parser)]
 #[command(about = "fanfare: /healthz latency and RSS during in-process crawls of large pages")]
