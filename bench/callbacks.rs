@@ -58,28 +58,20 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, ensure, Context};
+use anyhow::{anyhow, ensure, Context};
 use axum::body::Bytes;
-use clap::Parser;
-use fanfare::dispatch::{InvokeError, LambdaApi};
-use fanfare::startup::Overrides;
-use fanfare::{Application, Settings};
+use fanfare::dispatch::LambdaApi;
 use fanfare_crawler::contract::{CallbackAck, CallbackStatus, CrawlRequest};
-use futures::future::BoxFuture;
 use sqlx::{Connection, PgConnection};
-use tokio::sync::Notify;
 use uuid::Uuid;
 
 use fanfare_testkit as common;
 
 use common::bench::{load_average, process_cpu_seconds, thread_cpu_seconds, with_bench_database};
-use common::{admin_database_url, succeeded};
-
-const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdefghij";
-const CALLBACK_SECRET: &str = "bench-callback-secret-0123456789abcdef";
+use common::{admin_database_url, succeeded, RecordingLambda, ADMIN_TOKEN};
 
 /// What the daemon stores as `pages.result` for the report the clients send
 /// (`serde_json::to_value(&PageFacts)`); the pgbench script stores the same.
@@ -127,7 +119,9 @@ fn naive_script() -> String {
 /// The batched pgbench script: each transaction takes the next `batch`
 /// pages (by id) and records them with the daemon's statement.
 fn batched_script(batch: usize) -> String {
+    // $10 before $1, which is its prefix.
     let statement = fanfare::ledger::RECORD_PAGES
+        .replace("$10", &format!("array_fill(false, array[{batch}])"))
         .replace("$1", ":ids::bigint[]")
         .replace("$2", ":run_ids::uuid[]")
         .replace("$3", &format!("array_fill(1, array[{batch}])"))
@@ -152,53 +146,46 @@ fn batched_script(batch: usize) -> String {
     )
 }
 
-#[derive(Debug, Parser)]
-#[command(about = "fanfare callback throughput vs pgbench, naive and batched")]
+#[derive(Debug, serde::Deserialize)]
 struct Args {
-    /// Pages per run.
-    #[arg(long, default_value_t = 100_000)]
     pages: usize,
-    /// Concurrent clients, one measurement each (comma-separated).
-    #[arg(long, value_delimiter = ',', default_values_t = [8usize, 32, 128])]
     clients: Vec<usize>,
-    /// Concurrent runs the pages are spread over, one measurement each
-    /// (comma-separated): 1 is one hot run.
-    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 100])]
     runs: Vec<usize>,
-    /// Pages pgbench completes with the naive transaction per measurement.
-    #[arg(long, default_value_t = 20_000)]
     pgbench_pages: usize,
-    /// The daemon's database.max_connections.
-    #[arg(long, default_value_t = 8)]
     pool: u32,
-    /// OS threads running the HTTP clients (each a current-thread runtime);
-    /// 0 runs them as tasks on the application's runtime.
-    #[arg(long, default_value_t = 1)]
     load_threads: usize,
-    /// Worker threads of the application's runtime (default: one per core).
-    #[arg(long)]
     app_threads: Option<usize>,
-    /// The pgbench binary.
-    #[arg(long, default_value = "pgbench")]
     pgbench: String,
-    /// Measurements per client count, each on a fresh database; with more
-    /// than one, the medians are printed too (the machine's noise shows in
-    /// the spread).
-    #[arg(long, default_value_t = 1)]
     repeat: usize,
-    /// Measure the daemon only.
-    #[arg(long)]
     skip_pgbench: bool,
-    /// Leave the bench databases in place.
-    #[arg(long)]
     keep_databases: bool,
-    /// Passed by `cargo bench`; ignored.
-    #[arg(long, hide = true)]
-    bench: bool,
 }
 
+/// The command line, as `--help` prints it.
+const USAGE: &str = "\
+fanfare callback throughput vs pgbench, naive and batched
+
+  --pages N             pages per run [default: 100000]
+  --clients N,...       concurrent clients, one measurement each [default: 8,32,128]
+  --runs N,...          concurrent runs the pages are spread over, one measurement
+                        each: 1 is one hot run [default: 1,100]
+  --pgbench-pages N     pages pgbench completes with the naive transaction per
+                        measurement [default: 20000]
+  --pool N              the daemon's database.max_connections [default: 8]
+  --load-threads N      OS threads running the HTTP clients (each a current-thread
+                        runtime); 0 runs them as tasks on the application's
+                        runtime [default: 1]
+  --app-threads N       worker threads of the application's runtime (default: one per core)
+  --pgbench PATH        the pgbench binary [default: pgbench]
+  --repeat N            measurements per client count, each on a fresh database;
+                        with more than one, the medians are printed too (the
+                        machine's noise shows in the spread) [default: 1]
+  --skip-pgbench        measure the daemon only
+  --keep-databases      leave the bench databases in place
+";
+
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args: Args = common::bench::start(USAGE)?;
     ensure!(args.pages > 0, "--pages must be at least 1");
     ensure!(args.repeat > 0, "--repeat must be at least 1");
     ensure!(
@@ -209,15 +196,7 @@ fn main() -> anyhow::Result<()> {
         !args.runs.is_empty() && args.runs.iter().all(|&n| n > 0 && n <= args.pages),
         "--runs must list run counts between 1 and --pages"
     );
-    if std::env::var_os("RUST_LOG").is_some() {
-        fanfare::telemetry::init();
-    }
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    if let Some(n) = args.app_threads {
-        builder.worker_threads(n.max(1));
-    }
-    let runtime = builder.build()?;
+    let runtime = common::bench::app_runtime(args.app_threads).build()?;
     runtime.block_on(run(args))
 }
 
@@ -239,7 +218,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "  machine: {cores} cores; commit {}; Postgres {server} (synchronous_commit = {sync_commit})",
         fanfare_testkit::bench::git_commit()
     );
-    println!("  reproduce: {}", reproduce(&args));
+    println!(
+        "  reproduce: {}",
+        common::bench::reproduce("callbacks", USAGE)
+    );
 
     let max_connections: i64 =
         sqlx::query_scalar("select current_setting('max_connections')::int8")
@@ -291,30 +273,26 @@ async fn measure(
     pages_url: &str,
 ) -> anyhow::Result<Row> {
     let pages = args.pages / runs * runs;
-    let lambda = Arc::new(Recorder::default());
-    let settings = Settings::from_toml(&config_toml(database_url, args.pool, pages, pages_url))
-        .map_err(|e| anyhow!("the bench configuration: {e}"))?;
-    let app = Application::build_with(
-        settings,
-        Overrides {
-            lambda: Some(lambda.clone() as Arc<dyn LambdaApi>),
-            ..Default::default()
-        },
-    )
-    .await?;
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let stop = app.shutdown_token();
-    let handle = tokio::spawn(app.run_until_stopped());
+    let lambda = Arc::new(RecordingLambda::default());
+    let schedule = common::schedule("bench")
+        .lambda("bench")
+        .pages(&format!(r#"{{ http = "{pages_url}" }}"#))
+        .extract(r#"{ price = ".price" }"#)
+        .text("page_timeout", "1h")
+        .key("max_in_flight", pages)
+        .to_string();
+    let settings = common::bench::settings(database_url, args.pool, &schedule)?;
+    let stand_in = lambda.clone() as Arc<dyn LambdaApi>;
+    let (address, app) = common::bench::start_app(settings, Some(stand_in)).await?;
     let http = reqwest::Client::new();
-    wait_ready(&http, &address).await?;
 
     // Fan-out: list and dispatch every page to the recorder.
     let started = Instant::now();
     let mut run_ids = Vec::with_capacity(runs);
     for _ in 0..runs {
-        run_ids.push(trigger(&http, &address).await?);
+        run_ids.push(common::trigger(&http, &address, ADMIN_TOKEN, "bench").await);
     }
-    let mut requests = lambda.wait_for(pages).await?;
+    let mut requests = common::bench::dispatched(&lambda, pages, Duration::from_secs(60)).await?;
     shuffle(&mut requests);
     println!(
         "  fan-out: {} pages listed and dispatched in {:.1} s",
@@ -340,7 +318,8 @@ async fn measure(
         println!("    ANOMALY x{n}: {what}");
     }
     for run_id in &run_ids {
-        let run = get_run(&http, &address, *run_id).await?;
+        let (_, run) =
+            common::get(&http, &address, ADMIN_TOKEN, &format!("/v1/runs/{run_id}")).await?;
         let finished = run["status"] == "finished";
         let succeeded = run["pages"]["succeeded"].as_u64().unwrap_or(0);
         if !finished || succeeded != (pages / runs) as u64 {
@@ -351,8 +330,7 @@ async fn measure(
             );
         }
     }
-    stop.cancel();
-    handle.await??;
+    app.stop().await;
 
     let (naive, batched) = if args.skip_pgbench {
         (None, None)
@@ -406,135 +384,10 @@ fn shuffle<T>(items: &mut [T]) {
     }
 }
 
-fn config_toml(database_url: &str, pool: u32, pages: usize, pages_url: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-public_url = "http://127.0.0.1:0"
-shutdown_grace = "10s"
-
-[database]
-url = "{database_url}"
-max_connections = {pool}
-
-[security]
-callback_secret = "{CALLBACK_SECRET}"
-admin_token = "{ADMIN_TOKEN}"
-# The page list is served from loopback.
-allow_private_networks = true
-
-# Every page is on one host (127.0.0.1:9) with no robots.txt: this measures
-# the fan-in, not politeness.
-[politeness]
-obey_robots = false
-per_host_in_flight = 1000000
-
-[[schedules]]
-name = "bench"
-invoker = "lambda"
-function = "bench"
-pages = {{ http = "{pages_url}" }}
-extract = {{ price = ".price" }}
-page_timeout = "1h"
-max_in_flight = {pages}
-"#
-    )
-}
-
 /// Serves a JSON list of `pages` distinct URLs; returns its URL.
 async fn serve_page_list(pages: usize) -> anyhow::Result<String> {
     let urls = (1..=pages).map(|i| format!("http://127.0.0.1:9/p/{i}"));
     Ok(common::bench::serve_page_list(urls).await?)
-}
-
-/// A Lambda API stand-in that keeps every Event invoke's request.
-#[derive(Default)]
-struct Recorder {
-    requests: Mutex<Vec<CrawlRequest>>,
-    count: AtomicUsize,
-    invoked: Notify,
-}
-
-impl Recorder {
-    /// Waits until `n` requests were recorded (giving up after a minute
-    /// without progress) and takes them.
-    async fn wait_for(&self, n: usize) -> anyhow::Result<Vec<CrawlRequest>> {
-        let mut seen = 0;
-        loop {
-            let notified = self.invoked.notified();
-            let now = self.count.load(Ordering::SeqCst);
-            if now >= n {
-                return Ok(std::mem::take(&mut *self.requests.lock().unwrap()));
-            }
-            if now > seen {
-                seen = now;
-            } else if tokio::time::timeout(Duration::from_secs(60), notified)
-                .await
-                .is_err()
-            {
-                bail!("fan-out stalled: {now} of {n} pages dispatched after a minute without progress");
-            }
-        }
-    }
-}
-
-impl LambdaApi for Recorder {
-    fn invoke_event(
-        &self,
-        _function: &str,
-        payload: Vec<u8>,
-    ) -> BoxFuture<'_, Result<Option<String>, InvokeError>> {
-        Box::pin(async move {
-            let request: CrawlRequest = serde_json::from_slice(&payload)
-                .map_err(|e| InvokeError::PageRejected(format!("not a contract request: {e}")))?;
-            self.requests.lock().unwrap().push(request);
-            self.count.fetch_add(1, Ordering::SeqCst);
-            self.invoked.notify_waiters();
-            Ok(None)
-        })
-    }
-}
-
-async fn wait_ready(http: &reqwest::Client, address: &str) -> anyhow::Result<()> {
-    for _ in 0..400 {
-        if let Ok(r) = http.get(format!("{address}/readyz")).send().await {
-            if r.status().is_success() {
-                return Ok(());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    bail!("the application did not become ready in 10 s")
-}
-
-async fn trigger(http: &reqwest::Client, address: &str) -> anyhow::Result<Uuid> {
-    let resp = http
-        .post(format!("{address}/v1/schedules/bench/trigger"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await?;
-    let status = resp.status();
-    let body: serde_json::Value = resp.json().await.unwrap_or_default();
-    ensure!(status == 202, "trigger answered {status}: {body}");
-    body["run_id"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("trigger answered without a run_id: {body}"))
-}
-
-async fn get_run(
-    http: &reqwest::Client,
-    address: &str,
-    run_id: Uuid,
-) -> anyhow::Result<serde_json::Value> {
-    let resp = http
-        .get(format!("{address}/v1/runs/{run_id}"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await?;
-    ensure!(resp.status() == 200, "GET run answered {}", resp.status());
-    Ok(resp.json().await?)
 }
 
 /// Vacuums, analyzes and checkpoints, so that both measured phases start
@@ -609,13 +462,7 @@ async fn post_callbacks(
     let cpu_before = process_cpu_seconds(std::process::id()).unwrap_or(0.0);
     let (seen, wall, load_cpu) = if load_threads == 0 {
         let started = Instant::now();
-        let tasks: Vec<_> = (0..clients)
-            .map(|_| tokio::spawn(client(work.clone())))
-            .collect();
-        let mut seen = Vec::new();
-        for t in tasks {
-            seen.push(t.await?);
-        }
+        let seen = clients_on_this_runtime(&work, clients).await?;
         // The clients ran on the application's threads: not separable.
         (seen, started.elapsed(), f64::NAN)
     } else {
@@ -632,16 +479,7 @@ async fn post_callbacks(
                         .enable_all()
                         .build()?;
                     go.wait();
-                    let seen = rt.block_on(async move {
-                        let tasks: Vec<_> = (0..share)
-                            .map(|_| tokio::spawn(client(work.clone())))
-                            .collect();
-                        let mut seen = Vec::new();
-                        for t in tasks {
-                            seen.push(t.await?);
-                        }
-                        Ok::<_, anyhow::Error>(seen)
-                    })?;
+                    let seen = rt.block_on(clients_on_this_runtime(&work, share))?;
                     Ok((seen, thread_cpu_seconds()))
                 },
             ));
@@ -688,6 +526,17 @@ async fn post_callbacks(
         max_ms: quantile(1.0),
         anomalies,
     })
+}
+
+/// Runs `n` clients as tasks of the current runtime until no report is
+/// left; returns what each saw.
+async fn clients_on_this_runtime(work: &Arc<Work>, n: usize) -> anyhow::Result<Vec<Seen>> {
+    let tasks: Vec<_> = (0..n).map(|_| tokio::spawn(client(work.clone()))).collect();
+    let mut seen = Vec::new();
+    for t in tasks {
+        seen.push(t.await?);
+    }
+    Ok(seen)
 }
 
 /// The reports, shared by the clients: each takes the next one.
@@ -1014,32 +863,4 @@ fn median(mut values: Vec<f64>) -> Option<f64> {
         _ if n % 2 == 1 => Some(values[n / 2]),
         _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
     }
-}
-
-fn reproduce(args: &Args) -> String {
-    let clients: Vec<String> = args.clients.iter().map(|n| n.to_string()).collect();
-    let runs: Vec<String> = args.runs.iter().map(|n| n.to_string()).collect();
-    let mut cmd = format!(
-        "cargo bench --bench callbacks -- --pages {} --runs {} --clients {} --pgbench-pages {}",
-        args.pages,
-        runs.join(","),
-        clients.join(","),
-        args.pgbench_pages
-    );
-    if args.pool != 8 {
-        cmd.push_str(&format!(" --pool {}", args.pool));
-    }
-    if args.load_threads != 1 {
-        cmd.push_str(&format!(" --load-threads {}", args.load_threads));
-    }
-    if let Some(n) = args.app_threads {
-        cmd.push_str(&format!(" --app-threads {n}"));
-    }
-    if args.repeat != 1 {
-        cmd.push_str(&format!(" --repeat {}", args.repeat));
-    }
-    if args.skip_pgbench {
-        cmd.push_str(" --skip-pgbench");
-    }
-    cmd
 }

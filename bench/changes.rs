@@ -47,7 +47,6 @@
 use std::time::Instant;
 
 use anyhow::{ensure, Context};
-use clap::Parser;
 use sqlx::{Connection, Executor, PgConnection};
 use uuid::Uuid;
 
@@ -55,37 +54,32 @@ use fanfare_testkit as common;
 
 use common::bench::{checkpoint, copy_urls, thousands};
 
-#[derive(Debug, Parser)]
-#[command(about = "Change detection on a 1,000,000-page run: comparison time vs listing time")]
+#[derive(Debug, serde::Deserialize)]
 struct Args {
-    /// Pages of the previous run (the current one lists as many, give or
-    /// take 0.5 %).
-    #[arg(long, default_value_t = 1_000_000)]
     pages: i64,
-    /// Comparisons by fields (the median is printed).
-    #[arg(long, default_value_t = 3)]
     repeat: usize,
-    /// Leave out `analyze` after writing the runs.
-    #[arg(long)]
     no_analyze: bool,
-    /// Print the comparison's plan.
-    #[arg(long)]
     explain: bool,
-    /// Leave the bench database in place.
-    #[arg(long)]
     keep_database: bool,
-    /// Passed by `cargo bench`; ignored.
-    #[arg(long, hide = true)]
-    bench: bool,
 }
 
+/// The command line, as `--help` prints it.
+const USAGE: &str = "\
+Change detection on a 1,000,000-page run: comparison time vs listing time
+
+  --pages N             pages of the previous run (the current one lists as many,
+                        give or take 0.5 %) [default: 1000000]
+  --repeat N            comparisons by fields (the median is printed) [default: 3]
+  --no-analyze          leave out `analyze` after writing the runs
+  --explain             print the comparison's plan
+  --keep-database       leave the bench database in place
+";
+
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args: Args = common::bench::start(USAGE)?;
     ensure!(args.pages >= 1000, "--pages must be at least 1000");
     ensure!(args.repeat > 0, "--repeat must be at least 1");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = common::bench::app_runtime(None).build()?;
     runtime.block_on(bench(&args))
 }
 

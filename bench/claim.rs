@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use fanfare::ledger::{self, HostPolicy, RunStatus, Trigger};
+use fanfare_testkit::bench::quantile;
 use fanfare_testkit::TestDatabase;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Acquire, PgPool};
@@ -191,26 +192,23 @@ async fn scenario(pages: usize, hosts: usize, per_host: u32, old: bool) -> Figur
     figures
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+#[derive(Debug, serde::Deserialize)]
+struct Args {
+    pages: usize,
+    only: Option<String>,
 }
 
+/// The command line, as `--help` prints it.
+const USAGE: &str = "\
+fanfare: the cost of claiming pages, by the old and the per-host claim
+
+  --pages N             pages of each scenario's run [default: 100000]
+  --only TEXT           only the scenarios whose name holds this text
+";
+
 #[tokio::main]
-async fn main() {
-    let mut pages = 100_000usize;
-    let mut only: Option<String> = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--pages" => pages = args.next().and_then(|v| v.parse().ok()).expect("--pages N"),
-            "--only" => only = Some(args.next().expect("--only TEXT")),
-            "--bench" => {}
-            other => panic!("unknown argument {other}"),
-        }
-    }
+async fn main() -> anyhow::Result<()> {
+    let Args { pages, only } = fanfare_testkit::bench::start(USAGE)?;
     println!(
         "claim cost: {pages} pages, max_in_flight {MAX_IN_FLIGHT}, batches of {BATCH}, every claimed page reported before the next claim (commit {})",
         fanfare_testkit::bench::git_commit()
@@ -237,16 +235,15 @@ async fn main() {
             continue;
         }
         let f = scenario(pages, hosts, per_host.max(1), old).await;
-        let mut sorted = f.per_claim_ms.clone();
-        sorted.sort_by(f64::total_cmp);
         println!(
             "FIGURE {name}: {} claims, {:.0} pages/claim, {:.2} s claiming, {:.1} us/page, p50 {:.2} ms, p99 {:.2} ms per claim",
             f.claims,
             f.pages as f64 / f.claims.max(1) as f64,
             f.total.as_secs_f64(),
             f.total.as_secs_f64() * 1e6 / f.pages.max(1) as f64,
-            percentile(&sorted, 0.5),
-            percentile(&sorted, 0.99),
+            quantile(&f.per_claim_ms, 0.5),
+            quantile(&f.per_claim_ms, 0.99),
         );
     }
+    Ok(())
 }

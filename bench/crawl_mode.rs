@@ -31,34 +31,28 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
-use clap::Parser;
-use fanfare::startup::Overrides;
-use fanfare::Settings;
 use fanfare_testkit as common;
 
 use common::bench::{load_average, print_machine, process_cpu_seconds};
-use common::{AppTask, LinkSite, LinkSiteSpec, Receiver};
+use common::{LinkSite, LinkSiteSpec, Receiver, ADMIN_TOKEN};
 
-// The test kit's: its finished_by polls with them.
-use fanfare_testkit::{ADMIN_TOKEN, CALLBACK_SECRET};
 const FANOUT: usize = 8;
 
-#[derive(Debug, Parser)]
-#[command(about = "fanfare: a run that follows links against the same pages listed")]
+#[derive(Debug, serde::Deserialize)]
 struct Args {
-    /// Pages of the site.
-    #[arg(long, default_value_t = 20_000)]
     pages: usize,
-    /// The schedules' max_in_flight.
-    #[arg(long, default_value_t = 1000)]
     max_in_flight: usize,
-    /// Give up on a run after this many seconds.
-    #[arg(long, default_value_t = 900)]
     timeout_secs: u64,
-    /// Passed by `cargo bench`; ignored.
-    #[arg(long, hide = true)]
-    bench: bool,
 }
+
+/// The command line, as `--help` prints it.
+const USAGE: &str = "\
+fanfare: a run that follows links against the same pages listed
+
+  --pages N             pages of the site [default: 20000]
+  --max-in-flight N     the schedules' max_in_flight [default: 1000]
+  --timeout-secs N      give up on a run after this many seconds [default: 900]
+";
 
 /// What one run measured.
 struct Measured {
@@ -78,34 +72,21 @@ impl Measured {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args: Args = common::bench::start(USAGE)?;
     ensure!(args.pages > 1, "--pages must be at least 2");
-    if std::env::var_os("RUST_LOG").is_some() {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .init();
-    }
     print_machine();
     // The site and the webhook receivers on a thread and runtime of their
     // own, so that the application's runtime serves only the application.
     let (tx, rx) = std::sync::mpsc::channel();
     let pages = args.pages;
-    std::thread::Builder::new()
-        .name("site".into())
-        .spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .expect("the site's runtime");
-            rt.block_on(async move {
-                let list = LinkSite::start(LinkSiteSpec::tree(pages, FANOUT)).await;
-                let crawl = LinkSite::start(LinkSiteSpec::tree(pages, FANOUT)).await;
-                let receiver = Arc::new(Receiver::accepting().await);
-                tx.send((list, crawl, receiver)).expect("send the sites");
-                std::future::pending::<()>().await;
-            });
-        })?;
+    common::bench::on_thread("site", move || async move {
+        let list = LinkSite::start(LinkSiteSpec::tree(pages, FANOUT)).await;
+        let crawl = LinkSite::start(LinkSiteSpec::tree(pages, FANOUT)).await;
+        let receiver = Arc::new(Receiver::accepting().await);
+        if tx.send((list, crawl, receiver)).is_ok() {
+            std::future::pending::<()>().await;
+        }
+    })?;
     let (list_site, crawl_site, receiver) = rx.recv().context("the sites did not start")?;
     let depth = list_site.depth(args.pages - 1);
     println!(
@@ -113,9 +94,7 @@ fn main() -> anyhow::Result<()> {
         args.pages, args.max_in_flight
     );
 
-    let app_rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let app_rt = common::bench::app_runtime(None).build()?;
     let result = app_rt.block_on(measure(&args, &list_site, &crawl_site, &receiver, depth));
     app_rt.shutdown_timeout(Duration::from_secs(10));
     result
@@ -129,44 +108,26 @@ async fn measure(
     depth: u32,
 ) -> anyhow::Result<()> {
     let db = common::fresh_database().await;
-    let notify = common::webhook_block(&receiver.url);
-    let urls: Vec<String> = (0..args.pages)
-        .map(|i| format!("\"{}\"", list_site.url(&format!("/n/{i}"))))
-        .collect();
-    let schedules = format!(
-        r#"
-[[schedules]]
-name = "list"
-invoker = "local"
-pages = {{ urls = [{}] }}
-extract = {{ price = ".price" }}
-max_in_flight = {}
-max_attempts = 1
-{notify}
-{}
-"#,
-        urls.join(", "),
-        args.max_in_flight,
-        common::crawl_schedule_block(
-            "crawl",
-            &crawl_site.home(),
-            &format!("max_depth = {depth}"),
-            &format!("max_in_flight = {}\nmax_attempts = 1", args.max_in_flight),
-            &notify,
-        )
+    let list = common::schedule("list")
+        .urls((0..args.pages).map(|i| list_site.url(&format!("/n/{i}"))))
+        .extract(r#"{ price = ".price" }"#)
+        .key("max_in_flight", args.max_in_flight)
+        .key("max_attempts", 1)
+        .webhook(&receiver.url);
+    let crawl = common::crawl_schedule_block(
+        "crawl",
+        &crawl_site.home(),
+        &format!("max_depth = {depth}"),
+        &format!("max_in_flight = {}\nmax_attempts = 1", args.max_in_flight),
+        &common::webhook_block(&receiver.url),
     );
-    let toml = common::config_toml_with(&db, 0, 10, CALLBACK_SECRET, ADMIN_TOKEN, &schedules);
-    let settings = Settings::from_toml(&toml).context("the bench configuration")?;
-    let (address, app) = AppTask::start(settings, Overrides::default()).await;
+    let settings = common::bench::settings(&db, 10, &format!("{list}{crawl}"))?;
+    let (address, app) = common::bench::start_app(settings, None).await?;
     let client = reqwest::Client::new();
-    ensure!(
-        common::wait_ready(&client, &address, Duration::from_secs(30)).await,
-        "the application did not become ready"
-    );
 
     let list = run(args, &client, &address, "list", list_site, receiver).await?;
     let crawl = run(args, &client, &address, "crawl", crawl_site, receiver).await?;
-    let hwm_mb = status_kib("VmHWM:").unwrap_or(0) / 1024;
+    let hwm_mb = common::bench::status_field(None, "VmHWM:").unwrap_or(0) / 1024;
     for (name, m) in [("list", &list), ("crawl", &crawl)] {
         println!(
             "FIGURE crawl_mode {name}: {} pages in {:.1} s, {:.0} pages/s, {:.2} CPU-s per 1,000 pages",
@@ -245,12 +206,4 @@ async fn run(
         seconds,
         cpu_seconds,
     })
-}
-
-fn status_kib(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
 }

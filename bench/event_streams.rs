@@ -46,24 +46,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context};
-use clap::Parser;
+use anyhow::{anyhow, ensure, Context};
 use fanfare::dispatch::LambdaApi;
-use fanfare::startup::Overrides;
-use fanfare::Settings;
 use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 
 use fanfare_testkit as common;
 
 use common::bench::{
-    duration_quantile, git_commit, load_average, millis, raise_open_file_limit, thousands,
-    with_bench_database,
+    git_commit, load_average, raise_open_file_limit, thousands, with_bench_database, Latencies,
 };
-use common::{AppTask, RecordingLambda};
+use common::{RecordingLambda, ADMIN_TOKEN};
 
-const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdefghij";
-const CALLBACK_SECRET: &str = "bench-callback-secret-0123456789abcdef";
 /// The name of the application runtime's threads, whose CPU is the daemon's.
 const APP_THREAD: &str = "fanfare-app";
 /// Postgres counts a backend's transactions when it flushes its statistics,
@@ -71,40 +65,33 @@ const APP_THREAD: &str = "fanfare-app";
 /// starts once the start-up's transactions have been counted.
 const SETTLE: Duration = Duration::from_secs(11);
 
-#[derive(Debug, Parser)]
-#[command(about = "fanfare against thousands of console event streams of one run")]
+#[derive(Debug, serde::Deserialize)]
 struct Args {
-    /// Event-stream requests, all at once.
-    #[arg(long, default_value_t = 5000)]
     attempts: usize,
-    /// Console sessions the requests are spread over.
-    #[arg(long, default_value_t = 5)]
     sessions: usize,
-    /// Length of each measured window, in seconds.
-    #[arg(long, default_value_t = 15)]
     seconds: u64,
-    /// Time between two `/healthz` probes, in milliseconds.
-    #[arg(long, default_value_t = 20)]
     interval_ms: u64,
-    /// Worker threads of the application's runtime (default: one per core).
-    #[arg(long)]
     app_threads: Option<usize>,
-    /// Keep the database (its name is printed).
-    #[arg(long)]
     keep_database: bool,
-    /// Passed by `cargo bench`; ignored.
-    #[arg(long, hide = true)]
-    bench: bool,
 }
 
+/// The command line, as `--help` prints it.
+const USAGE: &str = "\
+fanfare against thousands of console event streams of one run
+
+  --attempts N          event-stream requests, all at once [default: 5000]
+  --sessions N          console sessions the requests are spread over [default: 5]
+  --seconds N           length of each measured window, in seconds [default: 15]
+  --interval-ms N       time between two `/healthz` probes, in milliseconds [default: 20]
+  --app-threads N       worker threads of the application's runtime (default: one per core)
+  --keep-database       keep the database (its name is printed)
+";
+
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args: Args = common::bench::start(USAGE)?;
     ensure!(args.attempts > 0, "--attempts must be at least 1");
     ensure!(args.sessions > 0, "--sessions must be at least 1");
     ensure!(args.interval_ms > 0, "--interval-ms must be at least 1");
-    if std::env::var_os("RUST_LOG").is_some() {
-        fanfare::telemetry::init();
-    }
     let (soft, hard) = raise_open_file_limit()?;
     println!("commit {}", git_commit());
     println!("FIGURE open_files soft_limit={soft} hard_limit={hard}");
@@ -113,57 +100,29 @@ fn main() -> anyhow::Result<()> {
         "the open-file limit ({soft}) is too low for {} connections in one process: raise it (ulimit -n) or pass fewer --attempts",
         args.attempts
     );
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all().thread_name(APP_THREAD);
-    if let Some(n) = args.app_threads {
-        builder.worker_threads(n.max(1));
-    }
-    let app_runtime = builder.build()?;
+    let app_runtime = common::bench::app_runtime(args.app_threads)
+        .thread_name(APP_THREAD)
+        .build()?;
     app_runtime.block_on(with_bench_database(args.keep_database, |url| async move {
         let name = url.rsplit('/').next().unwrap_or_default().to_string();
-        let lambda = Arc::new(RecordingLambda::default());
-        let settings = settings(&url)?;
+        let schedule = common::lambda_schedule_block("bench", 10, "", "");
+        let settings = common::bench::settings(&url, 10, &schedule)?;
         let limits = (
             settings.server.max_event_streams,
             settings.server.max_event_streams_per_session,
         );
-        let (address, app) = AppTask::start(
-            settings,
-            Overrides {
-                lambda: Some(lambda.clone() as Arc<dyn LambdaApi>),
-                ..Default::default()
-            },
-        )
-        .await;
+        let lambda = Arc::new(RecordingLambda::default());
+        let stand_in = lambda.clone() as Arc<dyn LambdaApi>;
+        let (address, app) = common::bench::start_app(settings, Some(stand_in)).await?;
         // The load runs on a thread of its own, so that its CPU is not
         // counted as the daemon's and the probes do not queue behind it.
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
-            .name("bench-load".into())
-            .spawn(move || {
-                let measured = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .context("the load's runtime")
-                    .and_then(|rt| rt.block_on(measure(&args, &address, &lambda, &name, limits)));
-                let _ = tx.send(measured);
-            })?;
-        let measured = rx.await.context("the load thread ended early");
+        let load = common::bench::on_thread("bench-load", move || async move {
+            measure(&args, &address, &lambda, &name, limits).await
+        })?;
+        let measured = tokio::task::spawn_blocking(move || load.join()).await;
         app.stop().await;
-        measured?
+        measured?.map_err(|_| anyhow!("the load thread panicked"))?
     }))
-}
-
-fn settings(db: &str) -> anyhow::Result<Settings> {
-    let toml = common::config_toml_with(
-        db,
-        0,
-        10,
-        CALLBACK_SECRET,
-        ADMIN_TOKEN,
-        &common::lambda_schedule_block("bench", 10, "", ""),
-    );
-    Settings::from_toml(&toml).context("the benchmark's configuration")
 }
 
 /// What one window measured.
@@ -171,8 +130,7 @@ struct Window {
     seconds: f64,
     commits: i64,
     cpu: Duration,
-    healthz: Vec<Duration>,
-    healthz_failed: usize,
+    healthz: Latencies,
     /// `/proc/loadavg` at its end.
     loadavg: String,
 }
@@ -183,18 +141,17 @@ impl Window {
     }
 
     fn print(&self, name: &str) {
-        let mut latencies = self.healthz.clone();
-        latencies.sort();
+        let latencies = &self.healthz;
         println!(
             "FIGURE window={name} seconds={:.1} xact_per_s={:.2} daemon_cpu_s_per_s={:.3} healthz_requests={} healthz_not_200={} healthz_p50_ms={:.1} healthz_p99_ms={:.1} healthz_max_ms={:.1} loadavg=\"{}\"",
             self.seconds,
             self.commits_per_second(),
             self.cpu.as_secs_f64() / self.seconds,
-            latencies.len() + self.healthz_failed,
-            self.healthz_failed,
-            millis(duration_quantile(&latencies, 0.50)),
-            millis(duration_quantile(&latencies, 0.99)),
-            millis(latencies.last().copied()),
+            latencies.len() + latencies.failed,
+            latencies.failed,
+            latencies.ms(0.50),
+            latencies.ms(0.99),
+            latencies.max_ms(),
             self.loadavg,
         );
     }
@@ -220,10 +177,6 @@ async fn measure(
     (limit_total, limit_per_session): (usize, usize),
 ) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
-    ensure!(
-        common::wait_ready(&http, address, Duration::from_secs(10)).await,
-        "the application did not become ready"
-    );
     let mut stats = PgConnection::connect(&common::admin_database_url())
         .await
         .context("connecting to DATABASE_URL for pg_stat_database")?;
@@ -378,7 +331,7 @@ async fn window(
     let commits_before = commits(stats, database).await?;
     let cpu_before = daemon_cpu()?;
     let stop = CancellationToken::new();
-    let probing = probe(interval, stop.clone(), || http.get(&url).send());
+    let probing = common::bench::probe(interval, stop.clone(), |_| http.get(&url).send());
     let stopper = async {
         tokio::time::sleep(r#for).await;
         stop.cancel();
@@ -389,8 +342,7 @@ async fn window(
         seconds: started.elapsed().as_secs_f64(),
         commits: commits_after - commits_before,
         cpu: daemon_cpu()? - cpu_before,
-        healthz,
-        healthz_failed,
+        healthz: Latencies::new(healthz, healthz_failed),
         loadavg: load_average(),
     })
 }
@@ -469,36 +421,4 @@ fn daemon_cpu() -> anyhow::Result<Duration> {
         total += field(14).unwrap_or(0) + field(15).unwrap_or(0);
     }
     Ok(Duration::from_secs_f64(total as f64 / ticks))
-}
-
-/// Sends `request()` every `interval` until `stop`; returns the latencies
-/// of 200 answers and the number of other answers (or failures).
-async fn probe<F, Fut>(
-    interval: Duration,
-    stop: CancellationToken,
-    request: F,
-) -> (Vec<Duration>, usize)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = reqwest::Result<reqwest::Response>>,
-{
-    let mut latencies = Vec::new();
-    let mut errors = 0;
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        let sent = Instant::now();
-        match request().await {
-            Ok(r) if r.status() == 200 => {
-                let _ = r.bytes().await;
-                latencies.push(sent.elapsed());
-            }
-            _ => errors += 1,
-        }
-    }
-    (latencies, errors)
 }

@@ -25,98 +25,34 @@
 //! the end.
 
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use clap::Parser;
+use fanfare_testkit::bench::Sampler;
 use fanfare_testkit::{config_toml_with, TestDatabase, ADMIN_TOKEN, CALLBACK_SECRET};
 use futures::StreamExt;
 use sqlx::postgres::PgPoolOptions;
 
-#[derive(Parser, Debug)]
-#[command(about = "Results export: rows/s and the daemon's RSS for a run of a million pages")]
+#[derive(Debug, serde::Deserialize)]
 struct Args {
-    /// Pages in the run.
-    #[arg(long, default_value_t = 1_000_000)]
     pages: i64,
-    /// The slow reader's rate, in MB/s.
-    #[arg(long, default_value_t = 5)]
     slow_mbps: u64,
-    /// How long the slow reader reads before it goes away.
-    #[arg(long, default_value_t = 10)]
     slow_seconds: u64,
-    /// cargo bench passes `--bench`.
-    #[arg(long, hide = true)]
-    bench: bool,
 }
+
+/// The command line, as `--help` prints it.
+const USAGE: &str = "\
+Results export: rows/s and the daemon's RSS for a run of a million pages
+
+  --pages N             pages in the run [default: 1000000]
+  --slow-mbps N         the slow reader's rate, in MB/s [default: 5]
+  --slow-seconds N      how long the slow reader reads before it goes away [default: 10]
+";
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let args: Args = fanfare_testkit::bench::start(USAGE)?;
+    let runtime = fanfare_testkit::bench::app_runtime(None).build()?;
     runtime.block_on(run(&args))
-}
-
-/// `VmRSS` of process `pid`, in kB (0 once it is gone).
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// Samples a process's RSS every 50 ms on a thread of its own; keeps the
-/// peak since the last [`Sampler::reset`].
-struct Sampler {
-    peak_kb: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    pid: u32,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Sampler {
-    fn start(pid: u32) -> Self {
-        let peak_kb = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (peak, halt) = (peak_kb.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            while !halt.load(Ordering::Relaxed) {
-                peak.fetch_max(rss_kb(pid), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        });
-        Self {
-            peak_kb,
-            stop,
-            pid,
-            thread: Some(thread),
-        }
-    }
-
-    /// Starts a new peak from the current RSS; returns that RSS.
-    fn reset(&self) -> u64 {
-        let now = rss_kb(self.pid);
-        self.peak_kb.store(now, Ordering::Relaxed);
-        now
-    }
-
-    fn peak(&self) -> u64 {
-        self.peak_kb.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for Sampler {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 /// The daemon as a child process, stopped (SIGTERM, then SIGKILL) on drop.
@@ -268,10 +204,10 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         bail!("GET the run answered {status}");
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let sampler = Sampler::start(pid);
+    let sampler = Sampler::rss(Some(pid))?;
 
     for format in ["csv", "jsonl"] {
-        let before = sampler.reset();
+        let before = sampler.reset_peak();
         let started = Instant::now();
         let resp = client
             .get(format!(
@@ -315,7 +251,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     }
 
     // A slow reader: the daemon waits for it instead of reading ahead.
-    let before = sampler.reset();
+    let before = sampler.reset_peak();
     let resp = client
         .get(format!("{address}/v1/runs/{run_id}/results?format=jsonl"))
         .bearer_auth(ADMIN_TOKEN)

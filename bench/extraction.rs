@@ -29,7 +29,6 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::Instant;
 
-use clap::Parser;
 use fanfare_crawler::extract::Extractor;
 use fanfare_crawler::FieldSpec;
 use fanfare_testkit::bench::{load_average, print_machine, process_cpu_seconds, quantile};
@@ -37,19 +36,19 @@ use scraper::Html;
 use serde_json::json;
 use url::Url;
 
-#[derive(Debug, Parser)]
-#[command(about = "fanfare: the crawler's cost of ten structured fields per page vs the title")]
+#[derive(Debug, serde::Deserialize)]
 struct Args {
-    /// Pages extracted in each mode, in all.
-    #[arg(long, default_value_t = 4000)]
     pages: usize,
-    /// Rounds the pages are split into, alternating the modes.
-    #[arg(long, default_value_t = 20)]
     rounds: usize,
-    /// Passed by `cargo bench`; ignored.
-    #[arg(long, hide = true)]
-    bench: bool,
 }
+
+/// The command line, as `--help` prints it.
+const USAGE: &str = "\
+fanfare: the crawler's cost of ten structured fields per page vs the title
+
+  --pages N             pages extracted in each mode, in all [default: 4000]
+  --rounds N            rounds the pages are split into, alternating the modes [default: 20]
+";
 
 /// The product test page grown to about 67 KB with below-the-fold markup.
 fn product_page() -> String {
@@ -116,7 +115,7 @@ struct Mode {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args: Args = fanfare_testkit::bench::start(USAGE)?;
     print_machine();
     let page = product_page();
     let base = Url::parse("https://shop.example.com/produkt/executive-anvil")?;

@@ -58,46 +58,41 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context};
 use chrono::{DateTime, Utc};
-use clap::Parser;
 use uuid::Uuid;
 
-use fanfare_testkit::bench::{load_average, proc_stat, process_cpu_seconds};
+use fanfare_testkit::bench::{load_average, proc_stat, process_cpu_seconds, self_cpu_seconds};
 use fanfare_testkit::{metric_in, TestApp};
 
-#[derive(Debug, Parser)]
-#[command(about = "fanfare fan-out: Invoke calls per second from one replica against nginx")]
+#[derive(Debug, serde::Deserialize)]
 struct Args {
-    /// Pages of the run.
-    #[arg(long, default_value_t = 100_000)]
     pages: usize,
-    /// nginx worker processes.
-    #[arg(long, default_value_t = 1)]
     nginx_workers: usize,
-    /// The nginx binary.
-    #[arg(long, default_value = "/usr/sbin/nginx")]
     nginx: PathBuf,
-    /// The schedule's max_invokes_per_second; 0 leaves it unset (no cap).
-    #[arg(long, default_value_t = 1_000_000)]
     max_invokes_per_second: u32,
-    /// The daemon's database.max_connections.
-    #[arg(long, default_value_t = 10)]
     pool: u32,
-    /// Worker threads of the runtime (default: one per core).
-    #[arg(long)]
     app_threads: Option<usize>,
-    /// Measurements, each on a fresh database.
-    #[arg(long, default_value_t = 1)]
     repeat: usize,
-    /// Seconds without a new invoke before a measurement gives up.
-    #[arg(long, default_value_t = 60)]
     stall: u64,
-    /// Passed by `cargo bench`; ignored.
-    #[arg(long, hide = true)]
-    bench: bool,
 }
 
+/// The command line, as `--help` prints it.
+const USAGE: &str = "\
+fanfare fan-out: Invoke calls per second from one replica against nginx
+
+  --pages N                   pages of the run [default: 100000]
+  --nginx-workers N           nginx worker processes [default: 1]
+  --nginx PATH                the nginx binary [default: /usr/sbin/nginx]
+  --max-invokes-per-second N  the schedule's max_invokes_per_second; 0 leaves it
+                              unset (no cap) [default: 1000000]
+  --pool N                    the daemon's database.max_connections [default: 10]
+  --app-threads N             worker threads of the runtime (default: one per core)
+  --repeat N                  measurements, each on a fresh database [default: 1]
+  --stall N                   seconds without a new invoke before a measurement
+                              gives up [default: 60]
+";
+
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args: Args = fanfare_testkit::bench::start(USAGE)?;
     ensure!(args.pages > 0, "--pages must be at least 1");
     ensure!(args.repeat > 0, "--repeat must be at least 1");
     ensure!(args.nginx_workers > 0, "--nginx-workers must be at least 1");
@@ -123,16 +118,8 @@ fn main() -> anyhow::Result<()> {
     }
     std::env::remove_var("AWS_SESSION_TOKEN");
     std::env::remove_var("AWS_PROFILE");
-    if std::env::var_os("RUST_LOG").is_some() {
-        fanfare::telemetry::init();
-    }
     let nginx = Nginx::start(&args.nginx, args.nginx_workers)?;
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    if let Some(n) = args.app_threads {
-        builder.worker_threads(n.max(1));
-    }
-    let runtime = builder.build()?;
+    let runtime = fanfare_testkit::bench::app_runtime(args.app_threads).build()?;
     let result = runtime.block_on(run(&args, &nginx));
     runtime.shutdown_timeout(Duration::from_secs(5));
     drop(nginx);
@@ -153,7 +140,10 @@ async fn run(args: &Args, nginx: &Nginx) -> anyhow::Result<()> {
         args.nginx_workers,
         nginx.port
     );
-    println!("  reproduce: {}", reproduce(args));
+    println!(
+        "  reproduce: {}",
+        fanfare_testkit::bench::reproduce("fanout", USAGE)
+    );
     let pages_url = serve_page_list(args.pages).await?;
     let mut rates = Vec::new();
     for i in 1..=args.repeat {
@@ -185,26 +175,16 @@ async fn measure(args: &Args, nginx: &Nginx, pages_url: &str) -> anyhow::Result<
     let app = TestApp::builder()
         .max_connections(args.pool)
         .toml(&format!(
-            r#"
-[lambda]
-region = "us-east-1"
-endpoint_url = "http://127.0.0.1:{port}"
-invoke_timeout = "10s"
-
-[[schedules]]
-name = "bench"
-invoker = "lambda"
-function = "bench-crawler"
-pages = {{ http = "{pages_url}" }}
-extract = {{ price = ".price", name = "h1" }}
-page_timeout = "1h"
-max_in_flight = {pages}
-max_pages = {max_pages}
-{pace}
-"#,
-            port = nginx.port,
-            pages = args.pages,
-            max_pages = args.pages.max(1_000_000),
+            "[lambda]\nregion = \"us-east-1\"\nendpoint_url = \"http://127.0.0.1:{}\"\ninvoke_timeout = \"10s\"\n{}",
+            nginx.port,
+            fanfare_testkit::schedule("bench")
+                .lambda("bench-crawler")
+                .pages(&format!(r#"{{ http = "{pages_url}" }}"#))
+                .extract(r#"{ price = ".price", name = "h1" }"#)
+                .text("page_timeout", "1h")
+                .key("max_in_flight", args.pages)
+                .key("max_pages", args.pages.max(1_000_000))
+                .raw(&pace)
         ))
         .spawn()
         .await;
@@ -482,18 +462,6 @@ impl Drop for Nginx {
     }
 }
 
-/// User + system CPU seconds of this process so far.
-fn self_cpu_seconds() -> f64 {
-    // SAFETY: getrusage writes into the zeroed struct it is given.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-        usage
-    };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}
-
 /// CPU seconds used so far by the Postgres backends connected to
 /// `database`, when they run on this machine.
 async fn postgres_cpu(app: &TestApp, database: &str) -> Option<f64> {
@@ -517,27 +485,4 @@ fn nginx_version(binary: &Path) -> String {
         .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string())
         .and_then(|s| s.strip_prefix("nginx version: ").map(str::to_string))
         .unwrap_or_else(|| "version unknown".into())
-}
-
-fn reproduce(args: &Args) -> String {
-    let mut cmd = format!(
-        "cargo bench --bench fanout -- --pages {} --nginx-workers {}",
-        args.pages, args.nginx_workers
-    );
-    if args.max_invokes_per_second != 1_000_000 {
-        cmd.push_str(&format!(
-            " --max-invokes-per-second {}",
-            args.max_invokes_per_second
-        ));
-    }
-    if args.pool != 10 {
-        cmd.push_str(&format!(" --pool {}", args.pool));
-    }
-    if let Some(n) = args.app_threads {
-        cmd.push_str(&format!(" --app-threads {n}"));
-    }
-    if args.repeat != 1 {
-        cmd.push_str(&format!(" --repeat {}", args.repeat));
-    }
-    cmd
 }

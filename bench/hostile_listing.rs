@@ -40,79 +40,68 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context};
+use anyhow::ensure;
 use axum::routing::get;
 use axum::Router;
-use clap::{Parser, ValueEnum};
-use fanfare::dispatch::LambdaApi;
-use fanfare::startup::Overrides;
-use fanfare::Settings;
 use serde_json::Value;
 
 use fanfare_testkit as common;
 
-use common::bench::{load_average, process_cpu_seconds, quantile};
-use common::{AppTask, RecordingLambda};
+use common::bench::{load_average, quantile, self_cpu_seconds};
+use common::ADMIN_TOKEN;
 
-const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdefghij";
-const CALLBACK_SECRET: &str = "bench-callback-secret-0123456789abcdef";
 const RULES: usize = 5237;
 const PATH_CHARS: usize = 2000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 enum Scenario {
     Robots,
     DeadHosts,
     Both,
 }
 
-#[derive(Debug, Parser)]
-#[command(about = "fanfare listing against a pathological robots.txt and hosts that never answer")]
+#[derive(Debug, serde::Deserialize)]
 struct Args {
-    /// Which scenario to run.
-    #[arg(long, value_enum, default_value_t = Scenario::Both)]
     scenario: Scenario,
-    /// URLs on the site with the pathological robots.txt.
-    #[arg(long, default_value_t = 20_000)]
     urls: usize,
-    /// Hosts that never answer.
-    #[arg(long, default_value_t = 300)]
     hosts: usize,
-    /// Give up on a listing after this many seconds.
-    #[arg(long, default_value_t = 120)]
     give_up: u64,
-    /// Passed by `cargo bench`; ignored.
-    #[arg(long, hide = true)]
-    bench: bool,
 }
 
+/// The command line, as `--help` prints it.
+const USAGE: &str = "\
+fanfare listing against a pathological robots.txt and hosts that never answer
+
+  --scenario MODE       which scenario to run: robots, dead-hosts or both [default: both]
+  --urls N              URLs on the site with the pathological robots.txt [default: 20000]
+  --hosts N             hosts that never answer [default: 300]
+  --give-up N           give up on a listing after this many seconds [default: 120]
+";
+
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    if std::env::var_os("RUST_LOG").is_some() {
-        fanfare::telemetry::init();
-    }
+    let args: &Args = &common::bench::start(USAGE)?;
     common::bench::print_machine();
-    let (app_runtime, load) = common::bench::runtimes()?;
+    let runtimes = common::bench::runtimes(Some(2))?;
+    let (app_runtime, load) = &runtimes;
     if matches!(args.scenario, Scenario::Robots | Scenario::Both) {
         let sites = load.block_on(RobotsSite::start(args.urls))?;
         for (name, list) in [("plain", &sites.plain_list), ("keys", &sites.keys_list)] {
             let db = app_runtime.block_on(common::fresh_database());
-            let schedule = schedule(name, list);
-            let (address, app) = app_runtime.block_on(start(&db, &schedule))?;
-            let result = load.block_on(robots_run(&args, &address, name));
-            app_runtime.block_on(app.stop());
-            drop(db);
-            result?;
+            let settings = common::bench::settings(&db, 10, &schedule(name, list))?;
+            common::bench::run_app(&runtimes, settings, |address, _| async move {
+                robots_run(args, &address, name).await
+            })?;
         }
     }
     if matches!(args.scenario, Scenario::DeadHosts | Scenario::Both) {
         let (list, accepted) = load.block_on(dead_hosts(args.hosts))?;
         let db = app_runtime.block_on(common::fresh_database());
-        let (address, app) = app_runtime.block_on(start(&db, &schedule("dead", &list)))?;
-        let result = load.block_on(dead_hosts_run(&args, &address, &db, &accepted));
-        app_runtime.block_on(app.stop());
-        drop(db);
-        result?;
+        let settings = common::bench::settings(&db, 10, &schedule("dead", &list))?;
+        let (db, accepted) = (&db, &accepted);
+        common::bench::run_app(&runtimes, settings, |address, _| async move {
+            dead_hosts_run(args, &address, db, accepted).await
+        })?;
     }
     Ok(())
 }
@@ -125,20 +114,6 @@ fn schedule(name: &str, list: &str) -> String {
         .key("max_in_flight", 100000)
         .key("max_pages", 1000000)
         .to_string()
-}
-
-async fn start(db: &common::TestDatabase, schedule: &str) -> anyhow::Result<(String, AppTask)> {
-    let toml = common::config_toml_with(db.url(), 0, 10, CALLBACK_SECRET, ADMIN_TOKEN, schedule);
-    let settings = Settings::from_toml(&toml).context("the benchmark's configuration")?;
-    let lambda = Arc::new(RecordingLambda::default());
-    Ok(AppTask::start(
-        settings,
-        Overrides {
-            lambda: Some(lambda as Arc<dyn LambdaApi>),
-            ..Default::default()
-        },
-    )
-    .await)
 }
 
 /// The site with the pathological robots.txt and its two page lists.
@@ -193,10 +168,6 @@ impl RobotsSite {
 
 async fn robots_run(args: &Args, address: &str, name: &str) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
-    ensure!(
-        common::wait_ready(&http, address, Duration::from_secs(10)).await,
-        "the application did not become ready"
-    );
     let idle = probe_healthz(&http, address, Duration::from_secs(3), || false).await;
     let cpu_before = self_cpu_seconds();
     let started = Instant::now();
@@ -281,10 +252,6 @@ async fn dead_hosts_run(
     accepted: &AtomicUsize,
 ) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
-    ensure!(
-        common::wait_ready(&http, address, Duration::from_secs(10)).await,
-        "the application did not become ready"
-    );
     let cpu_before = self_cpu_seconds();
     let started = Instant::now();
     let run_id = common::trigger(&http, address, ADMIN_TOKEN, "dead").await;
@@ -355,9 +322,4 @@ async fn get_json(http: &reqwest::Client, address: &str, path: &str) -> Value {
         Ok(r) => r.json().await.unwrap_or_default(),
         Err(_) => Value::Null,
     }
-}
-
-/// User and system CPU seconds of this process so far.
-fn self_cpu_seconds() -> f64 {
-    process_cpu_seconds(std::process::id()).unwrap_or(0.0)
 }

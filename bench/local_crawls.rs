@@ -29,58 +29,45 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`). Logs are off unless
 //! `RUST_LOG` is set.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context};
+use anyhow::ensure;
 use axum::body::Bytes;
 use axum::extract::Path;
 use axum::http::header;
 use axum::routing::get;
 use axum::Router;
-use clap::Parser;
-use fanfare::startup::Overrides;
-use fanfare::Settings;
 
 use fanfare_testkit as common;
 
-use common::AppTask;
+use common::bench::{HealthzProbe, Sampler};
+use common::ADMIN_TOKEN;
 
-// The test kit's: its finished_by polls with them.
-use fanfare_testkit::{ADMIN_TOKEN, CALLBACK_SECRET};
-
-#[derive(Debug, Parser)]
-#[command(about = "fanfare: /healthz latency and RSS during in-process crawls of large pages")]
+#[derive(Debug, serde::Deserialize)]
 struct Args {
-    /// Pages in the run.
-    #[arg(long, default_value_t = 100)]
     pages: usize,
-    /// Size of each page, in MiB.
-    #[arg(long, default_value_t = 10)]
     page_mib: usize,
-    /// The schedule's max_in_flight (pages dispatched and unreported at
-    /// once); with it above `[local] concurrency`, the daemon's own bound is
-    /// what holds.
-    #[arg(long, default_value_t = 1000)]
     max_in_flight: usize,
-    /// Give up on the run after this many seconds.
-    #[arg(long, default_value_t = 600)]
     timeout_secs: u64,
-    /// Passed by `cargo bench`; ignored.
-    #[arg(long, hide = true)]
-    bench: bool,
 }
 
+/// The command line, as `--help` prints it.
+const USAGE: &str = "\
+fanfare: /healthz latency and RSS during in-process crawls of large pages
+
+  --pages N             pages in the run [default: 100]
+  --page-mib N          size of each page, in MiB [default: 10]
+  --max-in-flight N     the schedule's max_in_flight (pages dispatched and
+                        unreported at once); with it above `[local]
+                        concurrency`, the daemon's own bound is what holds
+                        [default: 1000]
+  --timeout-secs N      give up on the run after this many seconds [default: 600]
+";
+
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args: Args = common::bench::start(USAGE)?;
     ensure!(args.pages > 0, "--pages must be at least 1");
     ensure!(args.page_mib > 0, "--page-mib must be at least 1");
-    if std::env::var_os("RUST_LOG").is_some() {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .init();
-    }
     let page = Bytes::from(catalogue_page(args.page_mib * 1024 * 1024));
     let site = start_site(page.clone())?;
     println!(
@@ -91,9 +78,7 @@ fn main() -> anyhow::Result<()> {
     );
 
     // The application's runtime: as in `fanfare serve`, one worker per core.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = common::bench::app_runtime(None).build()?;
     let result = runtime.block_on(measure(&args, &site));
     runtime.shutdown_timeout(Duration::from_secs(10));
     result
@@ -135,46 +120,18 @@ fn start_site(page: Bytes) -> anyhow::Result<String> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     listener.set_nonblocking(true)?;
     let base = format!("http://{}", listener.local_addr()?);
-    std::thread::Builder::new()
-        .name("site".into())
-        .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("the site's runtime");
-            rt.block_on(async move {
-                let app = Router::new().route(
-                    "/p/{n}",
-                    get(move |Path(_n): Path<u32>| {
-                        let page = page.clone();
-                        async move { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page) }
-                    }),
-                );
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                let _ = axum::serve(listener, app).await;
-            });
-        })?;
+    common::bench::on_thread("site", move || async move {
+        let app = Router::new().route(
+            "/p/{n}",
+            get(move |Path(_n): Path<u32>| {
+                let page = page.clone();
+                async move { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        axum::serve(listener, app).await
+    })?;
     Ok(base)
-}
-
-fn status_kib(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 async fn measure(args: &Args, site: &str) -> anyhow::Result<()> {
@@ -185,86 +142,28 @@ async fn measure(args: &Args, site: &str) -> anyhow::Result<()> {
         .key("max_in_flight", args.max_in_flight)
         .text("page_timeout", "10m")
         .to_string();
-    let toml = common::config_toml_with(&db, 0, 10, CALLBACK_SECRET, ADMIN_TOKEN, &schedule);
-    let settings = Settings::from_toml(&toml).context("the bench configuration")?;
+    let settings = common::bench::settings(&db, 10, &schedule)?;
     let concurrency = settings.local.concurrency;
-    let rss_before = status_kib("VmRSS:").unwrap_or(0);
-    let (address, app) = AppTask::start(settings, Overrides::default()).await;
+    let rss_before = common::bench::status_field(None, "VmRSS:").unwrap_or(0);
+    let (address, app) = common::bench::start_app(settings, None).await?;
     let client = reqwest::Client::new();
-    ensure!(
-        common::wait_ready(&client, &address, Duration::from_secs(10)).await,
-        "the application did not become ready"
-    );
     println!(
         "local_crawls: [local] concurrency = {concurrency}; RSS at start {} MB",
         rss_before / 1024
     );
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let latencies = Arc::new(Mutex::new(Vec::<Duration>::new()));
-    let failures = Arc::new(Mutex::new(0usize));
-    let prober = {
-        let (stop, latencies, failures) = (stop.clone(), latencies.clone(), failures.clone());
-        let url = format!("{address}/healthz");
-        std::thread::Builder::new()
-            .name("healthz".into())
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("the prober's runtime");
-                rt.block_on(async move {
-                    let client = reqwest::Client::builder()
-                        .timeout(Duration::from_secs(30))
-                        .build()
-                        .expect("client");
-                    while !stop.load(Ordering::Relaxed) {
-                        let started = Instant::now();
-                        let ok = match client.get(&url).send().await {
-                            Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-                            Err(_) => false,
-                        };
-                        let took = started.elapsed();
-                        if ok {
-                            latencies.lock().unwrap().push(took);
-                        } else {
-                            *failures.lock().unwrap() += 1;
-                        }
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                });
-            })?
-    };
-    let peak_rss = Arc::new(Mutex::new(0u64));
-    let sampler = {
-        let (stop, peak_rss) = (stop.clone(), peak_rss.clone());
-        std::thread::Builder::new()
-            .name("rss".into())
-            .spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    if let Some(kib) = status_kib("VmRSS:") {
-                        let mut peak = peak_rss.lock().unwrap();
-                        *peak = (*peak).max(kib);
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            })?
-    };
-
+    let prober = HealthzProbe::start(&address, Duration::from_millis(10))?;
+    let sampler = Sampler::rss(None)?;
     let started = Instant::now();
     let run = common::trigger(&client, &address, ADMIN_TOKEN, "big-pages").await;
     let deadline = started + Duration::from_secs(args.timeout_secs);
     let finished = common::bench::finished_by(&client, &address, run, deadline).await?;
     let duration = started.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    let _ = prober.join();
-    let _ = sampler.join();
-    let hwm = status_kib("VmHWM:").unwrap_or(0);
+    let latencies = prober.finish();
+    let peak = sampler.peak();
+    drop(sampler);
+    let hwm = common::bench::status_field(None, "VmHWM:").unwrap_or(0);
 
-    let mut latencies = latencies.lock().unwrap().clone();
-    latencies.sort();
-    let failed_probes = *failures.lock().unwrap();
-    let peak = *peak_rss.lock().unwrap();
     match &finished {
         Some(run) => println!(
             "FIGURE local_crawls run: {} pages of {} MiB, outcome {}, succeeded {}, failed {}, duration {:.1} s",
@@ -283,10 +182,10 @@ async fn measure(args: &Args, site: &str) -> anyhow::Result<()> {
     println!(
         "FIGURE local_crawls healthz: {} probes ({} failed), p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (target p99 < 100 ms)",
         latencies.len(),
-        failed_probes,
-        ms(percentile(&latencies, 50.0)),
-        ms(percentile(&latencies, 99.0)),
-        ms(latencies.last().copied().unwrap_or_default()),
+        latencies.failed,
+        latencies.ms(0.50),
+        latencies.ms(0.99),
+        latencies.max_ms(),
     );
     println!(
         "FIGURE local_crawls rss: peak sampled {} MB, VmHWM {} MB, at start {} MB (target peak < 400 MB)",

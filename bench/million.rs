@@ -59,10 +59,9 @@
 //! temporary directory, named when the daemon fails; its `RUST_LOG` is
 //! `--daemon-log` (default `info,sqlx=warn`, a production level).
 
-use std::convert::Infallible;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -72,57 +71,51 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
-use clap::Parser;
 use fanfare_crawler::contract::CrawlRequest;
 use sqlx::{Connection, Executor, PgConnection};
 use uuid::Uuid;
 
 use fanfare_testkit as common;
 
-use common::bench::{checkpoint, copy_urls, thousands, with_bench_database};
+use common::bench::{checkpoint, copy_urls, status_field, thousands, with_bench_database, Sampler};
 use common::{succeeded, ADMIN_TOKEN, CALLBACK_SECRET};
 
-#[derive(Debug, Parser)]
-#[command(about = "The 1,000,000-page run: listing time vs COPY, peak and idle RSS")]
+#[derive(Debug, serde::Deserialize)]
 struct Args {
-    /// URLs in the page list.
-    #[arg(long, default_value_t = 1_000_000)]
     urls: usize,
-    /// The schedule's max_in_flight.
-    #[arg(long, default_value_t = 100)]
     max_in_flight: usize,
-    /// Milliseconds the Lambda stand-in "crawls" before reporting a page.
-    #[arg(long, default_value_t = 1_000)]
     crawl_ms: u64,
-    /// Seconds dispatch goes on after the listing, before the run is cancelled.
-    #[arg(long, default_value_t = 10)]
     dispatch_seconds: u64,
-    /// Seconds the daemon idles after it is ready and after the run.
-    #[arg(long, default_value_t = 5)]
     idle_seconds: u64,
-    /// Seconds the listing may take before the measurement gives up.
-    #[arg(long, default_value_t = 900)]
     timeout: u64,
-    /// Measurements, each on a fresh database; with more than one the
-    /// medians are printed too.
-    #[arg(long, default_value_t = 1)]
     repeat: usize,
-    /// Leave out the COPY into a table with the foreign key to `runs`.
-    #[arg(long)]
     skip_fk_copy: bool,
-    /// The daemon's RUST_LOG.
-    #[arg(long, default_value = "info,sqlx=warn")]
     daemon_log: String,
-    /// The daemon's database.max_connections.
-    #[arg(long, default_value_t = 16)]
     pool: u32,
-    /// Leave the bench databases in place.
-    #[arg(long)]
     keep_databases: bool,
-    /// Passed by `cargo bench`; ignored.
-    #[arg(long, hide = true)]
-    bench: bool,
 }
+
+/// The command line, as `--help` prints it.
+const USAGE: &str = "\
+The 1,000,000-page run: listing time vs COPY, peak and idle RSS
+
+  --urls N              URLs in the page list [default: 1000000]
+  --max-in-flight N     the schedule's max_in_flight [default: 100]
+  --crawl-ms N          milliseconds the Lambda stand-in \"crawls\" before reporting
+                        a page [default: 1000]
+  --dispatch-seconds N  seconds dispatch goes on after the listing, before the run
+                        is cancelled [default: 10]
+  --idle-seconds N      seconds the daemon idles after it is ready and after the
+                        run [default: 5]
+  --timeout N           seconds the listing may take before the measurement gives
+                        up [default: 900]
+  --repeat N            measurements, each on a fresh database; with more than one
+                        the medians are printed too [default: 1]
+  --skip-fk-copy        leave out the COPY into a table with the foreign key to `runs`
+  --daemon-log TEXT     the daemon's RUST_LOG [default: info,sqlx=warn]
+  --pool N              the daemon's database.max_connections [default: 16]
+  --keep-databases      leave the bench databases in place
+";
 
 /// The `i`th URL of the list (and of the COPY).
 fn url(i: usize) -> String {
@@ -130,13 +123,11 @@ fn url(i: usize) -> String {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args: Args = common::bench::start(USAGE)?;
     ensure!(args.urls > 0, "--urls must be at least 1");
     ensure!(args.repeat > 0, "--repeat must be at least 1");
     ensure!(args.max_in_flight > 0, "--max-in-flight must be at least 1");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = common::bench::app_runtime(None).build()?;
     runtime.block_on(bench(&args))
 }
 
@@ -278,74 +269,6 @@ async fn copy_baseline(conn: &mut PgConnection, urls: usize, with_fk: bool) -> a
     Ok(seconds)
 }
 
-/// The daemon's `VmRSS` and `VmHWM` in kB, `None` once it is gone.
-fn memory_kb(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
-    Some((field("VmRSS:"), field("VmHWM:")))
-}
-
-/// Samples a process's RSS every 50 ms on a thread of its own: the last
-/// value, and the peak since the last [`Sampler::reset_peak`].
-struct Sampler {
-    last_kb: Arc<AtomicU64>,
-    peak_kb: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Sampler {
-    fn start(pid: u32) -> Self {
-        let last_kb = Arc::new(AtomicU64::new(0));
-        let peak_kb = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (last, peak, stopping) = (last_kb.clone(), peak_kb.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            while !stopping.load(Ordering::Relaxed) {
-                if let Some((rss, _)) = memory_kb(pid) {
-                    last.store(rss, Ordering::Relaxed);
-                    peak.fetch_max(rss, Ordering::Relaxed);
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        });
-        Self {
-            last_kb,
-            peak_kb,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn last_mb(&self) -> f64 {
-        self.last_kb.load(Ordering::Relaxed) as f64 / 1024.0
-    }
-
-    fn peak_mb(&self) -> f64 {
-        self.peak_kb.load(Ordering::Relaxed) as f64 / 1024.0
-    }
-
-    fn reset_peak(&self) {
-        self.peak_kb
-            .store(self.last_kb.load(Ordering::Relaxed), Ordering::Relaxed);
-    }
-}
-
-impl Drop for Sampler {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// `fanfare serve` as a child process, killed on drop.
 struct Daemon {
     child: Child,
@@ -433,36 +356,10 @@ impl Drop for Daemon {
     }
 }
 
-/// A body generated chunk by chunk as it is sent: a JSON array of `count`
-/// distinct URLs.
+/// A JSON array of `count` distinct URLs, generated as it is sent.
 fn json_list(count: usize) -> Body {
-    let mut next = 0usize;
-    let mut state = 0u8;
-    let chunks = std::iter::from_fn(move || match state {
-        0 => {
-            state = 1;
-            Some(Bytes::from_static(b"["))
-        }
-        1 if next < count => {
-            let mut chunk = String::with_capacity(70 * 1024);
-            while next < count && chunk.len() < 64 * 1024 {
-                if next > 0 {
-                    chunk.push(',');
-                }
-                chunk.push('"');
-                chunk.push_str(&url(next));
-                chunk.push('"');
-                next += 1;
-            }
-            Some(Bytes::from(chunk))
-        }
-        1 => {
-            state = 2;
-            Some(Bytes::from_static(b"]"))
-        }
-        _ => None,
-    });
-    Body::from_stream(futures::stream::iter(chunks.map(Ok::<_, Infallible>)))
+    let item = |i: usize| format!("{}\"{}\"", if i > 0 { "," } else { "" }, url(i));
+    common::bench::generated_body("[".into(), count, item, "]".into())
 }
 
 /// What the Lambda stand-in does and has done.
@@ -542,22 +439,13 @@ async fn run_daemon(
     let base = serve(args.urls, stand_in.clone()).await?;
     let port = free_port()?;
     let schedule = format!(
-        r#"
-[lambda]
-region = "us-east-1"
-endpoint_url = "{base}"
-
-[[schedules]]
-name = "million"
-invoker = "lambda"
-function = "crawler"
-pages = {{ http = "{base}/pages.json" }}
-max_in_flight = {max_in_flight}
-max_pages = {urls}
-page_timeout = "15m"
-"#,
-        max_in_flight = args.max_in_flight,
-        urls = args.urls,
+        "[lambda]\nregion = \"us-east-1\"\nendpoint_url = \"{base}\"\n{}",
+        common::schedule("million")
+            .lambda("crawler")
+            .pages(&format!(r#"{{ http = "{base}/pages.json" }}"#))
+            .key("max_in_flight", args.max_in_flight)
+            .key("max_pages", args.urls)
+            .text("page_timeout", "15m")
     );
     let config = common::config_toml_with(
         database_url,
@@ -569,7 +457,7 @@ page_timeout = "15m"
     );
     let mut daemon = Daemon::spawn(args, &config)?;
     daemon.address = format!("http://127.0.0.1:{port}");
-    let sampler = Sampler::start(daemon.pid());
+    let sampler = Sampler::rss(Some(daemon.pid()))?;
     if !common::wait_ready(&http, &daemon.address, Duration::from_secs(30)).await {
         bail!(
             "the daemon was not ready within 30 s; its log:\n{}",
@@ -577,7 +465,7 @@ page_timeout = "15m"
         );
     }
     tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
-    figures.rss_idle_start_mb = sampler.last_mb();
+    figures.rss_idle_start_mb = sampler.last() as f64 / 1024.0;
 
     sampler.reset_peak();
     let run = common::trigger(&http, &daemon.address, ADMIN_TOKEN, "million").await;
@@ -627,7 +515,7 @@ page_timeout = "15m"
     );
 
     tokio::time::sleep(Duration::from_secs(args.dispatch_seconds)).await;
-    figures.rss_peak_mb = sampler.peak_mb();
+    figures.rss_peak_mb = sampler.peak() as f64 / 1024.0;
     stand_in.reporting.store(false, Ordering::Relaxed);
     let cancelled = http
         .post(format!("{}/v1/runs/{run}/cancel", daemon.address))
@@ -642,25 +530,17 @@ page_timeout = "15m"
     // Reports still in the stand-in's hands land on a finished run.
     tokio::time::sleep(Duration::from_millis(args.crawl_ms)).await;
     tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
-    figures.rss_idle_end_mb = sampler.last_mb();
-    figures.vm_hwm_mb = memory_kb(daemon.pid()).map_or(0.0, |(_, hwm)| hwm as f64 / 1024.0);
+    figures.rss_idle_end_mb = sampler.last() as f64 / 1024.0;
+    let status = |field: &str| status_field(Some(daemon.pid()), field).unwrap_or(0);
+    figures.vm_hwm_mb = status("VmHWM:") as f64 / 1024.0;
     // What the idle RSS is made of: the heap and other anonymous memory, or
     // pages of the binary and libraries (code run once stays mapped).
-    if let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid())) {
-        let kb = |name: &str| -> f64 {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        println!(
-            "FIGURE idle_end rss_anon_mb={:.1} rss_file_mb={:.1} threads={}",
-            kb("RssAnon:") / 1024.0,
-            kb("RssFile:") / 1024.0,
-            kb("Threads:")
-        );
-    }
+    println!(
+        "FIGURE idle_end rss_anon_mb={:.1} rss_file_mb={:.1} threads={}",
+        status("RssAnon:") as f64 / 1024.0,
+        status("RssFile:") as f64 / 1024.0,
+        status("Threads:")
+    );
     println!(
         "FIGURE invokes={} reports_not_accepted={}",
         stand_in.invokes.load(Ordering::Relaxed),

@@ -25,54 +25,39 @@
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context};
-use clap::Parser;
-use fanfare::startup::Overrides;
-use fanfare::Settings;
+use anyhow::ensure;
 
 use fanfare_testkit as common;
 
-use common::{appshop, AppTask};
+use common::bench::{HealthzProbe, Sampler};
+use common::{appshop, ADMIN_TOKEN};
 
-// The test kit's: its finished_by polls with them.
-use fanfare_testkit::{ADMIN_TOKEN, CALLBACK_SECRET};
-
-#[derive(Debug, Parser)]
-#[command(about = "fanfare: render = never / always / auto on a shop of app shells")]
+#[derive(Debug, serde::Deserialize)]
 struct Args {
-    /// Pages whose name and price a script fills in.
-    #[arg(long, default_value_t = 100)]
     script_pages: usize,
-    /// Pages served whole.
-    #[arg(long, default_value_t = 50)]
     static_pages: usize,
-    /// `[local] browsers`: pages rendering at once.
-    #[arg(long, default_value_t = 2)]
     browsers: usize,
-    /// Give up on a run after this many seconds.
-    #[arg(long, default_value_t = 900)]
     timeout_secs: u64,
-    /// Passed by `cargo bench`; ignored.
-    #[arg(long, hide = true)]
-    bench: bool,
 }
 
+/// The command line, as `--help` prints it.
+const USAGE: &str = "\
+fanfare: render = never / always / auto on a shop of app shells
+
+  --script-pages N      pages whose name and price a script fills in [default: 100]
+  --static-pages N      pages served whole [default: 50]
+  --browsers N          `[local] browsers`: pages rendering at once [default: 2]
+  --timeout-secs N      give up on a run after this many seconds [default: 900]
+";
+
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args: Args = common::bench::start(USAGE)?;
     ensure!(args.script_pages + args.static_pages > 0, "no pages");
-    if std::env::var_os("RUST_LOG").is_some() {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .init();
-    }
     common::bench::print_machine();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = common::bench::app_runtime(None).build()?;
     let result = runtime.block_on(measure(&args));
     runtime.shutdown_timeout(Duration::from_secs(10));
     result
@@ -94,22 +79,14 @@ fn start_shop() -> anyhow::Result<(String, String)> {
         format!("http://{}", scripts.local_addr()?),
         format!("http://{}", statics.local_addr()?),
     );
-    std::thread::Builder::new()
-        .name("shop".into())
-        .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("the shop's runtime");
-            rt.block_on(async move {
-                let app = appshop::router(Default::default(), Arc::new(true.into()));
-                let scripts = tokio::net::TcpListener::from_std(scripts).expect("listener");
-                let statics = tokio::net::TcpListener::from_std(statics).expect("listener");
-                let other = app.clone();
-                tokio::spawn(async move { axum::serve(statics, other).await });
-                let _ = axum::serve(scripts, app).await;
-            });
-        })?;
+    common::bench::on_thread("shop", move || async move {
+        let app = appshop::router(Default::default(), Arc::new(true.into()));
+        let scripts = tokio::net::TcpListener::from_std(scripts)?;
+        let statics = tokio::net::TcpListener::from_std(statics)?;
+        let other = app.clone();
+        tokio::spawn(async move { axum::serve(statics, other).await });
+        axum::serve(scripts, app).await
+    })?;
     Ok(bases)
 }
 
@@ -117,29 +94,13 @@ fn start_shop() -> anyhow::Result<(String, String)> {
 /// shared page counted once across the tree, where a sum of RSS would
 /// count Chromium's shared pages once per process.
 fn tree_rss_kib(root: u32) -> u64 {
-    let mut parents = Vec::new();
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                continue;
-            };
-            // The fields after the command's closing parenthesis: state, ppid, ...
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|p| p.parse::<u32>().ok());
-            if let Some(ppid) = ppid {
-                parents.push((pid, ppid));
-            }
-        }
-    }
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| Some((pid, common::bench::proc_stat(pid)?.ppid)))
+        .collect();
     let mut tree = HashSet::from([root]);
     loop {
         let before = tree.len();
@@ -161,10 +122,6 @@ fn tree_rss_kib(root: u32) -> u64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         })
         .sum()
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 async fn measure(args: &Args) -> anyhow::Result<()> {
@@ -191,14 +148,9 @@ async fn measure(args: &Args) -> anyhow::Result<()> {
         })
         .collect::<String>();
     let rest = format!("[local]\nbrowsers = {}\n{schedules}", args.browsers);
-    let toml = common::config_toml_with(&db, 0, 10, CALLBACK_SECRET, ADMIN_TOKEN, &rest);
-    let settings = Settings::from_toml(&toml).context("the bench configuration")?;
-    let (address, app) = AppTask::start(settings, Overrides::default()).await;
+    let settings = common::bench::settings(&db, 10, &rest)?;
+    let (address, app) = common::bench::start_app(settings, None).await?;
     let client = reqwest::Client::new();
-    ensure!(
-        common::wait_ready(&client, &address, Duration::from_secs(10)).await,
-        "the application did not become ready"
-    );
     println!(
         "render: {} script pages on {scripts}, {} static pages on {statics}; [local] browsers = {}",
         args.script_pages, args.static_pages, args.browsers
@@ -219,57 +171,18 @@ async fn run_mode(
     address: &str,
     mode: &str,
 ) -> anyhow::Result<bool> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let latencies = Arc::new(Mutex::new(Vec::<Duration>::new()));
-    let prober = {
-        let (stop, latencies) = (stop.clone(), latencies.clone());
-        let url = format!("{address}/healthz");
-        std::thread::Builder::new()
-            .name("healthz".into())
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("the prober's runtime");
-                rt.block_on(async move {
-                    let client = reqwest::Client::new();
-                    while !stop.load(Ordering::Relaxed) {
-                        let started = Instant::now();
-                        if let Ok(r) = client.get(&url).send().await {
-                            if r.status().is_success() && r.bytes().await.is_ok() {
-                                latencies.lock().unwrap().push(started.elapsed());
-                            }
-                        }
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                });
-            })?
-    };
-    let peak = Arc::new(Mutex::new(0u64));
-    let sampler = {
-        let (stop, peak) = (stop.clone(), peak.clone());
-        std::thread::Builder::new()
-            .name("rss".into())
-            .spawn(move || {
-                let me = std::process::id();
-                while !stop.load(Ordering::Relaxed) {
-                    let kib = tree_rss_kib(me);
-                    let mut peak = peak.lock().unwrap();
-                    *peak = (*peak).max(kib);
-                    drop(peak);
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            })?
-    };
+    let prober = HealthzProbe::start(address, Duration::from_millis(10))?;
+    let me = std::process::id();
+    let sampler = Sampler::start(Duration::from_millis(100), move || Some(tree_rss_kib(me)))?;
 
     let started = Instant::now();
     let run = common::trigger(client, address, ADMIN_TOKEN, mode).await;
     let deadline = started + Duration::from_secs(args.timeout_secs);
     let finished = common::bench::finished_by(client, address, run, deadline).await?;
     let wall = started.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    let _ = prober.join();
-    let _ = sampler.join();
+    let latencies = prober.finish();
+    let peak = sampler.peak();
+    drop(sampler);
     let Some(finished) = finished else {
         println!(
             "FIGURE render {mode}: NOT FINISHED within {} s",
@@ -307,10 +220,8 @@ async fn run_mode(
             None => break,
         }
     }
-    render_times.sort();
-    plain_times.sort();
-    let mut latencies = latencies.lock().unwrap().clone();
-    latencies.sort();
+    let render_times = common::bench::Latencies::new(render_times, 0);
+    let plain_times = common::bench::Latencies::new(plain_times, 0);
     let pages = args.script_pages + args.static_pages;
     println!(
         "FIGURE render {mode}: {prices} of {pages} prices, rendered {}, escalated {}, succeeded {}, \
@@ -321,12 +232,12 @@ async fn run_mode(
         finished["pages"]["succeeded"],
         wall.as_secs_f64(),
         pages as f64 / wall.as_secs_f64(),
-        ms(common::bench::duration_quantile(&render_times, 0.5).unwrap_or_default()),
-        ms(common::bench::duration_quantile(&render_times, 0.99).unwrap_or_default()),
-        ms(common::bench::duration_quantile(&plain_times, 0.5).unwrap_or_default()),
-        *peak.lock().unwrap() / 1024,
-        ms(common::bench::duration_quantile(&latencies, 0.5).unwrap_or_default()),
-        ms(common::bench::duration_quantile(&latencies, 0.99).unwrap_or_default()),
+        render_times.ms(0.5),
+        render_times.ms(0.99),
+        plain_times.ms(0.5),
+        peak / 1024,
+        latencies.ms(0.5),
+        latencies.ms(0.99),
         latencies.len(),
         common::bench::load_average(),
     );

@@ -40,47 +40,35 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context};
-use clap::Parser;
-use fanfare::dispatch::LambdaApi;
-use fanfare::startup::Overrides;
-use fanfare::Settings;
+use anyhow::ensure;
 use futures::FutureExt;
 use reqwest::StatusCode;
 
 use fanfare_testkit as common;
 
-use common::bench::{duration_quantile, git_commit, load_average, millis, thousands};
-use common::{AppTask, RecordingLambda};
+use common::bench::{git_commit, load_average, self_cpu_seconds, thousands, Latencies};
+use common::ADMIN_TOKEN;
 
-const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdefghij";
-const WRONG_TOKEN: &str = "not-the-admin-token-but-just-as-long!!";
-const CALLBACK_SECRET: &str = "bench-callback-secret-0123456789abcdef";
-
-#[derive(Debug, Parser)]
-#[command(about = "fanfare against one client guessing the admin token")]
+#[derive(Debug, serde::Deserialize)]
 struct Args {
-    /// How long the guessing lasts, in seconds.
-    #[arg(long, default_value_t = 60)]
     seconds: u64,
-    /// Keep-alive connections the guesser sends on at once.
-    #[arg(long, default_value_t = 4)]
     connections: usize,
-    /// Genuine sign-ins measured before the guessing.
-    #[arg(long, default_value_t = 50)]
     genuine: usize,
-    /// Passed by `cargo bench`; ignored.
-    #[arg(long, hide = true)]
-    bench: bool,
 }
 
+/// The command line, as `--help` prints it.
+const USAGE: &str = "\
+fanfare against one client guessing the admin token
+
+  --seconds N           how long the guessing lasts, in seconds [default: 60]
+  --connections N       keep-alive connections the guesser sends on at once [default: 4]
+  --genuine N           genuine sign-ins measured before the guessing [default: 50]
+";
+
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args: Args = common::bench::start(USAGE)?;
     ensure!(args.connections > 0, "--connections must be at least 1");
     ensure!(args.seconds > 0, "--seconds must be at least 1");
-    if std::env::var_os("RUST_LOG").is_some() {
-        fanfare::telemetry::init();
-    }
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!("fanfare sign-in guessing benchmark");
     println!(
@@ -89,46 +77,20 @@ fn main() -> anyhow::Result<()> {
         git_commit()
     );
     println!(
-        "  reproduce: cargo bench --bench sign_in -- --seconds {} --connections {} --genuine {}",
-        args.seconds, args.connections, args.genuine
+        "  reproduce: {}",
+        common::bench::reproduce("sign_in", USAGE)
     );
-
-    let app_runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    // The load runs on this (the main) thread, so that its CPU time can be
-    // told from the daemon's.
-    let load_runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let db = app_runtime.block_on(common::fresh_database());
-    let result = (|| {
-        let lambda = Arc::new(RecordingLambda::default());
-        let (address, app) = app_runtime.block_on(AppTask::start(
-            settings(&db)?,
-            Overrides {
-                lambda: Some(lambda as Arc<dyn LambdaApi>),
-                ..Default::default()
-            },
-        ));
-        let measured = load_runtime.block_on(measure(&args, &address));
-        app_runtime.block_on(app.stop());
-        measured
-    })();
+    // The load runs on the main thread, so that its CPU time can be told
+    // from the daemon's.
+    let runtimes = common::bench::runtimes(None)?;
+    let db = runtimes.0.block_on(common::fresh_database());
+    let schedule = common::lambda_schedule_block("bench", 1, "", "");
+    let settings = common::bench::settings(&db, 4, &schedule)?;
+    let result = common::bench::run_app(&runtimes, settings, |address, _| async move {
+        measure(&args, &address).await
+    });
     drop(db); // the kit's guard drops the database
     result
-}
-
-fn settings(db: &str) -> anyhow::Result<Settings> {
-    let toml = common::config_toml_with(
-        db,
-        0,
-        4,
-        CALLBACK_SECRET,
-        ADMIN_TOKEN,
-        &common::lambda_schedule_block("bench", 1, "", ""),
-    );
-    Settings::from_toml(&toml).context("the benchmark's configuration")
 }
 
 /// A keep-alive client whose connections come from `from`, not following
@@ -175,12 +137,12 @@ async fn measure(args: &Args, address: &str) -> anyhow::Result<()> {
         );
         before.push(took);
     }
-    before.sort();
+    let before = Latencies::new(before, 0);
     println!(
         "FIGURE genuine_before sign_ins={} p50_ms={:.2} p99_ms={:.2}",
         before.len(),
-        millis(duration_quantile(&before, 0.50)),
-        millis(duration_quantile(&before, 0.99)),
+        before.ms(0.50),
+        before.ms(0.99),
     );
 
     // 2. Guessing from 127.0.0.1, another client signing in meanwhile.
@@ -190,10 +152,13 @@ async fn measure(args: &Args, address: &str) -> anyhow::Result<()> {
     let other = Arc::new(AtomicU64::new(0));
     let last_retry = Arc::new(AtomicU64::new(0));
     let checked_at: Arc<std::sync::Mutex<Vec<Duration>>> = Arc::default();
-    let cpu_before = cpu_seconds();
-    let main_before = main_thread_cpu_seconds();
+    let cpu_before = self_cpu_seconds();
+    let main_before = common::bench::thread_cpu_seconds();
     let attack_started = Instant::now();
     let until = attack_started + Duration::from_secs(args.seconds);
+    // A wrong token as long as the right one.
+    let wrong_token = "x".repeat(ADMIN_TOKEN.len());
+    let wrong_token = wrong_token.as_str();
     let loops = (0..args.connections).map(|_| {
         let guesser = guesser.clone();
         let (unauthorized, throttled, other, last_retry, checked_at) = (
@@ -205,7 +170,7 @@ async fn measure(args: &Args, address: &str) -> anyhow::Result<()> {
         );
         async move {
             while Instant::now() < until {
-                match sign_in(&guesser, address, WRONG_TOKEN).await {
+                match sign_in(&guesser, address, wrong_token).await {
                     Ok((StatusCode::UNAUTHORIZED, _, _)) => {
                         unauthorized.fetch_add(1, Ordering::Relaxed);
                         checked_at
@@ -237,11 +202,11 @@ async fn measure(args: &Args, address: &str) -> anyhow::Result<()> {
         }
         (latencies, refused)
     };
-    let ((), (mut during, refused)) =
+    let ((), (during, refused)) =
         tokio::join!(futures::future::join_all(loops).map(|_| ()), during);
     let attack = attack_started.elapsed();
-    let cpu = cpu_seconds() - cpu_before;
-    let load_cpu = main_thread_cpu_seconds() - main_before;
+    let cpu = self_cpu_seconds() - cpu_before;
+    let load_cpu = common::bench::thread_cpu_seconds() - main_before;
     let unauthorized = unauthorized.load(Ordering::Relaxed);
     let throttled = throttled.load(Ordering::Relaxed);
     let attempts = unauthorized + throttled + other.load(Ordering::Relaxed);
@@ -266,13 +231,13 @@ async fn measure(args: &Args, address: &str) -> anyhow::Result<()> {
         .map(|t| format!("{:.1}", t.as_secs_f64()))
         .collect();
     println!("FIGURE guesses_checked_at_s [{}]", times.join(", "));
-    during.sort();
+    let during = Latencies::new(during, 0);
     println!(
         "FIGURE other_client_during sign_ins={} refused={refused} p50_ms={:.2} p99_ms={:.2} max_ms={:.2}",
         during.len(),
-        millis(duration_quantile(&during, 0.50)),
-        millis(duration_quantile(&during, 0.99)),
-        millis(during.last().copied()),
+        during.ms(0.50),
+        during.ms(0.99),
+        during.max_ms(),
     );
     let per_k = |s: f64| s / attempts.max(1) as f64 * 1000.0;
     println!(
@@ -308,7 +273,7 @@ async fn measure(args: &Args, address: &str) -> anyhow::Result<()> {
     println!(
         "FIGURE genuine_after same_client_waited_s={:.2} same_client_tries={tries} other_client_ms={:.2}",
         waited.as_secs_f64(),
-        millis(Some(took)),
+        took.as_secs_f64() * 1000.0,
     );
     println!(
         "FIGURE wall_seconds={:.1} load_average={}",
@@ -316,34 +281,4 @@ async fn measure(args: &Args, address: &str) -> anyhow::Result<()> {
         load_average().replace(' ', "/")
     );
     Ok(())
-}
-
-/// User + system CPU seconds of a `/proc/.../stat` file (fields 14 and 15).
-fn stat_cpu_seconds(path: &str) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(path) else {
-        return f64::NAN;
-    };
-    // The command name (field 2) may hold spaces; fields after it follow ')'.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(f64::NAN)
-    };
-    // SAFETY: sysconf only reads a configuration value.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    // Fields 14 and 15 are the 12th and 13th after the name and state.
-    (ticks(11) + ticks(12)) / hz
-}
-
-/// The whole process's CPU seconds.
-fn cpu_seconds() -> f64 {
-    stat_cpu_seconds("/proc/self/stat")
-}
-
-/// The main thread's CPU seconds (the load generator's runtime).
-fn main_thread_cpu_seconds() -> f64 {
-    stat_cpu_seconds(&format!("/proc/self/task/{}/stat", std::process::id()))
 }

@@ -37,56 +37,43 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`). Logs are off unless
 //! `RUST_LOG` is set.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context};
-use clap::Parser;
-use fanfare::dispatch::LambdaApi;
-use fanfare::startup::Overrides;
-use fanfare::Settings;
+use anyhow::ensure;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use fanfare_testkit as common;
 
-use common::bench::raise_open_file_limit;
-use common::{AppTask, RecordingLambda};
+use common::bench::{probe, raise_open_file_limit, Latencies};
+use common::{RecordingLambda, ADMIN_TOKEN};
 
-const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdefghij";
-const CALLBACK_SECRET: &str = "bench-callback-secret-0123456789abcdef";
-
-#[derive(Debug, Parser)]
-#[command(about = "fanfare against clients that send their headers one byte per second")]
+#[derive(Debug, serde::Deserialize)]
 struct Args {
-    /// Slow connections opened at once.
-    #[arg(long, default_value_t = 1000)]
     connections: usize,
-    /// The server's header_timeout, in seconds.
-    #[arg(long, default_value_t = 5)]
     header_timeout: u64,
-    /// Time between two probes of each kind, in milliseconds.
-    #[arg(long, default_value_t = 20)]
     interval_ms: u64,
-    /// How long the load lasts, in seconds: each slow connection, once
-    /// closed, is opened again until then, and the probes run until then.
-    #[arg(long, default_value_t = 30)]
     seconds: u64,
-    /// Worker threads of the application's runtime (default: one per core).
-    #[arg(long)]
     app_threads: Option<usize>,
-    /// Passed by `cargo bench`; ignored.
-    #[arg(long, hide = true)]
-    bench: bool,
 }
 
+/// The command line, as `--help` prints it.
+const USAGE: &str = "\
+fanfare against clients that send their headers one byte per second
+
+  --connections N       slow connections opened at once [default: 1000]
+  --header-timeout N    the server's header_timeout, in seconds [default: 5]
+  --interval-ms N       time between two probes of each kind, in milliseconds [default: 20]
+  --seconds N           how long the load lasts, in seconds: each slow connection,
+                        once closed, is opened again until then, and the probes
+                        run until then [default: 30]
+  --app-threads N       worker threads of the application's runtime (default: one per core)
+";
+
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args: Args = common::bench::start(USAGE)?;
     ensure!(args.connections > 0, "--connections must be at least 1");
     ensure!(args.interval_ms > 0, "--interval-ms must be at least 1");
-    if std::env::var_os("RUST_LOG").is_some() {
-        fanfare::telemetry::init();
-    }
     let (soft, hard) = raise_open_file_limit()?;
     println!("FIGURE open_files soft_limit={soft} hard_limit={hard}");
     ensure!(
@@ -94,51 +81,18 @@ fn main() -> anyhow::Result<()> {
         "the open-file limit ({soft}) is too low for {} connections in one process: raise it (ulimit -n) or pass fewer --connections",
         args.connections
     );
-
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    if let Some(n) = args.app_threads {
-        builder.worker_threads(n.max(1));
-    }
-    let app_runtime = builder.build()?;
-    let load_runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-
-    let db = app_runtime.block_on(common::fresh_database());
-    let result = (|| {
-        let lambda = Arc::new(RecordingLambda::default());
-        // Enough pages for one callback per probe interval for the whole run.
-        let probe_bound = args.seconds + 5;
-        let pages = (probe_bound * 1000 / args.interval_ms) as usize + 100;
-        let settings = settings(&db, pages, args.header_timeout)?;
-        let (address, app) = app_runtime.block_on(AppTask::start(
-            settings,
-            Overrides {
-                lambda: Some(lambda.clone() as Arc<dyn LambdaApi>),
-                ..Default::default()
-            },
-        ));
-        let measured = load_runtime.block_on(measure(&args, &address, &lambda, pages));
-        app_runtime.block_on(app.stop());
-        measured
-    })();
+    let runtimes = common::bench::runtimes(args.app_threads)?;
+    let db = runtimes.0.block_on(common::fresh_database());
+    // Enough pages for one callback per probe interval for the whole run.
+    let pages = ((args.seconds + 5) * 1000 / args.interval_ms) as usize + 100;
+    let schedule = common::lambda_schedule_block("bench", pages, "", "");
+    let mut settings = common::bench::settings(&db, 10, &schedule)?;
+    settings.server.header_timeout = Duration::from_secs(args.header_timeout);
+    let result = common::bench::run_app(&runtimes, settings, |address, lambda| async move {
+        measure(&args, &address, &lambda, pages).await
+    });
     drop(db); // the kit's guard drops the database
     result
-}
-
-fn settings(db: &str, pages: usize, header_timeout: u64) -> anyhow::Result<Settings> {
-    let toml = common::config_toml_with(
-        db,
-        0,
-        10,
-        CALLBACK_SECRET,
-        ADMIN_TOKEN,
-        &common::lambda_schedule_block("bench", pages, "", ""),
-    );
-    let mut settings = Settings::from_toml(&toml).context("the benchmark's configuration")?;
-    settings.server.header_timeout = Duration::from_secs(header_timeout);
-    Ok(settings)
 }
 
 async fn measure(
@@ -148,10 +102,6 @@ async fn measure(
     pages: usize,
 ) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
-    ensure!(
-        common::wait_ready(&http, address, Duration::from_secs(10)).await,
-        "the application did not become ready"
-    );
     common::trigger(&http, address, ADMIN_TOKEN, "bench").await;
     let requests = lambda.wait_for(pages).await;
     let header_timeout = Duration::from_secs(args.header_timeout);
@@ -213,9 +163,9 @@ async fn measure(
     };
     let (slow_result, (), healthz, callbacks) =
         tokio::join!(slow_done, stopper, healthz, callbacks);
-    let (mut closed, still_open, failed) = slow_result?;
-    closed.sort();
+    let (closed, still_open, failed) = slow_result?;
     let within = closed.iter().filter(|d| **d <= bound).count();
+    let closed = Latencies::new(closed, 0);
     println!(
         "FIGURE slow_connections at_once={} opened={} closed={} still_open={still_open} connect_failed={failed} header_timeout_s={} bound_s={} within_bound={within} close_p50_s={:.2} close_p99_s={:.2} close_max_s={:.2} load_s={}",
         args.connections,
@@ -223,20 +173,20 @@ async fn measure(
         closed.len(),
         args.header_timeout,
         bound.as_secs(),
-        secs(quantile(&closed, 0.50)),
-        secs(quantile(&closed, 0.99)),
-        secs(closed.last().copied()),
+        closed.secs(0.50),
+        closed.secs(0.99),
+        closed.secs(1.0),
         args.seconds,
     );
     for (name, samples) in [("healthz", healthz), ("callbacks", callbacks)] {
-        let (mut latencies, errors) = samples;
-        latencies.sort();
+        let latencies = Latencies::new(samples.0, samples.1);
         println!(
-            "FIGURE {name} requests={} not_200={errors} p50_ms={:.1} p99_ms={:.1} max_ms={:.1} interval_ms={}",
-            latencies.len() + errors,
-            millis(quantile(&latencies, 0.50)),
-            millis(quantile(&latencies, 0.99)),
-            millis(latencies.last().copied()),
+            "FIGURE {name} requests={} not_200={} p50_ms={:.1} p99_ms={:.1} max_ms={:.1} interval_ms={}",
+            latencies.len() + latencies.failed,
+            latencies.failed,
+            latencies.ms(0.50),
+            latencies.ms(0.99),
+            latencies.max_ms(),
             args.interval_ms,
         );
     }
@@ -284,52 +234,4 @@ async fn slow_connection(host: String, give_up: Duration) -> std::io::Result<Opt
     })
     .await
     .ok())
-}
-
-/// Sends `request(i)` every `interval` until `stop`; returns the latencies
-/// of 200 answers and the number of other answers (or failures).
-async fn probe<F, Fut>(
-    interval: Duration,
-    stop: tokio_util::sync::CancellationToken,
-    request: F,
-) -> (Vec<Duration>, usize)
-where
-    F: Fn(usize) -> Fut,
-    Fut: std::future::Future<Output = reqwest::Result<reqwest::Response>>,
-{
-    let mut latencies = Vec::new();
-    let mut errors = 0;
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    for i in 0.. {
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        let sent = Instant::now();
-        match request(i).await {
-            Ok(r) if r.status() == 200 => {
-                let _ = r.bytes().await;
-                latencies.push(sent.elapsed());
-            }
-            _ => errors += 1,
-        }
-    }
-    (latencies, errors)
-}
-
-fn quantile(sorted: &[Duration], q: f64) -> Option<Duration> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
-    Some(sorted[i])
-}
-
-fn secs(d: Option<Duration>) -> f64 {
-    d.map_or(f64::NAN, |d| d.as_secs_f64())
-}
-
-fn millis(d: Option<Duration>) -> f64 {
-    d.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
 }

@@ -39,83 +39,64 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
 use chrono::{SubsecRound, Utc};
-use clap::Parser;
-use fanfare::dispatch::LambdaApi;
 use fanfare::ledger::{self, Lease, Trigger};
-use fanfare::startup::Overrides;
 use fanfare::Settings;
 use fanfare_crawler::contract::CrawlRequest;
 use tokio_util::sync::CancellationToken;
 
 use fanfare_testkit as common;
 
-use common::bench::{load_average, process_cpu_seconds, quantile};
-use common::{AppTask, RecordingLambda};
+use common::bench::{load_average, quantile, self_cpu_seconds};
+use common::{RecordingLambda, ADMIN_TOKEN, CALLBACK_SECRET};
 
-const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdefghij";
-const CALLBACK_SECRET: &str = "bench-callback-secret-0123456789abcdef";
 const CLIENTS: usize = 32;
 
-#[derive(Debug, Parser)]
-#[command(about = "fanfare's callbacks and cron fires while slow clients export results")]
+#[derive(Debug, serde::Deserialize)]
 struct Args {
-    /// Pages of the `load` run (half reported in each phase).
-    #[arg(long, default_value_t = 60_000)]
     pages: usize,
-    /// Pages of the run the readers export.
-    #[arg(long, default_value_t = 100_000)]
     export_pages: usize,
-    /// Slow export readers.
-    #[arg(long, default_value_t = 16)]
     readers: usize,
-    /// Each reader's pace, in KB/s.
-    #[arg(long, default_value_t = 200)]
     read_kbps: u64,
-    /// Passed by `cargo bench`; ignored.
-    #[arg(long, hide = true)]
-    bench: bool,
 }
 
+/// The command line, as `--help` prints it.
+const USAGE: &str = "\
+fanfare's callbacks and cron fires while slow clients export results
+
+  --pages N             pages of the `load` run (half reported in each phase) [default: 60000]
+  --export-pages N      pages of the run the readers export [default: 100000]
+  --readers N           slow export readers [default: 16]
+  --read-kbps N         each reader's pace, in KB/s [default: 200]
+";
+
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args: Args = common::bench::start(USAGE)?;
     ensure!(args.pages >= 2, "--pages must be at least 2");
-    if std::env::var_os("RUST_LOG").is_some() {
-        fanfare::telemetry::init();
-    }
-    let (app_runtime, load) = common::bench::runtimes()?;
+    let runtimes = common::bench::runtimes(Some(2))?;
     common::bench::print_machine();
-    let db = app_runtime.block_on(common::fresh_database());
-    let result = (|| {
-        let list = load.block_on(serve_list(args.pages))?;
-        let schedules = format!(
-            "{}{}",
-            common::schedule("load")
-                .lambda("crawler-fn")
-                .pages(&format!(r#"{{ http = "{list}" }}"#))
-                .key("max_in_flight", 1000000)
-                .text("page_timeout", "15m"),
-            common::schedule("tick").lambda("crawler-fn").every_second()
-        );
-        let toml =
-            common::config_toml_with(db.url(), 0, 16, CALLBACK_SECRET, ADMIN_TOKEN, &schedules)
-                .replace("max_connections = 16\n", "");
-        let settings = Settings::from_toml(&toml).context("the benchmark's configuration")?;
-        println!(
-            "FIGURE pools max_connections={} reader_connections={}",
-            settings.database.max_connections, settings.database.reader_connections
-        );
-        let lambda = Arc::new(RecordingLambda::default());
-        let (address, app) = app_runtime.block_on(AppTask::start(
-            settings,
-            Overrides {
-                lambda: Some(lambda.clone() as Arc<dyn LambdaApi>),
-                ..Default::default()
-            },
-        ));
-        let measured = load.block_on(measure(&args, &address, db.url(), &lambda));
-        app_runtime.block_on(app.stop());
-        measured
-    })();
+    let db = runtimes.0.block_on(common::fresh_database());
+    let list = runtimes.1.block_on(serve_list(args.pages))?;
+    let schedules = format!(
+        "{}{}",
+        common::schedule("load")
+            .lambda("crawler-fn")
+            .pages(&format!(r#"{{ http = "{list}" }}"#))
+            .key("max_in_flight", 1000000)
+            .text("page_timeout", "15m"),
+        common::schedule("tick").lambda("crawler-fn").every_second()
+    );
+    // The default pools: no database.max_connections.
+    let toml = common::config_toml_with(db.url(), 0, 16, CALLBACK_SECRET, ADMIN_TOKEN, &schedules)
+        .replace("max_connections = 16\n", "");
+    let settings = Settings::from_toml(&toml).context("the benchmark's configuration")?;
+    println!(
+        "FIGURE pools max_connections={} reader_connections={}",
+        settings.database.max_connections, settings.database.reader_connections
+    );
+    let database = db.url();
+    let result = common::bench::run_app(&runtimes, settings, |address, lambda| async move {
+        measure(&args, &address, database, &lambda).await
+    });
     drop(db);
     result
 }
@@ -133,10 +114,6 @@ async fn measure(
     lambda: &RecordingLambda,
 ) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
-    ensure!(
-        common::wait_ready(&http, address, Duration::from_secs(10)).await,
-        "the application did not become ready"
-    );
     let window_start = Utc::now().trunc_subsecs(0) + chrono::Duration::seconds(1);
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
@@ -360,9 +337,4 @@ fn print_phase(name: &str, phase: &Phase, baseline: Option<&Phase>) {
         phase.cpu_seconds * 1000.0 / phase.reports.max(1) as f64,
         load_average(),
     );
-}
-
-/// User and system CPU seconds of this process so far.
-fn self_cpu_seconds() -> f64 {
-    process_cpu_seconds(std::process::id()).unwrap_or(0.0)
 }

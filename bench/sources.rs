@@ -35,53 +35,45 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`), and drops its database at
 //! the end. Logs are off unless `RUST_LOG` is set.
 
-use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use axum::body::{Body, Bytes};
 use axum::routing::get;
 use axum::Router;
-use clap::Parser;
-use fanfare::dispatch::{InvokeError, LambdaApi};
-use fanfare::startup::Overrides;
-use fanfare::Settings;
-use futures::future::BoxFuture;
+use fanfare::dispatch::LambdaApi;
 
 use fanfare_testkit as common;
 
-use common::{AppTask, ADMIN_TOKEN, CALLBACK_SECRET};
+use common::bench::{generated_body as generated, status_field, Sampler};
+use common::{RecordingLambda, ADMIN_TOKEN};
 
-#[derive(Parser, Debug)]
-#[command(about = "Page sources: time and memory under hostile and huge lists")]
+#[derive(Debug, serde::Deserialize)]
 struct Args {
-    /// One case (self-index, nested, million) in this process; without it,
-    /// every case in a child process of its own.
-    #[arg(long)]
     case: Option<String>,
-    /// URLs of the `million` case.
-    #[arg(long, default_value_t = 1_000_000)]
     urls: usize,
-    /// Size of the `nested` document in MB.
-    #[arg(long, default_value_t = 40)]
     nested_mb: usize,
-    /// Seconds a case may take.
-    #[arg(long, default_value_t = 60)]
     timeout: u64,
-    /// A case stops once RSS passes this many MB.
-    #[arg(long, default_value_t = 1500)]
     rss_ceiling_mb: u64,
-    /// cargo bench passes `--bench`.
-    #[arg(long, hide = true)]
-    bench: bool,
 }
+
+/// The command line, as `--help` prints it.
+const USAGE: &str = "\
+Page sources: time and memory under hostile and huge lists
+
+  --case TEXT           one case (self-index, nested, million) in this process;
+                        without it, every case in a child process of its own
+  --urls N              URLs of the `million` case [default: 1000000]
+  --nested-mb N         size of the `nested` document in MB [default: 40]
+  --timeout N           seconds a case may take [default: 60]
+  --rss-ceiling-mb N    a case stops once RSS passes this many MB [default: 1500]
+";
 
 const CASES: [&str; 3] = ["self-index", "nested", "million"];
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args: Args = common::bench::start(USAGE)?;
     let Some(case) = args.case.clone() else {
         let exe = std::env::current_exe()?;
         for case in CASES {
@@ -100,113 +92,16 @@ fn main() -> anyhow::Result<()> {
     if !CASES.contains(&case.as_str()) {
         bail!("--case must be one of {CASES:?}");
     }
-    if std::env::var_os("RUST_LOG").is_some() {
-        fanfare::telemetry::init();
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = common::bench::app_runtime(None).build()?;
     let result = runtime.block_on(run(&args, &case));
     // A case stopped early may leave a listing running; don't wait for it.
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
 }
 
-/// `VmRSS` and `VmHWM` of this process, in kB.
-fn memory_kb() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-/// Samples RSS every 50 ms on a thread of its own; keeps the peak.
-struct Sampler {
-    peak_kb: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Sampler {
-    fn start() -> Self {
-        let peak_kb = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (peak, stopping) = (peak_kb.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            while !stopping.load(Ordering::Relaxed) {
-                peak.fetch_max(memory_kb().0, Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        });
-        Self {
-            peak_kb,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn peak_mb(&self) -> f64 {
-        self.peak_kb.load(Ordering::Relaxed) as f64 / 1024.0
-    }
-}
-
-impl Drop for Sampler {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// A Lambda API that accepts every invoke and does nothing.
-struct NullLambda;
-
-impl LambdaApi for NullLambda {
-    fn invoke_event(
-        &self,
-        _function: &str,
-        _payload: Vec<u8>,
-    ) -> BoxFuture<'_, Result<Option<String>, InvokeError>> {
-        Box::pin(async { Ok(None) })
-    }
-}
-
-/// A body generated chunk by chunk: `head`, then `count` times `item(i)`
-/// (in chunks of about 64 KiB), then `tail`.
-fn generated(
-    head: String,
-    count: usize,
-    item: impl Fn(usize) -> String + Send + Sync + 'static,
-    tail: String,
-) -> Body {
-    let mut next = 0usize;
-    let mut state = 0u8;
-    let chunks = std::iter::from_fn(move || match state {
-        0 => {
-            state = 1;
-            Some(Bytes::from(head.clone()))
-        }
-        1 if next < count => {
-            let mut chunk = String::with_capacity(70 * 1024);
-            while next < count && chunk.len() < 64 * 1024 {
-                chunk.push_str(&item(next));
-                next += 1;
-            }
-            Some(Bytes::from(chunk))
-        }
-        1 => {
-            state = 2;
-            Some(Bytes::from(tail.clone()))
-        }
-        _ => None,
-    });
-    Body::from_stream(futures::stream::iter(chunks.map(Ok::<_, Infallible>)))
+/// `VmRSS` or `VmHWM` of this process, in MB.
+fn memory_mb(field: &str) -> f64 {
+    status_field(None, field).unwrap_or(0) as f64 / 1024.0
 }
 
 /// Serves the case's document at `/doc`; returns the URL and the request
@@ -255,7 +150,7 @@ async fn run(args: &Args, case: &str) -> anyhow::Result<()> {
 }
 
 async fn measure(args: &Args, case: &str, database_url: &str) -> anyhow::Result<()> {
-    let sampler = Sampler::start();
+    let sampler = Sampler::rss(None)?;
     let (doc_url, hits) = serve(case, args).await?;
     let pages = if case == "self-index" {
         format!("{{ sitemap = \"{doc_url}\" }}")
@@ -268,28 +163,11 @@ async fn measure(args: &Args, case: &str, database_url: &str) -> anyhow::Result<
         .key("max_in_flight", 1)
         .key("max_pages", args.urls.max(1_000_000) + 1)
         .to_string();
-    let settings = Settings::from_toml(&common::config_toml_with(
-        database_url,
-        0,
-        10,
-        CALLBACK_SECRET,
-        ADMIN_TOKEN,
-        &schedule,
-    ))
-    .map_err(|e| anyhow::anyhow!("the bench configuration: {e}"))?;
-    let (address, app) = AppTask::start(
-        settings,
-        Overrides {
-            lambda: Some(Arc::new(NullLambda) as Arc<dyn LambdaApi>),
-            ..Default::default()
-        },
-    )
-    .await;
+    let settings = common::bench::settings(database_url, 10, &schedule)?;
+    let lambda = Arc::new(RecordingLambda::default()) as Arc<dyn LambdaApi>;
+    let (address, app) = common::bench::start_app(settings, Some(lambda)).await?;
     let http = reqwest::Client::new();
-    if !common::wait_ready(&http, &address, Duration::from_secs(10)).await {
-        bail!("the application did not become ready");
-    }
-    let baseline_mb = memory_kb().0 as f64 / 1024.0;
+    let baseline_mb = memory_mb("VmRSS:");
     let started = Instant::now();
     let run = common::trigger(&http, &address, ADMIN_TOKEN, "bench").await;
     let deadline = started + Duration::from_secs(args.timeout);
@@ -310,7 +188,7 @@ async fn measure(args: &Args, case: &str, database_url: &str) -> anyhow::Result<
         if Instant::now() > deadline {
             break (view, Some(format!("timeout after {} s", args.timeout)));
         }
-        if sampler.peak_mb() > args.rss_ceiling_mb as f64 {
+        if sampler.peak() > args.rss_ceiling_mb * 1024 {
             break (
                 view,
                 Some(format!("RSS passed the {} MB ceiling", args.rss_ceiling_mb)),
@@ -320,8 +198,8 @@ async fn measure(args: &Args, case: &str, database_url: &str) -> anyhow::Result<
     };
     let elapsed = started.elapsed();
     std::thread::sleep(Duration::from_millis(100));
-    let peak_mb = sampler.peak_mb();
-    let hwm_mb = memory_kb().1 as f64 / 1024.0;
+    let peak_mb = sampler.peak() as f64 / 1024.0;
+    let hwm_mb = memory_mb("VmHWM:");
     println!("FIGURE case={case} seconds={:.2}", elapsed.as_secs_f64());
     if let Some(why) = &stopped {
         println!("FIGURE case={case} stopped=\"{why}\"");

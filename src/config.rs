@@ -1252,43 +1252,42 @@ impl RawServer {
             }
         }
         .unwrap_or_else(|| Url::parse(PLACEHOLDER_URL).expect("static URL"));
-        // Fields are evaluated in the order written, which is the order the
-        // problems are listed in.
+        // Problems are listed in the order the fields are read here.
+        let [shutdown_grace, header_timeout, body_timeout, idle_timeout] = [
+            ("shutdown_grace", &self.shutdown_grace, 20),
+            ("header_timeout", &self.header_timeout, 10),
+            ("body_timeout", &self.body_timeout, 30),
+            ("idle_timeout", &self.idle_timeout, 75),
+        ]
+        .map(|(key, raw, secs)| {
+            p.duration(
+                &format!("server.{key}"),
+                raw.as_deref(),
+                Duration::from_secs(secs),
+            )
+        });
+        let [max_connections, max_event_streams, max_event_streams_per_session] = [
+            ("max_connections", self.max_connections, 4096),
+            ("max_event_streams", self.max_event_streams, 256),
+            (
+                "max_event_streams_per_session",
+                self.max_event_streams_per_session,
+                8,
+            ),
+        ]
+        .map(|(key, raw, default)| {
+            p.at_least_one(&format!("server.{key}"), raw.unwrap_or(default))
+        });
         ServerSettings {
             listen,
             public_url,
-            shutdown_grace: p.duration(
-                "server.shutdown_grace",
-                self.shutdown_grace.as_deref(),
-                Duration::from_secs(20),
-            ),
-            header_timeout: p.duration(
-                "server.header_timeout",
-                self.header_timeout.as_deref(),
-                Duration::from_secs(10),
-            ),
-            body_timeout: p.duration(
-                "server.body_timeout",
-                self.body_timeout.as_deref(),
-                Duration::from_secs(30),
-            ),
-            idle_timeout: p.duration(
-                "server.idle_timeout",
-                self.idle_timeout.as_deref(),
-                Duration::from_secs(75),
-            ),
-            max_connections: p.at_least_one(
-                "server.max_connections",
-                self.max_connections.unwrap_or(4096),
-            ),
-            max_event_streams: p.at_least_one(
-                "server.max_event_streams",
-                self.max_event_streams.unwrap_or(256),
-            ),
-            max_event_streams_per_session: p.at_least_one(
-                "server.max_event_streams_per_session",
-                self.max_event_streams_per_session.unwrap_or(8),
-            ),
+            shutdown_grace,
+            header_timeout,
+            body_timeout,
+            idle_timeout,
+            max_connections,
+            max_event_streams,
+            max_event_streams_per_session,
             trusted_proxies: trusted_proxies(p, self.trusted_proxies.as_ref()),
         }
     }

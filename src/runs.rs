@@ -185,34 +185,39 @@ impl Runs {
             tracing::info!(%scheduled_for, "the schedule is paused; this fire is skipped");
             return Ok(None);
         }
-        let open = ledger::open_runs_of(&self.pool, name).await?;
-        if !open.is_empty() {
-            match schedule.overlap {
-                Overlap::Allow => {}
-                Overlap::Skip => {
-                    metrics::counter!("fanfare_fires_skipped_total", "schedule" => name.to_string(), "reason" => "overlap").increment(1);
-                    tracing::warn!(%scheduled_for, unfinished = open.len(), "the previous run is unfinished; this fire is skipped (overlap = \"skip\")");
-                    return Ok(None);
+        let buffer = match schedule.overlap {
+            Overlap::Allow => return self.start(name, scheduled_for, trigger).await,
+            Overlap::CancelPrevious => {
+                for run_id in ledger::open_runs_of(&self.pool, name).await? {
+                    tracing::warn!(%run_id, %scheduled_for, "cancelling the unfinished run for a new fire (overlap = \"cancel_previous\")");
+                    self.close_run(run_id, Closing::Cancelled).await?;
                 }
-                Overlap::BufferOne => {
-                    ledger::buffer_fire(&self.pool, name, scheduled_for).await?;
-                    tracing::info!(%scheduled_for, "the previous run is unfinished; this fire waits for it (overlap = \"buffer_one\")");
-                    // The run may have finished meanwhile, with no one left to
-                    // start the buffered fire.
-                    if ledger::open_runs_of(&self.pool, name).await?.is_empty() {
-                        self.start_buffered(name).await;
-                    }
-                    return Ok(None);
-                }
-                Overlap::CancelPrevious => {
-                    for run_id in open {
-                        tracing::warn!(%run_id, %scheduled_for, "cancelling the unfinished run for a new fire (overlap = \"cancel_previous\")");
-                        self.close_run(run_id, Closing::Cancelled).await?;
-                    }
-                }
+                return self.start(name, scheduled_for, trigger).await;
+            }
+            Overlap::Skip => false,
+            Overlap::BufferOne => true,
+        };
+        match ledger::start_run_unless_open(&self.pool, name, scheduled_for, trigger, buffer)
+            .await?
+        {
+            ledger::ExclusiveStart::Started(run_id) => {
+                self.begin(run_id, schedule.clone(), scheduled_for);
+                Ok(Some(run_id))
+            }
+            ledger::ExclusiveStart::Exists => {
+                tracing::info!(%scheduled_for, "run for this fire exists already; nothing to do");
+                Ok(None)
+            }
+            ledger::ExclusiveStart::Open(_) if buffer => {
+                tracing::info!(%scheduled_for, "the previous run is unfinished; this fire waits for it (overlap = \"buffer_one\")");
+                Ok(None)
+            }
+            ledger::ExclusiveStart::Open(unfinished) => {
+                metrics::counter!("fanfare_fires_skipped_total", "schedule" => name.to_string(), "reason" => "overlap").increment(1);
+                tracing::warn!(%scheduled_for, unfinished, "the previous run is unfinished; this fire is skipped (overlap = \"skip\")");
+                Ok(None)
             }
         }
-        self.start(name, scheduled_for, trigger).await
     }
 
     /// Starts the runs of fires missed while no replica was running, per
@@ -284,14 +289,19 @@ impl Runs {
             tracing::info!(schedule, %scheduled_for, "run for this fire exists already; nothing to do");
             return Ok(None);
         };
+        self.begin(run_id, sched, scheduled_for);
+        Ok(Some(run_id))
+    }
+
+    /// Lists a run just created: its first lease is this replica's.
+    fn begin(self: &Arc<Self>, run_id: Uuid, sched: Schedule, scheduled_for: DateTime<Utc>) {
         tracing::Span::current().record("run_id", tracing::field::display(run_id));
-        metrics::counter!("fanfare_runs_started_total", "schedule" => schedule.to_string())
+        metrics::counter!("fanfare_runs_started_total", "schedule" => sched.name.clone())
             .increment(1);
-        tracing::info!(%run_id, schedule, %scheduled_for, source = %sources::describe(&sched.pages), "run started");
+        tracing::info!(%run_id, schedule = %sched.name, %scheduled_for, source = %sources::describe(&sched.pages), "run started");
         let this = self.clone();
         self.tracker
             .spawn(async move { this.list(ledger::Lease::first(run_id), sched).await });
-        Ok(Some(run_id))
     }
 
     /// Takes over the listing of runs whose lister died; returns how many.
@@ -348,54 +358,11 @@ impl Runs {
         let mut reader = AbortOnDrop(tokio::spawn(async move {
             lister.list(&source, limits, tx).await
         }));
-        let mut inserted = 0u64;
-        let mut analyze_at = ledger::ANALYZE_FIRST_AT;
-        let mut failure: Option<String> = None;
-        loop {
-            let batch = tokio::select! {
-                batch = rx.recv() => batch,
-                _ = lost.cancelled() => return,
-            };
-            let Some(batch) = batch else { break };
-            // robots.txt is read once per host per run, as its first URL comes.
-            let filtered = tokio::select! {
-                filtered = polite.filter(batch) => filtered,
-                _ = lost.cancelled() => return,
-            };
-            let (batch, hosts) = match filtered {
-                Ok(filtered) => filtered,
-                Err(e) => {
-                    failure = Some(e.to_string());
-                    break;
-                }
-            };
-            match self.store_batch(&lease, &batch, &hosts).await {
-                Ok(Some(n)) => {
-                    inserted += n;
-                    if inserted >= analyze_at {
-                        // The claim's plan follows the run as it grows.
-                        analyze_at = inserted.saturating_mul(4);
-                        if let Err(e) = ledger::analyze_pages(&self.pool).await {
-                            tracing::warn!(%run_id, error = %e, "could not refresh the statistics of the pages table");
-                        }
-                    }
-                    self.wake_dispatch.notify_one();
-                }
-                Ok(None) => {
-                    tracing::warn!(%run_id, "the run's page list was closed, or its listing taken over; this lister stops");
-                    return;
-                }
-                Err(e) if ledger::is_unavailable(&e) => {
-                    // Left listing: its lease runs out and the run is listed again.
-                    tracing::error!(%run_id, error = %e, "could not store the page list; the listing will be taken over");
-                    return;
-                }
-                Err(e) => {
-                    failure = Some(format!("storing the page list: {e}"));
-                    break;
-                }
-            }
-        }
+        let Some((inserted, failure)) =
+            self.store_listed(&lease, &mut rx, &mut polite, &lost).await
+        else {
+            return;
+        };
         drop(rx);
         let listed = match (&mut reader.0).await {
             Ok(result) => result,
@@ -420,23 +387,7 @@ impl Runs {
             .saturating_sub(inserted)
             .saturating_sub(robots.disallowed_by_robots);
         tracing::info!(%run_id, pages = inserted, duplicates, invalid = stats.invalid, disallowed_by_robots = robots.disallowed_by_robots, "page list read");
-        let mut listing = serde_json::json!({
-            "urls_read": stats.urls,
-            "pages": inserted,
-            "duplicates": duplicates,
-            "invalid": stats.invalid,
-            "invalid_examples": stats.invalid_examples,
-            "oversized_sitemaps": stats.oversized_sitemaps,
-            "sitemap_files": stats.sitemap_files,
-            "repeated_sitemaps": stats.repeated_sitemaps,
-            "foreign_sitemaps": stats.foreign_sitemaps,
-            "foreign_sitemap_examples": stats.foreign_sitemap_examples,
-        });
-        if let (Some(listing), Ok(serde_json::Value::Object(robots))) =
-            (listing.as_object_mut(), serde_json::to_value(robots))
-        {
-            listing.extend(robots);
-        }
+        let listing = listing_summary(&stats, inserted, duplicates, robots);
         match rules::finish_listing(&self.pool, &self.settings, &lease, &listing).await {
             Ok(Some(run)) => self.announce(&run).await,
             Ok(None) => {}
@@ -444,6 +395,64 @@ impl Runs {
             Err(e) => tracing::error!(%run_id, error = %e, "could not record the end of listing"),
         }
         self.wake_dispatch.notify_one();
+    }
+
+    /// Filters each batch the page source sends through the run's
+    /// politeness and stores it, until the source is read out: how many
+    /// pages were inserted, and why the listing fails when it does. `None`
+    /// when this lister must stop (its lease is lost or taken over, or the
+    /// ledger is unreachable).
+    async fn store_listed(
+        &self,
+        lease: &ledger::Lease,
+        rx: &mut mpsc::Receiver<Vec<String>>,
+        polite: &mut crate::robots::Politeness,
+        lost: &CancellationToken,
+    ) -> Option<(u64, Option<String>)> {
+        let run_id = lease.run_id;
+        let mut inserted = 0u64;
+        let mut analyze_at = ledger::ANALYZE_FIRST_AT;
+        loop {
+            let batch = tokio::select! {
+                batch = rx.recv() => batch,
+                _ = lost.cancelled() => return None,
+            };
+            let Some(batch) = batch else {
+                return Some((inserted, None));
+            };
+            // robots.txt is read once per host per run, as its first URL comes.
+            let filtered = tokio::select! {
+                filtered = polite.filter(batch) => filtered,
+                _ = lost.cancelled() => return None,
+            };
+            let (batch, hosts) = match filtered {
+                Ok(filtered) => filtered,
+                Err(e) => return Some((inserted, Some(e.to_string()))),
+            };
+            match self.store_batch(lease, &batch, &hosts).await {
+                Ok(Some(n)) => {
+                    inserted += n;
+                    if inserted >= analyze_at {
+                        // The claim's plan follows the run as it grows.
+                        analyze_at = inserted.saturating_mul(4);
+                        if let Err(e) = ledger::analyze_pages(&self.pool).await {
+                            tracing::warn!(%run_id, error = %e, "could not refresh the statistics of the pages table");
+                        }
+                    }
+                    self.wake_dispatch.notify_one();
+                }
+                Ok(None) => {
+                    tracing::warn!(%run_id, "the run's page list was closed, or its listing taken over; this lister stops");
+                    return None;
+                }
+                Err(e) if ledger::is_unavailable(&e) => {
+                    // Left listing: its lease runs out and the run is listed again.
+                    tracing::error!(%run_id, error = %e, "could not store the page list; the listing will be taken over");
+                    return None;
+                }
+                Err(e) => return Some((inserted, Some(format!("storing the page list: {e}")))),
+            }
+        }
     }
 
     /// The politeness of a listing of `schedule` for run `run_id`, with
@@ -532,64 +541,14 @@ impl Runs {
         } = at;
         let counts = match counts {
             Some(counts) => counts,
-            None if event.depends_on_attempts() => AttemptCounts {
-                site_throttles: ledger::site_throttles(&self.pool, run_id, page_id).await?,
-                max_attempts: self.max_attempts_of(run_id).await?,
-            },
-            // Decided without them: any counts do.
-            None => AttemptCounts {
-                site_throttles: 0,
-                max_attempts: 1,
-            },
+            None => self.attempt_counts(run_id, page_id, &event).await?,
         };
-        // Whether an unrendered-looking page goes on to the browser is its
-        // schedule's `render`.
-        let event = match event {
-            Event::LooksUnrendered { .. } => {
-                let schedule = ledger::run_schedule(&self.pool, run_id).await?;
-                let schedule = schedule.and_then(|s| self.settings.schedule(&s));
-                let auto = schedule.filter(|s| s.render.mode == RenderMode::Auto);
-                if let Some(schedule) = auto {
-                    // Counted before the page is requeued, so that no claim
-                    // of the host's next page can come before it.
-                    self.note_escalation(schedule, run_id, page_id, attempt)
-                        .await;
-                }
-                Event::LooksUnrendered {
-                    auto: auto.is_some(),
-                }
-            }
-            Event::SiteThrottled {
-                error, retry_after, ..
-            } => Event::SiteThrottled {
-                error,
-                retry_after,
-                throttles: counts.site_throttles.max(0) as u32,
-            },
-            other => other,
-        };
+        let event = self
+            .settle_event(event, run_id, page_id, attempt, counts)
+            .await?;
         let counted = attempt - counts.site_throttles;
         let (change, retried) = match page::next(counted, counts.max_attempts, event) {
-            Next::Requeue {
-                after,
-                uses_attempt,
-                reason,
-                error,
-            } => {
-                let message = error.message.clone();
-                let change = PageChange::Requeue {
-                    after,
-                    error,
-                    // The site's throttles keep the attempt's number
-                    // (its report may still be delivered again) and
-                    // are counted apart; Lambda's give it back.
-                    refund: !uses_attempt
-                        && !matches!(reason, RetryReason::SiteThrottled | RetryReason::Render),
-                    site_throttle: reason == RetryReason::SiteThrottled,
-                    to_browser: reason == RetryReason::Render,
-                };
-                (change, Some((reason, uses_attempt, after, message)))
-            }
+            Next::Requeue(retry) => (retry.change(), Some(retry)),
             Next::Terminal(status, error) => {
                 let found = if status == PageStatus::Succeeded && !links.is_empty() {
                     self.discoverer.judge(run_id, links).await?
@@ -618,16 +577,8 @@ impl Runs {
         };
         Ok(match (self.recorder.record(write).await?, retried) {
             (Recorded::Unchanged, _) => Handled::Stale,
-            (Recorded::Changed { .. }, Some((reason, uses_attempt, after, message))) => {
-                metrics::counter!("fanfare_pages_retried_total", "reason" => reason.as_str())
-                    .increment(1);
-                if reason == RetryReason::SiteThrottled {
-                    metrics::counter!("fanfare_host_throttled_total").increment(1);
-                }
-                if reason == RetryReason::Render {
-                    metrics::counter!("fanfare_pages_escalated_total").increment(1);
-                }
-                tracing::info!(%run_id, page_id, attempt, reason = reason.as_str(), uses_attempt, retry_in = ?after, error = %message, "the page will be dispatched again");
+            (Recorded::Changed { .. }, Some(retry)) => {
+                note_retry(run_id, page_id, attempt, &retry);
                 Handled::Requeued
             }
             (Recorded::Changed { finished }, None) => {
@@ -639,6 +590,65 @@ impl Runs {
                 }
                 Handled::Recorded { finished }
             }
+        })
+    }
+
+    /// The counts of page `page_id` of run `run_id` that `event`'s next
+    /// state depends on, read from the ledger when it depends on them.
+    async fn attempt_counts(
+        &self,
+        run_id: Uuid,
+        page_id: i64,
+        event: &Event,
+    ) -> Result<AttemptCounts, sqlx::Error> {
+        if !event.depends_on_attempts() {
+            // Decided without them: any counts do.
+            return Ok(AttemptCounts {
+                site_throttles: 0,
+                max_attempts: 1,
+            });
+        }
+        Ok(AttemptCounts {
+            site_throttles: ledger::site_throttles(&self.pool, run_id, page_id).await?,
+            max_attempts: self.max_attempts_of(run_id).await?,
+        })
+    }
+
+    /// `event` with what the report could not know filled in: whether an
+    /// unrendered-looking page goes on to the browser (its schedule's
+    /// `render`; counted for its host when it does) and how often the
+    /// page's site throttled it before.
+    async fn settle_event(
+        &self,
+        event: Event,
+        run_id: Uuid,
+        page_id: i64,
+        attempt: i32,
+        counts: AttemptCounts,
+    ) -> Result<Event, sqlx::Error> {
+        Ok(match event {
+            Event::LooksUnrendered { .. } => {
+                let schedule = ledger::run_schedule(&self.pool, run_id).await?;
+                let schedule = schedule.and_then(|s| self.settings.schedule(&s));
+                let auto = schedule.filter(|s| s.render.mode == RenderMode::Auto);
+                if let Some(schedule) = auto {
+                    // Counted before the page is requeued, so that no claim
+                    // of the host's next page can come before it.
+                    self.note_escalation(schedule, run_id, page_id, attempt)
+                        .await;
+                }
+                Event::LooksUnrendered {
+                    auto: auto.is_some(),
+                }
+            }
+            Event::SiteThrottled {
+                error, retry_after, ..
+            } => Event::SiteThrottled {
+                error,
+                retry_after,
+                throttles: counts.site_throttles.max(0) as u32,
+            },
+            other => other,
         })
     }
 
@@ -746,15 +756,16 @@ impl Runs {
         let Some(this) = self.me.upgrade() else {
             return;
         };
-        match ledger::take_buffered_fire(&self.pool, schedule).await {
-            Ok(Some(fire)) => {
+        let Some(sched) = self.settings.schedule(schedule).cloned() else {
+            return;
+        };
+        match ledger::start_buffered_run(&self.pool, schedule).await {
+            Ok(Some((run_id, fire))) => {
                 tracing::info!(schedule, scheduled_for = %fire, "starting the buffered fire");
-                if let Err(e) = this.start(schedule, fire, Trigger::Cron).await {
-                    tracing::error!(schedule, error = %e, "could not start the buffered fire");
-                }
+                this.begin(run_id, sched, fire);
             }
             Ok(None) => {}
-            Err(e) => tracing::error!(schedule, error = %e, "could not read the buffered fire"),
+            Err(e) => tracing::error!(schedule, error = %e, "could not start the buffered fire"),
         }
     }
 }
@@ -793,4 +804,46 @@ impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// What reading a run's page source found, as stored in `runs.listing`:
+/// the source's counts and examples, the pages inserted, the duplicates
+/// and what robots.txt held back.
+fn listing_summary(
+    stats: &sources::ListStats,
+    inserted: u64,
+    duplicates: u64,
+    robots: &crate::robots::RobotsStats,
+) -> serde_json::Value {
+    let mut listing = serde_json::json!({
+        "urls_read": stats.urls,
+        "pages": inserted,
+        "duplicates": duplicates,
+        "invalid": stats.invalid,
+        "invalid_examples": stats.invalid_examples,
+        "oversized_sitemaps": stats.oversized_sitemaps,
+        "sitemap_files": stats.sitemap_files,
+        "repeated_sitemaps": stats.repeated_sitemaps,
+        "foreign_sitemaps": stats.foreign_sitemaps,
+        "foreign_sitemap_examples": stats.foreign_sitemap_examples,
+    });
+    if let (Some(listing), Ok(serde_json::Value::Object(robots))) =
+        (listing.as_object_mut(), serde_json::to_value(robots))
+    {
+        listing.extend(robots);
+    }
+    listing
+}
+
+/// Counts and logs a recorded retry of page `page_id`'s `attempt`.
+fn note_retry(run_id: Uuid, page_id: i64, attempt: i32, retry: &page::Retry) {
+    let reason = retry.reason;
+    metrics::counter!("fanfare_pages_retried_total", "reason" => reason.as_str()).increment(1);
+    if reason == RetryReason::SiteThrottled {
+        metrics::counter!("fanfare_host_throttled_total").increment(1);
+    }
+    if reason == RetryReason::Render {
+        metrics::counter!("fanfare_pages_escalated_total").increment(1);
+    }
+    tracing::info!(%run_id, page_id, attempt, reason = reason.as_str(), uses_attempt = retry.uses_attempt, retry_in = ?retry.after, error = %retry.error.message, "the page will be dispatched again");
 }

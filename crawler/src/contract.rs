@@ -544,6 +544,22 @@ impl Outcome {
 }
 
 impl ErrorKind {
+    /// Every kind, in the order declared (`Other` last).
+    pub const ALL: [ErrorKind; 12] = [
+        ErrorKind::Timeout,
+        ErrorKind::Dns,
+        ErrorKind::Connect,
+        ErrorKind::Tls,
+        ErrorKind::HttpStatus,
+        ErrorKind::TooLarge,
+        ErrorKind::Redirect,
+        ErrorKind::InvalidUrl,
+        ErrorKind::Body,
+        ErrorKind::InvalidSelector,
+        ErrorKind::Blocked,
+        ErrorKind::Other,
+    ];
+
     /// The snake_case name used on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -749,21 +765,7 @@ mod tests {
 
     #[test]
     fn every_error_kind_name_matches_its_wire_name() {
-        use ErrorKind::*;
-        for kind in [
-            Timeout,
-            Dns,
-            Connect,
-            Tls,
-            HttpStatus,
-            TooLarge,
-            Redirect,
-            InvalidUrl,
-            Body,
-            InvalidSelector,
-            Blocked,
-            Other,
-        ] {
+        for kind in ErrorKind::ALL {
             assert_eq!(
                 serde_json::to_value(kind).unwrap(),
                 serde_json::Value::String(kind.as_str().to_string())

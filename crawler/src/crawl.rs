@@ -5,7 +5,7 @@
 //! [`ErrorKind`] and a `retryable` flag; it never panics and never returns a
 //! Rust error, because a failed page is a result to report, not a crash.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::error::Error as StdError;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -408,39 +408,7 @@ impl Crawler {
         // budget in between.
         let timeout = self.config.timeout;
         let started = Instant::now();
-        // Checked by the daemon's configuration; a bad one is ignored.
-        let agent = request
-            .user_agent
-            .as_deref()
-            .and_then(|agent| reqwest::header::HeaderValue::from_str(agent).ok());
-        let proxy = self.proxy_for(request)?;
-        // With `blocked`, the direct fetch and the one through the proxy
-        // share the one timeout: the retry happens inside this attempt, so
-        // the ledger's accounting of attempts is the same either way.
-        let send = async {
-            match &proxy {
-                None => Ok((self.send_direct(&url, agent.as_ref()).await?, false)),
-                Some((proxy, ProxyOn::Always)) => {
-                    Ok((self.send_proxied(proxy, &url, agent.as_ref()).await?, true))
-                }
-                Some((proxy, ProxyOn::Blocked)) => {
-                    match self.send_direct(&url, agent.as_ref()).await {
-                        Err(error) if refused_by_site(&error) => {
-                            tracing::info!(
-                                reason = %error,
-                                proxy = %proxy,
-                                "the site refused the direct fetch; fetching through the proxy"
-                            );
-                            Ok((self.send_proxied(proxy, &url, agent.as_ref()).await?, true))
-                        }
-                        direct => Ok((direct?, false)),
-                    }
-                }
-            }
-        };
-        let (mut response, via_proxy) = tokio::time::timeout(timeout, send)
-            .await
-            .map_err(|_| self.timed_out(&url, "no response headers in time"))??;
+        let (mut response, via_proxy) = self.send(request, &url, timeout).await?;
         let mut fetching = started.elapsed();
         let status = response.status();
         if let Some(length) = response.content_length() {
@@ -463,31 +431,10 @@ impl Crawler {
             None => None,
         };
 
-        // The body is kept as the chunks it came in, not copied into one
-        // buffer: the parser takes them one at a time and each is freed
-        // once fed.
         let reading = Instant::now();
-        let mut body = Vec::new();
-        let mut bytes = 0u64;
-        let mut hasher = Sha256::new();
-        let read = async {
-            while let Some(chunk) = response
-                .chunk()
-                .await
-                .map_err(|e| self.classify(&e, &final_url))?
-            {
-                if bytes + chunk.len() as u64 > max {
-                    return Err(too_large(&final_url, max, "more than that"));
-                }
-                hasher.update(&chunk);
-                bytes += chunk.len() as u64;
-                body.push(chunk);
-            }
-            Ok(())
-        };
-        tokio::time::timeout(timeout.saturating_sub(fetching), read)
-            .await
-            .map_err(|_| self.timed_out(&final_url, "the body did not arrive in time"))??;
+        let (body, bytes, content_sha256) = self
+            .read_body(&mut response, &final_url, timeout.saturating_sub(fetching))
+            .await?;
         fetching += reading.elapsed();
         let fetch_ms = u64::try_from(fetching.as_millis()).unwrap_or(u64::MAX);
 
@@ -500,43 +447,102 @@ impl Crawler {
             parsing = Some(self.hold_parse_budget(weight).await);
         }
         let _parsing = parsing;
-        // Parsing a large page takes a CPU for a long while (hundreds of ms
-        // for 10 MiB): on a blocking thread, never on the async runtime's
-        // workers, which serve the daemon's HTTP and dispatch. The body is
-        // moved in and freed there, chunk by chunk as it is parsed.
-        let links_wanted = request.links;
-        let page_url = final_url.clone();
-        let (title, fields, links, looks_unrendered) = tokio::task::spawn_blocking(move || {
-            let document = parse(body, charset.as_deref());
-            let (title, fields) = extractor.extract(&document, &page_url);
-            let links = links_wanted
-                .map(|wanted| links_of(&document, &page_url, wanted))
-                .unwrap_or_default();
-            let shell =
-                fields.values().any(serde_json::Value::is_null) && looks_like_app_shell(&document);
-            (title, fields, links, shell)
-        })
-        .await
-        .map_err(|e| {
-            CrawlError::new(
-                ErrorKind::Other,
-                format!("{final_url}: extracting the page's facts failed: {e}"),
-                false,
-            )
-        })?;
+        let page = extract_apart(
+            move || parse(body, charset.as_deref()),
+            extractor,
+            &final_url,
+            request.links,
+            Judge::AppShell,
+        )
+        .await?;
         Ok(PageFacts {
             http_status: status.as_u16(),
-            title,
-            fields,
+            title: page.title,
+            fields: page.fields,
             bytes,
-            content_sha256: hex::encode(hasher.finalize()),
+            content_sha256,
             fetch_ms,
             via_proxy,
-            links,
+            links: page.links,
             rendered: false,
-            looks_unrendered,
+            looks_unrendered: page.looks_unrendered,
             served_sufficed: false,
         })
+    }
+
+    /// Sends the request for `url` within `timeout`, directly or through
+    /// the proxy as the request asks: the response (headers read, body
+    /// not) and whether it came through the proxy.
+    async fn send(
+        &self,
+        request: &CrawlRequest,
+        url: &Url,
+        timeout: Duration,
+    ) -> Result<(reqwest::Response, bool), CrawlError> {
+        // Checked by the daemon's configuration; a bad one is ignored.
+        let agent = request
+            .user_agent
+            .as_deref()
+            .and_then(|agent| reqwest::header::HeaderValue::from_str(agent).ok());
+        let proxy = self.proxy_for(request)?;
+        // With `blocked`, the direct fetch and the one through the proxy
+        // share the one timeout: the retry happens inside this attempt, so
+        // the ledger's accounting of attempts is the same either way.
+        let send = async {
+            match &proxy {
+                None => Ok((self.send_direct(url, agent.as_ref()).await?, false)),
+                Some((proxy, ProxyOn::Always)) => {
+                    Ok((self.send_proxied(proxy, url, agent.as_ref()).await?, true))
+                }
+                Some((proxy, ProxyOn::Blocked)) => {
+                    match self.send_direct(url, agent.as_ref()).await {
+                        Err(error) if refused_by_site(&error) => {
+                            tracing::info!(
+                                reason = %error,
+                                proxy = %proxy,
+                                "the site refused the direct fetch; fetching through the proxy"
+                            );
+                            Ok((self.send_proxied(proxy, url, agent.as_ref()).await?, true))
+                        }
+                        direct => Ok((direct?, false)),
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(timeout, send)
+            .await
+            .map_err(|_| self.timed_out(url, "no response headers in time"))?
+    }
+
+    /// Reads the response's body within `time_left`, at most
+    /// [`CrawlerConfig::max_body_bytes`]: the chunks it came in, its size
+    /// and its SHA-256 (hex). The chunks are not copied into one buffer:
+    /// the parser takes them one at a time and each is freed once fed.
+    async fn read_body(
+        &self,
+        response: &mut reqwest::Response,
+        url: &Url,
+        time_left: Duration,
+    ) -> Result<(Vec<impl AsRef<[u8]> + Send + 'static>, u64, String), CrawlError> {
+        let max = self.config.max_body_bytes;
+        let mut body = Vec::new();
+        let mut bytes = 0u64;
+        let mut hasher = Sha256::new();
+        let read = async {
+            while let Some(chunk) = response.chunk().await.map_err(|e| self.classify(&e, url))? {
+                if bytes + chunk.len() as u64 > max {
+                    return Err(too_large(url, max, "more than that"));
+                }
+                hasher.update(&chunk);
+                bytes += chunk.len() as u64;
+                body.push(chunk);
+            }
+            Ok(())
+        };
+        tokio::time::timeout(time_left, read)
+            .await
+            .map_err(|_| self.timed_out(url, "the body did not arrive in time"))??;
+        Ok((body, bytes, hex::encode(hasher.finalize())))
     }
 
     /// Renders the page in the browser and extracts from the rendered
@@ -589,44 +595,28 @@ impl Crawler {
         let content_sha256 = hex::encode(Sha256::digest(rendered.html.as_bytes()));
         let _parsing = self.hold_parse_budget(self.parse_weight(bytes)).await;
         let html = rendered.html;
-        let served = rendered.served;
-        let page_url = url.clone();
-        let links_wanted = request.links;
-        let (title, fields, links, served_sufficed) = tokio::task::spawn_blocking(move || {
-            // The plain fetch's verdict on the document as served: whether
-            // this page needed the browser at all.
-            let served = parse([served], None);
-            let (_, served_fields) = extractor.extract(&served, &page_url);
-            let served_sufficed = !(served_fields.values().any(serde_json::Value::is_null)
-                && looks_like_app_shell(&served));
-            drop(served);
-            let document = Html::parse_document(&html);
-            let (title, fields) = extractor.extract(&document, &page_url);
-            let links = links_wanted
-                .map(|wanted| links_of(&document, &page_url, wanted))
-                .unwrap_or_default();
-            (title, fields, links, served_sufficed)
-        })
-        .await
-        .map_err(|e| {
-            CrawlError::new(
-                ErrorKind::Other,
-                format!("{url}: extracting the rendered page's facts failed: {e}"),
-                false,
-            )
-        })?;
+        let page = extract_apart(
+            move || Html::parse_document(&html),
+            extractor,
+            url,
+            request.links,
+            Judge::Rendered {
+                served: rendered.served,
+            },
+        )
+        .await?;
         Ok(PageFacts {
             http_status: rendered.http_status,
-            title,
-            fields,
+            title: page.title,
+            fields: page.fields,
             bytes,
             content_sha256,
             fetch_ms: rendered.render_ms,
             via_proxy: proxy.is_some(),
-            links,
+            links: page.links,
             rendered: true,
             looks_unrendered: false,
-            served_sufficed,
+            served_sufficed: page.served_sufficed,
         })
     }
 
@@ -792,54 +782,34 @@ impl Crawler {
         }
         let detail = chain_text(error);
         if error.is_timeout() {
-            return CrawlError::new(
-                ErrorKind::Timeout,
-                format!(
-                    "{url} did not answer in full within {:?}: {detail}",
-                    self.config.timeout
-                ),
-                true,
-            );
+            return self.timed_out(url, &detail);
         }
-        if error.is_redirect() {
-            return CrawlError::new(
-                ErrorKind::Redirect,
-                format!(
-                    "{url} redirected more than {} times (or in a loop): {detail}",
-                    self.config.max_redirects
-                ),
-                false,
-            );
-        }
-        if error.is_builder() {
-            return CrawlError::new(
-                ErrorKind::InvalidUrl,
-                format!("{url} cannot be fetched: {detail}"),
-                false,
-            );
-        }
-        if let Some(kind) = kind_from_sources(error) {
-            let retryable = !matches!(kind, ErrorKind::Tls);
-            return CrawlError::new(kind, format!("{url}: {detail}"), retryable);
-        }
-        if error.is_connect() {
-            return CrawlError::new(ErrorKind::Connect, format!("{url}: {detail}"), true);
-        }
-        if error.is_decode() {
-            return CrawlError::new(
-                ErrorKind::Body,
-                format!("{url} sent a body that could not be decoded: {detail}"),
-                false,
-            );
-        }
-        if error.is_body() {
-            return CrawlError::new(
-                ErrorKind::Body,
-                format!("{url}: the body could not be read: {detail}"),
-                true,
-            );
-        }
-        CrawlError::new(ErrorKind::Other, format!("{url}: {detail}"), true)
+        let (kind, message, retryable) = if error.is_redirect() {
+            let most = self.config.max_redirects;
+            let message =
+                format!("{url} redirected more than {most} times (or in a loop): {detail}");
+            (ErrorKind::Redirect, message, false)
+        } else if error.is_builder() {
+            let message = format!("{url} cannot be fetched: {detail}");
+            (ErrorKind::InvalidUrl, message, false)
+        } else if let Some(kind) = kind_from_sources(error) {
+            (
+                kind,
+                format!("{url}: {detail}"),
+                !matches!(kind, ErrorKind::Tls),
+            )
+        } else if error.is_connect() {
+            (ErrorKind::Connect, format!("{url}: {detail}"), true)
+        } else if error.is_decode() {
+            let message = format!("{url} sent a body that could not be decoded: {detail}");
+            (ErrorKind::Body, message, false)
+        } else if error.is_body() {
+            let message = format!("{url}: the body could not be read: {detail}");
+            (ErrorKind::Body, message, true)
+        } else {
+            (ErrorKind::Other, format!("{url}: {detail}"), true)
+        };
+        CrawlError::new(kind, message, retryable)
     }
 }
 
@@ -969,6 +939,82 @@ fn retry_after(headers: &reqwest::header::HeaderMap, now: SystemTime) -> Option<
     }
     let at = httpdate::parse_http_date(value).ok()?;
     Some(at.duration_since(now).map_or(0, |d| d.as_secs()))
+}
+
+/// Which document [`extract_apart`] reads: one as served, which may turn
+/// out to be an app shell, or one a browser rendered (with the document as
+/// served, which the plain fetch's test is applied to).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Judge {
+    AppShell,
+    Rendered { served: Vec<u8> },
+}
+
+/// What a page's document gave.
+struct Extracted {
+    title: Option<String>,
+    fields: BTreeMap<String, serde_json::Value>,
+    links: Vec<String>,
+    /// A field found nothing and the document looks like an app shell
+    /// (only judged for a document as served).
+    looks_unrendered: bool,
+    /// A rendered page's document as served would not have looked
+    /// unrendered: a plain fetch would have done.
+    served_sufficed: bool,
+}
+
+/// Parses a document with `parse` and extracts its facts (and its links,
+/// when `links` asks for them) with `page` as its URL. Parsing a large page
+/// takes a CPU for a long while (hundreds of ms for 10 MiB): on a blocking
+/// thread, never on the async runtime's workers, which serve the daemon's
+/// HTTP and dispatch. What `parse` holds (the body) is moved in and freed
+/// there.
+async fn extract_apart(
+    parse: impl FnOnce() -> Html + Send + 'static,
+    extractor: Extractor,
+    page: &Url,
+    links: Option<LinksWanted>,
+    judge: Judge,
+) -> Result<Extracted, CrawlError> {
+    let page_url = page.clone();
+    let what = match judge {
+        Judge::AppShell => "page",
+        Judge::Rendered { .. } => "rendered page",
+    };
+    tokio::task::spawn_blocking(move || {
+        let unrendered = |document: &Html, fields: &BTreeMap<String, serde_json::Value>| {
+            fields.values().any(serde_json::Value::is_null) && looks_like_app_shell(document)
+        };
+        let (looks_unrendered, served_sufficed) = match judge {
+            Judge::AppShell => (None, false),
+            Judge::Rendered { served } => {
+                let served = self::parse([served], None);
+                let (_, served_fields) = extractor.extract(&served, &page_url);
+                (Some(false), !unrendered(&served, &served_fields))
+            }
+        };
+        let document = parse();
+        let (title, fields) = extractor.extract(&document, &page_url);
+        let links = links
+            .map(|wanted| links_of(&document, &page_url, wanted))
+            .unwrap_or_default();
+        let looks_unrendered = looks_unrendered.unwrap_or_else(|| unrendered(&document, &fields));
+        Extracted {
+            title,
+            fields,
+            links,
+            looks_unrendered,
+            served_sufficed,
+        }
+    })
+    .await
+    .map_err(|e| {
+        CrawlError::new(
+            ErrorKind::Other,
+            format!("{page}: extracting the {what}'s facts failed: {e}"),
+            false,
+        )
+    })
 }
 
 fn too_large(url: &Url, max: u64, seen: &str) -> CrawlError {
@@ -1466,25 +1512,30 @@ mod tests {
         .unwrap()
     }
 
-    #[test]
-    fn oversized_report_becomes_a_too_large_failure() {
-        let request = a_request(3);
-        let fields = (0..64)
-            .map(|i| (format!("f{i}"), "x".repeat(MAX_TEXT_BYTES).into()))
-            .collect();
-        let facts = PageFacts {
+    /// A page's facts with `count` fields of [`MAX_TEXT_BYTES`] each and
+    /// `links`.
+    fn full_fields(count: usize, links: Vec<String>) -> PageFacts {
+        PageFacts {
             http_status: 200,
             title: None,
-            fields,
+            fields: (0..count)
+                .map(|i| (format!("f{i}"), "x".repeat(MAX_TEXT_BYTES).into()))
+                .collect(),
             bytes: 1,
             content_sha256: "00".into(),
             fetch_ms: 1,
             via_proxy: false,
-            links: Vec::new(),
+            links,
             rendered: false,
             looks_unrendered: false,
             served_sufficed: false,
-        };
+        }
+    }
+
+    #[test]
+    fn oversized_report_becomes_a_too_large_failure() {
+        let request = a_request(3);
+        let facts = full_fields(64, Vec::new());
         let report = fit_report(Report::for_request(&request, Outcome::Succeeded(facts)));
         let error = report.outcome.error().expect("replaced by a failure");
         assert_eq!(error.kind, ErrorKind::TooLarge);
@@ -1584,25 +1635,10 @@ mod tests {
     #[test]
     fn an_oversized_report_sheds_links_before_it_fails() {
         let request = a_request(1);
-        let fields = (0..20)
-            .map(|i| (format!("f{i}"), "x".repeat(MAX_TEXT_BYTES).into()))
-            .collect();
         let links: Vec<String> = (0..2000)
             .map(|i| format!("https://a.example/{i}/{}", "z".repeat(100)))
             .collect();
-        let facts = PageFacts {
-            http_status: 200,
-            title: None,
-            fields,
-            bytes: 1,
-            content_sha256: "00".into(),
-            fetch_ms: 1,
-            via_proxy: false,
-            links: links.clone(),
-            rendered: false,
-            looks_unrendered: false,
-            served_sufficed: false,
-        };
+        let facts = full_fields(20, links.clone());
         let report = fit_report(Report::for_request(&request, Outcome::Succeeded(facts)));
         let kept = &report.outcome.facts().expect("still a success").links;
         assert!(

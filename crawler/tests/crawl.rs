@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,14 +12,13 @@ use axum::http::{header, StatusCode};
 use axum::response::Redirect;
 use axum::routing::get;
 use axum::Router;
-use chrono::{TimeZone, Utc};
 use fanfare_crawler::netguard::NetPolicy;
 use fanfare_crawler::{
-    CallbackError, CallbackStatus, CrawlError, CrawlRequest, Crawler, CrawlerConfig, ErrorKind,
-    Outcome, PageFacts, Report, CONTRACT_VERSION,
+    CallbackAck, CallbackError, CallbackStatus, CrawlError, CrawlRequest, Crawler, CrawlerConfig,
+    ErrorKind, Outcome, PageFacts, Report, CONTRACT_VERSION,
 };
 use sha2::{Digest, Sha256};
-use support::{serve, Receiver};
+use support::{request, serve, Receiver};
 
 const PAGE: &str = "<!doctype html>
 <html><head><title>
@@ -52,24 +50,6 @@ fn config() -> CrawlerConfig {
 
 fn crawler() -> Crawler {
     Crawler::new(config()).unwrap()
-}
-
-fn request(url: impl Into<String>) -> CrawlRequest {
-    CrawlRequest {
-        version: CONTRACT_VERSION,
-        run_id: "run-1".into(),
-        page_id: "page-1".into(),
-        attempt: 1,
-        url: url.into(),
-        extract: BTreeMap::new(),
-        callback_url: "http://127.0.0.1:9/v1/callbacks".into(),
-        callback_token: "token-1".into(),
-        user_agent: None,
-        proxy: None,
-        render: None,
-        deadline: Utc.with_ymd_and_hms(2026, 11, 26, 3, 5, 0).unwrap(),
-        links: None,
-    }
 }
 
 fn with_fields(mut request: CrawlRequest, fields: &[(&str, &str)]) -> CrawlRequest {
@@ -181,36 +161,21 @@ async fn page_in_latin1_is_decoded_by_its_declared_charset() {
 }
 
 #[tokio::test]
-async fn not_found_fails_as_http_status_without_retry() {
-    let url = status_page(StatusCode::NOT_FOUND).await;
+async fn error_statuses_fail_as_http_status_retried_for_503_and_429_and_not_for_404() {
+    for (status, retryable) in [
+        (StatusCode::NOT_FOUND, false),
+        (StatusCode::SERVICE_UNAVAILABLE, true),
+        (StatusCode::TOO_MANY_REQUESTS, true),
+    ] {
+        let url = status_page(status).await;
 
-    let error = failure(crawler().crawl(&request(&url)).await);
+        let error = failure(crawler().crawl(&request(&url)).await);
 
-    assert_eq!(error.kind, ErrorKind::HttpStatus);
-    assert!(!error.retryable);
-    assert!(error.message.contains("404"), "{}", error.message);
-}
-
-#[tokio::test]
-async fn service_unavailable_fails_as_http_status_with_retry() {
-    let url = status_page(StatusCode::SERVICE_UNAVAILABLE).await;
-
-    let error = failure(crawler().crawl(&request(&url)).await);
-
-    assert_eq!(error.kind, ErrorKind::HttpStatus);
-    assert!(error.retryable);
-    assert!(error.message.contains("503"), "{}", error.message);
-}
-
-#[tokio::test]
-async fn too_many_requests_fails_as_http_status_with_retry() {
-    let url = status_page(StatusCode::TOO_MANY_REQUESTS).await;
-
-    let error = failure(crawler().crawl(&request(&url)).await);
-
-    assert_eq!(error.kind, ErrorKind::HttpStatus);
-    assert!(error.retryable);
-    assert!(error.message.contains("429"), "{}", error.message);
+        assert_eq!(error.kind, ErrorKind::HttpStatus, "{status}");
+        assert_eq!(error.retryable, retryable, "{status}");
+        let code = status.as_u16().to_string();
+        assert!(error.message.contains(&code), "{status}: {}", error.message);
+    }
 }
 
 #[tokio::test]
@@ -503,6 +468,23 @@ fn failed_report(request: &CrawlRequest) -> Report {
     )
 }
 
+/// Sends a failed report about a page to `callback_url`, trying
+/// `attempts` times (the test crawler's number when `None`).
+async fn report_failure(
+    callback_url: String,
+    attempts: Option<u32>,
+) -> Result<CallbackAck, CallbackError> {
+    let mut request = request("https://shop.example.com/item/1");
+    request.callback_url = callback_url;
+    let defaults = config();
+    let crawler = Crawler::new(CrawlerConfig {
+        callback_attempts: attempts.unwrap_or(defaults.callback_attempts),
+        ..defaults
+    })
+    .unwrap();
+    crawler.report(&request, &failed_report(&request)).await
+}
+
 #[tokio::test]
 async fn report_is_posted_with_the_bearer_token_and_exact_json() {
     let (receiver, callback_url) = Receiver::start(&[]).await;
@@ -553,13 +535,8 @@ async fn callback_is_retried_after_two_503s_then_recorded() {
 async fn callback_rejected_with_401_is_not_retried() {
     let (receiver, callback_url) =
         Receiver::start(&[(StatusCode::UNAUTHORIZED, "invalid task token")]).await;
-    let mut request = request("https://shop.example.com/item/1");
-    request.callback_url = callback_url;
 
-    let error = crawler()
-        .report(&request, &failed_report(&request))
-        .await
-        .unwrap_err();
+    let error = report_failure(callback_url, None).await.unwrap_err();
 
     assert!(
         matches!(&error, CallbackError::Rejected { status: 401, body } if body == "invalid task token"),
@@ -574,18 +551,8 @@ async fn callback_rejected_with_401_is_not_retried() {
 async fn callback_that_keeps_failing_gives_up_after_the_configured_attempts() {
     let unavailable = (StatusCode::BAD_GATEWAY, "down");
     let (receiver, callback_url) = Receiver::start(&[unavailable; 10]).await;
-    let mut request = request("https://shop.example.com/item/1");
-    request.callback_url = callback_url;
-    let crawler = Crawler::new(CrawlerConfig {
-        callback_attempts: 3,
-        ..config()
-    })
-    .unwrap();
 
-    let error = crawler
-        .report(&request, &failed_report(&request))
-        .await
-        .unwrap_err();
+    let error = report_failure(callback_url, Some(3)).await.unwrap_err();
 
     assert!(
         matches!(&error, CallbackError::Exhausted { attempts: 3, last } if last.contains("502")),
@@ -599,18 +566,9 @@ async fn callback_to_a_refused_port_is_retried_then_gives_up() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     drop(listener);
-    let mut request = request("https://shop.example.com/item/1");
-    request.callback_url = format!("http://{addr}/v1/callbacks");
-    let crawler = Crawler::new(CrawlerConfig {
-        callback_attempts: 2,
-        ..config()
-    })
-    .unwrap();
 
-    let error = crawler
-        .report(&request, &failed_report(&request))
-        .await
-        .unwrap_err();
+    let refused = format!("http://{addr}/v1/callbacks");
+    let error = report_failure(refused, Some(2)).await.unwrap_err();
 
     assert!(
         matches!(&error, CallbackError::Exhausted { attempts: 2, .. }),
@@ -622,13 +580,8 @@ async fn callback_to_a_refused_port_is_retried_then_gives_up() {
 async fn duplicate_acknowledgement_is_returned_as_duplicate() {
     let (_receiver, callback_url) =
         Receiver::start(&[(StatusCode::OK, r#"{"status":"duplicate"}"#)]).await;
-    let mut request = request("https://shop.example.com/item/1");
-    request.callback_url = callback_url;
 
-    let ack = crawler()
-        .report(&request, &failed_report(&request))
-        .await
-        .unwrap();
+    let ack = report_failure(callback_url, None).await.unwrap();
 
     assert_eq!(ack.status, CallbackStatus::Duplicate);
 }
@@ -636,13 +589,8 @@ async fn duplicate_acknowledgement_is_returned_as_duplicate() {
 #[tokio::test]
 async fn unreadable_acknowledgement_is_an_error_and_not_retried() {
     let (receiver, callback_url) = Receiver::start(&[(StatusCode::OK, "ok!")]).await;
-    let mut request = request("https://shop.example.com/item/1");
-    request.callback_url = callback_url;
 
-    let error = crawler()
-        .report(&request, &failed_report(&request))
-        .await
-        .unwrap_err();
+    let error = report_failure(callback_url, None).await.unwrap_err();
 
     assert!(
         matches!(&error, CallbackError::BadAck { status: 200, .. }),

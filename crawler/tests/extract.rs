@@ -1,7 +1,6 @@
 //! Structured extraction on the test pages in `tests/pages/` (real-world
 //! markup shapes), crawled from a loopback server by the crawler's own code.
 
-#[allow(dead_code)] // Only its `serve` is used here.
 mod support;
 
 use std::time::Duration;
@@ -10,11 +9,10 @@ use axum::routing::get;
 use axum::Router;
 use fanfare_crawler::netguard::NetPolicy;
 use fanfare_crawler::{
-    CrawlRequest, Crawler, CrawlerConfig, ErrorKind, FieldSpec, Outcome, PageFacts,
-    CONTRACT_VERSION,
+    CrawlRequest, Crawler, ErrorKind, FieldSpec, Outcome, PageFacts, CONTRACT_VERSION,
 };
 use serde_json::{json, Value};
-use support::serve;
+use support::{crawler_with, serve};
 
 const PAGES: [(&str, &str); 4] = [
     (
@@ -36,12 +34,7 @@ async fn site() -> String {
 }
 
 fn crawler() -> Crawler {
-    Crawler::new(CrawlerConfig {
-        timeout: Duration::from_secs(5),
-        net: NetPolicy::open(),
-        ..CrawlerConfig::default()
-    })
-    .unwrap()
+    crawler_with(NetPolicy::open(), Duration::from_secs(5))
 }
 
 /// A request for `url` with `fields` as the daemon would send them: the

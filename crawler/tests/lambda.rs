@@ -223,21 +223,24 @@ async fn lambda_invocation_fails_when_the_callback_is_refused_so_lambda_retries_
     assert_eq!(receiver.received().len(), 1);
 }
 
-#[tokio::test]
-async fn bad_setting_fails_the_cold_start_naming_the_variable() {
+/// Starts the function with `variable` set to `value`; asserts the cold
+/// start fails naming the variable.
+async fn cold_start_fails_naming(variable: &str, value: &str) {
     let output = Command::new(BINARY)
-        .env("FANFARE_CRAWLER_MAX_BODY_BYTES", "ten megs")
+        .env(variable, value)
         .env("RUST_LOG", "info")
         .output()
         .await
         .unwrap();
 
-    assert!(!output.status.success());
+    assert!(!output.status.success(), "{variable}={value} started");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        stdout.contains("FANFARE_CRAWLER_MAX_BODY_BYTES"),
-        "stdout: {stdout}"
-    );
+    assert!(stdout.contains(variable), "stdout: {stdout}");
+}
+
+#[tokio::test]
+async fn bad_setting_fails_the_cold_start_naming_the_variable() {
+    cold_start_fails_naming("FANFARE_CRAWLER_MAX_BODY_BYTES", "ten megs").await;
 }
 
 #[tokio::test]
@@ -289,17 +292,5 @@ async fn lambda_crawler_refuses_loopback_pages_unless_its_environment_opens_priv
 
 #[tokio::test]
 async fn bad_private_networks_setting_fails_the_cold_start_naming_the_variable() {
-    let output = Command::new(BINARY)
-        .env("FANFARE_CRAWLER_ALLOW_PRIVATE_NETWORKS", "sometimes")
-        .env("RUST_LOG", "info")
-        .output()
-        .await
-        .unwrap();
-
-    assert!(!output.status.success());
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        stdout.contains("FANFARE_CRAWLER_ALLOW_PRIVATE_NETWORKS"),
-        "stdout: {stdout}"
-    );
+    cold_start_fails_naming("FANFARE_CRAWLER_ALLOW_PRIVATE_NETWORKS", "sometimes").await;
 }

@@ -6,8 +6,9 @@
 //! The hostname is `localhost`, which /etc/hosts maps to 127.0.0.1 here
 //! (`<name>.localhost` does not resolve through this machine's resolver).
 
-use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+mod support;
+
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,9 +16,9 @@ use std::time::Duration;
 use axum::response::{Html, Redirect};
 use axum::routing::get;
 use axum::Router;
-use chrono::{TimeZone, Utc};
 use fanfare_crawler::netguard::NetPolicy;
-use fanfare_crawler::{CrawlRequest, Crawler, CrawlerConfig, ErrorKind, Outcome, CONTRACT_VERSION};
+use fanfare_crawler::{Crawler, ErrorKind, Outcome};
+use support::{crawler_with, request};
 
 const PAGE: &str = "<title>Internal</title><h1>secret</h1>";
 
@@ -31,15 +32,14 @@ impl Target {
     /// Serves [`PAGE`] at `/` on `ip`, at a free port.
     async fn start(ip: &str) -> Self {
         let hits = Arc::new(AtomicUsize::new(0));
-        let counted = hits.clone();
-        let app = Router::new().route(
-            "/",
-            get(move || async move {
-                counted.fetch_add(1, Ordering::SeqCst);
-                Html(PAGE)
-            }),
-        );
-        let addr = serve_on(ip, app).await;
+        let page = {
+            let hits = hits.clone();
+            move || {
+                hits.fetch_add(1, Ordering::SeqCst);
+                std::future::ready(Html(PAGE))
+            }
+        };
+        let addr = serve_on(ip, Router::new().route("/", get(page))).await;
         Self { addr, hits }
     }
 
@@ -49,11 +49,7 @@ impl Target {
 }
 
 async fn serve_on(ip: &str, app: Router) -> SocketAddr {
-    let ip: IpAddr = ip.parse().unwrap();
-    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
+    support::serve_on(ip.parse().unwrap(), app).await
 }
 
 /// A server on 127.0.0.2 whose `/` answers 302 to `location`; returns its
@@ -76,37 +72,21 @@ async fn redirector(location: String) -> (SocketAddr, Arc<AtomicUsize>) {
 }
 
 fn crawler(net: NetPolicy) -> Crawler {
-    Crawler::new(CrawlerConfig {
-        timeout: Duration::from_secs(5),
-        net,
-        ..CrawlerConfig::default()
-    })
-    .unwrap()
+    crawler_with(net, Duration::from_secs(5))
 }
 
-fn request(url: impl Into<String>) -> CrawlRequest {
-    CrawlRequest {
-        version: CONTRACT_VERSION,
-        run_id: "run-1".into(),
-        page_id: "page-1".into(),
-        attempt: 1,
-        url: url.into(),
-        extract: BTreeMap::from([("h".to_string(), "h1".into())]),
-        callback_url: "http://127.0.0.1:9/v1/callbacks".into(),
-        callback_token: "token-1".into(),
-        user_agent: None,
-        proxy: None,
-        render: None,
-        deadline: Utc.with_ymd_and_hms(2026, 11, 26, 3, 5, 0).unwrap(),
-        links: None,
-    }
+/// A request for `url` with the field `h` (the page's `h1`).
+fn with_a_field(url: &str) -> fanfare_crawler::CrawlRequest {
+    let mut request = request(url);
+    request.extract.insert("h".to_string(), "h1".into());
+    request
 }
 
 /// Crawls `url` under `net`; asserts it was refused as blocked, not
 /// retryable, with a message naming the loopback class and nothing of the
 /// page.
 async fn assert_blocked(net: NetPolicy, url: &str) -> String {
-    let outcome = crawler(net).crawl(&request(url)).await;
+    let outcome = crawler(net).crawl(&with_a_field(url)).await;
     let Outcome::Failed { error } = outcome else {
         panic!("{url} was crawled with the guard closed: {outcome:?}");
     };
@@ -128,7 +108,7 @@ async fn assert_blocked(net: NetPolicy, url: &str) -> String {
 
 /// Crawls `url` under the open policy; asserts it succeeded.
 async fn assert_crawled(url: &str) {
-    let outcome = crawler(NetPolicy::open()).crawl(&request(url)).await;
+    let outcome = crawler(NetPolicy::open()).crawl(&with_a_field(url)).await;
     let Outcome::Succeeded(facts) = outcome else {
         panic!("{url} was not crawled with the guard open: {outcome:?}");
     };
@@ -136,36 +116,41 @@ async fn assert_crawled(url: &str) {
     assert_eq!(facts.fields["h"].as_str(), Some("secret"));
 }
 
-#[tokio::test]
-async fn page_at_an_ipv4_loopback_literal_is_blocked_when_closed_and_crawled_when_open() {
-    let target = Target::start("127.0.0.1").await;
-    let url = format!("http://{}/", target.addr);
+/// Crawls `url` with `closed` and then with the guard open: refused first
+/// with a message that `says` so, `target` seeing no request, then crawled,
+/// `target` seeing one.
+async fn blocked_when_closed_and_crawled_when_open(
+    target: &Target,
+    closed: NetPolicy,
+    url: &str,
+    says: impl Fn(&str) -> bool,
+) {
+    let message = assert_blocked(closed, url).await;
+    assert!(says(&message), "{url}: {message}");
+    assert_eq!(target.hits(), 0, "{url}: the target saw no request");
 
-    let message = assert_blocked(NetPolicy::closed(), &url).await;
-    assert!(
-        message.starts_with("127.0.0.1 is a loopback address"),
-        "{message}"
-    );
-    assert_eq!(target.hits(), 0, "the target saw no request");
-
-    assert_crawled(&url).await;
-    assert_eq!(target.hits(), 1);
+    assert_crawled(url).await;
+    assert_eq!(target.hits(), 1, "{url}");
 }
 
 #[tokio::test]
-async fn page_at_the_ipv6_loopback_literal_is_blocked_when_closed_and_crawled_when_open() {
-    let target = Target::start("::1").await;
-    let url = format!("http://[::1]:{}/", target.addr.port());
-
-    let message = assert_blocked(NetPolicy::closed(), &url).await;
-    assert!(
-        message.starts_with("[::1] is a loopback address"),
-        "{message}"
-    );
-    assert_eq!(target.hits(), 0, "the target saw no request");
-
-    assert_crawled(&url).await;
-    assert_eq!(target.hits(), 1);
+async fn pages_at_loopback_literals_or_a_hostname_are_blocked_when_closed_and_crawled_when_open() {
+    // (listening on, the URL's host, what the message starts with)
+    for (ip, host, starts) in [
+        ("127.0.0.1", "127.0.0.1", "127.0.0.1 is a loopback address"),
+        ("::1", "[::1]", "[::1] is a loopback address"),
+        (
+            "127.0.0.1",
+            "localhost",
+            "localhost resolves to 127.0.0.1, a loopback address",
+        ),
+    ] {
+        let target = Target::start(ip).await;
+        let url = format!("http://{host}:{}/", target.addr.port());
+        let closed = NetPolicy::closed();
+        blocked_when_closed_and_crawled_when_open(&target, closed, &url, |m| m.starts_with(starts))
+            .await;
+    }
 }
 
 #[tokio::test]
@@ -182,66 +167,31 @@ async fn pages_at_6to4_and_ipv4_translated_literals_of_loopback_are_blocked_when
 }
 
 #[tokio::test]
-async fn page_at_a_hostname_resolving_to_loopback_is_blocked_when_closed_and_crawled_when_open() {
-    let target = Target::start("127.0.0.1").await;
-    let url = format!("http://localhost:{}/", target.addr.port());
-
-    let message = assert_blocked(NetPolicy::closed(), &url).await;
-    assert!(
-        message.starts_with("localhost resolves to 127.0.0.1, a loopback address"),
-        "{message}"
-    );
-    assert_eq!(target.hits(), 0, "the target saw no request");
-
-    assert_crawled(&url).await;
-    assert_eq!(target.hits(), 1);
-}
-
-#[tokio::test]
-async fn redirect_to_a_loopback_literal_is_blocked_when_closed_and_followed_when_open() {
-    let target = Target::start("127.0.0.1").await;
-    let (first, first_hits) = redirector(format!("http://127.0.0.1:{}/", target.addr.port())).await;
-    let url = format!("http://{first}/");
-    let only_first_hop = NetPolicy::closed().with_exception("127.0.0.2".parse().unwrap());
-
-    let message = assert_blocked(only_first_hop, &url).await;
-    assert!(
-        message.contains("127.0.0.1 is a loopback address"),
-        "{message}"
-    );
-    assert_eq!(
-        first_hits.load(Ordering::SeqCst),
-        1,
-        "the first hop was let through"
-    );
-    assert_eq!(target.hits(), 0, "the redirect target saw no request");
-
-    assert_crawled(&url).await;
-    assert_eq!(target.hits(), 1);
-}
-
-#[tokio::test]
-async fn redirect_to_a_hostname_resolving_to_loopback_is_blocked_when_closed_and_followed_when_open(
+async fn redirects_to_a_loopback_literal_or_hostname_are_blocked_when_closed_and_followed_when_open(
 ) {
-    let target = Target::start("127.0.0.1").await;
-    let (first, first_hits) = redirector(format!("http://localhost:{}/", target.addr.port())).await;
-    let url = format!("http://{first}/");
-    let only_first_hop = NetPolicy::closed().with_exception("127.0.0.2".parse().unwrap());
-
-    let message = assert_blocked(only_first_hop, &url).await;
-    assert!(
-        message.contains("localhost resolves to 127.0.0.1, a loopback address"),
-        "{message}"
-    );
-    assert_eq!(
-        first_hits.load(Ordering::SeqCst),
-        1,
-        "the first hop was let through"
-    );
-    assert_eq!(target.hits(), 0, "the redirect target saw no request");
-
-    assert_crawled(&url).await;
-    assert_eq!(target.hits(), 1);
+    // (the redirect's host, what the message says)
+    for (host, says) in [
+        ("127.0.0.1", "127.0.0.1 is a loopback address"),
+        (
+            "localhost",
+            "localhost resolves to 127.0.0.1, a loopback address",
+        ),
+    ] {
+        let target = Target::start("127.0.0.1").await;
+        let location = format!("http://{host}:{}/", target.addr.port());
+        let (first, first_hits) = redirector(location).await;
+        let url = format!("http://{first}/");
+        let only_first_hop = NetPolicy::closed().with_exception("127.0.0.2".parse().unwrap());
+        blocked_when_closed_and_crawled_when_open(&target, only_first_hop, &url, |m| {
+            m.contains(says)
+        })
+        .await;
+        assert_eq!(
+            first_hits.load(Ordering::SeqCst),
+            2,
+            "{host}: the first hop was let through, closed and open"
+        );
+    }
 }
 
 #[tokio::test]

@@ -10,6 +10,8 @@
 //! accepts, so a request that got through by any route (fetch, image,
 //! WebSocket, frame, redirect) shows.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,7 +24,8 @@ use axum::Router;
 use chrono::Utc;
 use fanfare_crawler::contract::{RenderRequest, ResourceType};
 use fanfare_crawler::netguard::NetPolicy;
-use fanfare_crawler::{CrawlRequest, Crawler, CrawlerConfig, ErrorKind, Outcome, CONTRACT_VERSION};
+use fanfare_crawler::{CrawlError, CrawlRequest, Crawler, ErrorKind, Outcome};
+use support::crawler_with;
 
 const PAGE_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 
@@ -57,42 +60,34 @@ impl Forbidden {
 
 /// Serves `app` on 127.0.0.2 at a free port.
 async fn serve(app: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind((IpAddr::V4(PAGE_IP), 0))
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
+    support::serve_on(IpAddr::V4(PAGE_IP), app).await
 }
 
 /// A crawler whose guard is closed except for the pages' own address.
 fn crawler() -> Crawler {
-    Crawler::new(CrawlerConfig {
-        timeout: Duration::from_secs(10),
-        net: NetPolicy::closed().with_exception(IpAddr::V4(PAGE_IP)),
-        ..CrawlerConfig::default()
-    })
-    .unwrap()
+    let net = NetPolicy::closed().with_exception(IpAddr::V4(PAGE_IP));
+    crawler_with(net, Duration::from_secs(10))
 }
 
+/// A request for `url` with the fields `name` and `price`, rendered as
+/// `render` says.
 fn request(url: String, render: Option<RenderRequest>) -> CrawlRequest {
-    CrawlRequest {
-        version: CONTRACT_VERSION,
-        run_id: "run-1".into(),
-        page_id: "page-1".into(),
-        attempt: 1,
-        url,
-        extract: BTreeMap::from([
-            ("name".to_string(), "h1".into()),
-            ("price".to_string(), ".price".into()),
-        ]),
-        callback_url: "http://127.0.0.1:9/v1/callbacks".into(),
-        callback_token: "token-1".into(),
-        user_agent: None,
-        proxy: None,
-        links: None,
-        render,
-        deadline: Utc::now() + chrono::Duration::minutes(5),
+    let mut request = support::request(url);
+    request.extract = BTreeMap::from([
+        ("name".to_string(), "h1".into()),
+        ("price".to_string(), ".price".into()),
+    ]);
+    request.render = render;
+    request.deadline = Utc::now() + chrono::Duration::minutes(5);
+    request
+}
+
+/// Renders `url` as `how` says; the error it failed with, else the test
+/// fails naming `what` was not expected.
+async fn render_failure(url: String, how: RenderRequest, what: &str) -> CrawlError {
+    match crawler().crawl(&request(url, Some(how))).await {
+        Outcome::Failed { error } => error,
+        outcome => panic!("{what}: {outcome:?}"),
     }
 }
 
@@ -233,12 +228,8 @@ async fn a_page_redirected_into_loopback_is_blocked_and_the_target_sees_nothing(
     let app = Router::new().route("/", get(move || async move { Redirect::temporary(&to) }));
     let addr = serve(app).await;
     let how = render(None, &[], Duration::from_secs(20));
-    let outcome = crawler()
-        .crawl(&request(format!("http://{addr}/"), Some(how)))
-        .await;
-    let Outcome::Failed { error } = outcome else {
-        panic!("the redirect into loopback was followed: {outcome:?}");
-    };
+    let url = format!("http://{addr}/");
+    let error = render_failure(url, how, "the redirect into loopback was followed").await;
     assert_eq!(error.kind, ErrorKind::Blocked, "{error}");
     assert!(error.message.contains("a loopback address"), "{error}");
     assert!(error.message.contains("redirect"), "{error}");
@@ -260,13 +251,13 @@ async fn a_wait_for_that_never_matches_fails_clearly_within_the_render_timeout()
     let bound = Duration::from_millis(1500);
     let how = render(Some("#never"), &[], bound);
     let started = Instant::now();
-    let outcome = crawler()
-        .crawl(&request(format!("http://{addr}/"), Some(how)))
-        .await;
+    let error = render_failure(
+        format!("http://{addr}/"),
+        how,
+        "a page without #never rendered",
+    )
+    .await;
     let took = started.elapsed();
-    let Outcome::Failed { error } = outcome else {
-        panic!("a page without #never rendered: {outcome:?}");
-    };
     assert_eq!(error.kind, ErrorKind::Timeout, "{error}");
     assert!(error.message.contains("#never"), "{error}");
     assert!(error.message.contains("1.5s"), "{error}");
@@ -283,12 +274,7 @@ async fn a_rendered_page_that_answers_404_fails_as_its_status_without_waiting_fo
     let addr = serve(app).await;
     let how = render(Some(".price"), &[], Duration::from_secs(20));
     let started = Instant::now();
-    let outcome = crawler()
-        .crawl(&request(format!("http://{addr}/gone"), Some(how)))
-        .await;
-    let Outcome::Failed { error } = outcome else {
-        panic!("a 404 rendered: {outcome:?}");
-    };
+    let error = render_failure(format!("http://{addr}/gone"), how, "a 404 rendered").await;
     assert_eq!(error.kind, ErrorKind::HttpStatus, "{error}");
     assert_eq!(error.http_status, Some(404), "{error}");
     assert!(!error.retryable);

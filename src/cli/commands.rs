@@ -15,7 +15,9 @@ use super::client::{CliError, Client};
 use super::progress::{plain_line, summary_line, LiveBar, RunView};
 use super::table::{self, cell, render};
 use super::terminal;
-use super::{Command, ExportFormat, RunsCommand, SchedulesCommand, EXIT_RUN_NOT_SUCCEEDED};
+use super::{
+    ApiArgs, Command, ExportFormat, RunsCommand, SchedulesCommand, EXIT_RUN_NOT_SUCCEEDED,
+};
 
 /// How often `watch` asks for the run on a terminal, and otherwise.
 const POLL_LIVE: Duration = Duration::from_millis(500);
@@ -31,80 +33,14 @@ pub(super) async fn run(command: Command) -> Result<ExitCode, CliError> {
             wait,
             json,
             api,
-        } => {
-            let client = Client::from_args(&api)?;
-            let answer = client
-                .post(&format!("/v1/schedules/{}/trigger", segment(&name)))
-                .await?;
-            let run_id = answer["run_id"].as_str().unwrap_or_default().to_string();
-            if !wait {
-                print_json_or(json, &answer, || {
-                    format!("run {run_id} of {name:?} started\n")
-                })?;
-                return Ok(ExitCode::SUCCESS);
-            }
-            if !json {
-                out(&format!("run {run_id} of {name:?} started\n"))?;
-            }
-            watch(&client, &run_id, json).await
-        }
+        } => trigger(&name, wait, json, &api).await,
         Command::Schedules(SchedulesCommand::List { json, api }) => {
             let client = Client::from_args(&api)?;
             let answer = client.get("/v1/schedules").await?;
             print_json_or(json, &answer, || schedules_table(&answer, on_terminal()))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Runs(RunsCommand::List {
-            schedule,
-            limit,
-            json,
-            api,
-        }) => {
-            let client = Client::from_args(&api)?;
-            let mut path = format!("/v1/runs?limit={limit}");
-            if let Some(s) = &schedule {
-                path.push_str(&format!("&schedule={}", query(s)));
-            }
-            let answer = client.get(&path).await?;
-            print_json_or(json, &answer, || runs_table(&answer, on_terminal()))?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Runs(RunsCommand::Show { id, json, api }) => {
-            let client = Client::from_args(&api)?;
-            let answer = client.get(&format!("/v1/runs/{}", segment(&id))).await?;
-            print_json_or(json, &answer, || run_text(&answer, on_terminal()))?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Runs(RunsCommand::Watch { id, json, api }) => {
-            let client = Client::from_args(&api)?;
-            watch(&client, &id, json).await
-        }
-        Command::Runs(RunsCommand::Cancel { id, json, api }) => {
-            let client = Client::from_args(&api)?;
-            let answer = client
-                .post(&format!("/v1/runs/{}/cancel", segment(&id)))
-                .await?;
-            print_json_or(json, &answer, || {
-                format!(
-                    "run {id} cancelled: {} open pages cancelled\n",
-                    cell(&answer["pages"]["cancelled"])
-                )
-            })?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Runs(RunsCommand::Redrive { id, json, api }) => {
-            let client = Client::from_args(&api)?;
-            let answer = client
-                .post(&format!("/v1/runs/{}/redrive", segment(&id)))
-                .await?;
-            print_json_or(json, &answer, || {
-                format!(
-                    "run {} started: a redrive of run {id}'s failed and timed-out pages\n",
-                    cell(&answer["run_id"])
-                )
-            })?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Runs(command) => runs(command).await,
         Command::Export {
             run_id,
             format,
@@ -134,6 +70,83 @@ pub(super) async fn run(command: Command) -> Result<ExitCode, CliError> {
         | Command::Dev => Err(CliError::Usage(
             "this command is the daemon's, not a client's".into(),
         )),
+    }
+}
+
+/// `fanfare trigger`: starts a run of schedule `name`, and follows it
+/// with `wait`.
+async fn trigger(name: &str, wait: bool, json: bool, api: &ApiArgs) -> Result<ExitCode, CliError> {
+    let client = Client::from_args(api)?;
+    let answer = client
+        .post(&format!("/v1/schedules/{}/trigger", segment(name)))
+        .await?;
+    let run_id = answer["run_id"].as_str().unwrap_or_default().to_string();
+    if !wait {
+        print_json_or(json, &answer, || {
+            format!("run {run_id} of {name:?} started\n")
+        })?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !json {
+        out(&format!("run {run_id} of {name:?} started\n"))?;
+    }
+    watch(&client, &run_id, json).await
+}
+
+/// `fanfare runs ...`.
+async fn runs(command: RunsCommand) -> Result<ExitCode, CliError> {
+    match command {
+        RunsCommand::List {
+            schedule,
+            limit,
+            json,
+            api,
+        } => {
+            let client = Client::from_args(&api)?;
+            let mut path = format!("/v1/runs?limit={limit}");
+            if let Some(s) = &schedule {
+                path.push_str(&format!("&schedule={}", query(s)));
+            }
+            let answer = client.get(&path).await?;
+            print_json_or(json, &answer, || runs_table(&answer, on_terminal()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        RunsCommand::Show { id, json, api } => {
+            let client = Client::from_args(&api)?;
+            let answer = client.get(&format!("/v1/runs/{}", segment(&id))).await?;
+            print_json_or(json, &answer, || run_text(&answer, on_terminal()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        RunsCommand::Watch { id, json, api } => {
+            let client = Client::from_args(&api)?;
+            watch(&client, &id, json).await
+        }
+        RunsCommand::Cancel { id, json, api } => {
+            let client = Client::from_args(&api)?;
+            let answer = client
+                .post(&format!("/v1/runs/{}/cancel", segment(&id)))
+                .await?;
+            print_json_or(json, &answer, || {
+                format!(
+                    "run {id} cancelled: {} open pages cancelled\n",
+                    cell(&answer["pages"]["cancelled"])
+                )
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        RunsCommand::Redrive { id, json, api } => {
+            let client = Client::from_args(&api)?;
+            let answer = client
+                .post(&format!("/v1/runs/{}/redrive", segment(&id)))
+                .await?;
+            print_json_or(json, &answer, || {
+                format!(
+                    "run {} started: a redrive of run {id}'s failed and timed-out pages\n",
+                    cell(&answer["run_id"])
+                )
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

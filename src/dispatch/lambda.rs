@@ -141,6 +141,56 @@ impl AwsLambda {
             .await
             .map_err(|e| classify(&e))
     }
+
+    /// An `Event` invoke of `function`: Lambda's request id, when it gave one.
+    async fn event(
+        &self,
+        function: String,
+        payload: Vec<u8>,
+    ) -> Result<Option<String>, InvokeError> {
+        let out = self
+            .invoke(&function, InvocationType::Event, payload)
+            .await?;
+        let request_id = out.request_id().map(str::to_string);
+        // Lambda answers 202 to an Event invoke; local emulators answer 200.
+        if !(200..300).contains(&out.status_code()) {
+            return Err(InvokeError::Retryable(format!(
+                "Invoke of {function} answered {} instead of 202 (request id {})",
+                out.status_code(),
+                request_id.as_deref().unwrap_or("unknown")
+            )));
+        }
+        Ok(request_id)
+    }
+
+    /// A `RequestResponse` invoke of `function`: the function's answer, or
+    /// what went wrong (its own error message for a function error).
+    async fn request_response(
+        &self,
+        function: String,
+        payload: Vec<u8>,
+    ) -> Result<Vec<u8>, String> {
+        let out = self
+            .invoke(&function, InvocationType::RequestResponse, payload)
+            .await
+            .map_err(|e| e.to_string())?;
+        let body = out
+            .payload()
+            .map(|b| b.as_ref().to_vec())
+            .unwrap_or_default();
+        if let Some(kind) = out.function_error() {
+            let message = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| {
+                    v.get("errorMessage")
+                        .and_then(|m| m.as_str())
+                        .map(str::to_string)
+                })
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(500).collect());
+            return Err(format!("function error ({kind}): {message}"));
+        }
+        Ok(body)
+    }
 }
 
 impl LambdaApi for AwsLambda {
@@ -149,22 +199,7 @@ impl LambdaApi for AwsLambda {
         function: &str,
         payload: Vec<u8>,
     ) -> BoxFuture<'_, Result<Option<String>, InvokeError>> {
-        let function = function.to_string();
-        Box::pin(async move {
-            let out = self
-                .invoke(&function, InvocationType::Event, payload)
-                .await?;
-            let request_id = out.request_id().map(str::to_string);
-            // Lambda answers 202 to an Event invoke; local emulators answer 200.
-            if !(200..300).contains(&out.status_code()) {
-                return Err(InvokeError::Retryable(format!(
-                    "Invoke of {function} answered {} instead of 202 (request id {})",
-                    out.status_code(),
-                    request_id.as_deref().unwrap_or("unknown")
-                )));
-            }
-            Ok(request_id)
-        })
+        Box::pin(self.event(function.to_string(), payload))
     }
 
     fn invoke_sync(
@@ -172,29 +207,7 @@ impl LambdaApi for AwsLambda {
         function: &str,
         payload: Vec<u8>,
     ) -> BoxFuture<'_, Result<Vec<u8>, String>> {
-        let function = function.to_string();
-        Box::pin(async move {
-            let out = self
-                .invoke(&function, InvocationType::RequestResponse, payload)
-                .await
-                .map_err(|e| e.to_string())?;
-            let body = out
-                .payload()
-                .map(|b| b.as_ref().to_vec())
-                .unwrap_or_default();
-            if let Some(kind) = out.function_error() {
-                let message = serde_json::from_slice::<serde_json::Value>(&body)
-                    .ok()
-                    .and_then(|v| {
-                        v.get("errorMessage")
-                            .and_then(|m| m.as_str())
-                            .map(str::to_string)
-                    })
-                    .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(500).collect());
-                return Err(format!("function error ({kind}): {message}"));
-            }
-            Ok(body)
-        })
+        Box::pin(self.request_response(function.to_string(), payload))
     }
 }
 

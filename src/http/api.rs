@@ -9,7 +9,7 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::{IntoParams, IntoResponses, ToSchema};
 use uuid::Uuid;
 
 use super::error::ErrorBody;
@@ -31,6 +31,35 @@ pub struct Query<T>(pub T);
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
 pub struct Path<T>(pub T);
+
+/// The error answers every admin endpoint documents besides its own: a
+/// missing or wrong token, and a database it cannot reach.
+#[derive(Debug, IntoResponses)]
+pub enum AdminErrors {
+    /// Missing or wrong admin token
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// The database is unavailable; retry later
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
+/// The path parameter of a run's endpoints (documentation only: the
+/// handlers read it as a string, so that a malformed id is no run).
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct RunPath {
+    /// The run's id (a UUID; anything else is no run: 404)
+    pub id: String,
+}
+
+/// The path parameter of a schedule's endpoints (documentation only).
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct SchedulePath {
+    /// The schedule's name, as configured
+    pub name: String,
+}
 
 /// The answer to a trigger: the run it started.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -180,15 +209,14 @@ pub struct ScheduleList {
     tag = "schedules",
     summary = "Start a run of a schedule now",
     description = "Starts a run with trigger `manual`, its nominal fire time being now; manual triggers run even while the schedule is paused.",
-    params(("name" = String, Path, description = "The schedule's name, as configured")),
+    params(SchedulePath),
     security(("admin" = [])),
     responses(
         (status = 202, description = "The run was created; its pages are being listed", body = Triggered),
         (status = 400, description = "The path is not valid UTF-8 once percent-decoded", body = ErrorBody),
-        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        AdminErrors,
         (status = 404, description = "No schedule has this name", body = ErrorBody),
         (status = 409, description = "A run of this schedule for this very microsecond exists already", body = ErrorBody),
-        (status = 503, description = "The database is unavailable; retry later", body = ErrorBody),
     )
 )]
 pub async fn trigger(
@@ -222,8 +250,7 @@ pub struct RunsQuery {
     responses(
         (status = 200, description = "The runs", body = RunList),
         (status = 400, description = "A malformed query string, `limit` outside 1-500, or a NUL in `schedule`", body = ErrorBody),
-        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
-        (status = 503, description = "The database is unavailable; retry later", body = ErrorBody),
+        AdminErrors,
     )
 )]
 pub async fn list_runs(
@@ -274,14 +301,13 @@ pub(crate) fn parse_page_status(status: Option<&str>) -> Result<Option<PageStatu
     tag = "runs",
     summary = "Read a run",
     description = "The run with its pages by state (open ones split into pending and in flight), timings, outcome and the delivery state of its notifications.",
-    params(("id" = String, Path, description = "The run's id (a UUID; anything else is no run: 404)")),
+    params(RunPath),
     security(("admin" = [])),
     responses(
         (status = 200, description = "The run", body = RunDetail),
         (status = 400, description = "The path is not valid UTF-8 once percent-decoded", body = ErrorBody),
-        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        AdminErrors,
         (status = 404, description = "No run has this id", body = ErrorBody),
-        (status = 503, description = "The database is unavailable; retry later", body = ErrorBody),
     )
 )]
 pub async fn get_run(
@@ -328,16 +354,15 @@ pub struct PagesQuery {
     summary = "List a run's pages",
     description = "The run's pages in id order, optionally of one state; `next_after` continues the listing.",
     params(
-        ("id" = String, Path, description = "The run's id (a UUID; anything else is no run: 404)"),
+        RunPath,
         PagesQuery,
     ),
     security(("admin" = [])),
     responses(
         (status = 200, description = "The pages", body = PageList),
         (status = 400, description = "A path that is not valid UTF-8 once percent-decoded, a malformed query string, an unknown `status`, or `limit` outside 1-1000", body = ErrorBody),
-        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        AdminErrors,
         (status = 404, description = "No run has this id", body = ErrorBody),
-        (status = 503, description = "The database is unavailable; retry later", body = ErrorBody),
     )
 )]
 pub async fn list_pages(
@@ -348,7 +373,13 @@ pub async fn list_pages(
     let id = parse_run_id(&id)?;
     let status = parse_page_status(q.status.as_deref())?;
     let limit = listing_of_run(&state, id, q.limit).await?;
-    let pages = ledger::list_pages(&state.readers, id, status, q.after.unwrap_or(0), limit).await?;
+    let rows = ledger::RunRows {
+        run_id: id,
+        only: status,
+        after_id: q.after.unwrap_or(0),
+        limit,
+    };
+    let pages = ledger::list_pages(&state.readers, rows).await?;
     let next_after = next_after(&pages, limit, |p| p.id);
     Ok(Json(PageList { pages, next_after }))
 }
@@ -398,16 +429,15 @@ pub struct ChangesQuery {
     summary = "List what changed in a run since the previous run",
     description = "The counts of the run's comparison with the previous finished run of its schedule (`null` when it was not compared) and its new, changed and gone pages in id order, optionally of one kind, each with its facts before and after; `next_after` continues the listing.",
     params(
-        ("id" = String, Path, description = "The run's id (a UUID; anything else is no run: 404)"),
+        RunPath,
         ChangesQuery,
     ),
     security(("admin" = [])),
     responses(
         (status = 200, description = "The changes", body = ChangeList),
         (status = 400, description = "A path that is not valid UTF-8 once percent-decoded, a malformed query string, an unknown `kind`, or `limit` outside 1-1000", body = ErrorBody),
-        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        AdminErrors,
         (status = 404, description = "No run has this id", body = ErrorBody),
-        (status = 503, description = "The database is unavailable; retry later", body = ErrorBody),
     )
 )]
 pub async fn list_changes(
@@ -426,10 +456,14 @@ pub async fn list_changes(
         })
         .transpose()?;
     let limit = listing_of_run(&state, id, q.limit).await?;
-    let changes = ledger::run_changes(&state.readers, id)
-        .await?
-        .map(Changes::from);
-    let pages = ledger::list_changes(&state.readers, id, kind, q.after.unwrap_or(0), limit)
+    let changes = ledger::run_changes(&state.readers, id).await?;
+    let rows = ledger::RunRows {
+        run_id: id,
+        only: kind,
+        after_id: q.after.unwrap_or(0),
+        limit,
+    };
+    let pages = ledger::list_changes(&state.readers, rows)
         .await?
         .into_iter()
         .map(ChangeEntry::try_from)
@@ -450,15 +484,14 @@ pub async fn list_changes(
     tag = "runs",
     summary = "Cancel a run",
     description = "Its open pages are cancelled (later reports of them are duplicates), the run finishes with outcome `cancelled` and its notifications are sent.",
-    params(("id" = String, Path, description = "The run's id (a UUID; anything else is no run: 404)")),
+    params(RunPath),
     security(("admin" = [])),
     responses(
         (status = 200, description = "The run, finished", body = RunView),
         (status = 400, description = "The path is not valid UTF-8 once percent-decoded", body = ErrorBody),
-        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        AdminErrors,
         (status = 404, description = "No run has this id", body = ErrorBody),
         (status = 409, description = "The run has finished already, or is finishing (every page has reported)", body = ErrorBody),
-        (status = 503, description = "The database is unavailable; retry later", body = ErrorBody),
     )
 )]
 pub async fn cancel_run(
@@ -478,15 +511,14 @@ pub async fn cancel_run(
     tag = "runs",
     summary = "Crawl a run's failures again",
     description = "Starts a new run (trigger `redrive`) of the run's failed and timed-out pages, linked to it by `redrive_of`. A run has at most one open redrive: until it finishes, another redrive of the same run is refused with 409.",
-    params(("id" = String, Path, description = "The run's id (a UUID; anything else is no run: 404)")),
+    params(RunPath),
     security(("admin" = [])),
     responses(
         (status = 202, description = "The new run was created", body = Redriven),
         (status = 400, description = "The path is not valid UTF-8 once percent-decoded", body = ErrorBody),
-        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        AdminErrors,
         (status = 404, description = "No run has this id", body = ErrorBody),
         (status = 409, description = "The run has no failed or timed-out pages, or a redrive of it is still open (not finished): of two requests racing, one creates the run and the other gets this", body = ErrorBody),
-        (status = 503, description = "The database is unavailable; retry later", body = ErrorBody),
     )
 )]
 pub async fn redrive_run(
@@ -524,14 +556,13 @@ async fn set_paused(
     tag = "schedules",
     summary = "Pause a schedule's fires",
     description = "Its cron fires are skipped (and counted) until it is resumed; manual triggers still run. Pausing a paused schedule changes nothing.",
-    params(("name" = String, Path, description = "The schedule's name, as configured")),
+    params(SchedulePath),
     security(("admin" = [])),
     responses(
         (status = 200, description = "The schedule is paused", body = PauseState),
         (status = 400, description = "The path is not valid UTF-8 once percent-decoded", body = ErrorBody),
-        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        AdminErrors,
         (status = 404, description = "No schedule has this name", body = ErrorBody),
-        (status = 503, description = "The database is unavailable; retry later", body = ErrorBody),
     )
 )]
 pub async fn pause(
@@ -548,14 +579,13 @@ pub async fn pause(
     tag = "schedules",
     summary = "Resume a paused schedule",
     description = "Its cron fires run again from the next one on. Resuming a schedule that is not paused changes nothing.",
-    params(("name" = String, Path, description = "The schedule's name, as configured")),
+    params(SchedulePath),
     security(("admin" = [])),
     responses(
         (status = 200, description = "The schedule is not paused", body = PauseState),
         (status = 400, description = "The path is not valid UTF-8 once percent-decoded", body = ErrorBody),
-        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        AdminErrors,
         (status = 404, description = "No schedule has this name", body = ErrorBody),
-        (status = 503, description = "The database is unavailable; retry later", body = ErrorBody),
     )
 )]
 pub async fn resume(
@@ -575,8 +605,7 @@ pub async fn resume(
     security(("admin" = [])),
     responses(
         (status = 200, description = "The schedules", body = ScheduleList),
-        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
-        (status = 503, description = "The database is unavailable; retry later", body = ErrorBody),
+        AdminErrors,
     )
 )]
 pub async fn list_schedules(State(state): State<AppState>) -> Result<Json<ScheduleList>, ApiError> {
@@ -590,14 +619,13 @@ pub async fn list_schedules(State(state): State<AppState>) -> Result<Json<Schedu
     path = "/v1/schedules/{name}",
     tag = "schedules",
     summary = "Read a schedule",
-    params(("name" = String, Path, description = "The schedule's name, as configured")),
+    params(SchedulePath),
     security(("admin" = [])),
     responses(
         (status = 200, description = "The schedule", body = ScheduleView),
         (status = 400, description = "The path is not valid UTF-8 once percent-decoded", body = ErrorBody),
-        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        AdminErrors,
         (status = 404, description = "No schedule has this name", body = ErrorBody),
-        (status = 503, description = "The database is unavailable; retry later", body = ErrorBody),
     )
 )]
 pub async fn get_schedule(

@@ -27,7 +27,7 @@ use serde_json::{json, Map, Value};
 
 use super::api::{Path, Query};
 use super::{ApiError, AppState};
-use crate::ledger::{self, PageResult};
+use crate::ledger::{self, PageResult, PageStatus};
 
 /// A chunk of the body is sent once it holds this many bytes.
 const CHUNK_BYTES: usize = 64 * 1024;
@@ -162,7 +162,7 @@ pub fn csv_header(fields: &[String]) -> Vec<String> {
     summary = "Export a run's results",
     description = "Every page's result, streamed from the ledger in id order: one JSON object per line (`format=jsonl`), or CSV with the header `url,status,http_status,title,<each extract field>,content_sha256,fetch_ms,error_kind,error_message,fields_json`. In CSV, a cell beginning with `=`, `+`, `-`, `@`, a tab or a carriage return is written with a single quote in front unless `cells=raw`.",
     params(
-        ("id" = String, Path, description = "The run's id (a UUID; anything else is no run: 404)"),
+        super::api::RunPath,
         ResultsQuery,
     ),
     security(("admin" = [])),
@@ -172,11 +172,10 @@ pub fn csv_header(fields: &[String]) -> Vec<String> {
             (String = "text/csv"),
         )),
         (status = 400, description = "A malformed query string, an unknown `format`, `status` or `cells`", body = super::error::ErrorBody),
-        (status = 401, description = "Missing or wrong admin token", body = super::error::ErrorBody),
+        super::api::AdminErrors,
         (status = 404, description = "No run has this id", body = super::error::ErrorBody),
         (status = 429, description = "As many exports as a replica streams at once are streaming; retry after `Retry-After` seconds", body = super::error::ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 503, description = "The database is unavailable; retry later", body = super::error::ErrorBody),
     )
 )]
 pub async fn export(
@@ -239,49 +238,15 @@ pub async fn export_run(
         .unwrap_or_default();
 
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(CHUNKS_AHEAD);
-    let pool = state.readers.clone();
-    tokio::spawn(async move {
-        let _permit = permit;
-        let mut encoder = Encoder::new(format, cells, fields);
-        let (mut count, mut after) = (0u64, 0i64);
-        loop {
-            let rows = match ledger::page_results(&pool, run_id, status, after, ROWS_AT_ONCE).await
-            {
-                Ok(rows) => rows,
-                Err(e) => {
-                    tracing::warn!(%run_id, rows = count, error = %e, "results export stopped: reading the pages failed");
-                    let _ = tx
-                        .send(Err(std::io::Error::other(format!(
-                            "reading the pages of run {run_id} failed after {count} rows"
-                        ))))
-                        .await;
-                    return;
-                }
-            };
-            let last_page = (rows.len() as i64) < ROWS_AT_ONCE;
-            for row in &rows {
-                count += 1;
-                after = row.id;
-                if let Err(e) = encoder.row(row) {
-                    tracing::error!(%run_id, page_id = row.id, error = %e, "results export stopped: encoding a row failed");
-                    let _ = tx.send(Err(std::io::Error::other(e))).await;
-                    return;
-                }
-                if encoder.len() >= CHUNK_BYTES && tx.send(Ok(encoder.take())).await.is_err() {
-                    tracing::debug!(%run_id, rows = count, "results export: the client went away");
-                    return;
-                }
-            }
-            if last_page {
-                break;
-            }
-        }
-        let last = encoder.take();
-        if !last.is_empty() {
-            let _ = tx.send(Ok(last)).await;
-        }
-        tracing::debug!(%run_id, rows = count, "results exported");
-    });
+    let encoder = Encoder::new(format, cells, fields);
+    tokio::spawn(stream_results(
+        state.readers.clone(),
+        run_id,
+        status,
+        encoder,
+        tx,
+        permit,
+    ));
 
     let disposition = format!(
         "attachment; filename=\"run-{run_id}.{}\"",
@@ -297,6 +262,63 @@ pub async fn export_run(
         })),
     )
         .into_response())
+}
+
+/// Reads run `run_id`'s pages (only those in `status`, when given) some
+/// rows at a time and sends them through `tx`, encoded, until every page
+/// is sent, reading fails or the client goes away; the export's `permit`
+/// is held until then.
+async fn stream_results(
+    pool: sqlx::PgPool,
+    run_id: uuid::Uuid,
+    status: Option<PageStatus>,
+    mut encoder: Encoder,
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let (mut count, mut after) = (0u64, 0i64);
+    loop {
+        let next = ledger::RunRows {
+            run_id,
+            only: status,
+            after_id: after,
+            limit: ROWS_AT_ONCE,
+        };
+        let rows = match ledger::page_results(&pool, next).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(%run_id, rows = count, error = %e, "results export stopped: reading the pages failed");
+                let _ = tx
+                    .send(Err(std::io::Error::other(format!(
+                        "reading the pages of run {run_id} failed after {count} rows"
+                    ))))
+                    .await;
+                return;
+            }
+        };
+        let last_page = (rows.len() as i64) < ROWS_AT_ONCE;
+        for row in &rows {
+            count += 1;
+            after = row.id;
+            if let Err(e) = encoder.row(row) {
+                tracing::error!(%run_id, page_id = row.id, error = %e, "results export stopped: encoding a row failed");
+                let _ = tx.send(Err(std::io::Error::other(e))).await;
+                return;
+            }
+            if encoder.len() >= CHUNK_BYTES && tx.send(Ok(encoder.take())).await.is_err() {
+                tracing::debug!(%run_id, rows = count, "results export: the client went away");
+                return;
+            }
+        }
+        if last_page {
+            break;
+        }
+    }
+    let last = encoder.take();
+    if !last.is_empty() {
+        let _ = tx.send(Ok(last)).await;
+    }
+    tracing::debug!(%run_id, rows = count, "results exported");
 }
 
 /// Turns pages into the export's bytes, a chunk at a time.

@@ -1,11 +1,12 @@
 //! Statements on the `page_changes` table and the comparison counts on
 //! `runs`: what changed in a run since the previous run of its schedule.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgExecutor};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{ChangeKind, RunStatus, Trigger};
+use super::{ChangeKind, RunRows, RunStatus, Trigger};
 
 /// The run a finished run is compared with: the latest other run of the
 /// same schedule created before it that is finished, was listed to the end
@@ -29,21 +30,27 @@ pub async fn previous_run(
     .await
 }
 
-/// What the comparison of a run with its previous run counted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow, Serialize)]
+/// What changed in a run since the previous run of its schedule, by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow, Serialize, Deserialize, ToSchema)]
+#[schema(as = Changes)]
 pub struct ChangeCounts {
-    /// The run it was compared with (`None` once that run was deleted).
+    /// The run this one was compared with (`null` only once that run was
+    /// deleted).
     pub since_run_id: Option<Uuid>,
-    /// Pages crawled now that the previous run did not have (or had gone).
+    /// Pages crawled now that the previous run did not have, or had gone
+    /// (404/410).
     pub new: i64,
-    /// Pages crawled in both runs that differ.
+    /// Pages crawled in both runs whose title or an extracted field differs
+    /// (their body's SHA-256, with the schedule's `compare = "content"`).
     pub changed: i64,
     /// Pages crawled in both runs that do not differ.
     pub unchanged: i64,
-    /// Pages of the previous run no longer listed or now answering 404/410.
+    /// Pages of the previous run that are no longer listed, or now answer
+    /// HTTP 404 or 410.
     pub gone: i64,
-    /// Pages of this run that could not be compared: failed for another
-    /// reason (or not crawled) now or in the previous run, or gone in both.
+    /// Pages of this run that could not be compared: they failed for
+    /// another reason (timeout, 5xx, ...) or were not crawled, now or in
+    /// the previous run, or answered 404/410 in both.
     pub unknown: i64,
 }
 
@@ -200,23 +207,16 @@ pub struct StoredChange {
     pub after: Option<serde_json::Value>,
 }
 
-/// A run's changes in id order, optionally of one kind, after `after_id`.
+/// A run's changes in id order, optionally of one kind.
 pub async fn list_changes<'e, E: PgExecutor<'e>>(
     db: E,
-    run_id: Uuid,
-    kind: Option<ChangeKind>,
-    after_id: i64,
-    limit: i64,
+    rows: RunRows<ChangeKind>,
 ) -> Result<Vec<StoredChange>, sqlx::Error> {
-    sqlx::query_as(
+    rows.query(
         "select id, url, kind, before, after from page_changes
          where run_id = $1 and ($2::text is null or kind = $2) and id > $3
          order by id limit $4",
     )
-    .bind(run_id)
-    .bind(kind)
-    .bind(after_id)
-    .bind(limit)
     .fetch_all(db)
     .await
 }

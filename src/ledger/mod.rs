@@ -35,6 +35,40 @@ pub use schedules::*;
 pub use sessions::*;
 pub use types::*;
 
+/// Which of a run's rows a listing reads: those after `after_id` in id
+/// order, `limit` at most, and only those in the state or of the kind
+/// `only` when it is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunRows<T> {
+    /// The run.
+    pub run_id: uuid::Uuid,
+    /// The one state or kind listed; every row when `None`.
+    pub only: Option<T>,
+    /// The last id already listed (0 for the first rows).
+    pub after_id: i64,
+    /// How many rows at most.
+    pub limit: i64,
+}
+
+impl<T> RunRows<T> {
+    /// `sql` with these rows' bounds bound: `$1` the run, `$2` the state or
+    /// kind (null for every row), `$3` the last id listed, `$4` the limit.
+    fn query<'q, R>(
+        self,
+        sql: &'q str,
+    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, R, sqlx::postgres::PgArguments>
+    where
+        R: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+        T: 'q + sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+    {
+        sqlx::query_as(sql)
+            .bind(self.run_id)
+            .bind(self.only)
+            .bind(self.after_id)
+            .bind(self.limit)
+    }
+}
+
 /// The embedded migrations (`migrations/`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 

@@ -10,7 +10,8 @@ use sqlx::{Acquire, Connection, PgConnection, PgExecutor, Postgres};
 use uuid::Uuid;
 
 use super::{
-    wake, Lease, PageError, PageStatus, RobotsOutcome, RunStatus, LISTING_LEASE, WAKE_DISPATCH,
+    wake, Lease, PageError, PageStatus, RobotsOutcome, RunRows, RunStatus, LISTING_LEASE,
+    WAKE_DISPATCH,
 };
 
 /// How many URLs one insert statement carries.
@@ -1016,24 +1017,17 @@ pub struct Page {
     pub found_on: Option<i64>,
 }
 
-/// A run's pages in id order, optionally of one state, after `after_id`.
+/// A run's pages in id order, optionally of one state.
 pub async fn list_pages<'e, E: PgExecutor<'e>>(
     db: E,
-    run_id: Uuid,
-    status: Option<PageStatus>,
-    after_id: i64,
-    limit: i64,
+    rows: RunRows<PageStatus>,
 ) -> Result<Vec<Page>, sqlx::Error> {
-    sqlx::query_as(
+    rows.query(
         "select id, url, status, attempt, result, error, dispatched_at, finished_at, depth, found_on
          from pages
          where run_id = $1 and ($2::text is null or status = $2) and id > $3
          order by id limit $4",
     )
-    .bind(run_id)
-    .bind(status)
-    .bind(after_id)
-    .bind(limit)
     .fetch_all(db)
     .await
 }
@@ -1085,25 +1079,18 @@ pub struct PageResult {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-/// Up to `limit` of a run's pages after `after_id` in id order, optionally
-/// of one state: an export reads a run a page at a time, holding a
-/// connection only while it reads one.
+/// A run's pages in id order as the export shows them, optionally of one
+/// state: an export reads a run some rows at a time, holding a connection
+/// only while it reads them.
 pub async fn page_results<'e, E: PgExecutor<'e>>(
     db: E,
-    run_id: Uuid,
-    status: Option<PageStatus>,
-    after_id: i64,
-    limit: i64,
+    rows: RunRows<PageStatus>,
 ) -> Result<Vec<PageResult>, sqlx::Error> {
-    sqlx::query_as(
+    rows.query(
         "select id, url, status, attempt, result, error, finished_at from pages
          where run_id = $1 and ($2::text is null or status = $2) and id > $3
          order by id limit $4",
     )
-    .bind(run_id)
-    .bind(status)
-    .bind(after_id)
-    .bind(limit)
     .fetch_all(db)
     .await
 }

@@ -3,7 +3,12 @@
 //! compared as strings. Their serde names are the stored names, which the
 //! API and the notifications show.
 
+use std::borrow::Cow;
+
+use fanfare_crawler::contract::ErrorKind as CrawlErrorKind;
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
 use utoipa::ToSchema;
 
 /// The state of one page.
@@ -137,32 +142,9 @@ pub enum Trigger {
 
 /// The class of a page's error: the crawler's kinds (see the contract) and
 /// fanfare's own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-#[schema(as = PageErrorKind)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
-    /// The fetch did not finish in time.
-    Timeout,
-    /// The host name did not resolve.
-    Dns,
-    /// The connection was refused or reset.
-    Connect,
-    /// The TLS handshake or certificate failed.
-    Tls,
-    /// The server answered with a non-2xx status.
-    HttpStatus,
-    /// The body was larger than the crawler's cap.
-    TooLarge,
-    /// Too many redirects, or a redirect loop.
-    Redirect,
-    /// The URL could not be fetched as given.
-    InvalidUrl,
-    /// The body could not be read or decoded.
-    Body,
-    /// A configured selector is not valid CSS.
-    InvalidSelector,
-    /// The URL leads to a non-public address.
-    Blocked,
     /// No report came before the attempt's deadline.
     Deadline,
     /// The crawler could not be invoked.
@@ -171,28 +153,66 @@ pub enum ErrorKind {
     RunTimeout,
     /// The page as served looked unrendered; it went on to the browser.
     Unrendered,
-    /// Anything else (an unknown kind a crawler sent).
-    #[serde(other)]
-    Other,
+    /// A kind the crawler reported, under its own name (one it does not
+    /// know is read as `other`).
+    #[serde(untagged)]
+    Crawl(CrawlErrorKind),
 }
 
-impl From<fanfare_crawler::contract::ErrorKind> for ErrorKind {
-    fn from(kind: fanfare_crawler::contract::ErrorKind) -> Self {
-        use fanfare_crawler::contract::ErrorKind as C;
-        match kind {
-            C::Timeout => ErrorKind::Timeout,
-            C::Dns => ErrorKind::Dns,
-            C::Connect => ErrorKind::Connect,
-            C::Tls => ErrorKind::Tls,
-            C::HttpStatus => ErrorKind::HttpStatus,
-            C::TooLarge => ErrorKind::TooLarge,
-            C::Redirect => ErrorKind::Redirect,
-            C::InvalidUrl => ErrorKind::InvalidUrl,
-            C::Body => ErrorKind::Body,
-            C::InvalidSelector => ErrorKind::InvalidSelector,
-            C::Blocked => ErrorKind::Blocked,
-            C::Other => ErrorKind::Other,
+impl ErrorKind {
+    /// fanfare's own kinds, in the order declared.
+    const OWN: [ErrorKind; 4] = [
+        ErrorKind::Deadline,
+        ErrorKind::Invoke,
+        ErrorKind::RunTimeout,
+        ErrorKind::Unrendered,
+    ];
+
+    /// The snake_case name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Deadline => "deadline",
+            ErrorKind::Invoke => "invoke",
+            ErrorKind::RunTimeout => "run_timeout",
+            ErrorKind::Unrendered => "unrendered",
+            ErrorKind::Crawl(kind) => kind.as_str(),
         }
+    }
+}
+
+impl From<CrawlErrorKind> for ErrorKind {
+    fn from(kind: CrawlErrorKind) -> Self {
+        ErrorKind::Crawl(kind)
+    }
+}
+
+impl utoipa::PartialSchema for ErrorKind {
+    /// A string enum of every name: the crawler's kinds, fanfare's own,
+    /// then `other`.
+    fn schema() -> RefOr<Schema> {
+        let crawler = CrawlErrorKind::ALL
+            .into_iter()
+            .filter(|k| *k != CrawlErrorKind::Other)
+            .map(ErrorKind::Crawl);
+        let names: Vec<&str> = crawler
+            .chain(ErrorKind::OWN)
+            .chain([ErrorKind::Crawl(CrawlErrorKind::Other)])
+            .map(ErrorKind::as_str)
+            .collect();
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            // The type's own doc, as a derived schema would say it.
+            .description(Some(
+                "The class of a page's error: the crawler's kinds (see the contract) and\nfanfare's own.",
+            ))
+            .enum_values(Some(names))
+            .into()
+    }
+}
+
+impl ToSchema for ErrorKind {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("PageErrorKind")
     }
 }
 
@@ -212,9 +232,9 @@ pub struct PageError {
 
 impl PageError {
     /// An error of `kind`.
-    pub fn new(kind: ErrorKind, message: impl Into<String>, retryable: bool) -> Self {
+    pub fn new(kind: impl Into<ErrorKind>, message: impl Into<String>, retryable: bool) -> Self {
         Self {
-            kind,
+            kind: kind.into(),
             message: message.into(),
             retryable,
             http_status: None,
@@ -226,7 +246,7 @@ impl From<fanfare_crawler::contract::CrawlError> for PageError {
     fn from(e: fanfare_crawler::contract::CrawlError) -> Self {
         Self {
             http_status: e.http_status,
-            ..Self::new(e.kind.into(), e.message, e.retryable)
+            ..Self::new(e.kind, e.message, e.retryable)
         }
     }
 }

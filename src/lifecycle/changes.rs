@@ -19,7 +19,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::PgConnection;
 use utoipa::ToSchema;
-use uuid::Uuid;
 
 use crate::config::Compare;
 use crate::ledger::{self, ChangeCounts, ChangeKind, Run, StoredChange, Trigger};
@@ -27,41 +26,9 @@ use crate::ledger::{self, ChangeCounts, ChangeKind, Run, StoredChange, Trigger};
 /// How many changed pages a `run.finished` notification lists at most.
 pub const CHANGED_PAGES_IN_NOTIFICATION: i64 = 100;
 
-/// What changed in a run since the previous run of its schedule, by kind.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct Changes {
-    /// The run this one was compared with (`null` only once that run was
-    /// deleted).
-    pub since_run_id: Option<Uuid>,
-    /// Pages crawled now that the previous run did not have, or had gone
-    /// (404/410).
-    pub new: i64,
-    /// Pages crawled in both runs whose title or an extracted field differs
-    /// (their body's SHA-256, with the schedule's `compare = "content"`).
-    pub changed: i64,
-    /// Pages crawled in both runs that do not differ.
-    pub unchanged: i64,
-    /// Pages of the previous run that are no longer listed, or now answer
-    /// HTTP 404 or 410.
-    pub gone: i64,
-    /// Pages of this run that could not be compared: they failed for
-    /// another reason (timeout, 5xx, ...) or were not crawled, now or in
-    /// the previous run, or answered 404/410 in both.
-    pub unknown: i64,
-}
-
-impl From<ChangeCounts> for Changes {
-    fn from(c: ChangeCounts) -> Self {
-        Changes {
-            since_run_id: c.since_run_id,
-            new: c.new,
-            changed: c.changed,
-            unchanged: c.unchanged,
-            gone: c.gone,
-            unknown: c.unknown,
-        }
-    }
-}
+/// What changed in a run since the previous run of its schedule, by kind
+/// (as the ledger counts it).
+pub type Changes = ChangeCounts;
 
 impl Changes {
     /// Whether a page is new, changed or gone (what `when = "changes"`
@@ -165,13 +132,19 @@ pub async fn compare(
         return Ok(RunChanges::default());
     };
     let counts = ledger::compare_runs(tx, run.id, since, compare == Compare::Content).await?;
-    let pages = ledger::list_changes(&mut *tx, run.id, None, 0, CHANGED_PAGES_IN_NOTIFICATION)
+    let first = ledger::RunRows {
+        run_id: run.id,
+        only: None,
+        after_id: 0,
+        limit: CHANGED_PAGES_IN_NOTIFICATION,
+    };
+    let pages = ledger::list_changes(&mut *tx, first)
         .await?
         .into_iter()
         .map(|c| ChangeEntry::try_from(c).map(|e| e.page))
         .collect::<Result<_, _>>()?;
     Ok(RunChanges {
-        summary: Some(counts.into()),
+        summary: Some(counts),
         pages,
     })
 }

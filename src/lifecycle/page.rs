@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use crate::ledger::{ErrorKind, PageError, PageStatus};
+use crate::ledger::{ErrorKind, PageChange, PageError, PageStatus};
 
 /// What happened to a page's current attempt.
 #[derive(Debug, Clone, PartialEq)]
@@ -109,23 +109,47 @@ impl RetryReason {
 /// What becomes of the page.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Next {
-    /// Back to pending, dispatched again after `after`; unless
-    /// `uses_attempt`, the attempt does not count (the page never ran).
-    Requeue {
-        /// The wait before the next dispatch.
-        after: Duration,
-        /// Whether the attempt counts against `max_attempts`.
-        uses_attempt: bool,
-        /// Why (for the retry counter and the log).
-        reason: RetryReason,
-        /// The error recorded on the page meanwhile.
-        error: PageError,
-    },
+    /// Back to pending, as the retry says.
+    Requeue(Retry),
     /// Terminal, with the error recorded (none for a success, or a
     /// cancellation that keeps the page's last error).
     Terminal(PageStatus, Option<PageError>),
     /// The whole run fails with this reason (its open pages are cancelled).
     FailRun(String),
+}
+
+/// A page going back to pending, dispatched again after `after`; unless
+/// `uses_attempt`, the attempt does not count (the page never ran).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retry {
+    /// The wait before the next dispatch.
+    pub after: Duration,
+    /// Whether the attempt counts against `max_attempts`.
+    pub uses_attempt: bool,
+    /// Why (for the retry counter and the log).
+    pub reason: RetryReason,
+    /// The error recorded on the page meanwhile.
+    pub error: PageError,
+}
+
+impl Retry {
+    /// The ledger's change for this retry.
+    pub fn change(&self) -> PageChange {
+        PageChange::Requeue {
+            after: self.after,
+            error: self.error.clone(),
+            // The site's throttles keep the attempt's number (its report
+            // may still be delivered again) and are counted apart;
+            // Lambda's give it back.
+            refund: !self.uses_attempt
+                && !matches!(
+                    self.reason,
+                    RetryReason::SiteThrottled | RetryReason::Render
+                ),
+            site_throttle: self.reason == RetryReason::SiteThrottled,
+            to_browser: self.reason == RetryReason::Render,
+        }
+    }
 }
 
 /// The longest a site's `Retry-After` is waited for; a longer one is
@@ -143,7 +167,7 @@ pub fn next(attempt: i32, max_attempts: u32, event: Event) -> Next {
         }
         // Sent on to the browser at once, without using up an attempt: the
         // plain fetch worked, it only could not see what scripts add.
-        Event::LooksUnrendered { auto: true } => Next::Requeue {
+        Event::LooksUnrendered { auto: true } => Next::Requeue(Retry {
             after: Duration::ZERO,
             uses_attempt: false,
             reason: RetryReason::Render,
@@ -153,7 +177,7 @@ pub fn next(attempt: i32, max_attempts: u32, event: Event) -> Next {
                  sent on to the browser",
                 true,
             ),
-        },
+        }),
         // A site that throttles is waited for without using up an attempt,
         // up to `max_attempts` times; after that the report is a failure
         // like any other.
@@ -161,23 +185,23 @@ pub fn next(attempt: i32, max_attempts: u32, event: Event) -> Next {
             error,
             retry_after,
             throttles,
-        } if throttles < max_attempts => Next::Requeue {
+        } if throttles < max_attempts => Next::Requeue(Retry {
             after: retry_after
                 .unwrap_or_else(|| backoff(throttles as i32 + 1))
                 .min(MAX_RETRY_AFTER),
             uses_attempt: false,
             reason: RetryReason::SiteThrottled,
             error,
-        },
+        }),
         Event::SiteThrottled { error, .. } => {
             next(attempt, max_attempts, Event::ReportFailed(error))
         }
-        Event::ReportFailed(error) if error.retryable && attempts_left => Next::Requeue {
+        Event::ReportFailed(error) if error.retryable && attempts_left => Next::Requeue(Retry {
             after: backoff(attempt),
             uses_attempt: true,
             reason: RetryReason::Reported,
             error,
-        },
+        }),
         // The crawler's error is kept as it sent it, `retryable` included.
         Event::ReportFailed(error) => Next::Terminal(PageStatus::Failed, Some(error)),
         Event::DeadlinePassed => {
@@ -187,12 +211,12 @@ pub fn next(attempt: i32, max_attempts: u32, event: Event) -> Next {
                 attempts_left,
             );
             if attempts_left {
-                Next::Requeue {
+                Next::Requeue(Retry {
                     after: backoff(attempt),
                     uses_attempt: true,
                     reason: RetryReason::Deadline,
                     error,
-                }
+                })
             } else {
                 Next::Terminal(PageStatus::TimedOut, Some(error))
             }
@@ -201,18 +225,18 @@ pub fn next(attempt: i32, max_attempts: u32, event: Event) -> Next {
         Event::InvokeThrottled {
             message,
             retry_after,
-        } => Next::Requeue {
+        } => Next::Requeue(Retry {
             after: retry_after.unwrap_or(Duration::from_secs(1)),
             uses_attempt: false,
             reason: RetryReason::Throttled,
             error: PageError::new(ErrorKind::Invoke, message, true),
-        },
-        Event::InvokeFailedRetryable(message) if attempts_left => Next::Requeue {
+        }),
+        Event::InvokeFailedRetryable(message) if attempts_left => Next::Requeue(Retry {
             after: backoff(attempt),
             uses_attempt: true,
             reason: RetryReason::Invoke,
             error: PageError::new(ErrorKind::Invoke, message, true),
-        },
+        }),
         Event::InvokeFailedRetryable(message) | Event::InvokeRejected(message) => Next::Terminal(
             PageStatus::Failed,
             Some(PageError::new(ErrorKind::Invoke, message, false)),
@@ -247,7 +271,7 @@ mod tests {
     use super::*;
 
     fn crawl_error(retryable: bool) -> PageError {
-        PageError::new(ErrorKind::Connect, "refused", retryable)
+        PageError::new(fanfare_crawler::ErrorKind::Connect, "refused", retryable)
     }
 
     /// Every event, with a sample payload.
@@ -301,11 +325,11 @@ mod tests {
 
     fn describe(next: &Next) -> String {
         match next {
-            Next::Requeue {
+            Next::Requeue(Retry {
                 uses_attempt,
                 reason,
                 ..
-            } => format!(
+            }) => format!(
                 "requeue {} {}",
                 reason.as_str(),
                 if *uses_attempt { "uses" } else { "refunds" }
@@ -339,7 +363,7 @@ mod tests {
 
     #[test]
     fn a_retried_page_records_why_and_marks_the_error_retryable() {
-        let Next::Requeue { error, after, .. } = next(1, 3, Event::DeadlinePassed) else {
+        let Next::Requeue(Retry { error, after, .. }) = next(1, 3, Event::DeadlinePassed) else {
             panic!("a deadline with attempts left requeues");
         };
         assert_eq!(error.message, "no report for attempt 1 before its deadline");
@@ -359,11 +383,11 @@ mod tests {
         };
         for attempt in [1, 5] {
             match next(attempt, 1, throttled(Some(Duration::from_secs(7)))) {
-                Next::Requeue {
+                Next::Requeue(Retry {
                     after,
                     uses_attempt,
                     ..
-                } => {
+                }) => {
                     assert_eq!(after, Duration::from_secs(7));
                     assert!(!uses_attempt);
                 }
@@ -372,7 +396,7 @@ mod tests {
         }
         assert!(matches!(
             next(1, 1, throttled(None)),
-            Next::Requeue { after, .. } if after == Duration::from_secs(1)
+            Next::Requeue(Retry { after, .. }) if after == Duration::from_secs(1)
         ));
     }
 
@@ -385,12 +409,12 @@ mod tests {
         };
         // On the last attempt, with throttles left: waits as the site asks.
         match next(1, 1, throttled(Some(Duration::from_secs(2)), 0)) {
-            Next::Requeue {
+            Next::Requeue(Retry {
                 after,
                 uses_attempt,
                 reason,
                 ..
-            } => {
+            }) => {
                 assert_eq!(after, Duration::from_secs(2));
                 assert!(!uses_attempt);
                 assert_eq!(reason, RetryReason::SiteThrottled);
@@ -398,11 +422,11 @@ mod tests {
             other => panic!("a throttled page must be requeued, got {other:?}"),
         }
         // Without Retry-After: a backoff; an absurd one is capped.
-        let Next::Requeue { after, .. } = next(1, 3, throttled(None, 2)) else {
+        let Next::Requeue(Retry { after, .. }) = next(1, 3, throttled(None, 2)) else {
             panic!("requeue expected");
         };
         assert!(after >= Duration::from_secs(2) && after <= Duration::from_secs(4));
-        let Next::Requeue { after, .. } =
+        let Next::Requeue(Retry { after, .. }) =
             next(1, 3, throttled(Some(Duration::from_secs(86_400)), 0))
         else {
             panic!("requeue expected");
@@ -412,11 +436,11 @@ mod tests {
         // attempt, and fails the page on its last one.
         assert!(matches!(
             next(1, 2, throttled(None, 2)),
-            Next::Requeue {
+            Next::Requeue(Retry {
                 uses_attempt: true,
                 reason: RetryReason::Reported,
                 ..
-            }
+            })
         ));
         assert_eq!(
             next(2, 2, throttled(None, 2)),
@@ -428,12 +452,12 @@ mod tests {
     fn an_unrendered_looking_page_goes_on_to_the_browser_at_once_only_with_auto() {
         for (attempt, max_attempts) in [(1, 1), (3, 3), (1, 5)] {
             match next(attempt, max_attempts, Event::LooksUnrendered { auto: true }) {
-                Next::Requeue {
+                Next::Requeue(Retry {
                     after,
                     uses_attempt,
                     reason,
                     error,
-                } => {
+                }) => {
                     assert_eq!(after, Duration::ZERO);
                     assert!(!uses_attempt, "the plain fetch does not use an attempt");
                     assert_eq!(reason, RetryReason::Render);

@@ -295,7 +295,7 @@ pub fn finished_payload(run: &Run, failed: &[FailedPage], changes: &RunChanges) 
                     .unwrap_or_else(|| p.status.as_str().replace('_', " ")),
             })
             .collect(),
-        changes: changes.summary.clone(),
+        changes: changes.summary,
         changed_pages: changes.pages.clone(),
         // Counted by the caller, in the finishing transaction.
         render: ledger::RenderCounts::default(),

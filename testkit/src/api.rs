@@ -129,3 +129,19 @@ pub async fn metrics_text(client: &reqwest::Client, address: &str) -> String {
         .await
         .unwrap()
 }
+
+/// The `field` text of every item of the JSON array `list`, in order; a
+/// test fails when `list` is no array or an item has no such text.
+pub fn texts<'a>(list: &'a serde_json::Value, field: &str) -> Vec<&'a str> {
+    let items = list
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {list}"));
+    items
+        .iter()
+        .map(|item| {
+            item[field]
+                .as_str()
+                .unwrap_or_else(|| panic!("no text {field:?} in {item}"))
+        })
+        .collect()
+}

@@ -14,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::api::{self, RunState};
-use crate::config::{config_toml_with, ADMIN_TOKEN, CALLBACK_SECRET};
+use crate::config::{config_toml_with, ScheduleToml, ADMIN_TOKEN, CALLBACK_SECRET};
 use crate::db::TestDatabase;
+use crate::lambda::RecordingLambda;
 use crate::metrics::metric_in;
 use crate::reports::succeeded;
 
@@ -205,6 +206,22 @@ impl TestApp {
             .await
     }
 
+    /// Starts the application on a fresh database with `schedules` (TOML)
+    /// and a [`RecordingLambda`] the test reads; returns both.
+    pub async fn spawn_recording(schedules: &str) -> (Self, Arc<RecordingLambda>) {
+        let lambda = Arc::new(RecordingLambda::default());
+        let app = Self::spawn(schedules, Some(lambda.clone())).await;
+        (app, lambda)
+    }
+
+    /// Starts the application on a fresh database with the one schedule
+    /// `schedule` and triggers it; returns the app and the run.
+    pub async fn spawn_and_trigger(schedule: &ScheduleToml) -> (Self, Uuid) {
+        let app = Self::spawn(&schedule.to_string(), None).await;
+        let run = app.trigger(schedule.name()).await;
+        (app, run)
+    }
+
     /// Starts the application on an existing database (a restart, a second
     /// replica), which it does not drop.
     pub async fn spawn_on(db: &str, schedules: &str, lambda: Option<Arc<dyn LambdaApi>>) -> Self {
@@ -233,11 +250,51 @@ impl TestApp {
         api::trigger(&self.client, &self.address, ADMIN_TOKEN, schedule).await
     }
 
+    /// Triggers `schedule` and waits until that run is finished; returns
+    /// its id and its API view.
+    pub async fn run_once(&self, schedule: &str, within: Duration) -> (Uuid, serde_json::Value) {
+        let run = self.trigger(schedule).await;
+        (run, self.wait_finished(run, within).await)
+    }
+
     /// GETs an admin endpoint as JSON; status 0 when the request failed.
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
         api::get(&self.client, &self.address, ADMIN_TOKEN, path)
             .await
             .unwrap_or((0, serde_json::Value::Null))
+    }
+
+    /// Sends `method` to an admin endpoint with the admin token; panics
+    /// only when no answer came.
+    pub async fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::Response {
+        self.client
+            .request(method, format!("{}{path}", self.address))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{path}: no answer: {e}"))
+    }
+
+    /// GETs `path` without a token (health, readiness, a refused call);
+    /// returns the status, 0 when the request failed.
+    pub async fn status_without_token(&self, path: &str) -> u16 {
+        match self
+            .client
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+        {
+            Ok(resp) => resp.status().as_u16(),
+            Err(_) => 0,
+        }
+    }
+
+    /// POSTs to an admin endpoint (an action: trigger, cancel, redrive,
+    /// pause); returns (status, body as JSON or null).
+    pub async fn post(&self, path: &str) -> (u16, serde_json::Value) {
+        let resp = self.admin(reqwest::Method::POST, path).await;
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(serde_json::Value::Null))
     }
 
     /// The text of `/metrics`.
@@ -291,6 +348,21 @@ impl TestApp {
             .unwrap_or((0, serde_json::Value::Null))
     }
 
+    /// POSTs `report` about `request` with its token; asserts it was
+    /// recorded (200, `recorded`).
+    pub async fn report_recorded(&self, request: &CrawlRequest, report: &serde_json::Value) {
+        let (status, body) = self
+            .post_report(Some(&request.callback_token), report)
+            .await;
+        assert_eq!(
+            (status, body["status"].as_str()),
+            (200, Some("recorded")),
+            "page {} attempt {}: {body}",
+            request.page_id,
+            request.attempt
+        );
+    }
+
     /// Plays the crawler: POSTs a succeeded report for `request` to the
     /// callback URL it names, with its token; returns (status, body).
     pub async fn report_success(&self, request: &CrawlRequest) -> (u16, serde_json::Value) {
@@ -336,6 +408,12 @@ impl TestApp {
             within,
         )
         .await
+    }
+
+    /// Waits until the run is finished; returns its outcome.
+    pub async fn wait_outcome(&self, run_id: Uuid, within: Duration) -> String {
+        let view = self.wait_finished(run_id, within).await;
+        view["outcome"].as_str().unwrap_or_default().to_string()
     }
 
     /// Every page of a run through `GET /v1/runs/{id}/pages`, in id order.

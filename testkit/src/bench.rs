@@ -1,7 +1,49 @@
-//! What the benchmarks print about where they ran, and the figures they
-//! share: quantiles, CPU seconds from `/proc`, the load average.
+//! What the benchmarks share: their command line ([`start`]), the
+//! application and its runtimes ([`run_app`], [`start_app`]), `/healthz`
+//! probes, latency quantiles ([`Latencies`]), CPU seconds and memory from
+//! `/proc` ([`Sampler`]), the load average, and what they print about
+//! where they ran.
 
+use std::future::Future;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use fanfare::dispatch::LambdaApi;
+use fanfare::startup::Overrides;
+use fanfare::Settings;
+use tokio_util::sync::CancellationToken;
+
+use crate::{AppTask, RecordingLambda, ADMIN_TOKEN, CALLBACK_SECRET};
+
+mod options;
+
+/// Reads this benchmark's options by its usage text (see the module
+/// `options`: the lines of `usage` that start with `--`); `--help` prints
+/// `usage` and exits. Logs go to stderr when `RUST_LOG` is set.
+pub fn start<T: serde::de::DeserializeOwned>(usage: &str) -> anyhow::Result<T> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{usage}");
+        std::process::exit(0);
+    }
+    let parsed = options::parse(usage, args)?;
+    if std::env::var_os("RUST_LOG").is_some() {
+        fanfare::telemetry::init();
+    }
+    Ok(parsed)
+}
+
+/// The command that runs this measurement again: `cargo bench --bench
+/// NAME --` and every option of `usage` as given or defaulted.
+pub fn reproduce(bench: &str, usage: &str) -> String {
+    match options::command_line(usage, std::env::args().skip(1)) {
+        Ok(options) => format!("cargo bench --bench {bench} -- {options}"),
+        Err(e) => format!("(not known: {e})"),
+    }
+}
 
 /// The checkout's short commit, with "(with uncommitted changes)" when
 /// tracked files differ from it; "unknown" outside a git checkout.
@@ -233,14 +275,13 @@ pub fn print_machine() {
 }
 
 /// The runtimes of a benchmark that runs the application in-process: a
-/// multi-threaded one of two workers for the application (one per vCPU of
-/// a small Fargate task), and a current-thread one for the load, so that
-/// the load's queueing does not show as the server's latency.
-pub fn runtimes() -> std::io::Result<(tokio::runtime::Runtime, tokio::runtime::Runtime)> {
-    let app = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+/// multi-threaded one for the application ([`app_runtime`]: `app_threads`
+/// workers, or one per core), and a current-thread one for the load, so
+/// that the load's queueing does not show as the server's latency.
+pub fn runtimes(
+    app_threads: Option<usize>,
+) -> std::io::Result<(tokio::runtime::Runtime, tokio::runtime::Runtime)> {
+    let app = app_runtime(app_threads).build()?;
     let load = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -287,4 +328,345 @@ pub async fn finished_by(
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// A multi-threaded runtime for the application: `threads` workers, or
+/// one per core.
+pub fn app_runtime(threads: Option<usize>) -> tokio::runtime::Builder {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = threads {
+        builder.worker_threads(n.max(1));
+    }
+    builder
+}
+
+/// Runs `work` to its end on a thread named `name` with a current-thread
+/// runtime of its own (a loopback site, a load, a probe that must not
+/// queue behind the application's tasks).
+pub fn on_thread<T, F, Fut>(name: &str, work: F) -> std::io::Result<std::thread::JoinHandle<T>>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || runtime.block_on(work()))
+}
+
+/// The settings of a benchmark's application on `database_url`: the kit's
+/// secrets, a free port, `pool` connections, `rest` appended.
+pub fn settings(database_url: &str, pool: u32, rest: &str) -> anyhow::Result<Settings> {
+    let toml = crate::config_toml_with(database_url, 0, pool, CALLBACK_SECRET, ADMIN_TOKEN, rest);
+    Settings::from_toml(&toml).context("the benchmark's configuration")
+}
+
+/// Starts the application with `settings` (and `lambda` for its Lambda
+/// API) on this runtime and waits until it is ready; returns its address.
+pub async fn start_app(
+    settings: Settings,
+    lambda: Option<Arc<dyn LambdaApi>>,
+) -> anyhow::Result<(String, AppTask)> {
+    let overrides = Overrides {
+        lambda,
+        ..Default::default()
+    };
+    let (address, app) = AppTask::start(settings, overrides).await;
+    let client = reqwest::Client::new();
+    anyhow::ensure!(
+        crate::wait_ready(&client, &address, Duration::from_secs(30)).await,
+        "the application did not become ready"
+    );
+    Ok((address, app))
+}
+
+/// Runs the application on `app` with a [`RecordingLambda`] for its Lambda
+/// API, and `work` (given its address and the stand-in) on `load`, so that
+/// the load's CPU and queueing are not the application's; then stops the
+/// application.
+pub fn run_app<T, F, Fut>(
+    (app, load): &(tokio::runtime::Runtime, tokio::runtime::Runtime),
+    settings: Settings,
+    work: F,
+) -> anyhow::Result<T>
+where
+    F: FnOnce(String, Arc<RecordingLambda>) -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let lambda = Arc::new(RecordingLambda::default());
+    let stand_in = lambda.clone() as Arc<dyn LambdaApi>;
+    let (address, task) = app.block_on(start_app(settings, Some(stand_in)))?;
+    let result = load.block_on(work(address, lambda));
+    app.block_on(task.stop());
+    result
+}
+
+/// Waits until `lambda` has recorded `n` invokes and returns them; gives up
+/// when `stall` passes without a new one.
+pub async fn dispatched(
+    lambda: &RecordingLambda,
+    n: usize,
+    stall: Duration,
+) -> anyhow::Result<Vec<fanfare_crawler::contract::CrawlRequest>> {
+    let mut seen = 0;
+    loop {
+        let notified = lambda.invoked.notified();
+        let now = lambda.events.lock().expect("never poisoned").len();
+        if now >= n {
+            return Ok(lambda.requests());
+        }
+        if now > seen {
+            seen = now;
+        } else if tokio::time::timeout(stall, notified).await.is_err() {
+            anyhow::bail!(
+                "fan-out stalled: {now} of {n} pages dispatched after {stall:?} without progress"
+            );
+        }
+    }
+}
+
+/// Sends `request(i)` every `interval` until `stop`; returns the latencies
+/// of 200 answers and the number of other answers (or failures).
+pub async fn probe<F, Fut>(
+    interval: Duration,
+    stop: CancellationToken,
+    request: F,
+) -> (Vec<Duration>, usize)
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = reqwest::Result<reqwest::Response>>,
+{
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for i in 0.. {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let sent = Instant::now();
+        match request(i).await {
+            Ok(r) if r.status() == 200 => {
+                let _ = r.bytes().await;
+                latencies.push(sent.elapsed());
+            }
+            _ => errors += 1,
+        }
+    }
+    (latencies, errors)
+}
+
+/// `GET /healthz` every `interval` from a thread of its own, until
+/// [`HealthzProbe::finish`].
+pub struct HealthzProbe {
+    stop: CancellationToken,
+    thread: std::thread::JoinHandle<(Vec<Duration>, usize)>,
+}
+
+impl HealthzProbe {
+    /// Starts probing the application at `address`.
+    pub fn start(address: &str, interval: Duration) -> std::io::Result<Self> {
+        let stop = CancellationToken::new();
+        let url = format!("{address}/healthz");
+        let until = stop.clone();
+        let thread = on_thread("healthz", move || async move {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap_or_default();
+            probe(interval, until, |_| client.get(&url).send()).await
+        })?;
+        Ok(Self { stop, thread })
+    }
+
+    /// Stops probing; returns the latencies of 200 answers and the number
+    /// of other answers.
+    pub fn finish(self) -> Latencies {
+        self.stop.cancel();
+        let (latencies, failed) = self.thread.join().unwrap_or_default();
+        Latencies::new(latencies, failed)
+    }
+}
+
+/// Latencies, sorted, and how many requests got no good answer.
+#[derive(Debug, Clone, Default)]
+pub struct Latencies {
+    sorted: Vec<Duration>,
+    /// Requests without a good answer.
+    pub failed: usize,
+}
+
+impl Latencies {
+    /// `latencies` in any order.
+    pub fn new(mut latencies: Vec<Duration>, failed: usize) -> Self {
+        latencies.sort();
+        Self {
+            sorted: latencies,
+            failed,
+        }
+    }
+
+    /// How many were measured.
+    pub fn len(&self) -> usize {
+        self.sorted.len()
+    }
+
+    /// Whether none were.
+    pub fn is_empty(&self) -> bool {
+        self.sorted.is_empty()
+    }
+
+    /// The `q` quantile in milliseconds (nearest rank above); NaN for none.
+    pub fn ms(&self, q: f64) -> f64 {
+        millis(duration_quantile(&self.sorted, q))
+    }
+
+    /// The longest in milliseconds; NaN for none.
+    pub fn max_ms(&self) -> f64 {
+        millis(self.sorted.last().copied())
+    }
+
+    /// The `q` quantile in seconds; NaN for none.
+    pub fn secs(&self, q: f64) -> f64 {
+        duration_quantile(&self.sorted, q).map_or(f64::NAN, |d| d.as_secs_f64())
+    }
+}
+
+/// User and system CPU seconds of this process so far.
+pub fn self_cpu_seconds() -> f64 {
+    process_cpu_seconds(std::process::id()).unwrap_or(0.0)
+}
+
+/// A field of `/proc/PID/status` (of this process for `None`) as a number:
+/// `VmRSS:`, `VmHWM:`, `RssAnon:` in kB, `Threads:`.
+pub fn status_field(pid: Option<u32>, field: &str) -> Option<u64> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/status"),
+        None => "/proc/self/status".to_string(),
+    };
+    let status = std::fs::read_to_string(path).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Samples a reading (memory, in kB) every so often on a thread of its
+/// own: the last value, and the peak since the start or [`Sampler::reset_peak`].
+pub struct Sampler {
+    last: Arc<AtomicU64>,
+    peak: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    read: Arc<dyn Fn() -> Option<u64> + Send + Sync>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sampler {
+    /// Reads `read` every `every` (a `None` is skipped: the process is gone).
+    pub fn start(
+        every: Duration,
+        read: impl Fn() -> Option<u64> + Send + Sync + 'static,
+    ) -> std::io::Result<Self> {
+        let read: Arc<dyn Fn() -> Option<u64> + Send + Sync> = Arc::new(read);
+        let (last, peak, stop) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let thread = {
+            let (last, peak, stop, read) = (last.clone(), peak.clone(), stop.clone(), read.clone());
+            std::thread::Builder::new()
+                .name("sampler".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Some(v) = read() {
+                            last.store(v, Ordering::Relaxed);
+                            peak.fetch_max(v, Ordering::Relaxed);
+                        }
+                        std::thread::sleep(every);
+                    }
+                })?
+        };
+        Ok(Self {
+            last,
+            peak,
+            stop,
+            read,
+            thread: Some(thread),
+        })
+    }
+
+    /// `VmRSS` of process `pid` (this one for `None`) every 50 ms.
+    pub fn rss(pid: Option<u32>) -> std::io::Result<Self> {
+        Self::start(Duration::from_millis(50), move || {
+            status_field(pid, "VmRSS:")
+        })
+    }
+
+    /// The last reading.
+    pub fn last(&self) -> u64 {
+        self.last.load(Ordering::Relaxed)
+    }
+
+    /// The highest reading since the start or the last reset.
+    pub fn peak(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    /// Starts a new peak from a reading taken now; returns that reading.
+    pub fn reset_peak(&self) -> u64 {
+        let now = (self.read)().unwrap_or_else(|| self.last());
+        self.last.store(now, Ordering::Relaxed);
+        self.peak.store(now, Ordering::Relaxed);
+        now
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A body generated chunk by chunk as it is sent: `head`, then `item(i)`
+/// for `i` in `0..count` (in chunks of about 64 KiB), then `tail`.
+pub fn generated_body(
+    head: String,
+    count: usize,
+    item: impl Fn(usize) -> String + Send + Sync + 'static,
+    tail: String,
+) -> axum::body::Body {
+    use axum::body::Bytes;
+    let mut next = 0usize;
+    let mut state = 0u8;
+    let chunks = std::iter::from_fn(move || match state {
+        0 => {
+            state = 1;
+            Some(Bytes::from(head.clone()))
+        }
+        1 if next < count => {
+            let mut chunk = String::with_capacity(70 * 1024);
+            while next < count && chunk.len() < 64 * 1024 {
+                chunk.push_str(&item(next));
+                next += 1;
+            }
+            Some(Bytes::from(chunk))
+        }
+        1 => {
+            state = 2;
+            Some(Bytes::from(tail.clone()))
+        }
+        _ => None,
+    });
+    axum::body::Body::from_stream(futures::stream::iter(
+        chunks.map(Ok::<_, std::convert::Infallible>),
+    ))
 }

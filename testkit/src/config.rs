@@ -1,5 +1,7 @@
 //! The secrets and configuration TOML of every test.
 
+use std::path::{Path, PathBuf};
+
 /// The secret every test configuration signs task tokens with.
 pub const CALLBACK_SECRET: &str = "test-callback-secret-0123456789abcdef";
 /// The admin token of every test configuration.
@@ -55,6 +57,47 @@ per_host_in_flight = 1000000
     )
 }
 
+/// The environment variable `name` parsed as a `T` (a trial count, a
+/// seed); `None` when it is unset or does not parse.
+pub fn env_parsed<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// A configuration file in a directory of its own, removed when dropped
+/// (after a panic too): for the commands that read `--config`.
+pub struct ConfigFile {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl ConfigFile {
+    /// Writes `toml` to `fanfare.toml` in a fresh temporary directory.
+    pub fn write(toml: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("fanfare-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("create a temporary directory");
+        let path = dir.join("fanfare.toml");
+        std::fs::write(&path, toml).expect("write the configuration file");
+        Self { dir, path }
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The directory the file is in, for other files of the test; removed
+    /// with it.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
+
 /// A `[[schedules.notify]]` block for a webhook to `url`, signed with
 /// [`WEBHOOK_SECRET`].
 pub fn webhook_block(url: &str) -> String {
@@ -104,6 +147,11 @@ pub struct ScheduleToml {
 }
 
 impl ScheduleToml {
+    /// The schedule's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Crawled by the Lambda function `function` (the tests' stand-in).
     pub fn lambda(mut self, function: &str) -> Self {
         self.invoker = format!("invoker = \"lambda\"\nfunction = \"{function}\"");

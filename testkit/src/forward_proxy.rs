@@ -70,9 +70,11 @@ impl ForwardProxy {
                 .expect("the proxy's client builds"),
         };
         let app = Router::new().fallback(forward).with_state(shared);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let base = crate::net::serve(app).await;
+        let addr = base
+            .trim_start_matches("http://")
+            .parse()
+            .expect("an address");
         Self {
             url: format!("http://{user}:{password}@{addr}"),
             addr,

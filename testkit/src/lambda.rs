@@ -10,6 +10,8 @@ use fanfare_crawler::contract::CrawlRequest;
 use futures::future::BoxFuture;
 use tokio::sync::Notify;
 
+use crate::wait::eventually_notified;
+
 /// A Lambda API stand-in that records every Event invoke and does nothing
 /// else: the test plays the crawler.
 #[derive(Default)]
@@ -35,17 +37,9 @@ impl RecordingLambda {
 
     /// Waits until at least `n` events were recorded.
     pub async fn wait_for(&self, n: usize) -> Vec<CrawlRequest> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let notified = self.invoked.notified();
-            let got = self.requests();
-            if got.len() >= n {
-                return got;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                panic!("expected {n} invokes, saw {}", self.requests().len());
-            }
-        }
+        let what = format!("{n} invokes");
+        self.wait_until(Duration::from_secs(30), &what, |got| got.len() >= n)
+            .await
     }
 
     /// Waits until `done` holds for the recorded events.
@@ -55,17 +49,15 @@ impl RecordingLambda {
         what: &str,
         done: impl Fn(&[CrawlRequest]) -> bool,
     ) -> Vec<CrawlRequest> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let notified = self.invoked.notified();
+        eventually_notified(what, within, &self.invoked, || {
             let got = self.requests();
             if done(&got) {
-                return got;
+                Ok(got)
+            } else {
+                Err(format!("{} invokes", got.len()))
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                panic!("{what}: not within {within:?} ({} invokes seen)", got.len());
-            }
-        }
+        })
+        .await
     }
 }
 

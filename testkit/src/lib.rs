@@ -15,6 +15,7 @@
 //! - [`webhooks`]: loopback webhook receivers and Standard Webhooks
 //!   signatures computed independently of fanfare's code;
 //! - [`metrics`]: samples of a Prometheus text exposition;
+//! - [`net`]: loopback HTTP servers;
 //! - [`proxy`]: a loopback proxy to a test database that can be cut;
 //! - [`forward_proxy`]: a loopback HTTP forward proxy that records what it
 //!   forwards and checks its credentials;
@@ -32,16 +33,18 @@ pub mod forward_proxy;
 pub mod lambda;
 pub mod linksite;
 pub mod metrics;
+pub mod net;
 pub mod proxy;
 pub mod reports;
 pub mod wait;
 pub mod webhooks;
 
-pub use api::{get, metrics_text, post_callback, trigger, wait_ready, wait_run, RunState};
+pub use api::{get, metrics_text, post_callback, texts, trigger, wait_ready, wait_run, RunState};
 pub use app::{AppTask, TestApp, TestAppBuilder};
 pub use config::{
-    config_toml, config_toml_with, crawl_schedule_block, lambda_schedule_block, schedule,
-    webhook_block, ScheduleToml, ADMIN_TOKEN, CALLBACK_SECRET, WEBHOOK_SECRET,
+    config_toml, config_toml_with, crawl_schedule_block, env_parsed, lambda_schedule_block,
+    schedule, webhook_block, ConfigFile, ScheduleToml, ADMIN_TOKEN, CALLBACK_SECRET,
+    WEBHOOK_SECRET,
 };
 pub use db::{admin_database_url, fresh_database, TestDatabase, DATABASE_PREFIX};
 pub use forward_proxy::{ForwardProxy, Forwarded};
@@ -50,5 +53,5 @@ pub use linksite::{LinkSite, LinkSiteSpec};
 pub use metrics::metric_in;
 pub use proxy::PgProxy;
 pub use reports::{failed, succeeded};
-pub use wait::{eventually, holds, secs};
+pub use wait::{eventually, eventually_notified, holds, secs};
 pub use webhooks::{by_webhook_id, expected_signature, header, Delivery, Hit, Policy, Receiver};

@@ -50,8 +50,7 @@ pub struct LinkSite {
 impl LinkSite {
     /// Serves `spec` on a loopback port until the process ends.
     pub async fn start(spec: LinkSiteSpec) -> Arc<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (listener, base) = crate::net::loopback().await;
         let site = Arc::new(LinkSite {
             base,
             spec,
@@ -63,7 +62,7 @@ impl LinkSite {
             .route("/robots.txt", get(robots))
             .fallback(other)
             .with_state(site.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        crate::net::serve_on(listener, app);
         site
     }
 

@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::config::WEBHOOK_SECRET;
+use crate::wait::{eventually_notified, holds};
 
 /// A header's value; empty when absent or not text.
 pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
@@ -226,35 +227,18 @@ impl Receiver {
 
     /// Waits until `n` deliveries arrived.
     pub async fn wait_for(&self, n: usize, within: Duration) -> Vec<Delivery> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let notified = self.notify.notified();
+        let what = format!("{n} webhook deliveries");
+        eventually_notified(&what, within, &self.notify, || {
             let got = self.deliveries();
-            if got.len() >= n {
-                return got;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                panic!(
-                    "expected {n} webhook deliveries, got {}",
-                    self.deliveries().len()
-                );
-            }
-        }
+            holds(got.len() >= n, format!("{} deliveries", got.len())).map(|()| got)
+        })
+        .await
     }
 
     /// Waits for the first delivery, then a little longer to catch a
     /// second one that must not come; returns everything received.
     pub async fn wait_for_one(&self, within: Duration) -> Vec<Delivery> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let notified = self.notify.notified();
-            if !self.deliveries().is_empty() {
-                break;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                panic!("no webhook delivery within {within:?}");
-            }
-        }
+        self.wait_for(1, within).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         self.deliveries()
     }
@@ -262,16 +246,11 @@ impl Receiver {
     /// Waits until a delivery about `run` was accepted; returns the
     /// deliveries about it.
     pub async fn wait_delivered(&self, run: Uuid, within: Duration) -> Vec<Hit> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let notified = self.notify.notified();
+        let what = format!("an accepted webhook delivery for run {run}");
+        eventually_notified(&what, within, &self.notify, || {
             let got = self.hits_for(run);
-            if got.iter().any(Hit::accepted) {
-                return got;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                panic!("no accepted webhook delivery for run {run} within {within:?}: {got:?}");
-            }
-        }
+            holds(got.iter().any(Hit::accepted), format!("{got:?}")).map(|()| got)
+        })
+        .await
     }
 }

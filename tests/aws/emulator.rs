@@ -193,8 +193,7 @@ async fn the_real_crawler_under_cargo_lambdas_emulator_crawls_twenty_demo_pages_
         .to_string();
     // The emulator answers an Event invoke only when the crawl is done.
     let app = spawn_app(&lambda_section(&emulator.url, "60s"), &schedule).await;
-    let run_id = app.trigger("emulated").await;
-    let run = app.wait_finished(run_id, RUN_TIMEOUT).await;
+    let (run_id, run) = app.run_once("emulated", RUN_TIMEOUT).await;
     eprintln!(
         "run of {PAGES} pages through the emulator: {}s",
         run["duration_seconds"]

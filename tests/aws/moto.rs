@@ -141,6 +141,15 @@ impl Moto {
         aws_sdk_lambda::Client::from_conf(config)
     }
 
+    /// With the test's AWS credentials set, starts moto and creates each of
+    /// `functions` in it.
+    pub async fn with_functions(functions: &[&str]) -> Self {
+        use_test_aws_credentials();
+        let mut moto = Self::start().await;
+        moto.create_functions(functions).await;
+        moto
+    }
+
     /// Creates each of `names` (see [`Moto::create_function`]).
     pub async fn create_functions(&mut self, names: &[&str]) {
         for name in names {
@@ -439,9 +448,7 @@ async fn a_run_of_fifty_pages_makes_exactly_fifty_event_invokes_of_the_configure
 #[tokio::test]
 async fn a_lister_function_is_invoked_request_response_with_its_payload_and_its_answer_becomes_the_runs_pages(
 ) {
-    use_test_aws_credentials();
-    let mut moto = Moto::start().await;
-    moto.create_functions(&["lister", "crawler"]).await;
+    let moto = Moto::with_functions(&["lister", "crawler"]).await;
     // The lister's answer: strings and objects with "url"; invalid entries
     // are skipped.
     moto.queue_result(
@@ -501,16 +508,13 @@ async fn a_lister_function_is_invoked_request_response_with_its_payload_and_its_
 #[tokio::test]
 async fn a_lister_answering_with_a_function_error_fails_the_run_with_that_error_and_invokes_no_crawler(
 ) {
-    use_test_aws_credentials();
-    let mut moto = Moto::start().await;
-    moto.create_functions(&["lister", "crawler"]).await;
+    let moto = Moto::with_functions(&["lister", "crawler"]).await;
     // Over 6,000,000 bytes: moto answers X-Amz-Function-Error: Unhandled,
     // {"errorType": "Function.ResponseSizeTooLarge", "errorMessage": ...}.
     moto.queue_result(&"x".repeat(6_000_001)).await;
     let (app, receiver) = spawn_listed(&moto).await;
 
-    let run_id = app.trigger("listed").await;
-    let run = app.wait_finished(run_id, Duration::from_secs(30)).await;
+    let (_, run) = app.run_once("listed", Duration::from_secs(30)).await;
 
     assert_eq!(run["outcome"], "failed", "{run:#}");
     assert_eq!(run["pages"]["total"], 0);

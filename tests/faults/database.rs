@@ -27,14 +27,7 @@ use crate::helpers::*;
 const PAGES: usize = 300;
 
 fn shop(sitemap: &str, receiver: &Receiver) -> String {
-    schedule("shop")
-        .sitemap(sitemap)
-        .extract(r#"{ name = "h1.name", price = ".price" }"#)
-        .text("page_timeout", "5s")
-        .key("max_attempts", 5)
-        .key("max_in_flight", 50)
-        .webhook(&receiver.url)
-        .to_string()
+    shop_schedule(sitemap, "5s", receiver)
 }
 
 /// The checks both tests make once the run finished.
@@ -166,10 +159,8 @@ async fn a_postgres_connection_terminated_while_the_run_stores_its_page_list_doe
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/sitemap.xml", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        url
+        let base = fanfare_testkit::net::serve(app).await;
+        format!("{base}/sitemap.xml")
     };
     let app = TestApp::spawn(&shop(&sitemap, &receiver), None).await;
     let database = database_name(&app.database);

@@ -4,7 +4,6 @@
 //! half of them were dispatched again, then reports every attempt it saw.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fanfare_crawler::contract::CrawlRequest;
@@ -23,16 +22,12 @@ async fn every_report_delivered_three_times_in_shuffled_order_with_superseded_at
 ) {
     let seed = seed();
     let receiver = Receiver::accepting().await;
-    let lambda = Arc::new(RecordingLambda::default());
-    let app = TestApp::spawn(
-        &lambda_schedule(
-            "dup",
-            PAGES,
-            &receiver,
-            "page_timeout = \"1s\"\nmax_attempts = 5",
-        ),
-        Some(lambda.clone()),
-    )
+    let (app, lambda) = TestApp::spawn_recording(&lambda_schedule(
+        "dup",
+        PAGES,
+        &receiver,
+        "page_timeout = \"1s\"\nmax_attempts = 5",
+    ))
     .await;
     let started = Instant::now();
     let run = app.trigger("dup").await;

@@ -17,19 +17,27 @@ pub use fanfare_testkit::{
 
 /// How many SIGKILL trials to run: `FANFARE_FAULT_TRIALS`, default 20.
 pub fn trials() -> usize {
-    std::env::var("FANFARE_FAULT_TRIALS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20)
+    fanfare_testkit::env_parsed("FANFARE_FAULT_TRIALS").unwrap_or(20)
 }
 
 /// The random seed: `FANFARE_FAULT_SEED`, else a fresh one (printed by the
 /// tests, so a failure can be replayed).
 pub fn seed() -> u64 {
-    std::env::var("FANFARE_FAULT_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(rand::random)
+    fanfare_testkit::env_parsed("FANFARE_FAULT_SEED").unwrap_or_else(rand::random)
+}
+
+/// The schedule `shop` of the fault tests: the pages of `sitemap`, each
+/// page's name and price, up to 5 attempts of `page_timeout` each, 50 in
+/// flight, a webhook to `receiver`.
+pub fn shop_schedule(sitemap: &str, page_timeout: &str, receiver: &Receiver) -> String {
+    schedule("shop")
+        .sitemap(sitemap)
+        .extract(r#"{ name = "h1.name", price = ".price" }"#)
+        .text("page_timeout", page_timeout)
+        .key("max_attempts", 5)
+        .key("max_in_flight", 50)
+        .webhook(&receiver.url)
+        .to_string()
 }
 
 /// The database name of a URL made by [`fresh_database`].

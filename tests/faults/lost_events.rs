@@ -114,8 +114,7 @@ async fn an_invoker_that_loses_a_tenth_of_the_events_still_gets_every_page_crawl
         })
     };
     let started = Instant::now();
-    let run = app.trigger("lossy").await;
-    let finished = app.wait_finished(run, Duration::from_secs(60)).await;
+    let (run, finished) = app.run_once("lossy", Duration::from_secs(60)).await;
     let finish_s = started.elapsed().as_secs_f64();
     receiver.wait_delivered(run, Duration::from_secs(10)).await;
     let pages = app.pages(run).await;

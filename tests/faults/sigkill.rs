@@ -80,14 +80,7 @@ async fn progress(pool: &PgPool, run: Uuid) -> (String, i64, i64) {
 }
 
 fn schedules(site: &DemoSite, receiver: &Receiver) -> String {
-    schedule("shop")
-        .sitemap(&site.sitemap_url())
-        .extract(r#"{ name = "h1.name", price = ".price" }"#)
-        .text("page_timeout", "2s")
-        .key("max_attempts", 5)
-        .key("max_in_flight", 50)
-        .webhook(&receiver.url)
-        .to_string()
+    shop_schedule(&site.sitemap_url(), "2s", receiver)
 }
 
 async fn trial(n: usize, point: KillPoint, config: &str, dir: &Workdir, db: &str) -> Trial {

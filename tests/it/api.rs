@@ -1,6 +1,5 @@
 //! The admin API, health, readiness and metrics.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::helpers::*;
@@ -31,31 +30,19 @@ async fn admin_endpoints_need_the_admin_token() {
 #[tokio::test]
 async fn triggering_an_unknown_schedule_is_404() {
     let app = app_with_one_lambda_page().await;
-    let resp = app
-        .client
-        .post(format!("{}/v1/schedules/nope/trigger", app.address))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 404);
-    let body: serde_json::Value = resp.json().await.unwrap();
+    let (status, body) = app.post("/v1/schedules/nope/trigger").await;
+    assert_eq!(status, 404);
     assert!(body["error"].as_str().unwrap().contains("\"nope\""));
     app.stop().await;
 }
 
 #[tokio::test]
 async fn runs_are_listed_newest_first_with_their_pages() {
-    let lambda = Arc::new(RecordingLambda::default());
-    let app = TestApp::spawn(
-        &format!(
-            "{}{}",
-            lambda_schedule("a", 3, None, ""),
-            lambda_schedule("b", 1, None, "")
-        ),
-        Some(lambda.clone()),
-    )
-    .await;
+    let schedules = [
+        lambda_schedule("a", 3, None, ""),
+        lambda_schedule("b", 1, None, ""),
+    ];
+    let (app, lambda) = TestApp::spawn_recording(&schedules.concat()).await;
     let first = app.trigger("a").await;
     let second = app.trigger("a").await;
     let other = app.trigger("b").await;
@@ -68,12 +55,7 @@ async fn runs_are_listed_newest_first_with_their_pages() {
 
     let (status, body) = app.get("/v1/runs?schedule=a&limit=10").await;
     assert_eq!(status, 200);
-    let ids: Vec<&str> = body["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["id"].as_str().unwrap())
-        .collect();
+    let ids = texts(&body["runs"], "id");
     assert_eq!(ids, vec![second.to_string(), first.to_string()]);
     assert_eq!(body["runs"][1]["outcome"], "failed");
     assert_eq!(body["runs"][1]["pages"]["failed"], 3);
@@ -113,22 +95,9 @@ async fn runs_are_listed_newest_first_with_their_pages() {
 
 #[tokio::test]
 async fn health_readiness_and_metrics_answer() {
-    let lambda = Arc::new(RecordingLambda::default());
-    let app = TestApp::spawn(&lambda_schedule("m", 2, None, ""), Some(lambda.clone())).await;
-    let health = app
-        .client
-        .get(format!("{}/healthz", app.address))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status(), 200);
-    let ready = app
-        .client
-        .get(format!("{}/readyz", app.address))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 200);
+    let (app, lambda) = TestApp::spawn_recording(&lambda_schedule("m", 2, None, "")).await;
+    assert_eq!(app.status_without_token("/healthz").await, 200);
+    assert_eq!(app.status_without_token("/readyz").await, 200);
 
     let run = app.trigger("m").await;
     for r in lambda.wait_for(2).await {
@@ -167,34 +136,30 @@ async fn readiness_fails_while_the_database_is_unreachable() {
     assert!(err.contains("database"), "{err}");
 }
 
-#[tokio::test]
-async fn the_trigger_command_starts_a_run_through_the_api() {
-    let lambda = Arc::new(RecordingLambda::default());
-    let app = TestApp::spawn(&lambda_schedule("cli", 1, None, ""), Some(lambda.clone())).await;
-    let dir = std::env::temp_dir().join(format!("fanfare-trigger-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("fanfare.toml");
-    std::fs::write(
-        &config,
-        config_toml(
-            "postgres://unused@127.0.0.1/db",
-            &lambda_schedule("cli", 1, None, ""),
-        ),
-    )
-    .unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fanfare"))
-        .args([
-            "trigger",
-            "cli",
-            "--json",
-            "--url",
-            &app.address,
-            "--config",
-        ])
-        .arg(&config)
+/// `fanfare trigger ARGS --url APP --config FILE`.
+async fn fanfare_trigger(
+    app: &TestApp,
+    config: &ConfigFile,
+    args: &[&str],
+) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_fanfare"))
+        .arg("trigger")
+        .args(args)
+        .args(["--url", &app.address, "--config"])
+        .arg(config.path())
         .output()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_trigger_command_starts_a_run_through_the_api() {
+    let (app, lambda) = TestApp::spawn_recording(&lambda_schedule("cli", 1, None, "")).await;
+    let config = ConfigFile::write(&config_toml(
+        "postgres://unused@127.0.0.1/db",
+        &lambda_schedule("cli", 1, None, ""),
+    ));
+    let out = fanfare_trigger(&app, &config, &["cli", "--json"]).await;
     assert!(
         out.status.success(),
         "{}",
@@ -206,12 +171,7 @@ async fn the_trigger_command_starts_a_run_through_the_api() {
     assert_eq!(reqs[0].run_id, run_id);
 
     // Without --json, a line for people naming the run.
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fanfare"))
-        .args(["trigger", "cli", "--url", &app.address, "--config"])
-        .arg(&config)
-        .output()
-        .await
-        .unwrap();
+    let out = fanfare_trigger(&app, &config, &["cli"]).await;
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -219,65 +179,19 @@ async fn the_trigger_command_starts_a_run_through_the_api() {
         "{text}"
     );
 
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fanfare"))
-        .args(["trigger", "nope", "--url", &app.address, "--config"])
-        .arg(&config)
-        .output()
-        .await
-        .unwrap();
+    let out = fanfare_trigger(&app, &config, &["nope"]).await;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
-    std::fs::remove_dir_all(&dir).ok();
     app.stop().await;
 }
 
 #[tokio::test]
 async fn actions_on_an_unknown_run_or_schedule_are_404_and_on_a_finished_run_409() {
     let (app, run) = app_with_a_finished_run().await;
-    let post = |path: String| {
-        let app = &app;
-        async move {
-            let resp = app
-                .client
-                .post(format!("{}{path}", app.address))
-                .bearer_auth(ADMIN_TOKEN)
-                .send()
-                .await
-                .unwrap();
-            let status = resp.status().as_u16();
-            let body: serde_json::Value = resp.json().await.unwrap();
-            (
-                status,
-                body["error"].as_str().unwrap_or_default().to_string(),
-            )
-        }
-    };
-    let unknown = uuid::Uuid::from_u128(7);
-    for (path, status, says) in [
-        (
-            format!("/v1/runs/{run}/cancel"),
-            409,
-            "has finished already",
-        ),
-        (
-            format!("/v1/runs/{unknown}/cancel"),
-            404,
-            "no run has the id",
-        ),
-        (
-            format!("/v1/runs/{run}/redrive"),
-            409,
-            "no failed or timed-out pages",
-        ),
-        (
-            format!("/v1/runs/{unknown}/redrive"),
-            404,
-            "no run has the id",
-        ),
-        ("/v1/schedules/nope/pause".to_string(), 404, "\"nope\""),
-        ("/v1/schedules/nope/resume".to_string(), 404, "\"nope\""),
-    ] {
-        let (got, error) = post(path.clone()).await;
+    for (action, status, says, _) in refused_actions(run) {
+        let path = format!("/v1/{action}");
+        let (got, body) = app.post(&path).await;
+        let error = body["error"].as_str().unwrap_or_default();
         assert_eq!(got, status, "{path}: {error}");
         assert!(error.contains(says), "{path}: {error}");
     }

@@ -11,15 +11,7 @@ use serde_json::json;
 use crate::helpers::*;
 
 async fn app_with_run(pages: usize) -> (TestApp, Arc<RecordingLambda>, Receiver, uuid::Uuid) {
-    let lambda = Arc::new(RecordingLambda::default());
-    let receiver = Receiver::start(0).await;
-    let app = TestApp::spawn(
-        &lambda_schedule("s", pages, Some(&receiver), ""),
-        Some(lambda.clone()),
-    )
-    .await;
-    let run = app.trigger("s").await;
-    lambda.wait_for(pages).await;
+    let (app, lambda, receiver, run, _) = lambda_run("s", pages, "", pages).await;
     // So that a ledger snapshot taken now changes only through the test.
     app.wait_listed(run, Duration::from_secs(20)).await;
     (app, lambda, receiver, run)
@@ -84,10 +76,7 @@ async fn every_report_sent_twice_concurrently_is_counted_once() {
 async fn a_report_after_the_page_is_terminal_is_a_duplicate_and_changes_nothing() {
     let (app, lambda, _receiver, _run) = app_with_run(2).await;
     let r = &lambda.requests()[0];
-    let (s, b) = app
-        .post_report(Some(&r.callback_token), &succeeded(r))
-        .await;
-    assert_eq!((s, b["status"].as_str()), (200, Some("recorded")));
+    app.report_recorded(r, &succeeded(r)).await;
     let before = app.ledger_snapshot().await;
     // A later, different report of the same page: still a duplicate.
     let (s, b) = app
@@ -214,13 +203,7 @@ async fn malformed_reports_get_a_4xx_with_a_reason_and_change_nothing() {
 
 #[tokio::test]
 async fn concurrent_last_reports_finish_the_run_exactly_once() {
-    let lambda = Arc::new(RecordingLambda::default());
-    let receiver = Receiver::start(0).await;
-    let app = TestApp::spawn(
-        &lambda_schedule("race", 2, Some(&receiver), ""),
-        Some(lambda.clone()),
-    )
-    .await;
+    let (app, lambda, receiver) = notifying_app("race", 2, "").await;
     // Many runs of two pages each; both reports of each run race.
     let trials = 25;
     let mut runs = Vec::new();
@@ -273,10 +256,8 @@ async fn concurrent_last_reports_finish_the_run_exactly_once() {
 async fn a_run_left_finishing_by_a_daemon_that_died_is_finished_by_the_sweeper_once() {
     let (app, lambda, receiver, run) = app_with_run(2).await;
     let requests = lambda.requests();
-    let (s, b) = app
-        .post_report(Some(&requests[0].callback_token), &succeeded(&requests[0]))
+    app.report_recorded(&requests[0], &succeeded(&requests[0]))
         .await;
-    assert_eq!((s, b["status"].as_str()), (200, Some("recorded")));
     // The last page is recorded by a daemon that dies before finishing the
     // run: the statement it runs commits on its own, and nothing follows.
     let last = &requests[1];
@@ -308,13 +289,8 @@ async fn a_run_left_finishing_by_a_daemon_that_died_is_finished_by_the_sweeper_o
         .post_report(Some(&last.callback_token), &succeeded(last))
         .await;
     assert_eq!((s, b["status"].as_str()), (200, Some("duplicate")));
-    let cancel = reqwest::Client::new()
-        .post(format!("{}/v1/runs/{run}/cancel", app.address))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(cancel.status(), 409);
+    let (status, cancel) = app.post(&format!("/v1/runs/{run}/cancel")).await;
+    assert_eq!(status, 409, "{cancel}");
     // The crash was a while ago: past the grace, the sweeper finishes it.
     sqlx::query("update runs set updated_at = now() - interval '1 minute' where id = $1")
         .bind(run)

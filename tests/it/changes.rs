@@ -65,16 +65,16 @@ impl Shop {
                 _ => StatusCode::NOT_FOUND.into_response(),
             }
         }
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (listener, base) = fanfare_testkit::net::loopback().await;
         let shop = Shop {
-            base: format!("http://{}", listener.local_addr().unwrap()),
+            base,
             state: Arc::default(),
         };
         let app = Router::new()
             .route("/pages.json", get(list))
             .route("/p/{name}", get(product))
             .with_state(shop.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        fanfare_testkit::net::serve_on(listener, app);
         shop
     }
 
@@ -142,6 +142,17 @@ pub(crate) fn change_the_shop(shop: &Shop) {
     shop.list(&["a", "b", "d", "e"]);
 }
 
+/// An application with the schedule `shop` over [`shop_of_four`], run
+/// once, [`change_the_shop`] and run again; returns the app and both runs.
+pub(crate) async fn two_runs_of_a_changing_shop() -> (TestApp, Shop, Uuid, Uuid) {
+    let shop = shop_of_four().await;
+    let app = TestApp::spawn(&shop.schedule("shop", "", ""), None).await;
+    let (run1, _) = app.run_once("shop", Duration::from_secs(30)).await;
+    change_the_shop(&shop);
+    let (run2, _) = app.run_once("shop", Duration::from_secs(30)).await;
+    (app, shop, run1, run2)
+}
+
 /// The one `run.finished` body `receiver` got for `run`, after waiting
 /// for it.
 async fn finished_body(receiver: &Receiver, run: Uuid) -> Value {
@@ -183,8 +194,7 @@ async fn three_runs_report_new_changed_and_gone_pages_and_when_changes_skips_a_q
     let app = TestApp::spawn(&shop.schedule("shop", "", &notify), None).await;
 
     // Run 1: nothing to compare with.
-    let run1 = app.trigger("shop").await;
-    let finished = app.wait_finished(run1, Duration::from_secs(30)).await;
+    let (run1, finished) = app.run_once("shop", Duration::from_secs(30)).await;
     assert_eq!(finished["pages"]["succeeded"], 4, "{finished:#}");
     let body = finished_body(&always, run1).await;
     assert_eq!(body["changes"], Value::Null, "{body:#}");
@@ -197,8 +207,7 @@ async fn three_runs_report_new_changed_and_gone_pages_and_when_changes_skips_a_q
 
     // Run 2: b changed, e new, c unlisted and d 404 gone, a unchanged.
     change_the_shop(&shop);
-    let run2 = app.trigger("shop").await;
-    let finished = app.wait_finished(run2, Duration::from_secs(30)).await;
+    let (run2, finished) = app.run_once("shop", Duration::from_secs(30)).await;
     assert_eq!(finished["pages"]["succeeded"], 3, "{finished:#}");
     assert_eq!(finished["pages"]["failed"], 1, "{finished:#}");
     let expected_changes = json!({"since_run_id": run1, "new": 1, "changed": 1, "unchanged": 1, "gone": 2, "unknown": 0});
@@ -316,13 +325,7 @@ async fn compare_content_counts_a_page_whose_body_changed_but_not_its_fields() {
 
 #[tokio::test]
 async fn the_changes_endpoint_pages_by_kind_and_refuses_bad_queries() {
-    let shop = shop_of_four().await;
-    let app = TestApp::spawn(&shop.schedule("shop", "", ""), None).await;
-    let run1 = app.trigger("shop").await;
-    app.wait_finished(run1, Duration::from_secs(30)).await;
-    change_the_shop(&shop);
-    let run2 = app.trigger("shop").await;
-    app.wait_finished(run2, Duration::from_secs(30)).await;
+    let (app, shop, run1, run2) = two_runs_of_a_changing_shop().await;
 
     let urls = |body: &Value| -> Vec<String> {
         body["pages"]
@@ -402,17 +405,9 @@ async fn a_redrive_run_is_not_compared_and_is_not_the_run_compared_with() {
     let shop = shop_of_four().await;
     shop.set("d", Product::NotFound);
     let app = TestApp::spawn(&shop.schedule("shop", "", ""), None).await;
-    let run1 = app.trigger("shop").await;
-    app.wait_finished(run1, Duration::from_secs(30)).await;
-    let resp = app
-        .client
-        .post(format!("{}/v1/runs/{run1}/redrive", app.address))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
-    let redrive: Value = resp.json().await.unwrap();
+    let (run1, _) = app.run_once("shop", Duration::from_secs(30)).await;
+    let (status, redrive) = app.post(&format!("/v1/runs/{run1}/redrive")).await;
+    assert_eq!(status, 202, "{redrive}");
     let redrive: Uuid = redrive["run_id"].as_str().unwrap().parse().unwrap();
     app.wait_finished(redrive, Duration::from_secs(30)).await;
     let (_, body) = app.get(&format!("/v1/runs/{redrive}/changes")).await;

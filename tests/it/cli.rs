@@ -2,7 +2,6 @@
 //! daemon, its output read as a script would (not a terminal: plain lines).
 
 use std::process::Output;
-use std::sync::Arc;
 use std::time::Duration;
 
 use fanfare::demo::DemoSite;
@@ -10,15 +9,27 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
+/// `fanfare ARGS` with none of the CLI's settings in its environment.
+fn fanfare_command(args: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_fanfare"));
+    command.args(args);
+    for setting in [
+        "FANFARE_URL",
+        "FANFARE_ADMIN_TOKEN",
+        "FANFARE_CONFIG",
+        "FANFARE_CONFIG_TOML",
+    ] {
+        command.env_remove(setting);
+    }
+    command
+}
+
 /// Runs `fanfare ARGS` against `url` with the admin token in the
 /// environment, no configuration.
 async fn fanfare(url: &str, args: &[&str]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_fanfare"))
-        .args(args)
+    fanfare_command(args)
         .env("FANFARE_URL", url)
         .env("FANFARE_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env_remove("FANFARE_CONFIG")
-        .env_remove("FANFARE_CONFIG_TOML")
         .env("RUST_LOG", "warn")
         .stdin(std::process::Stdio::null())
         .output()
@@ -45,20 +56,12 @@ fn local_schedule(name: &str, site: &DemoSite, paths: &[&str]) -> String {
 
 #[tokio::test]
 async fn runs_list_and_show_print_the_run_as_json_and_as_a_table() {
-    let lambda = Arc::new(RecordingLambda::default());
-    let app = TestApp::spawn(&lambda_schedule("s", 2, None, ""), Some(lambda.clone())).await;
-    let run_id = app.trigger("s").await;
-    lambda.wait_for(2).await;
+    let (app, _, run_id, _) = dispatched_run("s", 2).await;
 
     let out = fanfare(&app.address, &["runs", "list", "--json"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let listed: Value = serde_json::from_slice(&out.stdout).expect("runs list --json is JSON");
-    let ids: Vec<&str> = listed["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["id"].as_str().unwrap())
-        .collect();
+    let ids = texts(&listed["runs"], "id");
     assert_eq!(ids, [run_id.to_string()]);
 
     let out = fanfare(&app.address, &["runs", "list", "--schedule", "s"]).await;
@@ -86,20 +89,16 @@ async fn runs_list_and_show_print_the_run_as_json_and_as_a_table() {
 
 #[tokio::test]
 async fn schedules_list_shows_each_schedule_with_its_last_run() {
-    let lambda = Arc::new(RecordingLambda::default());
-    let app = TestApp::spawn(
-        &format!(
-            "{}{}",
-            lambda_schedule(
-                "nightly",
-                1,
-                None,
-                "cron = \"0 0 3 * * *\"\ntimezone = \"Europe/Paris\""
-            ),
-            lambda_schedule("adhoc", 1, None, "")
+    let (app, lambda) = TestApp::spawn_recording(&format!(
+        "{}{}",
+        lambda_schedule(
+            "nightly",
+            1,
+            None,
+            "cron = \"0 0 3 * * *\"\ntimezone = \"Europe/Paris\""
         ),
-        Some(lambda.clone()),
-    )
+        lambda_schedule("adhoc", 1, None, "")
+    ))
     .await;
     let run_id = app.trigger("adhoc").await;
     lambda.wait_for(1).await;
@@ -220,8 +219,7 @@ async fn trigger_wait_exits_0_when_the_run_succeeds_and_1_when_it_partly_fails()
 
 #[tokio::test]
 async fn runs_cancel_cancels_an_open_run_and_a_second_cancel_exits_2() {
-    let lambda = Arc::new(RecordingLambda::default());
-    let app = TestApp::spawn(&lambda_schedule("s", 3, None, ""), Some(lambda.clone())).await;
+    let (app, lambda) = TestApp::spawn_recording(&lambda_schedule("s", 3, None, "")).await;
     let run_id = app.trigger("s").await.to_string();
     lambda.wait_for(3).await;
 
@@ -271,31 +269,15 @@ async fn export_to_a_file_equals_the_api_answer() {
     let dir = std::env::temp_dir().join(format!("fanfare-export-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
 
+    let run = run_id.to_string();
     for format in ["csv", "jsonl"] {
-        let api = app
-            .client
-            .get(format!(
-                "{}/v1/runs/{run_id}/results?format={format}",
-                app.address
-            ))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        let export = ["export", &run, "--format", format];
+        let path = format!("/v1/runs/{run_id}/results?format={format}");
+        let api = app.admin(Method::GET, &path).await.bytes().await.unwrap();
         let file = dir.join(format!("run.{format}"));
         let out = fanfare(
             &app.address,
-            &[
-                "export",
-                &run_id.to_string(),
-                "--format",
-                format,
-                "-o",
-                file.to_str().unwrap(),
-            ],
+            &[&export[..], &["-o", file.to_str().unwrap()]].concat(),
         )
         .await;
         assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -308,14 +290,7 @@ async fn export_to_a_file_equals_the_api_answer() {
         // To standard output, filtered.
         let out = fanfare(
             &app.address,
-            &[
-                "export",
-                &run_id.to_string(),
-                "--format",
-                format,
-                "--status",
-                "failed",
-            ],
+            &[&export[..], &["--status", "failed"]].concat(),
         )
         .await;
         assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -365,12 +340,8 @@ async fn a_refused_connection_or_a_missing_token_exits_2_naming_what_is_wrong() 
         );
     }
 
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fanfare"))
-        .args(["runs", "list"])
+    let out = fanfare_command(&["runs", "list"])
         .env("FANFARE_URL", &url)
-        .env_remove("FANFARE_ADMIN_TOKEN")
-        .env_remove("FANFARE_CONFIG")
-        .env_remove("FANFARE_CONFIG_TOML")
         .output()
         .await
         .unwrap();
@@ -388,16 +359,11 @@ async fn a_refused_connection_or_a_missing_token_exits_2_naming_what_is_wrong() 
 
 #[tokio::test]
 async fn the_token_and_address_come_from_the_configuration_file() {
-    let lambda = Arc::new(RecordingLambda::default());
-    let app = TestApp::spawn(&lambda_schedule("s", 1, None, ""), Some(lambda.clone())).await;
+    let (app, _) = TestApp::spawn_recording(&lambda_schedule("s", 1, None, "")).await;
     let run_id = app.trigger("s").await;
     let port = app.address.rsplit(':').next().unwrap();
-    let dir = std::env::temp_dir().join(format!("fanfare-cli-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("fanfare.toml");
-    std::fs::write(
-        &config,
-        fanfare_testkit::config_toml_with(
+    let config = ConfigFile::write(
+        &fanfare_testkit::config_toml_with(
             &app.database,
             port.parse().unwrap(),
             2,
@@ -406,18 +372,12 @@ async fn the_token_and_address_come_from_the_configuration_file() {
             "",
         )
         .replace("listen = \"127.0.0.1:", "listen = \"0.0.0.0:"),
-    )
-    .unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fanfare"))
-        .args(["runs", "show", &run_id.to_string(), "--json", "--config"])
-        .arg(&config)
-        .env_remove("FANFARE_URL")
-        .env_remove("FANFARE_ADMIN_TOKEN")
-        .env_remove("FANFARE_CONFIG_TOML")
+    );
+    let out = fanfare_command(&["runs", "show", &run_id.to_string(), "--json", "--config"])
+        .arg(config.path())
         .output()
         .await
         .unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let run: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(run["id"], run_id.to_string());
@@ -556,19 +516,8 @@ async fn on_a_terminal_titles_and_errors_are_shown_with_control_characters_escap
         // Through a pipe, the bytes are as the API sent them.
         let piped = fanfare(&app.address, &["export", &run, "--format", format]).await;
         assert_eq!(piped.status.code(), Some(0), "{}", text(&piped));
-        let api = app
-            .client
-            .get(format!(
-                "{}/v1/runs/{run}/results?format={format}&cells=safe",
-                app.address
-            ))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        let path = format!("/v1/runs/{run}/results?format={format}&cells=safe");
+        let api = app.admin(Method::GET, &path).await.bytes().await.unwrap();
         assert_eq!(piped.stdout, api.to_vec(), "{format}");
     }
 

@@ -1,10 +1,21 @@
 //! Configuration errors name the schedule and the key; the CLI lists them all.
 
-use std::process::Command;
+use std::process::{Command, Output};
 
 use fanfare::Settings;
 
-use crate::helpers::config_toml;
+use crate::helpers::{config_toml, schedule, ConfigFile};
+
+/// `fanfare check-config --config FILE` with the environment variables
+/// `env` set.
+fn check_config(file: &ConfigFile, env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fanfare"))
+        .args(["check-config", "--config"])
+        .arg(file.path())
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
 
 fn problems(schedules: &str) -> Vec<String> {
     match Settings::from_toml(&config_toml("postgres://x@127.0.0.1/db", schedules)) {
@@ -64,21 +75,12 @@ pages = { urls = [] }
 
 #[test]
 fn an_unknown_policy_word_is_named_with_its_key_and_every_allowed_word() {
-    let found = problems(
-        r#"
-[[schedules]]
-name = "words"
-invoker = "local"
-pages = { urls = [] }
-catchup = "sometimes"
-overlap = "queue"
-compare = "bytes"
-
-[[schedules.notify]]
-stdout = {}
-when = "never"
-"#,
-    );
+    let words = schedule("words")
+        .text("catchup", "sometimes")
+        .text("overlap", "queue")
+        .text("compare", "bytes")
+        .notify_block("[[schedules.notify]]\nstdout = {}\nwhen = \"never\"\n");
+    let found = problems(&words.to_string());
     assert_eq!(
         found,
         [
@@ -110,22 +112,11 @@ fn unknown_keys_and_missing_secrets_are_named() {
 
 #[test]
 fn check_config_exits_nonzero_listing_every_problem_and_zero_when_valid() {
-    let dir = std::env::temp_dir().join(format!("fanfare-config-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let bad = dir.join("bad.toml");
-    std::fs::write(
-        &bad,
-        config_toml(
-            "postgres://x@127.0.0.1/db",
-            "[[schedules]]\nname = \"nightly\"\ncron = \"61 * * * * *\"\ninvoker = \"local\"\npages = { urls = [] }\nmax_attempts = 0\n",
-        ),
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_fanfare"))
-        .args(["check-config", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let bad = ConfigFile::write(&config_toml(
+        "postgres://x@127.0.0.1/db",
+        "[[schedules]]\nname = \"nightly\"\ncron = \"61 * * * * *\"\ninvoker = \"local\"\npages = { urls = [] }\nmax_attempts = 0\n",
+    ));
+    let out = check_config(&bad, &[]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -137,20 +128,11 @@ fn check_config_exits_nonzero_listing_every_problem_and_zero_when_valid() {
         "{stderr}"
     );
 
-    let good = dir.join("good.toml");
-    std::fs::write(
-        &good,
-        config_toml(
-            "postgres://x@127.0.0.1/db",
-            "[[schedules]]\nname = \"nightly\"\ncron = \"0 0 3 * * *\"\ntimezone = \"America/Chicago\"\ninvoker = \"local\"\npages = { urls = [\"https://a.example/\"] }\n",
-        ),
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_fanfare"))
-        .args(["check-config", "--config"])
-        .arg(&good)
-        .output()
-        .unwrap();
+    let good = ConfigFile::write(&config_toml(
+        "postgres://x@127.0.0.1/db",
+        "[[schedules]]\nname = \"nightly\"\ncron = \"0 0 3 * * *\"\ntimezone = \"America/Chicago\"\ninvoker = \"local\"\npages = { urls = [\"https://a.example/\"] }\n",
+    ));
+    let out = check_config(&good, &[]);
     assert!(
         out.status.success(),
         "{}",
@@ -158,43 +140,23 @@ fn check_config_exits_nonzero_listing_every_problem_and_zero_when_valid() {
     );
 
     // A secret given through the environment never shows up in the output.
-    let out = Command::new(env!("CARGO_BIN_EXE_fanfare"))
-        .args(["check-config", "--config"])
-        .arg(&bad)
-        .env(
-            "FANFARE__SECURITY__ADMIN_TOKEN",
-            "super-secret-admin-token-value",
-        )
-        .output()
-        .unwrap();
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("super-secret-admin-token-value"));
-    std::fs::remove_dir_all(&dir).ok();
+    let secret = "super-secret-admin-token-value";
+    let out = check_config(&bad, &[("FANFARE__SECURITY__ADMIN_TOKEN", secret)]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(secret));
 }
 
 #[test]
 fn check_config_names_an_admin_token_shorter_than_32_characters() {
-    let dir = std::env::temp_dir().join(format!("fanfare-config-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
     let short = "short-admin-token-20";
-    let path = dir.join("short-token.toml");
-    std::fs::write(
-        &path,
-        fanfare_testkit::config_toml_with(
-            "postgres://x@127.0.0.1/db",
-            0,
-            5,
-            crate::helpers::CALLBACK_SECRET,
-            short,
-            "",
-        ),
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_fanfare"))
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    std::fs::remove_dir_all(&dir).ok();
+    let file = ConfigFile::write(&fanfare_testkit::config_toml_with(
+        "postgres://x@127.0.0.1/db",
+        0,
+        5,
+        crate::helpers::CALLBACK_SECRET,
+        short,
+        "",
+    ));
+    let out = check_config(&file, &[]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -408,21 +370,13 @@ fn trusted_proxies_and_the_lockout_threshold_are_read_and_bad_values_named() {
 
 #[test]
 fn trusted_proxies_can_come_from_one_environment_variable() {
-    let dir = std::env::temp_dir().join(format!("fanfare-config-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("fanfare.toml");
-    std::fs::write(&file, config_toml("postgres://x@127.0.0.1/db", "")).unwrap();
+    let file = ConfigFile::write(&config_toml("postgres://x@127.0.0.1/db", ""));
     for (value, ok) in [
         ("10.0.0.0/16", true),
         ("10.0.0.0/16, 192.0.2.1", true),
         ("10.0.0.0/16,load-balancer", false),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_fanfare"))
-            .args(["check-config", "--config"])
-            .arg(&file)
-            .env("FANFARE__SERVER__TRUSTED_PROXIES", value)
-            .output()
-            .unwrap();
+        let out = check_config(&file, &[("FANFARE__SERVER__TRUSTED_PROXIES", value)]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.success(), ok, "{value}: {stderr}");
         if !ok {
@@ -432,18 +386,14 @@ fn trusted_proxies_can_come_from_one_environment_variable() {
             );
         }
     }
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn each_mistake_in_an_extract_table_is_named_with_its_field_and_key() {
     let found = problems(
-        r#"
-[[schedules]]
-name = "fields"
-invoker = "local"
-pages = { urls = [] }
-
+        &schedule("fields")
+            .raw(
+                r#"
 [schedules.extract]
 ok_text = "h1"
 ok_table = { css = ".tag", all = true, type = "number", regex = "(\\d+)" }
@@ -461,8 +411,10 @@ bad_path = { jsonld = "Product..price" }
 all_word = { css = "a", all = "yes" }
 number = 12
 "#
-        .replace("REGEX", &"a".repeat(1100))
-        .as_str(),
+                .replace("REGEX", &"a".repeat(1100))
+                .as_str(),
+            )
+            .to_string(),
     );
     let at = r#"schedule "fields": extract."#;
     let expect = [
@@ -491,7 +443,6 @@ number = 12
 fn render_keys_default_to_never_and_every_mistake_is_named_at_its_key() {
     use fanfare::config::RenderMode;
     use fanfare_crawler::contract::ResourceType;
-    use fanfare_testkit::schedule;
 
     let valid = [
         schedule("plain").to_string(),

@@ -55,6 +55,22 @@ pub(crate) async fn page(
     (status, headers, resp.text().await.unwrap())
 }
 
+/// POSTs a console form with `cookie` and these fields; returns the answer.
+async fn form_answer(
+    app: &TestApp,
+    cookie: &str,
+    path: &str,
+    fields: &[(&str, &str)],
+) -> reqwest::Response {
+    client()
+        .post(format!("{}{path}", app.address))
+        .header(COOKIE_HEADER, format!("{COOKIE}={cookie}"))
+        .form(fields)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// POSTs a console form with `cookie` and these fields; returns (status, Location).
 async fn post_form(
     app: &TestApp,
@@ -62,13 +78,7 @@ async fn post_form(
     path: &str,
     fields: &[(&str, &str)],
 ) -> (u16, String) {
-    let resp = client()
-        .post(format!("{}{path}", app.address))
-        .header(COOKIE_HEADER, format!("{COOKIE}={cookie}"))
-        .form(fields)
-        .send()
-        .await
-        .unwrap();
+    let resp = form_answer(app, cookie, path, fields).await;
     let location = resp
         .headers()
         .get(LOCATION)
@@ -84,6 +94,16 @@ fn csrf_of(html: &str) -> String {
         .unwrap_or_else(|| panic!("a form with a CSRF token in {html}"));
     let rest = &html[at + r#"name="csrf" value=""#.len()..];
     rest[..rest.find('"').unwrap()].to_string()
+}
+
+/// Signs in to a new session and opens `path` in it; returns the session
+/// cookie and the page's CSRF token.
+async fn signed_in_at(app: &TestApp, path: &str) -> (String, String) {
+    let cookie = session(app).await;
+    let (status, _, html) = page(app, Some(&cookie), path).await;
+    assert_eq!(status, 200, "{path}: {html}");
+    let csrf = csrf_of(&html);
+    (cookie, csrf)
 }
 
 async fn run_count(app: &TestApp) -> i64 {
@@ -161,12 +181,10 @@ async fn a_wrong_admin_token_gets_a_401_page_and_no_session() {
 
 #[tokio::test]
 async fn the_session_cookie_is_secure_when_the_console_is_served_over_https() {
-    let app = TestApp::builder()
-        .toml(&lambda_schedule("s", 1, None, ""))
-        .lambda(Arc::new(RecordingLambda::default()))
-        .tweak(|s| s.server.public_url = "https://fanfare.example.com".parse().unwrap())
-        .spawn()
-        .await;
+    let app = app_with_one_lambda_page_and(|s| {
+        s.server.public_url = "https://fanfare.example.com".parse().unwrap()
+    })
+    .await;
     let resp = sign_in(&app, ADMIN_TOKEN).await;
     assert_eq!(resp.status(), 303);
     let set = resp.headers()[SET_COOKIE].to_str().unwrap();
@@ -204,13 +222,9 @@ async fn forged_edited_and_expired_session_cookies_are_sent_to_the_sign_in() {
 #[tokio::test]
 async fn forms_without_their_csrf_token_are_refused_and_change_nothing() {
     let app = app_with_one_lambda_page().await;
-    let cookie = session(&app).await;
-    let (_, _, overview) = page(&app, Some(&cookie), "/ui/").await;
-    let csrf = csrf_of(&overview);
+    let (cookie, csrf) = signed_in_at(&app, "/ui/").await;
     // Another session's token is no good for this one.
-    let other = session(&app).await;
-    let (_, _, other_page) = page(&app, Some(&other), "/ui/").await;
-    let other_csrf = csrf_of(&other_page);
+    let (_, other_csrf) = signed_in_at(&app, "/ui/").await;
     assert_ne!(csrf, other_csrf);
 
     for fields in [
@@ -260,13 +274,7 @@ async fn forms_without_their_csrf_token_are_refused_and_change_nothing() {
     // Sign-out needs the token too, and deletes the cookie.
     let (status, _) = post_form(&app, &cookie, "/ui/logout", &[]).await;
     assert_eq!(status, 403);
-    let resp = client()
-        .post(format!("{}/ui/logout", app.address))
-        .header(COOKIE_HEADER, format!("{COOKIE}={cookie}"))
-        .form(&[("csrf", csrf.as_str())])
-        .send()
-        .await
-        .unwrap();
+    let resp = form_answer(&app, &cookie, "/ui/logout", &[("csrf", &csrf)]).await;
     assert_eq!(resp.status(), 303);
     assert_eq!(resp.headers()[LOCATION], "/ui/login");
     let set = resp.headers()[SET_COOKIE].to_str().unwrap();
@@ -342,8 +350,7 @@ async fn text_from_page_lists_and_crawlers_is_escaped_in_the_console() {
 
 #[tokio::test]
 async fn a_finished_runs_event_stream_sends_its_counts_once_and_ends() {
-    let lambda = Arc::new(RecordingLambda::default());
-    let app = TestApp::spawn(&lambda_schedule("s", 2, None, ""), Some(lambda.clone())).await;
+    let (app, lambda) = TestApp::spawn_recording(&lambda_schedule("s", 2, None, "")).await;
     let run = app.trigger("s").await;
     let cookie = session(&app).await;
     let requests = lambda.wait_for(2).await;
@@ -389,14 +396,7 @@ async fn a_finished_runs_event_stream_sends_its_counts_once_and_ends() {
 
 #[tokio::test]
 async fn the_run_page_shows_what_changed_since_the_previous_run() {
-    use crate::changes::{change_the_shop, shop_of_four};
-    let shop = shop_of_four().await;
-    let app = TestApp::spawn(&shop.schedule("shop", "", ""), None).await;
-    let run1 = app.trigger("shop").await;
-    app.wait_finished(run1, Duration::from_secs(30)).await;
-    change_the_shop(&shop);
-    let run2 = app.trigger("shop").await;
-    app.wait_finished(run2, Duration::from_secs(30)).await;
+    let (app, shop, run1, run2) = crate::changes::two_runs_of_a_changing_shop().await;
     let cookie = session(&app).await;
 
     let (status, _, body) = page(&app, Some(&cookie), &format!("/ui/runs/{run1}")).await;
@@ -527,13 +527,7 @@ async fn commits(app: &TestApp) -> i64 {
 
 #[tokio::test]
 async fn many_streams_of_an_open_run_share_one_read_of_it_per_second() {
-    let lambda = Arc::new(RecordingLambda::default());
-    let app = TestApp::builder()
-        .toml(&lambda_schedule("s", 2, None, ""))
-        .lambda(lambda.clone())
-        .tweak(|s| s.server.max_event_streams_per_session = 100)
-        .spawn()
-        .await;
+    let (app, lambda) = lambda_app_with(2, |s| s.server.max_event_streams_per_session = 100).await;
     let run = app.trigger("s").await;
     lambda.wait_for(2).await;
     app.wait_listed(run, Duration::from_secs(10)).await;
@@ -593,16 +587,11 @@ async fn many_streams_of_an_open_run_share_one_read_of_it_per_second() {
 
 #[tokio::test]
 async fn streams_beyond_a_sessions_or_the_replicas_limit_are_answered_429() {
-    let lambda = Arc::new(RecordingLambda::default());
-    let app = TestApp::builder()
-        .toml(&lambda_schedule("s", 1, None, ""))
-        .lambda(lambda.clone())
-        .tweak(|s| {
-            s.server.max_event_streams_per_session = 3;
-            s.server.max_event_streams = 4;
-        })
-        .spawn()
-        .await;
+    let (app, lambda) = lambda_app_with(1, |s| {
+        s.server.max_event_streams_per_session = 3;
+        s.server.max_event_streams = 4;
+    })
+    .await;
     let run = app.trigger("s").await;
     lambda.wait_for(1).await;
     let (a, b) = (session(&app).await, session(&app).await);
@@ -653,10 +642,7 @@ async fn streams_beyond_a_sessions_or_the_replicas_limit_are_answered_429() {
 
 #[tokio::test]
 async fn every_stream_of_a_run_ends_with_one_done_event_when_the_run_finishes() {
-    let lambda = Arc::new(RecordingLambda::default());
-    let app = TestApp::spawn(&lambda_schedule("s", 2, None, ""), Some(lambda.clone())).await;
-    let run = app.trigger("s").await;
-    let requests = lambda.wait_for(2).await;
+    let (app, _, run, requests) = dispatched_run("s", 2).await;
     app.report_success(&requests[0]).await;
     let (a, b) = (session(&app).await, session(&app).await);
     let mut streams = Vec::new();
@@ -697,24 +683,21 @@ async fn the_consoles_csv_download_neutralises_formulas_from_page_titles() {
     )
     .await;
     let cookie = session(&app).await;
-    let (status, _, body) = page(
-        &app,
-        Some(&cookie),
-        &format!("/ui/runs/{run_id}/results.csv"),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
+    let csv = |query: &'static str| {
+        let (app, cookie) = (&app, &cookie);
+        async move {
+            let path = format!("/ui/runs/{run_id}/results.csv{query}");
+            let (status, _, body) = page(app, Some(cookie), &path).await;
+            assert_eq!(status, 200, "{path}: {body}");
+            body
+        }
+    };
+    let body = csv("").await;
     let mut rows = csv::Reader::from_reader(body.as_bytes());
     let row = rows.records().next().unwrap().unwrap();
     assert_eq!(&row[3], "'=HYPERLINK(\"http://evil.example\",\"Click\")");
     assert_eq!(&row[4], "'@x");
-    let (status, _, body) = page(
-        &app,
-        Some(&cookie),
-        &format!("/ui/runs/{run_id}/results.csv?cells=raw"),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
+    let body = csv("?cells=raw").await;
     assert!(body.contains(",\"=HYPERLINK("), "{body}");
     app.stop().await;
 }
@@ -759,27 +742,18 @@ fn query_value(s: &str) -> String {
 
 #[tokio::test]
 async fn a_second_redrive_from_the_console_while_the_first_is_open_is_refused() {
-    let lambda = Arc::new(RecordingLambda::default());
-    let app = TestApp::spawn(&lambda_schedule("s", 1, None, ""), Some(lambda.clone())).await;
+    let (app, lambda) = TestApp::spawn_recording(&lambda_schedule("s", 1, None, "")).await;
     let run = app.trigger("s").await;
     let r = lambda.wait_for(1).await.remove(0);
     app.post_report(Some(&r.callback_token), &failed(&r, false))
         .await;
     app.wait_finished(run, Duration::from_secs(5)).await;
-    let cookie = session(&app).await;
-    let (_, _, html) = page(&app, Some(&cookie), &format!("/ui/runs/{run}")).await;
-    let csrf = csrf_of(&html);
+    let (cookie, csrf) = signed_in_at(&app, &format!("/ui/runs/{run}")).await;
     let path = format!("/ui/runs/{run}/redrive");
     let (status, location) = post_form(&app, &cookie, &path, &[("csrf", &csrf)]).await;
     assert_eq!(status, 303);
     assert!(location.starts_with("/ui/runs/"), "{location}");
-    let resp = client()
-        .post(format!("{}{path}", app.address))
-        .header(COOKIE_HEADER, format!("{COOKIE}={cookie}"))
-        .form(&[("csrf", csrf.as_str())])
-        .send()
-        .await
-        .unwrap();
+    let resp = form_answer(&app, &cookie, &path, &[("csrf", &csrf)]).await;
     assert_eq!(resp.status(), 409);
     let body = resp.text().await.unwrap();
     assert!(body.contains("is being redriven already"), "{body}");
@@ -863,49 +837,10 @@ async fn a_signed_out_session_and_its_csrf_token_are_refused_by_every_replica() 
 #[tokio::test]
 async fn console_actions_on_an_unknown_run_or_schedule_are_404_and_on_a_finished_run_409() {
     let (app, run) = app_with_a_finished_run().await;
-    let cookie = session(&app).await;
-    let (_, _, html) = page(&app, Some(&cookie), &format!("/ui/runs/{run}")).await;
-    let csrf = csrf_of(&html);
-    let unknown = uuid::Uuid::from_u128(7);
-    for (path, status, says) in [
-        (
-            format!("/ui/runs/{run}/cancel"),
-            409,
-            "has finished already",
-        ),
-        (
-            format!("/ui/runs/{unknown}/cancel"),
-            404,
-            "No run has the id",
-        ),
-        (
-            format!("/ui/runs/{run}/redrive"),
-            409,
-            "no failed or timed-out pages",
-        ),
-        (
-            format!("/ui/runs/{unknown}/redrive"),
-            404,
-            "No run has the id",
-        ),
-        (
-            "/ui/schedules/nope/pause".to_string(),
-            404,
-            "No schedule is called",
-        ),
-        (
-            "/ui/schedules/nope/resume".to_string(),
-            404,
-            "No schedule is called",
-        ),
-    ] {
-        let resp = client()
-            .post(format!("{}{path}", app.address))
-            .header(COOKIE_HEADER, format!("{COOKIE}={cookie}"))
-            .form(&[("csrf", csrf.as_str())])
-            .send()
-            .await
-            .unwrap();
+    let (cookie, csrf) = signed_in_at(&app, &format!("/ui/runs/{run}")).await;
+    for (action, status, _, says) in refused_actions(run) {
+        let path = format!("/ui/{action}");
+        let resp = form_answer(&app, &cookie, &path, &[("csrf", &csrf)]).await;
         let got = resp.status().as_u16();
         let body = resp.text().await.unwrap();
         assert_eq!(got, status, "{path}: {body}");

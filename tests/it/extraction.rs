@@ -22,12 +22,11 @@ fn demo_schedule(name: &str, site: &DemoSite) -> String {
     fields.push(
         r#"number = { css = ".description", regex = "number (\\d+)", type = "number" }"#.into(),
     );
-    let urls: Vec<String> = site.page_urls().iter().map(|u| format!("{u:?}")).collect();
-    format!(
-        "[[schedules]]\nname = \"{name}\"\ninvoker = \"local\"\npages = {{ urls = [{}] }}\nextract = {{ {} }}\nmax_attempts = 1\n",
-        urls.join(", "),
-        fields.join(", ")
-    )
+    schedule(name)
+        .urls(site.page_urls())
+        .extract(&format!("{{ {} }}", fields.join(", ")))
+        .key("max_attempts", 1)
+        .to_string()
 }
 
 /// The demo price of page `n` as the number a `type = "number"` field gives.
@@ -40,8 +39,7 @@ fn demo_price(n: usize) -> Value {
 async fn typed_fields_keep_their_json_types_through_the_ledger_the_api_and_the_export() {
     let site = DemoSite::start(3).await.unwrap();
     let app = TestApp::spawn(&demo_schedule("demo", &site), None).await;
-    let run = app.trigger("demo").await;
-    let finished = app.wait_finished(run, Duration::from_secs(30)).await;
+    let (run, finished) = app.run_once("demo", Duration::from_secs(30)).await;
     assert_eq!(finished["pages"]["succeeded"], 3, "{finished:#}");
     let base = site.base_url();
 
@@ -98,16 +96,8 @@ async fn typed_fields_keep_their_json_types_through_the_ledger_the_api_and_the_e
 }
 
 async fn export(app: &TestApp, run: uuid::Uuid, format: &str) -> String {
-    let resp = app
-        .client
-        .get(format!(
-            "{}/v1/runs/{run}/results?format={format}",
-            app.address
-        ))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let path = format!("/v1/runs/{run}/results?format={format}");
+    let resp = app.admin(Method::GET, &path).await;
     assert_eq!(resp.status(), 200);
     resp.text().await.unwrap()
 }

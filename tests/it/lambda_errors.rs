@@ -28,6 +28,15 @@ impl Seen {
         true
     }
 
+    /// A request matcher for a mock rule that records every invoke here.
+    fn recorder(
+        &self,
+    ) -> impl Fn(&aws_sdk_lambda::operation::invoke::InvokeInput) -> bool + Send + Sync + 'static
+    {
+        let seen = self.clone();
+        move |input| seen.record(input)
+    }
+
     fn all(&self) -> Vec<(Instant, CrawlRequest)> {
         self.0.lock().unwrap().clone()
     }
@@ -62,9 +71,8 @@ async fn spawn(schedule: &str, api: AwsLambda) -> TestApp {
 #[tokio::test]
 async fn throttling_backs_off_for_retry_after_and_never_uses_up_an_attempt() {
     let seen = Seen::default();
-    let s = seen.clone();
     let rule = mock!(aws_sdk_lambda::Client::invoke)
-        .match_requests(move |input| s.record(input))
+        .match_requests(seen.recorder())
         .sequence()
         .error(throttled)
         .times(3)
@@ -94,14 +102,8 @@ async fn throttling_backs_off_for_retry_after_and_never_uses_up_an_attempt() {
         "throttled invokes use up no attempt"
     );
     let accepted = &calls[3].1;
-    let (status, body) = app
-        .post_report(Some(&accepted.callback_token), &succeeded(accepted))
-        .await;
-    assert_eq!((status, body["status"].as_str()), (200, Some("recorded")));
-    assert_eq!(
-        app.wait_finished(run, Duration::from_secs(5)).await["outcome"],
-        "succeeded"
-    );
+    app.report_recorded(accepted, &succeeded(accepted)).await;
+    assert_eq!(app.wait_outcome(run, secs(5)).await, "succeeded");
     let metrics = app.metrics().await;
     assert!(
         metrics.contains(r#"fanfare_invokes_total{schedule="t",outcome="throttled"} 3"#),
@@ -117,9 +119,8 @@ async fn throttling_backs_off_for_retry_after_and_never_uses_up_an_attempt() {
 #[tokio::test]
 async fn a_request_too_large_answer_fails_the_page_without_retry() {
     let seen = Seen::default();
-    let s = seen.clone();
     let rule = mock!(aws_sdk_lambda::Client::invoke)
-        .match_requests(move |input| s.record(input))
+        .match_requests(seen.recorder())
         .then_error(|| {
             SdkInvokeError::RequestTooLargeException(
                 RequestTooLargeException::builder()
@@ -133,8 +134,7 @@ async fn a_request_too_large_answer_fails_the_page_without_retry() {
         AwsLambda::from_client(client),
     )
     .await;
-    let run = app.trigger("big").await;
-    let finished = app.wait_finished(run, Duration::from_secs(10)).await;
+    let (run, finished) = app.run_once("big", Duration::from_secs(10)).await;
     assert_eq!(finished["outcome"], "failed");
     assert_eq!(finished["pages"]["failed"], 1);
     assert_eq!(rule.num_calls(), 1, "no retry");
@@ -156,8 +156,7 @@ async fn an_event_over_256_kib_fails_before_it_is_sent() {
         .urls([long_url])
         .to_string();
     let app = spawn(&schedule, AwsLambda::from_client(client)).await;
-    let run = app.trigger("huge").await;
-    let finished = app.wait_finished(run, Duration::from_secs(10)).await;
+    let (run, finished) = app.run_once("huge", Duration::from_secs(10)).await;
     assert_eq!(finished["pages"]["failed"], 1);
     assert_eq!(rule.num_calls(), 0, "nothing was sent");
     let (_, pages) = app.get(&format!("/v1/runs/{run}/pages")).await;
@@ -183,8 +182,7 @@ async fn assert_run_fails_fast(
         AwsLambda::from_client(client),
     )
     .await;
-    let run = app.trigger("gone").await;
-    let finished = app.wait_finished(run, Duration::from_secs(10)).await;
+    let (_, finished) = app.run_once("gone", Duration::from_secs(10)).await;
     assert_eq!(finished["outcome"], "failed");
     let error = finished["error"].as_str().unwrap();
     assert!(
@@ -243,7 +241,7 @@ async fn access_denied_fails_the_run_fast_with_the_reason_in_its_notification() 
 /// recorded in `seen`.
 fn two_service_errors_then_accepted(seen: Seen) -> aws_smithy_mocks::Rule {
     mock!(aws_sdk_lambda::Client::invoke)
-        .match_requests(move |input| seen.record(input))
+        .match_requests(seen.recorder())
         .sequence()
         .error(|| {
             SdkInvokeError::ServiceException(
@@ -280,10 +278,7 @@ async fn service_errors_are_retried_within_the_pages_attempts() {
     let last = &seen.all()[2].1;
     app.post_report(Some(&last.callback_token), &succeeded(last))
         .await;
-    assert_eq!(
-        app.wait_finished(run, Duration::from_secs(5)).await["outcome"],
-        "succeeded"
-    );
+    assert_eq!(app.wait_outcome(run, secs(5)).await, "succeeded");
     let metrics = app.metrics().await;
     assert!(
         metrics.contains(r#"fanfare_pages_retried_total{reason="invoke"} 2"#),

@@ -33,19 +33,12 @@ async fn runs_of(app: &TestApp, schedule: &str) -> Vec<serde_json::Value> {
 
 #[tokio::test]
 async fn a_retryable_failure_is_dispatched_again_and_fails_only_with_its_last_attempt() {
-    let lambda = Arc::new(RecordingLambda::default());
-    let app = TestApp::spawn(
-        &lambda_schedule("retry", 2, None, "max_attempts = 2"),
-        Some(lambda.clone()),
-    )
-    .await;
+    let (app, lambda) =
+        TestApp::spawn_recording(&lambda_schedule("retry", 2, None, "max_attempts = 2")).await;
     let run = app.trigger("retry").await;
     let first = lambda.wait_for(2).await;
     for r in &first {
-        let (status, body) = app
-            .post_report(Some(&r.callback_token), &retryable_failure(r))
-            .await;
-        assert_eq!((status, body["status"].as_str()), (200, Some("recorded")));
+        app.report_recorded(r, &retryable_failure(r)).await;
         // The same report again (Lambda redelivers): nothing more happens.
         let (_, body) = app
             .post_report(Some(&r.callback_token), &retryable_failure(r))
@@ -78,11 +71,12 @@ async fn a_retryable_failure_is_dispatched_again_and_fails_only_with_its_last_at
 
 #[tokio::test]
 async fn a_late_report_of_an_earlier_attempt_is_accepted_while_the_page_is_open() {
-    let lambda = Arc::new(RecordingLambda::default());
-    let app = TestApp::spawn(
-        &lambda_schedule("late", 1, None, "page_timeout = \"1s\"\nmax_attempts = 3"),
-        Some(lambda.clone()),
-    )
+    let (app, lambda) = TestApp::spawn_recording(&lambda_schedule(
+        "late",
+        1,
+        None,
+        "page_timeout = \"1s\"\nmax_attempts = 3",
+    ))
     .await;
     let run = app.trigger("late").await;
     let reqs = lambda.wait_for(2).await;
@@ -100,29 +94,14 @@ async fn a_late_report_of_an_earlier_attempt_is_accepted_while_the_page_is_open(
         .post_report(Some(&reqs[1].callback_token), &succeeded(&reqs[1]))
         .await;
     assert_eq!(body["status"], "duplicate");
-    assert_eq!(
-        app.wait_finished(run, Duration::from_secs(5)).await["outcome"],
-        "succeeded"
-    );
+    assert_eq!(app.wait_outcome(run, secs(5)).await, "succeeded");
     app.stop().await;
 }
 
 #[tokio::test]
 async fn past_its_run_timeout_a_run_times_out_its_open_pages_and_notifies() {
-    let lambda = Arc::new(RecordingLambda::default());
-    let receiver = Receiver::start(0).await;
-    let app = TestApp::spawn(
-        &lambda_schedule(
-            "slow",
-            3,
-            Some(&receiver),
-            "run_timeout = \"2s\"\npage_timeout = \"1h\"",
-        ),
-        Some(lambda.clone()),
-    )
-    .await;
-    let run = app.trigger("slow").await;
-    let reqs = lambda.wait_for(3).await;
+    let (app, _, receiver, run, reqs) =
+        lambda_run("slow", 3, "run_timeout = \"2s\"\npage_timeout = \"1h\"", 3).await;
     app.post_report(Some(&reqs[0].callback_token), &succeeded(&reqs[0]))
         .await;
     let finished = app.wait_finished(run, Duration::from_secs(10)).await;
@@ -150,11 +129,12 @@ async fn tolerated_failures_keep_the_outcome_succeeded_up_to_the_limit() {
         ("\"50%\"", 2, "succeeded"),
         ("1", 2, "partial"),
     ] {
-        let lambda = Arc::new(RecordingLambda::default());
-        let app = TestApp::spawn(
-            &lambda_schedule("tol", 4, None, &format!("tolerated_failures = {tolerance}")),
-            Some(lambda.clone()),
-        )
+        let (app, lambda) = TestApp::spawn_recording(&lambda_schedule(
+            "tol",
+            4,
+            None,
+            &format!("tolerated_failures = {tolerance}"),
+        ))
         .await;
         let run = app.trigger("tol").await;
         for (i, r) in lambda.wait_for(4).await.iter().enumerate() {
@@ -176,20 +156,8 @@ async fn tolerated_failures_keep_the_outcome_succeeded_up_to_the_limit() {
 
 #[tokio::test]
 async fn a_run_without_progress_is_reported_stuck_once() {
-    let lambda = Arc::new(RecordingLambda::default());
-    let receiver = Receiver::start(0).await;
-    let app = TestApp::spawn(
-        &lambda_schedule(
-            "stall",
-            2,
-            Some(&receiver),
-            "stuck_after = \"1s\"\npage_timeout = \"1h\"",
-        ),
-        Some(lambda.clone()),
-    )
-    .await;
-    let run = app.trigger("stall").await;
-    let reqs = lambda.wait_for(2).await;
+    let (app, _, receiver, run, reqs) =
+        lambda_run("stall", 2, "stuck_after = \"1s\"\npage_timeout = \"1h\"", 2).await;
     let d = receiver.wait_for(1, Duration::from_secs(10)).await;
     let stuck = d[0].json();
     assert_eq!(stuck["type"], "run.stuck");
@@ -213,28 +181,20 @@ async fn a_run_without_progress_is_reported_stuck_once() {
 
 #[tokio::test]
 async fn a_cancelled_run_cancels_its_open_pages_and_later_reports_are_duplicates() {
-    let lambda = Arc::new(RecordingLambda::default());
     let receiver = Receiver::start(0).await;
-    let app = TestApp::spawn(
+    let (app, lambda) = TestApp::spawn_recording(
         &lambda_schedule("stop", 5, Some(&receiver), "")
             .replace("max_in_flight = 10000", "max_in_flight = 2"),
-        Some(lambda.clone()),
     )
     .await;
     let run = app.trigger("stop").await;
     let reqs = lambda.wait_for(2).await;
     app.post_report(Some(&reqs[0].callback_token), &succeeded(&reqs[0]))
         .await;
-    let cancel = |id: uuid::Uuid| {
-        app.client
-            .post(format!("{}/v1/runs/{id}/cancel", app.address))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-    };
-    let resp = cancel(run).await.unwrap();
-    assert_eq!(resp.status(), 200);
+    let cancel = format!("/v1/runs/{run}/cancel");
+    let (status, body) = app.post(&cancel).await;
+    assert_eq!(status, 200, "{body}");
     let dispatched_before_cancel = lambda.requests().len();
-    let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["outcome"], "cancelled");
     assert_eq!(body["pages"]["cancelled"], 4);
     assert_eq!(body["pages"]["succeeded"], 1);
@@ -242,7 +202,7 @@ async fn a_cancelled_run_cancels_its_open_pages_and_later_reports_are_duplicates
         .post_report(Some(&reqs[1].callback_token), &succeeded(&reqs[1]))
         .await;
     assert_eq!(b["status"], "duplicate");
-    assert_eq!(cancel(run).await.unwrap().status(), 409, "already finished");
+    assert_eq!(app.post(&cancel).await.0, 409, "already finished");
     let d = receiver.wait_for(1, Duration::from_secs(5)).await;
     assert_eq!(d[0].json()["outcome"], "cancelled");
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -256,10 +216,7 @@ async fn a_cancelled_run_cancels_its_open_pages_and_later_reports_are_duplicates
 
 #[tokio::test]
 async fn a_redrive_crawls_the_failed_and_timed_out_pages_again_in_a_linked_run() {
-    let lambda = Arc::new(RecordingLambda::default());
-    let app = TestApp::spawn(&lambda_schedule("again", 4, None, ""), Some(lambda.clone())).await;
-    let run = app.trigger("again").await;
-    let reqs = lambda.wait_for(4).await;
+    let (app, lambda, run, reqs) = dispatched_run("again", 4).await;
     for (i, r) in reqs.iter().enumerate() {
         let body = if i % 2 == 0 {
             failed(r, false)
@@ -269,15 +226,8 @@ async fn a_redrive_crawls_the_failed_and_timed_out_pages_again_in_a_linked_run()
         app.post_report(Some(&r.callback_token), &body).await;
     }
     app.wait_finished(run, Duration::from_secs(5)).await;
-    let redrive = |id: uuid::Uuid| {
-        app.client
-            .post(format!("{}/v1/runs/{id}/redrive", app.address))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-    };
-    let resp = redrive(run).await.unwrap();
-    assert_eq!(resp.status(), 202);
-    let body: serde_json::Value = resp.json().await.unwrap();
+    let (status, body) = app.post(&format!("/v1/runs/{run}/redrive")).await;
+    assert_eq!(status, 202, "{body}");
     let new_run: uuid::Uuid = body["run_id"].as_str().unwrap().parse().unwrap();
     let all = lambda.wait_for(6).await;
     let mut redriven: Vec<&str> = all[4..].iter().map(|r| r.url.as_str()).collect();
@@ -294,7 +244,7 @@ async fn a_redrive_crawls_the_failed_and_timed_out_pages_again_in_a_linked_run()
     assert_eq!(finished["redrive_of"], run.to_string());
     assert_eq!(finished["outcome"], "succeeded");
     assert_eq!(
-        redrive(new_run).await.unwrap().status(),
+        app.post(&format!("/v1/runs/{new_run}/redrive")).await.0,
         409,
         "nothing left to redrive"
     );
@@ -303,8 +253,7 @@ async fn a_redrive_crawls_the_failed_and_timed_out_pages_again_in_a_linked_run()
 
 #[tokio::test]
 async fn racing_redrives_of_one_run_create_one_run_and_the_others_get_409_until_it_finishes() {
-    let lambda = Arc::new(RecordingLambda::default());
-    let app = TestApp::spawn(&lambda_schedule("again", 3, None, ""), Some(lambda.clone())).await;
+    let (app, lambda) = TestApp::spawn_recording(&lambda_schedule("again", 3, None, "")).await;
     let run = app.trigger("again").await;
     for r in lambda.wait_for(3).await {
         app.post_report(Some(&r.callback_token), &failed(&r, false))
@@ -364,16 +313,7 @@ async fn racing_redrives_of_one_run_create_one_run_and_the_others_get_409_until_
 async fn a_paused_schedule_skips_its_fires_until_resumed() {
     let schedule = schedule("tick").cron("* * * * * *").to_string();
     let app = TestApp::spawn(&schedule, None).await;
-    let post = |path: &str| {
-        app.client
-            .post(format!("{}{path}", app.address))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-    };
-    assert_eq!(
-        post("/v1/schedules/tick/pause").await.unwrap().status(),
-        200
-    );
+    assert_eq!(app.post("/v1/schedules/tick/pause").await.0, 200);
     let paused_at = runs_of(&app, "tick").await.len();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let during = runs_of(&app, "tick").await.len();
@@ -390,19 +330,13 @@ async fn a_paused_schedule_skips_its_fires_until_resumed() {
         .unwrap_or(0.0)
             >= 2.0
     );
-    assert_eq!(
-        post("/v1/schedules/tick/resume").await.unwrap().status(),
-        200
-    );
+    assert_eq!(app.post("/v1/schedules/tick/resume").await.0, 200);
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(
         runs_of(&app, "tick").await.len() >= during + 2,
         "fires run again once resumed"
     );
-    assert_eq!(
-        post("/v1/schedules/nope/pause").await.unwrap().status(),
-        404
-    );
+    assert_eq!(app.post("/v1/schedules/nope/pause").await.0, 404);
     app.stop().await;
 }
 
@@ -418,8 +352,7 @@ fn every_second(name: &str, overlap: &str) -> String {
 
 #[tokio::test]
 async fn with_overlap_skip_a_fire_during_an_unfinished_run_is_skipped() {
-    let lambda = Arc::new(RecordingLambda::default());
-    let app = TestApp::spawn(&every_second("o", "skip"), Some(lambda.clone())).await;
+    let (app, _) = TestApp::spawn_recording(&every_second("o", "skip")).await;
     tokio::time::sleep(Duration::from_millis(3500)).await;
     let runs = runs_of(&app, "o").await;
     assert_eq!(runs.len(), 1, "{runs:?}");
@@ -437,8 +370,7 @@ async fn with_overlap_skip_a_fire_during_an_unfinished_run_is_skipped() {
 
 #[tokio::test]
 async fn with_overlap_buffer_one_the_latest_fire_starts_when_the_run_finishes() {
-    let lambda = Arc::new(RecordingLambda::default());
-    let app = TestApp::spawn(&every_second("b", "buffer_one"), Some(lambda.clone())).await;
+    let (app, lambda) = TestApp::spawn_recording(&every_second("b", "buffer_one")).await;
     let first = lambda.wait_for(1).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(runs_of(&app, "b").await.len(), 1, "later fires wait");
@@ -464,8 +396,7 @@ async fn with_overlap_buffer_one_the_latest_fire_starts_when_the_run_finishes() 
 
 #[tokio::test]
 async fn with_overlap_cancel_previous_a_new_fire_cancels_the_unfinished_run() {
-    let lambda = Arc::new(RecordingLambda::default());
-    let app = TestApp::spawn(&every_second("c", "cancel_previous"), Some(lambda.clone())).await;
+    let (app, lambda) = TestApp::spawn_recording(&every_second("c", "cancel_previous")).await;
     lambda.wait_for(2).await;
     let runs = runs_of(&app, "c").await;
     assert!(runs.len() >= 2);
@@ -643,15 +574,9 @@ async fn while_postgres_is_unreachable_readiness_and_callbacks_answer_503_and_ev
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     for r in &reqs {
-        let (status, body) = app
-            .post_report(Some(&r.callback_token), &succeeded(r))
-            .await;
-        assert_eq!((status, body["status"].as_str()), (200, Some("recorded")));
+        app.report_recorded(r, &succeeded(r)).await;
     }
-    assert_eq!(
-        app.wait_finished(run, Duration::from_secs(10)).await["outcome"],
-        "succeeded"
-    );
+    assert_eq!(app.wait_outcome(run, secs(10)).await, "succeeded");
     app.stop().await;
 }
 
@@ -667,40 +592,19 @@ async fn sigterm_turns_readiness_off_at_once_and_exits_within_the_shutdown_grace
     let config = config_toml(&db, &schedule("slow").urls(slow).to_string())
         .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
         .replace("shutdown_grace = \"5s\"", "shutdown_grace = \"2s\"");
-    let dir = std::env::temp_dir().join(format!("fanfare-sigterm-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("fanfare.toml");
-    std::fs::write(&path, config).unwrap();
+    let config = ConfigFile::write(&config);
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_fanfare"))
         .args(["serve", "--config"])
-        .arg(&path)
+        .arg(config.path())
         .env("RUST_LOG", "warn")
         .kill_on_drop(true)
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    let started = Instant::now();
-    while client
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the daemon did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let resp = client
-        .post(format!("{base}/v1/schedules/slow/trigger"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
+    let ready = fanfare_testkit::wait_ready(&client, &base, Duration::from_secs(20)).await;
+    assert!(ready, "the daemon did not become ready");
+    fanfare_testkit::trigger(&client, &base, ADMIN_TOKEN, "slow").await;
     tokio::time::sleep(Duration::from_millis(1500)).await; // the slow crawls are in flight
 
     let pid = child.id().unwrap();
@@ -731,5 +635,4 @@ async fn sigterm_turns_readiness_off_at_once_and_exits_within_the_shutdown_grace
         took < Duration::from_millis(3500),
         "exited within shutdown_grace (2s) + 1.5s: {took:?}"
     );
-    std::fs::remove_dir_all(&dir).ok();
 }

@@ -10,9 +10,25 @@ use fanfare::config::Settings;
 use fanfare_testkit::{crawl_schedule_block, webhook_block, LinkSite, LinkSiteSpec};
 use serde_json::Value;
 
-use crate::helpers::{config_toml, lambda_schedule, Receiver, RecordingLambda, TestApp};
+use crate::helpers::{config_toml, lambda_schedule, schedule, texts, Receiver, TestApp};
 
 const WITHIN: Duration = Duration::from_secs(30);
+
+/// Starts the application with the schedule `shop`, crawling `site` from
+/// its home page (`pages_keys`, `extra`, `notify` as
+/// [`crawl_schedule_block`] takes them), and runs it once; returns the
+/// app, the run and its finished view.
+async fn crawl_once(
+    site: &LinkSite,
+    pages_keys: &str,
+    extra: &str,
+    notify: &str,
+) -> (TestApp, uuid::Uuid, Value) {
+    let schedule = crawl_schedule_block("shop", &site.home(), pages_keys, extra, notify);
+    let app = TestApp::spawn(&schedule, None).await;
+    let (run, shown) = app.run_once("shop", WITHIN).await;
+    (app, run, shown)
+}
 
 /// Each page of a finished run by its site path, and what the run's
 /// pages say of depth and referrer agrees with the site's tree: a found
@@ -48,19 +64,8 @@ async fn pages_by_path(app: &TestApp, run: uuid::Uuid, site: &LinkSite) -> HashM
 async fn a_crawl_takes_every_page_within_max_depth_once_and_counts_the_deeper_links() {
     let site = LinkSite::start(LinkSiteSpec::tree(40, 3)).await;
     let receiver = Receiver::accepting().await;
-    let app = TestApp::spawn(
-        &crawl_schedule_block(
-            "shop",
-            &site.home(),
-            "max_depth = 2",
-            "",
-            &webhook_block(&receiver.url),
-        ),
-        None,
-    )
-    .await;
-    let run = app.trigger("shop").await;
-    let shown = app.wait_finished(run, WITHIN).await;
+    let (app, run, shown) =
+        crawl_once(&site, "max_depth = 2", "", &webhook_block(&receiver.url)).await;
 
     let expected = site.pages_within(2);
     assert_eq!(expected.len(), 13);
@@ -166,13 +171,7 @@ async fn include_and_exclude_patterns_leave_links_out_and_count_them() {
         "max_depth = 3, include = [\"{}\"], exclude = [\"*/n/1\"]",
         site.url("/n/*")
     );
-    let app = TestApp::spawn(
-        &crawl_schedule_block("shop", &site.home(), &keys, "", ""),
-        None,
-    )
-    .await;
-    let run = app.trigger("shop").await;
-    let shown = app.wait_finished(run, WITHIN).await;
+    let (app, run, shown) = crawl_once(&site, &keys, "", "").await;
 
     let pages = pages_by_path(&app, run, &site).await;
     // Page 1 is excluded, so its subtree (4-6, 13-21) is never linked from
@@ -207,13 +206,7 @@ async fn links_robots_txt_disallows_are_left_out_and_counted() {
     let mut spec = LinkSiteSpec::tree(13, 3);
     spec.robots = Some("User-agent: *\nDisallow: /n/2\n".into());
     let site = LinkSite::start(spec).await;
-    let app = TestApp::spawn(
-        &crawl_schedule_block("shop", &site.home(), "", "obey_robots = true", ""),
-        None,
-    )
-    .await;
-    let run = app.trigger("shop").await;
-    let shown = app.wait_finished(run, WITHIN).await;
+    let (app, run, shown) = crawl_once(&site, "", "obey_robots = true", "").await;
 
     let pages = pages_by_path(&app, run, &site).await;
     // /n/2 is disallowed; its children 7, 8, 9 are linked from it only.
@@ -234,21 +227,10 @@ async fn links_robots_txt_disallows_are_left_out_and_counted() {
 
 #[tokio::test]
 async fn max_pages_caps_a_crawl_and_the_links_past_it_are_counted() {
-    let site = LinkSite::start(LinkSiteSpec::tree(40, 3)).await;
     let receiver = Receiver::accepting().await;
-    let app = TestApp::spawn(
-        &crawl_schedule_block(
-            "shop",
-            &site.home(),
-            "",
-            "max_pages = 5",
-            &webhook_block(&receiver.url),
-        ),
-        None,
-    )
-    .await;
-    let run = app.trigger("shop").await;
-    let shown = app.wait_finished(run, WITHIN).await;
+    let site = LinkSite::start(LinkSiteSpec::tree(40, 3)).await;
+    let (_app, run, shown) =
+        crawl_once(&site, "", "max_pages = 5", &webhook_block(&receiver.url)).await;
     assert_eq!(shown["pages"]["total"], 5, "{shown:#}");
     assert_eq!(shown["outcome"], "succeeded");
     let d = &shown["discovery"];
@@ -262,15 +244,13 @@ async fn max_pages_caps_a_crawl_and_the_links_past_it_are_counted() {
 #[tokio::test]
 async fn follow_links_grows_a_listed_run_from_its_list() {
     let site = LinkSite::start(LinkSiteSpec::tree(40, 3)).await;
-    let schedule = format!(
-        "[[schedules]]\nname = \"list\"\ninvoker = \"local\"\n\
-         pages = {{ urls = [\"{}\", \"{}\"], follow_links = true, max_depth = 1 }}\n",
+    let pages = format!(
+        "{{ urls = [\"{}\", \"{}\"], follow_links = true, max_depth = 1 }}",
         site.home(),
         site.url("/n/1"),
     );
-    let app = TestApp::spawn(&schedule, None).await;
-    let run = app.trigger("list").await;
-    let shown = app.wait_finished(run, WITHIN).await;
+    let app = TestApp::spawn(&schedule("list").pages(&pages).to_string(), None).await;
+    let (run, shown) = app.run_once("list", WITHIN).await;
     let pages = pages_by_path(&app, run, &site).await;
     // Both listed pages are depth 0: the home page's children 1-3 and page
     // 1's children 4-6 are depth 1 (page 1 is listed, so not found).
@@ -282,17 +262,13 @@ async fn follow_links_grows_a_listed_run_from_its_list() {
 
 #[tokio::test]
 async fn a_report_with_links_on_a_schedule_that_does_not_follow_them_adds_nothing() {
-    let lambda = std::sync::Arc::new(RecordingLambda::default());
-    let app = TestApp::spawn(&lambda_schedule("plain", 1, None, ""), Some(lambda.clone())).await;
+    let (app, lambda) = TestApp::spawn_recording(&lambda_schedule("plain", 1, None, "")).await;
     let run = app.trigger("plain").await;
     let request = lambda.wait_for(1).await.remove(0);
     assert_eq!(request.links, None, "a listed run asks for no links");
     let mut report = crate::helpers::succeeded(&request);
     report["links"] = serde_json::json!(["http://127.0.0.1:9/p/2", "http://127.0.0.1:9/p/3"]);
-    let (status, body) = app
-        .post_report(Some(&request.callback_token), &report)
-        .await;
-    assert_eq!((status, body["status"].as_str()), (200, Some("recorded")));
+    app.report_recorded(&request, &report).await;
     let shown = app.wait_finished(run, WITHIN).await;
     assert_eq!(shown["pages"]["total"], 1, "{shown:#}");
     assert!(shown["discovery"].is_null(), "{shown:#}");
@@ -317,8 +293,7 @@ async fn a_crawl_run_compares_with_the_previous_one_and_a_page_no_longer_linked_
     let first = app.trigger("shop").await;
     app.wait_finished(first, WITHIN).await;
     site.hide(1);
-    let second = app.trigger("shop").await;
-    let shown = app.wait_finished(second, WITHIN).await;
+    let (second, shown) = app.run_once("shop", WITHIN).await;
     assert_eq!(shown["pages"]["total"], 9, "{shown:#}");
     let hits = receiver.wait_delivered(second, WITHIN).await;
     assert!(!hits.is_empty());
@@ -331,12 +306,7 @@ async fn a_crawl_run_compares_with_the_previous_one_and_a_page_no_longer_linked_
     assert_eq!(body["changes"]["gone"], 4, "{body:#}");
     assert_eq!(body["changes"]["unchanged"], 9, "{body:#}");
     assert_eq!(body["changes"]["new"], 0, "{body:#}");
-    let gone: Vec<&str> = body["changed_pages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["url"].as_str().unwrap())
-        .collect();
+    let gone = texts(&body["changed_pages"], "url");
     assert!(gone.contains(&site.url("/n/1").as_str()), "{gone:?}");
 }
 
@@ -433,11 +403,11 @@ async fn the_demo_shop_is_crawled_from_its_home_page_by_the_demo_crawl_schedule(
 
 #[tokio::test]
 async fn a_report_adds_its_links_once_and_its_repeat_adds_nothing() {
-    let lambda = std::sync::Arc::new(RecordingLambda::default());
-    let schedule =
-        "[[schedules]]\nname = \"crawl\"\ninvoker = \"lambda\"\nfunction = \"crawler-fn\"\n\
-                    pages = { crawl = \"http://127.0.0.1:9/p/1\" }\nmax_in_flight = 100\n";
-    let app = TestApp::spawn(schedule, Some(lambda.clone())).await;
+    let schedule = schedule("crawl")
+        .lambda("crawler-fn")
+        .pages(r#"{ crawl = "http://127.0.0.1:9/p/1" }"#)
+        .key("max_in_flight", 100);
+    let (app, lambda) = TestApp::spawn_recording(&schedule.to_string()).await;
     let run = app.trigger("crawl").await;
     let first = lambda.wait_for(1).await.remove(0);
     let wanted = first.links.expect("a crawl asks for links");

@@ -6,7 +6,6 @@
 //! X-Forwarded-For it appends.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{LOCATION, RETRY_AFTER};
@@ -63,12 +62,7 @@ fn retry_after(resp: &reqwest::Response) -> u64 {
 /// The app with a first lockout of 10 minutes, so that a lockout outlasts
 /// the test however slowly it runs.
 async fn spawn() -> TestApp {
-    TestApp::builder()
-        .toml(&lambda_schedule("s", 1, None, ""))
-        .lambda(Arc::new(RecordingLambda::default()))
-        .tweak(|s| s.security.lockout_first = Duration::from_secs(600))
-        .spawn()
-        .await
+    app_with_one_lambda_page_and(|s| s.security.lockout_first = Duration::from_secs(600)).await
 }
 
 #[tokio::test]
@@ -150,15 +144,11 @@ async fn requests_without_a_token_are_not_counted_as_guesses() {
 
 #[tokio::test]
 async fn behind_a_trusted_proxy_the_client_is_the_address_it_forwarded() {
-    let app = TestApp::builder()
-        .toml(&lambda_schedule("s", 1, None, ""))
-        .lambda(Arc::new(RecordingLambda::default()))
-        .tweak(|s| {
-            s.security.lockout_first = Duration::from_secs(600);
-            s.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
-        })
-        .spawn()
-        .await;
+    let app = app_with_one_lambda_page_and(|s| {
+        s.security.lockout_first = Duration::from_secs(600);
+        s.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
     let proxy = client_from("127.0.0.1");
     // The proxy appends the address it saw; what the client wrote before
     // it (a different address each time) is not believed.

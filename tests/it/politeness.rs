@@ -14,7 +14,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 
-use crate::helpers::TestApp;
+use crate::helpers::{secs, TestApp};
 
 /// What a request to the site looked like.
 #[derive(Debug, Clone)]
@@ -49,8 +49,7 @@ struct Site {
 
 impl Site {
     async fn start(behaviour: Behaviour) -> Arc<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (listener, base) = fanfare_testkit::net::loopback().await;
         let site = Arc::new(Site {
             base,
             behaviour,
@@ -60,16 +59,40 @@ impl Site {
             throttled: Mutex::new(Vec::new()),
         });
         let app = Router::new().fallback(serve).with_state(site.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        fanfare_testkit::net::serve_on(listener, app);
         site
+    }
+
+    /// A site whose robots.txt answers `status` with `body`.
+    async fn with_robots(status: u16, body: impl Into<String>) -> Arc<Self> {
+        Self::start(Behaviour {
+            robots: Some((status, body.into())),
+            ..Behaviour::default()
+        })
+        .await
     }
 
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
+    /// The URLs of pages `prefix/1` to `prefix/n`.
+    fn urls(&self, prefix: &str, n: usize) -> Vec<String> {
+        (1..=n)
+            .map(|i| self.url(&format!("{prefix}/{i}")))
+            .collect()
+    }
+
     fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
+    }
+
+    /// How many times robots.txt was asked for.
+    fn robots_requests(&self) -> usize {
+        self.seen()
+            .iter()
+            .filter(|s| s.path == "/robots.txt")
+            .count()
     }
 
     fn page_requests(&self) -> Vec<Seen> {
@@ -143,8 +166,17 @@ fn schedule(name: &str, urls: &[String], extra: &str) -> String {
         .to_string()
 }
 
-fn paths(prefix: &str, n: usize) -> Vec<String> {
-    (1..=n).map(|i| format!("{prefix}/{i}")).collect()
+/// Starts the application with the schedule `name` over `urls` (keys
+/// `extra`) and runs it once, for at most `within_secs`; returns the app, the run and its view.
+async fn crawl_once(
+    name: &str,
+    urls: &[String],
+    extra: &str,
+    within_secs: u64,
+) -> (TestApp, uuid::Uuid, serde_json::Value) {
+    let app = TestApp::spawn(&schedule(name, urls, extra), None).await;
+    let (run, finished) = app.run_once(name, secs(within_secs)).await;
+    (app, run, finished)
 }
 
 #[tokio::test]
@@ -154,8 +186,8 @@ async fn the_stricter_per_host_limit_holds_across_two_schedules_and_two_replicas
         ..Behaviour::default()
     })
     .await;
-    let many: Vec<String> = paths("/b", 40).iter().map(|p| site.url(p)).collect();
-    let few: Vec<String> = paths("/a", 10).iter().map(|p| site.url(p)).collect();
+    let many = site.urls("/b", 40);
+    let few = site.urls("/a", 10);
     let schedules = format!(
         "{}{}",
         schedule("loose", &few, "per_host_in_flight = 4"),
@@ -208,15 +240,9 @@ async fn the_stricter_per_host_limit_holds_across_two_schedules_and_two_replicas
 
 #[tokio::test]
 async fn crawl_delay_spaces_the_dispatches_to_a_host() {
-    let site = Site::start(Behaviour {
-        robots: Some((200, "User-agent: *\nCrawl-delay: 1\n".into())),
-        ..Behaviour::default()
-    })
-    .await;
-    let urls: Vec<String> = paths("/p", 4).iter().map(|p| site.url(p)).collect();
-    let app = TestApp::spawn(&schedule("delayed", &urls, "obey_robots = true"), None).await;
-    let run = app.trigger("delayed").await;
-    let finished = app.wait_finished(run, Duration::from_secs(30)).await;
+    let site = Site::with_robots(200, "User-agent: *\nCrawl-delay: 1\n").await;
+    let urls = site.urls("/p", 4);
+    let (app, _, finished) = crawl_once("delayed", &urls, "obey_robots = true", 30).await;
     assert_eq!(finished["pages"]["succeeded"], 4, "{finished:#}");
     let mut times: Vec<Instant> = site.page_requests().iter().map(|s| s.at).collect();
     times.sort();
@@ -229,11 +255,7 @@ async fn crawl_delay_spaces_the_dispatches_to_a_host() {
             "two requests {gap:?} apart; Crawl-delay is 1 s"
         );
     }
-    let robots = site
-        .seen()
-        .iter()
-        .filter(|s| s.path == "/robots.txt")
-        .count();
+    let robots = site.robots_requests();
     assert_eq!(robots, 1, "robots.txt is read once per run");
     app.stop().await;
 }
@@ -248,8 +270,8 @@ async fn robots_txt_disallows_are_left_out_and_never_requested() {
         ..Behaviour::default()
     })
     .await;
-    let mut urls: Vec<String> = paths("/pub", 3).iter().map(|p| site.url(p)).collect();
-    urls.extend(paths("/private", 2).iter().map(|p| site.url(p)));
+    let mut urls = site.urls("/pub", 3);
+    urls.extend(site.urls("/private", 2));
     let schedules = format!(
         "{}{}",
         schedule("ours", &urls, "obey_robots = true"),
@@ -262,8 +284,7 @@ async fn robots_txt_disallows_are_left_out_and_never_requested() {
     let app = TestApp::spawn(&schedules, None).await;
 
     // Our group disallows /private only.
-    let run = app.trigger("ours").await;
-    let finished = app.wait_finished(run, Duration::from_secs(20)).await;
+    let (_, finished) = app.run_once("ours", Duration::from_secs(20)).await;
     assert_eq!(finished["pages"]["total"], 3, "{finished:#}");
     assert_eq!(finished["pages"]["succeeded"], 3, "{finished:#}");
     let listing = &finished["listing"];
@@ -283,8 +304,7 @@ async fn robots_txt_disallows_are_left_out_and_never_requested() {
         .all(|s| s.user_agent.starts_with("fanfare-crawler/")));
 
     // acme-bot's group disallows everything: nothing is crawled.
-    let run = app.trigger("acme").await;
-    let finished = app.wait_finished(run, Duration::from_secs(20)).await;
+    let (_, finished) = app.run_once("acme", Duration::from_secs(20)).await;
     assert_eq!(finished["pages"]["total"], 0, "{finished:#}");
     assert_eq!(finished["listing"]["disallowed_by_robots"], 5);
     let robots_agents: Vec<String> = site
@@ -300,17 +320,11 @@ async fn robots_txt_disallows_are_left_out_and_never_requested() {
 
 #[tokio::test]
 async fn an_unreachable_robots_txt_disallows_the_host_and_a_missing_one_allows_it() {
-    let down = Site::start(Behaviour {
-        robots: Some((503, "maintenance".into())),
-        ..Behaviour::default()
-    })
-    .await;
+    let down = Site::with_robots(503, "maintenance").await;
     let missing = Site::start(Behaviour::default()).await;
-    let mut urls: Vec<String> = paths("/x", 3).iter().map(|p| down.url(p)).collect();
-    urls.extend(paths("/y", 2).iter().map(|p| missing.url(p)));
-    let app = TestApp::spawn(&schedule("mixed", &urls, "obey_robots = true"), None).await;
-    let run = app.trigger("mixed").await;
-    let finished = app.wait_finished(run, Duration::from_secs(20)).await;
+    let mut urls = down.urls("/x", 3);
+    urls.extend(missing.urls("/y", 2));
+    let (app, _, finished) = crawl_once("mixed", &urls, "obey_robots = true", 20).await;
     assert_eq!(finished["pages"]["total"], 2, "{finished:#}");
     assert_eq!(finished["pages"]["succeeded"], 2, "{finished:#}");
     let listing = &finished["listing"];
@@ -328,21 +342,17 @@ async fn a_site_answering_429_with_retry_after_is_slowed_down_and_the_run_still_
         ..Behaviour::default()
     })
     .await;
-    let urls: Vec<String> = paths("/t", 6).iter().map(|p| site.url(p)).collect();
+    let urls = site.urls("/t", 6);
     // One attempt per page: only throttles that do not use it let the
     // throttled pages pass. One page at a time, so that each 429's
     // Retry-After shows in the request times.
-    let app = TestApp::spawn(
-        &schedule(
-            "throttled",
-            &urls,
-            "max_attempts = 1\npage_timeout = \"30s\"\nper_host_in_flight = 1",
-        ),
-        None,
+    let (app, run, finished) = crawl_once(
+        "throttled",
+        &urls,
+        "max_attempts = 1\npage_timeout = \"30s\"\nper_host_in_flight = 1",
+        40,
     )
     .await;
-    let run = app.trigger("throttled").await;
-    let finished = app.wait_finished(run, Duration::from_secs(40)).await;
     assert_eq!(finished["pages"]["succeeded"], 6, "{finished:#}");
     assert_eq!(finished["outcome"], "succeeded");
 
@@ -392,10 +402,8 @@ async fn a_site_answering_429_with_retry_after_is_slowed_down_and_the_run_still_
 #[tokio::test]
 async fn per_host_rate_paces_dispatches() {
     let site = Site::start(Behaviour::default()).await;
-    let urls: Vec<String> = paths("/r", 5).iter().map(|p| site.url(p)).collect();
-    let app = TestApp::spawn(&schedule("paced", &urls, "per_host_rate = \"4/s\""), None).await;
-    let run = app.trigger("paced").await;
-    let finished = app.wait_finished(run, Duration::from_secs(20)).await;
+    let urls = site.urls("/r", 5);
+    let (app, _, finished) = crawl_once("paced", &urls, "per_host_rate = \"4/s\"", 20).await;
     assert_eq!(finished["pages"]["succeeded"], 5, "{finished:#}");
     let mut times: Vec<Instant> = site.page_requests().iter().map(|s| s.at).collect();
     times.sort();
@@ -417,13 +425,9 @@ async fn a_listing_taken_over_reads_robots_txt_from_the_ledger_instead_of_fetchi
     use fanfare::ledger::{self, HostPolicy, HostRobots, Lease, RobotsOutcome, Trigger};
 
     // Fetched now, this file would leave every page out.
-    let site = Site::start(Behaviour {
-        robots: Some((200, "User-agent: *\nDisallow: /\n".into())),
-        ..Behaviour::default()
-    })
-    .await;
-    let mut urls: Vec<String> = paths("/pub", 3).iter().map(|p| site.url(p)).collect();
-    urls.extend(paths("/private", 2).iter().map(|p| site.url(p)));
+    let site = Site::with_robots(200, "User-agent: *\nDisallow: /\n").await;
+    let mut urls = site.urls("/pub", 3);
+    urls.extend(site.urls("/private", 2));
     let app = TestApp::spawn(&schedule("taken", &urls, "obey_robots = true"), None).await;
 
     // A first lister read robots.txt when it was kinder, stored the host's
@@ -460,11 +464,7 @@ async fn a_listing_taken_over_reads_robots_txt_from_the_ledger_instead_of_fetchi
     let listing = &finished["listing"];
     assert_eq!(listing["disallowed_by_robots"], 2, "{listing:#}");
     assert_eq!(listing["robots_fetched"], 1, "{listing:#}");
-    let robots_requests = site
-        .seen()
-        .iter()
-        .filter(|s| s.path == "/robots.txt")
-        .count();
+    let robots_requests = site.robots_requests();
     assert_eq!(robots_requests, 0, "the takeover fetched robots.txt again");
     let owner: uuid::Uuid = sqlx::query_scalar("select listing_owner from runs where id = $1")
         .bind(run_id)
@@ -486,32 +486,20 @@ async fn a_robots_txt_too_costly_to_match_leaves_the_rest_of_its_host_out_and_sa
     for i in 0..3000 {
         rules.push_str(&format!("Disallow: /*a*a*a*a*b{i}z\n"));
     }
-    let costly = Site::start(Behaviour {
-        robots: Some((200, rules)),
-        ..Behaviour::default()
-    })
-    .await;
-    let kind = Site::start(Behaviour {
-        robots: Some((200, "User-agent: *\nDisallow: /private\n".into())),
-        ..Behaviour::default()
-    })
-    .await;
+    let costly = Site::with_robots(200, rules).await;
+    let kind = Site::with_robots(200, "User-agent: *\nDisallow: /private\n").await;
     let keys: String = (0..800).map(|i| format!("b{i}z")).collect();
     let mut urls: Vec<String> = (0..120)
         .map(|n| costly.url(&format!("/{keys}/{n}")))
         .collect();
-    urls.extend(paths("/p", 5).iter().map(|p| kind.url(p)));
-    let app = TestApp::spawn(
-        &schedule(
-            "costly",
-            &urls,
-            "obey_robots = true\nper_host_in_flight = 64",
-        ),
-        None,
+    urls.extend(kind.urls("/p", 5));
+    let (app, _, finished) = crawl_once(
+        "costly",
+        &urls,
+        "obey_robots = true\nper_host_in_flight = 64",
+        120,
     )
     .await;
-    let run = app.trigger("costly").await;
-    let finished = app.wait_finished(run, Duration::from_secs(120)).await;
     let listing = &finished["listing"];
     assert_eq!(listing["robots_too_complex"], 1, "{listing:#}");
     let example = listing["robots_too_complex_examples"][0]

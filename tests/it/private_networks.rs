@@ -111,17 +111,14 @@ async fn no_more_in_process_crawls_run_at_once_than_local_concurrency() {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, target).await });
+    let base = fanfare_testkit::net::serve(target).await;
     let schedule = format!(
         "[local]\nconcurrency = 2\n{}",
         schedule("few-at-a-time").urls((1..=8).map(|i| format!("{base}/p/{i}")))
     );
     let app = TestApp::spawn(&schedule, None).await;
 
-    let run = app.trigger("few-at-a-time").await;
-    let finished = app.wait_finished(run, Duration::from_secs(30)).await;
+    let (_, finished) = app.run_once("few-at-a-time", Duration::from_secs(30)).await;
 
     assert_eq!(finished["pages"]["succeeded"], 8, "{finished:#}");
     assert_eq!(served.load(Ordering::SeqCst), 8);

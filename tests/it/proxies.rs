@@ -68,11 +68,8 @@ impl Site {
                     }
                 }),
             );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Self {
-            base: format!("http://{addr}"),
+            base: fanfare_testkit::net::serve(app).await,
             direct,
             proxied,
         }
@@ -100,8 +97,7 @@ fn local_schedule(name: &str, urls: &[String], extra: &str) -> String {
 
 async fn run_once(urls: &[String], extra: &str) -> (serde_json::Value, Vec<serde_json::Value>) {
     let app = TestApp::spawn(&local_schedule("s", urls, extra), None).await;
-    let run = app.trigger("s").await;
-    let finished = app.wait_finished(run, Duration::from_secs(20)).await;
+    let (run, finished) = app.run_once("s", Duration::from_secs(20)).await;
     let pages = app.pages(run).await;
     app.stop().await;
     (finished, pages)

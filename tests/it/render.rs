@@ -61,8 +61,7 @@ async fn never_reads_only_static_prices_always_renders_every_page_and_auto_rende
     let app = TestApp::spawn(&schedules, None).await;
     let within = Duration::from_secs(90);
 
-    let run = app.trigger("never").await;
-    let finished = app.wait_finished(run, within).await;
+    let (run, finished) = app.run_once("never", within).await;
     assert_eq!(finished["outcome"], "succeeded", "{finished:#}");
     let never = prices(&app, run).await;
     for i in 1..=3 {
@@ -73,8 +72,7 @@ async fn never_reads_only_static_prices_always_renders_every_page_and_auto_rende
     assert_eq!(finished["render"]["plain"], 6, "{finished:#}");
     assert_eq!(shop.renders(), 0);
 
-    let run = app.trigger("always").await;
-    let finished = app.wait_finished(run, within).await;
+    let (run, finished) = app.run_once("always", within).await;
     assert_eq!(finished["outcome"], "succeeded", "{finished:#}");
     let always = prices(&app, run).await;
     for i in 1..=3 {
@@ -84,8 +82,7 @@ async fn never_reads_only_static_prices_always_renders_every_page_and_auto_rende
     assert_eq!(finished["render"]["rendered"], 6, "{finished:#}");
     assert_eq!(finished["render"]["escalated"], 0, "{finished:#}");
 
-    let run = app.trigger("auto").await;
-    let finished = app.wait_finished(run, within).await;
+    let (run, finished) = app.run_once("auto", within).await;
     assert_eq!(finished["outcome"], "succeeded", "{finished:#}");
     let auto = prices(&app, run).await;
     for i in 1..=3 {
@@ -138,8 +135,7 @@ async fn a_host_that_needed_the_browser_render_after_times_goes_straight_to_it_i
     let app = TestApp::spawn(&schedules, None).await;
     let within = Duration::from_secs(120);
 
-    let run = app.trigger("learns").await;
-    let first = app.wait_finished(run, within).await;
+    let (run, first) = app.run_once("learns", within).await;
     assert_eq!(first["outcome"], "succeeded", "{first:#}");
     let pages = prices(&app, run).await;
     for i in 1..=5 {
@@ -169,8 +165,7 @@ async fn a_host_that_needed_the_browser_render_after_times_goes_straight_to_it_i
         assert!(section.contains(fact), "{fact} missing: {section}");
     }
 
-    let run = app.trigger("learns").await;
-    let second = app.wait_finished(run, within).await;
+    let (_, second) = app.run_once("learns", within).await;
     assert_eq!(second["outcome"], "succeeded", "{second:#}");
     assert_eq!(
         second["render"],

@@ -1,7 +1,6 @@
 //! `GET /v1/runs/{id}/results`: every page's result, streamed as JSON
 //! Lines or CSV, read back and compared field by field.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -26,13 +25,7 @@ fn report(r: &fanfare_crawler::contract::CrawlRequest, title: Value, fields: Val
 }
 
 async fn download(app: &TestApp, path: &str) -> (u16, String, String, String) {
-    let resp = app
-        .client
-        .get(format!("{}{path}", app.address))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let resp = app.admin(Method::GET, path).await;
     let status = resp.status().as_u16();
     let header = |name: &str| {
         resp.headers()
@@ -42,6 +35,24 @@ async fn download(app: &TestApp, path: &str) -> (u16, String, String, String) {
     };
     let (ct, cd) = (header("content-type"), header("content-disposition"));
     (status, ct, cd, resp.text().await.unwrap())
+}
+
+/// The columns of a CSV export: the page's, then the schedule's `fields`,
+/// then the rest.
+fn csv_header(fields: &[&str]) -> Vec<String> {
+    let page = ["url", "status", "http_status", "title"];
+    let rest = [
+        "content_sha256",
+        "fetch_ms",
+        "error_kind",
+        "error_message",
+        "fields_json",
+    ];
+    page.iter()
+        .chain(fields)
+        .chain(rest.iter())
+        .map(|c| c.to_string())
+        .collect()
 }
 
 fn csv_rows(text: &str) -> (Vec<String>, Vec<Vec<String>>) {
@@ -61,8 +72,7 @@ fn csv_rows(text: &str) -> (Vec<String>, Vec<Vec<String>>) {
 
 #[tokio::test]
 async fn results_export_as_jsonl_and_csv_read_back_field_by_field() {
-    let lambda = Arc::new(RecordingLambda::default());
-    let app = TestApp::spawn(
+    let (app, lambda) = TestApp::spawn_recording(
         &lambda_schedule(
             "s",
             3,
@@ -70,7 +80,6 @@ async fn results_export_as_jsonl_and_csv_read_back_field_by_field() {
             "extract = { price = \".price\", name = \"h1\" }",
         )
         .replace("extract = { price = \".price\" }\n", ""),
-        Some(lambda.clone()),
     )
     .await;
     let run_id = app.trigger("s").await;
@@ -144,22 +153,7 @@ async fn results_export_as_jsonl_and_csv_read_back_field_by_field() {
     assert_eq!(ct, "text/csv; charset=utf-8");
     assert_eq!(cd, format!("attachment; filename=\"run-{run_id}.csv\""));
     let (header, rows) = csv_rows(&body);
-    assert_eq!(
-        header,
-        [
-            "url",
-            "status",
-            "http_status",
-            "title",
-            "name",
-            "price",
-            "content_sha256",
-            "fetch_ms",
-            "error_kind",
-            "error_message",
-            "fields_json"
-        ]
-    );
+    assert_eq!(header, csv_header(&["name", "price"]));
     assert_eq!(rows.len(), 3);
     let sha = sent[0]["content_sha256"].as_str().unwrap();
     assert_eq!(
@@ -263,20 +257,7 @@ async fn results_of_a_run_whose_schedule_is_gone_put_every_field_in_fields_json(
         download(&app, &format!("/v1/runs/{run_id}/results?format=csv")).await;
     assert_eq!(status, 200, "{body}");
     let (header, rows) = csv_rows(&body);
-    assert_eq!(
-        header,
-        [
-            "url",
-            "status",
-            "http_status",
-            "title",
-            "content_sha256",
-            "fetch_ms",
-            "error_kind",
-            "error_message",
-            "fields_json"
-        ]
-    );
+    assert_eq!(header, csv_header(&[]));
     let fields: Value = serde_json::from_str(&rows[0][8]).unwrap();
     assert_eq!(fields, json!({"price": "1.00", "sku": "x-1"}));
     app.stop().await;
@@ -284,8 +265,7 @@ async fn results_of_a_run_whose_schedule_is_gone_put_every_field_in_fields_json(
 
 #[tokio::test]
 async fn results_refuse_an_unknown_run_format_or_status_and_need_the_token() {
-    let lambda = Arc::new(RecordingLambda::default());
-    let app = TestApp::spawn(&lambda_schedule("s", 1, None, ""), Some(lambda.clone())).await;
+    let (app, _) = TestApp::spawn_recording(&lambda_schedule("s", 1, None, "")).await;
     let run_id = app.trigger("s").await;
     for (path, want, names) in [
         (
@@ -312,13 +292,10 @@ async fn results_refuse_an_unknown_run_format_or_status_and_need_the_token() {
             "{path}: {body}"
         );
     }
-    let resp = app
-        .client
-        .get(format!("{}/v1/runs/{run_id}/results", app.address))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 401);
+    let without_token = app
+        .status_without_token(&format!("/v1/runs/{run_id}/results"))
+        .await;
+    assert_eq!(without_token, 401);
     app.stop().await;
 }
 
@@ -326,8 +303,7 @@ async fn results_refuse_an_unknown_run_format_or_status_and_need_the_token() {
 async fn a_fifth_export_at_once_is_refused_with_retry_after_while_callbacks_and_reads_go_on() {
     use fanfare::ledger::{self, Lease, Trigger};
 
-    let lambda = Arc::new(RecordingLambda::default());
-    let app = TestApp::spawn(&lambda_schedule("s", 3, None, ""), Some(lambda.clone())).await;
+    let (app, lambda) = TestApp::spawn_recording(&lambda_schedule("s", 3, None, "")).await;
     // A run big enough that an export not read stalls with most of it unsent
     // (tens of MB, more than the loopback socket buffers hold), of a
     // schedule no longer configured (nothing dispatches its pages).

@@ -31,10 +31,8 @@ async fn a_thousand_page_run_through_the_local_crawler_ends_in_one_signed_webhoo
         .sitemap(&site.sitemap_url())
         .extract(r#"{ name = "h1.name", price = ".price" }"#)
         .key("max_in_flight", 64)
-        .webhook(&receiver.url)
-        .to_string();
-    let app = TestApp::spawn(&schedule, None).await;
-    let run = app.trigger("shop").await;
+        .webhook(&receiver.url);
+    let (app, run) = TestApp::spawn_and_trigger(&schedule).await;
     let finished = app.wait_finished(run, Duration::from_secs(120)).await;
     assert_eq!(finished["outcome"], "succeeded", "{finished:#}");
     assert_eq!(finished["pages"]["total"], 1000);
@@ -76,9 +74,8 @@ async fn a_thousand_page_run_through_the_local_crawler_ends_in_one_signed_webhoo
 #[tokio::test]
 async fn an_empty_page_list_finishes_at_once_as_succeeded_and_still_notifies() {
     let receiver = Receiver::start(0).await;
-    let schedule = schedule("empty").webhook(&receiver.url).to_string();
-    let app = TestApp::spawn(&schedule, None).await;
-    let run = app.trigger("empty").await;
+    let schedule = schedule("empty").webhook(&receiver.url);
+    let (app, run) = TestApp::spawn_and_trigger(&schedule).await;
     let finished = app.wait_finished(run, Duration::from_secs(5)).await;
     assert_eq!(finished["outcome"], "succeeded");
     assert_eq!(finished["pages"]["total"], 0);
@@ -94,10 +91,8 @@ async fn a_source_that_cannot_be_read_fails_the_run_with_the_reason_and_notifies
     let receiver = Receiver::start(0).await;
     let schedule = schedule("broken")
         .sitemap(&format!("{}/status/404", site.base_url()))
-        .webhook(&receiver.url)
-        .to_string();
-    let app = TestApp::spawn(&schedule, None).await;
-    let run = app.trigger("broken").await;
+        .webhook(&receiver.url);
+    let (app, run) = TestApp::spawn_and_trigger(&schedule).await;
     let finished = app.wait_finished(run, Duration::from_secs(10)).await;
     assert_eq!(finished["outcome"], "failed");
     assert!(
@@ -111,11 +106,9 @@ async fn a_source_that_cannot_be_read_fails_the_run_with_the_reason_and_notifies
 
 #[tokio::test]
 async fn dispatch_keeps_at_most_max_in_flight_pages_unreported() {
-    let lambda = Arc::new(RecordingLambda::default());
-    let app = TestApp::spawn(
+    let (app, lambda) = TestApp::spawn_recording(
         &lambda_schedule("capped", 30, None, "")
             .replace("max_in_flight = 10000", "max_in_flight = 7"),
-        Some(lambda.clone()),
     )
     .await;
     let run = app.trigger("capped").await;
@@ -180,10 +173,7 @@ async fn a_failed_invoke_is_retried_and_an_unusable_function_fails_the_run() {
     );
     app.post_report(Some(&reqs[0].callback_token), &succeeded(&reqs[0]))
         .await;
-    assert_eq!(
-        app.wait_finished(run, Duration::from_secs(5)).await["outcome"],
-        "succeeded"
-    );
+    assert_eq!(app.wait_outcome(run, secs(5)).await, "succeeded");
 
     lambda
         .fail_next
@@ -192,8 +182,7 @@ async fn a_failed_invoke_is_retried_and_an_unusable_function_fails_the_run() {
         .push_back(InvokeError::FunctionUnusable(
             "ResourceNotFoundException: Function not found".into(),
         ));
-    let run = app.trigger("flaky").await;
-    let finished = app.wait_finished(run, Duration::from_secs(5)).await;
+    let (_, finished) = app.run_once("flaky", Duration::from_secs(5)).await;
     assert_eq!(finished["outcome"], "failed");
     assert!(finished["error"]
         .as_str()
@@ -205,20 +194,8 @@ async fn a_failed_invoke_is_retried_and_an_unusable_function_fails_the_run() {
 
 #[tokio::test]
 async fn a_page_with_no_report_is_redispatched_then_times_out() {
-    let lambda = Arc::new(RecordingLambda::default());
-    let receiver = Receiver::start(0).await;
-    let app = TestApp::spawn(
-        &lambda_schedule(
-            "silent",
-            1,
-            Some(&receiver),
-            "page_timeout = \"1s\"\nmax_attempts = 2",
-        ),
-        Some(lambda.clone()),
-    )
-    .await;
-    let run = app.trigger("silent").await;
-    let reqs = lambda.wait_for(2).await;
+    let (app, _, receiver, run, reqs) =
+        lambda_run("silent", 1, "page_timeout = \"1s\"\nmax_attempts = 2", 2).await;
     assert_eq!((reqs[0].attempt, reqs[1].attempt), (1, 2));
     assert_eq!(reqs[0].page_id, reqs[1].page_id);
     let finished = app.wait_finished(run, Duration::from_secs(15)).await;
@@ -240,9 +217,8 @@ async fn a_page_with_no_report_is_redispatched_then_times_out() {
 #[tokio::test]
 async fn a_receiver_that_fails_at_first_gets_the_same_webhook_id_until_it_answers() {
     let receiver = Receiver::start(2).await;
-    let schedule = schedule("retry").webhook(&receiver.url).to_string();
-    let app = TestApp::spawn(&schedule, None).await;
-    let run = app.trigger("retry").await;
+    let schedule = schedule("retry").webhook(&receiver.url);
+    let (app, run) = TestApp::spawn_and_trigger(&schedule).await;
     let d = receiver.wait_for(3, Duration::from_secs(20)).await;
     let ids: Vec<&str> = d.iter().map(|d| d.header("webhook-id")).collect();
     assert_eq!(ids, vec![ids[0]; 3]);
@@ -264,10 +240,9 @@ async fn a_receiver_that_fails_at_first_gets_the_same_webhook_id_until_it_answer
 #[tokio::test]
 async fn slack_gets_a_message_with_the_runs_facts() {
     let slack = Receiver::start(0).await;
-    let schedule = schedule("to-slack").slack(&slack.url).to_string();
-    let app = TestApp::spawn(&schedule, None).await;
-    let run = app.trigger("to-slack").await;
-    let d = slack.wait_for(1, Duration::from_secs(10)).await;
+    let schedule = schedule("to-slack").slack(&slack.url);
+    let (app, run) = TestApp::spawn_and_trigger(&schedule).await;
+    let d = slack.wait_for(1, secs(10)).await;
     let text = d[0].json()["text"].as_str().unwrap().to_string();
     assert!(text.contains("*to-slack*"), "{text}");
     assert!(text.contains("succeeded"), "{text}");

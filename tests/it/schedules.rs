@@ -38,8 +38,7 @@ fn next_new_year_in_chicago(now: DateTime<Utc>) -> DateTime<Utc> {
 
 #[tokio::test]
 async fn schedules_show_their_cron_pause_next_fire_and_newest_run() {
-    let lambda = Arc::new(RecordingLambda::default());
-    let app = TestApp::spawn(&schedules(), Some(lambda.clone())).await;
+    let (app, lambda) = TestApp::spawn_recording(&schedules()).await;
 
     let (status, body) = app.get("/v1/schedules").await;
     assert_eq!(status, 200, "{body}");
@@ -66,14 +65,8 @@ async fn schedules_show_their_cron_pause_next_fire_and_newest_run() {
     assert!(adhoc["last_run"].is_null(), "{adhoc:#}");
 
     // A paused schedule still shows its next nominal fire.
-    let resp = app
-        .client
-        .post(format!("{}/v1/schedules/new-year/pause", app.address))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    let (status, paused) = app.post("/v1/schedules/new-year/pause").await;
+    assert_eq!(status, 200, "{paused}");
     let (status, one) = app.get("/v1/schedules/new-year").await;
     assert_eq!(status, 200, "{one}");
     assert_eq!(one["paused"], true);
@@ -118,13 +111,8 @@ async fn an_unknown_schedule_is_404_and_schedules_need_the_admin_token() {
         "{body}"
     );
     for path in ["/v1/schedules", "/v1/schedules/adhoc"] {
-        let resp = app
-            .client
-            .get(format!("{}{path}", app.address))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 401, "{path} without a token");
+        let status = app.status_without_token(path).await;
+        assert_eq!(status, 401, "{path} without a token");
     }
     app.stop().await;
 }

@@ -79,8 +79,7 @@ async fn a_failing_webhook_with_a_secret_path_and_query_shows_its_url_nowhere() 
     assert!(!debug.contains("sekrit"), "Debug shows a secret: {debug}");
     assert!(debug.contains("[redacted]"), "{debug}");
 
-    let lambda = Arc::new(RecordingLambda::default());
-    let app = TestApp::spawn(&schedule, Some(lambda.clone())).await;
+    let (app, lambda) = TestApp::spawn_recording(&schedule).await;
     let run = finish_one_page_run(&app, &lambda).await;
 
     // Both targets failed at least once and stored why.
@@ -100,12 +99,7 @@ async fn a_failing_webhook_with_a_secret_path_and_query_shows_its_url_nowhere() 
         !text.contains("hook-user"),
         "the API shows a secret: {text}"
     );
-    let errors: Vec<&str> = notes["notifications"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["last_error"].as_str().unwrap())
-        .collect();
+    let errors = texts(&notes["notifications"], "last_error");
     assert!(
         errors[0].starts_with("webhook 0 answered 503"),
         "{errors:?}"
@@ -160,12 +154,8 @@ async fn during_webhook_secret_rotation_each_delivery_carries_both_signatures() 
         "[[schedules.notify]]\nwebhook = {{ url = \"{}\", secret = \"{WEBHOOK_SECRET}\", previous_secret = \"{PREVIOUS_WEBHOOK_SECRET}\" }}\n",
         receiver.url
     );
-    let lambda = Arc::new(RecordingLambda::default());
-    let app = TestApp::spawn(
-        &common::lambda_schedule_block("s", 1, "", &notify),
-        Some(lambda.clone()),
-    )
-    .await;
+    let (app, lambda) =
+        TestApp::spawn_recording(&common::lambda_schedule_block("s", 1, "", &notify)).await;
     finish_one_page_run(&app, &lambda).await;
 
     let d = receiver
@@ -182,13 +172,7 @@ async fn during_webhook_secret_rotation_each_delivery_carries_both_signatures() 
 
 #[tokio::test]
 async fn without_a_previous_secret_a_delivery_carries_one_signature() {
-    let receiver = Receiver::start(0).await;
-    let lambda = Arc::new(RecordingLambda::default());
-    let app = TestApp::spawn(
-        &lambda_schedule("s", 1, Some(&receiver), ""),
-        Some(lambda.clone()),
-    )
-    .await;
+    let (app, lambda, receiver) = notifying_app("s", 1, "").await;
     finish_one_page_run(&app, &lambda).await;
     let d = receiver
         .wait_for(1, Duration::from_secs(10))

@@ -74,6 +74,21 @@ async fn closed_after(
     .ok()
 }
 
+/// The result and the error the ledger stored for `request`'s page.
+async fn stored_outcome(
+    app: &TestApp,
+    request: &fanfare_crawler::contract::CrawlRequest,
+) -> (serde_json::Value, serde_json::Value) {
+    let page: i64 = request.page_id.parse().unwrap();
+    let (result, error): (Option<serde_json::Value>, Option<serde_json::Value>) =
+        sqlx::query_as("select result, error from pages where id = $1")
+            .bind(page)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    (result.unwrap_or_default(), error.unwrap_or_default())
+}
+
 #[tokio::test]
 async fn a_connection_that_sends_its_headers_slower_than_the_header_timeout_is_closed() {
     let app = TestApp::builder()
@@ -218,10 +233,7 @@ async fn a_callback_body_sent_too_slowly_ends_in_408_without_touching_the_ledger
         "the slow report was not recorded"
     );
     // The page is still open for its real report.
-    let (status, body) = app
-        .post_report(Some(&request.callback_token), &succeeded(&request))
-        .await;
-    assert_eq!((status, body["status"].as_str()), (200, Some("recorded")));
+    app.report_recorded(&request, &succeeded(&request)).await;
     app.stop().await;
 }
 
@@ -295,10 +307,7 @@ async fn connections_beyond_max_connections_wait_and_are_served_when_one_closes(
 
 #[tokio::test]
 async fn a_report_with_nul_in_its_strings_is_recorded_with_replacement_characters() {
-    let lambda = Arc::new(RecordingLambda::default());
-    let app = TestApp::spawn(&lambda_schedule("s", 2, None, ""), Some(lambda.clone())).await;
-    app.trigger("s").await;
-    let requests = lambda.wait_for(2).await;
+    let (app, _, _, requests) = dispatched_run("s", 2).await;
     let (ok, bad) = (&requests[0], &requests[1]);
 
     let mut report = succeeded(ok);
@@ -320,21 +329,13 @@ async fn a_report_with_nul_in_its_strings_is_recorded_with_replacement_character
         "{body}"
     );
 
-    let (result,): (serde_json::Value,) = sqlx::query_as("select result from pages where id = $1")
-        .bind(ok.page_id.parse::<i64>().unwrap())
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let (result, _) = stored_outcome(&app, ok).await;
     assert_eq!(result["title"], "a\u{FFFD}title");
     assert_eq!(
         result["fields"],
         json!({ "price\u{FFFD}": "9\u{FFFD}99", "sku": "\u{FFFD}" })
     );
-    let (error,): (serde_json::Value,) = sqlx::query_as("select error from pages where id = $1")
-        .bind(bad.page_id.parse::<i64>().unwrap())
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let (_, error) = stored_outcome(&app, bad).await;
     assert_eq!(error["message"], "HTTP 404\u{FFFD}");
     app.stop().await;
 }
@@ -346,13 +347,7 @@ async fn a_malformed_query_string_is_answered_400_with_a_json_error() {
         "/v1/runs?limit=abc",
         "/v1/runs/00000000-0000-0000-0000-000000000000/pages?after=x",
     ] {
-        let resp = app
-            .client
-            .get(format!("{}{path}", app.address))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap();
+        let resp = app.admin(Method::GET, path).await;
         assert_eq!(resp.status(), 400, "{path}");
         assert_eq!(resp.headers()["content-type"], "application/json", "{path}");
         let body: serde_json::Value = resp.json().await.unwrap();

@@ -13,13 +13,8 @@ use axum::Router;
 
 use crate::helpers::*;
 
-/// Serves `routes` on loopback; returns the base URL.
-async fn serve(routes: Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, routes).await });
-    base
-}
+use fanfare_testkit::net::serve;
+use uuid::Uuid;
 
 fn urlset(locs: &[String]) -> String {
     let body: String = locs
@@ -44,6 +39,52 @@ fn schedule(name: &str, pages: &str, extra: &str) -> String {
         .key("max_in_flight", 100000)
         .raw(extra)
         .to_string()
+}
+
+/// `{ http = "URL" }`: pages from the JSON list at `url`.
+fn http(url: &str) -> String {
+    format!("{{ http = \"{url}\" }}")
+}
+
+/// Serves `list` (JSON text) as `/pages.json`; returns its URL.
+async fn json_list(list: String) -> String {
+    let routes = Router::new().route(
+        "/pages.json",
+        get(move || {
+            std::future::ready(([(header::CONTENT_TYPE, "application/json")], list.clone()))
+        }),
+    );
+    format!("{}/pages.json", serve(routes).await)
+}
+
+/// `{ sitemap = "URL" }`.
+fn sitemap(url: &str) -> String {
+    format!("{{ sitemap = \"{url}\" }}")
+}
+
+/// Starts the Lambda schedule `name` over a recording stand-in with
+/// `pages` and the keys `extra`, and triggers it.
+async fn listing(name: &str, pages: &str, extra: &str) -> (TestApp, Arc<RecordingLambda>, Uuid) {
+    let (app, lambda) = TestApp::spawn_recording(&schedule(name, pages, extra)).await;
+    let run = app.trigger(name).await;
+    (app, lambda, run)
+}
+
+/// Runs the Lambda schedule `name` with `pages` until it has finished;
+/// asserts it failed and returns the app, the run and its error.
+async fn failed_listing(name: &str, pages: &str) -> (TestApp, Uuid, String) {
+    let (app, _, run) = listing(name, pages, "").await;
+    let finished = app.wait_finished(run, Duration::from_secs(10)).await;
+    assert_eq!(finished["outcome"], "failed", "{finished:#}");
+    let error = finished["error"].as_str().unwrap().to_string();
+    (app, run, error)
+}
+
+/// The URLs of `requests`, sorted.
+fn sorted_urls(requests: &[fanfare_crawler::contract::CrawlRequest]) -> Vec<String> {
+    let mut urls: Vec<String> = requests.iter().map(|r| r.url.clone()).collect();
+    urls.sort();
+    urls
 }
 
 #[tokio::test]
@@ -96,17 +137,7 @@ async fn nested_gzipped_sitemaps_are_read_with_duplicates_dropped_and_invalid_en
     let base = serve(routes).await;
     base_holder.set(base.clone()).unwrap();
 
-    let lambda = Arc::new(RecordingLambda::default());
-    let app = TestApp::spawn(
-        &schedule(
-            "sitemap",
-            &format!("{{ sitemap = \"{base}/sitemap.xml\" }}"),
-            "",
-        ),
-        Some(lambda.clone()),
-    )
-    .await;
-    let run = app.trigger("sitemap").await;
+    let (app, lambda, run) = listing("sitemap", &sitemap(&format!("{base}/sitemap.xml")), "").await;
     let requests = lambda.wait_for(3011).await;
     app.wait_listed(run, Duration::from_secs(10)).await;
     let (_, view) = app.get(&format!("/v1/runs/{run}")).await;
@@ -128,31 +159,16 @@ async fn nested_gzipped_sitemaps_are_read_with_duplicates_dropped_and_invalid_en
 
 #[tokio::test]
 async fn a_json_list_of_urls_or_objects_becomes_the_page_list() {
-    let routes = Router::new().route(
-        "/pages.json",
-        get(|| async {
-            axum::Json(serde_json::json!([
-                "https://shop.example/1",
-                {"url": "https://shop.example/2", "priority": 1},
-                "https://shop.example/1",
-                42
-            ]))
-        }),
-    );
-    let base = serve(routes).await;
-    let lambda = Arc::new(RecordingLambda::default());
-    let app = TestApp::spawn(
-        &schedule("json", &format!("{{ http = \"{base}/pages.json\" }}"), ""),
-        Some(lambda.clone()),
-    )
-    .await;
-    let run = app.trigger("json").await;
-    let requests = lambda.wait_for(2).await;
-    let mut urls: Vec<String> = requests.iter().map(|r| r.url.clone()).collect();
-    urls.sort();
+    let list = serde_json::json!([
+        "https://shop.example/1",
+        {"url": "https://shop.example/2", "priority": 1},
+        "https://shop.example/1",
+        42
+    ]);
+    let (app, lambda, run) = listing("json", &http(&json_list(list.to_string()).await), "").await;
     assert_eq!(
-        urls,
-        vec!["https://shop.example/1", "https://shop.example/2"]
+        sorted_urls(&lambda.wait_for(2).await),
+        ["https://shop.example/1", "https://shop.example/2"]
     );
     // Pages are dispatched while the list is read; its counts are written
     // when the listing ends.
@@ -165,29 +181,15 @@ async fn a_json_list_of_urls_or_objects_becomes_the_page_list() {
 
 #[tokio::test]
 async fn a_list_longer_than_max_pages_fails_the_run_naming_the_cap() {
-    let routes = Router::new().route(
-        "/pages.json",
-        get(|| async {
-            let urls: Vec<String> = (0..50)
-                .map(|i| format!("https://shop.example/{i}"))
-                .collect();
-            axum::Json(urls)
-        }),
-    );
-    let base = serve(routes).await;
+    let urls: Vec<String> = (0..50)
+        .map(|i| format!("https://shop.example/{i}"))
+        .collect();
+    let list = json_list(serde_json::to_string(&urls).unwrap()).await;
     let receiver = Receiver::start(0).await;
-    let app =
-        TestApp::spawn(
-            &format!(
-            "{}[[schedules.notify]]\nwebhook = {{ url = \"{}\", secret = \"{WEBHOOK_SECRET}\" }}\n",
-            schedule("capped", &format!("{{ http = \"{base}/pages.json\" }}"), "max_pages = 10"),
-            receiver.url
-        ),
-            Some(Arc::new(RecordingLambda::default())),
-        )
-        .await;
-    let run = app.trigger("capped").await;
-    let finished = app.wait_finished(run, Duration::from_secs(10)).await;
+    let capped = schedule("capped", &http(&list), "max_pages = 10");
+    let notify = fanfare_testkit::webhook_block(&receiver.url);
+    let (app, _) = TestApp::spawn_recording(&format!("{capped}{notify}")).await;
+    let (_, finished) = app.run_once("capped", Duration::from_secs(10)).await;
     assert_eq!(finished["outcome"], "failed");
     let error = finished["error"].as_str().unwrap();
     assert!(
@@ -244,28 +246,11 @@ async fn serve_index(
     (base, hits)
 }
 
-/// Triggers `schedule` and waits (bounded) for its run to finish.
-async fn run_to_end(app: &TestApp, schedule: &str, within: Duration) -> serde_json::Value {
-    let run = app.trigger(schedule).await;
-    app.wait_finished(run, within).await
-}
-
 #[tokio::test]
 async fn a_sitemap_index_naming_itself_fails_the_run_as_a_loop_after_one_fetch() {
     let (base, hits) =
         serve_index(|base| sitemap_index(&vec![format!("{base}/sitemap.xml"); 50_000])).await;
-    let app = TestApp::spawn(
-        &schedule(
-            "self",
-            &format!("{{ sitemap = \"{base}/sitemap.xml\" }}"),
-            "",
-        ),
-        Some(Arc::new(RecordingLambda::default())),
-    )
-    .await;
-    let finished = run_to_end(&app, "self", Duration::from_secs(10)).await;
-    assert_eq!(finished["outcome"], "failed");
-    let error = finished["error"].as_str().unwrap();
+    let (app, _, error) = failed_listing("self", &sitemap(&format!("{base}/sitemap.xml"))).await;
     assert!(error.contains("names itself again, a loop"), "{error}");
     assert_eq!(hits.load(Ordering::SeqCst), 1, "the index was fetched once");
     app.stop().await;
@@ -278,18 +263,7 @@ async fn a_sitemap_tree_naming_more_files_than_the_limit_fails_before_fetching_t
         sitemap_index(&children)
     })
     .await;
-    let app = TestApp::spawn(
-        &schedule(
-            "wide",
-            &format!("{{ sitemap = \"{base}/sitemap.xml\" }}"),
-            "",
-        ),
-        Some(Arc::new(RecordingLambda::default())),
-    )
-    .await;
-    let finished = run_to_end(&app, "wide", Duration::from_secs(10)).await;
-    assert_eq!(finished["outcome"], "failed");
-    let error = finished["error"].as_str().unwrap();
+    let (app, _, error) = failed_listing("wide", &sitemap(&format!("{base}/sitemap.xml"))).await;
     assert!(
         error.contains("names more than 1000 sitemap files (the limit of one listing)"),
         "{error}"
@@ -329,14 +303,13 @@ async fn a_child_sitemap_on_another_host_is_skipped_and_counted_unless_the_sched
         );
     let (base, _hits) = serve_counted(routes).await;
     base_holder.set(base.clone()).unwrap();
-    let pages = format!("{{ sitemap = \"{base}/sitemap.xml\" }}");
+    let pages = sitemap(&format!("{base}/sitemap.xml"));
     let config = format!(
         "{}{}",
         schedule("same", &pages, ""),
         schedule("any", &pages, "sitemap_any_host = true")
     );
-    let lambda = Arc::new(RecordingLambda::default());
-    let app = TestApp::spawn(&config, Some(lambda.clone())).await;
+    let (app, lambda) = TestApp::spawn_recording(&config).await;
 
     let same = app.trigger("same").await;
     lambda.wait_for(1).await;
@@ -392,12 +365,12 @@ async fn a_document_over_max_document_bytes_fails_the_run_naming_the_cap_plain_o
         "{}{}",
         schedule(
             "plain",
-            &format!("{{ sitemap = \"{base}/plain.xml\" }}"),
+            &sitemap(&format!("{base}/plain.xml")),
             "max_document_bytes = 4096"
         ),
         schedule(
             "zipped",
-            &format!("{{ sitemap = \"{base}/zipped.xml.gz\" }}"),
+            &sitemap(&format!("{base}/zipped.xml.gz")),
             "max_document_bytes = 4096"
         ),
     );
@@ -412,7 +385,7 @@ async fn a_document_over_max_document_bytes_fails_the_run_naming_the_cap_plain_o
             "larger than 4096 bytes uncompressed (the schedule's max_document_bytes)",
         ),
     ] {
-        let finished = run_to_end(&app, name, Duration::from_secs(10)).await;
+        let (_, finished) = app.run_once(name, Duration::from_secs(10)).await;
         assert_eq!(finished["outcome"], "failed", "{name}");
         let error = finished["error"].as_str().unwrap();
         assert!(error.contains(expect), "{name}: {error}");
@@ -423,35 +396,20 @@ async fn a_document_over_max_document_bytes_fails_the_run_naming_the_cap_plain_o
 #[tokio::test]
 async fn a_json_list_keeps_strings_and_url_objects_and_counts_numbers_nested_arrays_and_other_objects(
 ) {
-    let routes = Router::new().route(
-        "/pages.json",
-        get(|| async {
-            r#"[
-                "https://shop.example/1",
-                {"meta": {"deep": [1, [2, [3]]]}, "url": "https://shop.example/2", "tags": ["a"]},
-                [[0, 0, 0], [0]],
-                12.5,
-                null,
-                {"url": 7},
-                {"href": "https://shop.example/3"},
-                "https://shop.example/4"
-            ]"#
-        }),
-    );
-    let base = serve(routes).await;
-    let lambda = Arc::new(RecordingLambda::default());
-    let app = TestApp::spawn(
-        &schedule("mixed", &format!("{{ http = \"{base}/pages.json\" }}"), ""),
-        Some(lambda.clone()),
-    )
-    .await;
-    let run = app.trigger("mixed").await;
-    let requests = lambda.wait_for(3).await;
-    let mut urls: Vec<String> = requests.iter().map(|r| r.url.clone()).collect();
-    urls.sort();
+    let list = r#"[
+        "https://shop.example/1",
+        {"meta": {"deep": [1, [2, [3]]]}, "url": "https://shop.example/2", "tags": ["a"]},
+        [[0, 0, 0], [0]],
+        12.5,
+        null,
+        {"url": 7},
+        {"href": "https://shop.example/3"},
+        "https://shop.example/4"
+    ]"#;
+    let (app, lambda, run) = listing("mixed", &http(&json_list(list.into()).await), "").await;
     assert_eq!(
-        urls,
-        vec![
+        sorted_urls(&lambda.wait_for(3).await),
+        [
             "https://shop.example/1",
             "https://shop.example/2",
             "https://shop.example/4"
@@ -483,11 +441,7 @@ async fn a_sitemap_on_loopback_with_the_guard_closed_fails_the_run_as_blocked_wi
     let db = fresh_database().await;
     let toml = config_toml(
         &db,
-        &schedule(
-            "closed",
-            &format!("{{ sitemap = \"{base}/sitemap.xml\" }}"),
-            "",
-        ),
+        &schedule("closed", &sitemap(&format!("{base}/sitemap.xml")), ""),
     );
     assert!(toml.contains("allow_private_networks = true"));
     let toml = toml.replace(
@@ -527,15 +481,7 @@ async fn a_sitemap_url_with_credentials_and_a_token_never_appears_unredacted_in_
     );
     let base = serve(routes).await;
     let secret_url = base.replace("http://", "http://user:hunter2@") + "/sitemap.xml?token=s3cr3t";
-    let app = TestApp::spawn(
-        &schedule("secret", &format!("{{ sitemap = \"{secret_url}\" }}"), ""),
-        Some(Arc::new(RecordingLambda::default())),
-    )
-    .await;
-    let run = app.trigger("secret").await;
-    let finished = app.wait_finished(run, Duration::from_secs(10)).await;
-    assert_eq!(finished["outcome"], "failed");
-    let error = finished["error"].as_str().unwrap();
+    let (app, run, error) = failed_listing("secret", &sitemap(&secret_url)).await;
     assert_eq!(
         error,
         format!("fetching {base}/sitemap.xml?…: HTTP 404 Not Found")

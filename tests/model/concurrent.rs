@@ -13,10 +13,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use fanfare::ledger::{self, ErrorKind, PageError};
+use fanfare::ledger::{self, PageError};
 use fanfare::lifecycle::{run as rules, Closing, Event};
 use fanfare::runs::{Handled, PageAttempt};
 use fanfare::sweep;
+use fanfare_crawler::ErrorKind;
 use proptest::prelude::*;
 use proptest::test_runner::{TestCaseError, TestRunner};
 use serde_json::json;

@@ -41,6 +41,18 @@ async fn run_with_a_dispatched_page(db: &Database, url: &str) -> (Uuid, i64) {
     (run_id, claim.pages[0].id)
 }
 
+/// The first attempt at `page_id` of `run_id` reported succeeded, as a
+/// callback records it through `runs`.
+async fn report_succeeded(
+    runs: std::sync::Arc<fanfare::runs::Runs>,
+    run_id: Uuid,
+    page_id: i64,
+) -> Result<Handled, sqlx::Error> {
+    let at = PageAttempt::new(run_id, page_id, 1);
+    runs.page_event(at, Event::ReportSucceeded, Some(json!({"report": 1})))
+        .await
+}
+
 /// Runs `first` and `second` (each a future on its own replica) so that
 /// `first` gets the run's row lock before `second`, with `second` already
 /// holding whatever it locks before the run's row.
@@ -92,14 +104,7 @@ fn a_report_racing_a_relisting_of_its_url_does_not_deadlock() {
                 )
                 .await
             }),
-            (callback, async move {
-                runs.page_event(
-                    PageAttempt::new(run_id, page_id, 1),
-                    Event::ReportSucceeded,
-                    Some(json!({"report": 1})),
-                )
-                .await
-            })
+            (callback, report_succeeded(runs, run_id, page_id))
         );
         let inserted = inserted.map_err(|e| e.to_string());
         let completed = completed.map_err(|e| e.to_string());
@@ -134,13 +139,9 @@ fn a_report_racing_the_closing_of_its_run_does_not_deadlock() {
                     .map(|r| r.is_some())
             }),
             (callback, async move {
-                runs.page_event(
-                    PageAttempt::new(run_id, page_id, 1),
-                    Event::ReportSucceeded,
-                    Some(json!({"report": 1})),
-                )
-                .await
-                .map(|c| matches!(c, Handled::Stale))
+                report_succeeded(runs, run_id, page_id)
+                    .await
+                    .map(|c| matches!(c, Handled::Stale))
             })
         );
         let closed = closed.map_err(|e| e.to_string());

@@ -624,29 +624,31 @@ impl History {
                 self.pages.entry(page.id).or_insert_with(|| page.clone());
             }
         }
-        match &self.run {
-            Some(first) if *first != snap.run => {
-                return Err(format!(
-                    "the run changed after it finished: first {first:?}, now {:?}",
-                    snap.run
-                ))
+        let finished = snap.run.status == "finished";
+        unchanged_once_finished(&mut self.run, &snap.run, finished, "the run")?;
+        unchanged_once_finished(&mut self.notes, &snap.notes, finished, "the notifications")
+    }
+}
+
+/// Keeps `now` once the run has `finished`; from then on, an error naming
+/// `what` when `now` is not what was kept.
+fn unchanged_once_finished<T: PartialEq + Clone + std::fmt::Debug>(
+    kept: &mut Option<T>,
+    now: &T,
+    finished: bool,
+    what: &str,
+) -> Result<(), String> {
+    match kept {
+        Some(first) if first != now => Err(format!(
+            "{what} changed after the run finished: first {first:?}, now {now:?}"
+        )),
+        Some(_) => Ok(()),
+        None => {
+            if finished {
+                *kept = Some(now.clone());
             }
-            Some(_) => {}
-            None if snap.run.status == "finished" => self.run = Some(snap.run.clone()),
-            None => {}
+            Ok(())
         }
-        match &self.notes {
-            Some(first) if *first != snap.notes => {
-                return Err(format!(
-                    "the notifications changed after the run finished: first {first:?}, now {:?}",
-                    snap.notes
-                ))
-            }
-            Some(_) => {}
-            None if snap.run.status == "finished" => self.notes = Some(snap.notes.clone()),
-            None => {}
-        }
-        Ok(())
     }
 }
 

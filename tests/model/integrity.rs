@@ -23,6 +23,25 @@ async fn pages_of(db: &Database, run_id: Uuid) -> i64 {
         .expect("count pages")
 }
 
+/// Runs `sql` with the runs `$1` and `$2`; asserts the ledger refused it
+/// for naming a missing run (else fails saying `unexpected` happened) and
+/// returns the error.
+async fn refused_as_a_missing_run(
+    db: &Database,
+    sql: &str,
+    (first, second): (Uuid, Uuid),
+    unexpected: &str,
+) -> sqlx::Error {
+    let done = sqlx::query(sql)
+        .bind(first)
+        .bind(second)
+        .execute(&db.observer)
+        .await;
+    let e = done.expect_err(unexpected);
+    assert!(is_missing_run(&e), "{e}");
+    e
+}
+
 #[test]
 fn a_page_cannot_name_a_run_that_does_not_exist() {
     crate::runtime().block_on(async {
@@ -31,15 +50,13 @@ fn a_page_cannot_name_a_run_that_does_not_exist() {
         let nowhere = Uuid::now_v7();
 
         // One statement naming an existing run and a missing one fails whole.
-        let inserted = sqlx::query(
+        let e = refused_as_a_missing_run(
+            &db,
             "insert into pages (run_id, url) values ($1, 'https://example.test/b'), ($2, 'https://example.test/c')",
+            (run_id, nowhere),
+            "a page of a missing run was inserted",
         )
-        .bind(run_id)
-        .bind(nowhere)
-        .execute(&db.observer)
         .await;
-        let e = inserted.expect_err("a page of a missing run was inserted");
-        assert!(is_missing_run(&e), "{e}");
         assert!(e.to_string().contains(&nowhere.to_string()), "{e}");
 
         // COPY, as the listing writes pages, is checked the same.
@@ -60,13 +77,13 @@ fn a_page_cannot_name_a_run_that_does_not_exist() {
 
         // A page does not move to another run, not even an existing one.
         let other = db.new_run(&[]).await;
-        let moved = sqlx::query("update pages set run_id = $2 where run_id = $1")
-            .bind(run_id)
-            .bind(other)
-            .execute(&db.observer)
-            .await;
-        let e = moved.expect_err("a page moved to another run");
-        assert!(is_missing_run(&e), "{e}");
+        refused_as_a_missing_run(
+            &db,
+            "update pages set run_id = $2 where run_id = $1",
+            (run_id, other),
+            "a page moved to another run",
+        )
+        .await;
         assert_eq!(pages_of(&db, run_id).await, 1);
     });
 }

@@ -8,6 +8,15 @@ use fanfare::ledger::{self, Lease};
 
 use crate::harness::{unlimited_hosts, Database};
 
+/// Lists `url` under `lease`: the pages added, `None` when the lease is no
+/// longer the run's.
+async fn insert_under(db: &Database, lease: &Lease, url: &str) -> Option<u64> {
+    let urls = [url.to_string()];
+    ledger::insert_pages(&db.observer, lease, &urls, &unlimited_hosts(&urls))
+        .await
+        .unwrap()
+}
+
 #[test]
 fn a_lister_whose_lease_was_taken_over_changes_nothing() {
     crate::runtime().block_on(async {
@@ -49,10 +58,7 @@ fn a_lister_whose_lease_was_taken_over_changes_nothing() {
         assert!(!ledger::renew_listing_lease(&db.observer, &first)
             .await
             .unwrap());
-        let late = vec!["https://example.test/late".to_string()];
-        let inserted = ledger::insert_pages(&db.observer, &first, &late, &unlimited_hosts(&late))
-            .await
-            .unwrap();
+        let inserted = insert_under(&db, &first, "https://example.test/late").await;
         assert_eq!(inserted, None, "a lister that lost its lease added pages");
         let mut conn = db.observer.acquire().await.unwrap();
         let listed = ledger::mark_listed(&mut conn, &first, &json!({"pages": 1}))
@@ -68,10 +74,7 @@ fn a_lister_whose_lease_was_taken_over_changes_nothing() {
         assert!(ledger::renew_listing_lease(&db.observer, &second)
             .await
             .unwrap());
-        let more = vec!["https://example.test/b".to_string()];
-        let inserted = ledger::insert_pages(&db.observer, &second, &more, &unlimited_hosts(&more))
-            .await
-            .unwrap();
+        let inserted = insert_under(&db, &second, "https://example.test/b").await;
         assert_eq!(inserted, Some(1));
         let mut conn = db.observer.acquire().await.unwrap();
         let listed = ledger::mark_listed(&mut conn, &second, &json!({"pages": 2}))

@@ -18,6 +18,7 @@ mod holdback;
 mod integrity;
 mod leases;
 mod model;
+mod overlap;
 mod regressions;
 
 use std::cell::RefCell;
@@ -30,10 +31,7 @@ use crate::model::{case, Stats, World};
 
 /// The number of cases per property.
 pub fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(64)
+    fanfare_testkit::env_parsed("PROPTEST_CASES").unwrap_or(64)
 }
 
 /// A proptest configuration sized for speed.

@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fanfare::config::Tolerance;
-use fanfare::ledger::{self, ErrorKind, PageError};
-use fanfare::lifecycle::page::{self, Event as PageEvent, Next, RetryReason};
+use fanfare::ledger::{self, PageError};
+use fanfare::lifecycle::page::{self, Event as PageEvent, Next, Retry, RetryReason};
 use fanfare::lifecycle::{run as rules, Closing};
 use fanfare::runs::{Handled, PageAttempt};
 use fanfare::sweep;
 use fanfare::Settings;
+use fanfare_crawler::ErrorKind;
 use proptest::prelude::*;
 use serde_json::json;
 use uuid::Uuid;
@@ -375,11 +376,11 @@ impl Model {
         };
         let counted = attempt - self.pages[i].uncounted;
         match page::next(counted, self.policy.max_attempts, event) {
-            Next::Requeue {
+            Next::Requeue(Retry {
                 uses_attempt,
                 reason,
                 ..
-            } => {
+            }) => {
                 let page = &self.pages[i];
                 if page.state == State::Dispatched && page.attempt == attempt {
                     if reason == RetryReason::Render {

@@ -1,21 +1,62 @@
-//! Loopback servers shared by the integration tests.
+//! Loopback servers and contract requests shared by the integration tests.
+// Each test binary uses a part of this module.
+#![allow(dead_code)]
 
-use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
+use chrono::{TimeZone, Utc};
+use fanfare_crawler::netguard::NetPolicy;
+use fanfare_crawler::{CrawlRequest, Crawler, CrawlerConfig, CONTRACT_VERSION};
 
 /// Serves `router` on 127.0.0.1 at a free port until the test ends.
 pub async fn serve(router: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_on(IpAddr::V4(Ipv4Addr::LOCALHOST), router).await
+}
+
+/// Serves `router` on `ip` at a free port until the test ends.
+pub async fn serve_on(ip: IpAddr, router: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
     addr
+}
+
+/// A request for `url` as the daemon sends one: the first attempt at a
+/// page, no fields, a callback to a port where nothing listens.
+pub fn request(url: impl Into<String>) -> CrawlRequest {
+    CrawlRequest {
+        version: CONTRACT_VERSION,
+        run_id: "run-1".into(),
+        page_id: "page-1".into(),
+        attempt: 1,
+        url: url.into(),
+        extract: BTreeMap::new(),
+        callback_url: "http://127.0.0.1:9/v1/callbacks".into(),
+        callback_token: "token-1".into(),
+        user_agent: None,
+        proxy: None,
+        render: None,
+        deadline: Utc.with_ymd_and_hms(2026, 11, 26, 3, 5, 0).unwrap(),
+        links: None,
+    }
+}
+
+/// A crawler with the network guard `net` and the page timeout `timeout`.
+pub fn crawler_with(net: NetPolicy, timeout: Duration) -> Crawler {
+    Crawler::new(CrawlerConfig {
+        timeout,
+        net,
+        ..CrawlerConfig::default()
+    })
+    .unwrap()
 }
 
 /// One request the receiver was sent.

@@ -50,7 +50,7 @@ use super::auth::{Client, Refused, Surface};
 use super::{ApiError, AppState};
 use crate::actions::ActionError;
 use crate::ledger::{self, Outcome, RunStatus};
-use crate::lifecycle::changes::{ChangeEntry, Changes};
+use crate::lifecycle::changes::ChangeEntry;
 
 /// The Content-Security-Policy of every console answer: nothing inline,
 /// nothing from elsewhere, no framing, forms only to the console.
@@ -743,9 +743,15 @@ async fn run(
     } else {
         None
     };
-    let changes = ledger::run_changes(pool, id).await?.map(Changes::from);
+    let changes = ledger::run_changes(pool, id).await?;
     let changes_after = q.changes_after.unwrap_or(0).max(0);
-    let mut change_rows = ledger::list_changes(pool, id, None, changes_after, PAGE_SIZE + 1)
+    let rows = ledger::RunRows {
+        run_id: id,
+        only: None,
+        after_id: changes_after,
+        limit: PAGE_SIZE + 1,
+    };
+    let mut change_rows = ledger::list_changes(pool, rows)
         .await?
         .into_iter()
         .map(ChangeEntry::try_from)

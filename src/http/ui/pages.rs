@@ -11,7 +11,8 @@ use uuid::Uuid;
 use super::svg::{self, Bar, Counts, RunBar};
 use super::words;
 use crate::ledger::{
-    FetchPercentiles, NotificationState, Outcome, Page, Run, RunStatus, TimeBucket,
+    Discovery, FetchPercentiles, NotificationState, Outcome, Page, RenderCounts, Run, RunStatus,
+    TimeBucket,
 };
 use crate::lifecycle::changes::{ChangeEntry, Changes, PageSnapshot};
 use crate::overview::ScheduleView;
@@ -399,7 +400,7 @@ pub struct RunView {
     pub notifications: Vec<NotificationState>,
     /// Its pages by how they were fetched (as served, in a browser, sent
     /// on to the browser).
-    pub render: crate::ledger::RenderCounts,
+    pub render: RenderCounts,
 }
 
 /// The lower bounds (ms) of the fetch_ms chart's buckets.
@@ -509,7 +510,6 @@ pub fn run(chrome: &Chrome<'_>, v: &RunView, now: DateTime<Utc>) -> Markup {
     let run = &v.run;
     let c = Counts::of(run);
     let open = run.status != RunStatus::Finished;
-    let failures = c.failed + c.timed_out;
     let title = format!("Run {} of {}", short(run.id), run.schedule);
     let head = if open {
         // Without script the page refreshes itself while the run is open;
@@ -523,209 +523,274 @@ pub fn run(chrome: &Chrome<'_>, v: &RunView, now: DateTime<Utc>) -> Markup {
         Some(chrome),
         head,
         html! {
-            h1 {
-                "Run " span.mono { (short(run.id)) } " of "
-                a href=(format!("/ui/runs?schedule={}", urlencode(&run.schedule))) { (run.schedule) }
-                " " (status_badge(run))
-            }
-            section.card #progress data-events=[open.then(|| format!("/ui/runs/{}/events", run.id))] {
-                p data-percent { (c.summary()) }
-                (svg::progress(&c))
-                ul.counts {
-                    @for (name, label, n, _) in c.segments() {
-                        li { span class=(format!("dot {name}")) {} (label) " " strong data-count=(name) { (n) } }
-                    }
-                }
-                div.actions {
-                    @if open && run.status != RunStatus::Finishing {
-                        (post_button(&format!("/ui/runs/{}/cancel", run.id), chrome.csrf, "Cancel run", "danger", "cancel"))
-                    }
-                    @if failures > 0 {
-                        (post_button(&format!("/ui/runs/{}/redrive", run.id), chrome.csrf, "Redrive failed pages", "primary", "redrive"))
-                    }
-                    a.button href=(format!("/ui/runs/{}/results.csv", run.id)) download { "Results (CSV)" }
-                    a.button href=(format!("/ui/runs/{}/results.jsonl", run.id)) download { "Results (JSON Lines)" }
-                    @if open {
-                        noscript { a href=(format!("/ui/runs/{}", run.id)) { "Refresh" } }
-                    }
-                }
-            }
-            section.card {
-                dl.facts {
-                    dt { "Status" } dd { span data-status { (status_name(run.status)) } }
-                    dt { "Outcome" } dd { (run.outcome.map(Outcome::as_str).unwrap_or("—")) }
-                    dt { "Trigger" } dd { (trigger_name(run)) }
-                    @if let Some(parent) = run.parent_run_id {
-                        dt { "Redrive of" } dd { a.mono href=(format!("/ui/runs/{parent}")) { (parent) } }
-                    }
-                    dt { "Scheduled for" } dd { (words::utc(run.scheduled_for)) }
-                    dt { "Started" } dd { (words::utc(run.created_at)) }
-                    dt { "Listed" } dd { (run.listed_at.map(words::utc).unwrap_or_else(|| "—".into())) }
-                    dt { "Finished" } dd { (run.finished_at.map(words::utc).unwrap_or_else(|| "—".into())) }
-                    dt { "Duration" } dd { (run_duration(run, now)) }
-                    @if let Some(stuck) = run.stuck_at {
-                        dt { "Reported stuck" } dd { (words::utc(stuck)) }
-                    }
-                    @if let Some(error) = &run.error {
-                        dt { "Error" } dd.error { (error) }
-                    }
-                    dt { "Run id" } dd.mono { (run.id) }
-                }
-            }
-            div.charts {
-                section.card {
-                    h2 { "Pages reported over time" }
-                    (over_time_chart(v))
-                }
-                section.card {
-                    h2 { "Fetch time (fetch_ms)" }
-                    @if v.fetch.pages > 0 {
-                        (fetch_chart(v))
-                        p.small.muted {
-                            (v.fetch.pages) " pages · p50 " (opt_ms(v.fetch.p50)) " · p90 " (opt_ms(v.fetch.p90))
-                            " · p99 " (opt_ms(v.fetch.p99)) " · max " (opt_ms(v.fetch.max))
-                        }
-                    } @else {
-                        p.muted { "No page has succeeded yet." }
-                    }
-                }
-            }
-            h2 #changes { "Changes since the previous run" }
-            @if let Some(ch) = &v.changes {
-                ul.counts data-changes {
-                    @for (name, n) in [("new", ch.new), ("changed", ch.changed), ("gone", ch.gone), ("unchanged", ch.unchanged), ("unknown", ch.unknown)] {
-                        li { span class=(format!("dot {name}")) {} (name) " " strong data-change-count=(name) { (n) } }
-                    }
-                }
-                @if let Some(since) = ch.since_run_id {
-                    p.small.muted { "Compared with run " a.mono href=(format!("/ui/runs/{since}")) { (short(since)) } "." }
-                }
-                @if v.change_rows.is_empty() && v.changes_after == 0 {
-                    p.muted { "No page is new, changed or gone." }
-                } @else {
-                    div.scroll {
-                        table data-table="changes" {
-                            thead { tr { th { "Change" } th { "URL" } th { "Before" } th { "After" } } }
-                            tbody {
-                                @for c in &v.change_rows {
-                                    @let (before, after) = change_texts(c);
-                                    tr {
-                                        td { (c.page.kind.as_str()) }
-                                        td.url { (c.page.url) }
-                                        td { (before) }
-                                        td { (after) }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    div.pager {
-                        @if v.changes_after > 0 {
-                            a href=(format!("/ui/runs/{}#changes", run.id)) { "First" }
-                        }
-                        @if let Some(next) = v.changes_next {
-                            a href=(format!("/ui/runs/{}?changes_after={next}#changes", run.id)) { "Next" }
-                        }
-                    }
-                }
-            } @else {
-                p.muted {
-                    @if open { "Compared with the previous run when this run finishes." }
-                    @else { "Not compared: the schedule's first run, a redrive run, or a run whose page list was never read to the end." }
-                }
-            }
-            h2 #failures { "Failed and timed-out pages" }
-            @if v.failures.is_empty() && v.failures_after == 0 {
-                p.muted { "None." }
-            } @else {
-                div.scroll {
-                    table data-table="failures" {
-                        thead { tr { th { "URL" } th { "Status" } th.num { "Attempts" } th { "Error" } th { "Message" } } }
-                        tbody {
-                            @for p in &v.failures {
-                                @let (kind, message) = error_parts(&p.error);
-                                tr {
-                                    td.url { (p.url) }
-                                    td { (p.status.as_str()) }
-                                    td.num { (p.attempt) }
-                                    td { (kind) }
-                                    td { (message) }
-                                }
-                            }
-                        }
-                    }
-                }
-                div.pager {
-                    @if v.failures_after > 0 {
-                        a href=(format!("/ui/runs/{}#failures", run.id)) { "First" }
-                    }
-                    @if let Some(next) = v.failures_next {
-                        a href=(format!("/ui/runs/{}?after={next}#failures", run.id)) { "Next" }
-                    }
-                }
-            }
-            h2 { "Notifications" }
-            @if v.notifications.is_empty() {
-                p.muted { @if open { "Sent when the run finishes." } @else { "None configured." } }
-            } @else {
-                div.scroll {
-                    table {
-                        thead { tr { th { "Event" } th { "Target" } th { "State" } th.num { "Attempts" } th { "Delivered" } th { "Last error" } } }
-                        tbody {
-                            @for n in &v.notifications {
-                                tr {
-                                    td { (n.event.as_str()) }
-                                    td { (n.kind) " " (n.target) }
-                                    td { (n.status) }
-                                    td.num { (n.attempts) }
-                                    td { (n.delivered_at.map(words::utc).unwrap_or_else(|| "—".into())) }
-                                    td { (n.last_error.as_deref().unwrap_or("")) }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+            (run_progress(chrome, run, &c, open))
+            (run_facts(run, now))
+            (run_charts(v))
+            (run_changes(v, open))
+            (run_failures(v))
+            (run_notifications(v, open))
             @if let Some(d) = &run.discovery {
-                section.card {
-                    h2 { "Links followed" }
-                    dl.facts {
-                        dt { "links found" } dd { (d.0.found) }
-                        dt { "pages added" } dd { (d.0.added) }
-                        dt { "already in the run" } dd { (d.0.known) }
-                        dt { "left out by pattern" } dd { (d.0.left_out.pattern) }
-                        dt { "left out by depth" } dd { (d.0.left_out.depth) }
-                        dt { "left out by host" } dd { (d.0.left_out.host) }
-                        dt { "left out by robots.txt" } dd { (d.0.left_out.robots) }
-                        dt { "left out by max_pages" } dd { (d.0.left_out.cap) }
-                        @for e in &d.0.examples {
-                            dt { "e.g. " (e.reason.as_str()) } dd { (e.url) }
-                        }
-                    }
-                }
+                (run_discovery(&d.0))
             }
             @if v.render.rendered > 0 {
-                section.card #rendering {
-                    h2 { "Rendering" }
-                    dl.facts {
-                        dt { "as served" } dd { (v.render.plain) }
-                        dt { "in a browser" } dd { (v.render.rendered) }
-                        dt { "sent on to the browser" } dd { (v.render.escalated) }
-                    }
-                }
+                (run_rendering(&v.render))
             }
             @if let Some(Value::Object(listing)) = &run.listing {
-                section.card {
-                    h2 { "Listing" }
-                    dl.facts {
-                        @for (k, val) in listing {
-                            dt { (k.replace('_', " ")) } dd { (listing_value(val)) }
-                        }
-                    }
-                }
+                (run_listing(listing))
             }
         },
     )
+}
+
+/// The run page's heading and its progress card with the run's actions.
+fn run_progress(chrome: &Chrome<'_>, run: &Run, c: &Counts, open: bool) -> Markup {
+    let failures = c.failed + c.timed_out;
+    html! {
+        h1 {
+            "Run " span.mono { (short(run.id)) } " of "
+            a href=(format!("/ui/runs?schedule={}", urlencode(&run.schedule))) { (run.schedule) }
+            " " (status_badge(run))
+        }
+        section.card #progress data-events=[open.then(|| format!("/ui/runs/{}/events", run.id))] {
+            p data-percent { (c.summary()) }
+            (svg::progress(c))
+            ul.counts {
+                @for (name, label, n, _) in c.segments() {
+                    li { span class=(format!("dot {name}")) {} (label) " " strong data-count=(name) { (n) } }
+                }
+            }
+            div.actions {
+                @if open && run.status != RunStatus::Finishing {
+                    (post_button(&format!("/ui/runs/{}/cancel", run.id), chrome.csrf, "Cancel run", "danger", "cancel"))
+                }
+                @if failures > 0 {
+                    (post_button(&format!("/ui/runs/{}/redrive", run.id), chrome.csrf, "Redrive failed pages", "primary", "redrive"))
+                }
+                a.button href=(format!("/ui/runs/{}/results.csv", run.id)) download { "Results (CSV)" }
+                a.button href=(format!("/ui/runs/{}/results.jsonl", run.id)) download { "Results (JSON Lines)" }
+                @if open {
+                    noscript { a href=(format!("/ui/runs/{}", run.id)) { "Refresh" } }
+                }
+            }
+        }
+    }
+}
+
+/// The run page's card of facts about the run.
+fn run_facts(run: &Run, now: DateTime<Utc>) -> Markup {
+    html! {
+        section.card {
+            dl.facts {
+                dt { "Status" } dd { span data-status { (status_name(run.status)) } }
+                dt { "Outcome" } dd { (run.outcome.map(Outcome::as_str).unwrap_or("—")) }
+                dt { "Trigger" } dd { (trigger_name(run)) }
+                @if let Some(parent) = run.parent_run_id {
+                    dt { "Redrive of" } dd { a.mono href=(format!("/ui/runs/{parent}")) { (parent) } }
+                }
+                dt { "Scheduled for" } dd { (words::utc(run.scheduled_for)) }
+                dt { "Started" } dd { (words::utc(run.created_at)) }
+                dt { "Listed" } dd { (run.listed_at.map(words::utc).unwrap_or_else(|| "—".into())) }
+                dt { "Finished" } dd { (run.finished_at.map(words::utc).unwrap_or_else(|| "—".into())) }
+                dt { "Duration" } dd { (run_duration(run, now)) }
+                @if let Some(stuck) = run.stuck_at {
+                    dt { "Reported stuck" } dd { (words::utc(stuck)) }
+                }
+                @if let Some(error) = &run.error {
+                    dt { "Error" } dd.error { (error) }
+                }
+                dt { "Run id" } dd.mono { (run.id) }
+            }
+        }
+    }
+}
+
+/// The run page's charts: pages reported over time and fetch times.
+fn run_charts(v: &RunView) -> Markup {
+    html! {
+        div.charts {
+            section.card {
+                h2 { "Pages reported over time" }
+                (over_time_chart(v))
+            }
+            section.card {
+                h2 { "Fetch time (fetch_ms)" }
+                @if v.fetch.pages > 0 {
+                    (fetch_chart(v))
+                    p.small.muted {
+                        (v.fetch.pages) " pages · p50 " (opt_ms(v.fetch.p50)) " · p90 " (opt_ms(v.fetch.p90))
+                        " · p99 " (opt_ms(v.fetch.p99)) " · max " (opt_ms(v.fetch.max))
+                    }
+                } @else {
+                    p.muted { "No page has succeeded yet." }
+                }
+            }
+        }
+    }
+}
+
+/// The run page's changes since the previous run, a page at a time.
+fn run_changes(v: &RunView, open: bool) -> Markup {
+    html! {
+        h2 #changes { "Changes since the previous run" }
+        @if let Some(ch) = &v.changes {
+            ul.counts data-changes {
+                @for (name, n) in [("new", ch.new), ("changed", ch.changed), ("gone", ch.gone), ("unchanged", ch.unchanged), ("unknown", ch.unknown)] {
+                    li { span class=(format!("dot {name}")) {} (name) " " strong data-change-count=(name) { (n) } }
+                }
+            }
+            @if let Some(since) = ch.since_run_id {
+                p.small.muted { "Compared with run " a.mono href=(format!("/ui/runs/{since}")) { (short(since)) } "." }
+            }
+            @if v.change_rows.is_empty() && v.changes_after == 0 {
+                p.muted { "No page is new, changed or gone." }
+            } @else {
+                div.scroll {
+                    table data-table="changes" {
+                        thead { tr { th { "Change" } th { "URL" } th { "Before" } th { "After" } } }
+                        tbody {
+                            @for c in &v.change_rows {
+                                @let (before, after) = change_texts(c);
+                                tr {
+                                    td { (c.page.kind.as_str()) }
+                                    td.url { (c.page.url) }
+                                    td { (before) }
+                                    td { (after) }
+                                }
+                            }
+                        }
+                    }
+                }
+                (pager(v.run.id, "changes", "changes_after", v.changes_after, v.changes_next))
+            }
+        } @else {
+            p.muted {
+                @if open { "Compared with the previous run when this run finishes." }
+                @else { "Not compared: the schedule's first run, a redrive run, or a run whose page list was never read to the end." }
+            }
+        }
+    }
+}
+
+/// The run page's failed and timed-out pages, a page at a time.
+fn run_failures(v: &RunView) -> Markup {
+    html! {
+        h2 #failures { "Failed and timed-out pages" }
+        @if v.failures.is_empty() && v.failures_after == 0 {
+            p.muted { "None." }
+        } @else {
+            div.scroll {
+                table data-table="failures" {
+                    thead { tr { th { "URL" } th { "Status" } th.num { "Attempts" } th { "Error" } th { "Message" } } }
+                    tbody {
+                        @for p in &v.failures {
+                            @let (kind, message) = error_parts(&p.error);
+                            tr {
+                                td.url { (p.url) }
+                                td { (p.status.as_str()) }
+                                td.num { (p.attempt) }
+                                td { (kind) }
+                                td { (message) }
+                            }
+                        }
+                    }
+                }
+            }
+            (pager(v.run.id, "failures", "after", v.failures_after, v.failures_next))
+        }
+    }
+}
+
+/// Links to the first and the next page of the run page's table at
+/// `#anchor`, whose pages start after the id in the query's `param`.
+fn pager(run_id: Uuid, anchor: &str, param: &str, after: i64, next: Option<i64>) -> Markup {
+    html! {
+        div.pager {
+            @if after > 0 {
+                a href=(format!("/ui/runs/{run_id}#{anchor}")) { "First" }
+            }
+            @if let Some(next) = next {
+                a href=(format!("/ui/runs/{run_id}?{param}={next}#{anchor}")) { "Next" }
+            }
+        }
+    }
+}
+
+/// The run page's notifications and their delivery.
+fn run_notifications(v: &RunView, open: bool) -> Markup {
+    html! {
+        h2 { "Notifications" }
+        @if v.notifications.is_empty() {
+            p.muted { @if open { "Sent when the run finishes." } @else { "None configured." } }
+        } @else {
+            div.scroll {
+                table {
+                    thead { tr { th { "Event" } th { "Target" } th { "State" } th.num { "Attempts" } th { "Delivered" } th { "Last error" } } }
+                    tbody {
+                        @for n in &v.notifications {
+                            tr {
+                                td { (n.event.as_str()) }
+                                td { (n.kind) " " (n.target) }
+                                td { (n.status) }
+                                td.num { (n.attempts) }
+                                td { (n.delivered_at.map(words::utc).unwrap_or_else(|| "—".into())) }
+                                td { (n.last_error.as_deref().unwrap_or("")) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The run page's card of what following links found.
+fn run_discovery(d: &Discovery) -> Markup {
+    html! {
+        section.card {
+            h2 { "Links followed" }
+            dl.facts {
+                dt { "links found" } dd { (d.found) }
+                dt { "pages added" } dd { (d.added) }
+                dt { "already in the run" } dd { (d.known) }
+                dt { "left out by pattern" } dd { (d.left_out.pattern) }
+                dt { "left out by depth" } dd { (d.left_out.depth) }
+                dt { "left out by host" } dd { (d.left_out.host) }
+                dt { "left out by robots.txt" } dd { (d.left_out.robots) }
+                dt { "left out by max_pages" } dd { (d.left_out.cap) }
+                @for e in &d.examples {
+                    dt { "e.g. " (e.reason.as_str()) } dd { (e.url) }
+                }
+            }
+        }
+    }
+}
+
+/// The run page's card of how its pages were fetched.
+fn run_rendering(render: &RenderCounts) -> Markup {
+    html! {
+        section.card #rendering {
+            h2 { "Rendering" }
+            dl.facts {
+                dt { "as served" } dd { (render.plain) }
+                dt { "in a browser" } dd { (render.rendered) }
+                dt { "sent on to the browser" } dd { (render.escalated) }
+            }
+        }
+    }
+}
+
+/// The run page's card of what reading its page source found.
+fn run_listing(listing: &serde_json::Map<String, Value>) -> Markup {
+    html! {
+        section.card {
+            h2 { "Listing" }
+            dl.facts {
+                @for (k, val) in listing {
+                    dt { (k.replace('_', " ")) } dd { (listing_value(val)) }
+                }
+            }
+        }
+    }
 }
 
 fn over_time_chart(v: &RunView) -> Markup {
