@@ -8,7 +8,7 @@
 //! (default 50) served whole on 127.0.0.2. One run per mode, one after
 //! another; for each it prints a `FIGURE` line: prices extracted, pages
 //! rendered and sent on to the browser, wall time, pages/s, the rendered
-//! pages' render time (p50/p99), the peak memory of the daemon plus its
+//! pages' render time (p50/p99) and the others' plain fetch time (p50), the peak memory of the daemon plus its
 //! Chromium processes (proportional set size, sampled every 100 ms over the
 //! process tree), and
 //! `/healthz` p50/p99 while it ran. It asserts nothing about speed and
@@ -25,18 +25,15 @@
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::ensure;
-use axum::extract::Path;
-use axum::response::Html;
-use axum::routing::get;
-use axum::Router;
 
 use fanfare_testkit as common;
 
 use common::bench::{HealthzProbe, Sampler};
-use common::ADMIN_TOKEN;
+use common::{appshop, ADMIN_TOKEN};
 
 #[derive(Debug, serde::Deserialize)]
 struct Args {
@@ -66,28 +63,6 @@ fn main() -> anyhow::Result<()> {
     result
 }
 
-fn script_page(id: usize) -> String {
-    format!(
-        r#"<!doctype html><html><head><title>Shop</title></head><body>
-<noscript>You need to enable JavaScript to run this app.</noscript><div id="root"></div>
-<script>
-  fetch('/api/item/{id}').then(r => r.json()).then(item => {{
-    document.getElementById('root').innerHTML =
-      '<h1 class="name">' + item.name + '</h1><span class="price">' + item.price + '</span>';
-  }});
-</script></body></html>"#
-    )
-}
-
-fn static_page(id: usize) -> String {
-    format!(
-        r#"<!doctype html><html><head><title>Shop</title></head><body>
-<h1 class="name">Static item {id}</h1><span class="price">{id}.50</span>
-<p>A product page served whole, with a description long enough to read as a page rather than as the shell of an app.</p>
-</body></html>"#
-    )
-}
-
 /// Serves the shop from a thread of its own: script pages on 127.0.0.1,
 /// static ones on 127.0.0.2. Returns both base URLs.
 fn start_shop() -> anyhow::Result<(String, String)> {
@@ -105,15 +80,7 @@ fn start_shop() -> anyhow::Result<(String, String)> {
         format!("http://{}", statics.local_addr()?),
     );
     common::bench::on_thread("shop", move || async move {
-        let app = Router::new()
-            .route("/s/{id}", get(|Path(id): Path<usize>| async move { Html(script_page(id)) }))
-            .route("/p/{id}", get(|Path(id): Path<usize>| async move { Html(static_page(id)) }))
-            .route(
-                "/api/item/{id}",
-                get(|Path(id): Path<usize>| async move {
-                    axum::Json(serde_json::json!({ "name": format!("Item {id}"), "price": format!("{id}.99") }))
-                }),
-            );
+        let app = appshop::router(Default::default(), Arc::new(true.into()));
         let scripts = tokio::net::TcpListener::from_std(scripts)?;
         let statics = tokio::net::TcpListener::from_std(statics)?;
         let other = app.clone();
@@ -164,7 +131,7 @@ async fn measure(args: &Args) -> anyhow::Result<()> {
         .chain((1..=args.static_pages).map(|i| format!("{statics}/p/{i}")))
         .collect();
     let db = common::fresh_database().await;
-    let extract = r#"{ name = ".name", price = ".price" }"#;
+    let extract = appshop::EXTRACT;
     let schedules = ["never", "always", "auto"]
         .iter()
         .map(|mode| {
@@ -226,6 +193,7 @@ async fn run_mode(
 
     let mut prices = 0usize;
     let mut render_times = Vec::new();
+    let mut plain_times = Vec::new();
     let mut after = 0i64;
     loop {
         let (_, body) = common::get(
@@ -238,10 +206,13 @@ async fn run_mode(
         for page in body["pages"].as_array().into_iter().flatten() {
             let result = &page["result"];
             prices += usize::from(result["fields"]["price"].is_string());
-            if result["rendered"] == true {
-                if let Some(ms) = result["fetch_ms"].as_u64() {
-                    render_times.push(Duration::from_millis(ms));
-                }
+            if let Some(ms) = result["fetch_ms"].as_u64() {
+                let times = if result["rendered"] == true {
+                    &mut render_times
+                } else {
+                    &mut plain_times
+                };
+                times.push(Duration::from_millis(ms));
             }
         }
         match body["next_after"].as_i64() {
@@ -250,10 +221,11 @@ async fn run_mode(
         }
     }
     let render_times = common::bench::Latencies::new(render_times, 0);
+    let plain_times = common::bench::Latencies::new(plain_times, 0);
     let pages = args.script_pages + args.static_pages;
     println!(
         "FIGURE render {mode}: {prices} of {pages} prices, rendered {}, escalated {}, succeeded {}, \
-         wall {:.1} s, {:.2} pages/s; render p50 {:.0} ms p99 {:.0} ms; peak PSS daemon + Chromium {} MB; \
+         wall {:.1} s, {:.2} pages/s; render p50 {:.0} ms p99 {:.0} ms; plain fetch p50 {:.0} ms; peak PSS daemon + Chromium {} MB; \
          /healthz p50 {:.1} ms p99 {:.1} ms ({} probes); load {}",
         finished["render"]["rendered"],
         finished["render"]["escalated"],
@@ -262,6 +234,7 @@ async fn run_mode(
         pages as f64 / wall.as_secs_f64(),
         render_times.ms(0.5),
         render_times.ms(0.99),
+        plain_times.ms(0.5),
         peak / 1024,
         latencies.ms(0.5),
         latencies.ms(0.99),

@@ -4,6 +4,10 @@ loopback port, started and stopped here, in-process) and checks the result:
 
 - the create-the-database path and the existing-database path each end in
   CREATE_COMPLETE with the outputs the walkthrough (deploy/README.md) uses;
+- the browser crawler function exists only with BrowserImageUri: an image
+  function with its memory, timeout, reserved concurrency and a role of its
+  own that may write its logs and nothing else, and the task role may invoke
+  it;
 - what the first deploy depends on: no reserved concurrency unless asked, no
   deletion protection by default, the database's log group with retention, the
   pool sizes from the instance class, shutdown_grace pinned, the role task's
@@ -20,6 +24,7 @@ Run by scripts/test with the venv's python; needs boto3, moto[server] and
 cfn-lint (scripts/requirements-test.txt). No network beyond loopback.
 """
 
+import ast
 import contextlib
 import io
 import json
@@ -38,6 +43,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEMPLATE = os.path.join(ROOT, "deploy", "fanfare.yaml")
 ROLE_SQL = os.path.join(ROOT, "deploy", "db-role.sql")
 REGION = "us-east-2"
+BROWSER_IMAGE = "123456789012.dkr.ecr.us-east-2.amazonaws.com/fanfare-crawler-browser:1"
 CONFIG_SECRET = []  # its ARN, once created
 
 
@@ -229,6 +235,9 @@ def check_created_database(aws, stack):
     # path checks it.
     check(out["PublicUrl"] == "https://fanfare.example.com", out["PublicUrl"])
     check(out["CrawlerFunctionName"] == f"{name}-crawler", out["CrawlerFunctionName"])
+    check("BrowserFunctionName" not in out and "BrowserFunctionArn" not in out, sorted(out))
+    functions = [f["FunctionName"] for f in aws.__getattr__("lambda").list_functions()["Functions"]]
+    check(f"{name}-crawler-browser" not in functions, f"no browser function without its image: {functions}")
     check(out["DatabasePoolSize"] == "6", f"pool for db.t4g.micro: {out['DatabasePoolSize']}")
     check(out["DatabaseRoleNetworkConfiguration"].startswith("awsvpcConfiguration={subnets=[subnet-"),
           out["DatabaseRoleNetworkConfiguration"])
@@ -287,6 +296,94 @@ def check_existing_database(aws, stack, pre):
     check(families == [f"{name}-fanfare"], f"no role task: {families}")
     concurrency = aws.__getattr__("lambda").get_function_concurrency(FunctionName=f"{name}-crawler")
     check(concurrency.get("ReservedConcurrentExecutions") == 5, f"reserved concurrency when asked: {concurrency}")
+    check_browser_function(aws, name, out)
+
+
+def role_policies(aws, role_name):
+    iam = aws.iam
+    names = iam.list_role_policies(RoleName=role_name)["PolicyNames"]
+    attached = iam.list_attached_role_policies(RoleName=role_name)["AttachedPolicies"]
+    check(not attached, f"{role_name}: no managed policies: {attached}")
+    return {n: iam.get_role_policy(RoleName=role_name, PolicyName=n)["PolicyDocument"] for n in names}
+
+
+def statements(document):
+    # moto's CloudFormation stores an inline policy as the Python repr of
+    # the document (single quotes), AWS as JSON.
+    if isinstance(document, str):
+        document = ast.literal_eval(document)
+    listed = document["Statement"]
+    return listed if isinstance(listed, list) else [listed]
+
+
+def as_list(value):
+    return value if isinstance(value, list) else [value]
+
+
+def check_browser_function(aws, name, out):
+    """The existing-database stack is created with BrowserImageUri (and a
+    reservation, a larger memory): the browser crawler as an image function
+    with a role that may only write its own log group, invocable by the task
+    role and nothing broader."""
+    lam = aws.__getattr__("lambda")
+    function_name = f"{name}-crawler-browser"
+    check(out.get("BrowserFunctionName") == function_name, out)
+    function = lam.get_function(FunctionName=function_name)
+    config = function["Configuration"]
+    check(out.get("BrowserFunctionArn") == config["FunctionArn"], (out, config["FunctionArn"]))
+    # (moto's CloudFormation drops PackageType and Architectures; main()
+    # checks them in the template.)
+    check(function["Code"].get("ImageUri") == BROWSER_IMAGE, function["Code"])
+    check(config["MemorySize"] == 2048, f"memory when asked: {config['MemorySize']}")
+    check(config["Timeout"] == 150, f"timeout: {config['Timeout']}")
+    # Like the crawler: no environment of the stack's (the image sets FANFARE_CHROMIUM).
+    check(not config.get("Environment", {}).get("Variables"), config.get("Environment"))
+    with open(os.path.join(ROOT, "Dockerfile.browser")) as f:
+        check("FANFARE_CHROMIUM=/usr/bin/chromium" in f.read(), "Dockerfile.browser sets FANFARE_CHROMIUM")
+    concurrency = lam.get_function_concurrency(FunctionName=function_name)
+    check(concurrency.get("ReservedConcurrentExecutions") == 3, f"browser reserved concurrency: {concurrency}")
+
+    # Its own role, not the crawler's, allowed to write its log group only.
+    role_name = config["Role"].rsplit("/", 1)[-1]
+    crawler_role = lam.get_function(FunctionName=f"{name}-crawler")["Configuration"]["Role"]
+    check(config["Role"] != crawler_role, "the browser function has a role of its own")
+    trust = statements(aws.iam.get_role(RoleName=role_name)["Role"]["AssumeRolePolicyDocument"])
+    check([s["Principal"] for s in trust] == [{"Service": "lambda.amazonaws.com"}], trust)
+    allowed = [s for doc in role_policies(aws, role_name).values() for s in statements(doc)]
+    log_group = f"/aws/lambda/{name}-crawler-browser"
+    groups = aws.logs.describe_log_groups(logGroupNamePrefix=log_group)["logGroups"]
+    check([(g["logGroupName"], g.get("retentionInDays")) for g in groups] == [(log_group, 30)], groups)
+    check(len(allowed) == 1, f"browser role: one statement: {allowed}")
+    check(sorted(as_list(allowed[0]["Action"])) == ["logs:CreateLogStream", "logs:PutLogEvents"], allowed)
+    check([r.split(":log-group:")[-1] for r in as_list(allowed[0]["Resource"])]
+          in ([log_group], [log_group + ":*"]), allowed)
+
+    # The task role may invoke it (and its versions), and no function beyond the two crawlers.
+    task_role = next(r["RoleName"] for r in aws.iam.list_roles()["Roles"]
+                     if r["RoleName"].startswith(f"{name}-TaskRole"))
+    invoke = [s for doc in role_policies(aws, task_role).values() for s in statements(doc)
+              if "lambda:InvokeFunction" in as_list(s["Action"])]
+    # (moto leaves an `!If` that chose AWS::NoValue in a list as None.)
+    resources = sorted(r for s in invoke for r in as_list(s["Resource"]) if r is not None)
+    crawler_arn = out["CrawlerFunctionArn"]
+    browser_arn = out["BrowserFunctionArn"]
+    check(resources == sorted([crawler_arn, f"{crawler_arn}:*", browser_arn, f"{browser_arn}:*"]),
+          f"task role invokes: {resources}")
+
+
+def check_browser_template(template):
+    """What moto's CloudFormation does not carry over to its Lambda model:
+    the browser function is an image, of the architecture the parameter
+    names, with a full vCPU's memory unless asked for more."""
+    params, function = template["Parameters"], template["Resources"]["BrowserFunction"]
+    props = function["Properties"]
+    check(function.get("Condition") == "HasBrowserFunction", "the browser function is optional")
+    check(props.get("PackageType") == "Image" and "Runtime" not in props and "Handler" not in props, props)
+    check(props.get("Architectures") == [{"Ref": "BrowserArchitecture"}], props.get("Architectures"))
+    check(params["BrowserImageUri"]["Default"] == "", "no browser function by default")
+    check(int(params["BrowserMemorySize"]["Default"]) >= 1769, "at least one full vCPU by default")
+    check(int(params["BrowserMemorySize"]["MinValue"]) >= 1769, "never less than one full vCPU")
+    check(params["BrowserReservedConcurrency"]["Default"] == 0, "no browser reservation by default")
 
 
 def check_rollback_preconditions(template):
@@ -311,6 +408,7 @@ def main():
     started = time.monotonic()
     template, body = template_json()
     check_mapping(template)
+    check_browser_template(template)
     check_rollback_preconditions(template)
     server, endpoint = start_moto()
     # moto prints a line for an attribute it does not model; keep it out of
@@ -329,6 +427,9 @@ def main():
             ExistingDatabaseSecurityGroupId=pre["existing_db_sg"],
             DatabasePoolSize=12,
             CrawlerReservedConcurrency=5,
+            BrowserImageUri=BROWSER_IMAGE,
+            BrowserMemorySize=2048,
+            BrowserReservedConcurrency=3,
         ))
         check_existing_database(aws, existing, pre)
     except Exception as e:  # an API error: show moto's side too
@@ -336,7 +437,7 @@ def main():
     finally:
         quiet.__exit__(None, None, None)
         server.stop()
-    print(f"cfn_moto_test: fanfare-new (new database) and fanfare-existing (existing database) "
+    print(f"cfn_moto_test: fanfare-new (new database) and fanfare-existing (existing database, browser crawler) "
           f"CREATE_COMPLETE, outputs and resources as expected ({time.monotonic() - started:.1f}s)")
 
 

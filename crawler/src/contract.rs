@@ -416,6 +416,13 @@ pub struct PageFacts {
     /// rendered; absent means false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub looks_unrendered: bool,
+    /// Rendered pages only: the document as served, before any script ran,
+    /// would not have looked unrendered (the plain fetch's verdict above
+    /// is false for it), so a plain fetch would have found the same. With
+    /// `render = "auto"` a host whose rendered pages all say so stops
+    /// going to the browser. Absent means false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub served_sufficed: bool,
 }
 
 /// Why a crawl failed.
@@ -715,6 +722,7 @@ mod tests {
             links: Vec::new(),
             rendered: false,
             looks_unrendered: false,
+            served_sufficed: false,
         };
         let report = Report::for_request(&request(), Outcome::Succeeded(facts));
         let json = serde_json::to_string(&report).unwrap();

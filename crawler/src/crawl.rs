@@ -510,6 +510,7 @@ impl Crawler {
             links: page.links,
             rendered: false,
             looks_unrendered: page.looks_unrendered,
+            served_sufficed: false,
         })
     }
 
@@ -606,10 +607,31 @@ impl Crawler {
                 ));
             }
         }
+        // Every request of the page through its proxy when it always
+        // fetches through one; with `proxy_on = "blocked"` the browser's
+        // requests go direct (a refusal fails the render like any error).
+        let proxy = match self.proxy_for(request)? {
+            Some((proxy, ProxyOn::Always)) => Some((self.proxied_client(&proxy)?, proxy)),
+            Some((_, ProxyOn::Blocked)) | None => None,
+        };
         let rendered = self
             .renderer
-            .render(url, how, request.user_agent.as_deref())
-            .await?;
+            .render_through(
+                url,
+                how,
+                request.user_agent.as_deref(),
+                proxy.as_ref().map(|(client, _)| client),
+            )
+            .await
+            .map_err(|mut error| {
+                if let Some((_, proxy)) = &proxy {
+                    error.message = proxy::scrub(
+                        format!("through the proxy {proxy}: {}", error.message),
+                        proxy,
+                    );
+                }
+                error
+            })?;
         for refused in &rendered.refused {
             tracing::info!(%refused, "the network guard refused one of the page's requests");
         }
@@ -622,7 +644,9 @@ impl Crawler {
             extractor,
             url,
             request.links,
-            Judge::Rendered,
+            Judge::Rendered {
+                served: rendered.served,
+            },
         )
         .await?;
         Ok(PageFacts {
@@ -632,10 +656,11 @@ impl Crawler {
             bytes,
             content_sha256,
             fetch_ms: rendered.render_ms,
-            via_proxy: false,
+            via_proxy: proxy.is_some(),
             links: page.links,
             rendered: true,
             looks_unrendered: false,
+            served_sufficed: page.served_sufficed,
         })
     }
 
@@ -962,11 +987,12 @@ fn retry_after(headers: &reqwest::header::HeaderMap, now: SystemTime) -> Option<
 }
 
 /// Which document [`extract_apart`] reads: one as served, which may turn
-/// out to be an app shell, or one a browser rendered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// out to be an app shell, or one a browser rendered (with the document as
+/// served, which the plain fetch's test is applied to).
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Judge {
     AppShell,
-    Rendered,
+    Rendered { served: Vec<u8> },
 }
 
 /// What a page's document gave.
@@ -977,6 +1003,9 @@ struct Extracted {
     /// A field found nothing and the document looks like an app shell
     /// (only judged for a document as served).
     looks_unrendered: bool,
+    /// A rendered page's document as served would not have looked
+    /// unrendered: a plain fetch would have done.
+    served_sufficed: bool,
 }
 
 /// Parses a document with `parse` and extracts its facts (and its links,
@@ -993,28 +1022,38 @@ async fn extract_apart(
     judge: Judge,
 ) -> Result<Extracted, CrawlError> {
     let page_url = page.clone();
+    let what = match judge {
+        Judge::AppShell => "page",
+        Judge::Rendered { .. } => "rendered page",
+    };
     tokio::task::spawn_blocking(move || {
+        let unrendered = |document: &Html, fields: &BTreeMap<String, serde_json::Value>| {
+            fields.values().any(serde_json::Value::is_null) && looks_like_app_shell(document)
+        };
+        let (looks_unrendered, served_sufficed) = match judge {
+            Judge::AppShell => (None, false),
+            Judge::Rendered { served } => {
+                let served = self::parse([served], None);
+                let (_, served_fields) = extractor.extract(&served, &page_url);
+                (Some(false), !unrendered(&served, &served_fields))
+            }
+        };
         let document = parse();
         let (title, fields) = extractor.extract(&document, &page_url);
         let links = links
             .map(|wanted| links_of(&document, &page_url, wanted))
             .unwrap_or_default();
-        let looks_unrendered = judge == Judge::AppShell
-            && fields.values().any(serde_json::Value::is_null)
-            && looks_like_app_shell(&document);
+        let looks_unrendered = looks_unrendered.unwrap_or_else(|| unrendered(&document, &fields));
         Extracted {
             title,
             fields,
             links,
             looks_unrendered,
+            served_sufficed,
         }
     })
     .await
     .map_err(|e| {
-        let what = match judge {
-            Judge::AppShell => "page",
-            Judge::Rendered => "rendered page",
-        };
         CrawlError::new(
             ErrorKind::Other,
             format!("{page}: extracting the {what}'s facts failed: {e}"),
@@ -1534,6 +1573,7 @@ mod tests {
             links,
             rendered: false,
             looks_unrendered: false,
+            served_sufficed: false,
         }
     }
 

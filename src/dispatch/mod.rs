@@ -242,7 +242,10 @@ impl Dispatcher {
                 match schedule.render.mode {
                     RenderMode::Never => ledger::ClaimRender::Marked,
                     RenderMode::Always => ledger::ClaimRender::All,
-                    RenderMode::Auto => ledger::ClaimRender::Learned,
+                    RenderMode::Auto => ledger::ClaimRender::Learned {
+                        render_after: i32::try_from(schedule.render.render_after)
+                            .unwrap_or(i32::MAX),
+                    },
                 },
             )
             .await?;

@@ -777,7 +777,12 @@ pub const CLAIM_HOSTS: i64 = 4_096;
 /// timeout (s), $4 the schedule's max_in_flight, $5 the pacing horizon (s),
 /// $6 the most hosts, $7 whether every page claimed goes to the browser,
 /// $8 whether the pages of hosts the schedule learned need the browser
-/// (`render_hosts`) go to it (either way they are marked `render`).
+/// (`render_hosts`) go to it (either way they are marked `render`), $9
+/// with $8, the schedule's `render_after`: a host of the run that is
+/// suspected (some of its pages were sent on to the browser, fewer than
+/// $9) gets plain pages only while fewer than $9 less its sends-on are in
+/// flight, so no more of its pages are fetched plainly than could still
+/// be sent on before it is learned.
 ///
 /// Hosts of the schedule's runs with a ready page, whose clock
 /// (`hosts.next_at`) is inside the horizon, oldest turn first; each host's
@@ -829,6 +834,15 @@ pub const CLAIM_PAGES: &str = "with mine as materialized (
                     then ceil((extract(epoch from now() - start) + $5) / iv)::bigint
                     else $2 end)) as n
         from policy),
+    suspect as materialized (
+        select h.host, greatest(0, $9 - h.escalations - (
+                select count(*) from pages d
+                where d.host = h.host and d.status = 'dispatched' and not d.render
+                    and d.run_id = h.run_id)) as plain_room
+        from render_hosts h
+        where $8 and h.schedule = $1 and not h.needs_browser and h.escalations >= 1
+            and h.run_id = any(array(select id from mine))
+            and h.host in (select host from room where n > 0)),
     picked as materialized (
         select k.id, k.host, k.start, k.iv, k.rn
         from (
@@ -836,19 +850,21 @@ pub const CLAIM_PAGES: &str = "with mine as materialized (
             -- are due, oldest first, then new pages by id: an order no
             -- other index has, so the scan never walks the pages already
             -- claimed), then numbered per host across the schedule's runs
-            select q.id, r.host, r.start, r.iv, r.n,
-                row_number() over (partition by r.host order by q.ord) as rn
+            select q.id, q.render, r.host, r.start, r.iv, r.n,
+                row_number() over (partition by r.host order by q.ord) as rn,
+                row_number() over (partition by r.host, q.render order by q.ord) as prn
             from room r
             join run_hosts rh on rh.host = r.host and rh.run_id = any(array(select id from mine))
             cross join lateral (
-                select p.id, row_number() over () as ord from (
-                    select p.id from pages p
+                select p.id, p.render, row_number() over () as ord from (
+                    select p.id, p.render from pages p
                     where p.run_id = rh.run_id and p.host = r.host
                         and p.status = 'pending' and (p.not_before is null or p.not_before <= now())
                     order by p.not_before nulls last, p.id limit r.n
                     for update skip locked) p) q
             where r.n > 0) k
-        where k.rn <= k.n
+        left join suspect s on s.host = k.host
+        where k.rn <= k.n and (k.render or s.host is null or k.prn <= s.plain_room)
         order by k.rn, k.start, k.id
         limit greatest(0, least($2, $4 - (select n from flight)))),
     claimed as (
@@ -905,8 +921,13 @@ pub enum ClaimRender {
     /// Every page.
     All,
     /// Those already marked, and those of hosts the schedule learned need
-    /// the browser ([`crate::ledger::note_escalation`]).
-    Learned,
+    /// the browser ([`crate::ledger::note_escalation`]) after
+    /// `render_after` of their pages needed it; while a host is suspected
+    /// (fewer did), its plain pages are held back ([`CLAIM_PAGES`]).
+    Learned {
+        /// The schedule's `render_after`.
+        render_after: i32,
+    },
 }
 
 /// [`claim_pages`], marking the pages claimed that go to the browser as
@@ -932,7 +953,11 @@ pub async fn claim_pages_to<'a, A: Acquire<'a, Database = Postgres>>(
         .bind(PACING_HORIZON.as_secs_f64())
         .bind(CLAIM_HOSTS)
         .bind(render == ClaimRender::All)
-        .bind(render == ClaimRender::Learned)
+        .bind(matches!(render, ClaimRender::Learned { .. }))
+        .bind(match render {
+            ClaimRender::Learned { render_after } => render_after,
+            _ => i32::MAX,
+        })
         .fetch_all(&mut *tx)
         .await?;
     let in_flight_before = match rows.first() {

@@ -1,6 +1,6 @@
 //! Statements for pages that need a browser (`render`): which hosts a
-//! schedule has learned need it, and a run's counts of plain, rendered
-//! and escalated pages.
+//! schedule has learned need it (and has unlearned), and a run's counts of
+//! plain, rendered and escalated pages.
 
 use sqlx::PgExecutor;
 use uuid::Uuid;
@@ -44,6 +44,36 @@ pub async fn note_escalation<'e, E: PgExecutor<'e>>(
     .bind(attempt)
     .fetch_one(db)
     .await
+}
+
+/// Forgets, for `schedule`, that a host needs the browser when run
+/// `run_id` rendered at least `render_after` of the host's pages and
+/// every one of them reports that its document as served would have done
+/// (`served_sufficed`): the schedule's next runs fetch the host's pages
+/// plainly again (and learn it again should they look unrendered).
+/// Returns how many hosts it forgot.
+pub async fn unlearn_hosts<'e, E: PgExecutor<'e>>(
+    db: E,
+    schedule: &str,
+    run_id: Uuid,
+    render_after: i32,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "update render_hosts r set needs_browser = false, escalations = 0, run_id = $2,
+             updated_at = now()
+         from (select host from pages
+               where run_id = $2 and render and status = 'succeeded'
+               group by host
+               having count(*) >= $3
+                   and bool_and(coalesce((result->>'served_sufficed')::boolean, false))) h
+         where r.schedule = $1 and r.host = h.host and r.needs_browser",
+    )
+    .bind(schedule)
+    .bind(run_id)
+    .bind(render_after)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 /// A run's pages by how they were fetched.

@@ -11,7 +11,7 @@ use sqlx::{PgConnection, PgPool};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::config::{Compare, NotifyKind, NotifyWhen, Settings, Tolerance};
+use crate::config::{Compare, NotifyKind, NotifyWhen, RenderMode, Settings, Tolerance};
 use crate::ledger::{self, FailedPage, NotifyEvent, Outcome, PageStatus, Run, RunStatus, Trigger};
 
 use super::changes::{self, ChangedPage, Changes, RunChanges};
@@ -40,6 +40,10 @@ pub struct RunPolicy {
     pub tolerated: Tolerance,
     /// What makes a page `changed` since the previous run.
     pub compare: Compare,
+    /// With `render = "auto"`, its `render_after`: how many of a learned
+    /// host's pages a run must render, every one of which would have done
+    /// as served, for the host to stop going to the browser.
+    pub unlearn_after: Option<i32>,
 }
 
 impl RunPolicy {
@@ -64,6 +68,9 @@ impl RunPolicy {
                 .map(|s| s.tolerated_failures)
                 .unwrap_or(Tolerance::Count(0)),
             compare: schedule.map(|s| s.compare).unwrap_or(Compare::Fields),
+            unlearn_after: schedule
+                .filter(|s| s.render.mode == RenderMode::Auto)
+                .map(|s| i32::try_from(s.render.render_after).unwrap_or(i32::MAX)),
         }
     }
 }
@@ -408,6 +415,14 @@ async fn finish(
     let changes = changes::compare(tx, &run, policy.compare).await?;
     let mut finished = finished_payload(&run, &failed, &changes);
     finished.render = ledger::render_counts(&mut *tx, run_id).await?;
+    // What the run's rendered pages say about their hosts: in this
+    // transaction, so the run's next one starts from it.
+    if let Some(after) = policy.unlearn_after {
+        let forgot = ledger::unlearn_hosts(&mut *tx, &run.schedule, run_id, after).await?;
+        if forgot > 0 {
+            tracing::info!(%run_id, schedule = %run.schedule, hosts = forgot, "hosts whose pages no longer need the browser go back to plain fetches");
+        }
+    }
     let payload = to_json(&finished)?;
     queue_notifications(
         tx,

@@ -9,6 +9,8 @@
 //! - [`api`]: calls to a running daemon's API (in-process or a subprocess);
 //! - [`lambda`]: a Lambda API stand-in that records every invoke;
 //! - [`linksite`]: a loopback site of pages linked as a tree, for crawls;
+//! - [`appshop`]: a loopback shop of app shells a script fills in and of
+//!   pages served whole, counting each script page's renders;
 //! - [`reports`]: contract reports, as a crawler sends them;
 //! - [`webhooks`]: loopback webhook receivers and Standard Webhooks
 //!   signatures computed independently of fanfare's code;
@@ -23,6 +25,7 @@
 
 pub mod api;
 pub mod app;
+pub mod appshop;
 pub mod bench;
 pub mod config;
 pub mod db;

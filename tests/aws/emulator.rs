@@ -19,6 +19,10 @@
 //! - it puts every function instance in a session of its own (see
 //!   `procs.rs` for how they are found and killed).
 //!
+//! The browser crawler is the same binary with `FANFARE_CHROMIUM` set, as
+//! its image sets it (`Dockerfile.browser`): the second test runs it under
+//! the emulator with Debian's Chromium.
+//!
 //! Timeouts: the first invoke waits up to `FIRST_INVOKE_TIMEOUT`, which
 //! covers a cold compile of the crawler (about a minute on 2 cores). With
 //! the crawler prebuilt it answers in 1.5-2 s (10 s and more while other
@@ -26,10 +30,12 @@
 //! then takes well under a second, bounded by `RUN_TIMEOUT`. Both together
 //! stay under nextest's 5-minute limit.
 
+use std::net::Ipv4Addr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use fanfare::demo::{self, DemoSite};
+use fanfare_testkit::appshop::{script_price, AppShop, EXTRACT};
 use serde_json::json;
 use sha2::Digest;
 
@@ -53,8 +59,9 @@ pub struct Emulator {
 }
 
 impl Emulator {
-    /// Starts the emulator and waits until it accepts connections.
-    pub async fn start() -> Self {
+    /// Starts the emulator, its functions given the variables `env` on top
+    /// of the emulator's own, and waits until it accepts connections.
+    pub async fn start(env: &[(&str, &str)]) -> Self {
         let binary = tool("cargo-lambda", "pip install cargo-lambda==1.9.2");
         let port = free_port();
         let mut command = Command::new(binary);
@@ -67,6 +74,9 @@ impl Emulator {
             // private-network guard, which is closed on Lambda by default.
             .args(["--env-var", "FANFARE_CRAWLER_ALLOW_PRIVATE_NETWORKS=true"])
             .current_dir(env!("CARGO_MANIFEST_DIR"));
+        for (name, value) in env {
+            command.args(["--env-var", &format!("{name}={value}")]);
+        }
         // Cargo sets these for this test process; inherited by the emulator's
         // `cargo run`, they change the fingerprints of build scripts that
         // watch them (ring's watches CARGO_PKG_NAME, CARGO_MANIFEST_DIR,
@@ -170,7 +180,7 @@ async fn the_real_crawler_under_cargo_lambdas_emulator_crawls_twenty_demo_pages_
     use_test_aws_credentials();
     let test_started = Instant::now();
     let shop = DemoSite::start(PAGES).await.expect("the demo shop starts");
-    let mut emulator = Emulator::start().await;
+    let mut emulator = Emulator::start(&[]).await;
     let first_invoke = emulator.first_invoke().await;
     eprintln!("cargo lambda watch: first invoke answered after {first_invoke:?}");
 
@@ -256,6 +266,71 @@ async fn the_real_crawler_under_cargo_lambdas_emulator_crawls_twenty_demo_pages_
     let left = tagged_processes(&tag);
     assert!(left.is_empty(), "processes left behind: {left:?}");
     eprintln!("whole test: {:?}", test_started.elapsed());
+}
+
+#[tokio::test]
+async fn the_browser_crawler_under_the_emulator_renders_script_filled_pages_and_reports_them_rendered(
+) {
+    const CHROMIUM: &str = "/usr/bin/chromium";
+    assert!(
+        std::path::Path::new(CHROMIUM).is_file(),
+        "this test needs Debian's Chromium at {CHROMIUM} (apt-get install chromium)"
+    );
+    use_test_aws_credentials();
+    let shop = AppShop::start(Ipv4Addr::LOCALHOST).await;
+    // What the browser crawler's image sets (Dockerfile.browser).
+    let mut emulator = Emulator::start(&[
+        ("FANFARE_CHROMIUM", CHROMIUM),
+        ("FANFARE_CRAWLER_BROWSERS", "1"),
+    ])
+    .await;
+    let first_invoke = emulator.first_invoke().await;
+    eprintln!("cargo lambda watch: first invoke answered after {first_invoke:?}");
+
+    // The emulator routes by binary name: the plain and the browser
+    // function are the same crawler, as they are on Lambda.
+    let urls = [shop.script(1), shop.script(2)];
+    let schedule = fanfare_testkit::schedule("rendered")
+        .lambda(FUNCTION)
+        .urls(&urls)
+        .extract(EXTRACT)
+        .text("render", "always")
+        .text("browser_function", FUNCTION)
+        .text("wait_for", ".price")
+        .to_string();
+    let app = spawn_app(&lambda_section(&emulator.url, "90s"), &schedule).await;
+    let run_id = app.trigger("rendered").await;
+    let run = app.wait_finished(run_id, RUN_TIMEOUT).await;
+    assert_eq!(
+        run["outcome"],
+        "succeeded",
+        "{run:#}\nthe emulator's output:\n{}",
+        emulator.output()
+    );
+    assert_eq!(
+        run["render"],
+        json!({ "plain": 0, "rendered": 2, "escalated": 0 }),
+        "{run:#}"
+    );
+    for page in app.pages(run_id).await {
+        let url = page["url"].as_str().unwrap();
+        let id = if url == urls[0] { 1 } else { 2 };
+        assert_eq!(page["status"], "succeeded", "{page:#}");
+        let result = &page["result"];
+        assert_eq!(result["rendered"], true, "{page:#}");
+        assert_eq!(
+            result["title"],
+            format!("Script item {id} | Shop"),
+            "{page:#}"
+        );
+        assert_eq!(result["fields"]["price"], script_price(id), "{page:#}");
+    }
+    // Each page's script ran once: one render per page.
+    assert_eq!(
+        shop.renders_by_page(),
+        std::collections::BTreeMap::from([(1, 1), (2, 1)])
+    );
+    app.stop().await;
 }
 
 /// Variables cargo (and nextest) set for a test process that describe the

@@ -108,6 +108,24 @@ pub async fn post_report(
         .unwrap_or((0, serde_json::Value::Null))
 }
 
+/// Waits for `run`'s notification at `receiver` and checks it was one:
+/// delivered at least once under one `webhook-id`, from one outbox row.
+pub async fn assert_notified_once(receiver: &Receiver, pool: &PgPool, run: Uuid) {
+    receiver
+        .wait_delivered(run, std::time::Duration::from_secs(90))
+        .await;
+    let ids = by_webhook_id(&receiver.hits_for(run));
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let outbox: i64 = sqlx::query_scalar(
+        "select count(*) from notifications where run_id = $1 and event = 'run.finished'",
+    )
+    .bind(run)
+    .fetch_one(pool)
+    .await
+    .expect("count the run's notifications");
+    assert_eq!(outbox, 1);
+}
+
 /// What the ledger holds about one run: its counters, and its pages counted
 /// by status.
 #[derive(Debug, Clone)]

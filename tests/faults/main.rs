@@ -13,6 +13,8 @@
 //! - `webhooks`: a webhook receiver that fails for a while, then recovers;
 //! - `links`: a run that grows by following links, recorded by two
 //!   replicas, one killed with SIGKILL and replaced;
+//! - `render`: a `render = "auto"` run of app shells and served pages,
+//!   recorded by two replicas, one killed with SIGKILL and replaced;
 //! - `outage`: the database unreachable for 30 s; `/healthz` (the load
 //!   balancer's check) stays 200, `/readyz` 503, the daemon resumes.
 //!
@@ -26,6 +28,7 @@ mod links;
 mod lost_events;
 mod outage;
 mod procs;
+mod render;
 mod replicas;
 mod sigkill;
 mod webhooks;

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::helpers::{config_toml_on, wait_ready};
+use uuid::Uuid;
+
+use crate::helpers::{config_toml_on, get, test_pool, trigger, wait_ready};
 
 /// A free loopback port: bound, read, released.
 pub fn free_port() -> u16 {
@@ -185,5 +187,82 @@ impl Drop for Daemon {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// A run recorded by two replicas, one of them killed mid-run and
+/// replaced ([`run_with_a_replica_killed`]).
+pub struct KilledMidRun {
+    /// The run.
+    pub run: Uuid,
+    /// What the kill condition counted when the replica was killed.
+    pub count_at_kill: i64,
+    /// The finished run, as `GET /v1/runs/{id}` shows it.
+    pub finished: serde_json::Value,
+    /// The replicas still running (the one that raced the killed one, and
+    /// its replacement), until this is dropped.
+    _replicas: (Daemon, Daemon),
+}
+
+/// Starts replicas `a` and `b` of `schedules` on `db`, triggers
+/// `schedule` on `a`, kills `a` with SIGKILL once `count_sql` (a count
+/// bound to the run id) reaches `kill_at`, starts `c` in its place, and
+/// waits for the run to finish (as `b` shows it), `within` for each wait.
+pub async fn run_with_a_replica_killed(
+    dir: &Path,
+    db: &str,
+    schedules: &str,
+    schedule: &str,
+    count_sql: &str,
+    kill_at: i64,
+    within: Duration,
+) -> KilledMidRun {
+    let mut a = Daemon::spawn("a", dir, db, 6, schedules);
+    let mut b = Daemon::spawn("b", dir, db, 6, schedules);
+    a.wait_ready(Duration::from_secs(30)).await;
+    b.wait_ready(Duration::from_secs(30)).await;
+    let client = reqwest::Client::new();
+    let pool = test_pool(db).await;
+    let run = trigger(&client, &a.address, schedule).await;
+
+    let deadline = Instant::now() + within;
+    let count_at_kill = loop {
+        let count: i64 = sqlx::query_scalar(count_sql)
+            .bind(run)
+            .fetch_one(&pool)
+            .await
+            .expect("count for the kill");
+        if count >= kill_at {
+            break count;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run made no progress ({count} of {kill_at}: {count_sql}); a's log:\n{}",
+            a.log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    a.sigkill();
+    let mut c = Daemon::spawn("c", dir, db, 6, schedules);
+    c.wait_ready(Duration::from_secs(30)).await;
+
+    let deadline = Instant::now() + within;
+    let finished = loop {
+        let (_, shown) = get(&client, &b.address, &format!("/v1/runs/{run}")).await;
+        if shown["status"] == "finished" {
+            break shown;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run did not finish: {shown:#}\n{}",
+            c.log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    KilledMidRun {
+        run,
+        count_at_kill,
+        finished,
+        _replicas: (b, c),
     }
 }

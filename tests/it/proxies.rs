@@ -2,7 +2,8 @@
 //! the in-process crawler (the crawler's own code), in turn over several
 //! proxies, or only after the site refused the direct fetch; credentials
 //! in no log line; the network guard still refusing a private target
-//! through a proxy; and every configuration mistake named at its key.
+//! through a proxy; a rendered page's requests through the proxy too;
+//! and every configuration mistake named at its key.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -21,6 +22,7 @@ use fanfare::Settings;
 use fanfare_crawler::netguard::NetPolicy;
 use fanfare_crawler::proxy::{ProxyOn, ProxyRoute, ProxyUrl};
 use fanfare_crawler::{CrawlRequest, Crawler, CrawlerConfig, ErrorKind, Outcome, CONTRACT_VERSION};
+use fanfare_testkit::appshop::{self, AppShop};
 use fanfare_testkit::{ForwardProxy, Forwarded, TlsSite, TEST_CA_PEM};
 
 use crate::helpers::*;
@@ -624,4 +626,44 @@ fn the_politeness_proxy_is_every_schedules_default_and_none_opts_out() {
     assert_eq!(proxy("direct"), None);
     let debug = format!("{settings:?}");
     assert!(!debug.contains("pw-sekrit"), "{debug}");
+}
+
+#[tokio::test]
+async fn a_rendered_pages_document_and_its_scripts_request_both_go_through_the_schedules_proxy() {
+    let shop = AppShop::start(std::net::Ipv4Addr::LOCALHOST).await;
+    let proxy = ForwardProxy::start(USER, PASSWORD).await;
+    let page = shop.script(7);
+    let schedule = schedule("rendered")
+        .urls([page.clone()])
+        .extract(appshop::EXTRACT)
+        .text("render", "always")
+        .text("wait_for", ".price")
+        .text("proxy", &proxy.url)
+        .to_string();
+    let app = TestApp::spawn(&schedule, None).await;
+    let run = app.trigger("rendered").await;
+    let finished = app.wait_finished(run, Duration::from_secs(60)).await;
+    let pages = app.pages(run).await;
+    app.stop().await;
+
+    assert_all_succeeded(&finished, &pages, 1);
+    let result = &pages[0]["result"];
+    assert_eq!(result["rendered"], true, "{result:#}");
+    assert_eq!(result["via_proxy"], true, "{result:#}");
+    assert_eq!(
+        result["fields"]["price"],
+        appshop::script_price(7),
+        "{result:#}"
+    );
+    // The document, then the request its script made: both through the
+    // proxy, with its credentials.
+    let seen = proxy.seen();
+    assert!(seen.iter().all(|f| f.authorized), "{seen:#?}");
+    let forwarded: BTreeSet<String> = proxy.forwarded().into_iter().collect();
+    let api = format!("{}/api/item/7", shop.base());
+    assert!(
+        forwarded.contains(&page) && forwarded.contains(&api),
+        "the proxy forwarded {forwarded:?}"
+    );
+    assert_eq!(shop.renders(), 1);
 }

@@ -8,82 +8,13 @@
 //! crawler/tests/render.rs.)
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
-use axum::response::Html;
-use axum::routing::get;
-use axum::Router;
+use fanfare_testkit::appshop::{AppShop as Shop, EXTRACT};
 use fanfare_testkit::schedule;
 
 use crate::helpers::TestApp;
-
-/// A product page whose name and price the script fills in.
-fn script_page(id: usize) -> String {
-    format!(
-        r#"<!doctype html><html><head><title>Shop</title></head><body>
-<div id="root"></div>
-<script>
-  fetch('/api/item/{id}').then(r => r.json()).then(item => {{
-    document.getElementById('root').innerHTML =
-      '<h1 class="name">' + item.name + '</h1><span class="price">' + item.price + '</span>';
-  }});
-</script></body></html>"#
-    )
-}
-
-/// A product page served whole.
-fn static_page(id: usize) -> String {
-    format!(
-        r#"<!doctype html><html><head><title>Shop</title></head><body>
-<h1 class="name">Static item {id}</h1><span class="price">{id}.50</span>
-<p>Every product page of this shop comes with a long description, so that the page reads as a page and not as the shell of an app.</p>
-</body></html>"#
-    )
-}
-
-/// The shop: `/s/{id}` script-filled, `/p/{id}` static; counts requests
-/// to its item API (made only by a browser).
-struct Shop {
-    base: String,
-    api_calls: Arc<AtomicUsize>,
-}
-
-impl Shop {
-    async fn start(ip: Ipv4Addr) -> Self {
-        let api_calls = Arc::new(AtomicUsize::new(0));
-        let app = Router::new()
-            .route("/s/{id}", get(|Path(id): Path<usize>| async move { Html(script_page(id)) }))
-            .route("/p/{id}", get(|Path(id): Path<usize>| async move { Html(static_page(id)) }))
-            .route(
-                "/api/item/{id}",
-                get(|State(calls): State<Arc<AtomicUsize>>, Path(id): Path<usize>| async move {
-                    calls.fetch_add(1, Ordering::SeqCst);
-                    axum::Json(serde_json::json!({ "name": format!("Script item {id}"), "price": format!("{id}.99") }))
-                }),
-            )
-            .with_state(api_calls.clone());
-        let listener = tokio::net::TcpListener::bind((IpAddr::V4(ip), 0))
-            .await
-            .unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self { base, api_calls }
-    }
-
-    fn script(&self, id: usize) -> String {
-        format!("{}/s/{id}", self.base)
-    }
-
-    fn plain(&self, id: usize) -> String {
-        format!("{}/p/{id}", self.base)
-    }
-}
-
-const EXTRACT: &str = r#"{ name = ".name", price = ".price" }"#;
 
 /// Each page's URL -> (price, whether it was rendered), read through the API.
 async fn prices(app: &TestApp, run: uuid::Uuid) -> BTreeMap<String, (Option<String>, bool)> {
@@ -139,7 +70,7 @@ async fn never_reads_only_static_prices_always_renders_every_page_and_auto_rende
     }
     assert_eq!(finished["render"]["rendered"], 0, "{finished:#}");
     assert_eq!(finished["render"]["plain"], 6, "{finished:#}");
-    assert_eq!(shop.api_calls.load(Ordering::SeqCst), 0);
+    assert_eq!(shop.renders(), 0);
 
     let (run, finished) = app.run_once("always", within).await;
     assert_eq!(finished["outcome"], "succeeded", "{finished:#}");
@@ -178,6 +109,19 @@ async fn never_reads_only_static_prices_always_renders_every_page_and_auto_rende
     app.stop().await;
 }
 
+/// An `auto` schedule of `urls` that learns a host after two of its pages
+/// needed the browser, one page at a time (so "after two" is not
+/// overtaken by pages already in flight).
+fn learning_schedule(name: &str, urls: &[String]) -> fanfare_testkit::ScheduleToml {
+    schedule(name)
+        .urls(urls)
+        .extract(EXTRACT)
+        .text("render", "auto")
+        .text("wait_for", ".price")
+        .key("render_after", 2)
+        .key("max_in_flight", 1)
+}
+
 #[tokio::test]
 async fn a_host_that_needed_the_browser_render_after_times_goes_straight_to_it_in_this_run_and_the_next(
 ) {
@@ -187,16 +131,7 @@ async fn a_host_that_needed_the_browser_render_after_times_goes_straight_to_it_i
         .map(|i| shells.script(i))
         .chain((1..=3).map(|i| statics.plain(i)))
         .collect();
-    let schedules = schedule("learns")
-        .urls(&urls)
-        .extract(EXTRACT)
-        .text("render", "auto")
-        .text("wait_for", ".price")
-        .key("render_after", 2)
-        // One page at a time, so "after two" is not overtaken by pages
-        // already in flight.
-        .key("max_in_flight", 1)
-        .to_string();
+    let schedules = learning_schedule("learns", &urls).to_string();
     let app = TestApp::spawn(&schedules, None).await;
     let within = Duration::from_secs(120);
 
@@ -241,6 +176,70 @@ async fn a_host_that_needed_the_browser_render_after_times_goes_straight_to_it_i
 }
 
 #[tokio::test]
+async fn a_learned_host_goes_back_to_plain_fetches_once_a_run_rendered_its_pages_without_need() {
+    let shop = Shop::start(Ipv4Addr::LOCALHOST).await;
+    let urls: Vec<String> = (1..=3).map(|i| shop.switching(i)).collect();
+    let schedules = learning_schedule("unlearns", &urls).to_string();
+    let app = TestApp::spawn(&schedules, None).await;
+    let within = Duration::from_secs(120);
+    let run_once = || async {
+        let run = app.trigger("unlearns").await;
+        let finished = app.wait_finished(run, within).await;
+        assert_eq!(finished["outcome"], "succeeded", "{finished:#}");
+        (finished["render"].clone(), app.pages(run).await)
+    };
+
+    // App shells: two pages sent on, the host learned, the third straight
+    // to the browser; the rendered pages needed it.
+    let (render, pages) = run_once().await;
+    assert_eq!(
+        render,
+        serde_json::json!({ "plain": 0, "rendered": 3, "escalated": 2 })
+    );
+    for page in &pages {
+        assert_eq!(
+            page["result"]["served_sufficed"],
+            serde_json::Value::Null,
+            "{page:#}"
+        );
+    }
+
+    // The site now serves its pages whole. Still learned: every page goes
+    // to the browser, and each says the page as served would have done.
+    shop.serve_whole();
+    let (render, pages) = run_once().await;
+    assert_eq!(
+        render,
+        serde_json::json!({ "plain": 0, "rendered": 3, "escalated": 0 })
+    );
+    for page in &pages {
+        let result = &page["result"];
+        assert_eq!(result["rendered"], true, "{page:#}");
+        assert_eq!(result["served_sufficed"], true, "{page:#}");
+    }
+
+    // That run's rendered pages, render_after (2) or more and all without
+    // need, unlearned the host: plain fetches again.
+    let (render, pages) = run_once().await;
+    assert_eq!(
+        render,
+        serde_json::json!({ "plain": 3, "rendered": 0, "escalated": 0 })
+    );
+    for page in &pages {
+        let id: usize = page["url"]
+            .as_str()
+            .and_then(|u| u.rsplit('/').next())
+            .and_then(|id| id.parse().ok())
+            .unwrap_or_else(|| panic!("a shop URL: {page:#}"));
+        assert_eq!(
+            page["result"]["fields"]["price"],
+            fanfare_testkit::appshop::static_price(id)
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn the_api_document_describes_render_in_the_event_and_rendered_in_the_report() {
     let app = TestApp::spawn(&schedule("s").to_string(), None).await;
     let (status, doc) = app.get("/openapi.json").await;
@@ -264,7 +263,7 @@ async fn the_api_document_describes_render_in_the_event_and_rendered_in_the_repo
         schemas["ResourceType"]["enum"],
         serde_json::json!(["image", "font", "media", "stylesheet"])
     );
-    for key in ["rendered", "looks_unrendered"] {
+    for key in ["rendered", "looks_unrendered", "served_sufficed"] {
         assert_eq!(
             schemas["PageFacts"]["properties"][key]["type"], "boolean",
             "PageFacts.{key}: {:#}",

@@ -174,6 +174,7 @@ impl Race<'_> {
                 Event::ReportFailed(error(ErrorKind::Connect, true)),
                 "failed",
             ),
+            Report::Unrendered => unreachable!("the race plays no unrendered report"),
         };
         let result = json!({"report": n});
         let at = PageAttempt::new(self.run_id, page_id, attempt);

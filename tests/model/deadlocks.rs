@@ -27,6 +27,7 @@ fn policy() -> Policy {
         max_in_flight: 8,
         tolerated: Tolerance::Count(0),
         targets: 1,
+        render_auto: false,
     }
 }
 

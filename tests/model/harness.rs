@@ -37,6 +37,9 @@ pub struct Policy {
     pub tolerated: Tolerance,
     /// How many notification targets (1: a webhook; 2: and stdout).
     pub targets: usize,
+    /// `render = "auto"`: a page whose plain fetch looks unrendered is sent
+    /// on to the browser.
+    pub render_auto: bool,
 }
 
 impl Policy {
@@ -52,6 +55,11 @@ impl Policy {
         if self.targets > 1 {
             notify.push_str("[[schedules.notify]]\nstdout = {}\n");
         }
+        let render = if self.render_auto {
+            "render = \"auto\"\nbrowser_function = \"browser-fn\"\n"
+        } else {
+            ""
+        };
         format!(
             r#"
 [server]
@@ -74,7 +82,7 @@ page_timeout = "{}s"
 max_attempts = {}
 max_in_flight = {}
 tolerated_failures = {tolerated}
-
+{render}
 {notify}
 "#,
             PAGE_TIMEOUT.as_secs(),
@@ -311,7 +319,8 @@ impl Database {
         let pages: Vec<PageRow> = sqlx::query_as(
             "select id, status, attempt, reported_attempt,
                  not_before is not null as backoff,
-                 coalesce(not_before > updated_at, true) as backoff_ahead,
+                 coalesce(not_before >= updated_at, true) as backoff_ahead,
+                 site_throttles, render, escalated,
                  deadline is not null as has_deadline,
                  result, error, finished_at
              from pages where run_id = $1 order by id",
@@ -372,8 +381,15 @@ pub struct PageRow {
     pub reported_attempt: Option<i32>,
     /// `not_before` is set.
     pub backoff: bool,
-    /// `not_before`, when set, lies after the row's last update.
+    /// `not_before`, when set, does not lie before the row's last update
+    /// (a page sent on to the browser waits for nothing).
     pub backoff_ahead: bool,
+    /// Dispatches that do not count against `max_attempts`.
+    pub site_throttles: i32,
+    /// The page goes to the browser.
+    pub render: bool,
+    /// It was sent on to the browser after its plain fetch.
+    pub escalated: bool,
     pub has_deadline: bool,
     pub result: Option<serde_json::Value>,
     pub error: Option<serde_json::Value>,
@@ -526,8 +542,21 @@ pub fn check_invariants(snap: &Snapshot, policy: &Policy) -> Result<(), String> 
     }
     for page in &snap.pages {
         let bad = |what: &str| Err(format!("page {}: {what} ({page:?})", page.id));
-        if page.attempt < 0 || page.attempt as u32 > policy.max_attempts {
-            return bad("attempt out of 0..=max_attempts");
+        // Sending a page on to the browser uses no attempt: its plain
+        // dispatch is one that does not count.
+        let counted = page.attempt - page.site_throttles;
+        if counted < 0 || counted as u32 > policy.max_attempts {
+            return bad("attempts that count out of 0..=max_attempts");
+        }
+        // The model's sites never throttle: the only uncounted dispatch is
+        // the plain fetch of a page sent on to the browser, once at most.
+        if page.site_throttles != i32::from(page.escalated) {
+            return bad(
+                "sent on to the browser more than once, or a dispatch uncounted without it",
+            );
+        }
+        if page.escalated && (!policy.render_auto || !page.render) {
+            return bad("sent on to the browser without render = \"auto\", or not marked render");
         }
         if page
             .reported_attempt

@@ -1,6 +1,7 @@
 //! Model-based tests of the page and run state machine: random
-//! interleavings of dispatch, report, duplicate, lost event, deadline,
-//! crash and restart, played against the real ledger functions on a real
+//! interleavings of dispatch, report (unrendered-looking pages sent on to
+//! the browser among them), duplicate, lost event, deadline, crash and
+//! restart, played against the real ledger functions on a real
 //! Postgres (one fresh database per test function, emptied between cases)
 //! and against a reference model. After every operation the ledger must be
 //! what the model says, every terminal page must be as it was first seen,
@@ -13,6 +14,7 @@
 mod concurrent;
 mod deadlocks;
 mod harness;
+mod holdback;
 mod integrity;
 mod leases;
 mod model;
@@ -90,7 +92,7 @@ fn every_page_ends_terminal_exactly_once_and_the_run_notifies_iff_all_pages_are_
     let total = total.into_inner();
     println!(
         "FIGURE model cases={} ops={} pages={} claims={} reports={} duplicates_answered={} sweeps={} \
-         crashes={} (before={} partial={}) restarts={} finished={} closed={} violations={} seconds={:.1}",
+         crashes={} (before={} partial={}) restarts={} finished={} closed={} escalated={} violations={} seconds={:.1}",
         total.cases,
         total.ops,
         total.pages,
@@ -104,6 +106,7 @@ fn every_page_ends_terminal_exactly_once_and_the_run_notifies_iff_all_pages_are_
         total.restarts,
         total.finished,
         total.closed,
+        total.escalated,
         total.violations,
         started.elapsed().as_secs_f64()
     );

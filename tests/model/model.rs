@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use fanfare::config::Tolerance;
 use fanfare::ledger::{self, PageError};
-use fanfare::lifecycle::page::{self, Event as PageEvent, Next, Retry};
+use fanfare::lifecycle::page::{self, Event as PageEvent, Next, Retry, RetryReason};
 use fanfare::lifecycle::{run as rules, Closing};
 use fanfare::runs::{Handled, PageAttempt};
 use fanfare::sweep;
@@ -32,6 +32,10 @@ pub enum Report {
     Failed,
     /// A failure another attempt may fix.
     Retryable,
+    /// The page as served looks unrendered (an app shell): with `render =
+    /// "auto"` it goes on to the browser. (A browser's report of a page it
+    /// rendered is a success whatever it found.)
+    Unrendered,
 }
 
 /// How a run is closed early.
@@ -42,11 +46,20 @@ pub enum Close {
     TimedOut,
 }
 
-/// The page event a report is (as the callback makes it), and its facts.
-fn report_event(report: Report, n: u64) -> (PageEvent, Option<serde_json::Value>) {
+/// The page event a report of an event is (as the callback makes it), and
+/// its facts.
+fn report_event(report: Report, n: u64, event: Event) -> (PageEvent, Option<serde_json::Value>) {
     let error = |kind, retryable| PageError::new(kind, format!("report {n}"), retryable);
     match report {
         Report::Succeeded => (PageEvent::ReportSucceeded, Some(json!({"report": n}))),
+        Report::Unrendered if event.render => {
+            (PageEvent::ReportSucceeded, Some(json!({"report": n})))
+        }
+        // What the callback makes of it; the schedule decides `auto`.
+        Report::Unrendered => (
+            PageEvent::LooksUnrendered { auto: false },
+            Some(json!({"report": n, "looks_unrendered": true})),
+        ),
         Report::Failed => (
             PageEvent::ReportFailed(error(ErrorKind::HttpStatus, false)),
             None,
@@ -136,6 +149,7 @@ fn report() -> impl Strategy<Value = Report> {
         3 => Just(Report::Succeeded),
         1 => Just(Report::Failed),
         2 => Just(Report::Retryable),
+        3 => Just(Report::Unrendered),
     ]
 }
 
@@ -184,12 +198,13 @@ pub fn policy() -> impl Strategy<Value = Policy> {
         1 => (1i64..=2).prop_map(Tolerance::Count),
         1 => prop_oneof![Just(0.0), Just(20.0), Just(50.0), Just(100.0)].prop_map(Tolerance::Percent),
     ];
-    (1u32..=3, 1i64..=8, tolerated, 1usize..=2).prop_map(
-        |(max_attempts, max_in_flight, tolerated, targets)| Policy {
+    (1u32..=3, 1i64..=8, tolerated, 1usize..=2, any::<bool>()).prop_map(
+        |(max_attempts, max_in_flight, tolerated, targets, render_auto)| Policy {
             max_attempts,
             max_in_flight,
             tolerated,
             targets,
+            render_auto,
         },
     )
 }
@@ -231,6 +246,13 @@ struct Page {
     reported_attempt: Option<i32>,
     /// Dispatched and past its deadline (until the next claim).
     overdue: bool,
+    /// Dispatches that do not count against `max_attempts` (the plain
+    /// fetch of a page sent on to the browser).
+    uncounted: i32,
+    /// Dispatched to the browser.
+    render: bool,
+    /// Sent on to the browser after its plain fetch.
+    escalated: bool,
 }
 
 /// What the ledger should hold about the run.
@@ -291,6 +313,9 @@ impl Model {
             attempt: 0,
             reported_attempt: None,
             overdue: false,
+            uncounted: 0,
+            render: false,
+            escalated: false,
         }));
     }
 
@@ -341,13 +366,28 @@ impl Model {
     }
 
     /// `event` happened to page `i`'s `attempt`: its next state is what the
-    /// daemon's own transition function says.
+    /// daemon's own transition function says, over the attempts that count.
     fn event(&mut self, i: usize, attempt: i32, event: PageEvent) -> Want {
-        match page::next(attempt, self.policy.max_attempts, event) {
-            Next::Requeue(Retry { uses_attempt, .. }) => {
+        let event = match event {
+            PageEvent::LooksUnrendered { .. } => PageEvent::LooksUnrendered {
+                auto: self.policy.render_auto,
+            },
+            other => other,
+        };
+        let counted = attempt - self.pages[i].uncounted;
+        match page::next(counted, self.policy.max_attempts, event) {
+            Next::Requeue(Retry {
+                uses_attempt,
+                reason,
+                ..
+            }) => {
                 let page = &self.pages[i];
                 if page.state == State::Dispatched && page.attempt == attempt {
-                    self.requeue(i, !uses_attempt);
+                    if reason == RetryReason::Render {
+                        self.send_to_browser(i);
+                    } else {
+                        self.requeue(i, !uses_attempt);
+                    }
                     Want::Requeued
                 } else {
                     Want::Stale
@@ -400,6 +440,18 @@ impl Model {
         if refund {
             page.attempt -= 1;
         }
+    }
+
+    /// Dispatched page `i` goes on to the browser: pending again at once
+    /// (the test's clock holds it like a backoff until a dispatch ends
+    /// them), its attempt kept but not counted.
+    fn send_to_browser(&mut self, i: usize) {
+        let page = &mut self.pages[i];
+        page.state = State::Pending { backoff: true };
+        page.overdue = false;
+        page.uncounted += 1;
+        page.render = true;
+        page.escalated = true;
     }
 
     /// The dispatched pages past their deadline: the ones a sweep handles.
@@ -507,7 +559,10 @@ impl Model {
                 && row.status == status
                 && row.backoff == backoff
                 && row.attempt == page.attempt
-                && row.reported_attempt == page.reported_attempt;
+                && row.reported_attempt == page.reported_attempt
+                && row.site_throttles == page.uncounted
+                && row.render == page.render
+                && row.escalated == page.escalated;
             if !same {
                 return differ(format!("page {} is {row:?} (model: {page:?})", page.id));
             }
@@ -531,6 +586,8 @@ fn status_name(status: &str) -> &'static str {
 struct Event {
     page: usize,
     attempt: i32,
+    /// It went to the browser.
+    render: bool,
 }
 
 /// Counts for the figure line.
@@ -551,6 +608,8 @@ pub struct Stats {
     pub restarts: u64,
     pub finished: u64,
     pub closed: u64,
+    /// Pages sent on to the browser.
+    pub escalated: u64,
     pub violations: u64,
 }
 
@@ -570,6 +629,7 @@ impl Stats {
         self.restarts += o.restarts;
         self.finished += o.finished;
         self.closed += o.closed;
+        self.escalated += o.escalated;
         self.violations += o.violations;
     }
 }
@@ -765,10 +825,12 @@ impl<'a> World<'a> {
         self.reports_sent += 1;
         self.stats.reports += 1;
         let runs = self.replica().runs.clone();
-        let (page_event, result) = report_event(report, self.reports_sent);
+        let (page_event, result) = report_event(report, self.reports_sent, event);
         let want = self
             .model
             .event(event.page, event.attempt, page_event.clone());
+        let escalates =
+            want == Want::Requeued && matches!(page_event, PageEvent::LooksUnrendered { .. });
         let at = PageAttempt::new(run_id, page_id, event.attempt);
         let got = runs
             .page_event(at, page_event, result.clone())
@@ -785,6 +847,7 @@ impl<'a> World<'a> {
                 event.attempt
             ));
         }
+        self.stats.escalated += u64::from(escalates);
         if let Handled::Recorded {
             finished: Some(run),
         } = &got
@@ -883,10 +946,12 @@ impl<'a> World<'a> {
         let page_id = self.model.pages[i].id;
         let runs = self.replica().runs.clone();
         let want = self.model.event(i, attempt, failure.event());
-        // As the dispatcher does, with the counts read with the page (the
-        // model's invokes are never throttled by the site).
+        // As the dispatcher does, with the counts read with the page (its
+        // uncounted dispatches: the model's sites never throttle, but a
+        // page sent on to the browser has one).
+        let uncounted = self.model.pages[i].uncounted;
         let at = PageAttempt::new(self.run_id, page_id, attempt)
-            .with_counts(0, self.model.policy.max_attempts);
+            .with_counts(uncounted, self.model.policy.max_attempts);
         let got = runs
             .page_event(at, failure.event(), None)
             .await
@@ -914,7 +979,12 @@ impl<'a> World<'a> {
                 self.prepare_dispatch(*backoff_over).await;
                 // The dispatcher invokes each claimed page: Lambda holds the event.
                 for (page, attempt) in self.claim(*limit).await? {
-                    self.events.push(Event { page, attempt });
+                    let render = self.model.pages[page].render;
+                    self.events.push(Event {
+                        page,
+                        attempt,
+                        render,
+                    });
                 }
             }
             Op::DispatchFailing { limit, failure } => {
@@ -1050,7 +1120,7 @@ impl<'a> World<'a> {
                 let page_id = self.model.pages[event.page].id;
                 let mut after = self.model.clone();
                 self.reports_sent += 1;
-                let (page_event, result) = report_event(report, self.reports_sent);
+                let (page_event, result) = report_event(report, self.reports_sent, event);
                 after.event(event.page, event.attempt, page_event.clone());
                 candidates.insert(0, after);
                 self.delivered.push((event, report));

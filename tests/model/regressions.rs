@@ -4,9 +4,9 @@
 use fanfare::config::Tolerance;
 
 use crate::harness::{Database, Policy};
-use crate::model::{Case, Close, Op, Pick, Report, World};
+use crate::model::{Case, Close, Op, Pick, Report, Stats, World};
 
-fn play(case: Case) {
+fn play(case: Case) -> Stats {
     let rt = crate::runtime();
     rt.block_on(async {
         let db = Database::fresh().await;
@@ -16,7 +16,8 @@ fn play(case: Case) {
         if let Err(e) = played {
             panic!("{e}\ncase: {case:#?}");
         }
-    });
+        world.stats
+    })
 }
 
 fn policy(max_attempts: u32) -> Policy {
@@ -25,6 +26,7 @@ fn policy(max_attempts: u32) -> Policy {
         max_in_flight: 8,
         tolerated: Tolerance::Count(0),
         targets: 2,
+        render_auto: false,
     }
 }
 
@@ -172,4 +174,45 @@ fn reports_after_a_run_is_cancelled_change_nothing() {
             Op::Deadline { mask: u8::MAX },
         ],
     });
+}
+
+#[test]
+fn pages_sent_on_to_the_browser_use_no_attempt_and_are_sent_on_once() {
+    let stats = play(Case {
+        policy: Policy {
+            render_auto: true,
+            ..policy(1)
+        },
+        pages: 2,
+        listed: 2,
+        listing_done: true,
+        ops: vec![
+            DISPATCH,
+            // Both plain fetches look unrendered: both pages go on to the
+            // browser, neither using its one attempt.
+            Op::Report {
+                event: Pick(0),
+                report: Report::Unrendered,
+            },
+            Op::Report {
+                event: Pick(1),
+                report: Report::Unrendered,
+            },
+            // A second copy of a plain report changes nothing.
+            Op::Duplicate { delivered: Pick(0) },
+            DISPATCH,
+            // The first page's browser attempt is its only counted one: a
+            // retryable failure fails it.
+            Op::Report {
+                event: Pick(2),
+                report: Report::Retryable,
+            },
+            // A rendered page is not sent on again, whatever it found.
+            Op::Report {
+                event: Pick(3),
+                report: Report::Unrendered,
+            },
+        ],
+    });
+    assert_eq!(stats.escalated, 2, "{stats:?}");
 }

@@ -103,6 +103,9 @@ pub struct Rendered {
     pub render_ms: u64,
     /// The requests the network guard refused (URL and why), in order.
     pub refused: Vec<String>,
+    /// The page's document as served (its last hop's body, decoded),
+    /// before any script ran.
+    pub served: Vec<u8>,
 }
 
 /// Finds the browser: `explicit`, else [`ENV_CHROMIUM`], else the usual
@@ -198,6 +201,21 @@ impl Renderer {
         how: &RenderRequest,
         user_agent: Option<&str>,
     ) -> Result<Rendered, CrawlError> {
+        self.render_through(url, how, user_agent, None).await
+    }
+
+    /// [`Renderer::render`], with every request of the page fetched through
+    /// `proxy` when one is given: a client that sends each request through
+    /// a forward proxy and follows no redirects. The proxy resolves the
+    /// targets' names, so the guard resolves and checks each target itself
+    /// before its request is sent ([`NetPolicy::check_target`]).
+    pub async fn render_through(
+        &self,
+        url: &Url,
+        how: &RenderRequest,
+        user_agent: Option<&str>,
+        proxy: Option<&reqwest::Client>,
+    ) -> Result<Rendered, CrawlError> {
         let _permit = self.permits.acquire().await.map_err(|_| {
             CrawlError::new(ErrorKind::Other, "the renderer is shutting down", true)
         })?;
@@ -210,6 +228,7 @@ impl Renderer {
             how,
             user_agent: user_agent.unwrap_or(&self.config.user_agent),
             bound,
+            proxy,
         };
         page.render().await
     }
@@ -382,6 +401,8 @@ struct Page<'a> {
     how: &'a RenderRequest,
     user_agent: &'a str,
     bound: Duration,
+    /// The client that fetches through the page's proxy, if it has one.
+    proxy: Option<&'a reqwest::Client>,
 }
 
 /// What a page's requests have done so far.
@@ -392,6 +413,8 @@ struct Progress {
     document_status: Option<u16>,
     /// Why the page's own document could not be fetched.
     document_error: Option<CrawlError>,
+    /// The page's document as served (its last hop's body).
+    document_body: Vec<u8>,
     open_requests: usize,
     last_activity: Option<Instant>,
     refused: Vec<String>,
@@ -591,6 +614,7 @@ impl Page<'_> {
             html,
             render_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             refused: progress.refused,
+            served: progress.document_body,
         })
     }
 
@@ -674,7 +698,8 @@ impl Page<'_> {
             p.last_activity = Some(Instant::now());
         }
         let fetch = Fetch {
-            client: self.renderer.client.clone(),
+            client: self.proxy.unwrap_or(&self.renderer.client).clone(),
+            through_proxy: self.proxy.map(|_| self.renderer.config.net.clone()),
             cdp_session: session.to_string(),
             max_body_bytes: self.renderer.config.max_body_bytes,
             user_agent: self.user_agent.to_string(),
@@ -691,9 +716,10 @@ impl Page<'_> {
             p.open_requests = p.open_requests.saturating_sub(1);
             p.last_activity = Some(Instant::now());
             match answer {
-                Ok((status, command)) => {
+                Ok((status, command, body)) => {
                     if is_document {
                         p.document_status = Some(status);
+                        p.document_body = body;
                     }
                     cdp.send(&fetch.cdp_session, "Fetch.fulfillRequest", command);
                 }
@@ -758,6 +784,9 @@ fn cdp_resource_type(kind: ResourceType) -> &'static str {
 /// One of a page's requests, fetched by the crawler for the browser.
 struct Fetch {
     client: reqwest::Client,
+    /// With a proxy (which resolves the target itself), the policy the
+    /// target is checked against before the request.
+    through_proxy: Option<NetPolicy>,
     cdp_session: String,
     max_body_bytes: u64,
     user_agent: String,
@@ -789,9 +818,24 @@ const SKIPPED_RESPONSE_HEADERS: [&str; 4] = [
 ];
 
 impl Fetch {
-    /// Fetches the request `paused` describes; the status, and the
-    /// `Fetch.fulfillRequest` parameters that hand the answer over.
-    async fn run(&self, url: &Url, paused: &Value) -> Result<(u16, Value), FetchFailure> {
+    /// Fetches the request `paused` describes; the status, the
+    /// `Fetch.fulfillRequest` parameters that hand the answer over, and the
+    /// body.
+    async fn run(&self, url: &Url, paused: &Value) -> Result<(u16, Value, Vec<u8>), FetchFailure> {
+        if let Some(net) = &self.through_proxy {
+            net.check_target(url)
+                .await
+                .map_err(|refused| match refused {
+                    netguard::TargetRefused::Blocked(blocked) => FetchFailure::Blocked(blocked),
+                    netguard::TargetRefused::Unresolved { host, error } => {
+                        FetchFailure::Other(CrawlError::new(
+                            ErrorKind::Dns,
+                            format!("{url}: {host} did not resolve: {error}"),
+                            true,
+                        ))
+                    }
+                })?;
+        }
         let request = &paused["request"];
         let method = request["method"]
             .as_str()
@@ -855,7 +899,7 @@ impl Fetch {
             "responseHeaders": headers,
             "body": base64::engine::general_purpose::STANDARD.encode(&body),
         });
-        Ok((status, command))
+        Ok((status, command, body))
     }
 
     fn failure(&self, error: &reqwest::Error, url: &Url) -> FetchFailure {
