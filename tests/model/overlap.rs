@@ -12,12 +12,22 @@ use crate::harness::Database;
 
 const SCHEDULE: &str = "no-overlap";
 
-async fn wide_pool(db: &Database) -> PgPool {
-    PgPoolOptions::new()
-        .max_connections(16)
-        .connect(&db.url)
-        .await
-        .expect("connect to the test database")
+/// Plays `test` on a fresh database, with a pool wide enough for every
+/// racer and a start time on a whole second (as the ledger stores it).
+fn race<F, Fut>(test: F)
+where
+    F: FnOnce(PgPool, DateTime<Utc>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    crate::runtime().block_on(async {
+        let db = Database::fresh().await;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .connect(&db.url)
+            .await
+            .expect("connect to the test database");
+        test(pool, Utc::now().trunc_subsecs(0)).await;
+    });
 }
 
 async fn open_runs(pool: &PgPool) -> usize {
@@ -49,10 +59,7 @@ async fn finish(pool: &PgPool, run_id: uuid::Uuid) {
 
 #[test]
 fn sixteen_racing_fires_start_one_run_and_buffer_the_latest_of_the_rest() {
-    crate::runtime().block_on(async {
-        let db = Database::fresh().await;
-        let pool = wide_pool(&db).await;
-        let t0 = Utc::now().trunc_subsecs(0);
+    race(|pool, t0| async move {
         let fires: Vec<_> = (0..16)
             .map(|i| {
                 let pool = pool.clone();
@@ -94,10 +101,7 @@ fn sixteen_racing_fires_start_one_run_and_buffer_the_latest_of_the_rest() {
 
 #[test]
 fn a_run_finishing_while_a_fire_buffers_starts_the_buffered_fire_exactly_once() {
-    crate::runtime().block_on(async {
-        let db = Database::fresh().await;
-        let pool = wide_pool(&db).await;
-        let t0 = Utc::now().trunc_subsecs(0);
+    race(|pool, t0| async move {
         for round in 0..40i64 {
             let first = t0 + Span::seconds(2 * round);
             let ExclusiveStart::Started(run_id) =
@@ -134,8 +138,15 @@ fn a_run_finishing_while_a_fire_buffers_starts_the_buffered_fire_exactly_once() 
                 "round {round}: the second fire starts exactly once (fire: {fired:?}, buffered start: {buffered_start:?})"
             );
             assert_eq!(open_runs(&pool).await, 1, "round {round}");
-            assert_eq!(buffered(&pool).await, None, "round {round}: nothing left waiting");
-            for run in ledger::open_runs_of(&pool, SCHEDULE).await.expect("open runs") {
+            assert_eq!(
+                buffered(&pool).await,
+                None,
+                "round {round}: nothing left waiting"
+            );
+            for run in ledger::open_runs_of(&pool, SCHEDULE)
+                .await
+                .expect("open runs")
+            {
                 finish(&pool, run).await;
             }
         }

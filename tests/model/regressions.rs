@@ -35,57 +35,57 @@ const DISPATCH: Op = Op::Dispatch {
     backoff_over: true,
 };
 
+/// A case whose pages are all listed before its first operation.
+fn listed(policy: Policy, pages: usize, ops: Vec<Op>) -> Case {
+    Case {
+        policy,
+        pages,
+        listed: pages,
+        listing_done: true,
+        ops,
+    }
+}
+
+/// The report of the `event`-th dispatched event.
+fn reported(event: u16, report: Report) -> Op {
+    Op::Report {
+        event: Pick(event),
+        report,
+    }
+}
+
 #[test]
 fn a_late_report_of_an_earlier_attempt_after_a_deadline_retry_finishes_the_page_once() {
-    play(Case {
-        policy: policy(3),
-        pages: 1,
-        listed: 1,
-        listing_done: true,
-        ops: vec![
+    play(listed(
+        policy(3),
+        1,
+        vec![
             DISPATCH,
             Op::Deadline { mask: 1 },
             DISPATCH,
             // Attempt 1's report arrives after attempt 2 was dispatched.
-            Op::Report {
-                event: Pick(0),
-                report: Report::Succeeded,
-            },
+            reported(0, Report::Succeeded),
             // Attempt 2's report is a duplicate.
-            Op::Report {
-                event: Pick(1),
-                report: Report::Failed,
-            },
+            reported(1, Report::Failed),
             Op::Duplicate { delivered: Pick(0) },
         ],
-    });
+    ));
 }
 
 #[test]
 fn a_retryable_failure_of_the_last_attempt_fails_the_page_and_finishes_the_run() {
-    play(Case {
-        policy: policy(2),
-        pages: 2,
-        listed: 2,
-        listing_done: true,
-        ops: vec![
+    play(listed(
+        policy(2),
+        2,
+        vec![
             DISPATCH,
-            Op::Report {
-                event: Pick(0),
-                report: Report::Retryable,
-            },
-            Op::Report {
-                event: Pick(1),
-                report: Report::Succeeded,
-            },
+            reported(0, Report::Retryable),
+            reported(1, Report::Succeeded),
             DISPATCH,
-            Op::Report {
-                event: Pick(2),
-                report: Report::Retryable,
-            },
+            reported(2, Report::Retryable),
             Op::Duplicate { delivered: Pick(2) },
         ],
-    });
+    ));
 }
 
 #[test]
@@ -97,20 +97,11 @@ fn pages_finished_while_still_listing_finish_the_run_when_the_listing_ends() {
         listing_done: false,
         ops: vec![
             DISPATCH,
-            Op::Report {
-                event: Pick(0),
-                report: Report::Succeeded,
-            },
+            reported(0, Report::Succeeded),
             Op::ListRest,
             DISPATCH,
-            Op::Report {
-                event: Pick(1),
-                report: Report::Succeeded,
-            },
-            Op::Report {
-                event: Pick(2),
-                report: Report::Failed,
-            },
+            reported(1, Report::Succeeded),
+            reported(2, Report::Failed),
             Op::FinishListing,
         ],
     });
@@ -118,12 +109,10 @@ fn pages_finished_while_still_listing_finish_the_run_when_the_listing_ends() {
 
 #[test]
 fn a_replica_killed_during_claims_reports_and_sweeps_leaves_nothing_half_done() {
-    play(Case {
-        policy: policy(2),
-        pages: 4,
-        listed: 4,
-        listing_done: true,
-        ops: vec![
+    play(listed(
+        policy(2),
+        4,
+        vec![
             Op::Crash {
                 op: Box::new(DISPATCH),
                 after_ms: 0,
@@ -134,10 +123,7 @@ fn a_replica_killed_during_claims_reports_and_sweeps_leaves_nothing_half_done() 
             },
             DISPATCH,
             Op::Crash {
-                op: Box::new(Op::Report {
-                    event: Pick(0),
-                    report: Report::Succeeded,
-                }),
+                op: Box::new(reported(0, Report::Succeeded)),
                 after_ms: 1,
             },
             Op::Crash {
@@ -146,73 +132,48 @@ fn a_replica_killed_during_claims_reports_and_sweeps_leaves_nothing_half_done() 
             },
             Op::Restart,
         ],
-    });
+    ));
 }
 
 #[test]
 fn reports_after_a_run_is_cancelled_change_nothing() {
-    play(Case {
-        policy: policy(3),
-        pages: 3,
-        listed: 3,
-        listing_done: true,
-        ops: vec![
+    play(listed(
+        policy(3),
+        3,
+        vec![
             DISPATCH,
-            Op::Report {
-                event: Pick(0),
-                report: Report::Succeeded,
-            },
+            reported(0, Report::Succeeded),
             Op::Close(Close::Cancelled),
-            Op::Report {
-                event: Pick(1),
-                report: Report::Succeeded,
-            },
-            Op::Report {
-                event: Pick(2),
-                report: Report::Retryable,
-            },
+            reported(1, Report::Succeeded),
+            reported(2, Report::Retryable),
             Op::Deadline { mask: u8::MAX },
         ],
-    });
+    ));
 }
 
 #[test]
 fn pages_sent_on_to_the_browser_use_no_attempt_and_are_sent_on_once() {
-    let stats = play(Case {
-        policy: Policy {
+    let stats = play(listed(
+        Policy {
             render_auto: true,
             ..policy(1)
         },
-        pages: 2,
-        listed: 2,
-        listing_done: true,
-        ops: vec![
+        2,
+        vec![
             DISPATCH,
             // Both plain fetches look unrendered: both pages go on to the
             // browser, neither using its one attempt.
-            Op::Report {
-                event: Pick(0),
-                report: Report::Unrendered,
-            },
-            Op::Report {
-                event: Pick(1),
-                report: Report::Unrendered,
-            },
+            reported(0, Report::Unrendered),
+            reported(1, Report::Unrendered),
             // A second copy of a plain report changes nothing.
             Op::Duplicate { delivered: Pick(0) },
             DISPATCH,
             // The first page's browser attempt is its only counted one: a
             // retryable failure fails it.
-            Op::Report {
-                event: Pick(2),
-                report: Report::Retryable,
-            },
+            reported(2, Report::Retryable),
             // A rendered page is not sent on again, whatever it found.
-            Op::Report {
-                event: Pick(3),
-                report: Report::Unrendered,
-            },
+            reported(3, Report::Unrendered),
         ],
-    });
+    ));
     assert_eq!(stats.escalated, 2, "{stats:?}");
 }
