@@ -34,6 +34,8 @@ use fanfare_testkit as common;
 
 use common::bench::{HealthzProbe, Sampler};
 use common::{appshop, ADMIN_TOKEN};
+use fanfare_crawler::netguard::NetPolicy;
+use fanfare_crawler::render::{RenderConfig, Renderer};
 
 #[derive(Debug, serde::Deserialize)]
 struct Args {
@@ -41,6 +43,7 @@ struct Args {
     static_pages: usize,
     browsers: usize,
     timeout_secs: u64,
+    browser_starts: usize,
 }
 
 /// The command line, as `--help` prints it.
@@ -51,6 +54,7 @@ fanfare: render = never / always / auto on a shop of app shells
   --static-pages N      pages served whole [default: 50]
   --browsers N          `[local] browsers`: pages rendering at once [default: 2]
   --timeout-secs N      give up on a run after this many seconds [default: 900]
+  --browser-starts N    Chromium starts timed before the runs (0: none) [default: 7]
 ";
 
 fn main() -> anyhow::Result<()> {
@@ -130,6 +134,7 @@ async fn measure(args: &Args) -> anyhow::Result<()> {
         .map(|i| format!("{scripts}/s/{i}"))
         .chain((1..=args.static_pages).map(|i| format!("{statics}/p/{i}")))
         .collect();
+    browser_start(args.browser_starts).await?;
     let db = common::fresh_database().await;
     let extract = appshop::EXTRACT;
     let schedules = ["never", "always", "auto"]
@@ -242,4 +247,34 @@ async fn run_mode(
         common::bench::load_average(),
     );
     Ok(true)
+}
+
+/// Starts Chromium `times` times as the crawler does (its own flags, a
+/// fresh profile each time) and prints how long each took to answer its
+/// first DevTools command: what a browser crawler's cold start adds.
+async fn browser_start(times: usize) -> anyhow::Result<()> {
+    if times == 0 {
+        return Ok(());
+    }
+    let renderer = Renderer::new(RenderConfig {
+        chromium: None,
+        pages: 1,
+        max_timeout: Duration::from_secs(30),
+        user_agent: "fanfare-bench".into(),
+        max_body_bytes: 1 << 20,
+        net: NetPolicy::open(),
+    })?;
+    let mut took = Vec::with_capacity(times);
+    for _ in 0..times {
+        took.push(renderer.start_browser().await.map_err(anyhow::Error::msg)?);
+    }
+    took.sort();
+    println!(
+        "FIGURE render browser start: median {:.0} ms, min {:.0} ms, max {:.0} ms over {times} starts (Chromium started to its first DevTools answer); load average {}",
+        took[times / 2].as_secs_f64() * 1e3,
+        took[0].as_secs_f64() * 1e3,
+        took[times - 1].as_secs_f64() * 1e3,
+        common::bench::load_average()
+    );
+    Ok(())
 }

@@ -233,6 +233,18 @@ impl Renderer {
         page.render().await
     }
 
+    /// Starts a browser of this renderer's settings apart from the shared
+    /// one and waits for its first answer; returns how long that took (a
+    /// Lambda container's cold start pays it once, at its first render).
+    /// The browser is stopped again.
+    pub async fn start_browser(&self) -> Result<Duration, String> {
+        let started = std::time::Instant::now();
+        let browser = Browser::launch(&self.config).await?;
+        let took = started.elapsed();
+        drop(browser);
+        Ok(took)
+    }
+
     /// The running browser, started (again) when there is none.
     async fn browser(&self) -> Result<Arc<Browser>, CrawlError> {
         let mut slot = self.browser.lock().await;
@@ -298,6 +310,7 @@ impl Browser {
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .kill_on_drop(true);
+        let started = std::time::Instant::now();
         let mut child = command
             .spawn()
             .map_err(|e| format!("could not start the browser {}: {e}", chromium.display()))?;
@@ -326,6 +339,7 @@ impl Browser {
         tracing::info!(
             browser = %chromium.display(),
             product = version["product"].as_str().unwrap_or("?"),
+            start_ms = started.elapsed().as_millis() as u64,
             "browser started"
         );
         Ok(Self {
@@ -924,6 +938,33 @@ mod tests {
         assert!(error.contains("/nonexistent/chromium"), "{error}");
         assert!(error.contains("apt-get install chromium"), "{error}");
         assert!(error.contains(ENV_CHROMIUM), "{error}");
+    }
+
+    fn config(chromium: Option<&str>) -> RenderConfig {
+        RenderConfig {
+            chromium: chromium.map(PathBuf::from),
+            pages: 1,
+            max_timeout: Duration::from_secs(30),
+            user_agent: "fanfare-test".into(),
+            max_body_bytes: 1 << 20,
+            net: NetPolicy::closed(),
+        }
+    }
+
+    /// Needs Chromium (Debian's `chromium`, as the render tests do).
+    #[tokio::test]
+    async fn a_browser_start_is_timed_and_stopped_and_a_missing_one_is_named() {
+        let missing = Renderer::new(config(Some("/nonexistent/chromium"))).unwrap();
+        let error = missing.start_browser().await.unwrap_err();
+        assert!(error.contains("/nonexistent/chromium"), "{error}");
+        let renderer = Renderer::new(config(None)).unwrap();
+        let took = renderer.start_browser().await.expect("Chromium starts");
+        assert!(
+            took > Duration::ZERO && took < LAUNCH_TIMEOUT,
+            "took {took:?}"
+        );
+        // The timed browser is not the renderer's shared one.
+        assert!(renderer.browser.lock().await.is_none());
     }
 
     #[test]
