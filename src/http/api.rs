@@ -231,7 +231,9 @@ pub async fn trigger(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct RunsQuery {
-    /// Only the runs of this schedule.
+    /// Only the runs of this schedule (a name holds no NUL: Postgres text
+    /// cannot store one).
+    #[param(pattern = "^[^\\x00]*$")]
     schedule: Option<String>,
     /// How many runs at most (1-500, default 20).
     #[param(minimum = 1, maximum = 500)]
