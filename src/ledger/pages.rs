@@ -466,7 +466,7 @@ macro_rules! record_pages_head {
     locked as materialized (
         select id, total_pages from runs where id in (select run_id from input)
         order by id for no key update),
-    kept as materialized (
+    previous as materialized (
         -- a 304 Not Modified keeps the facts of its URL's row in its run's
         -- validators_from run (the row whose validators it was sent: one
         -- without validators was sent none, and a 304 then keeps nothing)
@@ -484,7 +484,7 @@ macro_rules! record_pages_head {
             coalesce(i.retry_after is null and (i.result->>'not_modified')::boolean, false)
                 as not_modified,
             k.page_id is not null as kept
-        from input i left join kept k on k.page_id = i.page_id),
+        from input i left join previous k on k.page_id = i.page_id),
     changed as (
         update pages p set
             -- a 304 whose previous facts are gone (the run they were in
