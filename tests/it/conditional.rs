@@ -130,6 +130,17 @@ async fn an_unchanged_site_answers_304_everywhere_and_the_run_keeps_the_previous
         json!({"since_run_id": run1, "new": 0, "changed": 0, "unchanged": PAGES, "gone": 0, "unknown": 0})
     );
     assert!(changed.is_empty(), "{changed:?}");
+    // The console's run page says so; run 1's, with nothing kept, does not.
+    let cookie = crate::console::session(&app).await;
+    let (status, _, body) = crate::console::page(&app, Some(&cookie), &format!("/ui/runs/{run2}")).await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains(&format!("<dt>not modified</dt><dd>{PAGES}</dd>"))
+            && body.contains("<dt>fetched in full</dt><dd>0</dd>"),
+        "{body}"
+    );
+    let (_, _, body) = crate::console::page(&app, Some(&cookie), &format!("/ui/runs/{run1}")).await;
+    assert!(!body.contains(r#"id="fetches""#), "{body}");
     // The export reads the kept facts.
     let export = app
         .admin(Method::GET, &format!("/v1/runs/{run2}/results?format=jsonl"))
