@@ -11,6 +11,12 @@
 //!    run 1 got and answered 304;
 //! 3. `--changed` pages (default 100) change; run 3 fetches exactly those.
 //!
+//! With `--page-ms N` the site takes N ms to produce a whole page (a real
+//! site renders it and sends it over a network slower than loopback) and
+//! answers a 304 at once; at loopback speed (the default, 0) a page costs
+//! the crawl next to nothing but its parse, and the run's wall time is the
+//! daemon's own per-page work.
+//!
 //! Figures (`FIGURE` lines): each run's wall time, body bytes the site sent,
 //! 200s and 304s, CPU-seconds per 1,000 pages (this process: daemon,
 //! in-process crawler and site; and the Postgres backends of the bench's
@@ -41,6 +47,7 @@ struct Args {
     changed: usize,
     filler: usize,
     per_host_in_flight: usize,
+    page_ms: u64,
     timeout_secs: u64,
 }
 
@@ -53,6 +60,9 @@ fanfare: a second run of an unchanged site with conditional fetches
   --filler N              bytes of filler in each page's body [default: 8192]
   --per-host-in-flight N  the schedule's per_host_in_flight (every page is
                           on one host) [default: 64]
+  --page-ms N             milliseconds the site takes to produce a whole page
+                          (a 304 is answered at once); 0: loopback speed
+                          [default: 0]
   --timeout-secs N        give up on a run after this many seconds [default: 900]
 ";
 
@@ -76,6 +86,7 @@ fn main() -> anyhow::Result<()> {
     let (tx, rx) = std::sync::mpsc::channel();
     let spec = ValidatorSiteSpec {
         filler: args.filler,
+        page_delay: Duration::from_millis(args.page_ms),
         ..ValidatorSiteSpec::pages(args.pages)
     };
     // The site on a thread of its own, so its work does not queue behind
@@ -110,9 +121,10 @@ async fn measure(args: &Args, site: Arc<ValidatorSite>) -> anyhow::Result<()> {
     let (address, app) = common::bench::start_app(settings, None).await?;
     let client = reqwest::Client::new();
     println!(
-        "conditional: {} pages of about {} bytes on one loopback host, per_host_in_flight {}, commit {}",
+        "conditional: {} pages of about {} bytes on one loopback host ({} ms to produce a whole page), per_host_in_flight {}, commit {}",
         thousands(args.pages),
         args.filler + 200,
+        args.page_ms,
         args.per_host_in_flight,
         common::bench::git_commit()
     );

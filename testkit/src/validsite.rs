@@ -31,6 +31,10 @@ pub struct ValidatorSiteSpec {
     pub etag: bool,
     /// Pages carry a `Last-Modified`.
     pub last_modified: bool,
+    /// How long the site takes to produce a whole page (a real site renders
+    /// it, then sends it over a slower network than loopback); a 304 is
+    /// answered at once.
+    pub page_delay: std::time::Duration,
 }
 
 impl ValidatorSiteSpec {
@@ -41,6 +45,7 @@ impl ValidatorSiteSpec {
             filler: 2048,
             etag: true,
             last_modified: true,
+            page_delay: std::time::Duration::ZERO,
         }
     }
 }
@@ -204,6 +209,9 @@ async fn page(
     if unchanged && site.honours.load(Ordering::SeqCst) {
         site.not_modified.fetch_add(1, Ordering::SeqCst);
         return (StatusCode::NOT_MODIFIED, answer).into_response();
+    }
+    if !site.spec.page_delay.is_zero() {
+        tokio::time::sleep(site.spec.page_delay).await;
     }
     let body = site.body(i, version);
     site.full.fetch_add(1, Ordering::SeqCst);
