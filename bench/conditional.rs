@@ -38,7 +38,9 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context};
 use fanfare_testkit as common;
 
-use common::bench::{load_average, postgres_cpu, postgres_cpu_since, process_cpu_seconds, thousands};
+use common::bench::{
+    load_average, postgres_cpu, postgres_cpu_since, process_cpu_seconds, thousands,
+};
 use common::{Served, ValidatorSite, ValidatorSiteSpec, ADMIN_TOKEN};
 
 #[derive(Debug, serde::Deserialize)]
@@ -132,12 +134,19 @@ async fn measure(args: &Args, site: Arc<ValidatorSite>) -> anyhow::Result<()> {
     let database = (&pool, db.name());
     let first = run(args, &client, &address, &site, database).await?;
     let second = run(args, &client, &address, &site, database).await?;
-    for i in (0..args.pages).step_by((args.pages / args.changed.max(1)).max(1)).take(args.changed) {
+    for i in (0..args.pages)
+        .step_by((args.pages / args.changed.max(1)).max(1))
+        .take(args.changed)
+    {
         site.change(i);
     }
     let third = run(args, &client, &address, &site, database).await?;
 
-    for (name, m) in [("run 1", &first), ("run 2 (unchanged)", &second), ("run 3", &third)] {
+    for (name, m) in [
+        ("run 1", &first),
+        ("run 2 (unchanged)", &second),
+        ("run 3", &third),
+    ] {
         println!(
             "FIGURE conditional {name}: {:.2} s, {} body bytes, {} pages sent, {} not modified, fetches {}; CPU-s per 1,000 pages: {:.3} this process, {} Postgres",
             m.seconds,

@@ -550,19 +550,17 @@ impl Crawler {
                 Some((proxy, ProxyOn::Always)) => {
                     Ok((self.send_proxied(proxy, url, headers).await?, true))
                 }
-                Some((proxy, ProxyOn::Blocked)) => {
-                    match self.send_direct(url, headers).await {
-                        Err(error) if refused_by_site(&error) => {
-                            tracing::info!(
-                                reason = %error,
-                                proxy = %proxy,
-                                "the site refused the direct fetch; fetching through the proxy"
-                            );
-                            Ok((self.send_proxied(proxy, url, headers).await?, true))
-                        }
-                        direct => Ok((direct?, false)),
+                Some((proxy, ProxyOn::Blocked)) => match self.send_direct(url, headers).await {
+                    Err(error) if refused_by_site(&error) => {
+                        tracing::info!(
+                            reason = %error,
+                            proxy = %proxy,
+                            "the site refused the direct fetch; fetching through the proxy"
+                        );
+                        Ok((self.send_proxied(proxy, url, headers).await?, true))
                     }
-                }
+                    direct => Ok((direct?, false)),
+                },
             }
         };
         tokio::time::timeout(timeout, send)

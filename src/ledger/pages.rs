@@ -586,6 +586,14 @@ pub(crate) use record_pages_head;
 /// (to at least 0.25 s, at most 60 s, once per interval) and pauses the
 /// host for the retry delay; each page that succeeded eases a throttled
 /// interval back by a tenth, down to the run's base interval.
+///
+/// A success that says `not_modified` (the site answered 304 to the
+/// validators the claim sent) keeps the title, fields, hash and size of the
+/// same URL's row in the run's `validators_from` run, and its validators
+/// unless the 304 carried new ones; without such a row (that run was
+/// deleted, or the row had no validators) the page fails instead. The
+/// page's `etag`, `last_modified` and `not_modified` are set with its
+/// result.
 pub const RECORD_PAGES: &str = concat!(
     record_pages_head!(),
     "

@@ -12,9 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path, State};
-use axum::http::header::{
-    CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
-};
+use axum::http::header::{CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -150,7 +148,11 @@ impl ValidatorSite {
     }
 
     fn last_modified_of(version: u32) -> String {
-        format!("Mon, 07 Dec 2026 {:02}:{:02}:00 GMT", version / 60 % 24, version % 60)
+        format!(
+            "Mon, 07 Dec 2026 {:02}:{:02}:00 GMT",
+            version / 60 % 24,
+            version % 60
+        )
     }
 
     fn body(&self, i: usize, version: u32) -> String {
@@ -178,10 +180,7 @@ async fn page(
     let Some(version) = site.versions.lock().unwrap().get(i).copied() else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    let etag = site
-        .spec
-        .etag
-        .then(|| ValidatorSite::etag_of(i, version));
+    let etag = site.spec.etag.then(|| ValidatorSite::etag_of(i, version));
     let last_modified = site
         .spec
         .last_modified

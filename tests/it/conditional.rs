@@ -132,7 +132,8 @@ async fn an_unchanged_site_answers_304_everywhere_and_the_run_keeps_the_previous
     assert!(changed.is_empty(), "{changed:?}");
     // The console's run page says so; run 1's, with nothing kept, does not.
     let cookie = crate::console::session(&app).await;
-    let (status, _, body) = crate::console::page(&app, Some(&cookie), &format!("/ui/runs/{run2}")).await;
+    let (status, _, body) =
+        crate::console::page(&app, Some(&cookie), &format!("/ui/runs/{run2}")).await;
     assert_eq!(status, 200);
     assert!(
         body.contains(&format!("<dt>not modified</dt><dd>{PAGES}</dd>"))
@@ -143,7 +144,10 @@ async fn an_unchanged_site_answers_304_everywhere_and_the_run_keeps_the_previous
     assert!(!body.contains(r#"id="fetches""#), "{body}");
     // The export reads the kept facts.
     let export = app
-        .admin(Method::GET, &format!("/v1/runs/{run2}/results?format=jsonl"))
+        .admin(
+            Method::GET,
+            &format!("/v1/runs/{run2}/results?format=jsonl"),
+        )
         .await
         .text()
         .await
@@ -155,7 +159,11 @@ async fn an_unchanged_site_answers_304_everywhere_and_the_run_keeps_the_previous
     assert_eq!(exported.len(), PAGES, "{export}");
     for (i, line) in exported.iter().enumerate() {
         assert_eq!(line["title"], ValidatorSite::title(i, 0), "{line:#}");
-        assert_eq!(line["fields"]["price"], ValidatorSite::price(i, 0), "{line:#}");
+        assert_eq!(
+            line["fields"]["price"],
+            ValidatorSite::price(i, 0),
+            "{line:#}"
+        );
     }
 
     // Three pages change: exactly those are fetched, and are `changed`.
@@ -311,7 +319,11 @@ async fn the_lambda_event_carries_the_previous_runs_validators_and_a_304_keeps_i
     let kept = &pages[&url(1)];
     assert_eq!(kept["status"], "succeeded", "{kept:#}");
     assert_eq!(kept["result"]["title"], "Page 1", "{kept:#}");
-    assert_eq!(kept["result"]["fields"], json!({"price": "9.99"}), "{kept:#}");
+    assert_eq!(
+        kept["result"]["fields"],
+        json!({"price": "9.99"}),
+        "{kept:#}"
+    );
     assert_eq!(kept["result"]["content_sha256"], "a".repeat(64));
     assert_eq!(kept["result"]["etag"], "\"e1\"", "kept from run 1");
     let lost = &pages[&url(3)];

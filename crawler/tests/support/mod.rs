@@ -134,10 +134,7 @@ pub async fn validated_page(honour: bool, seen: Arc<Mutex<Vec<HeaderMap>>>) -> S
         axum::routing::get(move |headers: HeaderMap| async move {
             seen.lock().unwrap().push(headers.clone());
             let sent = |name| headers.get(name).and_then(|v| v.to_str().ok());
-            let unchanged = match (
-                sent(header::IF_NONE_MATCH),
-                sent(header::IF_MODIFIED_SINCE),
-            ) {
+            let unchanged = match (sent(header::IF_NONE_MATCH), sent(header::IF_MODIFIED_SINCE)) {
                 (Some(tags), _) => tags.split(',').any(|t| t.trim() == PAGE_ETAG),
                 (None, Some(since)) => since == PAGE_LAST_MODIFIED,
                 (None, None) => false,

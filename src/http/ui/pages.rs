@@ -11,8 +11,8 @@ use uuid::Uuid;
 use super::svg::{self, Bar, Counts, RunBar};
 use super::words;
 use crate::ledger::{
-    Discovery, FetchCounts, FetchPercentiles, NotificationState, Outcome, Page, RenderCounts, Run, RunStatus,
-    TimeBucket,
+    Discovery, FetchCounts, FetchPercentiles, NotificationState, Outcome, Page, RenderCounts, Run,
+    RunStatus, TimeBucket,
 };
 use crate::lifecycle::changes::{ChangeEntry, Changes, PageSnapshot};
 use crate::overview::ScheduleView;
