@@ -119,9 +119,11 @@ fn naive_script() -> String {
 /// The batched pgbench script: each transaction takes the next `batch`
 /// pages (by id) and records them with the daemon's statement.
 fn batched_script(batch: usize) -> String {
-    // $10 before $1, which is its prefix.
+    // $10 to $12 before $1, which is their prefix.
     let statement = fanfare::ledger::RECORD_PAGES
         .replace("$10", &format!("array_fill(false, array[{batch}])"))
+        .replace("$11", "array[]::bigint[]")
+        .replace("$12", "array[]::bigint[]")
         .replace("$1", ":ids::bigint[]")
         .replace("$2", ":run_ids::uuid[]")
         .replace("$3", &format!("array_fill(1, array[{batch}])"))

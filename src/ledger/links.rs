@@ -120,7 +120,7 @@ pub struct FoundLinks {
 }
 
 /// The found links of a batch, as the arrays [`RECORD_PAGES_FINDING`]
-/// takes after [`super::RECORD_PAGES`]'s: $11 the finding page of each
+/// takes after [`super::RECORD_PAGES`]'s first ten: $11 the finding page of each
 /// link, $12 its URL, $13 its host; then one entry per finding write:
 /// $14 page, $15 max_depth, $16 same_host, $17 max_pages, $18 links
 /// reported, $19 left out by pattern, $20 by robots, $21 examples (jsonb
@@ -183,6 +183,32 @@ impl FindingArrays {
             }
         }
         Some(a)
+    }
+
+    /// The pages and link counts of `writes`' reports when none of them
+    /// has a link left to judge (each was known to be in its run, none was
+    /// left out before the ledger): [`super::RECORD_PAGES`] records such a
+    /// batch and counts those links as found and known. `None` when some
+    /// report's links need [`RECORD_PAGES_FINDING`].
+    pub(crate) fn all_known(writes: &[PageWrite]) -> Option<(Vec<i64>, Vec<i64>)> {
+        let mut known = (Vec::new(), Vec::new());
+        for w in writes {
+            if let PageChange::Terminal {
+                found: Some(found), ..
+            } = &w.change
+            {
+                if !found.links.is_empty()
+                    || found.off_pattern != 0
+                    || found.off_robots != 0
+                    || !found.examples.is_empty()
+                {
+                    return None;
+                }
+                known.0.push(w.page_id);
+                known.1.push(found.reported);
+            }
+        }
+        Some(known)
     }
 
     /// Binds the arrays after the batch's.

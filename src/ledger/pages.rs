@@ -594,9 +594,23 @@ pub(crate) use record_pages_head;
 /// deleted, or the row had no validators) the page fails instead. The
 /// page's `etag`, `last_modified` and `not_modified` are set with its
 /// result.
+///
+/// $11 and $12 are the pages and link counts of the batch's reports whose
+/// links were all known to be in their run before the statement (by the
+/// replica's memory of them, [`crate::discovery`]): a batch with no link
+/// left to judge is recorded here, not by the heavier
+/// [`super::RECORD_PAGES_FINDING`], and those of its reports that changed a
+/// page add their links to their run's `discovery` as found and known (the
+/// same counts that statement would add for them). Empty arrays otherwise.
 pub const RECORD_PAGES: &str = concat!(
     record_pages_head!(),
     "
+    seen as (
+        select ch.run_id, sum(w.reported) as reported
+        from changed ch join unnest($11::bigint[], $12::bigint[]) as w(page_id, reported)
+            on w.page_id = ch.id
+        where ch.status = 'succeeded'
+        group by ch.run_id),
     moved as (
         update runs r set open_pages = r.open_pages - c.n,
             succeeded_pages = r.succeeded_pages + c.succeeded,
@@ -605,8 +619,13 @@ pub const RECORD_PAGES: &str = concat!(
             cancelled_pages = r.cancelled_pages + c.cancelled,
             status = case when r.status = 'running' and r.open_pages = c.n then 'finishing'
                 else r.status end,
+            discovery = case when s.run_id is null then r.discovery
+                else coalesce(r.discovery, '{}') || jsonb_build_object(
+                    'found', coalesce((r.discovery->>'found')::bigint, 0) + s.reported,
+                    'known', coalesce((r.discovery->>'known')::bigint, 0) + s.reported) end,
             updated_at = now()
-        from counts c where r.id = c.run_id
+        from counts c left join seen s on s.run_id = c.run_id
+        where r.id = c.run_id
         returning r.id, r.status)
     select ch.id, ch.status, m.status as run_status, 0::bigint as run_added, null::int[] as in_run
     from changed ch left join moved m on m.id = ch.run_id and ch.status <> 'pending'"
@@ -673,7 +692,15 @@ pub async fn record_pages<'e, E: PgExecutor<'e>>(
             }
         }
     }
-    let finding = super::links::FindingArrays::of(writes);
+    let mut finding = super::links::FindingArrays::of(writes);
+    // A batch whose links were all known before it is recorded without
+    // judging any (see RECORD_PAGES).
+    let known = finding
+        .as_ref()
+        .and_then(|_| super::links::FindingArrays::all_known(writes));
+    if known.is_some() {
+        finding = None;
+    }
     // Where each write's links start in the statement's array of links.
     let mut first_link = HashMap::new();
     if finding.is_some() {
@@ -705,7 +732,10 @@ pub async fn record_pages<'e, E: PgExecutor<'e>>(
         .bind(throttles)
         .bind(to_browsers);
     let query = match finding {
-        None => query,
+        None => {
+            let (known_pages, known_links) = known.unwrap_or_default();
+            query.bind(known_pages).bind(known_links)
+        }
         Some(finding) => finding.bind(query),
     };
     let rows: Vec<RecordedRow> = query.fetch_all(db).await?;

@@ -496,13 +496,21 @@ async fn a_report_adds_its_links_once_and_its_repeat_adds_nothing() {
     assert_eq!(shown["pages"]["total"], 3, "{shown:#}");
     assert_eq!(shown["discovery"]["found"], 3, "{shown:#}");
 
+    // The other two link only to a page the first report added: known
+    // before the ledger (the replica remembers what that report's batch
+    // said the run has), they are recorded without judging and counted as
+    // found and known, once, however often they are sent.
     for request in lambda.wait_for(3).await.into_iter().skip(1) {
         let mut report = crate::helpers::succeeded(&request);
-        report["links"] = serde_json::json!(["http://127.0.0.1:9/p/1"]);
+        report["links"] = serde_json::json!(["http://127.0.0.1:9/p/2"]);
         let (status, _) = app
             .post_report(Some(&request.callback_token), &report)
             .await;
         assert_eq!(status, 200);
+        let (status, body) = app
+            .post_report(Some(&request.callback_token), &report)
+            .await;
+        assert_eq!((status, body["status"].as_str()), (200, Some("duplicate")));
     }
     let shown = app.wait_finished(run, WITHIN).await;
     let d = &shown["discovery"];
