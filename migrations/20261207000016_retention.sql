@@ -3,12 +3,23 @@
 -- rows per transaction, then the run row, whose delete takes its
 -- notifications and run_hosts rows with it (on delete cascade) and clears
 -- the runs that name it (changes_since, parent_run_id: on delete set null).
+--
+-- Safe while the previous release runs (docs/upgrades.md): it adds indexes
+-- on `runs`, one row per run, built in moments (their SHARE lock holds the
+-- runs' writes only that long), and sets storage parameters; nothing the
+-- previous release reads or writes changes.
 
 -- Deleting a run looks up the runs that name it: by these indexes, not by
 -- reading every run. Neither column changes when a page is reported, so
 -- the run row's per-report update stays HOT.
 create index runs_by_parent on runs (parent_run_id) where parent_run_id is not null;
 create index runs_by_changes_since on runs (changes_since) where changes_since is not null;
+
+-- A schedule's runs newest first: the run a finished run is compared with
+-- (ledger::previous_run), which the pruner keeps, is the first suitable
+-- one of this order, found without sorting every run of the schedule.
+-- Neither column ever changes.
+create index runs_by_schedule_created on runs (schedule, created_at desc, id desc);
 
 -- Space back in steady state: autovacuum makes the deleted rows' space
 -- reusable, and the next listing fills it instead of growing the table.

@@ -65,8 +65,8 @@ const PROTECTED: &str = "(
                 order by p.created_at desc, p.id desc limit 1))
 )";
 
-/// `sql` with [`PROTECTED`]'s placeholders numbered from `first` (the
-/// finished status) and `first + 1` (the redrive trigger).
+/// `sql` with [`PROTECTED`] for `{PROTECTED}`, its placeholders numbered
+/// `first` (the finished status) and `first + 1` (the redrive trigger).
 fn with_protected(sql: &str, first: usize) -> String {
     sql.replace(
         "{PROTECTED}",
@@ -76,27 +76,47 @@ fn with_protected(sql: &str, first: usize) -> String {
     )
 }
 
+/// [`PROTECTED`] for every run at once, as a set of ids (`$S`, `$R` as
+/// there): one pass over the runs instead of one look per run, for
+/// [`prunable_runs`], which weighs every finished run past its keep
+/// duration. The two state one rule; the tests go through both.
+const KEPT: &str = "(
+    select distinct on (schedule) id from runs
+    where status = $S and trigger <> $R and listed_at is not null
+    order by schedule, created_at desc, id desc
+) union (
+    select (select p.id from runs p
+        where p.schedule = o.schedule and p.created_at < o.created_at and p.id <> o.id
+            and p.status = $S and p.trigger <> $R and p.listed_at is not null
+        order by p.created_at desc, p.id desc limit 1)
+    from runs o where o.status <> $S
+) union (
+    select parent_run_id from runs where parent_run_id is not null and status <> $S
+) union (
+    select run_id from notifications where status = 'pending'
+)";
+
 /// Finished runs past their schedule's keep duration that may be deleted,
-/// oldest first, at most `limit`, leaving out `skip` (runs a pass already
-/// found locked by another pruner).
+/// oldest first, at most `limit`, leaving out `skip` (runs a pass is done
+/// with).
 pub async fn prunable_runs<'e, E: PgExecutor<'e>>(
     db: E,
     keep: &Keep,
     skip: &[Uuid],
     limit: i64,
 ) -> Result<Vec<PrunableRun>, sqlx::Error> {
-    let sql = with_protected(
-        "select r.id, r.schedule, r.finished_at, r.total_pages
+    let sql = format!(
+        "with kept as ({}) select r.id, r.schedule, r.finished_at, r.total_pages
          from runs r
          left join unnest($1::text[], $2::float8[]) as k(schedule, keep_for)
              on k.schedule = r.schedule
          where r.status = $6 and r.finished_at is not null
              and r.finished_at < now() - make_interval(secs => coalesce(k.keep_for, $3))
              and r.id <> all($4::uuid[])
-             and not {PROTECTED}
+             and not exists (select 1 from kept where kept.id = r.id)
          order by r.finished_at, r.id
          limit $5",
-        6,
+        KEPT.replace("$S", "$6").replace("$R", "$7")
     );
     sqlx::query_as(&sql)
         .bind(&keep.schedules)
