@@ -127,11 +127,9 @@ async fn finished_run(pool: &PgPool, pages: i64, days_ago: f64) -> anyhow::Resul
 }
 
 async fn pages_size(pool: &PgPool) -> anyhow::Result<i64> {
-    Ok(
-        sqlx::query_scalar("select pg_total_relation_size('pages')")
-            .fetch_one(pool)
-            .await?,
-    )
+    Ok(sqlx::query_scalar("select pg_total_relation_size('pages')")
+        .fetch_one(pool)
+        .await?)
 }
 
 fn mb(bytes: i64) -> String {
@@ -219,7 +217,10 @@ fn bench(args: &Args, url: &str) -> anyhow::Result<()> {
     let prune_settings = settings.clone();
     let url = url.to_string();
     run_app(&runtimes, settings, |address, lambda| async move {
-        let pool = PgPoolOptions::new().max_connections(2).connect(&url).await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&url)
+            .await?;
         let started = Instant::now();
         let old = finished_run(&pool, args.pages, 100.0).await?;
         finished_run(&pool, 1, 99.0).await?;
@@ -230,39 +231,85 @@ fn bench(args: &Args, url: &str) -> anyhow::Result<()> {
             started.elapsed().as_secs_f64()
         );
 
-        let run = common::trigger(&reqwest::Client::new(), &address, common::ADMIN_TOKEN, "load").await;
+        let run = common::trigger(
+            &reqwest::Client::new(),
+            &address,
+            common::ADMIN_TOKEN,
+            "load",
+        )
+        .await;
         let requests = dispatched(&lambda, args.report_pages, Duration::from_secs(60)).await?;
-        let requests: Arc<Vec<CrawlRequest>> =
-            Arc::new(requests.into_iter().filter(|r| r.run_id == run).collect());
+        let requests: Arc<Vec<CrawlRequest>> = Arc::new(
+            requests
+                .into_iter()
+                .filter(|r| r.run_id == run.to_string())
+                .collect(),
+        );
         let next = Arc::new(AtomicUsize::new(0));
         let size_before = pages_size(&pool).await?;
 
         let t = Instant::now();
-        let baseline = report(requests.clone(), next.clone(), args.baseline_reports, args.clients, None).await?;
-        println!("{}", latency_line("reports without pruning", &baseline, t.elapsed().as_secs_f64()));
+        let baseline = report(
+            requests.clone(),
+            next.clone(),
+            args.baseline_reports,
+            args.clients,
+            None,
+        )
+        .await?;
+        println!(
+            "{}",
+            latency_line(
+                "reports without pruning",
+                &baseline,
+                t.elapsed().as_secs_f64()
+            )
+        );
 
         let done = Arc::new(AtomicBool::new(false));
-        let prune_pool = PgPoolOptions::new().max_connections(2).connect(&url).await?;
+        let prune_pool = PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&url)
+            .await?;
         let (s, d) = (prune_settings.clone(), done.clone());
         let pruner = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             let result = rt.block_on(async {
                 let t = Instant::now();
-                let pruned = fanfare::retention::prune_once(&prune_pool, &s, &CancellationToken::new()).await?;
+                let pruned =
+                    fanfare::retention::prune_once(&prune_pool, &s, &CancellationToken::new())
+                        .await?;
                 Ok::<_, anyhow::Error>((pruned, t.elapsed()))
             });
             d.store(true, Ordering::SeqCst);
             result
         });
         let t = Instant::now();
-        let during = report(requests.clone(), next.clone(), usize::MAX, args.clients, Some(done.clone())).await?;
+        let during = report(
+            requests.clone(),
+            next.clone(),
+            usize::MAX,
+            args.clients,
+            Some(done.clone()),
+        )
+        .await?;
         let seconds = t.elapsed().as_secs_f64();
-        let (pruned, took) = pruner.join().map_err(|_| anyhow::anyhow!("the pruner panicked"))??;
-        println!("{}", latency_line("reports while pruning", &during, seconds));
+        let (pruned, took) = pruner
+            .join()
+            .map_err(|_| anyhow::anyhow!("the pruner panicked"))??;
+        println!(
+            "{}",
+            latency_line("reports while pruning", &during, seconds)
+        );
         if next.load(Ordering::SeqCst) >= requests.len() {
             println!("note: the reports ran out before the prune ended; raise --report-pages");
         }
-        ensure!(pruned.runs == 1, "the pass deleted {pruned:?}, not the one old run");
+        ensure!(
+            pruned.runs == 1,
+            "the pass deleted {pruned:?}, not the one old run"
+        );
         println!(
             "FIGURE prune time: {} pages in {:.1} s ({:.0} pages/s), {} rows per transaction",
             thousands(pruned.pages),
@@ -291,7 +338,11 @@ fn bench(args: &Args, url: &str) -> anyhow::Result<()> {
         let size_vacuumed = pages_size(&pool).await?;
         println!(
             "FIGURE prune autovacuum: {} after {:.0} s",
-            if vacuumed { "passed over pages" } else { "had not passed over pages" },
+            if vacuumed {
+                "passed over pages"
+            } else {
+                "had not passed over pages"
+            },
             waited.elapsed().as_secs_f64()
         );
 
@@ -312,11 +363,18 @@ fn bench(args: &Args, url: &str) -> anyhow::Result<()> {
         let cpu_before = postgres_cpu(&pool, &database).await;
         let own_before = process_cpu_seconds(std::process::id());
         let t = Instant::now();
-        let alone = fanfare::retention::prune_once(&pool, &prune_settings, &CancellationToken::new()).await?;
+        let alone =
+            fanfare::retention::prune_once(&pool, &prune_settings, &CancellationToken::new())
+                .await?;
         let took = t.elapsed().as_secs_f64();
         let cpu = postgres_cpu_since(&cpu_before, &postgres_cpu(&pool, &database).await);
-        let own = process_cpu_seconds(std::process::id()).zip(own_before).map(|(a, b)| a - b);
-        ensure!(alone.runs == 1 && alone.pages as i64 == args.pages, "the second pass deleted {alone:?}");
+        let own = process_cpu_seconds(std::process::id())
+            .zip(own_before)
+            .map(|(a, b)| a - b);
+        ensure!(
+            alone.runs == 1 && alone.pages as i64 == args.pages,
+            "the second pass deleted {alone:?}"
+        );
         println!(
             "FIGURE prune alone: {} pages in {took:.1} s ({:.0} pages/s); Postgres CPU {} s per 1,000 pages, this process {} s per 1,000 pages; load average {}",
             thousands(alone.pages),

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::Settings;
-use crate::ledger::{self, Keep, PruneStep, PrunableRun};
+use crate::ledger::{self, Keep, PrunableRun, PruneStep};
 
 /// Candidate runs read at a time by a pass.
 const RUNS_AT_ONCE: i64 = 100;

@@ -540,7 +540,11 @@ fn retention_keys_default_to_90_days_every_10_minutes_and_bad_values_are_named()
     let own = schedule("own").text("keep_runs_for", "7days");
     let s = Settings::from_toml(&config_toml(
         "postgres://x@127.0.0.1/db",
-        &format!("[retention]\nkeep_runs_for = \"30days\"\n{}{}", schedule("plain"), own),
+        &format!(
+            "[retention]\nkeep_runs_for = \"30days\"\n{}{}",
+            schedule("plain"),
+            own
+        ),
     ))
     .unwrap();
     assert_eq!(s.keep_runs_for("plain"), 30 * day);
@@ -565,7 +569,13 @@ fn retention_keys_default_to_90_days_every_10_minutes_and_bad_values_are_named()
     ] {
         assert!(stderr.contains(problem), "missing {problem:?} in {stderr}");
     }
-    let too_many = config_toml("postgres://x@127.0.0.1/db", "[retention]\nbatch_rows = 1000000\n");
+    let too_many = config_toml(
+        "postgres://x@127.0.0.1/db",
+        "[retention]\nbatch_rows = 1000000\n",
+    );
     let err = Settings::from_toml(&too_many).unwrap_err().to_string();
-    assert!(err.contains("retention.batch_rows: 1000000 is more than 100000"), "{err}");
+    assert!(
+        err.contains("retention.batch_rows: 1000000 is more than 100000"),
+        "{err}"
+    );
 }

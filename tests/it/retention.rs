@@ -37,7 +37,12 @@ impl Ledger {
     /// Schedules `(name, extra keys)` of `pages` pages each; `rest` goes
     /// before them (a `[retention]` section); the receiver fails its first
     /// `fail_first` deliveries.
-    async fn start(schedules: &[(&str, &str)], pages: usize, rest: &str, fail_first: usize) -> Self {
+    async fn start(
+        schedules: &[(&str, &str)],
+        pages: usize,
+        rest: &str,
+        fail_first: usize,
+    ) -> Self {
         let receiver = Receiver::start(fail_first).await;
         let mut toml = rest.to_string();
         for (name, extra) in schedules {
@@ -71,14 +76,18 @@ impl Ledger {
         schedule: &str,
     ) -> (Uuid, Vec<fanfare_crawler::contract::CrawlRequest>) {
         let run = self.app.trigger(schedule).await;
+        let id = run.to_string();
         let what = format!("the {} pages of run {run} dispatched", self.pages);
         let requests = self
             .lambda
             .wait_until(secs(30), &what, |got| {
-                got.iter().filter(|r| r.run_id == run).count() >= self.pages
+                got.iter().filter(|r| r.run_id == id).count() >= self.pages
             })
             .await;
-        (run, requests.into_iter().filter(|r| r.run_id == run).collect())
+        (
+            run,
+            requests.into_iter().filter(|r| r.run_id == id).collect(),
+        )
     }
 
     /// A run of `schedule` whose first `gone` pages answer 404 and the
@@ -86,16 +95,26 @@ impl Ledger {
     async fn finished_run(&self, schedule: &str, gone: usize, delivered: bool) -> Uuid {
         let (run, requests) = self.dispatched(schedule).await;
         for (i, r) in requests.iter().enumerate() {
-            let report = if i < gone { failed(r, false) } else { succeeded(r) };
+            let report = if i < gone {
+                failed(r, false)
+            } else {
+                succeeded(r)
+            };
             self.app.report_recorded(r, &report).await;
         }
         self.app.wait_finished(run, secs(10)).await;
         if delivered {
             self.receiver.wait_delivered(run, secs(10)).await;
-            eventually("the notification recorded as delivered", secs(10), || async {
-                let pending = self.count("notifications", "status <> 'delivered' and run_id", run).await;
-                holds(pending == 0, format!("{pending} not delivered"))
-            })
+            eventually(
+                "the notification recorded as delivered",
+                secs(10),
+                || async {
+                    let pending = self
+                        .count("notifications", "status <> 'delivered' and run_id", run)
+                        .await;
+                    holds(pending == 0, format!("{pending} not delivered"))
+                },
+            )
             .await;
         }
         run
@@ -103,12 +122,14 @@ impl Ledger {
 
     /// Sets the runs' `finished_at` to `ago` before now.
     async fn age(&self, runs: &[Uuid], ago: Duration) {
-        sqlx::query("update runs set finished_at = now() - make_interval(secs => $2) where id = any($1)")
-            .bind(runs)
-            .bind(ago.as_secs_f64())
-            .execute(&self.app.pool)
-            .await
-            .unwrap();
+        sqlx::query(
+            "update runs set finished_at = now() - make_interval(secs => $2) where id = any($1)",
+        )
+        .bind(runs)
+        .bind(ago.as_secs_f64())
+        .execute(&self.app.pool)
+        .await
+        .unwrap();
     }
 
     /// Rows of `table` where `column = run` (`column` may carry a
@@ -164,12 +185,24 @@ async fn old_finished_runs_go_with_their_pages_changes_notifications_and_hosts()
     for run in [first, second] {
         assert_eq!(ledger.rows(run).await, [0; 5], "run {run} left rows behind");
     }
-    assert_eq!(ledger.rows(third).await, [1, 4, 2, 1, 1], "the latest run stays whole");
+    assert_eq!(
+        ledger.rows(third).await,
+        [1, 4, 2, 1, 1],
+        "the latest run stays whole"
+    );
     let (status, view) = ledger.app.get(&format!("/v1/runs/{third}")).await;
     assert_eq!(status, 200, "{view}");
-    assert_eq!(view["changes"]["since_run_id"], serde_json::Value::Null, "{view}");
+    assert_eq!(
+        view["changes"]["since_run_id"],
+        serde_json::Value::Null,
+        "{view}"
+    );
     assert_eq!(ledger.app.get(&format!("/v1/runs/{first}")).await.0, 404);
-    assert_eq!(ledger.prune().await, Pruned::default(), "a second pass finds nothing");
+    assert_eq!(
+        ledger.prune().await,
+        Pruned::default(),
+        "a second pass finds nothing"
+    );
     ledger.app.stop().await;
 }
 
@@ -208,15 +241,19 @@ async fn a_run_with_an_undelivered_notification_stays_until_it_is_delivered_or_g
 
     // Given up on (notify.retry_for spent), it will never be delivered.
     // (A delivery attempt in flight may write `pending` back: set again.)
-    eventually("the run goes once its notification is given up", secs(10), || async {
-        sqlx::query("update notifications set status = 'failed' where run_id = $1")
-            .bind(first)
-            .execute(&ledger.app.pool)
-            .await
-            .unwrap();
-        let pruned = ledger.prune().await;
-        holds(pruned.runs == 1, format!("{pruned:?}"))
-    })
+    eventually(
+        "the run goes once its notification is given up",
+        secs(10),
+        || async {
+            sqlx::query("update notifications set status = 'failed' where run_id = $1")
+                .bind(first)
+                .execute(&ledger.app.pool)
+                .await
+                .unwrap();
+            let pruned = ledger.prune().await;
+            holds(pruned.runs == 1, format!("{pruned:?}"))
+        },
+    )
     .await;
     assert_eq!(ledger.rows(first).await, [0; 5]);
     assert_eq!(ledger.rows(second).await[0], 1, "the latest run stays");
@@ -243,7 +280,13 @@ async fn an_open_run_and_the_run_it_will_be_compared_with_stay() {
 #[tokio::test]
 async fn a_schedules_own_keep_runs_for_wins_over_the_default() {
     let schedules = [("brief", "keep_runs_for = \"1h\""), ("lasting", "")];
-    let ledger = Ledger::start(&schedules, 2, "[retention]\nkeep_runs_for = \"30days\"\n", 0).await;
+    let ledger = Ledger::start(
+        &schedules,
+        2,
+        "[retention]\nkeep_runs_for = \"30days\"\n",
+        0,
+    )
+    .await;
     let mut runs = Vec::new();
     for (name, _) in schedules {
         runs.push(ledger.finished_run(name, 0, true).await);
@@ -254,8 +297,13 @@ async fn a_schedules_own_keep_runs_for_wins_over_the_default() {
     let pruned = ledger.prune().await;
 
     assert_eq!((pruned.runs, pruned.pages), (1, 2));
-    let left: Vec<i64> = futures::future::join_all(runs.iter().map(|r| ledger.count("runs", "id", *r))).await;
-    assert_eq!(left, [0, 1, 1, 1], "brief's older run went; lasting's are 2 hours of 30 days old");
+    let left: Vec<i64> =
+        futures::future::join_all(runs.iter().map(|r| ledger.count("runs", "id", *r))).await;
+    assert_eq!(
+        left,
+        [0, 1, 1, 1],
+        "brief's older run went; lasting's are 2 hours of 30 days old"
+    );
     ledger.app.stop().await;
 }
 
@@ -286,7 +334,11 @@ async fn two_pruners_at_once_delete_each_run_once_and_their_counts_add_up() {
     );
     let (one, two) = (one.unwrap(), two.unwrap());
 
-    assert_eq!((one.runs + two.runs, one.pages + two.pages), (5, 50), "{one:?} {two:?}");
+    assert_eq!(
+        (one.runs + two.runs, one.pages + two.pages),
+        (5, 50),
+        "{one:?} {two:?}"
+    );
     let left: i64 = sqlx::query_scalar("select count(*) from runs")
         .fetch_one(&ledger.app.pool)
         .await
@@ -296,7 +348,11 @@ async fn two_pruners_at_once_delete_each_run_once_and_their_counts_add_up() {
         .await
         .unwrap();
     assert_eq!((left, pages), (1, 10));
-    assert_eq!(ledger.rows(runs[5]).await[..2], [1, 10], "the latest run stays");
+    assert_eq!(
+        ledger.rows(runs[5]).await[..2],
+        [1, 10],
+        "the latest run stays"
+    );
     ledger.app.stop().await;
 }
 
@@ -308,6 +364,7 @@ async fn fanfare_prune(file: &ConfigFile, args: &[&str]) -> Output {
         .arg("--config")
         .arg(file.path())
         .env("RUST_LOG", "warn")
+        .env_remove("FANFARE_CONFIG_TOML")
         .output()
         .await
         .unwrap()
@@ -325,7 +382,11 @@ async fn prune_dry_run_prints_what_would_go_and_deletes_nothing_then_prune_delet
     let out = fanfare_prune(&file, &["--dry-run"]).await;
 
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         stdout.starts_with("would delete 1 runs with 3 pages (dry run: nothing deleted)\n"),
         "{stdout}"
@@ -337,12 +398,20 @@ async fn prune_dry_run_prints_what_would_go_and_deletes_nothing_then_prune_delet
     let cells: Vec<&str> = row.split_whitespace().collect();
     assert_eq!((cells[0], cells[3]), ("shop", "3"), "{row}");
     assert!(!stdout.contains(&latest.to_string()), "{stdout}");
-    assert_eq!(ledger.app.ledger_snapshot().await, before, "a dry run changes nothing");
+    assert_eq!(
+        ledger.app.ledger_snapshot().await,
+        before,
+        "a dry run changes nothing"
+    );
 
     let out = fanfare_prune(&file, &[]).await;
 
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(stdout, "deleted 1 runs with 3 pages and 0 page changes\n");
     assert_eq!(ledger.rows(old).await, [0; 5]);
     assert_eq!(ledger.rows(latest).await[..2], [1, 3]);
@@ -351,15 +420,23 @@ async fn prune_dry_run_prints_what_would_go_and_deletes_nothing_then_prune_delet
 
 #[tokio::test]
 async fn the_daemons_own_pruner_counts_what_it_deleted_in_its_metrics() {
-    let ledger = Ledger::start(&[("shop", "")], 3, "[retention]\nprune_every = \"200ms\"\n", 0).await;
+    let ledger = Ledger::start(
+        &[("shop", "")],
+        3,
+        "[retention]\nprune_every = \"200ms\"\n",
+        0,
+    )
+    .await;
     let old = ledger.finished_run("shop", 0, true).await;
     let latest = ledger.finished_run("shop", 0, true).await;
     ledger.age(&[old, latest], OLD).await;
 
     let app = &ledger.app;
     let what = "a pass of the daemon's pruner";
-    app.wait_for_metric("fanfare_pruned_runs_total", "", secs(10), what, |v| v >= 1.0)
-        .await;
+    app.wait_for_metric("fanfare_pruned_runs_total", "", secs(10), what, |v| {
+        v >= 1.0
+    })
+    .await;
 
     assert_eq!(app.metric("fanfare_pruned_runs_total", "").await, 1.0);
     assert_eq!(app.metric("fanfare_pruned_pages_total", "").await, 3.0);
