@@ -2,7 +2,8 @@
 -- pruner (src/retention.rs), their pages and page changes a few thousand
 -- rows per transaction, then the run row, whose delete takes its
 -- notifications and run_hosts rows with it (on delete cascade) and clears
--- the runs that name it (changes_since, parent_run_id: on delete set null).
+-- the runs that name it (changes_since, parent_run_id, validators_from: on
+-- delete set null).
 --
 -- Safe while the previous release runs (docs/upgrades.md): it adds indexes
 -- on `runs`, one row per run, built in moments (their SHARE lock holds the
@@ -14,6 +15,7 @@
 -- the run row's per-report update stays HOT.
 create index runs_by_parent on runs (parent_run_id) where parent_run_id is not null;
 create index runs_by_changes_since on runs (changes_since) where changes_since is not null;
+create index runs_by_validators_from on runs (validators_from) where validators_from is not null;
 
 -- A schedule's runs newest first: the run a finished run is compared with
 -- (ledger::previous_run), which the pruner keeps, is the first suitable

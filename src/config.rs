@@ -638,6 +638,12 @@ pub struct Schedule {
     pub overlap: Overlap,
     /// What makes a page `changed` since the previous run.
     pub compare: Compare,
+    /// Fetch a page conditionally (`If-None-Match` / `If-Modified-Since`
+    /// with the validators of the previous run's fetch), keeping the
+    /// previous run's facts when the site answers `304 Not Modified`.
+    /// Pages rendered in a browser and runs that follow links are always
+    /// fetched in full.
+    pub conditional: bool,
     /// Where the run's notification goes.
     pub notify: Vec<Notify>,
     /// How long its finished runs are kept, when not `[retention]
@@ -970,6 +976,7 @@ struct RawSchedule {
     user_agent: Option<String>,
     proxy: Option<RawProxy>,
     proxy_on: Option<String>,
+    conditional: Option<bool>,
     render: Option<String>,
     wait_for: Option<String>,
     block: Option<Vec<String>>,
@@ -1647,6 +1654,21 @@ impl RawSchedule {
         let (per_host_in_flight, per_host_interval) = self.per_host(&at, p);
         let compare = p.word(&key("compare"), self.compare.as_deref(), Compare::Fields);
         let render = self.render(&at, invoker, p);
+        // Asked for where it cannot apply: pages rendered in a browser and
+        // runs that follow links are always fetched in full.
+        if self.conditional == Some(true) {
+            if render.mode == RenderMode::Always {
+                p.add(
+                    &key("conditional"),
+                    "is true but every page is rendered (render = \"always\"), and rendered pages are always fetched in full",
+                );
+            } else if links.is_some() {
+                p.add(
+                    &key("conditional"),
+                    "is true but the schedule follows links, and a run that follows links fetches every page in full",
+                );
+            }
+        }
         let mut notify = Vec::new();
         for (i, t) in std::mem::take(&mut self.notify).into_iter().enumerate() {
             notify.extend(t.validate(&key(&format!("notify[{i}]")), p));
@@ -1682,6 +1704,7 @@ impl RawSchedule {
             catchup_window: limits.catchup_window,
             overlap,
             compare,
+            conditional: self.conditional.unwrap_or(true),
             notify,
             keep_runs_for: self
                 .keep_runs_for

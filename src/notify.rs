@@ -86,6 +86,9 @@ pub fn slack_message(body: &NotificationBody) -> Value {
     if let Some(r) = render_text(&run.render) {
         text.push_str(&format!("\n{r}."));
     }
+    if let Some(f) = fetches_text(&run.fetches) {
+        text.push_str(&format!("\n{f}."));
+    }
     if let Some(c) = &run.changes {
         text.push_str(&format!(
             "\nSince the previous run: {} new, {} changed, {} gone, {} unchanged.",
@@ -121,6 +124,17 @@ fn render_text(r: &crate::ledger::RenderCounts) -> Option<String> {
         format!(
             "rendered in a browser: {} ({} sent on after a plain fetch), {} as served",
             r.rendered, r.escalated, r.plain
+        )
+    })
+}
+
+/// What conditional fetches saved, when any page was not modified:
+/// `not modified since the previous run: 900, fetched in full: 100`.
+fn fetches_text(f: &crate::ledger::FetchCounts) -> Option<String> {
+    (f.not_modified > 0).then(|| {
+        format!(
+            "not modified since the previous run: {}, fetched in full: {}",
+            f.not_modified, f.fetched
         )
     })
 }
@@ -431,6 +445,9 @@ fn stdout_line(body: &NotificationBody) -> String {
                 .unwrap_or_default()
                 + &render_text(&run.render)
                     .map(|r| format!("; {r}"))
+                    .unwrap_or_default()
+                + &fetches_text(&run.fetches)
+                    .map(|f| format!("; {f}"))
                     .unwrap_or_default();
             format!(
                 "🎺 run.finished {} — run {} of {:?}: {}/{} pages succeeded, {} failed, {} timed out{found}{changes}",
@@ -539,6 +556,29 @@ mod tests {
         let body: NotificationBody = serde_json::from_value(payload).unwrap();
         let slack = slack_message(&body)["text"].as_str().unwrap().to_string();
         assert!(!slack.contains("browser"), "{slack}");
+    }
+
+    #[test]
+    fn slack_and_the_terminal_say_how_many_pages_were_not_modified_only_when_some_were() {
+        let mut payload = json!({
+            "type": "run.finished", "schedule": "shop", "outcome": "succeeded",
+            "run_id": "01a2513a-d013-766b-b01f-ab89dd7e44ad", "trigger": "manual",
+            "scheduled_for": "2026-12-07T10:00:00Z", "started_at": "2026-12-07T10:00:00Z",
+            "finished_at": "2026-12-07T10:01:00Z", "failed_pages": [],
+            "pages": {"total": 150, "succeeded": 150, "failed": 0, "timed_out": 0, "cancelled": 0},
+            "fetches": {"fetched": 10, "not_modified": 140},
+        });
+        let said = "not modified since the previous run: 140, fetched in full: 10";
+        let body: NotificationBody = serde_json::from_value(payload.clone()).unwrap();
+        let slack = slack_message(&body)["text"].as_str().unwrap().to_string();
+        assert!(slack.lines().any(|l| l == format!("{said}.")), "{slack}");
+        assert!(stdout_line(&body).contains(said), "{}", stdout_line(&body));
+
+        // A body from before conditional fetches reads as none.
+        payload.as_object_mut().unwrap().remove("fetches");
+        let body: NotificationBody = serde_json::from_value(payload).unwrap();
+        let slack = slack_message(&body)["text"].as_str().unwrap().to_string();
+        assert!(!slack.contains("not modified"), "{slack}");
     }
 
     #[test]

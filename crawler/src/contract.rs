@@ -66,6 +66,15 @@ pub struct CrawlRequest {
     /// report none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub links: Option<LinksWanted>,
+    /// The `ETag` the previous run's fetch of this URL got: send it as
+    /// `If-None-Match`, and report a `304 Not Modified` as
+    /// [`PageFacts::not_modified`]. Absent: fetch unconditionally.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_none_match: Option<String>,
+    /// The `Last-Modified` the previous run's fetch of this URL got: send
+    /// it as `If-Modified-Since` (as [`CrawlRequest::if_none_match`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_modified_since: Option<String>,
 }
 
 /// Which of a page's links a crawler reports, when the daemon follows them.
@@ -112,6 +121,8 @@ impl std::fmt::Debug for CrawlRequest {
             .field("render", &self.render)
             .field("deadline", &self.deadline)
             .field("links", &self.links)
+            .field("if_none_match", &self.if_none_match)
+            .field("if_modified_since", &self.if_modified_since)
             .finish()
     }
 }
@@ -423,6 +434,49 @@ pub struct PageFacts {
     /// going to the browser. Absent means false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub served_sufficed: bool,
+    /// The response's `ETag`, when it sent one (at most
+    /// [`MAX_VALIDATOR_BYTES`]); the daemon sends it back as the next run's
+    /// [`CrawlRequest::if_none_match`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// The response's `Last-Modified`, when it sent one (at most
+    /// [`MAX_VALIDATOR_BYTES`]); sent back as the next run's
+    /// [`CrawlRequest::if_modified_since`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_modified: Option<String>,
+    /// The site answered `304 Not Modified` to the request's validators:
+    /// there was no body and nothing was extracted (`http_status` 304,
+    /// `title` null, `fields` empty, `bytes` 0, `content_sha256` empty);
+    /// the daemon keeps the previous run's facts. Absent means false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub not_modified: bool,
+}
+
+/// The longest `ETag` or `Last-Modified` a crawler reports (longer ones are
+/// left out: the page is then fetched in full next time).
+pub const MAX_VALIDATOR_BYTES: usize = 512;
+
+impl PageFacts {
+    /// The facts of a `304 Not Modified` answer: nothing but the status,
+    /// the time it took, the route and the validators it carried.
+    pub fn not_modified(fetch_ms: u64, via_proxy: bool) -> Self {
+        Self {
+            http_status: 304,
+            title: None,
+            fields: BTreeMap::new(),
+            bytes: 0,
+            content_sha256: String::new(),
+            fetch_ms,
+            via_proxy,
+            links: Vec::new(),
+            rendered: false,
+            looks_unrendered: false,
+            served_sufficed: false,
+            etag: None,
+            last_modified: None,
+            not_modified: true,
+        }
+    }
 }
 
 /// Why a crawl failed.
@@ -723,6 +777,9 @@ mod tests {
             rendered: false,
             looks_unrendered: false,
             served_sufficed: false,
+            etag: None,
+            last_modified: None,
+            not_modified: false,
         };
         let report = Report::for_request(&request(), Outcome::Succeeded(facts));
         let json = serde_json::to_string(&report).unwrap();
@@ -839,6 +896,42 @@ mod tests {
         let facts = report.outcome.facts().unwrap();
         assert!(facts.rendered && !facts.looks_unrendered);
         assert_eq!(serde_json::to_string(&report).unwrap(), json);
+    }
+
+    #[test]
+    fn validators_round_trip_and_old_requests_and_reports_have_none() {
+        assert_eq!(request().if_none_match, None);
+        assert_eq!(request().if_modified_since, None);
+        let json = REQUEST.replace(
+            r#","deadline":"2026-11-26T03:05:00Z""#,
+            r#","deadline":"2026-11-26T03:05:00Z","if_none_match":"\"v1\"","if_modified_since":"Wed, 21 Oct 2026 07:28:00 GMT""#,
+        );
+        let request: CrawlRequest = serde_json::from_str(&json).unwrap();
+        assert_eq!(request.if_none_match.as_deref(), Some("\"v1\""));
+        assert_eq!(
+            request.if_modified_since.as_deref(),
+            Some("Wed, 21 Oct 2026 07:28:00 GMT")
+        );
+        assert_eq!(serde_json::to_string(&request).unwrap(), json);
+
+        let old = r#"{"version":1,"run_id":"r","page_id":"p","attempt":1,"outcome":"succeeded","http_status":200,"title":null,"fields":{},"bytes":1,"content_sha256":"00","fetch_ms":1}"#;
+        let facts = serde_json::from_str::<Report>(old).unwrap().outcome;
+        let facts = facts.facts().unwrap();
+        assert!(facts.etag.is_none() && facts.last_modified.is_none() && !facts.not_modified);
+
+        let report = Report::for_request(
+            &request,
+            Outcome::Succeeded(PageFacts {
+                etag: Some("\"v1\"".into()),
+                ..PageFacts::not_modified(3, false)
+            }),
+        );
+        let json = serde_json::to_string(&report).unwrap();
+        assert_eq!(
+            json,
+            r#"{"version":1,"run_id":"r-1","page_id":"p-1","attempt":1,"outcome":"succeeded","http_status":304,"title":null,"fields":{},"bytes":0,"content_sha256":"","fetch_ms":3,"etag":"\"v1\"","not_modified":true}"#
+        );
+        assert_eq!(serde_json::from_str::<Report>(&json).unwrap(), report);
     }
 
     #[test]

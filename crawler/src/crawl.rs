@@ -11,7 +11,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use html5ever::tendril::{StrTendril, TendrilSink};
-use reqwest::header::CONTENT_TYPE;
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use reqwest::StatusCode;
 use scraper::{Html, HtmlTreeSink, Selector};
 use sha2::{Digest, Sha256};
@@ -21,7 +21,7 @@ use url::Url;
 use crate::callback::{CallbackError, Reporter};
 use crate::contract::{
     CallbackAck, CrawlError, CrawlRequest, ErrorKind, LinksWanted, Outcome, PageFacts, Report,
-    MAX_REPORT_BYTES,
+    MAX_REPORT_BYTES, MAX_VALIDATOR_BYTES,
 };
 use crate::errors::{causes, chain_text};
 use crate::extract::Extractor;
@@ -455,6 +455,17 @@ impl Crawler {
         let (mut response, via_proxy) = self.send(request, &url, timeout).await?;
         let mut fetching = started.elapsed();
         let status = response.status();
+        let (etag, last_modified) = validators_of(response.headers());
+        if status == StatusCode::NOT_MODIFIED {
+            // Only asked for with validators ([`success_only`]): no body,
+            // nothing to parse; the daemon keeps the previous facts.
+            let fetch_ms = u64::try_from(fetching.as_millis()).unwrap_or(u64::MAX);
+            return Ok(PageFacts {
+                etag,
+                last_modified,
+                ..PageFacts::not_modified(fetch_ms, via_proxy)
+            });
+        }
         if let Some(length) = response.content_length() {
             if length > max {
                 return Err(too_large(response.url(), max, &format!("{length} bytes")));
@@ -511,46 +522,45 @@ impl Crawler {
             rendered: false,
             looks_unrendered: page.looks_unrendered,
             served_sufficed: false,
+            etag,
+            last_modified,
+            not_modified: false,
         })
     }
 
     /// Sends the request for `url` within `timeout`, directly or through
     /// the proxy as the request asks: the response (headers read, body
-    /// not) and whether it came through the proxy.
+    /// not) and whether it came through the proxy. With the request's
+    /// validators it is a conditional GET, and a `304 Not Modified` is an
+    /// answer like a 2xx.
     async fn send(
         &self,
         request: &CrawlRequest,
         url: &Url,
         timeout: Duration,
     ) -> Result<(reqwest::Response, bool), CrawlError> {
-        // Checked by the daemon's configuration; a bad one is ignored.
-        let agent = request
-            .user_agent
-            .as_deref()
-            .and_then(|agent| reqwest::header::HeaderValue::from_str(agent).ok());
+        let headers = &request_headers(request);
         let proxy = self.proxy_for(request)?;
         // With `blocked`, the direct fetch and the one through the proxy
         // share the one timeout: the retry happens inside this attempt, so
         // the ledger's accounting of attempts is the same either way.
         let send = async {
             match &proxy {
-                None => Ok((self.send_direct(url, agent.as_ref()).await?, false)),
+                None => Ok((self.send_direct(url, headers).await?, false)),
                 Some((proxy, ProxyOn::Always)) => {
-                    Ok((self.send_proxied(proxy, url, agent.as_ref()).await?, true))
+                    Ok((self.send_proxied(proxy, url, headers).await?, true))
                 }
-                Some((proxy, ProxyOn::Blocked)) => {
-                    match self.send_direct(url, agent.as_ref()).await {
-                        Err(error) if refused_by_site(&error) => {
-                            tracing::info!(
-                                reason = %error,
-                                proxy = %proxy,
-                                "the site refused the direct fetch; fetching through the proxy"
-                            );
-                            Ok((self.send_proxied(proxy, url, agent.as_ref()).await?, true))
-                        }
-                        direct => Ok((direct?, false)),
+                Some((proxy, ProxyOn::Blocked)) => match self.send_direct(url, headers).await {
+                    Err(error) if refused_by_site(&error) => {
+                        tracing::info!(
+                            reason = %error,
+                            proxy = %proxy,
+                            "the site refused the direct fetch; fetching through the proxy"
+                        );
+                        Ok((self.send_proxied(proxy, url, headers).await?, true))
                     }
-                }
+                    direct => Ok((direct?, false)),
+                },
             }
         };
         tokio::time::timeout(timeout, send)
@@ -661,6 +671,11 @@ impl Crawler {
             rendered: true,
             looks_unrendered: false,
             served_sufficed: page.served_sufficed,
+            // A rendered page is never fetched conditionally: its facts
+            // depend on more than its document.
+            etag: None,
+            last_modified: None,
+            not_modified: false,
         })
     }
 
@@ -688,31 +703,29 @@ impl Crawler {
         }
     }
 
-    /// GETs `url` directly (the guarded client follows redirects); only a
-    /// 2xx answer is `Ok`.
+    /// GETs `url` directly (the guarded client follows redirects) with
+    /// `headers` ([`request_headers`]); only a 2xx answer (or a 304 to a
+    /// conditional GET) is `Ok`.
     async fn send_direct(
         &self,
         url: &Url,
-        agent: Option<&reqwest::header::HeaderValue>,
+        headers: &HeaderMap,
     ) -> Result<reqwest::Response, CrawlError> {
-        let mut get = self.fetch.get(url.clone());
-        if let Some(agent) = agent {
-            get = get.header(reqwest::header::USER_AGENT, agent.clone());
-        }
+        let get = self.fetch.get(url.clone()).headers(headers.clone());
         let response = get.send().await.map_err(|e| self.classify(&e, url))?;
-        success_only(response)
+        success_only(response, is_conditional(headers))
     }
 
     /// GETs `url` through `proxy`, following redirects itself: the proxy
     /// resolves the target's name, so the network guard checks the target
     /// ([`NetPolicy::check_target`]) before the request and before every
-    /// redirect hop. Only a 2xx answer is `Ok`. Error messages never carry
-    /// the proxy's password.
+    /// redirect hop. Only a 2xx answer (or a 304 to a conditional GET) is
+    /// `Ok`. Error messages never carry the proxy's password.
     async fn send_proxied(
         &self,
         proxy: &ProxyUrl,
         url: &Url,
-        agent: Option<&reqwest::header::HeaderValue>,
+        headers: &HeaderMap,
     ) -> Result<reqwest::Response, CrawlError> {
         let client = self.proxied_client(proxy)?;
         let mut target = url.clone();
@@ -728,10 +741,7 @@ impl Crawler {
                     ),
                 });
             }
-            let mut get = client.get(target.clone());
-            if let Some(agent) = agent {
-                get = get.header(reqwest::header::USER_AGENT, agent.clone());
-            }
+            let get = client.get(target.clone()).headers(headers.clone());
             let response = get.send().await.map_err(|e| {
                 let mut error = self.classify(&e, &target);
                 error.message = proxy::scrub(
@@ -752,7 +762,7 @@ impl Crawler {
                 .then(|| response.headers().get(reqwest::header::LOCATION))
                 .flatten();
             let Some(location) = location else {
-                return success_only(response);
+                return success_only(response, is_conditional(headers));
             };
             hops += 1;
             if hops > self.config.max_redirects {
@@ -933,11 +943,14 @@ pub(crate) fn blocked(refusal: &netguard::Blocked, on_redirect: bool) -> CrawlEr
     CrawlError::new(ErrorKind::Blocked, message, false)
 }
 
-/// `response` when it is a 2xx, else its status as an error (with the
-/// site's `Retry-After` for a 429 or 503).
-fn success_only(response: reqwest::Response) -> Result<reqwest::Response, CrawlError> {
+/// `response` when it is a 2xx (or a 304 to a `conditional` GET), else
+/// its status as an error (with the site's `Retry-After` for a 429 or 503).
+fn success_only(
+    response: reqwest::Response,
+    conditional: bool,
+) -> Result<reqwest::Response, CrawlError> {
     let status = response.status();
-    if status.is_success() {
+    if status.is_success() || (conditional && status == StatusCode::NOT_MODIFIED) {
         return Ok(response);
     }
     let mut error = status_error(status, response.url());
@@ -945,6 +958,48 @@ fn success_only(response: reqwest::Response) -> Result<reqwest::Response, CrawlE
         error.retry_after_secs = retry_after(response.headers(), SystemTime::now());
     }
     Err(error)
+}
+
+/// The headers of a page's GET: the request's `User-Agent` and, when it
+/// carries validators, `If-None-Match` and `If-Modified-Since`. A value
+/// that is not a valid header value is left out (the daemon checks the
+/// user agent; validators are the site's own, stored as it sent them).
+fn request_headers(request: &CrawlRequest) -> HeaderMap {
+    use reqwest::header::{IF_MODIFIED_SINCE, IF_NONE_MATCH, USER_AGENT};
+    let mut headers = HeaderMap::new();
+    for (name, value) in [
+        (USER_AGENT, &request.user_agent),
+        (IF_NONE_MATCH, &request.if_none_match),
+        (IF_MODIFIED_SINCE, &request.if_modified_since),
+    ] {
+        if let Some(value) = value.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+            headers.insert(name, value);
+        }
+    }
+    headers
+}
+
+/// Whether a GET with `headers` is conditional (a 304 is then an answer).
+fn is_conditional(headers: &HeaderMap) -> bool {
+    headers.contains_key(reqwest::header::IF_NONE_MATCH)
+        || headers.contains_key(reqwest::header::IF_MODIFIED_SINCE)
+}
+
+/// A response's `ETag` and `Last-Modified`, each when present, visible
+/// ASCII and at most [`MAX_VALIDATOR_BYTES`].
+fn validators_of(headers: &HeaderMap) -> (Option<String>, Option<String>) {
+    let read = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty() && v.len() <= MAX_VALIDATOR_BYTES)
+            .map(str::to_string)
+    };
+    (
+        read(reqwest::header::ETAG),
+        read(reqwest::header::LAST_MODIFIED),
+    )
 }
 
 /// Whether a direct fetch's failure looks like the site refusing this
@@ -1574,6 +1629,9 @@ mod tests {
             rendered: false,
             looks_unrendered: false,
             served_sufficed: false,
+            etag: None,
+            last_modified: None,
+            not_modified: false,
         }
     }
 

@@ -655,3 +655,64 @@ async fn handle_returns_the_callback_error_when_the_report_is_refused() {
     assert_eq!(error.status(), Some(422));
     assert!(error.to_string().contains("unknown page"), "{error}");
 }
+
+#[tokio::test]
+async fn a_page_reports_its_validators_and_a_matching_conditional_get_reports_not_modified() {
+    use support::{validated_page, PAGE_ETAG, PAGE_LAST_MODIFIED};
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let url = validated_page(true, seen.clone()).await;
+
+    // Unconditional: the page, with its validators reported.
+    let full = facts(crawler().crawl(&request(url.clone())).await);
+    assert_eq!(full.http_status, 200);
+    assert!(!full.not_modified);
+    assert_eq!(full.title.as_deref(), Some("Hi"));
+    assert_eq!(full.etag.as_deref(), Some(PAGE_ETAG));
+    assert_eq!(full.last_modified.as_deref(), Some(PAGE_LAST_MODIFIED));
+
+    // With both validators: the headers are sent, the 304 is a success
+    // with nothing extracted.
+    let mut conditional = request(url.clone());
+    conditional.if_none_match = full.etag.clone();
+    conditional.if_modified_since = full.last_modified.clone();
+    let kept = facts(crawler().crawl(&conditional).await);
+    assert!(kept.not_modified, "{kept:?}");
+    assert_eq!(kept.http_status, 304);
+    assert_eq!((kept.title.as_deref(), kept.bytes), (None, 0));
+    assert!(kept.fields.is_empty() && kept.content_sha256.is_empty());
+    assert_eq!(kept.etag.as_deref(), Some(PAGE_ETAG), "the 304's own ETag");
+    let sent = seen.lock().unwrap().clone();
+    assert_eq!(sent.len(), 2);
+    assert!(sent[0].get(header::IF_NONE_MATCH).is_none());
+    assert!(sent[0].get(header::IF_MODIFIED_SINCE).is_none());
+    assert_eq!(sent[1][header::IF_NONE_MATCH], PAGE_ETAG);
+    assert_eq!(sent[1][header::IF_MODIFIED_SINCE], PAGE_LAST_MODIFIED);
+
+    // Last-Modified alone works too; a stale ETag gets the page again.
+    let mut since = request(url.clone());
+    since.if_modified_since = Some(PAGE_LAST_MODIFIED.into());
+    assert!(facts(crawler().crawl(&since).await).not_modified);
+    let mut stale = request(url);
+    stale.if_none_match = Some("\"v0\"".into());
+    let again = facts(crawler().crawl(&stale).await);
+    assert!(!again.not_modified);
+    assert_eq!(again.title.as_deref(), Some("Hi"));
+}
+
+#[tokio::test]
+async fn a_site_that_ignores_validators_is_crawled_in_full_and_a_304_unasked_for_fails() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let url = support::validated_page(false, seen).await;
+    let mut conditional = request(url);
+    conditional.if_none_match = Some(support::PAGE_ETAG.into());
+    let full = facts(crawler().crawl(&conditional).await);
+    assert!(!full.not_modified);
+    assert_eq!(full.title.as_deref(), Some("Hi"));
+
+    // A 304 to a request without validators is not an answer to it.
+    let app = Router::new().route("/", get(|| async { StatusCode::NOT_MODIFIED }));
+    let url = format!("http://{}/", serve(app).await);
+    let error = failure(crawler().crawl(&request(url)).await);
+    assert_eq!(error.kind, ErrorKind::HttpStatus);
+    assert_eq!(error.http_status, Some(304));
+}

@@ -294,3 +294,27 @@ async fn lambda_crawler_refuses_loopback_pages_unless_its_environment_opens_priv
 async fn bad_private_networks_setting_fails_the_cold_start_naming_the_variable() {
     cold_start_fails_naming("FANFARE_CRAWLER_ALLOW_PRIVATE_NETWORKS", "sometimes").await;
 }
+
+#[tokio::test]
+async fn lambda_event_with_validators_sends_them_and_reports_not_modified() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let url = support::validated_page(true, seen.clone()).await;
+    let (receiver, callback_url) = Receiver::start(&[]).await;
+    let mut event = event(&url, &callback_url);
+    event["if_none_match"] = json!(support::PAGE_ETAG);
+    event["if_modified_since"] = json!(support::PAGE_LAST_MODIFIED);
+
+    let Answer::Response(body) = invoke(event).await else {
+        panic!("expected a response");
+    };
+    let sent = seen.lock().unwrap().clone();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0]["if-none-match"], support::PAGE_ETAG);
+    assert_eq!(sent[0]["if-modified-since"], support::PAGE_LAST_MODIFIED);
+    assert_eq!(body["not_modified"], true, "{body}");
+    assert_eq!(body["http_status"], 304, "{body}");
+    let received = receiver.received();
+    assert_eq!(received.len(), 1);
+    let reported: Value = serde_json::from_str(&received[0].body).unwrap();
+    assert_eq!(reported, body);
+}

@@ -233,7 +233,7 @@ impl Dispatcher {
                 }
                 continue;
             }
-            let claimed = ledger::claim_pages_to(
+            let claimed = ledger::claim_pages_with(
                 &self.runs.pool,
                 &schedule.name,
                 schedule.max_in_flight as i64,
@@ -247,6 +247,9 @@ impl Dispatcher {
                             .unwrap_or(i32::MAX),
                     },
                 },
+                // A page fetched conditionally reports no links when the
+                // site answers 304: a run that follows links fetches in full.
+                schedule.conditional && schedule.links.is_none(),
             )
             .await?;
             lane.metrics.in_flight.set(claimed.in_flight as f64);
@@ -529,6 +532,10 @@ impl Lane {
                 max: crate::config::MAX_LINKS_PER_PAGE,
                 skip_nofollow: links.obey_nofollow,
             }),
+            // Claimed with the previous run's validators only when the
+            // schedule is conditional and the page is fetched as served.
+            if_none_match: page.if_none_match.clone(),
+            if_modified_since: page.if_modified_since.clone(),
         }
     }
 

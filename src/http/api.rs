@@ -145,6 +145,10 @@ pub struct RunDetail {
     /// browser (`rendered`), and sent on to the browser after their plain
     /// fetch looked unrendered (`escalated`, part of `rendered`).
     pub render: ledger::RenderCounts,
+    /// Its succeeded pages by how they were fetched: in full (`fetched`),
+    /// or answered `304 Not Modified` to the previous run's validators
+    /// (`not_modified`: the previous run's facts were kept).
+    pub fetches: ledger::FetchCounts,
 }
 
 /// `GET /v1/runs`.
@@ -231,7 +235,9 @@ pub async fn trigger(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct RunsQuery {
-    /// Only the runs of this schedule.
+    /// Only the runs of this schedule (a name holds no NUL: Postgres text
+    /// cannot store one).
+    #[param(pattern = "^[^\\x00]*$")]
     schedule: Option<String>,
     /// How many runs at most (1-500, default 20).
     #[param(minimum = 1, maximum = 500)]
@@ -321,6 +327,7 @@ pub async fn get_run(
     let in_flight = ledger::in_flight(&state.readers, id).await?;
     let notifications = ledger::run_notifications(&state.readers, id).await?;
     let render = ledger::render_counts(&state.readers, id).await?;
+    let fetches = ledger::fetch_counts(&state.readers, id).await?;
     let mut view = RunView::from(&run);
     view.pages.in_flight = Some(in_flight);
     view.pages.pending = Some(run.open_pages - in_flight);
@@ -328,6 +335,7 @@ pub async fn get_run(
         run: view,
         notifications,
         render,
+        fetches,
     }))
 }
 

@@ -27,6 +27,7 @@ use axum::Json;
 use chrono::Utc;
 use fanfare_crawler::contract::{
     CallbackAck, CallbackStatus, Outcome, Report, CONTRACT_VERSION, MAX_REPORT_BYTES,
+    MAX_VALIDATOR_BYTES,
 };
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
@@ -231,8 +232,11 @@ fn event_of(report: Report) -> Result<ReportEvent, ApiError> {
                     facts.http_status
                 )));
             }
-            if facts.content_sha256.len() != 64
-                || !facts.content_sha256.chars().all(|c| c.is_ascii_hexdigit())
+            // A 304 has no body: its hash is the previous run's, kept by
+            // the ledger.
+            if !facts.not_modified
+                && (facts.content_sha256.len() != 64
+                    || !facts.content_sha256.chars().all(|c| c.is_ascii_hexdigit()))
             {
                 return Err(ApiError::Unprocessable(
                     "content_sha256 must be 64 hexadecimal characters".into(),
@@ -240,6 +244,20 @@ fn event_of(report: Report) -> Result<ReportEvent, ApiError> {
             }
             if facts.rendered {
                 metrics::counter!("fanfare_pages_rendered_total").increment(1);
+            }
+            if facts.not_modified {
+                metrics::counter!("fanfare_pages_not_modified_total").increment(1);
+            }
+            // Validators go back to the site as headers: one too long to be
+            // a header a site sent is not kept (the page is fetched in full
+            // next time).
+            for validator in [&mut facts.etag, &mut facts.last_modified] {
+                if validator
+                    .as_ref()
+                    .is_some_and(|v| v.len() > MAX_VALIDATOR_BYTES)
+                {
+                    *validator = None;
+                }
             }
             // Whether it goes on to the browser is the schedule's
             // `render` (decided by the lifecycle).

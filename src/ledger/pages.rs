@@ -466,23 +466,67 @@ macro_rules! record_pages_head {
     locked as materialized (
         select id, total_pages from runs where id in (select run_id from input)
         order by id for no key update),
+    previous as materialized (
+        -- a 304 Not Modified keeps the facts of its URL's row in its run's
+        -- validators_from run (the row whose validators it was sent: one
+        -- without validators was sent none, and a 304 then keeps nothing)
+        select i.page_id, v.result, v.etag, v.last_modified
+        from input i
+        join pages c on c.id = i.page_id and c.run_id = i.run_id
+        join runs r on r.id = c.run_id
+        join pages v on v.run_id = r.validators_from
+            and md5(v.url) = md5(c.url) and v.url = c.url and v.status = 'succeeded'
+            and (v.etag is not null or v.last_modified is not null)
+        where i.retry_after is null and (i.result->>'not_modified')::boolean),
+    reported as (
+        select i.*, k.result as kept_result, k.etag as kept_etag,
+            k.last_modified as kept_last_modified,
+            coalesce(i.retry_after is null and (i.result->>'not_modified')::boolean, false)
+                as not_modified,
+            k.page_id is not null as kept
+        from input i left join previous k on k.page_id = i.page_id),
     changed as (
         update pages p set
-            status = i.status,
-            error = i.error,
+            -- a 304 whose previous facts are gone (the run they were in
+            -- was deleted) cannot be recorded as a success
+            status = case when i.not_modified and not i.kept then 'failed' else i.status end,
+            error = case when i.not_modified and not i.kept then jsonb_build_object(
+                    'kind', 'other', 'retryable', false, 'message',
+                    'the site answered 304 Not Modified, but the previous run''s facts it would keep are gone')
+                else i.error end,
             attempt = p.attempt - i.refund,
             site_throttles = p.site_throttles + i.throttle + i.to_browser::int,
             render = p.render or i.to_browser,
             escalated = p.escalated or i.to_browser,
             reported_attempt = case when i.retry_after is null then i.attempt else p.reported_attempt end,
-            result = case when i.retry_after is null then i.result else p.result end,
+            result = case when i.retry_after is null and i.not_modified then
+                    case when i.kept then i.result || jsonb_build_object(
+                            'title', i.kept_result->'title',
+                            'fields', coalesce(i.kept_result->'fields', '{}'::jsonb),
+                            'content_sha256', i.kept_result->'content_sha256',
+                            'bytes', i.kept_result->'bytes')
+                        || case when i.result->'etag' is null and i.kept_etag is not null
+                            then jsonb_build_object('etag', i.kept_etag) else '{}' end
+                        || case when i.result->'last_modified' is null
+                                and i.kept_last_modified is not null
+                            then jsonb_build_object('last_modified', i.kept_last_modified)
+                            else '{}' end
+                    end
+                when i.retry_after is null then i.result else p.result end,
+            etag = case when i.retry_after is null and i.result is not null
+                then coalesce(i.result->>'etag', i.kept_etag) else p.etag end,
+            last_modified = case when i.retry_after is null and i.result is not null
+                then coalesce(i.result->>'last_modified', i.kept_last_modified)
+                else p.last_modified end,
+            not_modified = case when i.retry_after is null and i.result is not null
+                then i.not_modified and i.kept else p.not_modified end,
             via_proxy = case when i.retry_after is null and i.result is not null
                 then coalesce((i.result->>'via_proxy')::boolean, false) else p.via_proxy end,
             finished_at = case when i.retry_after is null then now() else p.finished_at end,
             not_before = case when i.retry_after is null then null
                 else now() + make_interval(secs => i.retry_after) end,
             updated_at = now()
-        from input i
+        from reported i
         where p.id = i.page_id and p.run_id = i.run_id
             and p.run_id = any(array(select id from locked))
             and case when i.retry_after is null then p.status in ('pending', 'dispatched')
@@ -542,6 +586,14 @@ pub(crate) use record_pages_head;
 /// (to at least 0.25 s, at most 60 s, once per interval) and pauses the
 /// host for the retry delay; each page that succeeded eases a throttled
 /// interval back by a tenth, down to the run's base interval.
+///
+/// A success that says `not_modified` (the site answered 304 to the
+/// validators the claim sent) keeps the title, fields, hash and size of the
+/// same URL's row in the run's `validators_from` run, and its validators
+/// unless the 304 carried new ones; without such a row (that run was
+/// deleted, or the row had no validators) the page fails instead. The
+/// page's `etag`, `last_modified` and `not_modified` are set with its
+/// result.
 pub const RECORD_PAGES: &str = concat!(
     record_pages_head!(),
     "
@@ -700,6 +752,11 @@ pub struct ClaimedPage {
     pub deadline: DateTime<Utc>,
     /// The page goes to the browser.
     pub render: bool,
+    /// The `ETag` of the URL's successful fetch in the run's
+    /// `validators_from` run, when the claim was conditional.
+    pub if_none_match: Option<String>,
+    /// Its `Last-Modified`, likewise.
+    pub if_modified_since: Option<String>,
 }
 
 /// Whether `schedule`'s unfinished runs have a page to dispatch now (pending,
@@ -782,7 +839,9 @@ pub const CLAIM_HOSTS: i64 = 4_096;
 /// suspected (some of its pages were sent on to the browser, fewer than
 /// $9) gets plain pages only while fewer than $9 less its sends-on are in
 /// flight, so no more of its pages are fetched plainly than could still
-/// be sent on before it is learned.
+/// be sent on before it is learned. $10: whether the pages claimed carry
+/// the validators of their URL's successful fetch in their run's
+/// `validators_from` run (pages going to the browser never do).
 ///
 /// Hosts of the schedule's runs with a ready page, whose clock
 /// (`hosts.next_at`) is inside the horizon, oldest turn first; each host's
@@ -885,8 +944,17 @@ pub const CLAIM_PAGES: &str = "with mine as materialized (
               from picked group by host) s
         where h.host = s.host)
     select c.id, c.run_id, c.url, c.attempt, c.site_throttles, c.dispatched_at as dispatch_at,
-        c.deadline, c.render, (select n from flight) as in_flight_before
-    from claimed c";
+        c.deadline, c.render, (select n from flight) as in_flight_before,
+        v.etag as if_none_match, v.last_modified as if_modified_since
+    from claimed c
+    left join lateral (
+        -- the same URL's row in the run's validators_from run: one probe
+        -- of the pages_url_once_per_run index per claimed page
+        select v.etag, v.last_modified
+        from runs r join pages v on v.run_id = r.validators_from
+            and md5(v.url) = md5(c.url) and v.url = c.url
+        where $10 and not c.render and r.id = c.run_id and v.status = 'succeeded'
+            and (v.etag is not null or v.last_modified is not null)) v on true";
 
 /// Claims up to `limit` ready pages of `schedule`'s unfinished runs within
 /// every host's limits ([`CLAIM_PAGES`]), keeping the schedule's
@@ -932,7 +1000,6 @@ pub enum ClaimRender {
 
 /// [`claim_pages`], marking the pages claimed that go to the browser as
 /// `render` says.
-#[tracing::instrument(skip(db))]
 pub async fn claim_pages_to<'a, A: Acquire<'a, Database = Postgres>>(
     db: A,
     schedule: &str,
@@ -940,6 +1007,32 @@ pub async fn claim_pages_to<'a, A: Acquire<'a, Database = Postgres>>(
     limit: i64,
     page_timeout: Duration,
     render: ClaimRender,
+) -> Result<Claim, sqlx::Error> {
+    claim_pages_with(
+        db,
+        schedule,
+        max_in_flight,
+        limit,
+        page_timeout,
+        render,
+        false,
+    )
+    .await
+}
+
+/// [`claim_pages_to`]; with `conditional`, each page claimed carries the
+/// validators its URL's successful fetch got in its run's
+/// `validators_from` run ([`ClaimedPage::if_none_match`]), unless it goes
+/// to the browser.
+#[tracing::instrument(skip(db))]
+pub async fn claim_pages_with<'a, A: Acquire<'a, Database = Postgres>>(
+    db: A,
+    schedule: &str,
+    max_in_flight: i64,
+    limit: i64,
+    page_timeout: Duration,
+    render: ClaimRender,
+    conditional: bool,
 ) -> Result<Claim, sqlx::Error> {
     let mut tx = db.begin().await?;
     sqlx::query("select pg_advisory_xact_lock(hashtextextended('fanfare.claim', 0))")
@@ -958,6 +1051,7 @@ pub async fn claim_pages_to<'a, A: Acquire<'a, Database = Postgres>>(
             ClaimRender::Learned { render_after } => render_after,
             _ => i32::MAX,
         })
+        .bind(conditional)
         .fetch_all(&mut *tx)
         .await?;
     let in_flight_before = match rows.first() {
@@ -1262,5 +1356,42 @@ pub async fn fetch_ms_histogram<'e, E: PgExecutor<'e>>(
     .bind(run_id)
     .bind(thresholds)
     .fetch_all(db)
+    .await
+}
+
+/// A run's succeeded pages by how they were fetched, with conditional
+/// fetches.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    sqlx::FromRow,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
+pub struct FetchCounts {
+    /// Fetched in full (the site sent the page).
+    pub fetched: i64,
+    /// The site answered `304 Not Modified` to the previous run's
+    /// validators: the previous run's facts were kept.
+    pub not_modified: i64,
+}
+
+/// Run `run_id`'s [`FetchCounts`].
+pub async fn fetch_counts<'e, E: PgExecutor<'e>>(
+    db: E,
+    run_id: Uuid,
+) -> Result<FetchCounts, sqlx::Error> {
+    sqlx::query_as(
+        "select count(*) filter (where not coalesce(not_modified, false)) as fetched,
+             count(*) filter (where not_modified) as not_modified
+         from pages where run_id = $1 and status = 'succeeded'",
+    )
+    .bind(run_id)
+    .fetch_one(db)
     .await
 }

@@ -47,12 +47,14 @@ pub struct PrunableRun {
 /// schedule is compared with (the rule of [`super::previous_run`]: the
 /// latest finished, fully listed, non-redrive run created before it; for a
 /// run not yet created that is the schedule's latest such run, and every
-/// open run has its own), a run with a notification not yet delivered, or
-/// the parent of an open redrive run. A notification given up on (status
+/// open run has its own), the run whose validators an open run's fetches
+/// carry and whose facts its 304s keep (`runs.validators_from`), a run with
+/// a notification not yet delivered, or the parent of an open redrive run. A notification given up on (status
 /// `failed`) does not keep its run: it will never be delivered.
 const PROTECTED: &str = "(
     exists (select 1 from notifications n where n.run_id = r.id and n.status = 'pending')
     or exists (select 1 from runs c where c.parent_run_id = r.id and c.status <> $S)
+    or exists (select 1 from runs v where v.validators_from = r.id and v.status <> $S)
     or r.id = (select p.id from runs p
         where p.schedule = r.schedule and p.status = $S and p.trigger <> $R
             and p.listed_at is not null
@@ -92,6 +94,8 @@ const KEPT: &str = "(
     from runs o where o.status <> $S
 ) union (
     select parent_run_id from runs where parent_run_id is not null and status <> $S
+) union (
+    select validators_from from runs where validators_from is not null and status <> $S
 ) union (
     select run_id from notifications where status = 'pending'
 )";

@@ -97,9 +97,16 @@ pub async fn create_run<'e, E: PgExecutor<'e>>(
     scheduled_for: DateTime<Utc>,
     trigger: Trigger,
 ) -> Result<Option<Uuid>, sqlx::Error> {
+    // validators_from: the run whose validators its dispatches carry
+    // (`CLAIM_PAGES`) and whose facts a 304 keeps (`RECORD_PAGES`), fixed
+    // now so that both read the same run whatever finishes meanwhile.
     sqlx::query_scalar(
-        "insert into runs (id, schedule, scheduled_for, trigger, listing_lease_until, listing_owner)
-         values ($1, $2, $3, $4, now() + make_interval(secs => $5), $1)
+        "insert into runs (id, schedule, scheduled_for, trigger, listing_lease_until, listing_owner,
+             validators_from)
+         values ($1, $2, $3, $4, now() + make_interval(secs => $5), $1,
+             (select id from runs
+              where schedule = $2 and status = $6 and trigger <> $7 and listed_at is not null
+              order by created_at desc, id desc limit 1))
          on conflict (schedule, scheduled_for) do nothing
          returning id",
     )
@@ -108,6 +115,8 @@ pub async fn create_run<'e, E: PgExecutor<'e>>(
     .bind(scheduled_for)
     .bind(trigger)
     .bind(LISTING_LEASE.as_secs_f64())
+    .bind(RunStatus::Finished)
+    .bind(Trigger::Redrive)
     .fetch_optional(db)
     .await
 }

@@ -175,6 +175,11 @@ pub struct RunFinished {
     /// fetch looked unrendered (`escalated`, part of `rendered`).
     #[serde(default)]
     pub render: ledger::RenderCounts,
+    /// Its succeeded pages by how they were fetched: in full
+    /// (`fetched`), or answered `304 Not Modified` to the previous run's
+    /// validators (`not_modified`: the previous run's facts were kept).
+    #[serde(default)]
+    pub fetches: ledger::FetchCounts,
 }
 
 /// A notification's body, as the outbox keeps it and a webhook receives
@@ -299,6 +304,7 @@ pub fn finished_payload(run: &Run, failed: &[FailedPage], changes: &RunChanges) 
         changed_pages: changes.pages.clone(),
         // Counted by the caller, in the finishing transaction.
         render: ledger::RenderCounts::default(),
+        fetches: ledger::FetchCounts::default(),
     }
 }
 
@@ -415,6 +421,7 @@ async fn finish(
     let changes = changes::compare(tx, &run, policy.compare).await?;
     let mut finished = finished_payload(&run, &failed, &changes);
     finished.render = ledger::render_counts(&mut *tx, run_id).await?;
+    finished.fetches = ledger::fetch_counts(&mut *tx, run_id).await?;
     // What the run's rendered pages say about their hosts: in this
     // transaction, so the run's next one starts from it.
     if let Some(after) = policy.unlearn_after {

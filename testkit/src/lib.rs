@@ -12,6 +12,9 @@
 //! - [`appshop`]: a loopback shop of app shells a script fills in and of
 //!   pages served whole, counting each script page's renders;
 //! - [`reports`]: contract reports, as a crawler sends them;
+//! - [`validsite`]: a loopback site whose pages carry `ETag` and
+//!   `Last-Modified` and answer 304 to a matching conditional GET,
+//!   counting what it sent;
 //! - [`webhooks`]: loopback webhook receivers and Standard Webhooks
 //!   signatures computed independently of fanfare's code;
 //! - [`metrics`]: samples of a Prometheus text exposition;
@@ -37,6 +40,7 @@ pub mod net;
 pub mod proxy;
 pub mod reports;
 pub mod tls_site;
+pub mod validsite;
 pub mod wait;
 pub mod webhooks;
 
@@ -55,5 +59,6 @@ pub use metrics::metric_in;
 pub use proxy::PgProxy;
 pub use reports::{failed, succeeded};
 pub use tls_site::{TlsSite, TEST_CA_PEM};
+pub use validsite::{Served, ValidatorSite, ValidatorSiteSpec};
 pub use wait::{eventually, eventually_notified, holds, secs};
 pub use webhooks::{by_webhook_id, expected_signature, header, Delivery, Hit, Policy, Receiver};

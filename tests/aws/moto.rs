@@ -545,3 +545,62 @@ async fn a_lister_answering_with_a_function_error_fails_the_run_with_that_error_
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_second_runs_invoke_payloads_carry_the_validators_the_first_run_reported() {
+    use_test_aws_credentials();
+    let mut moto = Moto::start().await;
+    moto.create_function("crawler").await;
+    moto.start_recording().await;
+    let receiver = Receiver::start(0).await;
+    let urls = r#"{ urls = ["http://127.0.0.1:9/p/1", "http://127.0.0.1:9/p/2"] }"#;
+    let app = spawn_app(
+        &lambda_section(&moto.url, "10s"),
+        &crawler_schedule("moto-conditional", urls, &receiver),
+    )
+    .await;
+
+    // Run 1: page 1 reports an ETag and a Last-Modified, page 2 neither.
+    let run1 = app.trigger("moto-conditional").await;
+    let first: Vec<CrawlRequest> = moto
+        .wait_for_invokes(2, Duration::from_secs(30))
+        .await
+        .iter()
+        .map(RecordedInvoke::crawl_request)
+        .collect();
+    for request in &first {
+        let mut report = fanfare_testkit::succeeded(request);
+        if request.url.ends_with("/p/1") {
+            report["etag"] = json!("W/\"p1-v1\"");
+            report["last_modified"] = json!("Mon, 07 Dec 2026 10:00:00 GMT");
+        }
+        app.report_recorded(request, &report).await;
+    }
+    app.wait_finished(run1, Duration::from_secs(30)).await;
+
+    // Run 2: the payloads, as moto received them.
+    let run2 = app.trigger("moto-conditional").await;
+    let invokes = moto.wait_for_invokes(4, Duration::from_secs(30)).await;
+    let second: Vec<Value> = invokes[2..]
+        .iter()
+        .map(|i| serde_json::from_slice(&i.body).unwrap())
+        .collect();
+    assert!(second.iter().all(|p| p["run_id"] == run2.to_string()));
+    let page = |n: &str| {
+        second
+            .iter()
+            .find(|p| p["url"].as_str().unwrap().ends_with(n))
+            .unwrap()
+    };
+    assert_eq!(page("/p/1")["if_none_match"], "W/\"p1-v1\"", "{second:#?}");
+    assert_eq!(
+        page("/p/1")["if_modified_since"],
+        "Mon, 07 Dec 2026 10:00:00 GMT"
+    );
+    let p2 = page("/p/2").as_object().unwrap();
+    assert!(
+        !p2.contains_key("if_none_match") && !p2.contains_key("if_modified_since"),
+        "{p2:#?}"
+    );
+    app.stop().await;
+}

@@ -528,6 +528,43 @@ fn render_keys_default_to_never_and_every_mistake_is_named_at_its_key() {
 }
 
 #[test]
+fn conditional_defaults_to_true_and_is_named_where_it_cannot_apply() {
+    let schedule = |extra: &str| {
+        format!(
+            "[[schedules]]\nname = \"s\"\ninvoker = \"local\"\npages = {{ urls = [] }}\n{extra}\n"
+        )
+    };
+    let read = |extra: &str| {
+        Settings::from_toml(&config_toml("postgres://x@127.0.0.1/db", &schedule(extra)))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .schedules[0]
+            .conditional
+    };
+    assert!(read(""));
+    assert!(!read("conditional = false"));
+    // Off where it cannot apply is fine; asked for there, it is named.
+    assert!(!read("conditional = false\nrender = \"always\""));
+    assert_eq!(
+        problems(&schedule("conditional = true\nrender = \"always\"")),
+        [
+            r#"schedule "s": conditional: is true but every page is rendered (render = "always"), and rendered pages are always fetched in full"#
+        ]
+    );
+    let crawl = "[[schedules]]\nname = \"s\"\ninvoker = \"local\"\npages = { crawl = \"https://a.example/\" }\nconditional = true\n";
+    assert_eq!(
+        problems(crawl),
+        [
+            r#"schedule "s": conditional: is true but the schedule follows links, and a run that follows links fetches every page in full"#
+        ]
+    );
+    let found = problems(&schedule("conditional = \"sometimes\""));
+    assert!(
+        found.iter().any(|p| p.contains("conditional")),
+        "the bad value is named by its key: {found:?}"
+    );
+}
+
+#[test]
 fn retention_keys_default_to_90_days_every_10_minutes_and_bad_values_are_named() {
     let toml = config_toml("postgres://x@127.0.0.1/db", &schedule("plain").to_string());
     let s = Settings::from_toml(&toml).unwrap();

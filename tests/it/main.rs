@@ -5,6 +5,7 @@ mod api;
 mod callbacks;
 mod changes;
 mod cli;
+mod conditional;
 mod config;
 mod console;
 mod deploy;

@@ -379,6 +379,8 @@ fn request_through(proxy: &ForwardProxy, url: String) -> CrawlRequest {
         links: None,
         render: None,
         deadline: Utc::now() + chrono::Duration::minutes(5),
+        if_none_match: None,
+        if_modified_since: None,
     }
 }
 

@@ -278,6 +278,34 @@ async fn an_open_run_and_the_run_it_will_be_compared_with_stay() {
 }
 
 #[tokio::test]
+async fn the_run_an_open_runs_conditional_fetches_read_stays() {
+    let ledger = Ledger::start(&[("shop", "")], 2, "", 0).await;
+    let first = ledger.finished_run("shop", 0, true).await;
+    // `earlier` is open when `open` is created: `open`'s validators (and the
+    // facts its 304s keep) come from `first`. Once `earlier` finishes, it
+    // is both the latest run and the one `open` will be compared with, so
+    // only the validators keep `first`.
+    let (earlier, requests) = ledger.dispatched("shop").await;
+    let (open, _) = ledger.dispatched("shop").await;
+    for r in &requests {
+        ledger.app.report_recorded(r, &succeeded(r)).await;
+    }
+    ledger.app.wait_finished(earlier, secs(10)).await;
+    ledger.receiver.wait_delivered(earlier, secs(10)).await;
+    let from: Option<Uuid> = sqlx::query_scalar("select validators_from from runs where id = $1")
+        .bind(open)
+        .fetch_one(&ledger.app.pool)
+        .await
+        .unwrap();
+    assert_eq!(from, Some(first));
+    ledger.age(&[first, earlier], OLD).await;
+
+    assert_eq!(ledger.prune().await, Pruned::default());
+    assert_eq!(ledger.rows(first).await[..2], [1, 2]);
+    ledger.app.stop().await;
+}
+
+#[tokio::test]
 async fn a_schedules_own_keep_runs_for_wins_over_the_default() {
     let schedules = [("brief", "keep_runs_for = \"1h\""), ("lasting", "")];
     let ledger = Ledger::start(

@@ -46,6 +46,8 @@ pub fn request(url: impl Into<String>) -> CrawlRequest {
         render: None,
         deadline: Utc.with_ymd_and_hms(2026, 11, 26, 3, 5, 0).unwrap(),
         links: None,
+        if_none_match: None,
+        if_modified_since: None,
     }
 }
 
@@ -114,4 +116,44 @@ async fn record(State(receiver): State<Receiver>, headers: HeaderMap, body: Stri
     let next = receiver.script.lock().unwrap().pop_front();
     let (status, body) = next.unwrap_or((StatusCode::OK, r#"{"status":"recorded"}"#));
     (status, body).into_response()
+}
+
+/// The `ETag` of [`validated_page`].
+pub const PAGE_ETAG: &str = "\"v1\"";
+/// The `Last-Modified` of [`validated_page`].
+pub const PAGE_LAST_MODIFIED: &str = "Mon, 07 Dec 2026 10:00:00 GMT";
+
+/// A page at `/` that carries [`PAGE_ETAG`] and [`PAGE_LAST_MODIFIED`] and
+/// answers `304 Not Modified` (with its `ETag`, no body) when a request's
+/// `If-None-Match` is its ETag or, without one, its `If-Modified-Since` is
+/// its `Last-Modified`; with `honour` false it always sends the page. The
+/// headers of every request it was sent are kept in `seen`. Returns its URL.
+pub async fn validated_page(honour: bool, seen: Arc<Mutex<Vec<HeaderMap>>>) -> String {
+    let app = Router::new().route(
+        "/",
+        axum::routing::get(move |headers: HeaderMap| async move {
+            seen.lock().unwrap().push(headers.clone());
+            let sent = |name| headers.get(name).and_then(|v| v.to_str().ok());
+            let unchanged = match (sent(header::IF_NONE_MATCH), sent(header::IF_MODIFIED_SINCE)) {
+                (Some(tags), _) => tags.split(',').any(|t| t.trim() == PAGE_ETAG),
+                (None, Some(since)) => since == PAGE_LAST_MODIFIED,
+                (None, None) => false,
+            };
+            let validators = [
+                (header::ETAG, PAGE_ETAG),
+                (header::LAST_MODIFIED, PAGE_LAST_MODIFIED),
+            ];
+            if unchanged && honour {
+                (StatusCode::NOT_MODIFIED, [(header::ETAG, PAGE_ETAG)]).into_response()
+            } else {
+                (
+                    StatusCode::OK,
+                    validators,
+                    axum::response::Html("<title>Hi</title><h1> Hello </h1>"),
+                )
+                    .into_response()
+            }
+        }),
+    );
+    format!("http://{}/", serve(app).await)
 }

@@ -764,6 +764,7 @@ async fn run(
     };
     let notifications = ledger::run_notifications(pool, id).await?;
     let render = ledger::render_counts(pool, id).await?;
+    let fetches = ledger::fetch_counts(pool, id).await?;
     let view = RunView {
         run,
         over_time,
@@ -780,6 +781,7 @@ async fn run(
         changes_next,
         notifications,
         render,
+        fetches,
     };
     let csrf = console.key.csrf(&session);
     Ok(Html(

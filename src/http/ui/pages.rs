@@ -11,8 +11,8 @@ use uuid::Uuid;
 use super::svg::{self, Bar, Counts, RunBar};
 use super::words;
 use crate::ledger::{
-    Discovery, FetchPercentiles, NotificationState, Outcome, Page, RenderCounts, Run, RunStatus,
-    TimeBucket,
+    Discovery, FetchCounts, FetchPercentiles, NotificationState, Outcome, Page, RenderCounts, Run,
+    RunStatus, TimeBucket,
 };
 use crate::lifecycle::changes::{ChangeEntry, Changes, PageSnapshot};
 use crate::overview::ScheduleView;
@@ -401,6 +401,9 @@ pub struct RunView {
     /// Its pages by how they were fetched (as served, in a browser, sent
     /// on to the browser).
     pub render: RenderCounts,
+    /// Its succeeded pages by how they were fetched (in full, or not
+    /// modified since the previous run).
+    pub fetches: FetchCounts,
 }
 
 /// The lower bounds (ms) of the fetch_ms chart's buckets.
@@ -534,6 +537,9 @@ pub fn run(chrome: &Chrome<'_>, v: &RunView, now: DateTime<Utc>) -> Markup {
             }
             @if v.render.rendered > 0 {
                 (run_rendering(&v.render))
+            }
+            @if v.fetches.not_modified > 0 {
+                (run_fetches(&v.fetches))
             }
             @if let Some(Value::Object(listing)) = &run.listing {
                 (run_listing(listing))
@@ -760,6 +766,20 @@ fn run_discovery(d: &Discovery) -> Markup {
                 @for e in &d.examples {
                     dt { "e.g. " (e.reason.as_str()) } dd { (e.url) }
                 }
+            }
+        }
+    }
+}
+
+/// The run page's card of its conditional fetches: pages fetched in full
+/// and pages the site said had not changed since the previous run.
+fn run_fetches(fetches: &FetchCounts) -> Markup {
+    html! {
+        section.card #fetches {
+            h2 { "Fetches" }
+            dl.facts {
+                dt { "fetched in full" } dd { (fetches.fetched) }
+                dt { "not modified" } dd { (fetches.not_modified) }
             }
         }
     }
