@@ -44,6 +44,8 @@ pub struct Settings {
     pub notify: NotifySettings,
     /// The in-process crawler (`invoker = "local"`).
     pub local: LocalSettings,
+    /// How long finished runs are kept, and how they are pruned.
+    pub retention: RetentionSettings,
     /// The schedules, in file order.
     pub schedules: Vec<Schedule>,
 }
@@ -155,6 +157,35 @@ pub struct NotifySettings {
     pub retry_for: Duration,
     /// Timeout of one delivery attempt.
     pub timeout: Duration,
+}
+
+/// `[retention]`: how long finished runs are kept, and how the pruner
+/// deletes them (docs/operations.md, "Retention").
+#[derive(Debug, Clone)]
+pub struct RetentionSettings {
+    /// Finished runs older than this are deleted (a schedule's own
+    /// `keep_runs_for` wins).
+    pub keep_runs_for: Duration,
+    /// How often each replica's pruner makes a pass.
+    pub prune_every: Duration,
+    /// Rows (pages, page changes) deleted per transaction.
+    pub batch_rows: u32,
+}
+
+/// The default of `[retention] keep_runs_for`: 90 days.
+pub const DEFAULT_KEEP_RUNS_FOR: Duration = Duration::from_secs(90 * 24 * 3600);
+/// The largest `[retention] batch_rows`: a transaction deleting more holds
+/// its locks and its WAL for longer than a report should wait.
+pub const MAX_PRUNE_BATCH_ROWS: u32 = 100_000;
+
+impl Settings {
+    /// How long the runs of `schedule` are kept: its own `keep_runs_for`,
+    /// else `[retention] keep_runs_for`.
+    pub fn keep_runs_for(&self, schedule: &str) -> Duration {
+        self.schedule(schedule)
+            .and_then(|s| s.keep_runs_for)
+            .unwrap_or(self.retention.keep_runs_for)
+    }
 }
 
 /// A value that is none of the words its key accepts.
@@ -615,6 +646,9 @@ pub struct Schedule {
     pub conditional: bool,
     /// Where the run's notification goes.
     pub notify: Vec<Notify>,
+    /// How long its finished runs are kept, when not `[retention]
+    /// keep_runs_for`.
+    pub keep_runs_for: Option<Duration>,
 }
 
 /// Which proxy a schedule's pages go through.
@@ -740,7 +774,17 @@ struct RawConfig {
     #[serde(default)]
     politeness: RawPoliteness,
     #[serde(default)]
+    retention: RawRetention,
+    #[serde(default)]
     schedules: Vec<RawSchedule>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    keep_runs_for: Option<String>,
+    prune_every: Option<String>,
+    batch_rows: Option<u32>,
 }
 
 /// `[politeness]`: defaults of the per-host keys for every schedule that
@@ -949,6 +993,7 @@ struct RawSchedule {
     catchup_window: Option<String>,
     overlap: Option<String>,
     compare: Option<String>,
+    keep_runs_for: Option<String>,
     #[serde(default)]
     notify: Vec<RawNotifyTarget>,
 }
@@ -1222,6 +1267,7 @@ impl RawConfig {
         let local = self.local.validate(&mut p);
         let lambda = self.lambda.validate(&mut p);
         let notify = self.notify.validate(&mut p);
+        let retention = self.retention.validate(&mut p);
         let schedules = self.politeness.validate_schedules(self.schedules, &mut p);
         if !p.0.is_empty() {
             return Err(ConfigError(p.0));
@@ -1233,6 +1279,7 @@ impl RawConfig {
             lambda,
             notify,
             local,
+            retention,
             schedules,
         })
     }
@@ -1450,6 +1497,31 @@ impl RawLambda {
     }
 }
 
+impl RawRetention {
+    fn validate(self, p: &mut Problems) -> RetentionSettings {
+        let batch_rows = p.at_least_one("retention.batch_rows", self.batch_rows.unwrap_or(5000));
+        if batch_rows > MAX_PRUNE_BATCH_ROWS {
+            p.add(
+                "retention.batch_rows",
+                format!("{batch_rows} is more than {MAX_PRUNE_BATCH_ROWS}"),
+            );
+        }
+        RetentionSettings {
+            keep_runs_for: p.duration(
+                "retention.keep_runs_for",
+                self.keep_runs_for.as_deref(),
+                DEFAULT_KEEP_RUNS_FOR,
+            ),
+            prune_every: p.duration(
+                "retention.prune_every",
+                self.prune_every.as_deref(),
+                Duration::from_secs(600),
+            ),
+            batch_rows,
+        }
+    }
+}
+
 impl RawNotify {
     fn validate(self, p: &mut Problems) -> NotifySettings {
         NotifySettings {
@@ -1634,6 +1706,10 @@ impl RawSchedule {
             compare,
             conditional: self.conditional.unwrap_or(true),
             notify,
+            keep_runs_for: self
+                .keep_runs_for
+                .as_deref()
+                .map(|raw| p.duration(&key("keep_runs_for"), Some(raw), DEFAULT_KEEP_RUNS_FOR)),
         })
     }
 

@@ -24,6 +24,7 @@ pub mod notify;
 pub mod overview;
 pub mod recorder;
 pub mod redact;
+pub mod retention;
 pub mod robots;
 pub mod runs;
 pub mod schedule;

@@ -48,6 +48,7 @@ async fn main() -> ExitCode {
         },
         Command::Serve { config } => serve(&config).await,
         Command::Migrate { config } => migrate(&config).await,
+        Command::Prune { config, dry_run } => prune(&config, dry_run).await,
         Command::Dev => fanfare::dev::run().await,
         client => return fanfare::cli::run_client(client).await,
     };
@@ -81,5 +82,61 @@ async fn migrate(config: &std::path::Path) -> anyhow::Result<()> {
         .await
         .context("applying migrations")?;
     println!("migrations applied");
+    Ok(())
+}
+
+/// How many runs `prune --dry-run` lists at most.
+const DRY_RUN_LIMIT: i64 = 10_000;
+
+async fn prune(config: &std::path::Path, dry_run: bool) -> anyhow::Result<()> {
+    let settings = load(config)?;
+    let pool = fanfare::ledger::pool(settings.database.url.expose_secret(), 2)?;
+    // No migration here: a dry run changes nothing, the schema included
+    // (the pruner's statements read only tables every release has).
+    if dry_run {
+        let runs = fanfare::retention::would_prune(&pool, &settings, DRY_RUN_LIMIT)
+            .await
+            .context("reading the runs past retention")?;
+        let pages: i64 = runs.iter().map(|r| r.total_pages).sum();
+        println!(
+            "would delete {} runs with {pages} pages (dry run: nothing deleted)",
+            runs.len()
+        );
+        if !runs.is_empty() {
+            let rows: Vec<Vec<String>> = runs
+                .iter()
+                .map(|run| {
+                    vec![
+                        run.schedule.clone(),
+                        run.id.to_string(),
+                        run.finished_at
+                            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                        run.total_pages.to_string(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                fanfare::cli::table::render(&["SCHEDULE", "RUN", "FINISHED_AT", "PAGES"], &rows)
+            );
+        }
+        if runs.len() as i64 == DRY_RUN_LIMIT {
+            println!("(the oldest {DRY_RUN_LIMIT} only)");
+        }
+        return Ok(());
+    }
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let stop = cancel.clone();
+    tokio::spawn(async move {
+        fanfare::startup::shutdown_signal().await;
+        stop.cancel();
+    });
+    let pruned = fanfare::retention::prune_once(&pool, &settings, &cancel)
+        .await
+        .context("pruning")?;
+    println!(
+        "deleted {} runs with {} pages and {} page changes",
+        pruned.runs, pruned.pages, pruned.changes
+    );
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Building and running the application: the listener, the ledger, the
-//! workers (tickers, dispatcher, sweeper, notifier) and graceful shutdown.
+//! workers (tickers, dispatcher, sweeper, notifier, pruner) and graceful
+//! shutdown.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -211,6 +212,11 @@ impl Application {
         workers.spawn(Dispatcher::new(runs.clone(), lambda, local).run(cancel.clone()));
         workers.spawn(crate::sweep::run(runs.clone(), cancel.clone()));
         workers.spawn(Notifier::new(runs.clone()).run(cancel.clone()));
+        workers.spawn(crate::retention::run(
+            runs.pool.clone(),
+            runs.settings.clone(),
+            cancel.clone(),
+        ));
         workers.spawn(wake_on_notify(runs.clone(), cancel.clone()));
         let fire = Arc::new(Fire {
             runs: runs.clone(),

@@ -67,6 +67,7 @@ pub(super) async fn run(command: Command) -> Result<ExitCode, CliError> {
         Command::Serve { .. }
         | Command::CheckConfig { .. }
         | Command::Migrate { .. }
+        | Command::Prune { .. }
         | Command::Dev => Err(CliError::Usage(
             "this command is the daemon's, not a client's".into(),
         )),

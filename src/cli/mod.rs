@@ -1,5 +1,5 @@
 //! The `fanfare` command line: the daemon's commands (`serve`,
-//! `check-config`, `migrate`, `dev`, run by `main.rs`) and the client
+//! `check-config`, `migrate`, `prune`, `dev`, run by `main.rs`) and the client
 //! commands that talk to a running daemon's API (`schedules`, `runs`,
 //! `trigger`, `export`).
 //!
@@ -61,6 +61,17 @@ pub enum Command {
         /// The TOML configuration file.
         #[arg(long, env = "FANFARE_CONFIG")]
         config: PathBuf,
+    },
+    /// Deletes the finished runs past retention now (one pass of the
+    /// pruner), or with --dry-run lists what would go.
+    Prune {
+        /// The TOML configuration file.
+        #[arg(long, env = "FANFARE_CONFIG")]
+        config: PathBuf,
+        /// List the runs a pass would delete (schedule, id, finished_at,
+        /// pages) and delete nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Everything embedded: a private Postgres, a demo site, a demo schedule
     /// and the crawler in-process.

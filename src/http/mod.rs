@@ -322,6 +322,7 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
             .install_recorder()
             .expect("no other metrics recorder is installed");
         describe_metrics();
+        metrics::gauge!("fanfare_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         handle
     })
 }
@@ -399,6 +400,18 @@ fn describe_metrics() {
     describe_gauge!(
         "fanfare_console_event_streams",
         "Console event streams (live progress of a run) open on this replica."
+    );
+    describe_counter!(
+        "fanfare_pruned_runs_total",
+        "Finished runs deleted by retention (with their pages, page changes and notifications)."
+    );
+    describe_counter!(
+        "fanfare_pruned_pages_total",
+        "Pages deleted by retention with their runs."
+    );
+    describe_gauge!(
+        "fanfare_build_info",
+        "1, labelled with the daemon's version."
     );
     describe_counter!(
         "fanfare_console_event_streams_refused_total",

@@ -1,6 +1,6 @@
 //! The Postgres ledger: every SQL statement fanfare runs lives here, split
 //! by table ([`runs`], [`pages`], [`changes`], [`outbox`], [`schedules`],
-//! [`sessions`]).
+//! [`sessions`]), and [`retention`]'s deletion of old runs.
 //!
 //! Statements only: each function runs one statement (or one short
 //! transaction of its own) on the connection, transaction or pool it is
@@ -20,6 +20,7 @@ pub mod links;
 pub mod outbox;
 pub mod pages;
 pub mod render;
+pub mod retention;
 pub mod runs;
 pub mod schedules;
 pub mod sessions;
@@ -30,6 +31,7 @@ pub use links::*;
 pub use outbox::*;
 pub use pages::*;
 pub use render::*;
+pub use retention::*;
 pub use runs::*;
 pub use schedules::*;
 pub use sessions::*;

@@ -564,3 +564,13 @@ async fn on_a_terminal_titles_and_errors_are_shown_with_control_characters_escap
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn version_prints_the_release_the_daemon_reports() {
+    let out = fanfare_command(&["--version"]).output().await.unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("fanfare {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}

@@ -563,3 +563,56 @@ fn conditional_defaults_to_true_and_is_named_where_it_cannot_apply() {
         "the bad value is named by its key: {found:?}"
     );
 }
+
+#[test]
+fn retention_keys_default_to_90_days_every_10_minutes_and_bad_values_are_named() {
+    let toml = config_toml("postgres://x@127.0.0.1/db", &schedule("plain").to_string());
+    let s = Settings::from_toml(&toml).unwrap();
+    let day = std::time::Duration::from_secs(24 * 3600);
+    assert_eq!(s.retention.keep_runs_for, 90 * day);
+    assert_eq!(s.retention.prune_every, std::time::Duration::from_secs(600));
+    assert_eq!(s.retention.batch_rows, 5000);
+    assert_eq!(s.keep_runs_for("plain"), 90 * day);
+
+    let own = schedule("own").text("keep_runs_for", "7days");
+    let s = Settings::from_toml(&config_toml(
+        "postgres://x@127.0.0.1/db",
+        &format!(
+            "[retention]\nkeep_runs_for = \"30days\"\n{}{}",
+            schedule("plain"),
+            own
+        ),
+    ))
+    .unwrap();
+    assert_eq!(s.keep_runs_for("plain"), 30 * day);
+    assert_eq!(s.keep_runs_for("own"), 7 * day);
+    assert_eq!(s.keep_runs_for("gone-from-the-config"), 30 * day);
+
+    let bad = ConfigFile::write(&config_toml(
+        "postgres://x@127.0.0.1/db",
+        &format!(
+            "[retention]\nkeep_runs_for = \"forever\"\nprune_every = \"0s\"\nbatch_rows = 0\n{}",
+            schedule("own").text("keep_runs_for", "a while")
+        ),
+    ));
+    let out = check_config(&bad, &[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for problem in [
+        r#"retention.keep_runs_for: "forever" is not a duration"#,
+        r#"retention.prune_every: "0s" must be longer than zero"#,
+        "retention.batch_rows: must be at least 1",
+        r#"schedule "own": keep_runs_for: "a while" is not a duration"#,
+    ] {
+        assert!(stderr.contains(problem), "missing {problem:?} in {stderr}");
+    }
+    let too_many = config_toml(
+        "postgres://x@127.0.0.1/db",
+        "[retention]\nbatch_rows = 1000000\n",
+    );
+    let err = Settings::from_toml(&too_many).unwrap_err().to_string();
+    assert!(
+        err.contains("retention.batch_rows: 1000000 is more than 100000"),
+        "{err}"
+    );
+}

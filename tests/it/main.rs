@@ -23,6 +23,7 @@ mod private_networks;
 mod proxies;
 mod render;
 mod results;
+mod retention;
 mod runs;
 mod schedules;
 mod secrets;
