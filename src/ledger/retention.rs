@@ -192,31 +192,30 @@ pub async fn prune_step(
             PruneStep::Skipped
         });
     }
-    let pages = sqlx::query(
-        "delete from pages where id in (
-             select id from pages where run_id = $1 order by id limit $2)",
-    )
-    .bind(run_id)
-    .bind(chunk)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if pages > 0 {
-        tx.commit().await?;
-        return Ok(PruneStep::Pages(pages));
-    }
-    let changes = sqlx::query(
-        "delete from page_changes where id in (
-             select id from page_changes where run_id = $1 order by id limit $2)",
-    )
-    .bind(run_id)
-    .bind(chunk)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if changes > 0 {
-        tx.commit().await?;
-        return Ok(PruneStep::Changes(changes));
+    // Pages first, then page changes: the next chunk of the first that has rows.
+    let chunks: [(&str, fn(u64) -> PruneStep); 2] = [
+        (
+            "delete from pages where id in (
+                 select id from pages where run_id = $1 order by id limit $2)",
+            PruneStep::Pages,
+        ),
+        (
+            "delete from page_changes where id in (
+                 select id from page_changes where run_id = $1 order by id limit $2)",
+            PruneStep::Changes,
+        ),
+    ];
+    for (statement, step) in chunks {
+        let deleted = sqlx::query(statement)
+            .bind(run_id)
+            .bind(chunk)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted > 0 {
+            tx.commit().await?;
+            return Ok(step(deleted));
+        }
     }
     let sql = with_protected(
         "delete from runs r where r.id = $1 and r.status = $2 and not {PROTECTED}",
