@@ -150,6 +150,10 @@ pub enum PruneStep {
     Kept,
 }
 
+/// A statement deleting the next chunk of a run's rows of one table, and
+/// the step it makes.
+type ChunkDelete = (&'static str, fn(u64) -> PruneStep);
+
 /// Deletes the next part of run `run_id` in one transaction: up to `chunk`
 /// of its pages; with none left, up to `chunk` of its page changes; with
 /// none of those left either, the run's row, after checking once more
@@ -193,7 +197,7 @@ pub async fn prune_step(
         });
     }
     // Pages first, then page changes: the next chunk of the first that has rows.
-    let chunks: [(&str, fn(u64) -> PruneStep); 2] = [
+    let chunks: [ChunkDelete; 2] = [
         (
             "delete from pages where id in (
                  select id from pages where run_id = $1 order by id limit $2)",
