@@ -33,14 +33,12 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`) and drops it at the end.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{ensure, Context};
 use fanfare_testkit as common;
 
-use common::bench::{
-    load_average, postgres_cpu, postgres_cpu_since, process_cpu_seconds, thousands,
-};
+use common::bench::{load_average, thousands, TimedRun};
 use common::{Served, ValidatorSite, ValidatorSiteSpec, ADMIN_TOKEN};
 
 #[derive(Debug, serde::Deserialize)]
@@ -196,27 +194,23 @@ async fn run(
     site: &ValidatorSite,
     (pool, database): (&sqlx::PgPool, &str),
 ) -> anyhow::Result<Measured> {
-    let pid = std::process::id();
-    let pg_before = postgres_cpu(pool, database).await;
-    let cpu_before = process_cpu_seconds(pid).unwrap_or(0.0);
     let served_before = site.served();
-    let started = Instant::now();
-    let run = common::trigger(client, address, ADMIN_TOKEN, "cond").await;
-    let deadline = started + Duration::from_secs(args.timeout_secs);
-    let view = common::bench::finished_by(client, address, run, deadline)
-        .await?
-        .with_context(|| format!("the run did not finish in {} s", args.timeout_secs))?;
-    let seconds = started.elapsed().as_secs_f64();
-    let cpu_seconds = process_cpu_seconds(pid).unwrap_or(0.0) - cpu_before;
-    let pg_cpu_seconds = postgres_cpu_since(&pg_before, &postgres_cpu(pool, database).await);
-    let after = site.served();
-    let served = Served {
-        requests: after.requests - served_before.requests,
-        conditional: after.conditional - served_before.conditional,
-        full: after.full - served_before.full,
-        not_modified: after.not_modified - served_before.not_modified,
-        body_bytes: after.body_bytes - served_before.body_bytes,
-    };
+    let timed = common::bench::timed_run(
+        client,
+        address,
+        "cond",
+        Duration::from_secs(args.timeout_secs),
+        (pool, database),
+    )
+    .await?;
+    let served = site.served() - served_before;
+    let TimedRun {
+        run,
+        view,
+        seconds,
+        cpu_seconds,
+        pg_cpu_seconds,
+    } = timed;
     ensure!(
         view["pages"]["succeeded"] == args.pages,
         "not every page succeeded: {}",

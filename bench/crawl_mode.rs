@@ -38,15 +38,13 @@
 //! `RUST_LOG` is set.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{ensure, Context};
 use fanfare_testkit as common;
 
-use common::bench::{
-    load_average, postgres_cpu, postgres_cpu_since, print_machine, process_cpu_seconds,
-};
-use common::{LinkSite, LinkSiteSpec, Receiver, ADMIN_TOKEN};
+use common::bench::{load_average, print_machine, TimedRun};
+use common::{LinkSite, LinkSiteSpec, Receiver};
 
 const FANOUT: usize = 8;
 
@@ -209,23 +207,20 @@ async fn run(
     receiver: &Receiver,
     (pool, database): (&sqlx::PgPool, &str),
 ) -> anyhow::Result<Measured> {
-    let pid = std::process::id();
-    let pg_before = postgres_cpu(pool, database).await;
-    let cpu_before = process_cpu_seconds(pid).unwrap_or(0.0);
-    let started = Instant::now();
-    let run = common::trigger(client, address, ADMIN_TOKEN, schedule).await;
-    let deadline = started + Duration::from_secs(args.timeout_secs);
-    let shown = common::bench::finished_by(client, address, run, deadline)
-        .await?
-        .with_context(|| {
-            format!(
-                "{schedule}: the run did not finish in {} s",
-                args.timeout_secs
-            )
-        })?;
-    let seconds = started.elapsed().as_secs_f64();
-    let cpu_seconds = process_cpu_seconds(pid).unwrap_or(0.0) - cpu_before;
-    let pg_cpu_seconds = postgres_cpu_since(&pg_before, &postgres_cpu(pool, database).await);
+    let TimedRun {
+        run,
+        view: shown,
+        seconds,
+        cpu_seconds,
+        pg_cpu_seconds,
+    } = common::bench::timed_run(
+        client,
+        address,
+        schedule,
+        Duration::from_secs(args.timeout_secs),
+        (pool, database),
+    )
+    .await?;
     // The 10% and 90% marks of the pages' finishing times.
     let (from, to): (Option<f64>, Option<f64>) = sqlx::query_as(
         "select percentile_disc(0.1) within group (order by extract(epoch from finished_at))::float8,

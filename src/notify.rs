@@ -509,15 +509,15 @@ mod tests {
                    "before": {"title": "T", "fields": {}, "content_sha256": "00"}, "after": null}),
         ];
         pages.extend((1..=5).map(page));
-        let payload = json!({
-            "type": "run.finished", "schedule": "s", "outcome": "succeeded",
-            "run_id": "01a2513a-d013-766b-b01f-ab89dd7e44ad", "trigger": "cron",
-            "scheduled_for": "2026-12-07T10:00:00Z", "started_at": "2026-12-07T10:00:00Z",
-            "finished_at": "2026-12-07T10:01:00Z", "failed_pages": [],
-            "pages": {"total": 9, "succeeded": 9, "failed": 0, "timed_out": 0, "cancelled": 0},
-            "changes": {"since_run_id": "01a2513a-cfda-704c-b84f-b15c3cdc42b5", "new": 5, "changed": 1, "unchanged": 3, "gone": 1, "unknown": 0},
-            "changed_pages": pages,
-        });
+        let payload = finished_payload(
+            "s",
+            "cron",
+            9,
+            json!({
+                "changes": {"since_run_id": "01a2513a-cfda-704c-b84f-b15c3cdc42b5", "new": 5, "changed": 1, "unchanged": 3, "gone": 1, "unknown": 0},
+                "changed_pages": pages,
+            }),
+        );
         let body: NotificationBody = serde_json::from_value(payload).unwrap();
         let text = slack_message(&body)["text"].as_str().unwrap().to_string();
         let lines: Vec<&str> = text.lines().collect();
@@ -536,16 +536,32 @@ mod tests {
         );
     }
 
-    #[test]
-    fn slack_and_the_terminal_say_how_many_pages_a_browser_rendered_only_when_one_did() {
+    /// A `run.finished` body of `schedule` whose `pages` all succeeded,
+    /// with `extra`'s keys added.
+    fn finished_payload(schedule: &str, trigger: &str, pages: u64, extra: Value) -> Value {
         let mut payload = json!({
-            "type": "run.finished", "schedule": "spa", "outcome": "succeeded",
-            "run_id": "01a2513a-d013-766b-b01f-ab89dd7e44ad", "trigger": "manual",
+            "type": "run.finished", "schedule": schedule, "outcome": "succeeded",
+            "run_id": "01a2513a-d013-766b-b01f-ab89dd7e44ad", "trigger": trigger,
             "scheduled_for": "2026-12-07T10:00:00Z", "started_at": "2026-12-07T10:00:00Z",
             "finished_at": "2026-12-07T10:01:00Z", "failed_pages": [],
-            "pages": {"total": 150, "succeeded": 150, "failed": 0, "timed_out": 0, "cancelled": 0},
-            "render": {"plain": 50, "rendered": 100, "escalated": 36},
+            "pages": {"total": pages, "succeeded": pages, "failed": 0, "timed_out": 0, "cancelled": 0},
         });
+        if let (Some(body), Value::Object(extra)) = (payload.as_object_mut(), extra) {
+            body.extend(extra);
+        }
+        payload
+    }
+
+    #[test]
+    fn slack_and_the_terminal_say_how_many_pages_a_browser_rendered_only_when_one_did() {
+        let mut payload = finished_payload(
+            "spa",
+            "manual",
+            150,
+            json!({
+                "render": {"plain": 50, "rendered": 100, "escalated": 36},
+            }),
+        );
         let said = "rendered in a browser: 100 (36 sent on after a plain fetch), 50 as served";
         let body: NotificationBody = serde_json::from_value(payload.clone()).unwrap();
         let slack = slack_message(&body)["text"].as_str().unwrap().to_string();
@@ -560,14 +576,14 @@ mod tests {
 
     #[test]
     fn slack_and_the_terminal_say_how_many_pages_were_not_modified_only_when_some_were() {
-        let mut payload = json!({
-            "type": "run.finished", "schedule": "shop", "outcome": "succeeded",
-            "run_id": "01a2513a-d013-766b-b01f-ab89dd7e44ad", "trigger": "manual",
-            "scheduled_for": "2026-12-07T10:00:00Z", "started_at": "2026-12-07T10:00:00Z",
-            "finished_at": "2026-12-07T10:01:00Z", "failed_pages": [],
-            "pages": {"total": 150, "succeeded": 150, "failed": 0, "timed_out": 0, "cancelled": 0},
-            "fetches": {"fetched": 10, "not_modified": 140},
-        });
+        let mut payload = finished_payload(
+            "shop",
+            "manual",
+            150,
+            json!({
+                "fetches": {"fetched": 10, "not_modified": 140},
+            }),
+        );
         let said = "not modified since the previous run: 140, fetched in full: 10";
         let body: NotificationBody = serde_json::from_value(payload.clone()).unwrap();
         let slack = slack_message(&body)["text"].as_str().unwrap().to_string();

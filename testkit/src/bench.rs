@@ -365,6 +365,53 @@ pub async fn finished_by(
     }
 }
 
+/// A run a benchmark triggered and waited for, with what it cost.
+pub struct TimedRun {
+    /// The run.
+    pub run: uuid::Uuid,
+    /// Its `GET /v1/runs/{id}` view once finished.
+    pub view: serde_json::Value,
+    /// Trigger to finished.
+    pub seconds: f64,
+    /// This process's CPU meanwhile.
+    pub cpu_seconds: f64,
+    /// The CPU of the Postgres backends serving `database` meanwhile
+    /// (`None`: not on this machine).
+    pub pg_cpu_seconds: Option<f64>,
+}
+
+/// Triggers `schedule`, waits until its run is finished (an error after
+/// `timeout`) and measures its wall time, this process's CPU and that of
+/// the Postgres backends serving `database`.
+pub async fn timed_run(
+    client: &reqwest::Client,
+    address: &str,
+    schedule: &str,
+    timeout: Duration,
+    (pool, database): (&sqlx::PgPool, &str),
+) -> anyhow::Result<TimedRun> {
+    let pid = std::process::id();
+    let pg_before = postgres_cpu(pool, database).await;
+    let cpu_before = process_cpu_seconds(pid).unwrap_or(0.0);
+    let started = Instant::now();
+    let run = crate::trigger(client, address, ADMIN_TOKEN, schedule).await;
+    let view = finished_by(client, address, run, started + timeout)
+        .await?
+        .with_context(|| {
+            format!(
+                "{schedule}: the run did not finish in {} s",
+                timeout.as_secs()
+            )
+        })?;
+    Ok(TimedRun {
+        run,
+        view,
+        seconds: started.elapsed().as_secs_f64(),
+        cpu_seconds: process_cpu_seconds(pid).unwrap_or(0.0) - cpu_before,
+        pg_cpu_seconds: postgres_cpu_since(&pg_before, &postgres_cpu(pool, database).await),
+    })
+}
+
 /// A multi-threaded runtime for the application: `threads` workers, or
 /// one per core.
 pub fn app_runtime(threads: Option<usize>) -> tokio::runtime::Builder {

@@ -63,6 +63,21 @@ pub struct Served {
     pub body_bytes: u64,
 }
 
+impl std::ops::Sub for Served {
+    type Output = Served;
+
+    /// What was served between two readings (`later - earlier`).
+    fn sub(self, earlier: Served) -> Served {
+        Served {
+            requests: self.requests - earlier.requests,
+            conditional: self.conditional - earlier.conditional,
+            full: self.full - earlier.full,
+            not_modified: self.not_modified - earlier.not_modified,
+            body_bytes: self.body_bytes - earlier.body_bytes,
+        }
+    }
+}
+
 /// The running site.
 pub struct ValidatorSite {
     base: String,

@@ -39,15 +39,7 @@ async fn site_and_app(keys: &str) -> (Arc<ValidatorSite>, TestApp) {
 async fn run(app: &TestApp, site: &ValidatorSite) -> (Uuid, Value, Served) {
     let before = site.served();
     let (run, view) = app.run_once("cond", WITHIN).await;
-    let after = site.served();
-    let served = Served {
-        requests: after.requests - before.requests,
-        conditional: after.conditional - before.conditional,
-        full: after.full - before.full,
-        not_modified: after.not_modified - before.not_modified,
-        body_bytes: after.body_bytes - before.body_bytes,
-    };
-    (run, view, served)
+    (run, view, site.served() - before)
 }
 
 /// A run's page results by URL.
