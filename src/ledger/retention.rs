@@ -50,8 +50,10 @@ pub struct PrunableRun {
 /// open run has its own), the run whose validators an open run's fetches
 /// carry and whose facts its 304s keep (`runs.validators_from`), a run with
 /// a notification not yet delivered, or the parent of an open redrive run. A notification given up on (status
-/// `failed`) does not keep its run: it will never be delivered.
-const PROTECTED: &str = "(
+/// `failed`) does not keep its run: it will never be delivered. A
+/// schedule with no finished, fully listed run protects none of its runs
+/// that way (the scalar subqueries are then null, hence the `coalesce`).
+const PROTECTED: &str = "coalesce((
     exists (select 1 from notifications n where n.run_id = r.id and n.status = 'pending')
     or exists (select 1 from runs c where c.parent_run_id = r.id and c.status <> $S)
     or exists (select 1 from runs v where v.validators_from = r.id and v.status <> $S)
@@ -65,7 +67,7 @@ const PROTECTED: &str = "(
                 where p.schedule = o.schedule and p.created_at < o.created_at and p.id <> o.id
                     and p.status = $S and p.trigger <> $R and p.listed_at is not null
                 order by p.created_at desc, p.id desc limit 1))
-)";
+), false)";
 
 /// `sql` with [`PROTECTED`] for `{PROTECTED}`, its placeholders numbered
 /// `first` (the finished status) and `first + 1` (the redrive trigger).

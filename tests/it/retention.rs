@@ -229,6 +229,36 @@ async fn the_latest_finished_fully_listed_run_of_a_schedule_stays_however_old() 
 }
 
 #[tokio::test]
+async fn old_runs_of_a_schedule_never_fully_listed_go_whole_and_the_dry_run_says_so() {
+    let ledger = Ledger::start(&[("shop", "")], 3, "", 0).await;
+    let first = ledger.finished_run("shop", 0, true).await;
+    let second = ledger.finished_run("shop", 0, true).await;
+    // No run of the schedule finished its listing: none is what a later
+    // run is compared with, so both may go, and go whole.
+    sqlx::query("update runs set listed_at = null where id = any($1)")
+        .bind([first, second])
+        .execute(&ledger.app.pool)
+        .await
+        .unwrap();
+    ledger.age(&[first, second], OLD).await;
+    let settings = ledger.settings();
+    let would: Vec<Uuid> = fanfare::retention::would_prune(&ledger.app.pool, &settings, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(would, [first, second]);
+
+    let pruned = ledger.prune().await;
+
+    assert_eq!((pruned.runs, pruned.pages), (2, 6));
+    assert_eq!(ledger.rows(first).await, [0; 5]);
+    assert_eq!(ledger.rows(second).await, [0; 5]);
+    ledger.app.stop().await;
+}
+
+#[tokio::test]
 async fn a_run_with_an_undelivered_notification_stays_until_it_is_delivered_or_given_up() {
     // The receiver refuses every delivery: the notifications stay pending.
     let ledger = Ledger::start(&[("shop", "")], 2, "", usize::MAX).await;
